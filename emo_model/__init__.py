@@ -1,0 +1,3 @@
+"""EMO (Emote Portrait Alive) in pure PyTorch + diffusers, importable without ComfyUI."""
+
+__version__ = "0.1.0"

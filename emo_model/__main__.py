@@ -1,0 +1,3 @@
+from emo_model.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,173 @@
+"""Attention: the SDPA primitive, and the spatial transformer where reference- and audio-attention live.
+
+Every attention in the model goes through :func:`torch.nn.functional.scaled_dot_product_attention`
+(flash / memory-efficient kernels on GPU, fp32/fp16/bf16). Modules keep the diffusers key layout
+(``to_q``, ``to_k``, ``to_v``, ``to_out.0``) so SD1.5, AnimateDiff, Hallo and EchoMimic weights load
+without renaming.
+
+Reference-attention (paper §3.2, "Backbone Network"): the ReferenceNet banks the input of every
+self-attention (``norm1(x)``); the backbone's self-attention of the same block then uses keys/values
+``cat([own tokens, reference tokens])`` (token-axis concatenation, as every open member of the family
+does). Because ``to_k``/``to_v`` act token-wise, ``to_k(cat(x, r)) == cat(to_k(x), to_k(r))``: the
+reference keys/values are projected once per video (:meth:`Attention.project_kv`) and reused for every
+frame, step, clip and guidance branch.
+
+Audio-attention: in the ``emo`` and EchoMimic layouts the SD cross-attention slot (``attn2``) reads the
+frame's audio tokens (EMO: "audio-attention layers ... after each ref-attention layer"); Hallo puts
+face-identity tokens there and has separate audio modules (see :mod:`emo_model.audio_layers`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from torch import nn
+
+if TYPE_CHECKING:  # pragma: no cover
+    from emo_model.unet_blocks import ForwardContext
+
+KV = tuple[torch.Tensor, torch.Tensor]
+
+
+def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
+    """The transformer sine/cosine table AnimateDiff stores as ``pe``: [1, length, dim]."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
+    div_term = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(10000.0) / dim))
+    pe = torch.zeros(1, length, dim)
+    pe[0, :, 0::2] = torch.sin(position * div_term)
+    pe[0, :, 1::2] = torch.cos(position * div_term[: dim // 2])
+    return pe
+
+
+
+class Attention(nn.Module):
+    """Multi-head attention with diffusers' parameter names, computed with SDPA."""
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 8, head_dim: int = 64):
+        super().__init__()
+        inner = heads * head_dim
+        self.heads = heads
+        self.head_dim = head_dim
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.ModuleList([nn.Linear(inner, query_dim), nn.Dropout(0.0)])
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, heads * d] -> [B, heads, L, d]"""
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def project_kv(self, context: torch.Tensor) -> KV:
+        """Keys and values of ``context`` ([B, L, C]) as [B, heads, L, d] each."""
+        return self._heads(self.to_k(context)), self._heads(self.to_v(context))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """SDPA on head-split tensors, then the output projection. Returns [B, Lq, query_dim]."""
+        out = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = out.shape
+        return self.to_out[0](out.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None, extra_kv: KV | None = None) -> torch.Tensor:
+        """Self-attention (``context`` None) or cross-attention; ``extra_kv`` is appended to the keys/values."""
+        q = self._heads(self.to_q(x))
+        k, v = self.project_kv(x if context is None else context)
+        if extra_kv is not None:
+            ek, ev = extra_kv
+            if ek.shape[0] != k.shape[0]:
+                ek, ev = ek.expand(k.shape[0], -1, -1, -1), ev.expand(k.shape[0], -1, -1, -1)
+            k, v = torch.cat([k, ek], dim=2), torch.cat([v, ev], dim=2)
+        return self.attend(q, k, v)
+
+
+def reference_attention(
+    attn: Attention, x: torch.Tensor, reference_kv: KV | None, enabled: torch.Tensor | None
+) -> torch.Tensor:
+    """Self-attention whose keys/values also contain the banked ReferenceNet tokens.
+
+    ``x``: [B, L, C] (frames folded into the batch). ``reference_kv``: projected reference tokens with
+    batch 1 or B. ``enabled``: optional bool [B]; rows where it is False attend to themselves only
+    (the unconditional guidance branch, as in Hallo and EchoMimic). With no reference this is exactly
+    plain self-attention.
+    """
+    if reference_kv is None or (enabled is not None and not bool(enabled.any())):
+        return attn(x)
+    if enabled is None or bool(enabled.all()):
+        return attn(x, extra_kv=reference_kv)
+    out = torch.empty_like(x)
+    on = enabled.nonzero().squeeze(1)
+    off = (~enabled).nonzero().squeeze(1)
+    k, v = reference_kv
+    if k.shape[0] != 1:
+        k, v = k[on], v[on]
+    out[on] = attn(x[on], extra_kv=(k, v))
+    out[off] = attn(x[off])
+    return out
+
+
+@dataclass
+class ReferenceBank:
+    """What the ReferenceNet hands to the backbone: the self-attention inputs of every block.
+
+    ``tokens[key]``: [B, L, C] for the reference image (B = 1 per video). ``motion[key]``: [B, n, L, C]
+    for the n motion frames of the current clip (None for the first clip or without motion frames).
+    Keys are the spatial transformers' module paths (``down_blocks.0.attentions.1``), identical in
+    the ReferenceNet and the backbone.
+    """
+
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    motion: dict[str, torch.Tensor] | None = None
+
+    def to(self, device=None, dtype=None) -> "ReferenceBank":
+        conv = lambda d: None if d is None else {k: v.to(device=device, dtype=dtype) for k, v in d.items()}  # noqa: E731
+        return ReferenceBank(conv(self.tokens), conv(self.motion))
+
+
+class TransformerBlock(nn.Module):
+    """SD1.5's BasicTransformerBlock: reference-attention, cross-attention (audio / identity), GEGLU FF."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, dim // heads)
+        if context_dim is not None:
+            self.norm2 = nn.LayerNorm(dim)
+            self.attn2 = Attention(dim, context_dim, heads, dim // heads)
+        else:
+            self.norm2 = self.attn2 = None
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, activation_fn="geglu")
+
+    def forward(self, x: torch.Tensor, key: str, ctx: "ForwardContext") -> torch.Tensor:
+        h = self.norm1(x)
+        if ctx.bank is not None:  # ReferenceNet: write mode
+            ctx.bank[key] = h
+        x = x + reference_attention(self.attn1, h, ctx.reference_kv(key, self.attn1), ctx.reference_enabled)
+        if self.attn2 is not None and ctx.cross_context is not None:
+            x = x + self.attn2(self.norm2(x), ctx.cross_context)
+        return x + self.ff(self.norm3(x))
+
+
+class SpatialTransformer(nn.Module):
+    """SD1.5's Transformer2DModel (conv projections), applied to every frame of a clip."""
+
+    def __init__(self, channels: int, heads: int, context_dim: int | None, groups: int):
+        super().__init__()
+        self.key = ""  # set by the owning UNet to this module's path; names its bank entry
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim)])
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor, ctx: "ForwardContext") -> torch.Tensor:
+        b, c, h, w = x.shape
+        tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, c)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, self.key, ctx)
+        return self.proj_out(tokens.reshape(b, h, w, c).permute(0, 3, 1, 2)) + x

@@ -1,0 +1,96 @@
+"""Backbone (paper §3.2): the SD1.5-shaped UNet inflated to video that denoises a clip of frames.
+
+Input: noisy latents (b, c, f, h, w). In every spatial transformer block: reference-attention to the
+banked ReferenceNet tokens, then cross-attention to the frame's audio tokens (or, in Hallo's layout,
+to face-identity tokens, with separate audio modules after the block), then the FF; after it the
+temporal module of that layer, with the motion frames prepended along the frame axis and the speed
+tokens cross-attended. The Face Locator's features are added right after ``conv_in``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emo_model.attention import KV, ReferenceBank, SpatialTransformer
+from emo_model.configs import BackboneConfig, SpeedConfig
+from emo_model.unet_blocks import ForwardContext, UNetBase
+
+
+def per_frame_tokens(tokens: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
+    """[B, F, T, D] (per frame) or [B, T, D] (per clip), batch 1 or B -> [B*F, T, D]."""
+    if tokens is None:
+        return None
+    if tokens.dim() == 3:
+        tokens = tokens.unsqueeze(1).expand(-1, frames, -1, -1)
+    if tokens.shape[1] != frames:
+        raise ValueError(f"tokens for {tokens.shape[1]} frames given to a clip of {frames} frames")
+    return tokens.expand(batch, -1, -1, -1).reshape(batch * frames, *tokens.shape[2:])
+
+
+class Backbone(UNetBase):
+    def __init__(self, cfg: BackboneConfig, speed: SpeedConfig | None = None):
+        super().__init__(
+            cfg.unet,
+            temporal=cfg.temporal,
+            speed=speed if cfg.speed_layers else None,
+            hallo_audio_dim=cfg.audio_module_dim if cfg.hallo_audio_modules else None,
+            output_head=True,
+        )
+
+    def project_reference(self, bank: ReferenceBank) -> dict[str, KV]:
+        """Reference keys/values for every block, computed once and reused for all steps and clips."""
+        cache = {}
+        for module in self.modules():
+            if isinstance(module, SpatialTransformer) and module.key in bank.tokens:
+                cache[module.key] = module.transformer_blocks[0].attn1.project_kv(bank.tokens[module.key].to(self.dtype))
+        return cache
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float,
+        *,
+        reference: ReferenceBank | None = None,
+        reference_kv: dict[str, KV] | None = None,
+        reference_enabled: torch.Tensor | None = None,
+        cross_context: torch.Tensor | None = None,
+        audio_context: torch.Tensor | None = None,
+        face_features: torch.Tensor | None = None,
+        region_masks: torch.Tensor | None = None,
+        motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        speed_tokens: torch.Tensor | None = None,
+        temporal: bool = True,
+    ) -> torch.Tensor:
+        """Denoiser output (noise, v or x0, as trained) for ``sample`` [B, C, F, H, W].
+
+        ``reference``: the bank (portrait tokens + this clip's motion features); ``reference_kv``:
+        its projected keys/values from :meth:`project_reference` (optional, saves work);
+        ``reference_enabled``: bool [B], False rows skip reference-attention (unconditional branch);
+        ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for Hallo's
+        audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
+        [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
+        ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module.
+        """
+        b, c, f, h, w = sample.shape
+        x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w).to(self.dtype))
+        if face_features is not None:
+            feats = face_features.to(x.dtype)
+            if feats.dim() == 4:
+                feats = feats.unsqueeze(2)
+            feats = feats.expand(b, -1, f, -1, -1).transpose(1, 2).reshape(b * f, -1, h, w)
+            x = x + feats
+        ctx = ForwardContext(
+            frames=f,
+            reference=reference,
+            reference_kv_cache=reference_kv,
+            reference_enabled=reference_enabled,
+            cross_context=per_frame_tokens(cross_context, b, f),
+            audio_context=per_frame_tokens(audio_context, b, f),
+            region_masks=None if region_masks is None else region_masks.expand(b, -1, -1, -1),
+            motion_scale=motion_scale,
+            speed_tokens=speed_tokens,
+            temporal=temporal,
+        )
+        x = self.run(x, self.time_embed(timestep, b, f, sample.device), ctx)
+        out = self.head(x)
+        return out.view(b, f, -1, h, w).transpose(1, 2)

@@ -1,0 +1,52 @@
+"""ReferenceNet (paper §3.2): encodes the portrait (and the motion frames) for reference-attention.
+
+Its structure is the backbone's without temporal layers: an SD1.5-shaped 2D UNet, initialised from
+SD1.5. It runs at timestep 0 on clean latents and, in "write" mode, banks the input of every
+self-attention (``norm1(x)`` of each spatial transformer block, keyed by the block's path). The
+backbone's blocks of the same path read those tokens (:mod:`emo_model.attention`).
+
+It runs once per video on the portrait, and once per clip on the motion frames
+(:mod:`emo_model.motion_frames`); never once per denoising step.
+
+Variants the open checkpoints need, chosen by config: no ``attn2``/``norm2`` (EchoMimic, and EMO,
+whose cross-attention became reference-attention: ``unet.cross_attention_dim = None``), and no
+``conv_norm_out``/``conv_out`` (Hallo, EchoMimic: ``output_head = False``), which a reference pass
+never uses anyway.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from emo_model.attention import ReferenceBank
+from emo_model.configs import ReferenceNetConfig
+from emo_model.unet_blocks import ForwardContext, UNetBase
+
+
+class ReferenceNet(UNetBase):
+    def __init__(self, cfg: ReferenceNetConfig):
+        super().__init__(cfg.unet, output_head=cfg.output_head)
+
+    def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Clean latents [B, C, H, W] (+ optional attn2 tokens [B, T, D]) -> {block path: [B, H*W, C]}."""
+        bank: dict[str, torch.Tensor] = {}
+        if self.cfg.cross_attention_dim is None:
+            context = None
+        elif context is not None and context.shape[0] != latents.shape[0]:
+            context = context.expand(latents.shape[0], -1, -1)
+        ctx = ForwardContext(frames=1, bank=bank, cross_context=context)
+        x = self.conv_in(latents.to(self.dtype))
+        self.run(x, self.time_embed(0, latents.shape[0], 1, latents.device), ctx)
+        return bank
+
+    def encode(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> ReferenceBank:
+        """The portrait's bank: [B, C, H, W] -> :class:`ReferenceBank` with tokens only."""
+        return ReferenceBank(tokens=self(latents, context))
+
+    def encode_motion(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Motion frames [B, n, C, H, W] -> {block path: [B, n, H*W, C]}."""
+        b, n = latents.shape[:2]
+        if context is not None:
+            context = context.expand(b, -1, -1).repeat_interleave(n, dim=0)
+        bank = self(latents.flatten(0, 1), context)
+        return {k: v.view(b, n, *v.shape[1:]) for k, v in bank.items()}

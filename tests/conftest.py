@@ -1,0 +1,41 @@
+"""Shared test helpers: repo paths, tiny models with "trained-looking" weights, seeds."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("EMO_SHARED_DIR", ROOT.parent / "shared"))
+LAYOUTS = SHARED / "checkpoint_layouts"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def perturb_zero_inits(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Give every all-zero parameter small random values.
+
+    Several layers start at zero so that adding them to a trained network changes nothing (temporal
+    ``proj_out``, speed attention output, Face Locator ``conv_out``, Hallo's zero convs). Behavioural
+    tests need them "trained", otherwise those layers are invisible.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.numel() and not p.is_meta and bool((p == 0).all()):
+                p.copy_(torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+@pytest.fixture
+def layouts_dir() -> Path:
+    if not LAYOUTS.is_dir():  # CI always has ../shared; never let the layout tests pass silently
+        pytest.fail(f"checkpoint layouts not found at {LAYOUTS} (set EMO_SHARED_DIR to the shared/ folder)")
+    return LAYOUTS
