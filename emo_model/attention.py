@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import functools
 import math
 
 import torch
@@ -44,6 +45,11 @@ def sinusoidal_positions(length: int, dim: int) -> torch.Tensor:
     pe[0, :, 1::2] = torch.cos(position * div_term[: dim // 2])
     return pe
 
+
+@functools.lru_cache(maxsize=64)
+def cached_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`sinusoidal_positions` on a device, made once (layers that do not store the table)."""
+    return sinusoidal_positions(length, dim).to(device=device, dtype=dtype)
 
 
 class Attention(nn.Module):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emo_model.attention import Attention, sinusoidal_positions
+from emo_model.attention import Attention, cached_positions
 from emo_model.configs import SpeedConfig
 
 
@@ -43,8 +43,7 @@ class SpeedEncoder(nn.Module):
         if len(cfg.centres) != len(cfg.radii):
             raise ValueError("speed centres and radii must have the same length")
         self.margin = cfg.margin
-        self.register_buffer("centres", torch.tensor(cfg.centres, dtype=torch.float32), persistent=False)
-        self.register_buffer("radii", torch.tensor(cfg.radii, dtype=torch.float32), persistent=False)
+        self.centres, self.radii = tuple(cfg.centres), tuple(cfg.radii)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.num_buckets * (2 * cfg.margin + 1), cfg.hidden_dim),
             nn.SiLU(),
@@ -52,7 +51,9 @@ class SpeedEncoder(nn.Module):
         )
 
     def buckets(self, speed: torch.Tensor) -> torch.Tensor:
-        return speed_buckets(speed.float(), self.centres, self.radii)
+        speed = speed.float()
+        as_tensor = lambda v: torch.tensor(v, device=speed.device)  # noqa: E731
+        return speed_buckets(speed, as_tensor(self.centres), as_tensor(self.radii))
 
     def forward(self, speed: torch.Tensor) -> torch.Tensor:
         if speed.dim() == 1:
@@ -72,8 +73,7 @@ class SpeedAttention(Attention):
 
     def __init__(self, dim: int, speed_dim: int, heads: int, max_len: int):
         super().__init__(dim, speed_dim, heads, dim // heads)
-        self.register_buffer("query_pe", sinusoidal_positions(max_len, dim), persistent=False)
-        self.register_buffer("key_pe", sinusoidal_positions(max_len, speed_dim), persistent=False)
+        self.max_len = max_len
         nn.init.zeros_(self.to_out[0].weight)
         nn.init.zeros_(self.to_out[0].bias)
 
@@ -83,8 +83,12 @@ class SpeedAttention(Attention):
         hw = bhw // batch
         if speed_tokens.shape[1] != frames:
             raise ValueError(f"{speed_tokens.shape[1]} speed tokens for {frames} frames")
-        speed_tokens = speed_tokens.expand(batch, -1, -1) + self.key_pe[:, :frames].to(speed_tokens.dtype)
-        q = self.to_q(x + self.query_pe[:, :frames].to(x.dtype))
+        if frames > self.max_len:
+            raise ValueError(f"speed attention sees {frames} frames but was built for at most {self.max_len}")
+        key_pe = cached_positions(self.max_len, speed_tokens.shape[-1], speed_tokens.device, speed_tokens.dtype)
+        query_pe = cached_positions(self.max_len, c, x.device, x.dtype)
+        speed_tokens = speed_tokens.expand(batch, -1, -1) + key_pe[:, :frames]
+        q = self.to_q(x + query_pe[:, :frames])
         q = q.view(batch, hw * frames, self.heads, self.head_dim).transpose(1, 2)
         k, v = self.project_kv(speed_tokens)
         out = self.attend(q, k, v)  # [b, h*w*f, c]

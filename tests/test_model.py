@@ -282,7 +282,7 @@ def test_speed_buckets_rise_monotonically_with_speed():
     assert (s.diff(dim=0) >= 0).all()  # every bucket rises with w
     assert (s.sum(dim=1).diff() > 0).all()  # and the code as a whole strictly does
     expected = torch.tanh((0.7 - torch.tensor(cfg.centres)) / torch.tensor(cfg.radii) * 3)
-    torch.testing.assert_close(speed_buckets(torch.tensor([0.7]), enc.centres, enc.radii)[0], expected)
+    torch.testing.assert_close(speed_buckets(torch.tensor([0.7]), torch.tensor(cfg.centres), torch.tensor(cfg.radii))[0], expected)
 
 
 def test_speed_tokens_stack_neighbouring_frames_and_change_the_output():

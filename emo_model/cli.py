@@ -1,0 +1,52 @@
+"""``python -m emo_model <command>``: the command line of the package.
+
+Each command lives next to the code it drives and exposes ``add_arguments(parser)`` and
+``run(args) -> int``; this file only lists them, so ``--help`` stays cheap and one command's
+missing optional dependency never breaks another.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": ("emo_model.commands.generate", "portrait + audio -> mp4 (no arguments: the built-in CPU demo)"),
+    "bench": ("emo_model.commands.bench", "seconds per frame and peak memory, optimised vs naive"),
+    "inspect": ("emo_model.commands.weights", "family, tensors, dtype and size of checkpoint files"),
+    "convert": ("emo_model.commands.weights", "any supported checkpoint -> one native .safetensors"),
+    "preprocess": ("emo_model.train.preprocess", "a folder of talking/singing videos -> a training dataset"),
+    "train": ("emo_model.train.trainer", "EMO's three-stage training (single GPU or accelerate launch)"),
+    "eval-sync": ("emo_model.commands.eval_sync", "lip-sync and speed-control measures of the demo model"),
+    "make-demo": ("emo_model.demo.build", "train the tiny CPU demo model from synthetic talking faces"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m emo_model", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module, _name=name)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        argv = ["generate"]  # the README's main command: the demo
+    parser = build_parser()
+    # parse the command name first, then let its module add its own arguments
+    known, _ = parser.parse_known_args(argv[:1] if argv[0] in COMMANDS else argv)
+    if known.command is None:
+        parser.print_help()
+        return 2
+    module = importlib.import_module(known._module)
+    sub = argparse.ArgumentParser(prog=f"python -m emo_model {known.command}", description=COMMANDS[known.command][1])
+    adder = getattr(module, f"add_{known.command.replace('-', '_')}_arguments", None) or module.add_arguments
+    adder(sub)
+    args = sub.parse_args(argv[1:])
+    runner = getattr(module, f"run_{known.command.replace('-', '_')}", None) or module.run
+    return int(runner(args) or 0)
