@@ -1,0 +1,627 @@
+"""Per-video-frame audio features: wav2vec2 (EMO, Hallo), whisper-tiny (EchoMimic) and a weight-free log-mel.
+
+Every encoder turns a :class:`~emo_model.audio.PreparedAudio` into one feature block per video frame,
+float32 on the CPU:
+
+* ``wav2vec2`` -> ``[F, 2m+1, layers, dim]`` (12 x 768), Hallo's recipe: the waveform is normalised to
+  zero mean / unit variance (the 960h ``do_normalize``); with ``interpolate_conv`` the conv features
+  are resampled linearly (``align_corners=True``) to F steps before the transformer, so every video
+  frame gets one token per layer; otherwise the 50 Hz hidden states are resampled to F. The layer
+  outputs (``hidden_states[1:]``) are kept.
+* ``whisper`` -> ``[F, window * layers, dim]`` (10 x 5 = 50 tokens of 384), EchoMimic's recipe: whisper's
+  log-mel of the whole clip, encoded in 30 s windows; the embedding output and every block output
+  (no final LayerNorm) at 50 Hz; frame i reads whisper steps ``int(i * 50 / fps) - 4 .. + 5``, clamped.
+* ``logmel`` -> ``[F, 2m+1, 1, n_mels]``, no weights: the mel power of each video frame's span, log10,
+  fixed normalisation constants (the CPU demo model).
+
+``2m+1`` is ``cfg.window``: each frame stacked with ``cfg.margin`` neighbours on both sides
+(:func:`~emo_model.audio.window_frames`, a strided view rather than copies).
+
+Long audio. wav2vec2 runs in pieces of ``chunk_seconds`` (20 s) of video frames, each with
+``context_seconds`` (2.5 s) of extra audio on both sides that is encoded and then dropped, so memory
+stays bounded (about 25 s of audio in the model at once) and every kept frame sees at least 2.5 s of
+context. Audio up to 20 s is one piece, i.e. exactly Hallo's recipe. Whisper works on its native 30 s
+windows, as EchoMimic does. The log-mel spectrogram is computed in one go (about 15 MB per minute).
+
+Weights are read from local files only: ``.safetensors`` with safetensors, anything else with
+``torch.load(weights_only=True)``, which refuses pickles that would run code. The shipped configs in
+``model_configs/`` describe wav2vec2-base-960h and whisper-tiny for checkpoints that come as one file.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import os
+import pickle
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig, WhisperFeatureExtractor
+from transformers.audio_utils import mel_filter_bank
+from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+from emo_model.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    PreparedAudio,
+    ceil_frames,
+    frame_samples,
+    prepare_audio,
+    window_frames,
+)
+from emo_model.configs import AudioFeatureConfig
+
+MODEL_CONFIGS = Path(__file__).parent / "model_configs"
+WAV2VEC2_CONFIG_DIR = MODEL_CONFIGS / "wav2vec2-base-960h"
+WHISPER_CONFIG_DIR = MODEL_CONFIGS / "whisper-tiny"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class AudioFeatures:
+    """The ``EMO_AUDIO`` value: per-frame features and the exact audio they were computed from.
+
+    ``features`` may be a non-contiguous view (see :func:`~emo_model.audio.window_frames`): slice it per
+    clip and move the slice to the device, or call ``.contiguous()`` before ``.view()``.
+    """
+
+    features: torch.Tensor  # float32 CPU, [F, ...] (see the module docstring)
+    fps: float
+    num_frames: int
+    audio: PreparedAudio
+    kind: str
+
+
+class AudioEncoder(ABC):
+    """Turns prepared 16 kHz audio into windowed per-video-frame features."""
+
+    kind: str
+
+    def __init__(self, cfg: AudioFeatureConfig):
+        if cfg.kind != self.kind:
+            raise AudioError(f"a {self.kind} encoder cannot serve an audio config of kind {cfg.kind!r}")
+        self.cfg = cfg
+
+    @abstractmethod
+    def encode(self, audio: PreparedAudio) -> torch.Tensor:
+        """Features for ``audio.num_frames`` frames, float32 on the CPU."""
+
+    def _check(self, audio: PreparedAudio) -> None:
+        expected = frame_samples(audio.num_frames, audio.fps, audio.sample_rate)
+        if audio.sample_rate != SAMPLE_RATE or audio.waveform.ndim != 1 or audio.waveform.shape[0] != expected:
+            raise AudioError(
+                f"expected mono {SAMPLE_RATE} Hz audio of {expected} samples for {audio.num_frames} frames at "
+                f"{audio.fps} fps, got {tuple(audio.waveform.shape)} at {audio.sample_rate} Hz; use prepare_audio()."
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Log-mel (no weights)
+
+
+class LogMelAudioEncoder(AudioEncoder):
+    """Log-mel energies per video frame: ``[F, 2m+1, 1, n_mels]`` with ``n_mels = cfg.dim``.
+
+    STFT with a 25 ms Hann window and a 10 ms hop (centred frames); the mel power of the STFT frames
+    whose centres fall in a video frame's time span is averaged, then ``log10(power + FLOOR)`` is
+    mapped to roughly zero mean / unit spread by the fixed ``OFFSET`` and ``SCALE`` (measured once on
+    synthetic speech at -23 LUFS: log10 mean -3.2, spread 1.8). Being fixed, they keep loudness
+    differences between frames and clips (a per-utterance normalisation would erase them). Digital
+    silence maps to ``(log10(FLOOR) - OFFSET) / SCALE`` = -1.5.
+    """
+
+    kind = "logmel"
+    N_FFT = 400
+    HOP = 160
+    FLOOR = 1e-6
+    OFFSET = -3.0
+    SCALE = 2.0
+
+    def __init__(self, cfg: AudioFeatureConfig):
+        super().__init__(cfg)
+        if cfg.layers != 1:
+            raise AudioError(f"logmel features have 1 layer, but the audio config asks for {cfg.layers}")
+        filters = mel_filter_bank(
+            num_frequency_bins=self.N_FFT // 2 + 1,
+            num_mel_filters=cfg.dim,
+            min_frequency=0.0,
+            max_frequency=SAMPLE_RATE / 2,
+            sampling_rate=SAMPLE_RATE,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        self.filters = torch.from_numpy(filters).float()  # [freq, n_mels]
+        self.window = torch.hann_window(self.N_FFT)
+
+    @torch.no_grad()
+    def encode(self, audio: PreparedAudio) -> torch.Tensor:
+        self._check(audio)
+        spec = torch.stft(audio.waveform, self.N_FFT, self.HOP, window=self.window, return_complex=True)
+        mel = spec.abs().square().T @ self.filters  # [mel frames, n_mels]
+        # Mel frame k is centred on sample k * HOP; frame f spans [f, f+1) / fps seconds.
+        per_second = SAMPLE_RATE / self.HOP
+        bounds = [ceil_frames(f * per_second / audio.fps) for f in range(audio.num_frames + 1)]
+        lo = torch.tensor(bounds[:-1]).clamp(max=mel.shape[0] - 1)
+        hi = torch.maximum(torch.tensor(bounds[1:]).clamp(max=mel.shape[0]), lo + 1)
+        cumulative = F.pad(mel.double().cumsum(0), (0, 0, 1, 0))
+        pooled = (cumulative[hi] - cumulative[lo]) / (hi - lo).unsqueeze(1)
+        features = ((pooled.float() + self.FLOOR).log10() - self.OFFSET) / self.SCALE
+        return window_frames(features.unsqueeze(1), self.cfg.margin)
+
+
+# --------------------------------------------------------------------------------------------------
+# wav2vec2
+
+
+def _interpolate_time(x: torch.Tensor, length: int) -> torch.Tensor:
+    """Linear resampling along dim 0 of ``[T, ...]`` to ``length`` (align_corners=True, as Hallo)."""
+    flat = x.reshape(x.shape[0], -1).T.unsqueeze(0)  # [1, C, T]
+    out = F.interpolate(flat, size=length, mode="linear", align_corners=True)
+    return out[0].T.reshape(length, *x.shape[1:])
+
+
+def _run_recording(layers: nn.ModuleList, forward: Callable[[], Any], *, with_input: bool = False):
+    """``(forward(), outputs of every layer)``, the first layer's input first if ``with_input``.
+
+    Forward hooks keep this independent of how a transformers version returns ``hidden_states``.
+    """
+    recorded: list[torch.Tensor] = []
+
+    def record_output(_module, _args, output):
+        recorded.append(output[0] if isinstance(output, tuple) else output)
+
+    handles = [layer.register_forward_hook(record_output) for layer in layers]
+    if with_input:
+        handles.append(layers[0].register_forward_pre_hook(lambda _module, args: recorded.append(args[0])))
+    try:
+        result = forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return result, recorded
+
+
+class Wav2Vec2AudioEncoder(AudioEncoder):
+    """wav2vec2 hidden states per video frame, ``[F, 2m+1, layers, dim]`` (see the module docstring)."""
+
+    kind = "wav2vec2"
+
+    def __init__(
+        self,
+        model: Wav2Vec2Model,
+        cfg: AudioFeatureConfig,
+        *,
+        normalize: bool = True,
+        chunk_seconds: float = 20.0,
+        context_seconds: float = 2.5,
+    ):
+        super().__init__(cfg)
+        config = model.config
+        if (config.num_hidden_layers, config.hidden_size) != (cfg.layers, cfg.dim):
+            raise AudioError(
+                f"the wav2vec2 checkpoint has {config.num_hidden_layers} layers of width {config.hidden_size}, but "
+                f"the model expects {cfg.layers} x {cfg.dim} (wav2vec2-base-960h); load the matching audio encoder."
+            )
+        self.model = model.eval()
+        self.normalize = normalize
+        self.chunk_seconds = chunk_seconds
+        self.context_seconds = context_seconds
+        receptive_field = 1
+        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+            receptive_field = (receptive_field - 1) * stride + kernel
+        self.receptive_field = receptive_field
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        cfg: AudioFeatureConfig,
+        *,
+        config: Wav2Vec2Config | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        chunk_seconds: float = 20.0,
+        context_seconds: float = 2.5,
+    ) -> Wav2Vec2AudioEncoder:
+        """Load from an HF folder (``config.json`` + weights) or one weights file (shipped base-960h config).
+
+        ``config`` overrides the architecture (e.g. for a single file of another size).
+        """
+        weights, folder = _locate(Path(path), "wav2vec2")
+        state_dict, _ = _read_state_dict(weights)
+        config_dir = folder or WAV2VEC2_CONFIG_DIR
+        if config is None:
+            config = _read_config(Wav2Vec2Config, config_dir / "config.json")
+        preprocessor = config_dir / "preprocessor_config.json"
+        if not preprocessor.is_file():
+            preprocessor = WAV2VEC2_CONFIG_DIR / "preprocessor_config.json"
+        normalize = _read_json(preprocessor).get("do_normalize", True)
+        model = _instantiate(Wav2Vec2Model, config, convert_wav2vec2_state_dict, state_dict)
+        model = model.to(device=device, dtype=dtype)
+        return cls(model, cfg, normalize=normalize, chunk_seconds=chunk_seconds, context_seconds=context_seconds)
+
+    def chunks(self, num_frames: int, fps: float) -> Iterator[tuple[int, int, int, int]]:
+        """``(keep_start, keep_end, span_start, span_end)`` frame ranges: encode the span, keep the core."""
+        core = max(1, round(self.chunk_seconds * fps))
+        context = round(self.context_seconds * fps)
+        for start in range(0, num_frames, core):
+            end = min(num_frames, start + core)
+            yield start, end, max(0, start - context), min(num_frames, end + context)
+
+    @torch.no_grad()
+    def encode(self, audio: PreparedAudio) -> torch.Tensor:
+        self._check(audio)
+        waveform = audio.waveform
+        if self.normalize:  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm over the whole clip
+            wide = waveform.double()
+            waveform = ((wide - wide.mean()) / torch.sqrt(wide.var(unbiased=False) + 1e-7)).float()
+        pieces = []
+        for keep_start, keep_end, span_start, span_end in self.chunks(audio.num_frames, audio.fps):
+            samples = waveform[frame_samples(span_start, audio.fps) : frame_samples(span_end, audio.fps)]
+            hidden = self._encode_span(samples, span_end - span_start)
+            pieces.append(hidden[keep_start - span_start : keep_end - span_start])
+        return window_frames(torch.cat(pieces), self.cfg.margin)
+
+    def _encode_span(self, samples: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Layer outputs ``[num_frames, layers, dim]`` (float32, CPU) for one span of audio."""
+        model = self.model
+        parameter = next(model.parameters())
+        if samples.shape[0] < self.receptive_field:
+            samples = F.pad(samples, (0, self.receptive_field - samples.shape[0]))
+        x = samples.to(device=parameter.device, dtype=parameter.dtype).unsqueeze(0)
+        conv = model.feature_extractor(x).transpose(1, 2)[0]  # [T50, C]
+        if self.cfg.interpolate_conv:
+            conv = _interpolate_time(conv, num_frames)
+        hidden = model.feature_projection(conv.unsqueeze(0))[0]
+        final, outputs = _run_recording(model.encoder.layers, lambda: model.encoder(hidden)[0])
+        # transformers' hidden_states[-1] is the encoder output: the last layer's for base models,
+        # after the final LayerNorm for stable-layer-norm (large) ones.
+        outputs[-1] = final
+        layers = torch.stack(outputs, dim=2)[0].float().cpu()  # [T, layers, dim]
+        return layers if self.cfg.interpolate_conv else _interpolate_time(layers, num_frames)
+
+
+# --------------------------------------------------------------------------------------------------
+# whisper
+
+
+class WhisperAudioEncoder(AudioEncoder):
+    """EchoMimic's whisper-tiny features, ``[F, window * layers, dim]`` (see the module docstring)."""
+
+    kind = "whisper"
+
+    def __init__(self, model: WhisperEncoder, cfg: AudioFeatureConfig):
+        super().__init__(cfg)
+        config = model.config
+        if (config.encoder_layers + 1, config.d_model) != (cfg.layers, cfg.dim):
+            raise AudioError(
+                f"the whisper checkpoint gives {config.encoder_layers + 1} layers of width {config.d_model}, but the "
+                f"model expects {cfg.layers} x {cfg.dim} (whisper-tiny); load the matching audio encoder."
+            )
+        self.model = model.eval()
+        hop = 160
+        self.feature_extractor = WhisperFeatureExtractor(
+            feature_size=config.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=hop, chunk_length=30, n_fft=400
+        )
+        self.segment = 2 * config.max_source_positions  # mel frames per 30 s window (conv2 halves them)
+        self.frame_rate = SAMPLE_RATE / hop / 2  # 50 encoder frames per second
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        cfg: AudioFeatureConfig,
+        *,
+        config: WhisperConfig | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> WhisperAudioEncoder:
+        """Load an OpenAI ``.pt`` (``{"dims", "model_state_dict"}``), an HF folder, or one weights file.
+
+        Without ``config``, the architecture comes from the folder's ``config.json``, the ``.pt`` dims, or
+        the shipped whisper-tiny config, in that order.
+        """
+        weights, folder = _locate(Path(path), "whisper")
+        state_dict, dims = _read_state_dict(weights)
+        if config is None:
+            if folder is not None:
+                config = _read_config(WhisperConfig, folder / "config.json")
+            elif dims is not None:
+                config = _whisper_config_from_dims(dims)
+            else:
+                config = _read_config(WhisperConfig, WHISPER_CONFIG_DIR / "config.json")
+        model = _instantiate(WhisperEncoder, config, convert_whisper_state_dict, state_dict)
+        return cls(model.to(device=device, dtype=dtype), cfg)
+
+    @torch.no_grad()
+    def encode(self, audio: PreparedAudio) -> torch.Tensor:
+        self._check(audio)
+        mel = self.feature_extractor(
+            audio.waveform.numpy(), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt"
+        ).input_features[0]  # [n_mels, T100]; the -8 dB-decade floor is relative to the whole clip's peak
+        parameter = next(self.model.parameters())
+        frames = []
+        for start in range(0, mel.shape[1], self.segment):
+            piece = mel[:, start : start + self.segment]
+            keep = max(1, piece.shape[1] // 2)
+            piece = F.pad(piece, (0, self.segment - piece.shape[1]))  # zeros in log-mel space, as EchoMimic
+            x = piece.unsqueeze(0).to(device=parameter.device, dtype=parameter.dtype)
+            _, states = _run_recording(self.model.layers, partial(self.model, x), with_input=True)
+            frames.append(torch.stack(states, dim=2)[0, :keep].float().cpu())  # [keep, layers, dim]
+        per_step = torch.cat(frames)
+        # EchoMimic: centre int(i * 50 / fps), window centre-4 .. centre+5, clamped, flattened to tokens.
+        centres = torch.floor(torch.arange(audio.num_frames, dtype=torch.float64) * self.frame_rate / audio.fps)
+        offsets = torch.arange(self.cfg.whisper_window[0], self.cfg.whisper_window[1] + 1)
+        index = (centres.long().unsqueeze(1) + offsets).clamp(0, per_step.shape[0] - 1)
+        return per_step[index].reshape(audio.num_frames, -1, per_step.shape[-1])
+
+
+def _whisper_config_from_dims(dims: Mapping) -> WhisperConfig:
+    """WhisperConfig for OpenAI ``ModelDimensions`` (only the encoder part is ever built)."""
+    try:
+        return WhisperConfig(
+            num_mel_bins=dims["n_mels"],
+            max_source_positions=dims["n_audio_ctx"],
+            d_model=dims["n_audio_state"],
+            encoder_attention_heads=dims["n_audio_head"],
+            encoder_layers=dims["n_audio_layer"],
+            encoder_ffn_dim=4 * dims["n_audio_state"],
+            vocab_size=dims["n_vocab"],
+            max_target_positions=dims["n_text_ctx"],
+            decoder_attention_heads=dims["n_text_head"],
+            decoder_layers=dims["n_text_layer"],
+            decoder_ffn_dim=4 * dims["n_text_state"],
+        )
+    except KeyError as exc:
+        raise AudioError(f"the whisper checkpoint's 'dims' lacks {exc}; is it an OpenAI whisper .pt file?") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint files and key mapping
+
+
+def _locate(path: Path, what: str) -> tuple[Path, Path | None]:
+    """(weights file, HF folder or None) for a folder or a single file."""
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise AudioError(f"'{path}' has no config.json; a {what} folder needs config.json and weights.")
+        for name in _WEIGHT_FILES:
+            if (path / name).is_file():
+                return path / name, path
+        raise AudioError(f"'{path}' has no weights; expected one of {', '.join(_WEIGHT_FILES)}.")
+    if path.is_file():
+        return path, None
+    raise AudioError(f"{what} checkpoint not found: '{path}'. Put it in models/audio_encoders/ or pass its path.")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AudioError(f"could not read '{path}' as JSON ({exc}).") from exc
+
+
+def _read_config(config_class, path: Path):
+    """A transformers config from ``path``, refusing files written for another architecture."""
+    data = _read_json(path)
+    model_type = data.get("model_type", config_class.model_type)
+    if model_type != config_class.model_type:
+        raise AudioError(f"'{path}' describes a {model_type} model, not {config_class.model_type}.")
+    return config_class.from_dict(data)
+
+
+def _instantiate(model_class: type[nn.Module], config, convert, state_dict: Mapping[str, torch.Tensor]) -> nn.Module:
+    """Build ``model_class(config)`` on the meta device (no random init) and adopt the checkpoint's tensors."""
+    with torch.device("meta"):
+        model = model_class(config)
+    model.load_state_dict(convert(state_dict, model), assign=True)
+    return model
+
+
+def _read_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], Mapping | None]:
+    """(tensors, OpenAI whisper ``dims`` or None) from a safetensors file or a tensors-only pickle."""
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(path), None
+        except (SafetensorError, OSError) as exc:
+            raise AudioError(f"'{path.name}' is not a readable safetensors file ({exc}).") from exc
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise AudioError(
+            f"refused to load '{path.name}': it holds Python objects other than tensors, which could run code. "
+            "Use a .safetensors file or a plain state dict."
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise AudioError(f"'{path.name}' is not a readable PyTorch checkpoint ({exc}).") from exc
+    dims = obj.get("dims") if isinstance(obj, Mapping) else None
+    for key in ("model_state_dict", "state_dict"):
+        if isinstance(obj, Mapping) and key in obj:
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise AudioError(f"'{path.name}' is not a state dict of tensors.")
+    return dict(obj), dims
+
+
+def _under(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The keys under ``prefix`` with it removed, if any key has it; otherwise everything unchanged."""
+    if not any(key.startswith(prefix) for key in state_dict):
+        return dict(state_dict)
+    return {key[len(prefix) :]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _match(state_dict: dict[str, torch.Tensor], model: nn.Module, what: str) -> dict[str, torch.Tensor]:
+    """Check keys and shapes against ``model`` and raise one AudioError naming every difference."""
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    wrong = [
+        f"{key} {tuple(state_dict[key].shape)} != {tuple(expected[key].shape)}"
+        for key in sorted(expected.keys() & state_dict.keys())
+        if state_dict[key].shape != expected[key].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = [
+            f"{label} ({len(keys)}): {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        ]
+        raise AudioError(f"the {what} checkpoint does not fit the architecture; " + "; ".join(parts))
+    return state_dict
+
+
+_WEIGHT_NORM_NAMES = (("weight_g", "parametrizations.weight.original0"), ("weight_v", "parametrizations.weight.original1"))
+
+
+def convert_wav2vec2_state_dict(state_dict: Mapping[str, torch.Tensor], model: Wav2Vec2Model) -> dict[str, torch.Tensor]:
+    """Map a wav2vec2 checkpoint onto ``model``'s keys (raises AudioError when it does not fit).
+
+    Strips the ``wav2vec2.`` prefix of ``Wav2Vec2ForCTC``/``ForPreTraining`` files and drops their heads
+    (``lm_head``, ``quantizer``, ...); renames the positional conv's weight-norm tensors between the old
+    ``weight_g``/``weight_v`` and the ``parametrizations.weight.original0/1`` names, whichever ``model``
+    uses. ``masked_spec_embed`` (training-only) may be absent.
+    """
+    expected = model.state_dict()
+    mapped = {}
+    for key, value in _under(state_dict, "wav2vec2.").items():
+        for old, new in _WEIGHT_NORM_NAMES:
+            for src, dst in ((old, new), (new, old)):
+                renamed = key[: -len(src)] + dst if key.endswith(src) else key
+                if renamed != key and renamed in expected:
+                    key = renamed
+        mapped[key] = value
+    if "masked_spec_embed" in expected:
+        mapped.setdefault("masked_spec_embed", torch.zeros(expected["masked_spec_embed"].shape))
+    else:
+        mapped.pop("masked_spec_embed", None)
+    return _match(mapped, model, "wav2vec2")
+
+
+_OPENAI_WHISPER_NAMES = (
+    (r"^positional_embedding$", "embed_positions.weight"),
+    (r"^blocks\.(\d+)\.attn\.query\.", r"layers.\1.self_attn.q_proj."),
+    (r"^blocks\.(\d+)\.attn\.key\.", r"layers.\1.self_attn.k_proj."),
+    (r"^blocks\.(\d+)\.attn\.value\.", r"layers.\1.self_attn.v_proj."),
+    (r"^blocks\.(\d+)\.attn\.out\.", r"layers.\1.self_attn.out_proj."),
+    (r"^blocks\.(\d+)\.attn_ln\.", r"layers.\1.self_attn_layer_norm."),
+    (r"^blocks\.(\d+)\.mlp\.0\.", r"layers.\1.fc1."),
+    (r"^blocks\.(\d+)\.mlp\.2\.", r"layers.\1.fc2."),
+    (r"^blocks\.(\d+)\.mlp_ln\.", r"layers.\1.final_layer_norm."),
+    (r"^ln_post\.", "layer_norm."),
+)
+
+
+def convert_whisper_state_dict(state_dict: Mapping[str, torch.Tensor], model: WhisperEncoder) -> dict[str, torch.Tensor]:
+    """Map an OpenAI or transformers whisper checkpoint onto a ``WhisperEncoder`` (decoder keys dropped).
+
+    Accepts OpenAI names (``encoder.blocks.N.attn.query`` ...) and transformers names, with or without
+    the ``model.`` / ``encoder.`` prefixes. Raises AudioError when the result does not fit ``model``.
+    """
+    mapped = {}
+    for key, value in _under(_under(state_dict, "model."), "encoder.").items():
+        for pattern, replacement in _OPENAI_WHISPER_NAMES:
+            key = re.sub(pattern, replacement, key)
+        mapped[key] = value
+    return _match(mapped, model, "whisper")
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def build_audio_encoder(
+    cfg: AudioFeatureConfig,
+    path: str | Path | None = None,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> AudioEncoder:
+    """The encoder ``cfg.kind`` asks for; wav2vec2 and whisper load local weights from ``path``."""
+    if cfg.sample_rate != SAMPLE_RATE:
+        raise AudioError(f"audio features are computed at {SAMPLE_RATE} Hz, but the config says {cfg.sample_rate}")
+    if cfg.kind == "logmel":
+        if path is not None:
+            raise AudioError("logmel features need no weights; leave the audio encoder path empty.")
+        return LogMelAudioEncoder(cfg)
+    loaders = {"wav2vec2": Wav2Vec2AudioEncoder, "whisper": WhisperAudioEncoder}
+    if cfg.kind not in loaders:
+        raise AudioError(f"unknown audio feature kind {cfg.kind!r}; choose wav2vec2, whisper or logmel.")
+    if path is None:
+        raise AudioError(f"{cfg.kind} features need a local checkpoint (models/audio_encoders/); none was given.")
+    return loaders[cfg.kind].from_checkpoint(path, cfg, device=device, dtype=dtype)
+
+
+def features_from_comfy_encoder_output(output: Mapping, cfg: AudioFeatureConfig, num_frames: int, fps: float) -> torch.Tensor:
+    """ComfyUI's ``AUDIO_ENCODER_OUTPUT`` (wav2vec2-base at 50 Hz) as ``[F, 2m+1, layers, dim]`` features.
+
+    Uses ``encoded_audio_all_layers[1:]`` (the input embedding dropped), keeps the 50 Hz steps that
+    cover ``num_frames`` frames at ``fps`` (``audio_samples`` gives the encoded length), and resamples
+    them linearly to the frame count, as the own path does with ``interpolate_conv=False``. Note that
+    core's wav2vec2-base does not normalise the waveform (its ``do_normalize`` is hard-coded off), so
+    the features differ slightly from :class:`Wav2Vec2AudioEncoder`'s.
+    """
+    if cfg.kind != "wav2vec2":
+        raise AudioError(f"AUDIO_ENCODER_OUTPUT can only feed wav2vec2 features; this model uses {cfg.kind}.")
+    layers = output.get("encoded_audio_all_layers") if isinstance(output, Mapping) else None
+    audio_samples = output.get("audio_samples") if isinstance(output, Mapping) else None
+    if not isinstance(layers, Sequence) or not layers or not all(isinstance(t, torch.Tensor) and t.ndim == 3 for t in layers):
+        raise AudioError(
+            "expected an AUDIO_ENCODER_OUTPUT with 'encoded_audio_all_layers' (a tuple of [batch, time, dim] "
+            "tensors); connect the Audio Encoder Encode node."
+        )
+    batch, steps, dim = layers[0].shape
+    if len(layers) != cfg.layers + 1 or dim != cfg.dim:
+        raise AudioError(
+            f"the audio encoder output has {len(layers)} hidden states of width {dim}, but this model needs "
+            f"wav2vec2-base ({cfg.layers + 1} x {cfg.dim}); load wav2vec2-base-960h in the Audio Encoder Loader "
+            "(wav2vec2-large gives 25 x 1024, whisper-large 33 x 1280)."
+        )
+    if batch != 1:
+        raise AudioError(f"the audio encoder output holds a batch of {batch}; encode one clip per video.")
+    if isinstance(audio_samples, bool) or not isinstance(audio_samples, numbers.Integral) or audio_samples <= 0:
+        raise AudioError(f"the audio encoder output has no valid 'audio_samples' (got {audio_samples!r}).")
+    needed = frame_samples(num_frames, fps)
+    if audio_samples < needed - SAMPLE_RATE / fps:
+        raise AudioError(
+            f"the encoded audio lasts {audio_samples / SAMPLE_RATE:.2f} s but {num_frames} frames at {fps} fps need "
+            f"{needed / SAMPLE_RATE:.2f} s; encode the whole clip or lower the frame count."
+        )
+    keep = min(steps, max(1, round(steps * needed / audio_samples)))
+    stacked = torch.stack([t[0, :keep] for t in layers[1:]], dim=1).float().cpu()  # [keep, layers, dim]
+    return window_frames(_interpolate_time(stacked, num_frames), cfg.margin)
+
+
+def encode_audio(
+    source: str | os.PathLike | Mapping,
+    cfg: AudioFeatureConfig,
+    encoder: AudioEncoder | None,
+    fps: float,
+    *,
+    loudness_lufs: float | None = None,
+    num_frames: int | None = None,
+) -> AudioFeatures:
+    """Prepare ``source`` (path or AUDIO dict) for ``fps`` and encode it; ``encoder`` may be None for logmel."""
+    if encoder is None:
+        if cfg.kind != "logmel":
+            raise AudioError(f"{cfg.kind} features need a loaded audio encoder; only logmel works without one.")
+        encoder = LogMelAudioEncoder(cfg)
+    elif encoder.kind != cfg.kind:
+        raise AudioError(f"the audio encoder gives {encoder.kind} features but the model expects {cfg.kind}.")
+    elif encoder.cfg != cfg:
+        raise AudioError(f"the audio encoder was built for {encoder.cfg}, but the model expects {cfg}.")
+    audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs, num_frames=num_frames)
+    return AudioFeatures(
+        features=encoder.encode(audio), fps=audio.fps, num_frames=audio.num_frames, audio=audio, kind=encoder.kind
+    )
