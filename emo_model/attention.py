@@ -102,6 +102,8 @@ def reference_attention(
     (the unconditional guidance branch, as in Hallo and EchoMimic). With no reference this is exactly
     plain self-attention.
     """
+    if enabled is not None and enabled.shape[0] != x.shape[0]:
+        raise ValueError(f"reference_enabled has {enabled.shape[0]} rows for {x.shape[0]} token sequences")
     if reference_kv is None or (enabled is not None and not bool(enabled.any())):
         return attn(x)
     if enabled is None or bool(enabled.all()):

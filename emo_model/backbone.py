@@ -83,7 +83,7 @@ class Backbone(UNetBase):
             frames=f,
             reference=reference,
             reference_kv_cache=reference_kv,
-            reference_enabled=reference_enabled,
+            reference_enabled=None if reference_enabled is None else reference_enabled.to(x.device).repeat_interleave(f),
             cross_context=per_frame_tokens(cross_context, b, f),
             audio_context=per_frame_tokens(audio_context, b, f),
             region_masks=None if region_masks is None else region_masks.expand(b, -1, -1, -1),

@@ -257,6 +257,9 @@ class EMOConfig:
             raise ValueError(f"preset.strategy must be motion_frames or context_windows, got {self.preset.strategy!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
+        sch = self.preset.scheduler
+        if sch.rescale_betas_zero_snr and sch.prediction_type == "epsilon":
+            raise ValueError("a zero-terminal-SNR schedule needs v-prediction (epsilon is undefined at the last step)")
         if self.audio_proj is not None:
             got = (self.audio_proj.seq_len, self.audio_proj.blocks, self.audio_proj.channels)
             want = (self.audio.window, self.audio.layers, self.audio.dim)

@@ -202,6 +202,22 @@ def test_empty_reference_bank_equals_no_reference_and_reference_changes_output()
     assert (with_ref - none).abs().max() > 1e-3
 
 
+def test_unconditional_rows_of_a_batched_clip_skip_reference_attention_only_there():
+    model = _tiny()
+    sample, ref, motion, feats, mask = _inputs(model)
+    with torch.no_grad():
+        cond = _cond(model, ref, motion, feats, mask)
+        on = model(sample, 500, cond)
+        cond.reference_enabled = torch.tensor([False])
+        off = model(sample, 500, cond)
+        cond.reference_enabled = torch.tensor([False, True])
+        batched = model(sample.expand(2, -1, -1, -1, -1), 500, cond)
+        again = model(sample.expand(2, -1, -1, -1, -1), 500, cond)
+    assert torch.equal(batched, again)  # deterministic: no uninitialised rows
+    torch.testing.assert_close(batched[0], off[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched[1], on[0], atol=1e-5, rtol=1e-4)
+
+
 def test_reference_kv_cache_gives_the_same_result():
     model = _tiny()
     sample, ref, motion, feats, mask = _inputs(model)

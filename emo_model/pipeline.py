@@ -1,0 +1,391 @@
+"""Sampling: any length of audio -> a continuous video, clip by clip.
+
+Per video: the portrait is encoded once (VAE latent, ReferenceNet bank, the bank's keys/values for
+every backbone block, face-identity tokens where the family has them, colour statistics).
+Per clip (motion-frames strategy): the motion frames (the last ``n`` generated latents) go through the
+ReferenceNet once; seeded noise; the scheduler loop, each step one batched forward over the guidance
+branches; decode in batches; colour match; the frames go to a *sink* (a list for ComfyUI, the video
+file for the CLI) and are not kept, so memory does not grow with the audio.
+With context windows (EchoMimic) the latents of every frame stay in memory (16 KB per frame at 512²
+in fp32 — latents only) and are decoded window by window at the end.
+
+Guidance (classifier-free, batched into one forward):
+
+* ``uncond``: no reference-attention, zero audio tokens, zero Face Locator features, neutral identity
+  (what Hallo and EchoMimic feed their unconditional branch);
+* ``reference``: portrait on, audio off;  ``full``: everything on.
+
+``pred = uncond + cfg * (reference - uncond) + audio_cfg * (full - reference)``; with ``audio_cfg == cfg``
+this is classic CFG and the reference branch drops out, with ``cfg == 1`` the unconditional branch
+drops out, and with both at 1 a single forward is run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from emo_model.attention import KV, ReferenceBank
+from emo_model.clip_planner import frame_indices, plan_clips, plan_windows, window_weights
+from emo_model.colour_match import colour_stats, match_colours
+from emo_model.configs import PresetConfig
+from emo_model.model import Conditioning, EMOModel
+from emo_model.motion_frames import first_clip_motion
+from emo_model.schedulers import make_scheduler
+from emo_model.vae import LatentCodec
+
+Sink = Callable[[torch.Tensor], None]
+
+
+class GenerationCancelled(RuntimeError):
+    """Raised between two denoising steps when the caller asked to stop."""
+
+
+@dataclass
+class SamplingSettings:
+    steps: int = 40
+    cfg: float = 3.5  # reference / overall guidance
+    audio_cfg: float = 3.5  # audio guidance (same as cfg = classic CFG)
+    sampler: str = "ddim"
+    seed: int = 0
+    speed: float | Sequence[float] = 0.7  # head-rotation speed, deg/frame: a constant or a per-frame curve
+    strategy: str = "motion_frames"  # or "context_windows"
+    frames_per_clip: int = 12
+    motion_frames: int = 4
+    context_overlap: int = 3
+    first_clip_motion: str = "zeros"
+    colour_match: str = "none"
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Hallo's pose / face / lip weights
+    pad_last_clip: bool = True
+    # performance switches (the naive settings exist for the benchmark's baseline)
+    batch_guidance: bool = True
+    reference_every_step: bool = False
+
+    @classmethod
+    def from_preset(cls, preset: PresetConfig, **overrides) -> "SamplingSettings":
+        base = dict(
+            steps=preset.steps,
+            cfg=preset.cfg,
+            audio_cfg=preset.audio_cfg,
+            sampler=preset.sampler,
+            speed=preset.speed,
+            strategy=preset.strategy,
+            frames_per_clip=preset.frames_per_clip,
+            motion_frames=preset.motion_frames,
+            context_overlap=preset.context_overlap,
+            first_clip_motion=preset.first_clip_motion,
+        )
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**base)
+
+
+@dataclass
+class StepInfo:
+    clip: int  # index of the clip (or 0 for context windows)
+    clips: int
+    step: int  # step within the clip, 1-based
+    steps: int
+    done: int  # denoiser steps done in the whole run
+    total: int
+
+
+@dataclass
+class ReferenceState:
+    """The portrait, encoded once per video (the EMO_REFERENCE value)."""
+
+    image: torch.Tensor  # [H, W, 3] float 0..1, CPU
+    latent: torch.Tensor  # [1, C, h, w]
+    bank: ReferenceBank
+    identity_tokens: torch.Tensor | None
+    identity_uncond: torch.Tensor | None
+    colour: tuple
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.image.shape[:2])
+
+
+def guidance_weights(cfg: float, audio_cfg: float) -> dict[str, float]:
+    """Weights of the branches that contribute (zero-weight branches are not run)."""
+    weights = {"uncond": 1.0 - cfg, "reference": cfg - audio_cfg, "full": audio_cfg}
+    return {k: w for k, w in weights.items() if abs(w) > 1e-8}
+
+
+def speed_curve(speed: float | Sequence[float] | torch.Tensor, num_frames: int) -> torch.Tensor:
+    """A constant or any-length curve -> one speed per frame (linear resampling)."""
+    values = torch.as_tensor(speed, dtype=torch.float32).flatten()
+    if values.numel() == 1:
+        return values.expand(num_frames).clone()
+    if values.numel() == num_frames:
+        return values
+    return F.interpolate(values[None, None], size=num_frames, mode="linear", align_corners=True)[0, 0]
+
+
+def clip_seed(seed: int, index: int) -> int:
+    """Independent, reproducible seed of clip ``index`` from the run's seed."""
+    return (int(seed) * 1_000_003 + index * 7_919) % (2**63 - 1)
+
+
+def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """[H, W, C] float 0..1 -> [height, width, C]: padded to the target aspect (edge pixels), then resized."""
+    h, w = image.shape[:2]
+    target = width / height
+    if abs(w / h - target) > 1e-3:
+        x = image.permute(2, 0, 1)[None]
+        if w / h < target:
+            extra = round(h * target) - w
+            x = F.pad(x, (extra // 2, extra - extra // 2, 0, 0), mode="replicate")
+        else:
+            extra = round(w / target) - h
+            x = F.pad(x, (0, 0, extra // 2, extra - extra // 2), mode="replicate")
+        image = x[0].permute(1, 2, 0)
+    if image.shape[:2] != (height, width):
+        x = image.permute(2, 0, 1)[None].float()
+        image = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0].permute(1, 2, 0)
+    return image.clamp(0, 1)
+
+
+class EMOPipeline:
+    def __init__(self, model: EMOModel, codec: LatentCodec, *, device: torch.device | str | None = None):
+        self.model = model
+        self.codec = codec
+        self.device = torch.device(device) if device is not None else model.device
+
+    @property
+    def config(self):
+        return self.model.config
+
+    # ---- per video --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_reference(
+        self, image: torch.Tensor, *, size: int | None = None, identity_embedding: torch.Tensor | None = None
+    ) -> ReferenceState:
+        """Portrait [H, W, 3] (or [1, H, W, 3]) float 0..1 -> :class:`ReferenceState` at the model size."""
+        if image.dim() == 4:
+            image = image[0]
+        side = size or self.config.preset.resolution
+        multiple = self.codec.scale_factor * 2 ** (len(self.config.backbone.unet.block_out_channels) - 1)
+        if side % multiple:
+            raise ValueError(f"size must be a multiple of {multiple} pixels, got {side}")
+        image = fit_image(image.float().cpu(), side, side)
+        latent = self.codec.encode(image[None]).to(self.device, self.model.dtype)
+        ident = self.model.identity_tokens(identity_embedding[None] if identity_embedding is not None else None)
+        ident_uncond = self.model.identity_tokens(None)
+        bank = self.model.encode_reference(latent, ident)
+        return ReferenceState(image, latent, bank, ident, ident_uncond, colour_stats(image))
+
+    # ---- per run ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        reference: ReferenceState,
+        audio_features: torch.Tensor,
+        *,
+        settings: SamplingSettings,
+        sink: Sink,
+        face_mask: torch.Tensor | None = None,
+        region_masks: torch.Tensor | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> int:
+        """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
+
+        ``face_mask``: [H, W] face-region mask in 0..1 at any size (None = the whole frame, which lets
+        the face move anywhere). ``region_masks``: Hallo's [3, H, W] (full, face, lip) masks.
+        Returns the number of frames handed to the sink.
+        """
+        self._check(settings)
+        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel)
+        if settings.strategy == "context_windows":
+            return run.context_windows()
+        return run.motion_frames()
+
+    def generate_frames(self, reference: ReferenceState, audio_features: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Like :meth:`generate`, collecting every frame: [F, H, W, 3] float 0..1 on the CPU."""
+        frames: list[torch.Tensor] = []
+        self.generate(reference, audio_features, sink=frames.append, **kwargs)
+        return torch.cat(frames)
+
+    def _check(self, s: SamplingSettings) -> None:
+        if s.steps < 1:
+            raise ValueError("steps must be at least 1")
+        if s.strategy not in ("motion_frames", "context_windows"):
+            raise ValueError(f"strategy must be motion_frames or context_windows, got {s.strategy!r}")
+        longest = s.frames_per_clip + (s.motion_frames if s.strategy == "motion_frames" else 0)
+        limit = self.config.backbone.temporal.max_len
+        if longest > limit:
+            raise ValueError(f"frames per clip + motion frames = {longest}, but the temporal modules handle at most {limit}")
+
+
+class _Run:
+    """State of one :meth:`EMOPipeline.generate` call."""
+
+    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel):
+        self.pipe, self.model, self.ref, self.s, self.sink = pipe, pipe.model, ref, s, sink
+        self.on_step, self.should_cancel = on_step, should_cancel
+        self.device, self.dtype = pipe.device, pipe.model.dtype
+        self.features = features
+        self.num_frames = int(features.shape[0])
+        self.speeds = speed_curve(s.speed, self.num_frames)
+        self.weights = guidance_weights(s.cfg, s.audio_cfg)
+        self.branches = list(self.weights)
+        h, w = ref.size
+        self.latent_hw = (h // pipe.codec.scale_factor, w // pipe.codec.scale_factor)
+        mask = torch.ones(h, w) if face_mask is None else face_mask.float().cpu()
+        if mask.dim() == 3:
+            mask = mask[0]
+        if mask.shape != (h, w):
+            mask = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        self.face = self.model.face_features(mask[None].to(self.device, self.dtype))
+        self.region = None if region_masks is None else region_masks[None].to(self.device, self.dtype)
+        self.reference_kv: dict[str, KV] | None = None
+        if not s.reference_every_step:
+            self.reference_kv = self.model.denoising_unet.project_reference(ref.bank)
+        self.scheduler = make_scheduler(s.sampler, pipe.config.preset.scheduler)
+        self.step_kwargs = {"eta": 0.0} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
+        self.uses_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        self.done = 0
+
+    # ---- shared pieces ----------------------------------------------------------------------------
+    def _cancel_point(self) -> None:
+        if self.should_cancel is not None and self.should_cancel():
+            raise GenerationCancelled("generation cancelled")
+
+    def _noise(self, frames: int, index: int) -> tuple[torch.Tensor, torch.Generator]:
+        g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index))
+        shape = (1, self.model.config.latent_channels, frames, *self.latent_hw)
+        noise = torch.randn(shape, generator=g, dtype=torch.float32).to(self.device)
+        step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
+        return noise * self.scheduler.init_noise_sigma, step_gen
+
+    def _branch_conditioning(self, audio_tokens, speed_tokens, motion) -> list[tuple[list[str], Conditioning]]:
+        """Conditioning for the guidance branches: one batched group, or one group per branch."""
+        groups = [self.branches] if self.s.batch_guidance else [[b] for b in self.branches]
+        bank = dataclasses.replace(self.ref.bank, motion=motion)
+        out = []
+        for names in groups:
+            zeros_audio = torch.zeros_like(audio_tokens)
+            ident = self.ref.identity_tokens
+            cond = Conditioning(
+                reference=bank,
+                reference_kv=self.reference_kv,
+                reference_enabled=torch.tensor([n != "uncond" for n in names], device=self.device),
+                audio_tokens=torch.cat([audio_tokens if n == "full" else zeros_audio for n in names]),
+                identity_tokens=None if ident is None else torch.cat([ident if n != "uncond" else self.ref.identity_uncond for n in names]),
+                face_features=torch.cat([self.face if n != "uncond" else torch.zeros_like(self.face) for n in names]),
+                region_masks=self.region,
+                speed_tokens=speed_tokens,
+                motion_scale=tuple(self.s.motion_scale),
+            )
+            out.append((names, cond))
+        return out
+
+    def _predict(self, latents: torch.Tensor, t: torch.Tensor, groups, motion_latents) -> torch.Tensor:
+        """One guided denoiser evaluation (all branches) for latents [1, C, F, h, w]."""
+        x = self.scheduler.scale_model_input(latents, t)
+        preds: dict[str, torch.Tensor] = {}
+        for names, cond in groups:
+            if self.s.reference_every_step:  # naive baseline: ReferenceNet on every step
+                bank = self.model.encode_reference(self.ref.latent, self.ref.identity_tokens)
+                bank.motion = cond.reference.motion if motion_latents is None else self.model.encode_motion(motion_latents, self.ref.identity_tokens)
+                cond = dataclasses.replace(cond, reference=bank, reference_kv=None)
+            out = self.model(x.expand(len(names), -1, -1, -1, -1), t, cond).float()
+            preds.update(zip(names, out.split(1)))
+        return sum(w * preds[name] for name, w in self.weights.items())
+
+    def _step(self, pred, t, latents, generator) -> torch.Tensor:
+        kwargs = dict(self.step_kwargs)
+        if self.uses_generator:
+            kwargs["generator"] = generator
+        return self.scheduler.step(pred, t, latents, **kwargs).prev_sample
+
+    def _report(self, clip: int, clips: int, step: int, total: int) -> None:
+        self.done += 1
+        if self.on_step is not None:
+            self.on_step(StepInfo(clip, clips, step, self.s.steps, self.done, total))
+
+    def _emit(self, latents: torch.Tensor) -> None:
+        """Decode [1, C, F, h, w], colour-match, hand to the sink."""
+        frames = self.pipe.codec.decode(latents[0].transpose(0, 1)).float().cpu()
+        self.sink(match_colours(frames, self.ref.colour, self.s.colour_match))
+
+    def _audio_tokens(self, index: torch.Tensor) -> torch.Tensor:
+        return self.model.audio_tokens(self.features[index].to(self.device))
+
+    # ---- strategies ---------------------------------------------------------------------------------
+    def motion_frames(self) -> int:
+        s, model = self.s, self.model
+        clips = plan_clips(self.num_frames, s.frames_per_clip, pad_last=s.pad_last_clip)
+        total = len(clips) * s.steps
+        n = s.motion_frames
+        history: torch.Tensor | None = None  # the last n generated latents, [1, n, C, h, w]
+        for clip in clips:
+            self._cancel_point()
+            if n == 0:
+                motion, motion_latents = None, None
+            elif history is None:
+                motion, motion_latents = first_clip_motion(self.ref.bank, n, s.first_clip_motion), None
+            else:
+                motion_latents = history
+                motion = model.encode_motion(history, self.ref.identity_tokens)
+            index = frame_indices(clip.start, clip.generate, self.num_frames)
+            speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
+            groups = self._branch_conditioning(
+                self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion
+            )
+            latents, generator = self._noise(clip.generate, clip.index)
+            self.scheduler.set_timesteps(s.steps, device=self.device)
+            for i, t in enumerate(self.scheduler.timesteps):
+                self._cancel_point()
+                pred = self._predict(latents, t, groups, motion_latents)
+                latents = self._step(pred, t, latents, generator)
+                self._report(clip.index, len(clips), i + 1, total)
+            kept = latents[:, :, : clip.length]
+            if n:
+                recent = kept.transpose(1, 2).to(self.dtype)
+                history = recent[:, -n:] if history is None else torch.cat([history, recent], dim=1)[:, -n:]
+            self._emit(kept)
+        return self.num_frames
+
+    def context_windows(self) -> int:
+        s = self.s
+        size, n_frames = s.frames_per_clip, self.num_frames
+        windows = plan_windows(n_frames, size, s.context_overlap)
+        chunks = [self._noise(min(size, n_frames - start), k) for k, start in enumerate(range(0, n_frames, size))]
+        latents = torch.cat([c[0] for c in chunks], dim=2)
+        generator = chunks[0][1]
+        weights = [window_weights(len(w), s.context_overlap if len(windows) > 1 else 0).to(self.device) for w in windows]
+        motion = None
+        self.scheduler.set_timesteps(s.steps, device=self.device)
+        speed_tokens = self.model.speed_tokens(self.speeds[None])
+        for i, t in enumerate(self.scheduler.timesteps):
+            self._cancel_point()
+            acc = torch.zeros_like(latents)
+            norm = torch.zeros(n_frames, device=self.device)
+            for window, weight in zip(windows, weights):
+                self._cancel_point()
+                index = torch.tensor(list(window))
+                spd = None if speed_tokens is None else speed_tokens[:, index.to(speed_tokens.device)]
+                groups = self._branch_conditioning(self._audio_tokens(index), spd, motion)
+                pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None)
+                acc[:, :, window.start : window.stop] += pred * weight.view(1, 1, -1, 1, 1)
+                norm[window.start : window.stop] += weight
+            latents = self._step(acc / norm.view(1, 1, -1, 1, 1), t, latents, generator)
+            self._report(0, 1, i + 1, s.steps)
+        for start in range(0, n_frames, size):
+            self._cancel_point()
+            self._emit(latents[:, :, start : start + size])
+        return n_frames
+
+
+def estimate_clips(num_frames: int, settings: SamplingSettings) -> int:
+    """How many clips (or windows) a run of ``num_frames`` frames takes (for run summaries)."""
+    if settings.strategy == "context_windows":
+        return len(plan_windows(num_frames, settings.frames_per_clip, settings.context_overlap))
+    return math.ceil(num_frames / settings.frames_per_clip)
