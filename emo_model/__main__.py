@@ -1,3 +1,3 @@
-from emo_model.cli import main
+from .cli import main
 
 raise SystemExit(main())

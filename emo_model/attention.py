@@ -31,7 +31,7 @@ from diffusers.models.attention import FeedForward
 from torch import nn
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emo_model.unet_blocks import ForwardContext
+    from .unet_blocks import ForwardContext
 
 KV = tuple[torch.Tensor, torch.Tensor]
 

@@ -51,7 +51,7 @@ from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig, WhisperFe
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from emo_model.audio import (
+from .audio import (
     SAMPLE_RATE,
     AudioError,
     PreparedAudio,
@@ -60,7 +60,7 @@ from emo_model.audio import (
     prepare_audio,
     window_frames,
 )
-from emo_model.configs import AudioFeatureConfig
+from .configs import AudioFeatureConfig
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 WAV2VEC2_CONFIG_DIR = MODEL_CONFIGS / "wav2vec2-base-960h"

@@ -23,10 +23,10 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from emo_model.attention import Attention
+from .attention import Attention
 
 if TYPE_CHECKING:  # pragma: no cover
-    from emo_model.unet_blocks import ForwardContext
+    from .unet_blocks import ForwardContext
 
 REGIONS = ("full", "face", "lip")
 

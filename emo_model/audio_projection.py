@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emo_model.configs import AudioProjConfig
+from .configs import AudioProjConfig
 
 
 class AudioProjection(nn.Module):

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
-from emo_model.attention import KV, ReferenceBank, SpatialTransformer
-from emo_model.configs import BackboneConfig, SpeedConfig
-from emo_model.unet_blocks import ForwardContext, UNetBase
+from .attention import KV, ReferenceBank, SpatialTransformer
+from .configs import BackboneConfig, SpeedConfig
+from .unet_blocks import ForwardContext, UNetBase
 
 
 def per_frame_tokens(tokens: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:

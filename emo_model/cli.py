@@ -13,14 +13,14 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "generate": ("emo_model.commands.generate", "portrait + audio -> mp4 (no arguments: the built-in CPU demo)"),
-    "bench": ("emo_model.commands.bench", "seconds per frame and peak memory, optimised vs naive"),
-    "inspect": ("emo_model.commands.weights", "family, tensors, dtype and size of checkpoint files"),
-    "convert": ("emo_model.commands.weights", "any supported checkpoint -> one native .safetensors"),
-    "preprocess": ("emo_model.train.preprocess", "a folder of talking/singing videos -> a training dataset"),
-    "train": ("emo_model.train.trainer", "EMO's three-stage training (single GPU or accelerate launch)"),
-    "eval-sync": ("emo_model.commands.eval_sync", "lip-sync and speed-control measures of the demo model"),
-    "make-demo": ("emo_model.demo.build", "train the tiny CPU demo model from synthetic talking faces"),
+    "generate": (".commands.generate", "portrait + audio -> mp4 (no arguments: the built-in CPU demo)"),
+    "bench": (".commands.bench", "seconds per frame and peak memory, optimised vs naive"),
+    "inspect": (".commands.weights", "family, tensors, dtype and size of checkpoint files"),
+    "convert": (".commands.weights", "any supported checkpoint -> one native .safetensors"),
+    "preprocess": (".train.preprocess", "a folder of talking/singing videos -> a training dataset"),
+    "train": (".train.trainer", "EMO's three-stage training (single GPU or accelerate launch)"),
+    "eval-sync": (".commands.eval_sync", "lip-sync and speed-control measures of the demo model"),
+    "make-demo": (".demo.build", "train the tiny CPU demo model from synthetic talking faces"),
 }
 
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if known.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(known._module)
+    module = importlib.import_module(known._module, __package__)
     sub = argparse.ArgumentParser(prog=f"python -m emo_model {known.command}", description=COMMANDS[known.command][1])
     adder = getattr(module, f"add_{known.command.replace('-', '_')}_arguments", None) or module.add_arguments
     adder(sub)

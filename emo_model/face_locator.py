@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from emo_model.configs import FaceLocatorConfig
+from .configs import FaceLocatorConfig
 
 
 class FaceLocator(nn.Module):

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from emo_model.attention import KV, ReferenceBank
-from emo_model.audio_projection import AudioProjection
-from emo_model.backbone import Backbone
-from emo_model.configs import EMOConfig, get_config
-from emo_model.face_locator import FaceLocator
-from emo_model.identity import IdentityProjection
-from emo_model.reference_net import ReferenceNet
-from emo_model.speed_layers import SpeedEncoder
+from .attention import KV, ReferenceBank
+from .audio_projection import AudioProjection
+from .backbone import Backbone
+from .configs import EMOConfig, get_config
+from .face_locator import FaceLocator
+from .identity import IdentityProjection
+from .reference_net import ReferenceNet
+from .speed_layers import SpeedEncoder
 
 
 @dataclass

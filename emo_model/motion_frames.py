@@ -21,7 +21,7 @@ from typing import Callable
 
 import torch
 
-from emo_model.attention import ReferenceBank
+from .attention import ReferenceBank
 
 
 def first_clip_motion(bank: ReferenceBank, n: int, mode: str) -> dict[str, torch.Tensor] | None:

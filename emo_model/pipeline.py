@@ -31,14 +31,14 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from emo_model.attention import KV, ReferenceBank
-from emo_model.clip_planner import frame_indices, plan_clips, plan_windows, window_weights
-from emo_model.colour_match import colour_stats, match_colours
-from emo_model.configs import PresetConfig
-from emo_model.model import Conditioning, EMOModel
-from emo_model.motion_frames import first_clip_motion
-from emo_model.schedulers import make_scheduler
-from emo_model.vae import LatentCodec
+from .attention import KV, ReferenceBank
+from .clip_planner import frame_indices, plan_clips, plan_windows, window_weights
+from .colour_match import colour_stats, match_colours
+from .configs import PresetConfig
+from .model import Conditioning, EMOModel
+from .motion_frames import first_clip_motion
+from .schedulers import make_scheduler
+from .vae import LatentCodec
 
 Sink = Callable[[torch.Tensor], None]
 
@@ -109,6 +109,17 @@ class ReferenceState:
     @property
     def size(self) -> tuple[int, int]:
         return tuple(self.image.shape[:2])
+
+    def to(self, device: torch.device | str) -> "ReferenceState":
+        """The same state with its tensors on ``device`` (states live on the CPU between runs)."""
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return dataclasses.replace(
+            self,
+            latent=move(self.latent),
+            bank=self.bank.to(device),
+            identity_tokens=move(self.identity_tokens),
+            identity_uncond=move(self.identity_uncond),
+        )
 
 
 def guidance_weights(cfg: float, audio_cfg: float) -> dict[str, float]:
@@ -201,6 +212,7 @@ class EMOPipeline:
         Returns the number of frames handed to the sink.
         """
         self._check(settings)
+        reference = reference.to(self.device)
         run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel)
         if settings.strategy == "context_windows":
             return run.context_windows()

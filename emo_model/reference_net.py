@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-from emo_model.attention import ReferenceBank
-from emo_model.configs import ReferenceNetConfig
-from emo_model.unet_blocks import ForwardContext, UNetBase
+from .attention import ReferenceBank
+from .configs import ReferenceNetConfig
+from .unet_blocks import ForwardContext, UNetBase
 
 
 class ReferenceNet(UNetBase):

@@ -18,7 +18,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 
-from emo_model.configs import SchedulerConfig
+from .configs import SchedulerConfig
 
 SAMPLERS = {
     "ddim": (DDIMScheduler, {"set_alpha_to_one": False}),

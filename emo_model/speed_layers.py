@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from emo_model.attention import Attention, cached_positions
-from emo_model.configs import SpeedConfig
+from .attention import Attention, cached_positions
+from .configs import SpeedConfig
 
 
 def speed_buckets(speed: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:

@@ -21,9 +21,9 @@ import torch
 from diffusers.models.attention import FeedForward
 from torch import nn
 
-from emo_model.attention import Attention, sinusoidal_positions
-from emo_model.configs import SpeedConfig, TemporalConfig
-from emo_model.speed_layers import SpeedAttention
+from .attention import Attention, sinusoidal_positions
+from .configs import SpeedConfig, TemporalConfig
+from .speed_layers import SpeedAttention
 
 
 class PositionalEncoding(nn.Module):

@@ -24,11 +24,11 @@ from diffusers.models.upsampling import Upsample2D
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from emo_model.attention import KV, Attention, ReferenceBank, SpatialTransformer
-from emo_model.audio_layers import AudioModule, hallo_audio_width
-from emo_model.configs import SpeedConfig, TemporalConfig, UNetConfig
-from emo_model.motion_frames import with_motion_frames
-from emo_model.temporal_modules import TemporalModule
+from .attention import KV, Attention, ReferenceBank, SpatialTransformer
+from .audio_layers import AudioModule, hallo_audio_width
+from .configs import SpeedConfig, TemporalConfig, UNetConfig
+from .motion_frames import with_motion_frames
+from .temporal_modules import TemporalModule
 
 
 @dataclass
