@@ -2,14 +2,36 @@
 
 Hallo feeds an insightface face-recognition embedding (512 values) through ``ImageProjModel``
 (``proj`` + LayerNorm ``norm``) to 4 tokens of 768 that both of its UNets read in ``attn2``.
+
+The embedding (:func:`face_identity_embedding`) is what Hallo's ``ImageProcessor`` computes: the
+insightface ``FaceAnalysis`` detector + ArcFace recognition model on the portrait (BGR), the largest
+face by box area, and its raw ``embedding`` (Hallo does not use the L2-normalised
+``normed_embedding``, so neither do we: the weights were trained on raw embeddings). insightface is
+optional and imported only here; its model pack must already be on disk (nothing is downloaded):
+``<models_dir>/insightface/models/antelopev2`` (what Hallo ships as ``face_analysis/models``, also
+accepted as ``<models_dir>/face_analysis/models``) or ``<models_dir>/insightface/models/buffalo_l``.
+
+Neutral fallback: without insightface, its files or a detectable face, the embedding is None and
+the identity tokens are ``imageproj(zeros)``. That is exactly Hallo's unconditional identity (its
+pipeline's guidance branch, and its own choice when no face is found), so identity then comes from
+reference-attention alone. Expect somewhat weaker identity preservation with Hallo weights in that
+case; this has not been measured (no Hallo weights are available here).
 """
 
 from __future__ import annotations
 
+import os
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
-from emo_model.configs import ImageProjConfig
+from .configs import ImageProjConfig
+
+# Where a local insightface model pack may live under the models folder, in order of preference.
+INSIGHTFACE_PACKS = ("insightface/models/antelopev2", "face_analysis/models", "insightface/models/buffalo_l")
 
 
 class IdentityProjection(nn.Module):
@@ -23,3 +45,54 @@ class IdentityProjection(nn.Module):
         """[B, embed_dim] -> [B, tokens, cross_attention_dim]."""
         x = self.proj(embedding.to(self.proj.weight.dtype))
         return self.norm(x.reshape(-1, self.cfg.tokens, self.cfg.cross_attention_dim))
+
+
+def find_insightface_pack(models_dir: str | os.PathLike) -> Path | None:
+    """The first local insightface model pack (a ``models/<pack>`` folder with ``.onnx`` files)."""
+    for relative in INSIGHTFACE_PACKS:
+        pack = Path(models_dir) / relative
+        if pack.is_dir() and any(pack.glob("*.onnx")):
+            return pack
+    return None
+
+
+def face_identity_embedding(image: np.ndarray, models_dir: str | os.PathLike | None) -> torch.Tensor | None:
+    """Hallo's identity embedding of the largest face in ``image`` (H x W x 3 uint8 RGB): float32 [512].
+
+    None (use the neutral identity, see the module docstring) when insightface is not installed,
+    its model pack is not under ``models_dir``, or no face is found.
+    """
+    pack = None if models_dir is None else find_insightface_pack(models_dir)
+    if pack is None:
+        return None
+    app = _face_analysis(str(pack))
+    if app is None:
+        return None
+    faces = app.get(np.ascontiguousarray(image[..., ::-1]))  # insightface reads BGR, as cv2 does
+    faces = [f for f in faces if f.get("embedding") is not None]
+    if not faces:
+        return None
+    largest = max(faces, key=lambda f: (f["bbox"][2] - f["bbox"][0]) * (f["bbox"][3] - f["bbox"][1]))
+    return torch.from_numpy(np.asarray(largest["embedding"], dtype=np.float32))
+
+
+@lru_cache(maxsize=2)
+def _face_analysis(pack: str):
+    """insightface's FaceAnalysis on a local pack (detector + recognition only, CPU), or None."""
+    try:
+        from insightface.app import FaceAnalysis
+    except ImportError:
+        return None
+    path = Path(pack)
+    # FaceAnalysis reads <root>/models/<name> and downloads only when that folder is missing; ours exists.
+    root, name = (path.parent, "") if path.name == "models" else (path.parent.parent, path.name)
+    try:
+        app = FaceAnalysis(
+            name=name, root=str(root), allowed_modules=["detection", "recognition"], providers=["CPUExecutionProvider"]
+        )
+    except AssertionError:  # insightface's way of saying the pack has no detection model
+        return None
+    if "recognition" not in app.models:
+        return None
+    app.prepare(ctx_id=-1, det_size=(640, 640))
+    return app

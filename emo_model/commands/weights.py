@@ -1,0 +1,131 @@
+"""``python -m emo_model inspect`` and ``convert``: what checkpoint files hold; any of them -> one native file.
+
+    python -m emo_model inspect pretrained_models/hallo/net.pth
+    python -m emo_model inspect pretrained_weights/ --variant acc
+    python -m emo_model convert pretrained_weights/ --out echomimic.safetensors --dtype fp16
+
+Bad input ends with a one-line ``error: ...`` on stderr and exit status 1 (no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..weights import VARIANTS, Checkpoint, WeightsError, inspect_checkpoint, load_bundled_vae, save_native
+
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+FORMATS = {
+    "native": "native EMO .safetensors",
+    "state-dict": "one state dict with EMOModel key names (Hallo's net.pth layout)",
+    "echomimic-v1": "EchoMimic v1 part files",
+}
+
+
+def _add_inputs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="a checkpoint file, several part files, or a folder of them")
+    parser.add_argument(
+        "--variant",
+        choices=VARIANTS,
+        default="standard",
+        help="EchoMimic v1: the standard files or the distilled *_acc.pth ones (6 steps, cfg 1.0)",
+    )
+
+
+def _fail(message: object) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 1
+
+
+def _size(num_bytes: int) -> str:
+    size = float(num_bytes)
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.3g} {unit}"
+        size /= 1000
+    return f"{size:.3g} GB"
+
+
+def describe(ckpt: Checkpoint) -> list[str]:
+    """The lines ``inspect`` prints for a checkpoint."""
+    preset, counts = ckpt.config.preset, ckpt.dtypes
+    dtypes = ", ".join(f"{name} ({n})" if len(counts) > 1 else name for name, n in counts.most_common())
+    modules = ", ".join(f"{name} {n}" for name, n in ckpt.module_counts.items())
+    lines = [
+        f"format      {FORMATS[ckpt.format]}",
+        f"family      {ckpt.family}",
+        f"config      {ckpt.config.name} ({preset.fps:g} fps, {preset.steps} steps, cfg {preset.cfg:g})",
+        f"variant     {ckpt.variant}",
+    ]
+    lines += [f"file        {file.name}: {part} ({len(file.tensors)} tensors)" for part, file in ckpt.files.items()]
+    lines += [f"ignored     {path.name}: {why}" for path, why in ckpt.ignored.items()]
+    lines += [
+        f"tensors     {len(ckpt.sources)}, {dtypes}",
+        f"size        {ckpt.num_parameters:,} parameters, {_size(ckpt.num_bytes)}",
+        f"modules     {modules}",
+    ]
+    if ckpt.bundled_vae:
+        lines.append("vae         bundled (AutoencoderKL under vae.*)")
+    if ckpt.complete:
+        lines.append("status      complete (every tensor matches the model, key and shape)")
+    else:
+        lines.append("status      incomplete: " + ckpt.problem())
+        lines += [f"  {line}" for line in ckpt.report.lines()]
+    return lines
+
+
+# ---- inspect -------------------------------------------------------------------------------------
+
+
+def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    try:
+        ckpt = inspect_checkpoint(args.paths, variant=args.variant)
+    except WeightsError as exc:
+        return _fail(exc)
+    print("\n".join(describe(ckpt)))
+    return 0 if ckpt.complete else 1
+
+
+# ---- convert -------------------------------------------------------------------------------------
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_inputs(parser)
+    parser.add_argument("--out", required=True, help="the native .safetensors file to write")
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), help="store floating-point tensors in this dtype (default: as they are)"
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        return _fail(f"--out must be a .safetensors file, got {out}")
+    if out.exists() and not args.force:
+        return _fail(f"{out} exists; pass --force to overwrite it")
+    try:
+        ckpt = inspect_checkpoint(args.paths, variant=args.variant)
+        if out.resolve() in {p.resolve() for p in ckpt.paths}:
+            return _fail(f"{out} is one of the inputs; write the native file elsewhere")
+        dtype = DTYPES.get(args.dtype)
+        model = ckpt.load(device="cpu", dtype=dtype)
+        vae = load_bundled_vae(ckpt.files["model"], dtype=dtype) if ckpt.bundled_vae else None
+        sources = ", ".join(sorted(f.name for f in ckpt.files.values()))
+        save_native(model, out, metadata={"emo_source": sources}, vae=vae)
+    except WeightsError as exc:
+        return _fail(exc)
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+    stored = args.dtype or ", ".join(ckpt.dtypes)
+    bundled = " + its VAE" if vae is not None else ""
+    print(f"wrote {out}: {ckpt.config.name} ({ckpt.family}){bundled}, {len(ckpt.sources)} tensors, {stored}, from {sources}")
+    return 0
