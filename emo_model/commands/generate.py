@@ -1,0 +1,138 @@
+"""``python -m emo_model generate``: portrait + audio -> mp4 (or webm) with sound.
+
+With no ``--model`` it runs the built-in CPU demo (the tiny model, sample portrait and sample audio
+shipped in ``emo_model/demo_assets``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..schedulers import SAMPLERS
+
+DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--image", help="portrait image (png/jpg/webp); default: the demo portrait")
+    p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
+    p.add_argument("--out", default="emo_output.mp4", help="output video path (.mp4 or .webm) [%(default)s]")
+    p.add_argument("--model", help="EMO-family checkpoint: a native .safetensors, Hallo net.pth, or an EchoMimic folder; default: the demo model")
+    p.add_argument("--vae", help="VAE: diffusers folder or vae-ft-mse-840000-ema-pruned.safetensors (not needed for the demo model)")
+    p.add_argument("--audio-encoder", help="wav2vec2-base-960h (folder or .safetensors) or whisper_tiny.pt, as the model's family needs")
+    p.add_argument("--models-dir", help="folder with optional extras (YuNet face detector, insightface models)")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    p.add_argument("--cfg", type=float, help="guidance scale (reference; classic CFG when --audio-cfg is not given)")
+    p.add_argument("--audio-cfg", type=float, help="separate audio guidance scale")
+    p.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
+    p.add_argument("--fps", type=float, help="video frame rate (default: the model's preset)")
+    p.add_argument("--speed", type=float, help="head-motion speed, deg/frame (speech 0.1-1.0, singing 1.0-1.3)")
+    p.add_argument("--size", type=int, help="output size in pixels, a multiple of 64 (default: the model's preset)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="scheduler (default: the model's preset, DDIM)")
+    p.add_argument("--frames-per-clip", type=int, help="frames generated per clip / context window")
+    p.add_argument("--motion-frames", type=int, help="frames of the previous clip that condition the next")
+    p.add_argument("--colour-match", choices=["none", "mean", "reinhard"], default="none", help="match each clip's colours to the portrait")
+    p.add_argument("--loudness", type=float, help="normalise the audio to this loudness in LUFS (e.g. -23)")
+    p.add_argument("--face-detector", default="auto", help="auto, haar, yunet or mediapipe")
+    p.add_argument("--crf", type=int, help="video quality (lower is better; default 19)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto [%(default)s]")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (auto: fp16/bf16 on GPU, fp32 on CPU)")
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if DTYPES[name] is not None:
+        return DTYPES[name]
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def read_image(path: str) -> np.ndarray:
+    import cv2
+
+    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if data is None:
+        raise SystemExit(f"error: cannot read the image {path!r} (missing, or not an image)")
+    if data.ndim == 2:
+        return data
+    return cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .. import demo
+    from ..audio import AudioError
+    from ..session import Session
+    from ..video_io import VideoWriter
+
+    device = pick_device(args.device)
+    dtype = pick_dtype(args.dtype, device)
+    model_path = args.model or str(demo.model_path())
+    image_path = args.image or (str(demo.portrait_path()) if not args.model else None)
+    audio_path = args.audio or (str(demo.audio_path()) if not args.model else None)
+    if image_path is None or audio_path is None:
+        raise SystemExit("error: --image and --audio are required with --model")
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise SystemExit(f"error: the output folder {str(out.parent)!r} does not exist")
+
+    t0 = time.perf_counter()
+    try:
+        session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}") from None
+    settings = session.settings(
+        steps=args.steps,
+        cfg=args.cfg,
+        audio_cfg=args.audio_cfg if args.audio_cfg is not None else args.cfg,
+        sampler=args.sampler,
+        seed=args.seed,
+        speed=args.speed,
+        frames_per_clip=args.frames_per_clip,
+        motion_frames=args.motion_frames,
+        colour_match=args.colour_match,
+    )
+    try:
+        audio = session.encode_audio(audio_path, fps=args.fps, loudness_lufs=args.loudness)
+    except AudioError as e:
+        raise SystemExit(f"error: {e}") from None
+    portrait = session.prepare_portrait(read_image(image_path), size=args.size, detector=args.face_detector, models_dir=args.models_dir)
+    if portrait.warning:
+        print(f"warning: {portrait.warning}", file=sys.stderr)
+    reference = session.encode_reference(portrait.image, identity_image=portrait.image)
+    fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
+    total = settings.steps * session.count_units(audio.num_frames, settings)
+    bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)
+    with VideoWriter(out, audio.fps, format=fmt, crf=args.crf, audio=audio.audio.as_comfy()) as writer:
+        session.pipeline.generate(
+            reference,
+            audio.features,
+            settings=settings,
+            sink=writer.write,
+            face_mask=torch.from_numpy(portrait.mask),
+            region_masks=session.region_masks(portrait),
+            on_step=lambda info: bar.update(1),
+        )
+    bar.close()
+    elapsed = time.perf_counter() - t0
+    print(f"wrote {out} ({audio.num_frames} frames at {audio.fps:g} fps, {audio.audio.duration:.2f} s) in {elapsed:.1f} s")
+    return 0

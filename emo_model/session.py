@@ -1,0 +1,170 @@
+"""A loaded EMO model with everything around it: VAE, audio encoder, face handling, pipeline.
+
+This is what the CLI drives and what travels between ComfyUI nodes as ``EMO_MODEL``: one object that
+knows its family preset and turns user-level inputs (an audio file or AUDIO dict, a portrait) into
+what :class:`~emo_model.pipeline.EMOPipeline` needs, so neither the CLI nor the nodes repeat that logic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio_encoders import AudioEncoder, AudioFeatures, build_audio_encoder, encode_audio, features_from_comfy_encoder_output
+from .configs import EMOConfig
+from .face import PortraitCrop, prepare_portrait, region_masks
+from .model import EMOModel
+from .pipeline import EMOPipeline, ReferenceState, SamplingSettings, estimate_clips
+from .vae import DiffusersVAE, LatentCodec
+
+AUDIO_ENCODER_FILES = {
+    "wav2vec2": "wav2vec2-base-960h (a folder with config.json + model.safetensors, or one .safetensors file)",
+    "whisper": "whisper_tiny.pt (OpenAI format) or a whisper-tiny folder",
+}
+
+
+@dataclass
+class Session:
+    model: EMOModel
+    codec: LatentCodec
+    audio_encoder: AudioEncoder | None
+    device: torch.device
+    name: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ---- loading ----------------------------------------------------------------------------------
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        *,
+        vae: str | Path | LatentCodec | None = None,
+        audio_encoder: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype | None = None,
+        variant: str = "standard",
+    ) -> "Session":
+        """Load a checkpoint (native, Hallo, EchoMimic folder) and what it needs.
+
+        ``vae``: a codec, or a path (diffusers folder / single ``.safetensors``); None uses the VAE
+        bundled in a native file (the demo model has one). ``audio_encoder``: the wav2vec2 / whisper
+        weights the family needs (log-mel models need none); None defers the error to
+        :meth:`encode_audio` so that ComfyUI's own AUDIO_ENCODER_OUTPUT can be used instead.
+        """
+        from . import weights
+
+        device = torch.device(device)
+        model = weights.load_emo_model(model_path, device=device, dtype=dtype, variant=variant).eval()
+        codec = vae if (vae is not None and not isinstance(vae, (str, Path))) else None
+        if codec is None:
+            if vae is not None:
+                codec = DiffusersVAE(weights.load_vae(vae, device=device, dtype=model.dtype).eval())
+            else:
+                bundled = weights.load_bundled_vae(model_path, device=device, dtype=model.dtype)
+                if bundled is None:
+                    raise ValueError(
+                        f"{Path(model_path).name} needs a VAE: put sd-vae-ft-mse (diffusers folder, or "
+                        "vae-ft-mse-840000-ema-pruned.safetensors) in ComfyUI/models/vae and select it, or pass --vae"
+                    )
+                codec = DiffusersVAE(bundled.eval())
+        cfg = model.config
+        encoder = None
+        if cfg.audio.kind == "logmel":
+            encoder = build_audio_encoder(cfg.audio)
+        elif audio_encoder is not None:
+            encoder = build_audio_encoder(cfg.audio, str(audio_encoder), device=device)
+        return cls(model, codec, encoder, device, name=cfg.name, info={"path": str(model_path)})
+
+    @property
+    def config(self) -> EMOConfig:
+        return self.model.config
+
+    @property
+    def pipeline(self) -> EMOPipeline:
+        return EMOPipeline(self.model, self.codec, device=self.device)
+
+    def settings(self, **overrides) -> SamplingSettings:
+        return SamplingSettings.from_preset(self.config.preset, **overrides)
+
+    # ---- inputs -----------------------------------------------------------------------------------
+    def encode_audio(
+        self, source, *, fps: float | None = None, loudness_lufs: float | None = None, encoder_output: dict | None = None
+    ) -> AudioFeatures:
+        """Audio file / AUDIO dict -> per-frame features at ``fps`` (default: the preset's)."""
+        from .audio import prepare_audio
+
+        cfg = self.config.audio
+        fps = float(fps or self.config.preset.fps)
+        if encoder_output is not None:
+            audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs)
+            feats = features_from_comfy_encoder_output(encoder_output, cfg, audio.num_frames, fps)
+            return AudioFeatures(feats, fps, audio.num_frames, audio, cfg.kind)
+        if self.audio_encoder is None:
+            from .audio import AudioError
+
+            raise AudioError(
+                f"{self.name} needs an audio encoder: {AUDIO_ENCODER_FILES.get(cfg.kind, cfg.kind)}; put it in "
+                "ComfyUI/models/audio_encoders and select it in Load EMO Model (or pass --audio-encoder)"
+            )
+        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs)
+
+    def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
+        """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""
+        options = {"expand_ratio": self.config.preset.face_expand_ratio, **face_options}
+        return prepare_portrait(image, size or self.config.preset.resolution, **options)
+
+    def encode_reference(self, image: torch.Tensor | np.ndarray, *, identity_image=None, models_dir: str | None = None) -> ReferenceState:
+        """The portrait [H, W, 3] float 0..1 -> the per-video reference state (ReferenceNet once)."""
+        image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
+        if image.dim() == 4:
+            image = image[0]
+        embedding = None
+        if self.model.imageproj is not None and identity_image is not None:
+            from .identity import face_identity_embedding
+
+            arr = (torch.as_tensor(np.asarray(identity_image)).float().clamp(0, 1) * 255).byte().cpu().numpy()
+            embedding = face_identity_embedding(arr, models_dir)
+        size = image.shape[0] if image.shape[0] == image.shape[1] and image.shape[0] % 64 == 0 else self.config.preset.resolution
+        return self.pipeline.encode_reference(image, size=size, identity_embedding=embedding)
+
+    def region_masks(self, portrait: PortraitCrop) -> torch.Tensor | None:
+        """Hallo's (full, face, lip) attention masks for the crop; None for families without them."""
+        if not self.config.backbone.hallo_audio_modules:
+            return None
+        h, w = portrait.image.shape[:2]
+        return torch.from_numpy(region_masks(portrait.face_box, h, w))
+
+    def region_masks_from_mask(self, mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
+        """Hallo's region masks from a face-region mask: its box, shrunk back by the preset's expansion."""
+        if not self.config.backbone.hallo_audio_modules or mask is None:
+            return None
+        from .face import FaceBox
+
+        m = torch.nn.functional.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0] > 0.5
+        if not m.any():
+            return None
+        ys, xs = torch.nonzero(m, as_tuple=True)
+        box = FaceBox(float(xs.min()), float(ys.min()), float(xs.max()) + 1, float(ys.max()) + 1)
+        box = box.expanded(1.0 / self.config.preset.face_expand_ratio)
+        return torch.from_numpy(region_masks(box, *size))
+
+    def count_units(self, num_frames: int, settings: SamplingSettings) -> int:
+        """Clips (or 1 for context windows, whose steps cover the whole video) for progress totals."""
+        return 1 if settings.strategy == "context_windows" else estimate_clips(num_frames, settings)
+
+    def to(self, device: torch.device | str) -> "Session":
+        """Move the networks (model, VAE, audio encoder) to ``device``; returns self."""
+        device = torch.device(device)
+        self.model.to(device)
+        vae = getattr(self.codec, "vae", None)
+        if vae is not None:
+            vae.to(device)
+        encoder_model = getattr(self.audio_encoder, "model", None)
+        if isinstance(encoder_model, torch.nn.Module):
+            encoder_model.to(device)
+        self.device = device
+        return self
