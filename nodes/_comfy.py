@@ -1,0 +1,220 @@
+"""The few ComfyUI services the nodes use, each optional.
+
+Inside ComfyUI these are ``folder_paths``, ``comfy.utils.ProgressBar`` and ``comfy.model_management``.
+Without ComfyUI (the CLI, the tests, a script) the same nodes import and run: model folders come from
+the ``EMO_MODELS_DIR`` environment variable (default ``./models``), outputs go to ``EMO_OUTPUT_DIR``
+(default ``./output``), progress and interrupt are no-ops and everything runs on the best local device.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+try:  # ComfyUI present
+    import folder_paths  # type: ignore
+except ImportError:  # standalone
+    folder_paths = None
+
+try:
+    import comfy.model_management as model_management  # type: ignore
+    import comfy.utils as comfy_utils  # type: ignore
+except ImportError:
+    model_management = None
+    comfy_utils = None
+
+MODEL_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
+IN_COMFYUI = folder_paths is not None
+
+
+def models_dir() -> Path:
+    if folder_paths is not None:
+        return Path(folder_paths.models_dir)
+    return Path(os.environ.get("EMO_MODELS_DIR", "models")).resolve()
+
+
+def register_model_folders() -> None:
+    """Register ``models/emo`` with ComfyUI (``vae`` and ``audio_encoders`` are core folders)."""
+    if folder_paths is None:
+        return
+    path = os.path.join(folder_paths.models_dir, "emo")
+    if "emo" in folder_paths.folder_names_and_paths:
+        if path not in folder_paths.folder_names_and_paths["emo"][0]:
+            folder_paths.add_model_folder_path("emo", path)
+    else:
+        folder_paths.folder_names_and_paths["emo"] = ([path], set(MODEL_EXTENSIONS))
+
+
+def folder_paths_for(kind: str) -> list[Path]:
+    """Every folder of a model kind ("emo", "vae", "audio_encoders")."""
+    if folder_paths is not None:
+        try:
+            return [Path(p) for p in folder_paths.get_folder_paths(kind)]
+        except KeyError:
+            return []
+    return [models_dir() / kind]
+
+
+def list_entries(kind: str, *, folders: bool) -> list[str]:
+    """Model files of a kind (relative paths), plus sub-folders holding model files when ``folders``.
+
+    A folder is listed for checkpoints that span several files (EchoMimic's four ``.pth``, a diffusers
+    VAE folder, a wav2vec2 folder); the loader tells them apart by their tensors.
+    """
+    entries: set[str] = set()
+    for root in folder_paths_for(kind):
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if any(part.startswith(".") for part in path.relative_to(root).parts):
+                continue
+            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS:
+                entries.add(rel)
+            elif folders and path.is_dir() and any(p.suffix.lower() in MODEL_EXTENSIONS for p in path.iterdir() if p.is_file()):
+                entries.add(rel + "/")
+    return sorted(entries)
+
+
+def resolve(kind: str, name: str) -> Path:
+    """A listed entry -> its full path; a clear error naming where it was looked for."""
+    for root in folder_paths_for(kind):
+        candidate = root / name.rstrip("/")
+        if candidate.exists():
+            return candidate
+    where = ", ".join(str(p) for p in folder_paths_for(kind)) or f"models/{kind}"
+    raise FileNotFoundError(f"{name!r} is not in {where}; put the file there (or refresh the node list)")
+
+
+def output_directory() -> Path:
+    if folder_paths is not None:
+        return Path(folder_paths.get_output_directory())
+    path = Path(os.environ.get("EMO_OUTPUT_DIR", "output")).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_path(prefix: str, width: int, height: int) -> tuple[Path, str, int, str]:
+    """(folder, file stem, counter, subfolder) for an output; refuses prefixes that leave the output folder."""
+    out = output_directory()
+    if folder_paths is not None:
+        folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(out), width, height)
+        return Path(folder), filename, counter, subfolder
+    full = (out / prefix).resolve()
+    if os.path.commonpath([str(out), str(full)]) != str(out):
+        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a plain name or a sub-folder")
+    folder, filename = full.parent, full.name
+    folder.mkdir(parents=True, exist_ok=True)
+    counter = 1 + max((_counter(p.name, filename) for p in folder.iterdir()), default=0)
+    return folder, filename, counter, str(folder.relative_to(out)) if folder != out else ""
+
+
+def _counter(name: str, stem: str) -> int:
+    if not name.startswith(stem + "_"):
+        return 0
+    digits = name[len(stem) + 1 :].split("_")[0].split(".")[0]
+    return int(digits) if digits.isdigit() else 0
+
+
+def torch_device() -> torch.device:
+    if model_management is not None:
+        return model_management.get_torch_device()
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def offload_device() -> torch.device:
+    if model_management is not None:
+        return model_management.unet_offload_device()
+    return torch.device("cpu")
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "fp32":
+        return torch.float32
+    if name == "fp16":
+        return torch.float16
+    if name == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        return torch.float32
+    if model_management is not None:
+        if model_management.should_use_bf16(device):
+            return torch.bfloat16
+        if model_management.should_use_fp16(device):
+            return torch.float16
+        return torch.float32
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float16
+
+
+def free_memory_for(num_bytes: int, device: torch.device) -> None:
+    """Ask ComfyUI to unload other models until ``num_bytes`` fit on ``device``."""
+    if model_management is not None and device.type != "cpu":
+        model_management.free_memory(num_bytes, device)
+
+
+def soft_empty_cache() -> None:
+    if model_management is not None:
+        model_management.soft_empty_cache()
+
+
+def interrupted() -> bool:
+    return model_management is not None and model_management.processing_interrupted()
+
+
+def raise_interrupt() -> None:
+    """Raise ComfyUI's own interrupt exception (shown as "interrupted", not as an error)."""
+    if model_management is not None:
+        model_management.throw_exception_if_processing_interrupted()
+    raise RuntimeError("interrupted")
+
+
+class Progress:
+    """ComfyUI's progress bar (with an optional preview image) or nothing."""
+
+    def __init__(self, total: int, node_id: str | None = None):
+        self.bar = comfy_utils.ProgressBar(total, node_id=node_id) if comfy_utils is not None else None
+        self.total = total
+
+    def set(self, value: int, preview=None) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(value, self.total, preview)
+        self.value = value
+
+    def preview(self, frame: torch.Tensor) -> None:
+        """Show ``frame`` ([H, W, 3] float 0..1) as the node's live preview."""
+        if self.bar is None:
+            return
+        from PIL import Image
+
+        image = Image.fromarray((frame.clamp(0, 1) * 255).byte().cpu().numpy())
+        self.bar.update_absolute(getattr(self, "value", 0), self.total, ("JPEG", image, 512))
+
+
+class running_on:
+    """Context manager: the session's networks on the run device for the block, offloaded after.
+
+    ComfyUI first unloads other models until this one fits; afterwards the weights go back to the
+    offload device and the cache is emptied, so an idle EMO model holds no VRAM.
+    """
+
+    def __init__(self, session):
+        self.session = session
+        self.device = torch_device()
+
+    def __enter__(self):
+        if self.device != self.session.device:
+            size = sum(p.numel() * p.element_size() for p in self.session.model.parameters())
+            free_memory_for(int(size * 1.3), self.device)
+            self.session.to(self.device)
+        return self.session
+
+    def __exit__(self, *exc):
+        offload = offload_device()
+        if self.session.device != offload:
+            self.session.to(offload)
+            soft_empty_cache()
+        return False

@@ -1,0 +1,44 @@
+"""EMO Audio Encode: AUDIO -> per-frame audio features, plus exactly the audio and frame count used."""
+
+from __future__ import annotations
+
+from ..emo_model.audio import SUGGESTED_LUFS
+
+
+class EMOAudioEncode:
+    DESCRIPTION = (
+        "Turns speech or singing into EMO's per-video-frame audio features. The audio is mixed to mono, resampled to "
+        "16 kHz, optionally loudness-normalised and padded to a whole number of frames; that exact audio, the frame "
+        "count and the fps are returned too, so the video and its sound always have the same length downstream."
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("EMO_AUDIO", "AUDIO", "INT", "FLOAT")
+    RETURN_NAMES = ("emo_audio", "audio", "frames", "fps")
+    OUTPUT_TOOLTIPS = (
+        "Per-frame audio features for EMO Sampler.",
+        "The audio actually used (mono, 16 kHz, exactly frames / fps long): wire it to the video.",
+        "Number of video frames the audio makes.",
+        "Frames per second of the video.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model: decides the feature type (wav2vec2, whisper or log-mel)."}),
+                "audio": ("AUDIO", {"tooltip": "Speech or song, e.g. from Load Audio; any sample rate and channel count."}),
+                "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Video frame rate. 0 = the model's preset (EMO 30, Hallo 25, EchoMimic 24, demo 25)."}),
+                "loudness": (["off", f"{SUGGESTED_LUFS:g} LUFS", "-16 LUFS"], {"default": "off", "tooltip": "Normalise the loudness (ITU-R BS.1770) before encoding: quiet or very loud recordings then drive the mouth like normal speech."}),
+            },
+            "optional": {
+                "audio_encoder_output": ("AUDIO_ENCODER_OUTPUT", {"tooltip": "Optional: features from core Audio Encoder Encode with wav2vec2-base. Note that core's wav2vec2-base does not normalise the waveform, so results differ slightly from this node's own encoder."}),
+            },
+        }
+
+    def encode(self, emo_model, audio, fps, loudness, audio_encoder_output=None):
+        lufs = None if loudness == "off" else float(loudness.split()[0])
+        features = emo_model.encode_audio(audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output)
+        summary = f"{features.num_frames} frames · {features.audio.duration:.2f} s at {features.fps:g} fps · {features.kind} features"
+        result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps))
+        return {"ui": {"emo_summary": [summary]}, "result": result}

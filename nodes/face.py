@@ -1,0 +1,63 @@
+"""EMO Face Mask: a portrait -> the face-region MASK and the face-centred crop the model wants."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+
+from ..emo_model.face import DETECTORS, FaceWarning, prepare_portraits
+from . import _comfy
+
+
+class EMOFaceMask:
+    DESCRIPTION = (
+        "Finds the face and returns (1) the face-region mask EMO's Face Locator uses: the face box enlarged to leave "
+        "room for head motion (a wider box allows more head swing, a taller one more nodding, an all-white mask lets the "
+        "face move anywhere), and (2) the portrait cropped square around the face at the model size, padded rather "
+        "than stretched. Any other MASK can replace it. Cartoons or faces the detector misses take the fallback with a warning."
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "run"
+    RETURN_TYPES = ("MASK", "IMAGE")
+    RETURN_NAMES = ("face_mask", "portrait")
+    OUTPUT_TOOLTIPS = ("Face-region mask in the crop's coordinates (1 = where the face may move).", "The model-ready portrait (square, face-centred).")
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE", {"tooltip": "The portrait (a batch: one crop per image; see 'union')."}),
+                "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Side of the square crop in pixels (512 for EMO, Hallo and EchoMimic; 64 for the demo model)."}),
+                "expand": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "How much the face box is enlarged for the mask: room for head motion (Hallo uses 1.2)."}),
+                "crop": (["face", "full"], {"default": "face", "tooltip": "face: square crop around the face; full: the whole image padded to a square."}),
+                "crop_ratio": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 6.0, "step": 0.1, "tooltip": "Crop side as a multiple of the face size (face mode)."}),
+                "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: the best available. haar: OpenCV's bundled cascades (always available). yunet: put face_detection_yunet_2023mar.onnx in models/emo/face. mediapipe: if installed."}),
+                "fallback": (["center", "full", "error"], {"default": "center", "tooltip": "No face found: center = a centred face box, full = the whole frame as mask, error = stop with an error."}),
+                "face_index": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Which face when there are several (0 = the largest)."}),
+                "union": ("BOOLEAN", {"default": False, "tooltip": "For a batch of frames: one crop and one mask covering the face in every frame (EMO's union of boxes over a clip)."}),
+            }
+        }
+
+    def run(self, image, size, expand, crop, crop_ratio, detector, fallback, face_index, union):
+        models_dir = str(_comfy.models_dir() / "emo" / "face")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FaceWarning)
+            crops = prepare_portraits(
+                image.cpu().numpy(),
+                size,
+                union=union,
+                crop=crop,
+                crop_ratio=crop_ratio,
+                expand_ratio=expand,
+                face_index=face_index,
+                fallback=fallback,
+                detector=detector,
+                models_dir=models_dir,
+            )
+        for w in caught:
+            print(f"[EMO Face Mask] warning: {w.message}")
+        masks = torch.from_numpy(np.stack([c.mask for c in crops])).float()
+        portraits = torch.from_numpy(np.stack([c.image for c in crops])).float()
+        return (masks, portraits)

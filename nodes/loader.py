@@ -1,0 +1,73 @@
+"""Load EMO Model: a checkpoint of the EMO family + its VAE + its audio encoder -> EMO_MODEL."""
+
+from __future__ import annotations
+
+from ..emo_model import demo
+from ..emo_model.session import Session
+from . import _comfy
+
+DEMO_ENTRY = "emo-tiny-demo (built in, CPU)"
+BUNDLED_VAE = "(bundled with the model / not needed)"
+NO_ENCODER = "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)"
+
+FAMILY_FILES = (
+    "Put one of these in ComfyUI/models/emo: a native EMO .safetensors (converted or trained with this pack); "
+    "Hallo's net.pth; or a folder holding EchoMimic v1's denoising_unet.pth, motion_module.pth, reference_unet.pth "
+    "and face_locator.pth. Hallo and EchoMimic also need sd-vae-ft-mse in models/vae and their audio encoder in "
+    "models/audio_encoders (wav2vec2-base-960h for Hallo, whisper_tiny.pt for EchoMimic)."
+)
+
+
+class LoadEMOModel:
+    DESCRIPTION = (
+        "Loads an EMO-family talking-head model (EMO checkpoints trained with this pack, Hallo, EchoMimic v1, or the "
+        "built-in CPU demo) with the VAE and the audio encoder its family needs. The family is detected from the "
+        "tensors, not the file name. " + FAMILY_FILES
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "load"
+    RETURN_TYPES = ("EMO_MODEL",)
+    RETURN_NAMES = ("emo_model",)
+    OUTPUT_TOOLTIPS = ("The loaded model with its preset (fps, clip length, sampler settings); wire it to every EMO node.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        models = [DEMO_ENTRY] + _comfy.list_entries("emo", folders=True)
+        vaes = [BUNDLED_VAE] + _comfy.list_entries("vae", folders=True)
+        encoders = [NO_ENCODER] + _comfy.list_entries("audio_encoders", folders=True)
+        return {
+            "required": {
+                "model": (models, {"tooltip": "A file or family folder in models/emo. " + FAMILY_FILES}),
+                "vae": (vaes, {"tooltip": "sd-vae-ft-mse from models/vae (folder or vae-ft-mse-840000-ema-pruned.safetensors). The demo model bundles its own tiny VAE. A core VAE wired to the optional input wins."}),
+                "audio_encoder": (encoders, {"tooltip": "From models/audio_encoders: wav2vec2-base-960h (EMO, Hallo) or whisper_tiny.pt (EchoMimic). Not needed by the demo, or when Audio Encode gets a core AUDIO_ENCODER_OUTPUT."}),
+                "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto", "tooltip": "Weight precision. auto: bf16 (or fp16) on GPU, fp32 on CPU."}),
+                "variant": (["standard", "acc"], {"default": "standard", "tooltip": "EchoMimic only: 'acc' loads the distilled *_acc.pth files (6 steps, no CFG)."}),
+            },
+            "optional": {
+                "vae_override": ("VAE", {"tooltip": "A core VAE (e.g. from Load VAE) to use instead of the vae list."}),
+            },
+        }
+
+    def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None):
+        path = demo.model_path() if model == DEMO_ENTRY else _comfy.resolve("emo", model)
+        if not path.exists():
+            raise FileNotFoundError(f"the model {model!r} is missing. " + FAMILY_FILES)
+        device = _comfy.torch_device()
+        codec = None
+        if vae_override is not None:
+            from .vae_adapter import ComfyVAE
+
+            codec = ComfyVAE(vae_override)
+        elif vae != BUNDLED_VAE:
+            codec = _comfy.resolve("vae", vae)
+        encoder = None if audio_encoder == NO_ENCODER else _comfy.resolve("audio_encoders", audio_encoder)
+        session = Session.load(
+            path,
+            vae=codec,
+            audio_encoder=encoder,
+            device=_comfy.offload_device(),
+            dtype=_comfy.pick_dtype(dtype, device),
+            variant=variant,
+        )
+        session.info["run_device"] = str(device)
+        return (session,)

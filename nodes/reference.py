@@ -1,0 +1,52 @@
+"""EMO Reference Encode: the portrait -> its latent and ReferenceNet bank, computed once per video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..emo_model.pipeline import ReferenceState
+from . import _comfy
+
+
+@dataclass
+class EMOReference:
+    """The EMO_REFERENCE value: the encoded portrait, tied to the model that encoded it."""
+
+    state: ReferenceState
+    model_id: int
+    model_name: str
+
+
+class EMOReferenceEncode:
+    DESCRIPTION = (
+        "Encodes the portrait once per video: its latent and the ReferenceNet features every backbone layer attends to "
+        "(reference-attention). Feed it the 'portrait' output of EMO Face Mask (or any image; it is padded to a square "
+        "and resized to the model size)."
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "encode"
+    RETURN_TYPES = ("EMO_REFERENCE",)
+    RETURN_NAMES = ("emo_reference",)
+    OUTPUT_TOOLTIPS = ("The encoded portrait for EMO Sampler (use it with the same model).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model."}),
+                "image": ("IMAGE", {"tooltip": "The portrait, ideally the face-centred crop from EMO Face Mask. Only the first image of a batch is used."}),
+            },
+            "optional": {
+                "vae": ("VAE", {"tooltip": "Optional core VAE to encode the portrait with (default: the model's own VAE)."}),
+            },
+        }
+
+    def encode(self, emo_model, image, vae=None):
+        session = emo_model
+        if vae is not None:
+            from .vae_adapter import ComfyVAE
+
+            session = type(emo_model)(emo_model.model, ComfyVAE(vae), emo_model.audio_encoder, emo_model.device, emo_model.name, emo_model.info)
+        with _comfy.running_on(session):
+            state = session.encode_reference(image[0], identity_image=image[0], models_dir=str(_comfy.models_dir()))
+        return (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)

@@ -1,0 +1,116 @@
+"""EMO Sampler: portrait + audio features -> video frames, clip by clip."""
+
+from __future__ import annotations
+
+import torch
+
+from ..emo_model.colour_match import MODES as COLOUR_MODES
+from ..emo_model.pipeline import GenerationCancelled
+from ..emo_model.schedulers import SAMPLERS
+from . import _comfy
+
+
+def parse_curve(text: str) -> list[float] | None:
+    """'0.2, 0.5, 1.0' -> [0.2, 0.5, 1.0]; empty -> None."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return [float(v) for v in text.replace(";", ",").replace("\n", ",").split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"speed_curve must be numbers separated by commas, got {text!r}") from None
+
+
+def mask_for(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Any MASK ([H, W] or [B, H, W]) -> one [H, W] mask: the union over the batch."""
+    if mask is None:
+        return None
+    return (mask if mask.dim() == 2 else mask.amax(dim=0)).float().cpu()
+
+
+class EMOSampler:
+    DESCRIPTION = (
+        "Generates the talking/singing video: for every clip of frames, denoises with reference-attention to the portrait, "
+        "audio-attention to the sound, temporal layers fed with the previous clip's last frames (motion frames) and the "
+        "head-speed control, then decodes. Memory does not grow with the audio length. Progress shows per step; Cancel "
+        "stops between two steps."
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "sample"
+    RETURN_TYPES = ("IMAGE", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("frames", "fps", "audio")
+    OUTPUT_TOOLTIPS = (
+        "The video frames (one per audio frame): chain them into upscalers, interpolators or EMO Video Combine.",
+        "Frames per second.",
+        "The audio the frames were made for (same length as the video).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model."}),
+                "emo_reference": ("EMO_REFERENCE", {"tooltip": "From EMO Reference Encode (same model)."}),
+                "emo_audio": ("EMO_AUDIO", {"tooltip": "From EMO Audio Encode (same model)."}),
+                "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True, "tooltip": "Noise seed; each clip derives its own seed from it, so a run is reproducible."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps per clip. 0 = the model's preset (EMO/Hallo 40, EchoMimic 30, acc 6, demo 20). Fewer than ~20 gets jittery."}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance towards the portrait (and the audio, unless audio_cfg is set). 0 = the preset (3.5 EMO/Hallo, 2.5 EchoMimic, 1 acc)."}),
+                "audio_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Separate guidance for the audio (lip sync strength). 0 = same as cfg (classic CFG, one batched pass fewer)."}),
+                "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "Scheduler; the model's noise schedule (v-prediction, zero-SNR) is kept whatever you pick. DDIM is the paper's."}),
+                "speed": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Head-motion speed in degrees per frame (EMO's speed layers): speech 0.1-1.0, singing 1.0-1.3; above 1.5 gets jittery. Models without speed layers (Hallo, EchoMimic) ignore it."}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "Frames generated together. 0 = the preset (EMO 12, Hallo 16, EchoMimic 12, demo 8)."}),
+                "motion_frames": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Frames of the previous clip that condition the next one. -1 = the preset (EMO 4, Hallo 2). Ignored by context-window models (EchoMimic)."}),
+                "colour_match": (list(COLOUR_MODES), {"default": "none", "tooltip": "Match every clip's colours to the portrait (Lab statistics of the whole clip, so no flicker) to stop drift on long videos."}),
+            },
+            "optional": {
+                "face_mask": ("MASK", {"tooltip": "Where the face may move (EMO Face Mask, or any mask in the portrait's coordinates). Default: the whole frame."}),
+                "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def sample(self, emo_model, emo_reference, emo_audio, seed, steps, cfg, audio_cfg, sampler, speed, frames_per_clip, motion_frames,
+               colour_match, face_mask=None, speed_curve="", unique_id=None):
+        session = emo_model
+        if emo_reference.model_id != id(session.model):
+            raise ValueError(
+                f"the reference was encoded with another model ({emo_reference.model_name}); wire EMO Reference Encode to this Load EMO Model"
+            )
+        if emo_audio.kind != session.config.audio.kind:
+            raise ValueError(f"the audio was encoded for '{emo_audio.kind}' features but {session.name} needs '{session.config.audio.kind}'; re-run EMO Audio Encode with this model")
+        settings = session.settings(
+            steps=steps or None,
+            cfg=cfg or None,
+            audio_cfg=(audio_cfg or cfg) or None,
+            sampler=sampler,
+            seed=seed,
+            speed=parse_curve(speed_curve) or speed,
+            frames_per_clip=frames_per_clip or None,
+            motion_frames=None if motion_frames < 0 else motion_frames,
+            colour_match=colour_match,
+        )
+        total = settings.steps * session.count_units(emo_audio.num_frames, settings)
+        progress = _comfy.Progress(total, node_id=unique_id)
+        frames: list[torch.Tensor] = []
+        mask = mask_for(face_mask)
+        try:
+            with _comfy.running_on(session):
+                session.pipeline.generate(
+                    emo_reference.state,
+                    emo_audio.features,
+                    settings=settings,
+                    sink=lambda clip: (frames.append(clip), progress.preview(clip[-1])),
+                    face_mask=mask,
+                    region_masks=session.region_masks_from_mask(mask, emo_reference.state.size),
+                    on_step=lambda info: progress.set(info.done),
+                    should_cancel=_comfy.interrupted,
+                )
+        except GenerationCancelled:
+            _comfy.raise_interrupt()
+        video = torch.cat(frames)
+        summary = (
+            f"{video.shape[0]} frames · {emo_audio.audio.duration:.2f} s at {emo_audio.fps:g} fps · "
+            f"{session.count_units(emo_audio.num_frames, settings)} clip(s) × {settings.steps} {settings.sampler} steps · "
+            f"{video.shape[2]}x{video.shape[1]}"
+        )
+        return {"ui": {"emo_summary": [summary]}, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}

@@ -1,0 +1,218 @@
+"""Test harness for the node pack without ComfyUI: load the pack like ComfyUI, fake core nodes, run API graphs.
+
+* :func:`load_pack` imports the repository folder as a package by path, the way ComfyUI's
+  ``load_custom_node`` does (module name = folder name, ``__init__.py`` executed, relative imports).
+* :data:`CORE_STANDINS` are minimal stand-ins for the core nodes our example workflows use
+  (LoadImage, LoadAudio, ImageScaleBy, CreateVideo, SaveVideo), with the same inputs and outputs.
+* :func:`run_api` executes an API-format graph by following its links.
+* :func:`make_test_models` writes tiny checkpoints into a models folder (EMO_MODELS_DIR).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from conftest import ROOT, SHARED
+
+OBJECT_INFO = SHARED / "comfy" / "object_info.json"
+OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE"}
+PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+# combos whose options are files on the user's disk: their saved values cannot be checked
+FILE_COMBOS = {("LoadEMOModel", "model"), ("LoadEMOModel", "vae"), ("LoadEMOModel", "audio_encoder"), ("LoadImage", "image"), ("LoadAudio", "audio")}
+
+
+def load_pack(name: str = "ComfyUI-EMO"):
+    """Import the repo folder as ComfyUI does: by path, as a package named after the folder."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def core_object_info() -> dict:
+    return json.loads(OBJECT_INFO.read_text())
+
+
+def core_types(info: dict) -> set[str]:
+    types = set(PRIMITIVES)
+    for node in info.values():
+        types.update(t for t in node["output"] if isinstance(t, str))
+        for group in ("required", "optional"):
+            for spec in node["input"].get(group, {}).values():
+                if isinstance(spec[0], str) and spec[0] != "COMBO":
+                    types.add(spec[0])
+    return types
+
+
+# ---- core node stand-ins (same sockets as core, minimal behaviour) -----------------------------------
+
+
+class LoadImage:
+    input_dir: Path = Path(".")
+    RETURN_TYPES = ("IMAGE", "MASK")
+    FUNCTION = "load"
+
+    def load(self, image):
+        import cv2
+
+        bgr = cv2.imread(str(self.input_dir / image), cv2.IMREAD_COLOR)
+        rgb = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255)[None]
+        return (rgb, torch.zeros(1, *rgb.shape[1:3]))
+
+
+class LoadAudio:
+    input_dir: Path = Path(".")
+    RETURN_TYPES = ("AUDIO",)
+    FUNCTION = "load"
+
+    def load(self, audio):
+        from emo_model.audio import load_audio
+
+        wave, rate = load_audio(str(self.input_dir / audio))
+        return ({"waveform": wave[None], "sample_rate": rate},)
+
+
+class ImageScaleBy:
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "upscale"
+
+    def upscale(self, image, upscale_method, scale_by):
+        x = F.interpolate(image.permute(0, 3, 1, 2), scale_factor=scale_by, mode="bicubic", align_corners=False)
+        return (x.clamp(0, 1).permute(0, 2, 3, 1),)
+
+
+class CreateVideo:
+    RETURN_TYPES = ("VIDEO",)
+    FUNCTION = "create"
+
+    def create(self, images, fps, audio=None):
+        return ({"images": images, "fps": fps, "audio": audio},)
+
+
+class SaveVideo:
+    output_dir: Path = Path(".")
+    RETURN_TYPES = ()
+    FUNCTION = "save"
+
+    def save(self, video, filename_prefix, format, codec):
+        from emo_model.video_io import write_video
+
+        path = self.output_dir / f"{filename_prefix.replace('/', '_')}.mp4"
+        write_video(path, video["images"], video["fps"], audio=video["audio"])
+        return {"ui": {"images": [{"filename": path.name}]}, "result": ()}
+
+
+CORE_STANDINS = {c.__name__: c for c in (LoadImage, LoadAudio, ImageScaleBy, CreateVideo, SaveVideo)}
+
+
+def run_api(graph: dict, classes: dict) -> tuple[dict, dict]:
+    """Execute an API-format graph; returns ({node id: outputs}, {node id: ui})."""
+    outputs: dict[str, tuple] = {}
+    uis: dict[str, dict] = {}
+    pending = dict(graph)
+    while pending:
+        ready = [
+            nid
+            for nid, node in pending.items()
+            if all(not isinstance(v, list) or v[0] in outputs for v in node["inputs"].values())
+        ]
+        if not ready:
+            raise RuntimeError(f"cycle or missing link among {sorted(pending)}")
+        for nid in sorted(ready, key=int):
+            node = pending.pop(nid)
+            cls = classes[node["class_type"]]
+            kwargs = {k: (outputs[v[0]][v[1]] if isinstance(v, list) else v) for k, v in node["inputs"].items()}
+            hidden = cls.INPUT_TYPES().get("hidden", {}) if hasattr(cls, "INPUT_TYPES") else {}
+            for name, kind in hidden.items():
+                kwargs[name] = {"UNIQUE_ID": nid, "PROMPT": graph, "EXTRA_PNGINFO": {"workflow": {"note": "test"}}}.get(kind)
+            result = getattr(cls(), cls.FUNCTION)(**kwargs)
+            if isinstance(result, dict):
+                uis[nid] = result.get("ui", {})
+                result = result.get("result", ())
+            outputs[nid] = tuple(result)
+    return outputs, uis
+
+
+# ---- test media and models ---------------------------------------------------------------------------
+
+
+def write_portrait(path: Path, size: int = 160) -> Path:
+    import cv2
+    from skimage import data
+
+    face = data.astronaut()[30:330, 80:380]  # a real face, roughly centred
+    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(face, (size, size)), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def write_speech(path: Path, seconds: float = 1.3, rate: int = 22050) -> Path:
+    from emo_model.video_io import write_video  # noqa: F401  (PyAV is there)
+    import soundfile as sf
+
+    t = np.arange(int(seconds * rate)) / rate
+    envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))  # 4 syllables per second
+    wave = 0.3 * envelope * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 880 * t))
+    sf.write(str(path), np.stack([wave, wave], 1).astype(np.float32), rate)
+    return path
+
+
+def tiny_vae(seed: int = 0):
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).eval()
+
+
+def tiny_wav2vec2_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    torch.manual_seed(0)
+    cfg = Wav2Vec2Config(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16, 16, 16, 16, 16, 16, 16),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(cfg).save_pretrained(path)
+    return path
+
+
+def make_test_models(models: Path) -> dict[str, str]:
+    """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
+    from conftest import perturb_zero_inits
+    from emo_model import weights
+    from emo_model.model import EMOModel
+
+    (models / "emo" / "hallo").mkdir(parents=True)
+    (models / "emo" / "emo").mkdir(parents=True)
+    (models / "vae").mkdir()
+    (models / "audio_encoders").mkdir()
+    torch.manual_seed(0)
+    tiny = perturb_zero_inits(EMOModel("tiny").eval())
+    weights.save_native(tiny, models / "emo" / "emo" / "emo.safetensors", vae=tiny_vae())
+    torch.manual_seed(1)
+    hallo = perturb_zero_inits(EMOModel("tiny-hallo").eval())
+    torch.save({k: v.clone() for k, v in hallo.state_dict().items()}, models / "emo" / "hallo" / "net.pth")
+    tiny_vae().save_pretrained(models / "vae" / "sd-vae-ft-mse")
+    tiny_wav2vec2_folder(models / "audio_encoders" / "wav2vec2-base-960h")
+    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "vae": "sd-vae-ft-mse/", "encoder": "wav2vec2-base-960h/"}

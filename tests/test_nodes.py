@@ -1,0 +1,283 @@
+"""The node pack as ComfyUI sees it: loading, node contract, types, workflows, end-to-end runs."""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from comfy_harness import (
+    CORE_STANDINS,
+    FILE_COMBOS,
+    OUR_TYPES,
+    core_object_info,
+    core_types,
+    load_pack,
+    make_test_models,
+    run_api,
+    write_portrait,
+    write_speech,
+)
+from conftest import ROOT
+
+EXPECTED_NODES = {
+    "LoadEMOModel": "Load EMO Model",
+    "EMOAudioEncode": "EMO Audio Encode",
+    "EMOFaceMask": "EMO Face Mask",
+    "EMOReferenceEncode": "EMO Reference Encode",
+    "EMOSampler": "EMO Sampler",
+    "EMOVideoCombine": "EMO Video Combine",
+    "EMODemoSample": "EMO Demo Sample",
+}
+WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
+UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return load_pack()
+
+
+@pytest.fixture(scope="module")
+def info():
+    return core_object_info()
+
+
+def test_pack_registers_exactly_its_nodes_with_a_web_directory(pack, info):
+    assert pack.NODE_CLASS_MAPPINGS.keys() == EXPECTED_NODES.keys()
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS == EXPECTED_NODES
+    assert not set(EXPECTED_NODES) & set(info)  # no id clashes with core (core would win)
+    web = ROOT / pack.WEB_DIRECTORY
+    assert any(web.rglob("*.js"))
+
+
+def _inputs(cls):
+    spec = cls.INPUT_TYPES()
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+@pytest.mark.parametrize("node_id", sorted(EXPECTED_NODES))
+def test_node_contract(pack, info, node_id):
+    cls = pack.NODE_CLASS_MAPPINGS[node_id]
+    known = core_types(info) | OUR_TYPES
+    assert cls.CATEGORY == "EMO" and len(cls.DESCRIPTION) > 40
+    assert all(t in known for t in cls.RETURN_TYPES), cls.RETURN_TYPES
+    assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
+    params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
+    spec = cls.INPUT_TYPES()
+    for group in ("required", "optional"):
+        for name, (kind, *rest) in spec.get(group, {}).items():
+            options = rest[0] if rest else {}
+            assert options.get("tooltip"), f"{node_id}.{name} has no tooltip"
+            assert name in params, f"{node_id}.{cls.FUNCTION} does not take {name}"
+            if group == "optional":
+                assert params[name].default is None or params[name].default == options.get("default"), name
+            if isinstance(kind, list):
+                assert kind and options.get("default", kind[0]) in kind
+            else:
+                assert kind in known, f"{node_id}.{name}: unknown type {kind}"
+                if kind in ("INT", "FLOAT") and "default" in options:
+                    assert options["min"] <= options["default"] <= options["max"]
+    for name in spec.get("hidden", {}):
+        assert name in params
+
+
+def test_importing_the_pack_builds_nothing_and_registers_the_emo_folder(monkeypatch, tmp_path):
+    # no ComfyUI here: registering is a no-op, and importing constructed no model (only classes)
+    pack = load_pack()
+    assert not any(isinstance(v, torch.nn.Module) for v in vars(pack).values())
+
+
+# ---- workflows --------------------------------------------------------------------------------------
+
+
+def _output_types(node_type: str, pack, info) -> list[str]:
+    if node_type in pack.NODE_CLASS_MAPPINGS:
+        return list(pack.NODE_CLASS_MAPPINGS[node_type].RETURN_TYPES)
+    return list(info[node_type]["output"])
+
+
+def _input_specs(node_type: str, pack, info) -> dict:
+    if node_type in pack.NODE_CLASS_MAPPINGS:
+        return _inputs(pack.NODE_CLASS_MAPPINGS[node_type])
+    spec = info[node_type]["input"]
+    return {**spec.get("required", {}), **spec.get("optional", {})}
+
+
+def _check_value(node_type: str, name: str, spec, value):
+    kind = spec[0]
+    options = spec[1] if len(spec) > 1 else {}
+    if (node_type, name) in FILE_COMBOS:
+        return
+    if isinstance(kind, list) or kind == "COMBO":
+        choices = kind if isinstance(kind, list) else options["options"]
+        assert value in choices, f"{node_type}.{name} = {value!r} is not one of {choices}"
+    elif kind in ("INT", "FLOAT"):
+        assert options.get("min", -float("inf")) <= value <= options.get("max", float("inf")), f"{node_type}.{name} = {value}"
+    elif kind == "BOOLEAN":
+        assert isinstance(value, bool)
+    elif kind == "STRING":
+        assert isinstance(value, str)
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_api_workflow_is_valid(path, pack, info):
+    graph = json.loads(path.read_text())
+    for nid, node in graph.items():
+        node_type = node["class_type"]
+        assert node_type in pack.NODE_CLASS_MAPPINGS or node_type in info, f"unknown node type {node_type}"
+        specs = _input_specs(node_type, pack, info)
+        assert set(node["inputs"]) <= set(specs), f"{nid}: unknown inputs {set(node['inputs']) - set(specs)}"
+        required = set(
+            (pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES() if node_type in pack.NODE_CLASS_MAPPINGS else info[node_type]["input"]).get("required", {})
+        )
+        assert required <= set(node["inputs"]), f"{nid} {node_type}: missing {required - set(node['inputs'])}"
+        for name, value in node["inputs"].items():
+            if isinstance(value, list):  # a link [source id, output index]
+                src = graph[value[0]]
+                produced = _output_types(src["class_type"], pack, info)[value[1]]
+                assert produced == specs[name][0], f"{nid}.{name} expects {specs[name][0]}, gets {produced}"
+            else:
+                _check_value(node_type, name, specs[name], value)
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_ui_workflow_is_valid(path, pack, info):
+    wf = json.loads(path.read_text())
+    nodes = {n["id"]: n for n in wf["nodes"]}
+    for link_id, src, src_slot, dst, dst_slot, kind in wf["links"]:
+        produced = _output_types(nodes[src]["type"], pack, info)[src_slot]
+        expected = nodes[dst]["inputs"][dst_slot]["type"]
+        assert produced == kind == expected, f"link {link_id}: {produced} -> {expected} ({kind})"
+    for node in wf["nodes"]:
+        node_type = node["type"]
+        assert node_type in pack.NODE_CLASS_MAPPINGS or node_type in info, f"unknown node type {node_type}"
+        specs = _input_specs(node_type, pack, info)
+        widgets = [name for name, spec in specs.items() if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        values = list(node.get("widgets_values", []))
+        for name in widgets:  # positional, with control_after_generate adding an entry after seeds
+            if not values:
+                break
+            linked = any(i.get("widget", {}).get("name") == name and i.get("link") is not None for i in node.get("inputs", []))
+            value = values.pop(0)
+            if not linked:
+                _check_value(node_type, name, specs[name], value)
+            if specs[name][1:] and specs[name][1].get("control_after_generate"):
+                values.pop(0)
+
+
+def test_every_api_workflow_has_a_ui_twin():
+    ui_names = {p.stem for p in UI_WORKFLOWS}
+    assert WORKFLOWS and {p.name.removesuffix(".api.json") for p in WORKFLOWS} <= ui_names
+
+
+# ---- running ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, pack):
+    base = tmp_path_factory.mktemp("comfy")
+    models, inputs, outputs = base / "models", base / "input", base / "output"
+    inputs.mkdir()
+    outputs.mkdir()
+    entries = make_test_models(models)
+    write_portrait(inputs / "portrait.png")
+    write_speech(inputs / "speech.wav", seconds=1.3)
+    write_speech(inputs / "song.wav", seconds=2.1)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMO_MODELS_DIR", str(models))
+    mp.setenv("EMO_OUTPUT_DIR", str(outputs))
+    for cls in CORE_STANDINS.values():
+        mp.setattr(cls, "input_dir", inputs, raising=False)
+        mp.setattr(cls, "output_dir", outputs, raising=False)
+    yield {"models": models, "input": inputs, "output": outputs, "entries": entries}
+    mp.undo()
+
+
+def _tiny_graph(graph: dict) -> dict:
+    """The example graph at test size: 64 px crops, a few denoising steps."""
+    graph = json.loads(json.dumps(graph))
+    for node in graph.values():
+        if node["class_type"] == "EMOFaceMask":
+            node["inputs"]["size"] = 64
+        if node["class_type"] == "EMOSampler":
+            node["inputs"]["steps"] = 2
+    return graph
+
+
+@pytest.mark.parametrize("path", [p for p in WORKFLOWS if "demo" not in p.name], ids=lambda p: p.name)
+def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
+    from emo_model.audio import num_video_frames
+    from emo_model.video_io import probe_video
+
+    graph = _tiny_graph(json.loads(path.read_text()))
+    classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}
+    outputs, uis = run_api(graph, classes)
+    audio_node = next(nid for nid, n in graph.items() if n["class_type"] == "EMOAudioEncode")
+    frames = outputs[audio_node][2]
+    audio_file = graph[next(nid for nid, n in graph.items() if n["class_type"] == "LoadAudio")]["inputs"]["audio"]
+    import soundfile as sf
+
+    info = sf.info(str(env["input"] / audio_file))
+    fps = outputs[audio_node][3]
+    assert frames == num_video_frames(info.frames, info.samplerate, fps)
+    written = sorted(env["output"].rglob("*.mp4"), key=lambda p: p.stat().st_mtime)[-1]
+    video = probe_video(written)
+    assert video.num_frames == frames and abs(video.fps - fps) < 1e-3
+    assert abs(video.audio_duration - frames / fps) <= 1 / fps
+    sampler = next(nid for nid, n in graph.items() if n["class_type"] == "EMOSampler")
+    assert f"{frames} frames" in uis[sampler]["emo_summary"][0]
+
+
+def test_video_combine_refuses_a_prefix_that_escapes_the_output_folder(pack, env):
+    combine = pack.NODE_CLASS_MAPPINGS["EMOVideoCombine"]()
+    frames = torch.rand(4, 64, 64, 3)
+    with pytest.raises(ValueError, match="outside the output folder"):
+        combine.combine(frames, 25.0, "../escaped/evil", "mp4", 19)
+    assert not list(env["output"].parent.rglob("evil*"))
+
+
+def test_video_combine_embeds_the_workflow(pack, env):
+    from emo_model.video_io import probe_video
+
+    combine = pack.NODE_CLASS_MAPPINGS["EMOVideoCombine"]()
+    result = combine.combine(torch.rand(5, 64, 64, 3), 25.0, "meta/test", "mp4", 19, prompt={"1": {"class_type": "X"}}, extra_pnginfo={"workflow": {"nodes": [1, 2]}})
+    path = result["result"][1]
+    assert Path(path).parent == env["output"] / "meta"
+    meta = probe_video(path).metadata
+    assert json.loads(meta["workflow"]) == {"nodes": [1, 2]} and json.loads(meta["prompt"]) == {"1": {"class_type": "X"}}
+
+
+def test_sampler_interrupt_raises_and_returns_nothing(pack, env, monkeypatch):
+    graph = _tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
+    classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}
+    calls = {"n": 0}
+
+    def interrupted():
+        calls["n"] += 1
+        return calls["n"] > 2
+
+    monkeypatch.setattr(pack.nodes._comfy, "interrupted", interrupted)
+    before = set(env["output"].rglob("*"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_api(graph, classes)
+    assert set(env["output"].rglob("*")) == before
+
+
+def test_loader_names_the_files_a_family_needs(pack, env):
+    folder = env["models"] / "emo" / "broken_echomimic"
+    folder.mkdir()
+    from emo_model.model import EMOModel
+
+    with torch.device("meta"):
+        model = EMOModel("tiny-echomimic")
+    motion = {k.removeprefix("denoising_unet."): torch.zeros(v.shape) for k, v in model.state_dict().items() if ".motion_modules." in k}
+    torch.save(motion, folder / "motion_module.pth")
+    loader = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"]()
+    with pytest.raises(Exception, match="denoising_unet.pth"):
+        loader.load("broken_echomimic/", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+    with pytest.raises(FileNotFoundError, match="models"):
+        loader.load("missing.safetensors", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
