@@ -4,11 +4,14 @@ ComfyUI imports this folder as a package. Importing it registers the ``models/em
 node classes; it builds no model, downloads nothing and creates no folders.
 """
 
-from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from .nodes._comfy import register_model_folders
-
-register_model_folders()
-
 WEB_DIRECTORY = "./web"
+
+if __package__:  # imported as a package (ComfyUI, or a test loading the pack the same way)
+    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .nodes._comfy import register_model_folders
+
+    register_model_folders()
+else:  # imported as a plain file, e.g. by pytest collecting a checkout whose folder name has a dash
+    NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS = {}, {}
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

@@ -225,8 +225,8 @@ def _unsafe_pickle_message(path: Path, exc: Exception) -> str:
     needs = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
     return (
         f"{path} refused: rebuilding it needs {needs}, so loading it would execute code stored in the file. "
-        "If you trust its source, load it once in a trusted environment (torch.load(..., weights_only=False)), "
-        "save its tensors with safetensors.torch.save_file and use that .safetensors file"
+        "If you trust its source, load it once in a trusted environment with a full unpickler (weights_only "
+        "off), save its tensors with safetensors.torch.save_file and use that .safetensors file"
     )
 
 

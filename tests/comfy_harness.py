@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, SHARED, tiny_vae
 
 OBJECT_INFO = SHARED / "comfy" / "object_info.json"
 OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE"}
@@ -164,20 +164,6 @@ def write_speech(path: Path, seconds: float = 1.3, rate: int = 22050) -> Path:
     wave = 0.3 * envelope * (np.sin(2 * np.pi * 220 * t) + 0.5 * np.sin(2 * np.pi * 880 * t))
     sf.write(str(path), np.stack([wave, wave], 1).astype(np.float32), rate)
     return path
-
-
-def tiny_vae(seed: int = 0):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-    ).eval()
 
 
 def tiny_wav2vec2_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:

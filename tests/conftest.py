@@ -34,6 +34,21 @@ def perturb_zero_inits(model: torch.nn.Module, scale: float = 0.05, seed: int = 
     return model
 
 
+def tiny_vae(seed: int = 0):
+    """A small random diffusers AutoencoderKL with SD's interface (4 latent channels, /8)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=(8, 16, 16, 16),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=4,
+    ).eval()
+
+
 @pytest.fixture
 def layouts_dir() -> Path:
     if not LAYOUTS.is_dir():  # CI always has ../shared; never let the layout tests pass silently

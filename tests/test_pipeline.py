@@ -10,25 +10,11 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT, perturb_zero_inits
+from conftest import ROOT, perturb_zero_inits, tiny_vae
 from emo_model.clip_planner import plan_clips, plan_windows, window_weights
 from emo_model.model import EMOModel
 from emo_model.pipeline import EMOPipeline, GenerationCancelled, SamplingSettings, fit_image, guidance_weights, speed_curve
 from emo_model.vae import DiffusersVAE
-
-
-def tiny_vae(seed: int = 0):
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(seed)
-    return AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +175,8 @@ MEMORY_SCRIPT = textwrap.dedent(
     """
     import json, resource, sys, torch
     sys.path[:0] = [{root!r}, {tests!r}]
-    from test_pipeline import tiny_vae, features
+    from conftest import tiny_vae
+    from test_pipeline import features
     from emo_model.model import EMOModel
     from emo_model.pipeline import EMOPipeline, SamplingSettings
     from emo_model.vae import DiffusersVAE

@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, perturb_zero_inits
+from conftest import ROOT, perturb_zero_inits, tiny_vae
 from safetensors.torch import load_file
 
 from emo_model.configs import get_config
@@ -103,17 +103,7 @@ def dataset(videos, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def vae_dir(tmp_path_factory) -> Path:
-    from diffusers import AutoencoderKL
-
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4,
-        layers_per_block=1,
-        norm_num_groups=4,
-    )
+    vae = tiny_vae()
     folder = tmp_path_factory.mktemp("vae")
     vae.save_pretrained(folder)
     return folder

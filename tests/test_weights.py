@@ -4,6 +4,7 @@ tiny configs, unsafe and bad files, training initialisation (SD1.5, AnimateDiff,
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import sys
 import types
@@ -392,8 +393,7 @@ class _Payload:
 def test_pickle_that_carries_code_is_refused_without_running_it(tmp_path):
     live = tmp_path / "live"
     live.mkdir()
-    torch.save({"conv_in.weight": torch.zeros(1), "x": _Payload(live / "ran")}, live / "evil.pth")
-    torch.load(live / "evil.pth", weights_only=False)  # the payload is real: a full unpickler runs it
+    pickle.loads(pickle.dumps(_Payload(live / "ran")))  # the payload is real: a full unpickler runs it
     assert (live / "ran").exists()
 
     marker = tmp_path / "marker"
