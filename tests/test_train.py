@@ -346,7 +346,7 @@ def test_resume_is_exact(dataset, vae_dir, init_checkpoint, tmp_path):
     assert not torch.equal(ema_a[key], a[key])
 
 
-def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint, tmp_path):
+def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint, tmp_path, monkeypatch):
     from emo_model.pipeline import EMOPipeline, SamplingSettings
     from emo_model.train.dataset import segment_audio_features
     from emo_model.vae import DiffusersVAE
@@ -365,6 +365,28 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
     settings = SamplingSettings.from_preset(model.config.preset, steps=2, frames_per_clip=4, motion_frames=2)
     frames = pipe.generate_frames(reference, features, settings=settings)
     assert tuple(frames.shape) == (6, 64, 64, 3) and torch.isfinite(frames).all()
+
+    # ... and through the nodes, as an artist opens it: models/emo + models/vae, Load EMO Model -> Sampler
+    import shutil
+
+    from comfy_harness import load_pack
+
+    models = tmp_path / "models"
+    (models / "emo").mkdir(parents=True)
+    shutil.copy(tmp_path / "run" / "emo-stage3-final.safetensors", models / "emo" / "my-emo.safetensors")
+    shutil.copytree(vae_dir, models / "vae" / "tiny-vae")
+    monkeypatch.setenv("EMO_MODELS_DIR", str(models))
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    loader = nodes["LoadEMOModel"]
+    assert "my-emo.safetensors" in loader.INPUT_TYPES()["required"]["model"][0]
+    (session,) = loader().load("my-emo.safetensors", "tiny-vae/", loader.INPUT_TYPES()["required"]["audio_encoder"][0][0], "fp32", "standard")
+    clip = store.tensors(entry)["audio"].float()
+    audio = {"waveform": clip[None, None], "sample_rate": 16000}
+    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, float(FPS), "off")["result"][0]
+    image = torch.from_numpy(store.frames(entry, [0])).float() / 255
+    (ref,) = nodes["EMOReferenceEncode"]().encode(session, image)
+    out = nodes["EMOSampler"]().sample(session, ref, emo_audio, 0, 2, 0.0, 0.0, "ddim", 0.5, 4, 2, "none")["result"]
+    assert out[0].shape[0] == emo_audio.num_frames and out[0].shape[1:] == (64, 64, 3) and torch.isfinite(out[0]).all()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,83 @@
+"""The command line, run as a user runs it: `python -m emo_model ...` in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from comfy_harness import write_portrait, write_speech
+from conftest import ROOT, perturb_zero_inits, tiny_vae
+
+
+def emo(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "emo_model", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from emo_model import weights
+    from emo_model.model import EMOModel
+
+    base = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny").eval())
+    weights.save_native(model, base / "tiny.safetensors", vae=tiny_vae())
+    return {
+        "model": base / "tiny.safetensors",
+        "image": write_portrait(base / "face.png"),
+        "audio": write_speech(base / "speech.wav", seconds=1.1),
+        "dir": base,
+    }
+
+
+def test_generate_end_to_end_on_the_tiny_config(files):
+    import soundfile as sf
+
+    from emo_model.audio import num_video_frames
+    from emo_model.video_io import probe_video
+
+    out = files["dir"] / "out.mp4"
+    res = emo("generate", "--model", str(files["model"]), "--image", str(files["image"]), "--audio", str(files["audio"]),
+              "--out", str(out), "--steps", "2", "--seed", "3", "--device", "cpu")
+    assert res.returncode == 0, res.stderr[-3000:]
+    info = sf.info(str(files["audio"]))
+    frames = num_video_frames(info.frames, info.samplerate, 25.0)  # the tiny preset's fps
+    video = probe_video(out)
+    assert video.num_frames == frames and abs(video.fps - 25.0) < 1e-6
+    assert video.width == video.height == 64
+    assert video.audio_codec == "aac" and abs(video.audio_duration - frames / 25.0) <= 1 / 25.0
+    assert "wrote" in res.stdout
+
+
+def test_generate_errors_are_one_line_and_leave_no_file(files):
+    out = files["dir"] / "never.mp4"
+    res = emo("generate", "--model", str(files["model"]), "--image", str(files["image"]), "--audio", str(files["dir"] / "nope.wav"), "--out", str(out))
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "nope.wav" in res.stderr and not out.exists()
+    res = emo("generate", "--model", str(files["dir"] / "missing.safetensors"), "--image", str(files["image"]), "--audio", str(files["audio"]), "--out", str(out))
+    assert res.returncode != 0 and "Traceback" not in res.stderr and not out.exists()
+
+
+def test_inspect_and_convert_from_the_command_line(files):
+    res = emo("inspect", str(files["model"]))
+    assert res.returncode == 0, res.stderr
+    assert "tiny" in res.stdout and "native" in res.stdout
+    out = files["dir"] / "converted.safetensors"
+    res = emo("convert", str(files["model"]), "--out", str(out), "--dtype", "fp16")
+    assert res.returncode == 0, res.stderr
+    from emo_model.weights import load_emo_model
+
+    assert load_emo_model(out).dtype == torch.float16
+
+
+def test_help_lists_every_command():
+    from emo_model.cli import COMMANDS
+
+    res = emo("--help")
+    assert res.returncode == 0
+    assert all(name in res.stdout for name in COMMANDS)
