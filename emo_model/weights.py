@@ -914,8 +914,11 @@ def load_bundled_vae(
         file = path
     elif isinstance(path, (str, os.PathLike)) and Path(path).is_file():
         file = open_tensors(path)
+    elif isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+        checkpoint = inspect_checkpoint(path)  # a folder holding one native file
+        return load_bundled_vae(checkpoint.files["model"], device=device, dtype=dtype) if checkpoint.bundled_vae else None
     else:
-        return None  # folders and lists of part files carry no VAE
+        return None  # lists of part files carry no VAE
     if VAE_CONFIG_KEY not in file.metadata:
         return None
     try:

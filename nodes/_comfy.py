@@ -57,24 +57,32 @@ def folder_paths_for(kind: str) -> list[Path]:
     return [models_dir() / kind]
 
 
-def list_entries(kind: str, *, folders: bool) -> list[str]:
-    """Model files of a kind (relative paths), plus sub-folders holding model files when ``folders``.
+def _is_layout_folder(path: Path) -> bool:
+    """A checkpoint that spans a folder: a diffusers / HF folder (config.json) or several weight files (EchoMimic)."""
+    files = [p for p in path.iterdir() if p.is_file()]
+    return any(p.name == "config.json" for p in files) or sum(p.suffix.lower() in MODEL_EXTENSIONS for p in files) >= 2
 
-    A folder is listed for checkpoints that span several files (EchoMimic's four ``.pth``, a diffusers
-    VAE folder, a wav2vec2 folder); the loader tells them apart by their tensors.
+
+def list_entries(kind: str, *, folders: bool) -> list[str]:
+    """Model files of a kind (relative paths), and with ``folders`` the folders that hold one multi-file checkpoint.
+
+    EchoMimic's four ``.pth``, a diffusers VAE folder or a wav2vec2 folder is listed once, as ``name/``,
+    and the files inside it are not listed separately; the loader tells the layouts apart by their tensors.
     """
     entries: set[str] = set()
     for root in folder_paths_for(kind):
         if not root.is_dir():
             continue
-        for path in root.rglob("*"):
-            rel = path.relative_to(root).as_posix()
-            if any(part.startswith(".") for part in path.relative_to(root).parts):
+        layouts: list[Path] = []
+        for path in sorted(root.rglob("*")):
+            rel = path.relative_to(root)
+            if any(part.startswith(".") for part in rel.parts) or any(l in path.parents for l in layouts):
                 continue
-            if path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS:
-                entries.add(rel)
-            elif folders and path.is_dir() and any(p.suffix.lower() in MODEL_EXTENSIONS for p in path.iterdir() if p.is_file()):
-                entries.add(rel + "/")
+            if folders and path.is_dir() and _is_layout_folder(path):
+                layouts.append(path)
+                entries.add(rel.as_posix() + "/")
+            elif path.is_file() and path.suffix.lower() in MODEL_EXTENSIONS:
+                entries.add(rel.as_posix())
     return sorted(entries)
 
 

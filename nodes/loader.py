@@ -50,6 +50,11 @@ class LoadEMOModel:
 
     def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None):
         path = demo.model_path() if model == DEMO_ENTRY else _comfy.resolve("emo", model)
+        if model == DEMO_ENTRY and not path.exists():
+            raise FileNotFoundError(
+                f"the built-in demo model is missing: {path} ships with ComfyUI-EMO; reinstall or update the pack "
+                "(or rebuild it with `python -m emo_model make-demo`), or pick a model from models/emo"
+            )
         if not path.exists():
             raise FileNotFoundError(f"the model {model!r} is missing. " + FAMILY_FILES)
         device = _comfy.torch_device()

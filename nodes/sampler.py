@@ -16,9 +16,12 @@ def parse_curve(text: str) -> list[float] | None:
     if not text:
         return None
     try:
-        return [float(v) for v in text.replace(";", ",").replace("\n", ",").split(",") if v.strip()]
+        values = [float(v) for v in text.replace(";", ",").replace("\n", ",").split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"speed_curve must be numbers separated by commas, got {text!r}") from None
+    if any(v < 0 or v != v for v in values):
+        raise ValueError(f"speed_curve values are head speeds in degrees per frame and must be >= 0, got {text!r}")
+    return values
 
 
 def mask_for(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -68,6 +71,16 @@ class EMOSampler:
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, speed_curve=None):
+        """Reject a malformed speed curve when the prompt is queued, before any model loads."""
+        if isinstance(speed_curve, str):
+            try:
+                parse_curve(speed_curve)
+            except ValueError as e:
+                return str(e)
+        return True
 
     def sample(self, emo_model, emo_reference, emo_audio, seed, steps, cfg, audio_cfg, sampler, speed, frames_per_clip, motion_frames,
                colour_match, face_mask=None, speed_curve="", unique_id=None):

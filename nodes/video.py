@@ -45,7 +45,7 @@ class EMOVideoCombine:
     DESCRIPTION = (
         "Writes the frames as an mp4 (H.264 + AAC) or webm (VP9 + Opus) in ComfyUI's output folder, with the audio trimmed "
         "or padded to the video length and the workflow embedded in the file's metadata (drag the video back into ComfyUI). "
-        "Shows a preview and outputs a core VIDEO for other video nodes. A cancelled or failed run leaves no partial file."
+        "Shows a preview with sound and outputs a core VIDEO for other video nodes. A cancelled or failed run leaves no partial file."
     )
     CATEGORY = "EMO"
     FUNCTION = "combine"
@@ -86,4 +86,4 @@ class EMOVideoCombine:
                 writer.write(images[start : start + 16])
         path = str(Path(folder) / name)
         preview = {"filename": name, "subfolder": subfolder, "type": "output", "format": FORMATS[format].mime_type}
-        return {"ui": {"images": [preview], "animated": (True,), "emo_video": [preview]}, "result": (video_value(path), path)}
+        return {"ui": {"images": [preview], "animated": (True,)}, "result": (video_value(path), path)}

@@ -267,6 +267,23 @@ def test_sampler_interrupt_raises_and_returns_nothing(pack, env, monkeypatch):
     assert set(env["output"].rglob("*")) == before
 
 
+def test_sampler_validates_the_speed_curve_at_queue_time(pack):
+    sampler = pack.NODE_CLASS_MAPPINGS["EMOSampler"]
+    assert sampler.VALIDATE_INPUTS(speed_curve="0.2, 1.0;1.3") is True
+    assert sampler.VALIDATE_INPUTS(speed_curve=None) is True  # linked: not known yet
+    assert "numbers" in sampler.VALIDATE_INPUTS(speed_curve="fast, slow")
+    assert ">= 0" in sampler.VALIDATE_INPUTS(speed_curve="0.5, -1")
+
+
+def test_model_lists_show_multi_file_checkpoints_once(pack, env):
+    loader = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"].INPUT_TYPES()["required"]
+    assert "hallo/net.pth" in loader["model"][0] and "emo/emo.safetensors" in loader["model"][0]
+    assert "sd-vae-ft-mse/" in loader["vae"][0]
+    assert not any(v.startswith("sd-vae-ft-mse/") and v != "sd-vae-ft-mse/" for v in loader["vae"][0])
+    assert "wav2vec2-base-960h/" in loader["audio_encoder"][0]
+    assert not any(v.startswith("wav2vec2-base-960h/") and len(v) > len("wav2vec2-base-960h/") for v in loader["audio_encoder"][0])
+
+
 def test_loader_names_the_files_a_family_needs(pack, env):
     folder = env["models"] / "emo" / "broken_echomimic"
     folder.mkdir()

@@ -1,0 +1,493 @@
+"""Opt-in integration test: the pack inside a real ComfyUI server.
+
+Skipped unless ``COMFYUI_DIR`` points at a ComfyUI checkout (a folder with ``main.py``) whose Python has
+ComfyUI's and this pack's requirements installed. ``COMFYUI_PYTHON`` picks that Python; by default the
+python of a venv next to the checkout (``<dir>/.venv``, ``<dir>/venv``, ``<dir>-venv``), else ``python``.
+
+    COMFYUI_DIR=/tmp/comfyui .venv/bin/python -m pytest tests/test_comfyui_server.py -v
+
+The test starts ``main.py --cpu`` on a free port, with this repository as a custom node (a symlink in a temp
+``custom_nodes`` folder given through ``--extra-model-paths-config``) and temp models/input/output folders
+holding tiny checkpoints (``comfy_harness.make_test_models``) and synthetic media, so the checkout is not
+touched. It then posts every ``workflows/api/*.api.json`` at test size (64 px crops, 2 steps), checks the
+videos written, the interrupt, error reporting, and that core video nodes accept our VIDEO. The server is
+always killed at the end; on failure the tail of its log is part of the message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
+# the speech graph last: the tests after it reuse its cached nodes (ComfyUI keeps the last prompt's outputs)
+WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"), key=lambda p: (p.name.startswith("emo_portrait_speech"), p.name))
+PACK = "ComfyUI-EMO"
+DEMO_MODEL = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
+OUR_NODES = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample"}
+START_TIMEOUT = 300  # s: 2 shared cores, first start compiles nothing but imports torch, transformers, diffusers
+PROMPT_TIMEOUT = 900  # s per graph at test size
+
+pytestmark = pytest.mark.skipif(
+    not (COMFYUI_DIR and (Path(COMFYUI_DIR) / "main.py").is_file()),
+    reason="set COMFYUI_DIR to a ComfyUI checkout (with main.py) to run the real-server integration test",
+)
+
+
+def comfy_python(comfy_dir: Path) -> str:
+    if os.environ.get("COMFYUI_PYTHON"):
+        return os.environ["COMFYUI_PYTHON"]
+    for venv in (comfy_dir / ".venv", comfy_dir / "venv", comfy_dir.parent / (comfy_dir.name + "-venv")):
+        for exe in (venv / "bin" / "python", venv / "Scripts" / "python.exe"):
+            if exe.is_file():
+                return str(exe)
+    return shutil.which("python") or "python"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A ComfyUI process we started, its folders and a tiny HTTP client."""
+
+    def __init__(self, comfy_dir: Path, base: Path):
+        self.comfy_dir = comfy_dir
+        self.base = base
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.input = base / "input"
+        self.output = base / "output"
+        self.log_path = base / "server.log"
+        self.proc: subprocess.Popen | None = None
+        self.client_id = uuid.uuid4().hex
+
+    # ---- process ----
+    def start(self, extra_yaml: Path) -> None:
+        cli_args = (self.comfy_dir / "comfy" / "cli_args.py").read_text(errors="replace")
+        args = [comfy_python(self.comfy_dir), "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
+                "--extra-model-paths-config", str(extra_yaml)]
+        # folders of this run, so the checkout's own input/output/temp/user/database stay untouched
+        optional = {
+            "--input-directory": self.input, "--output-directory": self.output, "--temp-directory": self.base / "temp",
+            "--user-directory": self.base / "user", "--database-url": "sqlite:///:memory:",
+        }
+        for flag, value in optional.items():
+            if f'"{flag}"' in cli_args:
+                if isinstance(value, Path):
+                    value.mkdir(parents=True, exist_ok=True)
+                args += [flag, str(value)]
+        if '"--disable-auto-launch"' in cli_args:
+            args.append("--disable-auto-launch")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.pop("EMO_MODELS_DIR", None)
+        env.pop("EMO_OUTPUT_DIR", None)
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 (open for the life of the process)
+        self.proc = subprocess.Popen(args, cwd=self.comfy_dir, stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ComfyUI exited with {self.proc.returncode} during start-up\n{self.log_tail()}")
+            try:
+                self.get("/system_stats", timeout=5)
+                return
+            except (OSError, urllib.error.URLError):
+                time.sleep(1)
+        raise RuntimeError(f"ComfyUI did not answer within {START_TIMEOUT} s\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._signal(getattr(signal, "SIGKILL", signal.SIGTERM))
+                self.proc.wait(timeout=20)
+        if getattr(self, "log", None):
+            self.log.close()
+
+    def _signal(self, sig) -> None:
+        """To the process group we created (start_new_session): ComfyUI and anything it spawned."""
+        try:
+            if hasattr(os, "killpg"):
+                os.killpg(self.proc.pid, sig)
+            elif sig == signal.SIGTERM:  # Windows
+                self.proc.terminate()
+            else:
+                self.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 80) -> str:
+        return "---- ComfyUI log (tail) ----\n" + "\n".join(self.log_text().splitlines()[-lines:])
+
+    @contextmanager
+    def explain(self):
+        """Append the server log to any assertion failure inside the block."""
+        try:
+            yield
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{self.log_tail()}") from None
+
+    # ---- HTTP ----
+    def get(self, path: str, timeout: float = 60):
+        with urllib.request.urlopen(self.url + path, timeout=timeout) as r:
+            return json.loads(r.read())
+
+    def get_status(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=30) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def post(self, path: str, body: dict, timeout: float = 60) -> tuple[int, dict]:
+        req = urllib.request.Request(self.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                text = r.read()
+                return r.status, (json.loads(text) if text.strip() else {})
+        except urllib.error.HTTPError as e:
+            text = e.read()
+            try:
+                return e.code, json.loads(text)
+            except ValueError:
+                return e.code, {"raw": text.decode(errors="replace")}
+
+    def queue(self, graph: dict) -> str:
+        code, answer = self.post("/prompt", {"prompt": graph, "client_id": self.client_id})
+        assert code == 200, f"POST /prompt answered {code}: {json.dumps(answer)[:3000]}"
+        assert not answer.get("node_errors"), answer["node_errors"]
+        return answer["prompt_id"]
+
+    def wait(self, prompt_id: str, timeout: float = PROMPT_TIMEOUT) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"ComfyUI died (exit {self.proc.returncode})"
+            entry = self.get(f"/history/{prompt_id}").get(prompt_id)
+            if entry and (entry["status"].get("completed") or entry["status"].get("status_str") == "error"):
+                return entry
+            time.sleep(0.5)
+        self.post("/interrupt", {})
+        raise AssertionError(f"prompt {prompt_id} did not finish within {timeout} s")
+
+    def run(self, graph: dict, timeout: float = PROMPT_TIMEOUT) -> dict:
+        entry = self.wait(self.queue(graph), timeout)
+        assert entry["status"]["status_str"] == "success", _errors(entry)
+        return entry
+
+
+def _errors(entry: dict) -> str:
+    out = []
+    for kind, data in entry["status"].get("messages", []):
+        if kind in ("execution_error", "execution_interrupted"):
+            data = {k: v for k, v in data.items() if k not in ("current_inputs", "current_outputs")}
+            out.append(f"{kind}: {json.dumps(data)[:3000]}")
+    return f"status {entry['status'].get('status_str')}: " + ("\n".join(out) or json.dumps(entry["status"])[:2000])
+
+
+def _message(entry: dict, kind: str) -> dict | None:
+    return next((data for k, data in entry["status"].get("messages", []) if k == kind), None)
+
+
+def tiny(graph: dict) -> dict:
+    """The example graph at test size: 64 px crops, 2 denoising steps."""
+    graph = json.loads(json.dumps(graph))
+    for node in graph.values():
+        if node["class_type"] == "EMOFaceMask":
+            node["inputs"]["size"] = 64
+        if node["class_type"] == "EMOSampler":
+            node["inputs"]["steps"] = 2
+    return graph
+
+
+def node_of(graph: dict, class_type: str) -> str:
+    return next(nid for nid, node in graph.items() if node["class_type"] == class_type)
+
+
+def files_in(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+# ---- the server ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from comfy_harness import make_test_models, write_portrait, write_speech
+
+    comfy_dir = Path(COMFYUI_DIR).resolve()
+    base = tmp_path_factory.mktemp("comfyui_server")
+    (base / "custom_nodes").mkdir()
+    try:
+        os.symlink(ROOT, base / "custom_nodes" / PACK, target_is_directory=True)
+    except OSError:  # no symlinks (Windows without developer mode): a copy of the pack's files
+        shutil.copytree(ROOT, base / "custom_nodes" / PACK, ignore=shutil.ignore_patterns(".git", ".venv", "__pycache__", "tests"))
+    entries = make_test_models(base / "models")
+    # a broken EchoMimic folder (one file of four), for the error-message test
+    broken = base / "models" / "emo" / "broken_echomimic"
+    broken.mkdir()
+    import torch
+
+    from emo_model.model import EMOModel
+
+    with torch.device("meta"):
+        echomimic = EMOModel("tiny-echomimic")
+    motion = {k.removeprefix("denoising_unet."): torch.zeros(v.shape) for k, v in echomimic.state_dict().items() if ".motion_modules." in k}
+    torch.save(motion, broken / "motion_module.pth")
+    yaml = base / "extra_model_paths.yaml"
+    yaml.write_text(
+        "emo_test:\n"
+        f"  base_path: {base.as_posix()}\n"
+        "  custom_nodes: custom_nodes\n"
+        "  emo: models/emo\n"
+        "  vae: models/vae\n"
+        "  audio_encoders: models/audio_encoders\n"
+    )
+    srv = Server(comfy_dir, base)
+    srv.input.mkdir()
+    srv.output.mkdir()
+    write_portrait(srv.input / "portrait.png", size=160)
+    write_speech(srv.input / "speech.wav", seconds=1.3)
+    write_speech(srv.input / "song.wav", seconds=2.1)
+    srv.entries = entries
+    try:
+        srv.start(yaml)
+        yield srv
+    finally:
+        srv.stop()
+
+
+# ---- loading ----------------------------------------------------------------------------------------------
+
+
+def test_pack_imports_and_registers_its_nodes(server):
+    with server.explain():
+        log = server.log_text()
+        assert "IMPORT FAILED" not in log and "Cannot import" not in log, "a custom node failed to import"
+        timing = re.search(r"^\s*([\d.]+) seconds(?: \(IMPORT FAILED\))?: .*" + re.escape(PACK) + r"\s*$", log, re.MULTILINE)
+        assert timing, "no import-time line for the pack"
+        print(f"pack import time: {timing.group(1)} s")
+        assert float(timing.group(1)) < 30
+        info = server.get("/object_info")
+        assert OUR_NODES <= info.keys()
+        for node_id in OUR_NODES:
+            node = info[node_id]
+            assert node["category"] == "EMO" and len(node["description"]) > 40
+            assert node["python_module"] == f"custom_nodes.{PACK}"
+            assert len(node["output_tooltips"]) == len(node["output"])
+            for group in ("required", "optional"):
+                for name, spec in node["input"].get(group, {}).items():
+                    assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        loader = info["LoadEMOModel"]["input"]["required"]
+        models, vaes, encoders = loader["model"][0], loader["vae"][0], loader["audio_encoder"][0]
+        assert {server.entries["emo"], server.entries["hallo"]} <= set(models)
+        assert server.entries["vae"] in vaes and server.entries["encoder"] in encoders
+        assert info["EMOVideoCombine"]["output"][0] == "VIDEO" and info["EMOVideoCombine"]["output_node"]
+
+
+def test_web_extension_is_served_and_its_imports_resolve(server):
+    with server.explain():
+        scripts = [s for s in server.get("/extensions") if s.startswith(f"/extensions/{PACK}/")]
+        assert scripts, "the pack's web directory is not listed by /extensions"
+        for script in scripts:
+            assert server.get_status(script) == 200
+            source = (ROOT / "web" / script.split(f"/extensions/{PACK}/", 1)[1]).read_text()
+            # relative ES-module imports are resolved by the browser against the script's URL
+            for spec in re.findall(r"""^\s*import\s[^'"]*['"]([^'"]+)['"]""", source, re.MULTILINE):
+                target = urllib.parse.urljoin(server.url + script, spec)
+                assert server.get_status(urllib.parse.urlparse(target).path) == 200, f"{script}: import {spec!r} -> {target} is not served"
+
+
+def test_workflow_templates_list_the_ui_workflows_only(server):
+    with server.explain():
+        templates = server.get("/api/workflow_templates")
+        ui_names = {p.stem for p in (ROOT / "workflows").glob("*.json")}
+        assert set(templates.get(PACK, [])) == ui_names  # API twins in workflows/api/ are not listed
+        for name in ui_names:
+            assert server.get_status(f"/api/workflow_templates/{PACK}/{name}.json") == 200
+
+
+# ---- running the example workflows ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name.removesuffix(".api.json"))
+def test_api_workflow_runs_in_comfyui(server, path):
+    from emo_model.audio import num_video_frames
+    from emo_model.video_io import probe_video
+
+    graph = tiny(json.loads(path.read_text()))
+    if "EMODemoSample" in {n["class_type"] for n in graph.values()} and not DEMO_MODEL.is_file():
+        pytest.skip("the demo model emo_model/demo_assets/emo-tiny-demo.safetensors is not built yet")
+    with server.explain():
+        before = files_in(server.output)
+        started = time.monotonic()
+        entry = server.run(graph)
+        print(f"{path.name}: {time.monotonic() - started:.1f} s")
+        outputs = entry["outputs"]
+        encode, sampler = node_of(graph, "EMOAudioEncode"), node_of(graph, "EMOSampler")
+        summary = outputs[encode]["emo_summary"][0]
+        match = re.match(r"(\d+) frames · ([\d.]+) s at ([\d.]+) fps", summary)
+        assert match, summary
+        frames, fps = int(match.group(1)), float(match.group(3))
+        assert outputs[sampler]["emo_summary"][0].startswith(f"{frames} frames")
+        if "LoadAudio" in {n["class_type"] for n in graph.values()}:
+            import soundfile as sf
+
+            wav = sf.info(str(server.input / graph[node_of(graph, "LoadAudio")]["inputs"]["audio"]))
+            assert frames == num_video_frames(wav.frames, wav.samplerate, fps)
+        videos = [f for out in outputs.values() for f in out.get("images", []) if f["filename"].endswith((".mp4", ".webm"))]
+        assert len(videos) == 1, outputs
+        item = videos[0]
+        written = server.output / item["subfolder"] / item["filename"]
+        assert item["type"] == "output" and written.is_file()
+        assert files_in(server.output) - before == {written.relative_to(server.output).as_posix()}  # no partial files left
+        info = probe_video(written)
+        assert info.num_frames == frames and abs(info.fps - fps) < 1e-3, (info.num_frames, info.fps, frames, fps)
+        assert info.audio_duration is not None and abs(info.audio_duration - frames / fps) <= 1 / fps
+        scale = next((n["inputs"]["scale_by"] for n in graph.values() if n["class_type"] == "ImageScaleBy"), 1)
+        assert (info.width, info.height) == (round(64 * scale), round(64 * scale))
+        if "EMOVideoCombine" in {n["class_type"] for n in graph.values()}:
+            combine = outputs[node_of(graph, "EMOVideoCombine")]
+            assert combine["animated"] == [True] and combine["images"][0]["filename"] == item["filename"]
+            assert json.loads(info.metadata["prompt"])[sampler]["class_type"] == "EMOSampler"  # graph embedded
+
+
+def _speech_graph() -> dict:
+    return tiny(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
+
+
+def test_our_video_output_feeds_core_video_nodes(server):
+    from emo_model.video_io import probe_video
+
+    graph = _speech_graph()
+    combine = node_of(graph, "EMOVideoCombine")
+    graph["100"] = {"class_type": "GetVideoComponents", "inputs": {"video": [combine, 0]}}
+    graph["101"] = {"class_type": "PreviewImage", "inputs": {"images": ["100", 0]}}
+    graph["102"] = {"class_type": "CreateVideo", "inputs": {"images": ["100", 0], "fps": ["100", 2], "audio": ["100", 1]}}
+    graph["103"] = {"class_type": "SaveVideo", "inputs": {"video": ["102", 0], "filename_prefix": "EMO/core_rebuilt", "format": "auto", "codec": "auto"}}
+    with server.explain():
+        outputs = server.run(graph)["outputs"]
+        ours = outputs[combine]["images"][0] if combine in outputs else None
+        rebuilt = outputs["103"]["images"][0]
+        info = probe_video(server.output / rebuilt["subfolder"] / rebuilt["filename"])
+        assert len(outputs["101"]["images"]) == info.num_frames  # one preview per decoded frame
+        if ours is not None:
+            original = probe_video(server.output / ours["subfolder"] / ours["filename"])
+            assert (info.num_frames, info.width, info.height) == (original.num_frames, original.width, original.height)
+            assert abs(info.fps - original.fps) < 1e-3
+        assert info.audio_duration is not None and abs(info.audio_duration - info.num_frames / info.fps) <= 1 / info.fps
+
+
+def test_interrupt_stops_the_sampler_and_writes_nothing(server):
+    graph = _speech_graph()
+    sampler = node_of(graph, "EMOSampler")
+    graph[sampler]["inputs"].update(seed=987654, steps=30)  # only the sampler reruns (the rest is cached), and runs long
+    try:
+        import websocket  # websocket-client: optional, makes the timing exact and checks the progress events
+    except ImportError:
+        websocket = None
+    with server.explain():
+        server.run(_speech_graph())  # the cached part, so the sampler starts at once below
+        before = files_in(server.output)
+        ws = None
+        if websocket is not None:
+            ws = websocket.create_connection(f"ws://127.0.0.1:{server.port}/ws?clientId={server.client_id}", timeout=PROMPT_TIMEOUT)
+        try:
+            prompt_id = server.queue(graph)
+            progress = []
+            if ws is not None:
+                while True:
+                    message = ws.recv()
+                    if isinstance(message, bytes):
+                        continue  # preview images
+                    message = json.loads(message)
+                    data = message.get("data") or {}
+                    if data.get("prompt_id") not in (None, prompt_id):
+                        continue
+                    if message["type"] == "progress" and data.get("node") == sampler:
+                        progress.append((data["value"], data["max"]))
+                        if data["value"] >= 2:
+                            break
+                    assert message["type"] not in ("execution_success", "execution_error"), message
+            else:
+                deadline = time.monotonic() + 120
+                while not server.get("/queue")["queue_running"] and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                time.sleep(3)
+            asked = time.monotonic()
+            server.post("/interrupt", {"prompt_id": prompt_id})
+            entry = server.wait(prompt_id, timeout=120)
+        finally:
+            if ws is not None:
+                ws.close()
+        print(f"interrupt took {time.monotonic() - asked:.1f} s; progress events {progress[:3]}")
+        assert entry["status"]["status_str"] == "error" and not entry["status"]["completed"]
+        interrupted = _message(entry, "execution_interrupted")
+        assert interrupted and interrupted["node_type"] == "EMOSampler", _errors(entry)
+        assert _message(entry, "execution_error") is None, _errors(entry)
+        assert node_of(graph, "EMOVideoCombine") not in entry["outputs"]
+        if progress:
+            total = progress[0][1]
+            assert total % 30 == 0 and all(m == total for _, m in progress)  # steps × clips
+        assert files_in(server.output) == before  # no video, no partial file
+
+
+# ---- errors reach the user -------------------------------------------------------------------------------------
+
+
+def test_a_model_that_is_not_there_is_refused_at_queue_time(server):
+    graph = _speech_graph()
+    loader = node_of(graph, "LoadEMOModel")
+    graph[loader]["inputs"]["model"] = "missing.safetensors"
+    with server.explain():
+        code, answer = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
+        assert code == 400, answer
+        errors = answer["node_errors"][loader]["errors"]
+        assert errors[0]["type"] == "value_not_in_list" and "missing.safetensors" in errors[0]["details"]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["broken_family_folder", "bad_speed_curve", "missing_demo_model"],
+)
+def test_run_time_errors_carry_our_message(server, case):
+    graph = _speech_graph()
+    loader, sampler = node_of(graph, "LoadEMOModel"), node_of(graph, "EMOSampler")
+    if case == "broken_family_folder":
+        graph[loader]["inputs"]["model"] = "broken_echomimic/"
+        failing, expected = "LoadEMOModel", "denoising_unet.pth"
+    elif case == "bad_speed_curve":
+        graph[sampler]["inputs"].update(speed_curve="fast, then slow", seed=5)
+        failing, expected = "EMOSampler", "speed_curve must be numbers"
+    else:
+        if DEMO_MODEL.is_file():
+            pytest.skip("the demo model is there")
+        graph[loader]["inputs"]["model"] = "emo-tiny-demo (built in, CPU)"
+        failing, expected = "LoadEMOModel", "demo model is missing"
+    with server.explain():
+        entry = server.wait(server.queue(graph))
+        error = _message(entry, "execution_error")
+        assert entry["status"]["status_str"] == "error" and error, _errors(entry)
+        assert error["node_type"] == failing and expected in error["exception_message"], error["exception_message"]
