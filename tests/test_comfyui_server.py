@@ -475,12 +475,14 @@ def test_a_model_that_is_not_there_is_refused_at_queue_time(server):
 def test_run_time_errors_carry_our_message(server, case):
     graph = _speech_graph()
     loader, sampler = node_of(graph, "LoadEMOModel"), node_of(graph, "EMOSampler")
-    if case == "broken_family_folder":
-        graph[loader]["inputs"]["model"] = "broken_echomimic/"
+    if case == "broken_family_folder":  # one file of EchoMimic's four: listed as that file
+        graph[loader]["inputs"]["model"] = "broken_echomimic/motion_module.pth"
         failing, expected = "LoadEMOModel", "denoising_unet.pth"
-    elif case == "bad_speed_curve":
+    elif case == "bad_speed_curve":  # refused when queued (VALIDATE_INPUTS), with our message
         graph[sampler]["inputs"].update(speed_curve="fast, then slow", seed=5)
-        failing, expected = "EMOSampler", "speed_curve must be numbers"
+        with pytest.raises(AssertionError, match="speed_curve must be numbers"):
+            server.queue(graph)
+        return
     else:
         if DEMO_MODEL.is_file():
             pytest.skip("the demo model is there")
