@@ -98,9 +98,9 @@ def reference_attention(
     """Self-attention whose keys/values also contain the banked ReferenceNet tokens.
 
     ``x``: [B, L, C] (frames folded into the batch). ``reference_kv``: projected reference tokens with
-    batch 1 or B. ``enabled``: optional bool [B]; rows where it is False attend to themselves only
+    batch 1 or B. ``enabled``: optional CPU bool [B]; rows where it is False attend to themselves only
     (the unconditional guidance branch, as in Hallo and EchoMimic). With no reference this is exactly
-    plain self-attention.
+    plain self-attention. ``enabled`` is host data on purpose: deciding the split never waits for the GPU.
     """
     if enabled is not None and enabled.shape[0] != x.shape[0]:
         raise ValueError(f"reference_enabled has {enabled.shape[0]} rows for {x.shape[0]} token sequences")
@@ -108,14 +108,18 @@ def reference_attention(
         return attn(x)
     if enabled is None or bool(enabled.all()):
         return attn(x, extra_kv=reference_kv)
-    out = torch.empty_like(x)
-    on = enabled.nonzero().squeeze(1)
-    off = (~enabled).nonzero().squeeze(1)
     k, v = reference_kv
+    off = int((~enabled).sum())
+    if not bool(enabled[:off].any()):  # the usual layout: unconditional rows first, then the rest
+        if k.shape[0] != 1:
+            k, v = k[off:], v[off:]
+        return torch.cat([attn(x[:off]), attn(x[off:], extra_kv=(k, v))])
+    out = torch.empty_like(x)
+    on_rows, off_rows = enabled.nonzero().squeeze(1), (~enabled).nonzero().squeeze(1)
     if k.shape[0] != 1:
-        k, v = k[on], v[on]
-    out[on] = attn(x[on], extra_kv=(k, v))
-    out[off] = attn(x[off])
+        k, v = k[on_rows.to(k.device)], v[on_rows.to(k.device)]
+    out[on_rows.to(x.device)] = attn(x[on_rows.to(x.device)], extra_kv=(k, v))
+    out[off_rows.to(x.device)] = attn(x[off_rows.to(x.device)])
     return out
 
 

@@ -65,7 +65,8 @@ class Backbone(UNetBase):
 
         ``reference``: the bank (portrait tokens + this clip's motion features); ``reference_kv``:
         its projected keys/values from :meth:`project_reference` (optional, saves work);
-        ``reference_enabled``: bool [B], False rows skip reference-attention (unconditional branch);
+        ``reference_enabled``: bool [B] (keep it on the CPU), False rows skip reference-attention
+        (unconditional branch);
         ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for Hallo's
         audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
         [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
@@ -73,17 +74,15 @@ class Backbone(UNetBase):
         """
         b, c, f, h, w = sample.shape
         x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w).to(self.dtype))
-        if face_features is not None:
+        if face_features is not None:  # broadcast over frames: no per-frame copy of the features
             feats = face_features.to(x.dtype)
-            if feats.dim() == 4:
-                feats = feats.unsqueeze(2)
-            feats = feats.expand(b, -1, f, -1, -1).transpose(1, 2).reshape(b * f, -1, h, w)
-            x = x + feats
+            feats = feats.unsqueeze(1) if feats.dim() == 4 else feats.transpose(1, 2)
+            x = (x.view(b, f, *x.shape[1:]) + feats).view(b * f, *x.shape[1:])
         ctx = ForwardContext(
             frames=f,
             reference=reference,
             reference_kv_cache=reference_kv,
-            reference_enabled=None if reference_enabled is None else reference_enabled.to(x.device).repeat_interleave(f),
+            reference_enabled=None if reference_enabled is None else reference_enabled.cpu().repeat_interleave(f),
             cross_context=per_frame_tokens(cross_context, b, f),
             audio_context=per_frame_tokens(audio_context, b, f),
             region_masks=None if region_masks is None else region_masks.expand(b, -1, -1, -1),

@@ -30,7 +30,7 @@ class Conditioning:
 
     reference: ReferenceBank | None = None  # portrait tokens (batch 1) + this clip's motion features
     reference_kv: dict[str, KV] | None = None  # Backbone.project_reference(reference), cached per video
-    reference_enabled: torch.Tensor | None = None  # bool [B]; False = no reference-attention (uncond)
+    reference_enabled: torch.Tensor | None = None  # CPU bool [B]; False = no reference-attention (uncond)
     audio_tokens: torch.Tensor | None = None  # [B, F, T, D]: EMOModel.audio_tokens(features); zeros = no audio
     identity_tokens: torch.Tensor | None = None  # [B or 1, T, D] Hallo face-ID tokens
     face_features: torch.Tensor | None = None  # [B or 1, C0, h, w] Face Locator output; zeros = no mask

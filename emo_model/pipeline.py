@@ -287,7 +287,7 @@ class _Run:
             cond = Conditioning(
                 reference=bank,
                 reference_kv=self.reference_kv,
-                reference_enabled=torch.tensor([n != "uncond" for n in names], device=self.device),
+                reference_enabled=torch.tensor([n != "uncond" for n in names]),  # host data: no sync per layer
                 audio_tokens=torch.cat([audio_tokens if n == "full" else zeros_audio for n in names]),
                 identity_tokens=None if ident is None else torch.cat([ident if n != "uncond" else self.ref.identity_uncond for n in names]),
                 face_features=torch.cat([self.face if n != "uncond" else torch.zeros_like(self.face) for n in names]),
