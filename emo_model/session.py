@@ -117,8 +117,14 @@ class Session:
         options = {"expand_ratio": self.config.preset.face_expand_ratio, **face_options}
         return prepare_portrait(image, size or self.config.preset.resolution, **options)
 
-    def encode_reference(self, image: torch.Tensor | np.ndarray, *, identity_image=None, models_dir: str | None = None) -> ReferenceState:
-        """The portrait [H, W, 3] float 0..1 -> the per-video reference state (ReferenceNet once)."""
+    def encode_reference(
+        self, image: torch.Tensor | np.ndarray, *, size: int | None = None, identity_image=None, models_dir: str | None = None
+    ) -> ReferenceState:
+        """The portrait [H, W, 3] float 0..1 -> the per-video reference state (ReferenceNet once).
+
+        ``size``: the generation size in pixels (a multiple of 64); None = the family preset (512, or 64
+        for the demo). The portrait is padded to a square and resized to it.
+        """
         image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
         if image.dim() == 4:
             image = image[0]
@@ -128,8 +134,7 @@ class Session:
 
             arr = (torch.as_tensor(np.asarray(identity_image)).float().clamp(0, 1) * 255).byte().cpu().numpy()
             embedding = face_identity_embedding(arr, models_dir)
-        size = image.shape[0] if image.shape[0] == image.shape[1] and image.shape[0] % 64 == 0 else self.config.preset.resolution
-        return self.pipeline.encode_reference(image, size=size, identity_embedding=embedding)
+        return self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
 
     def region_masks(self, portrait: PortraitCrop) -> torch.Tensor | None:
         """Hallo's (full, face, lip) attention masks for the crop; None for families without them."""

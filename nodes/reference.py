@@ -35,18 +35,19 @@ class EMOReferenceEncode:
             "required": {
                 "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model."}),
                 "image": ("IMAGE", {"tooltip": "The portrait, ideally the face-centred crop from EMO Face Mask. Only the first image of a batch is used."}),
+                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64, "tooltip": "Generation size in pixels (a multiple of 64). 0 = the model's preset: 512 for EMO, Hallo and EchoMimic, 64 for the demo. The portrait is padded to a square and resized to it."}),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Optional core VAE to encode the portrait with (default: the model's own VAE)."}),
             },
         }
 
-    def encode(self, emo_model, image, vae=None):
+    def encode(self, emo_model, image, size=0, vae=None):
         session = emo_model
         if vae is not None:
             from .vae_adapter import ComfyVAE
 
             session = type(emo_model)(emo_model.model, ComfyVAE(vae), emo_model.audio_encoder, emo_model.device, emo_model.name, emo_model.info)
         with _comfy.running_on(session):
-            state = session.encode_reference(image[0], identity_image=image[0], models_dir=str(_comfy.models_dir()))
+            state = session.encode_reference(image[0], size=size or None, identity_image=image[0], models_dir=str(_comfy.models_dir()))
         return (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)

@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     portrait = session.prepare_portrait(read_image(image_path), size=args.size, detector=args.face_detector, models_dir=args.models_dir)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
-    reference = session.encode_reference(portrait.image, identity_image=portrait.image)
+    reference = session.encode_reference(portrait.image, size=args.size, identity_image=portrait.image, models_dir=args.models_dir)
     fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
     total = settings.steps * session.count_units(audio.num_frames, settings)
     bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)
