@@ -29,7 +29,7 @@ from emo_model.model import EMOModel
 from emo_model.train.dataset import EMODataset, SegmentStore
 from emo_model.train.head_pose import BoxMotionEstimator, FlowRotationEstimator, get_estimator
 from emo_model.train.preprocess import Options, preprocess
-from emo_model.train.trainer import GROUPS, STAGE_TRAINABLE, TrainConfig, Trainer, load_train_config, parameter_group
+from emo_model.train.trainer import GROUPS, STAGE_TRAINABLE, TrainConfig, Trainer, TrainError, load_train_config, parameter_group
 from emo_model.video_io import VideoWriter
 
 FPS_SOURCE = 12
@@ -302,6 +302,21 @@ def test_stage_trains_only_its_groups(stage, dataset, vae_dir, init_checkpoint, 
             assert changed[group], f"stage {stage} did not train {group}"
     final = load_file(str(tmp_path / "run" / f"emo-stage{stage}-final.safetensors"))
     assert torch.equal(final["face_locator.conv_in.weight"], after["face_locator.conv_in.weight"])
+
+
+def test_group_lr_gives_a_group_its_own_learning_rate(dataset, vae_dir, init_checkpoint, tmp_path):
+    cfg = load_train_config(CONFIGS / "tiny_stage3.yaml", ["optim.lr=1e-5", "optim.group_lr.speed=1.0e-3"])
+    cfg.stage, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = 3, None, 0, 0
+    trainer = _trainer(cfg, tmp_path / "run", dataset, vae_dir, init=init_checkpoint)
+    rate_of = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert len(rate_of) == len(named)
+    for name, p in named:
+        expected = 1e-3 if parameter_group(name, trainer.config) == "speed" else 1e-5
+        assert rate_of[id(p)] == pytest.approx(expected), name
+    assert {parameter_group(n, trainer.config) for n, _ in named} == {"speed", "temporal"}
+    with pytest.raises(TrainError, match="group_lr"):
+        load_train_config(CONFIGS / "tiny_stage3.yaml", ["optim.group_lr.wheels=1e-3"]).validate()
 
 
 @pytest.mark.parametrize("stage", [1, 2])

@@ -111,6 +111,9 @@ class OptimConfig:
     lr_scheduler: str = "constant"  # any diffusers.optimization scheduler name
     warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
+    # learning rate per parameter group, overriding ``lr`` for that group (e.g. {speed: 1e-3}: layers
+    # that start from zero next to a trained network often need a higher rate than the rest)
+    group_lr: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -171,6 +174,13 @@ class TrainConfig:
         for name in self.trainable or ():
             if name not in GROUPS:
                 raise TrainError(f"unknown trainable group {name!r}; choose from {', '.join(GROUPS)}")
+        for name, lr in (self.optim.group_lr or {}).items():
+            if name not in GROUPS:
+                raise TrainError(f"optim.group_lr: unknown group {name!r}; choose from {', '.join(GROUPS)}")
+            try:
+                self.optim.group_lr[name] = float(lr)
+            except (TypeError, ValueError):
+                raise TrainError(f"optim.group_lr.{name} must be a number, got {lr!r}") from None
         rates = (self.uncond_reference, self.uncond_audio, self.uncond_both, self.first_clip_ratio)
         if any(not 0 <= r <= 1 for r in rates) or self.uncond_reference + self.uncond_audio + self.uncond_both > 1:
             raise TrainError("dropout rates must be in [0, 1] and the three uncond_* rates must sum to at most 1")
@@ -475,7 +485,7 @@ class Trainer:
         self._setup_vae()
         self._setup_data()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = self._optimizer(params)
+        self.optimizer = self._optimizer(self._param_groups())
         from diffusers.optimization import get_scheduler
 
         self.lr_scheduler = get_scheduler(
@@ -617,6 +627,16 @@ class Trainer:
             worker_init_fn=_worker_init,
             persistent_workers=False,
         )
+
+    def _param_groups(self) -> list[dict]:
+        """Trainable parameters as optimizer groups: one per ``optim.group_lr`` entry, the rest at ``optim.lr``."""
+        o = self.cfg.optim
+        buckets: dict[float, list] = {}
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                lr = o.group_lr.get(parameter_group(name, self.config), o.lr)
+                buckets.setdefault(float(lr), []).append(p)
+        return [{"params": ps, "lr": lr} for lr, ps in buckets.items()]
 
     def _optimizer(self, params):
         o = self.cfg.optim
