@@ -232,6 +232,27 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     assert f"{frames} frames" in uis[sampler]["emo_summary"][0]
 
 
+@pytest.mark.skipif(not (ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors").is_file(), reason="the demo model is not built")
+def test_demo_workflow_runs_as_shipped(pack, env):
+    """The CPU demo workflow, unchanged (preset steps, built-in model and sample files): an mp4 with sound."""
+    import soundfile as sf
+
+    from emo_model import demo
+    from emo_model.audio import num_video_frames
+    from emo_model.video_io import probe_video
+
+    graph = json.loads((ROOT / "workflows" / "api" / "emo_demo_cpu.api.json").read_text())
+    outputs, uis = run_api(graph, {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS})
+    info = sf.info(str(demo.audio_path()))
+    frames, fps = outputs["4"][2], outputs["4"][3]
+    assert frames == num_video_frames(info.frames, info.samplerate, fps)
+    images = outputs["6"][0]
+    assert tuple(images.shape) == (frames, 64, 64, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
+    assert float(images.std()) > 0.05  # a picture, not a flat or blank tensor
+    video = probe_video(outputs["7"][1])
+    assert video.num_frames == frames and video.audio_codec == "aac"
+
+
 def test_video_combine_refuses_a_prefix_that_escapes_the_output_folder(pack, env):
     combine = pack.NODE_CLASS_MAPPINGS["EMOVideoCombine"]()
     frames = torch.rand(4, 64, 64, 3)
