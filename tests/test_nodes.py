@@ -296,6 +296,18 @@ def test_sampler_validates_the_speed_curve_at_queue_time(pack):
     assert ">= 0" in sampler.VALIDATE_INPUTS(speed_curve="0.5, -1")
 
 
+def test_loader_names_the_missing_demo_model(pack, env, monkeypatch, tmp_path):
+    import sys
+
+    cls = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"]
+    module = sys.modules[cls.__module__]
+    assert module.DEMO_ENTRY in cls.INPUT_TYPES()["required"]["model"][0]
+    monkeypatch.setattr(module.demo, "model_path", lambda: tmp_path / "gone.safetensors")
+    encoders = cls.INPUT_TYPES()["required"]["audio_encoder"][0]
+    with pytest.raises(FileNotFoundError, match="demo model is missing.*make-demo"):
+        cls().load(module.DEMO_ENTRY, "(bundled with the model / not needed)", encoders[0], "fp32", "standard")
+
+
 def test_model_lists_show_multi_file_checkpoints_once(pack, env):
     loader = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"].INPUT_TYPES()["required"]
     assert "hallo/net.pth" in loader["model"][0] and "emo/emo.safetensors" in loader["model"][0]
