@@ -121,3 +121,40 @@ def test_demo_model_lip_syncs_a_held_out_clip():
     result = metrics.lip_sync(session, held)
     assert result["r"] >= 0.5, result
     assert result["r_shuffled"] < 0.2, result
+
+
+# --------------------------------------------------------------------------------------------------
+# The recipe itself, at toy scale: every phase of `make-demo` on the real code path
+
+
+def test_make_demo_recipe_runs_end_to_end_at_toy_scale(tmp_path, capsys):
+    import json
+
+    from safetensors import safe_open
+
+    from emo_model import weights
+    from emo_model.cli import main
+
+    out = tmp_path / "demo"
+    args = ["make-demo", "--out", str(out), "--clips", "3", "--seconds", "3.5", "--vae-steps", "3",
+            "--steps", "2", "2", "2", "--eval-clips", "0", "--threads", "2"]
+    for stage in (1, 2, 3):
+        args += ["--set", f"{stage}:data.batch_size=1", "--set", f"{stage}:sample_steps=2", "--set", f"{stage}:sample_clips=1"]
+    assert main(args) == 0
+    assets = out / "demo_assets"
+    assert sorted(p.name for p in assets.iterdir()) == ["emo-tiny-demo.safetensors", "portrait.png", "speech.wav"]
+    model = weights.load_emo_model(assets / "emo-tiny-demo.safetensors", dtype=torch.float32)
+    assert model.config.name == demo_config().name and model.speed_encoder is not None
+    assert weights.load_bundled_vae(assets / "emo-tiny-demo.safetensors") is not None
+    with safe_open(str(assets / "emo-tiny-demo.safetensors"), "pt") as f:
+        assert f.metadata()["emo_demo_training_clips"] == "3"
+    phases = json.loads((out / "build.json").read_text())["phases"]
+    assert {"videos", "preprocess", "vae", "stage1", "stage2", "stage3", "export"} <= set(phases)
+    # each stage starts from the previous one's weights, and a re-run reuses every finished phase
+    final3 = out / "stage3" / "emo-stage3-final.safetensors"
+    stamp = final3.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert all(f"stage {s}: " in text and "reusing it" in text for s in (1, 2, 3))
+    assert final3.stat().st_mtime_ns == stamp
