@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, SHARED, tiny_vae
 
 OBJECT_INFO = SHARED / "comfy" / "object_info.json"
@@ -115,6 +114,17 @@ class SaveVideo:
 CORE_STANDINS = {c.__name__: c for c in (LoadImage, LoadAudio, ImageScaleBy, CreateVideo, SaveVideo)}
 
 
+def tiny_graph(graph: dict) -> dict:
+    """An example API graph at test size: 64 px crops, 2 denoising steps (a copy; the input is untouched)."""
+    graph = json.loads(json.dumps(graph))
+    for node in graph.values():
+        if node["class_type"] == "EMOFaceMask":
+            node["inputs"]["size"] = 64
+        if node["class_type"] == "EMOSampler":
+            node["inputs"]["steps"] = 2
+    return graph
+
+
 def run_api(graph: dict, classes: dict) -> tuple[dict, dict]:
     """Execute an API-format graph; returns ({node id: outputs}, {node id: ui})."""
     outputs: dict[str, tuple] = {}
@@ -156,8 +166,9 @@ def write_portrait(path: Path, size: int = 160) -> Path:
 
 
 def write_speech(path: Path, seconds: float = 1.3, rate: int = 22050) -> Path:
-    from emo_model.video_io import write_video  # noqa: F401  (PyAV is there)
     import soundfile as sf
+
+    from emo_model.video_io import write_video  # noqa: F401  (PyAV is there)
 
     t = np.arange(int(seconds * rate)) / rate
     envelope = 0.5 * (1 + np.sin(2 * np.pi * 4 * t))  # 4 syllables per second
@@ -186,6 +197,7 @@ def tiny_wav2vec2_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
 def make_test_models(models: Path) -> dict[str, str]:
     """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
     from conftest import perturb_zero_inits
+
     from emo_model import weights
     from emo_model.model import EMOModel
 

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from comfy_harness import tiny_graph
 from conftest import ROOT
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
@@ -211,17 +212,6 @@ def _message(entry: dict, kind: str) -> dict | None:
     return next((data for k, data in entry["status"].get("messages", []) if k == kind), None)
 
 
-def tiny(graph: dict) -> dict:
-    """The example graph at test size: 64 px crops, 2 denoising steps."""
-    graph = json.loads(json.dumps(graph))
-    for node in graph.values():
-        if node["class_type"] == "EMOFaceMask":
-            node["inputs"]["size"] = 64
-        if node["class_type"] == "EMOSampler":
-            node["inputs"]["steps"] = 2
-    return graph
-
-
 def node_of(graph: dict, class_type: str) -> str:
     return next(nid for nid, node in graph.items() if node["class_type"] == class_type)
 
@@ -337,7 +327,7 @@ def test_api_workflow_runs_in_comfyui(server, path):
     from emo_model.audio import num_video_frames
     from emo_model.video_io import probe_video
 
-    graph = tiny(json.loads(path.read_text()))
+    graph = tiny_graph(json.loads(path.read_text()))
     if "EMODemoSample" in {n["class_type"] for n in graph.values()} and not DEMO_MODEL.is_file():
         pytest.skip("the demo model emo_model/demo_assets/emo-tiny-demo.safetensors is not built yet")
     with server.explain():
@@ -375,7 +365,7 @@ def test_api_workflow_runs_in_comfyui(server, path):
 
 
 def _speech_graph() -> dict:
-    return tiny(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
+    return tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
 
 
 def test_our_video_output_feeds_core_video_nodes(server):

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from comfy_harness import (
     CORE_STANDINS,
     FILE_COMBOS,
@@ -18,6 +17,7 @@ from comfy_harness import (
     load_pack,
     make_test_models,
     run_api,
+    tiny_graph,
     write_portrait,
     write_speech,
 )
@@ -197,23 +197,12 @@ def env(tmp_path_factory, pack):
     mp.undo()
 
 
-def _tiny_graph(graph: dict) -> dict:
-    """The example graph at test size: 64 px crops, a few denoising steps."""
-    graph = json.loads(json.dumps(graph))
-    for node in graph.values():
-        if node["class_type"] == "EMOFaceMask":
-            node["inputs"]["size"] = 64
-        if node["class_type"] == "EMOSampler":
-            node["inputs"]["steps"] = 2
-    return graph
-
-
 @pytest.mark.parametrize("path", [p for p in WORKFLOWS if "demo" not in p.name], ids=lambda p: p.name)
 def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     from emo_model.audio import num_video_frames
     from emo_model.video_io import probe_video
 
-    graph = _tiny_graph(json.loads(path.read_text()))
+    graph = tiny_graph(json.loads(path.read_text()))
     classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}
     outputs, uis = run_api(graph, classes)
     audio_node = next(nid for nid, n in graph.items() if n["class_type"] == "EMOAudioEncode")
@@ -273,7 +262,7 @@ def test_video_combine_embeds_the_workflow(pack, env):
 
 
 def test_sampler_interrupt_raises_and_returns_nothing(pack, env, monkeypatch):
-    graph = _tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
+    graph = tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
     classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}
     calls = {"n": 0}
 
