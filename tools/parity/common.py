@@ -1,0 +1,94 @@
+"""Helpers shared by the parity harnesses (no project code and no original code here).
+
+The harnesses run inside an ORIGINAL repository's venv (its pinned diffusers / transformers), so this
+module only needs torch and numpy. It is never imported by ``emo_model``.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import sys
+import types
+
+import numpy as np
+import torch
+
+
+def stub_xformers() -> None:
+    """The originals import xformers at module level but use it only when explicitly enabled."""
+    if "xformers" in sys.modules:
+        return
+    import diffusers  # noqa: F401  (import first: it probes for xformers with find_spec)
+
+    x = types.ModuleType("xformers")
+    x.__spec__ = importlib.machinery.ModuleSpec("xformers", None)
+    x.ops = types.ModuleType("xformers.ops")
+    sys.modules["xformers"] = x
+    sys.modules["xformers.ops"] = x.ops
+
+
+def patch_checkpoint() -> None:
+    """torch>=2.4 wants ``use_reentrant`` spelled out; the originals call checkpoint() without it.
+    Under no_grad the forward values are the same either way (checkpoint only changes backward)."""
+    import torch.utils.checkpoint as cp
+
+    orig = cp.checkpoint
+
+    def checkpoint(fn, *args, use_reentrant=None, **kw):
+        return orig(fn, *args, use_reentrant=False if use_reentrant is None else use_reentrant, **kw)
+
+    cp.checkpoint = checkpoint
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> None:
+    """Every parameter random (zero-initialised layers too, so every branch contributes).
+    >=2-D: N(0, scale^2 / fan_in); 1-D '*weight' (norm scales): 1 + 0.1 N; 1-D bias: 0.05 N. Buffers untouched."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=g) * (scale / fan_in**0.5))
+        elif name.endswith("weight"):
+            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def hash_uniform(count: int, seed: int) -> np.ndarray:
+    """``count`` values uniform in [-1, 1) from a counter hash (splitmix64 of ``seed`` and the index).
+
+    Independent of any library's random generator, so a test can regenerate the exact same weights
+    instead of storing them (see :func:`hashed_state_dict`)."""
+    with np.errstate(over="ignore"):
+        z = np.arange(count, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 52) - 1.0
+
+
+def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
+    """fp32 tensors for ``[(name, shape), ...]``: >=2-D uniform with variance 1/fan_in, 1-D names ending
+    in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 1000 + k``."""
+    out = {}
+    for k, (name, shape) in enumerate(spec):
+        n = int(np.prod(shape)) if shape else 1
+        u = hash_uniform(n, seed * 1000 + k)
+        if len(shape) >= 2:
+            v = u * np.sqrt(3.0 / (n // shape[0]))
+        elif name.endswith("weight"):
+            v = 1 + 0.1 * u
+        else:
+            v = 0.05 * u
+        out[name] = torch.from_numpy(v.astype(np.float32)).reshape(shape)
+    return out
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and fp32 bytes, in order (proves two sides hold the same weights)."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
