@@ -1,20 +1,21 @@
-"""Helpers shared by the parity harnesses (run in an ORIGINAL repository's venv; never imported by emo_model).
+"""Helpers shared by the parity harnesses (no project code and no original code here).
 
-No original code lives here: the harnesses import the originals from a checkout given on the command line.
+The harnesses run inside an ORIGINAL repository's venv (its pinned diffusers / transformers), so this
+module only needs torch and numpy. It is never imported by ``emo_model``.
 """
 from __future__ import annotations
 
 import hashlib
-import importlib.abc
 import importlib.machinery
 import sys
 import types
 
+import numpy as np
 import torch
 
 
 def stub_xformers() -> None:
-    """The originals import xformers at module level but only use it when explicitly enabled."""
+    """The originals import xformers at module level but use it only when explicitly enabled."""
     if "xformers" in sys.modules:
         return
     import diffusers  # noqa: F401  (import first: it probes for xformers with find_spec)
@@ -26,8 +27,78 @@ def stub_xformers() -> None:
     sys.modules["xformers.ops"] = x.ops
 
 
+def patch_checkpoint() -> None:
+    """torch>=2.4 wants ``use_reentrant`` spelled out; the originals call checkpoint() without it.
+    Under no_grad the forward values are the same either way (checkpoint only changes backward)."""
+    import torch.utils.checkpoint as cp
+
+    orig = cp.checkpoint
+
+    def checkpoint(fn, *args, use_reentrant=None, **kw):
+        return orig(fn, *args, use_reentrant=False if use_reentrant is None else use_reentrant, **kw)
+
+    cp.checkpoint = checkpoint
+
+
+@torch.no_grad()
+def randomize_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> None:
+    """Every parameter random (zero-initialised layers too, so every branch contributes).
+    >=2-D: N(0, scale^2 / fan_in); 1-D '*weight' (norm scales): 1 + 0.1 N; 1-D bias: 0.05 N. Buffers untouched."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.dim() >= 2:
+            fan_in = p[0].numel()
+            p.copy_(torch.randn(p.shape, generator=g) * (scale / fan_in**0.5))
+        elif name.endswith("weight"):
+            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
+        else:
+            p.copy_(0.05 * torch.randn(p.shape, generator=g))
+
+
+def hash_uniform(count: int, seed: int) -> np.ndarray:
+    """``count`` values uniform in [-1, 1) from a counter hash (splitmix64 of ``seed`` and the index).
+
+    Independent of any library's random generator, so a test can regenerate the exact same weights
+    instead of storing them (see :func:`hashed_state_dict`)."""
+    with np.errstate(over="ignore"):
+        z = np.arange(count, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 52) - 1.0
+
+
+def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
+    """fp32 tensors for ``[(name, shape), ...]``: >=2-D uniform with variance 1/fan_in, 1-D names ending
+    in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 1000 + k``."""
+    out = {}
+    for k, (name, shape) in enumerate(spec):
+        n = int(np.prod(shape)) if shape else 1
+        u = hash_uniform(n, seed * 1000 + k)
+        if len(shape) >= 2:
+            v = u * np.sqrt(3.0 / (n // shape[0]))
+        elif name.endswith("weight"):
+            v = 1 + 0.1 * u
+        else:
+            v = 0.05 * u
+        out[name] = torch.from_numpy(v.astype(np.float32)).reshape(shape)
+    return out
+
+
+def digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the names and fp32 bytes, in order (proves two sides hold the same weights)."""
+    h = hashlib.sha256()
+    for name, t in tensors.items():
+        h.update(name.encode())
+        h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---- added for the Hallo harness ------------------------------------------------------------------
+
+
 class _Dummy:
-    """Stands in for any class / function of a stubbed package; fails loudly if actually used."""
+    """Stands in for any class / function of a stubbed package; fails loudly if actually called."""
 
     def __init__(self, name: str):
         self._name = name
@@ -49,15 +120,17 @@ class _StubModule(types.ModuleType):
         return _Dummy(f"{self.__name__}.{item}")
 
 
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def __init__(self, roots: set[str]):
-        self.roots = roots
+class _StubFinder(importlib.machinery.PathFinder):
+    roots: set = set()
 
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname.split(".")[0] in self.roots:
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+    @classmethod
+    def find_spec(cls, fullname, path=None, target=None):
+        if fullname.split(".")[0] in cls.roots:
+            return importlib.machinery.ModuleSpec(fullname, _StubLoader(), is_package=True)
         return None
 
+
+class _StubLoader:
     def create_module(self, spec):
         module = _StubModule(spec.name)
         module.__path__ = []
@@ -67,58 +140,17 @@ class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def stub_packages(*roots: str) -> None:
-    """Make ``import root`` / ``from root.x import Y`` succeed for packages the harness does not use
-    (face detection, video IO, vocal separation): the components they provide are injected instead."""
-    missing = set()
-    for root in roots:
-        try:
-            __import__(root)
-        except Exception:  # noqa: BLE001  (not installed or broken: stub it)
-            sys.modules.pop(root, None)
-            missing.add(root)
+def stub_packages(*roots: str) -> list[str]:
+    """Make ``import root`` / ``from root.x import Y`` succeed for packages that are not installed and whose
+    components the harness injects instead (face detection, video IO, vocal separation). Returns the stubbed roots."""
+    import importlib.util
+
+    missing = [r for r in roots if importlib.util.find_spec(r) is None]
     if missing:
-        sys.meta_path.insert(0, _StubFinder(missing))
-
-
-def patch_checkpoint() -> None:
-    """torch>=2.4 wants use_reentrant spelled out; the originals call checkpoint() without it.
-    Under no_grad the forward values are the same either way (checkpointing only changes backward)."""
-    import torch.utils.checkpoint as cp
-
-    orig = cp.checkpoint
-    if getattr(orig, "_parity_patched", False):
-        return
-
-    def checkpoint(fn, *args, use_reentrant=None, **kw):
-        return orig(fn, *args, use_reentrant=False if use_reentrant is None else use_reentrant, **kw)
-
-    checkpoint._parity_patched = True
-    cp.checkpoint = checkpoint
-    torch.utils.checkpoint.checkpoint = checkpoint
-
-
-@torch.no_grad()
-def randomize_(module: torch.nn.Module, seed: int, scale: float = 1.0) -> None:
-    """Every parameter random, zero-initialised layers too, so every branch contributes.
-    >=2-D: scale * N(0, 1/fan_in); 1-D '*weight' (norm scales): 1 + 0.1 N; 1-D bias: 0.05 N. Buffers untouched."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        if p.dim() >= 2:
-            fan_in = p[0].numel()
-            p.copy_(scale * torch.randn(p.shape, generator=g) / fan_in**0.5)
-        elif name.endswith("weight"):
-            p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
-        else:
-            p.copy_(0.05 * torch.randn(p.shape, generator=g))
-
-
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        _StubFinder.roots |= set(missing)
+        if _StubFinder not in sys.meta_path:
+            sys.meta_path.insert(0, _StubFinder)
+    return missing
 
 
 def package_versions(*names: str) -> dict[str, str]:
