@@ -162,7 +162,8 @@ class TransformerBlock(nn.Module):
             ctx.bank[key] = h
         x = x + reference_attention(self.attn1, h, ctx.reference_kv(key, self.attn1), ctx.reference_enabled)
         if self.attn2 is not None and ctx.cross_context is not None:
-            x = x + self.attn2(self.norm2(x), ctx.cross_context)
+            y = self.attn2(self.norm2(x), ctx.cross_context)
+            x = x + (y if ctx.cross_attention_scale == 1.0 else ctx.cross_attention_scale * y)
         return x + self.ff(self.norm3(x))
 
 

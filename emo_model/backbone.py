@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .attention import KV, ReferenceBank, SpatialTransformer
-from .configs import BackboneConfig, SpeedConfig
+from .configs import BackboneConfig, InferenceQuirks, SpeedConfig
 from .unet_blocks import ForwardContext, UNetBase
 
 
@@ -60,6 +60,7 @@ class Backbone(UNetBase):
         motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
         speed_tokens: torch.Tensor | None = None,
         temporal: bool = True,
+        quirks: InferenceQuirks | None = None,
     ) -> torch.Tensor:
         """Denoiser output (noise, v or x0, as trained) for ``sample`` [B, C, F, H, W].
 
@@ -70,8 +71,10 @@ class Backbone(UNetBase):
         ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for Hallo's
         audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
         [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
-        ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module.
+        ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module;
+        ``quirks``: the family's :class:`InferenceQuirks` (None = the paper's behaviour).
         """
+        quirks = quirks or InferenceQuirks()
         b, c, f, h, w = sample.shape
         x = self.conv_in(sample.transpose(1, 2).reshape(b * f, c, h, w).to(self.dtype))
         if face_features is not None:  # broadcast over frames: no per-frame copy of the features
@@ -89,6 +92,8 @@ class Backbone(UNetBase):
             motion_scale=motion_scale,
             speed_tokens=speed_tokens,
             temporal=temporal,
+            temporal_in_plain_blocks=quirks.temporal_in_plain_blocks,
+            cross_attention_scale=quirks.audio_attention_scale,
         )
         x = self.run(x, self.time_embed(timestep, b, f, sample.device), ctx)
         out = self.head(x)

@@ -155,6 +155,27 @@ class SchedulerConfig:
 
 
 @dataclass
+class InferenceQuirks:
+    """Where a family's original inference code computes something other than the paper's design.
+
+    Each field is data (never an ``if family == ...`` in a block) and names the original code it mirrors,
+    so our pipeline gives what the original gives on that family's weights. The defaults are EMO's own
+    (paper) behaviour; ``docs/parity.md`` lists every field with its measured effect.
+    """
+
+    # Temporal modules also run in UNet levels without spatial transformers (SD1.5's lowest level).
+    # Hallo: False. hallo/models/unet_3d_blocks.py (DownBlock3D / UpBlock3D ``forward``) at commit 8fd7c572:
+    # scripts/inference.py builds the UNet with ``from_config``, never calls ``.eval()`` and enables gradient
+    # checkpointing, so the ``self.training and self.gradient_checkpointing`` branch runs, and in the blocks
+    # without attention that branch applies only the resnets (training used the same branch).
+    temporal_in_plain_blocks: bool = True
+    # Factor on the output of the backbone's audio cross-attention (``attn2``) before the residual add.
+    # EchoMimic v1: 3.0. src/models/mutual_self_attention.py (``hacked_basic_transformer_inner_forward``,
+    # ``audio_feature_ratio``) at commit a53e9704: the read-mode hook scales attn2 in every denoising call.
+    audio_attention_scale: float = 1.0
+
+
+@dataclass
 class PresetConfig:
     """How a family is meant to be run (sampling defaults); every value can be overridden per run."""
 
@@ -172,6 +193,7 @@ class PresetConfig:
     speed: float = 0.7
     face_expand_ratio: float = 1.2
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    quirks: InferenceQuirks = field(default_factory=InferenceQuirks)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -358,6 +380,7 @@ def hallo_config() -> EMOConfig:
             cfg=3.5,
             audio_cfg=3.5,
             face_expand_ratio=1.2,
+            quirks=InferenceQuirks(temporal_in_plain_blocks=False),
         ),
     ).validate()
 
@@ -382,6 +405,7 @@ def echomimic_v1_config(acc: bool = False) -> EMOConfig:
             cfg=1.0 if acc else 2.5,
             audio_cfg=1.0 if acc else 2.5,
             face_expand_ratio=1.5,
+            quirks=InferenceQuirks(audio_attention_scale=3.0),
         ),
     ).validate()
 

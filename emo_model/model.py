@@ -117,4 +117,5 @@ class EMOModel(nn.Module):
             motion_scale=cond.motion_scale,
             speed_tokens=cond.speed_tokens,
             temporal=cond.temporal,
+            quirks=self.config.preset.quirks,
         )

@@ -8,8 +8,10 @@ temporal module attends over ``n + f`` frames, and the motion frames are removed
 always has exactly the clip's ``f`` frames. Temporal modules at resolutions without spatial
 transformers (SD1.5's lowest level) have no ReferenceNet features and see only the clip.
 
-This is what Hallo's weights were trained with (its training path concatenates ``motion_frames``
-before ``motion_module``; its inference script skips that, a quirk we do not copy).
+Hallo does the same in training and at inference (its inference script runs the UNet in the
+gradient-checkpointing training branch, which concatenates ``motion_frames`` before each
+``motion_module``); in that branch the temporal modules of the lowest level, which has no spatial
+transformer, never run (``InferenceQuirks.temporal_in_plain_blocks`` in the Hallo preset).
 
 First clip: EMO uses zero feature maps; Hallo feeds the portrait itself as the motion frames
 (``first_clip_motion`` = "zeros" / "reference" in the family preset).

@@ -105,6 +105,10 @@ class ReferenceState:
     identity_tokens: torch.Tensor | None
     identity_uncond: torch.Tensor | None
     colour: tuple
+    # [3, H, W] (full, face, lip) masks for models with region-masked audio modules, made from the
+    # portrait's face detection; used when the caller gives none. ``note`` says how they were made.
+    region_masks: torch.Tensor | None = None
+    note: str = ""
 
     @property
     def size(self) -> tuple[int, int]:
@@ -212,6 +216,13 @@ class EMOPipeline:
         Returns the number of frames handed to the sink.
         """
         self._check(settings)
+        if region_masks is None:
+            region_masks = reference.region_masks
+        if region_masks is None and self.config.backbone.hallo_audio_modules:
+            raise ValueError(
+                "this model's audio modules need face / lip region masks: encode the portrait with Session.encode_reference "
+                "(which detects the face) or pass region_masks"
+            )
         reference = reference.to(self.device)
         run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel)
         if settings.strategy == "context_windows":

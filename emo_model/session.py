@@ -134,7 +134,46 @@ class Session:
 
             arr = (torch.as_tensor(np.asarray(identity_image)).float().clamp(0, 1) * 255).byte().cpu().numpy()
             embedding = face_identity_embedding(arr, models_dir)
-        return self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
+        state = self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
+        if self.config.backbone.hallo_audio_modules:
+            state.region_masks, state.note = self._detected_region_masks(image, state.image.shape[0], models_dir)
+        return state
+
+    def _detected_region_masks(self, image: torch.Tensor, side: int, models_dir: str | None) -> tuple[torch.Tensor, str]:
+        """Region masks (full, face, lip) at ``side`` x ``side`` from the face found in the portrait [H, W, 3].
+
+        Detection runs on the portrait as given (small faces are lost at the model size); the box is then
+        mapped the way :func:`~emo_model.pipeline.fit_image` maps the image (centred padding to a square,
+        then resize).
+        """
+        import warnings
+
+        from .face import FaceBox, FaceError, detect_faces
+
+        h0, w0 = image.shape[:2]
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                boxes = detect_faces(image.clamp(0, 1).cpu().numpy(), models_dir=models_dir)
+        except FaceError:
+            boxes = []
+        h = w = side
+        if boxes:
+            square = max(h0, w0)
+            ox, oy = (square - w0) // 2, (square - h0) // 2
+            k = side / square
+            b = boxes[0]
+            box = FaceBox((b.x0 + ox) * k, (b.y0 + oy) * k, (b.x1 + ox) * k, (b.y1 + oy) * k)
+            how = "the face detected in the portrait"
+        else:
+            side = 0.5 * min(h, w)
+            box = FaceBox((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+            how = "a centred face box (no face was found in the portrait)"
+        note = (
+            f"audio region masks (full / face / lips) made from {how}; wire a face mask (EMO Face Mask) into the sampler "
+            "to set them yourself"
+        )
+        return torch.from_numpy(region_masks(box, h, w)), note
 
     def region_masks(self, portrait: PortraitCrop) -> torch.Tensor | None:
         """Hallo's (full, face, lip) attention masks for the crop; None for families without them."""

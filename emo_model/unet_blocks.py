@@ -46,6 +46,8 @@ class ForwardContext:
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     speed_tokens: torch.Tensor | None = None  # [B or 1, n + F, l]
     temporal: bool = True
+    temporal_in_plain_blocks: bool = True  # InferenceQuirks: temporal modules in levels without attention
+    cross_attention_scale: float = 1.0  # InferenceQuirks.audio_attention_scale (backbone attn2 output)
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     def reference_kv(self, key: str, attn: Attention) -> KV | None:
@@ -88,7 +90,7 @@ class _Block(nn.Module):
             x = self._call(self.attentions[i], x, ctx)
         if len(self.audio_modules):
             x = self._call(self.audio_modules[i], x, ctx)
-        if len(self.motion_modules) and ctx.temporal:
+        if len(self.motion_modules) and ctx.temporal and (len(self.attentions) or ctx.temporal_in_plain_blocks):
             x = self._call(self._temporal, i, x, ctx)
         return x
 

@@ -578,6 +578,17 @@ def _require_known_layout(files: Sequence[TensorFile], name: str, report: MatchR
         raise WeightsError(_unsupported_message(files, (name, report)))
 
 
+def _with_named_quirks(config: EMOConfig, config_json: str) -> EMOConfig:
+    """Native files written before ``preset.quirks`` existed take the quirks of their named config."""
+    if "quirks" in json.loads(config_json).get("preset", {}):
+        return config
+    try:
+        quirks = get_config(config.name).preset.quirks
+    except KeyError:
+        return config
+    return config.replace(preset=dataclasses.replace(config.preset, quirks=quirks))
+
+
 def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:
     if variant != "standard":
         raise WeightsError(
@@ -591,7 +602,7 @@ def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:
             f"{file.name}: native format version {version} is newer than this ComfyUI-EMO reads ({NATIVE_FORMAT_VERSION}); update ComfyUI-EMO"
         )
     try:
-        config = EMOConfig.from_json(file.metadata[CONFIG_KEY]).validate()
+        config = _with_named_quirks(EMOConfig.from_json(file.metadata[CONFIG_KEY]).validate(), file.metadata[CONFIG_KEY])
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{file.name}: unreadable {CONFIG_KEY} metadata ({exc})") from None
     bundled = VAE_CONFIG_KEY in file.metadata

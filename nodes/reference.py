@@ -50,4 +50,8 @@ class EMOReferenceEncode:
             session = type(emo_model)(emo_model.model, ComfyVAE(vae), emo_model.audio_encoder, emo_model.device, emo_model.name, emo_model.info)
         with _comfy.running_on(session):
             state = session.encode_reference(image[0], size=size or None, identity_image=image[0], models_dir=str(_comfy.models_dir()))
-        return (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)
+        result = (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)
+        if state.note:
+            print(f"[EMO] {state.note}")
+            return {"ui": {"emo_summary": [state.note]}, "result": result}
+        return result

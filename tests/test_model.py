@@ -359,3 +359,62 @@ def test_gradient_checkpointing_gives_identical_gradients():
     assert any(k.startswith("reference_unet.") for k in plain)  # gradients reach the ReferenceNet via the bank
     for k in plain:
         torch.testing.assert_close(ckpt[k], plain[k], rtol=1e-4, atol=1e-6)
+
+
+# ---- family inference quirks (InferenceQuirks on the preset) -----------------------------------------
+
+
+def _plain_level_temporal_params(model: EMOModel) -> list[torch.nn.Parameter]:
+    """Parameters of the temporal modules in UNet levels without spatial transformers."""
+    unet = model.denoising_unet
+    blocks = [b for b in list(unet.down_blocks) + list(unet.up_blocks) if not len(b.attentions)]
+    assert blocks, "the tiny configs have a level without attention (as SD1.5 does)"
+    return [p for b in blocks for p in b.motion_modules.parameters()]
+
+
+@pytest.mark.parametrize("name,expect_effect", [("tiny-hallo", False), ("tiny", True)])
+def test_temporal_modules_of_plain_levels_run_only_where_the_family_runs_them(name, expect_effect):
+    model = _tiny(name)
+    assert model.config.preset.quirks.temporal_in_plain_blocks is expect_effect
+    sample, ref, motion, feats, mask = _inputs(model)
+    with torch.no_grad():
+        cond = _cond(model, ref, motion, feats, mask)
+        before = model(sample, 500, cond)
+        for p in _plain_level_temporal_params(model):
+            p.add_(torch.randn_like(p) * 0.5)
+        after = model(sample, 500, cond)
+    changed = float((after - before).abs().max())
+    assert (changed > 1e-3) if expect_effect else (changed == 0.0), changed
+
+
+def test_audio_attention_scale_multiplies_the_attn2_output_of_the_backbone():
+    from emo_model.unet_blocks import ForwardContext
+
+    model = _tiny("tiny-echomimic")
+    assert model.config.preset.quirks.audio_attention_scale == 3.0
+    assert get_config("echomimic-v1").preset.quirks.audio_attention_scale == 3.0
+    assert get_config("emo").preset.quirks.audio_attention_scale == 1.0
+    block = model.denoising_unet.down_blocks[0].attentions[0].transformer_blocks[0]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 16, block.norm1.normalized_shape[0], generator=g)
+    audio = torch.randn(2, 10, block.attn2.to_k.in_features, generator=g)
+    with torch.no_grad():
+        got = block(x, "k", ForwardContext(cross_context=audio, cross_attention_scale=3.0))
+        # the block written out by hand: x + attn1(norm1 x); + 3 * attn2(norm2 x, audio); + ff(norm3 x)
+        h = x + block.attn1(block.norm1(x))
+        h = h + 3.0 * block.attn2(block.norm2(h), audio)
+        want = h + block.ff(block.norm3(h))
+    torch.testing.assert_close(got, want)
+
+
+def test_native_files_without_quirks_take_their_named_configs_quirks():
+    from emo_model.weights import _with_named_quirks
+
+    cfg = get_config("tiny-hallo")
+    data = cfg.to_dict()
+    del data["preset"]["quirks"]
+    old = EMOConfig.from_dict(data)
+    assert old.preset.quirks.temporal_in_plain_blocks is True  # the dataclass default
+    fixed = _with_named_quirks(old, json.dumps(data))
+    assert fixed.preset.quirks.temporal_in_plain_blocks is False
+    assert _with_named_quirks(old, cfg.to_json()) is old

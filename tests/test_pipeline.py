@@ -206,3 +206,39 @@ def test_peak_memory_does_not_grow_with_audio_length(tmp_path):
     short, long = peak(16), peak(128)
     output_bytes = 128 * 128 * 128 * 3 * 4  # the 8x run's frames as a float IMAGE tensor
     assert long - short < output_bytes, (short, long, output_bytes)
+
+
+# ---- region masks for region-masked audio modules (Hallo's layout) ------------------------------------
+
+
+def test_reference_encode_builds_region_masks_from_the_detected_face_and_the_pipeline_needs_them():
+    from skimage.data import astronaut
+
+    from emo_model.session import Session
+
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny-hallo").eval())
+    session = Session(model, DiffusersVAE(tiny_vae()), None, torch.device("cpu"))
+    photo = torch.from_numpy(astronaut()).float() / 255  # 512x512, face around x 180-280, y 60-180
+    state = session.encode_reference(photo, size=128)
+    masks = state.region_masks
+    assert masks is not None and masks.shape == (3, 128, 128)
+    assert "face detected" in state.note
+    torch.testing.assert_close(masks.sum(0), torch.ones(128, 128))
+    face, lips = masks[1] + masks[2], masks[2]
+    ys, xs = torch.nonzero(face > 0.5, as_tuple=True)
+    # the astronaut's face (hand-measured at 512 px: x 180-280, y 60-180), scaled to 128 px
+    assert 40 <= float(xs.float().mean()) <= 75 and 12 <= float(ys.float().mean()) <= 48
+    ly = torch.nonzero(lips > 0.5, as_tuple=True)[0].float().mean()
+    assert ly > ys.float().mean()  # the lips are in the lower part of the face
+
+    feats = torch.randn(4, 5, 2, 32, generator=torch.Generator().manual_seed(0))
+    run = dict(settings=SamplingSettings.from_preset(model.config.preset, steps=1, frames_per_clip=4), sink=lambda f: None)
+    pipe = session.pipeline
+    assert pipe.generate(state, feats, **run) == 4  # masks come from the reference state
+    import dataclasses
+
+    bare = dataclasses.replace(state, region_masks=None)
+    with pytest.raises(ValueError, match="region masks"):
+        pipe.generate(bare, feats, **run)
+    assert pipe.generate(bare, feats, region_masks=masks, **run) == 4

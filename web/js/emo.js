@@ -4,7 +4,7 @@
 // with sound is core's own (EMO Video Combine returns the file the way Save Video does).
 import { app } from "../../../scripts/app.js";
 
-const SUMMARY_NODES = new Set(["EMOSampler", "EMOAudioEncode"]);
+const SUMMARY_NODES = new Set(["EMOSampler", "EMOAudioEncode", "EMOReferenceEncode"]);
 
 function summaryWidget(node) {
   let widget = node.widgets?.find((w) => w.name === "emo_summary");
