@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from conftest import ROOT, SHARED, tiny_vae
+from conftest import DATA, ROOT, read_gz_json_text, tiny_vae
 
-OBJECT_INFO = SHARED / "comfy" / "object_info.json"
+OBJECT_INFO = DATA / "comfy_object_info.json.gz"  # trimmed GET /object_info of a real ComfyUI (tests/data/README.md)
 OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # combos whose options are files on the user's disk: their saved values cannot be checked
@@ -39,7 +39,7 @@ def load_pack(name: str = "ComfyUI-EMO"):
 
 
 def core_object_info() -> dict:
-    return json.loads(OBJECT_INFO.read_text())
+    return json.loads(read_gz_json_text(OBJECT_INFO))
 
 
 def core_types(info: dict) -> set[str]:

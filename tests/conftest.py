@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,8 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("EMO_SHARED_DIR", ROOT.parent / "shared"))
-LAYOUTS = SHARED / "checkpoint_layouts"
+DATA = ROOT / "tests" / "data"  # everything a test reads lives in the repo (tests/data/README.md)
+LAYOUTS = DATA / "checkpoint_layouts"  # *.json.gz
 
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -49,8 +50,17 @@ def tiny_vae(seed: int = 0):
     ).eval()
 
 
-@pytest.fixture
-def layouts_dir() -> Path:
-    if not LAYOUTS.is_dir():  # CI always has ../shared; never let the layout tests pass silently
-        pytest.fail(f"checkpoint layouts not found at {LAYOUTS} (set EMO_SHARED_DIR to the shared/ folder)")
-    return LAYOUTS
+def read_gz_json_text(path: Path) -> str:
+    """The text of a gzipped JSON data file in tests/data."""
+    return gzip.decompress(path.read_bytes()).decode("utf-8")
+
+
+@pytest.fixture(scope="session")
+def layouts_dir(tmp_path_factory) -> Path:
+    """A folder of the checkpoint layout JSONs (unpacked from tests/data/checkpoint_layouts/*.json.gz)."""
+    packed = sorted(LAYOUTS.glob("*.json.gz"))
+    assert packed, f"no checkpoint layouts in {LAYOUTS}"
+    out = tmp_path_factory.mktemp("checkpoint_layouts")
+    for path in packed:
+        (out / path.name.removesuffix(".gz")).write_text(read_gz_json_text(path))
+    return out
