@@ -16,6 +16,7 @@ import torch
 
 from .audio_encoders import AudioEncoder, AudioFeatures, build_audio_encoder, encode_audio, features_from_comfy_encoder_output
 from .configs import EMOConfig
+from .demo.config import NAME as DEMO_NAME
 from .face import PortraitCrop, prepare_portrait, region_masks
 from .model import EMOModel
 from .pipeline import EMOPipeline, ReferenceState, SamplingSettings, estimate_clips
@@ -137,6 +138,10 @@ class Session:
         state = self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
         if self.config.backbone.hallo_audio_modules:
             state.region_masks, state.note = self._detected_region_masks(image, state.image.shape[0], models_dir)
+        if self.config.name == DEMO_NAME:  # the toy says so when given a portrait it was not made for
+            from .demo.portrait_check import portrait_notice
+
+            state.note = portrait_notice(image) or state.note
         return state
 
     def _detected_region_masks(self, image: torch.Tensor, side: int, models_dir: str | None) -> tuple[torch.Tensor, str]:

@@ -100,6 +100,14 @@ def run(args: argparse.Namespace) -> int:
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    from ..demo.config import NAME as DEMO_NAME
+
+    if session.config.name == DEMO_NAME:
+        from ..demo.portrait_check import portrait_notice
+
+        notice = portrait_notice(image)  # the toy says what it is when given someone's photo
+        if notice:
+            print(f"note: {notice}", file=sys.stderr)
     settings = session.settings(
         steps=args.steps,
         cfg=args.cfg,
