@@ -1,0 +1,368 @@
+"""EchoMimic v1 golden fixture: run the ORIGINAL EchoMimic code at a tiny size and record every stage.
+
+Runs in the original's venv (see README.md here). It builds EchoMimic's own classes (reference UNet,
+EchoUNet3DConditionModel with motion modules, FaceLocator, its whisper copy) at a tiny size whose
+tensors match our ``tiny-echomimic`` config key for key, gives every parameter seeded random values
+(zero-initialised ones too), writes the four ``.pth`` files in EchoMimic's format (to --work), builds a
+tiny random diffusers ``AutoencoderKL``, and runs ``Audio2VideoPipeline.__call__`` (src/pipelines/
+pipeline_echo_mimic.py) the way infer_audio2vid.py does: CFG on, context windows, DDIM. A second run
+uses pipeline_echo_mimic_acc.py without CFG (the ``_acc`` settings). Hooks record the audio features,
+the face-locator output, the reference latent and bank, every denoiser call (output of both guidance
+branches), every guided prediction and the latents after each step, the final latents and the frames.
+
+Fixture (OUT): stages.safetensors (inputs + stages), meta.json (commit, packages, command, settings, the
+weight recipe: per file the key/shape list, seed and sha256), buffers.safetensors (the non-parameter
+tensors of the .pth files: the motion modules' sinusoid tables), vae/ (diffusers folder). The model and
+whisper parameters are not stored (22 MB at this size): they come from ``hashed_state_dict`` in
+common.py, which the test runs again to write the same files, checked against the recorded sha256.
+
+usage: python tools/parity/echomimic_original.py --echo-src /work/parity/echomimic \
+           --out tests/parity/echomimic [--work /tmp/echo-work] [--bank-fp16]
+
+Deliberate changes to the original's run, all for an fp32 CPU comparison (documented in docs/parity.md):
+* ``ReferenceAttentionControl.update`` keeps the bank in fp32 (its default casts to fp16), unless
+  ``--bank-fp16``;
+* ``register_reference_hooks`` builds its CFG mask on the CPU (its default device is cuda);
+* the waveform is handed to ``audio2feat`` as an array (whisper's ``transcribe`` accepts one), so no
+  ffmpeg decode is involved; whisper runs in fp32 (as ``transcribe`` does on a CPU).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from common import digest, hashed_state_dict, patch_checkpoint, randomize_, stub_xformers  # noqa: E402
+
+p = argparse.ArgumentParser()
+p.add_argument("--echo-src", required=True, help="checkout of antgroup/echomimic at the pinned commit")
+p.add_argument("--out", required=True, help="fixture folder to write")
+p.add_argument("--work", default=None, help="scratch folder for the .pth / whisper .pt files (default: a temp folder)")
+p.add_argument("--frames", type=int, default=14)
+p.add_argument("--context", type=int, default=8)
+p.add_argument("--overlap", type=int, default=2)
+p.add_argument("--steps", type=int, default=3)
+p.add_argument("--cfg", type=float, default=2.5)
+p.add_argument("--size", type=int, default=64)
+p.add_argument("--fps", type=int, default=24)
+p.add_argument("--seed", type=int, default=0)
+p.add_argument("--bank-fp16", action="store_true", help="keep the original's fp16 cast of the reference bank")
+args = p.parse_args()
+torch.set_num_threads(2)
+out_dir = os.path.abspath(args.out)
+work = os.path.abspath(args.work or os.path.join(tempfile.gettempdir(), "echomimic-parity-work"))
+os.makedirs(out_dir, exist_ok=True)
+os.makedirs(work, exist_ok=True)
+
+stub_xformers()
+patch_checkpoint()
+sys.path.insert(0, os.path.abspath(args.echo_src))
+from diffusers import AutoencoderKL, DDIMScheduler  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+from PIL import Image  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from src.models.face_locator import FaceLocator  # noqa: E402
+from src.models.mutual_self_attention import ReferenceAttentionControl  # noqa: E402
+from src.models.unet_2d_condition import UNet2DConditionModel  # noqa: E402
+from src.models.unet_3d_echo import EchoUNet3DConditionModel  # noqa: E402
+from src.models.whisper.audio2feature import load_audio_model  # noqa: E402
+from src.models.whisper.whisper.model import ModelDimensions, Whisper  # noqa: E402
+from src.pipelines import context as echo_context  # noqa: E402
+from src.pipelines import pipeline_echo_mimic, pipeline_echo_mimic_acc  # noqa: E402
+
+# ---- run-time patches (see the module docstring) ----------------------------------------------------
+_hooks = ReferenceAttentionControl.register_reference_hooks
+_hooks.__defaults__ = tuple(torch.device("cpu") if isinstance(d, torch.device) else d for d in _hooks.__defaults__)
+if not args.bank_fp16:
+    _update = ReferenceAttentionControl.update
+
+    def update_fp32(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
+        return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=torch.float32)
+
+    ReferenceAttentionControl.update = update_fp32
+
+# ---- tiny modules built with the original classes ------------------------------------------------------
+t0 = time.time()
+unet_common = dict(
+    sample_size=args.size // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
+    attention_head_dim=2, norm_num_groups=8, flip_sin_to_cos=True, freq_shift=0,
+)
+reference_unet = UNet2DConditionModel(
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=384, **unet_common,
+)
+inference_cfg = OmegaConf.load(os.path.join(args.echo_src, "configs/inference/inference_v2.yaml"))
+add_kwargs = OmegaConf.to_container(inference_cfg.unet_additional_kwargs)
+add_kwargs["motion_module_kwargs"]["num_attention_heads"] = 2  # tiny (full size: 8)
+denoising_unet = EchoUNet3DConditionModel(
+    down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
+    up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
+    mid_block_type="UNetMidBlock3DCrossAttn",
+    **{**unet_common, **add_kwargs},  # cross_attention_dim 384 (whisper-tiny width) comes from inference_v2.yaml
+)
+face_locator = FaceLocator(32, conditioning_channels=1, block_out_channels=(8, 8, 16, 16))
+vae = AutoencoderKL(
+    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=args.size,
+)
+for m in (reference_unet, denoising_unet, face_locator, vae):
+    m.requires_grad_(False).eval()
+randomize_(vae, args.seed * 100 + 13)
+
+# The model files' parameters come from hashed_state_dict (seed per file), so the fixture stores only the
+# key/shape lists (meta.json) and the few non-parameter tensors (the motion modules' sinusoid tables);
+# the test writes the same four .pth files again (torch.save of a plain dict, EchoMimic's format).
+den_params = {k for k, _ in denoising_unet.named_parameters()}
+parts = {
+    "reference_unet.pth": (reference_unet, lambda k: True),
+    "denoising_unet.pth": (denoising_unet, lambda k: "motion_modules." not in k),
+    "motion_module.pth": (denoising_unet, lambda k: "motion_modules." in k),
+    "face_locator.pth": (face_locator, lambda k: True),
+}
+files, file_specs, buffers = {}, {}, {}
+for i, (fname, (module, keep)) in enumerate(parts.items()):
+    params = dict(module.named_parameters())
+    state = {k: v for k, v in module.state_dict().items() if keep(k)}
+    spec = [(k, list(v.shape)) for k, v in state.items() if k in params]
+    seed = args.seed * 100 + 20 + i
+    values = hashed_state_dict(spec, seed)
+    for k, v in state.items():
+        if k not in params:
+            buffers[fname + ":" + k] = v.contiguous().clone()
+    files[fname] = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
+    file_specs[fname] = {"seed": seed, "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
+                         "sha256": digest(files[fname])}
+for module, names in ((reference_unet, ["reference_unet.pth"]), (denoising_unet, ["denoising_unet.pth", "motion_module.pth"]),
+                      (face_locator, ["face_locator.pth"])):
+    module.load_state_dict({k: v for n in names for k, v in files[n].items()}, strict=True)
+for name, sd in files.items():
+    torch.save(sd, os.path.join(work, name))
+save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
+vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+
+# whisper (EchoMimic's copy of openai-whisper): width 384 as whisper-tiny (audio2feature reshapes to 384), 2 blocks
+dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=2, n_audio_layer=2,
+                       n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
+whisper_seed = 7 + args.seed
+spec = [(k, list(v.shape)) for k, v in Whisper(dims).state_dict().items()]
+whisper_sd = hashed_state_dict(spec, whisper_seed)
+whisper_path = os.path.join(work, "whisper_tiny_random.pt")
+torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
+audio_processor = load_audio_model(model_path=whisper_path, device="cpu")
+print(f"built in {time.time() - t0:.1f}s", flush=True)
+
+# ---- inputs ---------------------------------------------------------------------------------------------------------
+g = torch.Generator().manual_seed(1234 + args.seed)
+S = args.size
+yy, xx = torch.meshgrid(torch.linspace(-1, 1, S), torch.linspace(-1, 1, S), indexing="ij")
+face = ((xx / 0.55) ** 2 + (yy / 0.7) ** 2 < 1).float()
+portrait = torch.stack([0.35 + 0.3 * yy + 0.4 * face, 0.3 + 0.2 * xx + 0.3 * face, 0.5 - 0.2 * yy + 0.1 * face], -1)
+portrait = ((portrait + 0.08 * torch.randn(S, S, 3, generator=g)).clamp(0, 1) * 255).round().to(torch.uint8)
+face_mask = torch.zeros(S, S)
+face_mask[S // 8 : S - S // 8, S // 5 : S - S // 5] = 1.0  # a dilated face box, as infer_audio2vid.py makes
+n_samples = round(args.frames * 16000 / args.fps)  # exactly the frames' span: both sides see the same samples
+t = torch.arange(n_samples, dtype=torch.float64) / 16000
+pitch = 140 + 30 * torch.sin(2 * np.pi * 2.5 * t)
+phase = 2 * np.pi * torch.cumsum(pitch, 0) / 16000
+voiced = sum(torch.sin(k * phase) / k for k in range(1, 12))
+envelope = 0.5 + 0.5 * torch.sin(2 * np.pi * 4 * t) ** 2
+waveform = (0.3 * envelope * voiced + 0.02 * torch.randn(n_samples, generator=g, dtype=torch.float64)).float()
+
+rec: dict[str, torch.Tensor] = {
+    "input.portrait": portrait,
+    "input.face_mask": face_mask,
+    "input.waveform": waveform,
+}
+latent_shape = (1, 4, args.frames, S // 8, S // 8)
+rec["input.noise"] = torch.randn(latent_shape, generator=torch.Generator().manual_seed(420 + args.seed))
+
+
+# ---- recording hooks --------------------------------------------------------------------------------------------
+class Recorder:
+    def __init__(self, prefix: str):
+        self.prefix, self.step, self.call, self.latents, self.windows, self.queue = prefix, 0, 0, None, [], None
+
+    def put(self, name, value):
+        if self.prefix and name.startswith(("audio.", "face_locator", "reference.", "initial_latents")):
+            return  # same inputs as the main run (checked there)
+        rec[self.prefix + name] = value.detach().float().contiguous().clone()
+
+
+R = Recorder("")
+handles = []
+
+
+def hook(module, fn, pre=False):
+    handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
+
+
+def on_face(m, i, o):
+    R.put("face_locator", o)
+
+
+def on_ref_in(m, a):
+    R.put("reference.latent", a[0])
+
+
+def on_ref_out(m, a, o):
+    for name, mod in m.named_modules():
+        if getattr(mod, "bank", None):
+            R.put("reference.bank." + name.rsplit(".transformer_blocks", 1)[0], mod.bank[0])
+
+
+def on_denoise(m, a, o):
+    x = a[0]  # [2 or 1, C, f, h, w] scaled latents of one window
+    lat = R.latents[0]  # [C, F, h, w]
+    index = []
+    for f in range(x.shape[2]):
+        hits = [k for k in range(lat.shape[1]) if torch.equal(lat[:, k], x[-1, :, f])]
+        index.append(hits[0] if len(hits) == 1 else -1)
+    R.windows.append((R.step, index))
+    R.put(f"step{R.step}.call{R.call}.pred", o[0] if isinstance(o, tuple) else o.sample)
+    R.call += 1
+
+
+hook(face_locator, on_face)
+hook(reference_unet, on_ref_in, pre=True)
+hook(reference_unet, on_ref_out)
+hook(denoising_unet, on_denoise)
+
+_audio2feat, _chunks = audio_processor.audio2feat, audio_processor.feature2chunks
+
+
+def audio2feat(audio):
+    feat = _audio2feat(audio)
+    R.put("audio.whisper_steps", torch.from_numpy(feat))
+    return feat
+
+
+def feature2chunks(feature_array, fps):
+    chunks = _chunks(feature_array=feature_array, fps=fps)
+    R.put("audio.chunks", torch.from_numpy(chunks))
+    return chunks
+
+
+audio_processor.audio2feat, audio_processor.feature2chunks = audio2feat, feature2chunks
+_get_sched = echo_context.get_context_scheduler
+
+
+def get_context_scheduler(name):
+    fn = _get_sched(name)
+
+    def wrapped(*a, **kw):
+        R.queue = list(fn(*a, **kw))
+        return iter(R.queue)
+
+    return wrapped
+
+
+for mod in (pipeline_echo_mimic, pipeline_echo_mimic_acc):
+    mod.get_context_scheduler = get_context_scheduler
+
+
+def make_scheduler():
+    sch = DDIMScheduler(**OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs))
+    _step = sch.step
+
+    def step(model_output, timestep, sample, **kw):
+        out = _step(model_output, timestep, sample, **kw)
+        R.put(f"step{R.step}.guided", model_output)
+        R.put(f"step{R.step}.latents", out.prev_sample)
+        R.step += 1
+        R.call = 0
+        R.latents = out.prev_sample
+        return out
+
+    sch.step = step
+    return sch
+
+
+def run(pipeline_cls, prefix: str, cfg: float) -> dict:
+    global R
+    R = Recorder(prefix)
+    pipe = pipeline_cls(vae=vae, reference_unet=reference_unet, denoising_unet=denoising_unet, audio_guider=audio_processor,
+                        face_locator=face_locator, scheduler=make_scheduler()).to("cpu", dtype=torch.float32)
+    _prepare, _decode = pipe.prepare_latents, pipe.decode_latents
+
+    def prepare_latents(*a, **kw):
+        lat = _prepare(*a, **kw)
+        R.put("initial_latents", lat)
+        R.latents = lat
+        return lat
+
+    def decode_latents(latents):
+        R.put("final_latents", latents)
+        video = _decode(latents)
+        R.put("frames", torch.from_numpy(video))
+        return video
+
+    pipe.prepare_latents, pipe.decode_latents = prepare_latents, decode_latents
+    generator = torch.manual_seed(420 + args.seed)  # infer_audio2vid.py: torch.manual_seed(args.seed)
+    t1 = time.time()
+    video = pipe(
+        Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None], S, S, args.frames, args.steps, cfg,
+        generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
+    ).videos
+    print(f"{prefix or 'main '}run: {time.time() - t1:.1f}s, video {tuple(video.shape)}", flush=True)
+    return {"guidance_scale": cfg, "context_queue": R.queue, "windows_per_call": R.windows}
+
+
+runs = {"main": run(pipeline_echo_mimic.Audio2VideoPipeline, "", args.cfg)}
+runs["acc"] = run(pipeline_echo_mimic_acc.Audio2VideoPipeline, "acc.", 1.0)
+for h in handles:
+    h.remove()
+
+bad = [k for k, v in rec.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+if bad:
+    raise SystemExit(f"non-finite values in {bad}")
+assert torch.equal(rec["initial_latents"], rec["input.noise"].clamp(-1.5, 1.5)), "the pipeline drew other noise"
+save_file(rec, os.path.join(out_dir, "stages.safetensors"))
+
+
+def git(*a):
+    return subprocess.run(["git", "-C", args.echo_src, *a], capture_output=True, text=True).stdout.strip()
+
+
+def version(name):
+    try:
+        from importlib.metadata import version as v
+
+        return v(name)
+    except Exception:
+        return None
+
+
+meta = {
+    "original": {"repo": "https://github.com/antgroup/echomimic", "commit": git("rev-parse", "HEAD"),
+                 "code_path": "src/pipelines/pipeline_echo_mimic.py Audio2VideoPipeline.__call__ (+ _acc), as infer_audio2vid.py"},
+    "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors")},
+    "python": platform.python_version(),
+    "command": "python tools/parity/echomimic_original.py " + " ".join(sys.argv[1:]),
+    "settings": {"frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
+                 "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed, "bank_fp16": args.bank_fp16,
+                 "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
+    "runs": runs,
+    "whisper": {"dims": dataclasses.asdict(dims), "seed": whisper_seed, "spec": spec, "sha256": digest(whisper_sd),
+                "recipe": "tools/parity/common.py hashed_state_dict(spec, seed)"},
+    "checkpoint": {"format": "EchoMimic v1 .pth files (torch.save of a dict), parameters from tools/parity/common.py "
+                   "hashed_state_dict(keys marked 'hash', seed); 'buffer' keys from buffers.safetensors ('<file>:<key>')",
+                   "files": file_specs},
+    "vae": "vae/ (diffusers AutoencoderKL folder), weights tools/parity/common.py randomize_(vae, seed*100 + 13)",
+    "stages": {k: list(v.shape) for k, v in rec.items()},
+}
+with open(os.path.join(out_dir, "meta.json"), "w") as fh:
+    json.dump(meta, fh, indent=1)
+print(f"done in {time.time() - t0:.1f}s: {len(rec)} tensors -> {out_dir}")
