@@ -24,9 +24,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def prog_name() -> str:
+    """How the user called us: the installed ``emo`` command, or ``python -m emo_model``."""
+    from pathlib import Path
+
+    return "emo" if Path(sys.argv[0]).stem == "emo" else "python -m emo_model"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m emo_model",
+        prog=prog_name(),
         description="EMO (Emote Portrait Alive): portrait + audio -> talking video. Run a command with --help for its options.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -47,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     module = importlib.import_module(known._module, __package__)
-    sub = argparse.ArgumentParser(prog=f"python -m emo_model {known.command}", description=COMMANDS[known.command][1])
+    sub = argparse.ArgumentParser(prog=f"{prog_name()} {known.command}", description=COMMANDS[known.command][1])
     adder = getattr(module, f"add_{known.command.replace('-', '_')}_arguments", None) or module.add_arguments
     adder(sub)
     args = sub.parse_args(argv[1:])
