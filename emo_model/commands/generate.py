@@ -100,14 +100,6 @@ def run(args: argparse.Namespace) -> int:
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
-    from ..demo.config import NAME as DEMO_NAME
-
-    if session.config.name == DEMO_NAME:
-        from ..demo.portrait_check import portrait_notice
-
-        notice = portrait_notice(image)  # the toy says what it is when given someone's photo
-        if notice:
-            print(f"note: {notice}", file=sys.stderr)
     settings = session.settings(
         steps=args.steps,
         cfg=args.cfg,
@@ -126,6 +118,14 @@ def run(args: argparse.Namespace) -> int:
     portrait = session.prepare_portrait(read_image(image_path), size=args.size, detector=args.face_detector, models_dir=args.models_dir)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
+    from ..demo.config import NAME as DEMO_NAME
+
+    if session.config.name == DEMO_NAME:  # the toy says what it is when given someone's photo
+        from ..demo.portrait_check import portrait_notice
+
+        notice = portrait_notice(portrait.image)
+        if notice:
+            print(f"note: {notice}", file=sys.stderr)
     reference = session.encode_reference(portrait.image, size=args.size, identity_image=portrait.image, models_dir=args.models_dir)
     fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
     total = settings.steps * session.count_units(audio.num_frames, settings)
