@@ -9,7 +9,9 @@ Two strategies:
   trained on. Output frames == audio frames for every length.
 * **Context windows** (EchoMimic): the whole sequence is denoised together; at every step the model
   runs on overlapping windows of ``f`` frames (stride ``f - overlap``, the last window aligned to the
-  end) and the predictions are blended with weights that ramp down at the window edges.
+  end) and the predictions are blended with weights that ramp down at the window edges. EchoMimic v1's
+  schedule (:func:`uniform_windows`, windows that wrap around and move every step, equal weights) is the
+  ``context_schedule`` / ``context_shift_per_step`` quirk of its preset.
 """
 
 from __future__ import annotations
@@ -64,6 +66,42 @@ def window_weights(length: int, overlap: int) -> torch.Tensor:
     i = torch.arange(length, dtype=torch.float32)
     ramp = float(overlap + 1)
     return torch.minimum(torch.ones(length), torch.minimum((i + 1) / ramp, (length - i) / ramp))
+
+
+def uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]:
+    """Moore-AnimateAnyone's ``uniform()`` context schedule as EchoMimic v1 calls it (step 0, stride 1, closed
+    loop): windows of ``size`` frames starting at 0, ``size - overlap``, ... (< ``num_frames``); a window that
+    runs past the end wraps around to frame 0. One window of every frame when ``num_frames <= size``."""
+    if num_frames < 1:
+        raise ValueError("nothing to generate: the audio has no frames")
+    if not 0 <= overlap < size:
+        raise ValueError(f"context overlap must be in [0, {size - 1}], got {overlap}")
+    if num_frames <= size:
+        return [list(range(num_frames))]
+    return [[(s + k) % num_frames for k in range(size)] for s in range(0, num_frames, size - overlap)]
+
+
+def context_schedule(num_frames: int, size: int, overlap: int, *, schedule: str = "ramp", shift_per_step: int = 0):
+    """The context windows of every denoising step: ``plan(step) -> [(frame indices, blend weights), ...]``.
+
+    ``schedule``: "ramp" (:func:`plan_windows` blended with :func:`window_weights`) or "uniform"
+    (:func:`uniform_windows`, equal weights). Every window moves ``shift_per_step`` frames forward per step,
+    wrapping around the sequence (frame indices stay distinct within a window).
+    """
+    if schedule == "uniform":
+        base = uniform_windows(num_frames, size, overlap)
+        blends = [torch.ones(len(w)) for w in base]
+    elif schedule == "ramp":
+        base = [list(w) for w in plan_windows(num_frames, size, overlap)]
+        blends = [window_weights(len(w), overlap if len(base) > 1 else 0) for w in base]
+    else:
+        raise ValueError(f"context schedule must be ramp or uniform, got {schedule!r}")
+
+    def plan(step: int) -> list[tuple[list[int], torch.Tensor]]:
+        shift = step * shift_per_step
+        return [([(f + shift) % num_frames for f in w], b) for w, b in zip(base, blends)]
+
+    return plan
 
 
 def frame_indices(start: int, count: int, total: int) -> torch.Tensor:
