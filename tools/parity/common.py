@@ -70,11 +70,11 @@ def hash_uniform(count: int, seed: int) -> np.ndarray:
 
 def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
     """fp32 tensors for ``[(name, shape), ...]``: >=2-D uniform with variance 1/fan_in, 1-D names ending
-    in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 1000 + k``."""
+    in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 100003 + k``."""
     out = {}
     for k, (name, shape) in enumerate(spec):
         n = int(np.prod(shape)) if shape else 1
-        u = hash_uniform(n, seed * 1000 + k)
+        u = hash_uniform(n, seed * 100003 + k)
         if len(shape) >= 2:
             v = u * np.sqrt(3.0 / (n // shape[0]))
         elif name.endswith("weight"):
