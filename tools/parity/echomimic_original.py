@@ -58,10 +58,13 @@ p.add_argument("--size", type=int, default=64)
 p.add_argument("--fps", type=int, default=24)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--bank-fp16", action="store_true", help="keep the original's fp16 cast of the reference bank")
+p.add_argument("--full", action="store_true", help="full-size (SD1.5 / whisper-tiny) shapes; the .pth files go to OUT/checkpoint "
+               "(~9 GB; ~10 GB RAM); use --size 128 on a CPU")
+p.add_argument("--no-acc", action="store_true", help="skip the second (_acc, no CFG) run")
 args = p.parse_args()
 torch.set_num_threads(2)
 out_dir = os.path.abspath(args.out)
-work = os.path.abspath(args.work or os.path.join(tempfile.gettempdir(), "echomimic-parity-work"))
+work = os.path.abspath(args.work or (os.path.join(out_dir, "checkpoint") if args.full else os.path.join(tempfile.gettempdir(), "echomimic-parity-work")))
 os.makedirs(out_dir, exist_ok=True)
 os.makedirs(work, exist_ok=True)
 
@@ -99,6 +102,8 @@ unet_common = dict(
     sample_size=args.size // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
     attention_head_dim=2, norm_num_groups=8, flip_sin_to_cos=True, freq_shift=0,
 )
+if args.full:  # sd-image-variations-diffusers/unet (SD1.5 layout), as infer_audio2vid.py loads it
+    unet_common.update(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
 reference_unet = UNet2DConditionModel(
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -106,14 +111,16 @@ reference_unet = UNet2DConditionModel(
 )
 inference_cfg = OmegaConf.load(os.path.join(args.echo_src, "configs/inference/inference_v2.yaml"))
 add_kwargs = OmegaConf.to_container(inference_cfg.unet_additional_kwargs)
-add_kwargs["motion_module_kwargs"]["num_attention_heads"] = 2  # tiny (full size: 8)
+if not args.full:
+    add_kwargs["motion_module_kwargs"]["num_attention_heads"] = 2  # tiny (full size: 8, from inference_v2.yaml)
 denoising_unet = EchoUNet3DConditionModel(
     down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
     up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
     mid_block_type="UNetMidBlock3DCrossAttn",
     **{**unet_common, **add_kwargs},  # cross_attention_dim 384 (whisper-tiny width) comes from inference_v2.yaml
 )
-face_locator = FaceLocator(32, conditioning_channels=1, block_out_channels=(8, 8, 16, 16))
+face_locator = (FaceLocator(320, conditioning_channels=1, block_out_channels=(16, 32, 96, 256)) if args.full  # infer_audio2vid.py
+                else FaceLocator(32, conditioning_channels=1, block_out_channels=(8, 8, 16, 16)))
 vae = AutoencoderKL(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=args.size,
@@ -125,15 +132,14 @@ randomize_(vae, args.seed * 100 + 13)
 # The model files' parameters come from hashed_state_dict (seed per file), so the fixture stores only the
 # key/shape lists (meta.json) and the few non-parameter tensors (the motion modules' sinusoid tables);
 # the test writes the same four .pth files again (torch.save of a plain dict, EchoMimic's format).
-den_params = {k for k, _ in denoising_unet.named_parameters()}
 parts = {
     "reference_unet.pth": (reference_unet, lambda k: True),
     "denoising_unet.pth": (denoising_unet, lambda k: "motion_modules." not in k),
     "motion_module.pth": (denoising_unet, lambda k: "motion_modules." in k),
     "face_locator.pth": (face_locator, lambda k: True),
 }
-files, file_specs, buffers = {}, {}, {}
-for i, (fname, (module, keep)) in enumerate(parts.items()):
+file_specs, buffers, loaded = {}, {}, {id(m): set() for m, _ in parts.values()}
+for i, (fname, (module, keep)) in enumerate(parts.items()):  # one file at a time (full size: ~3 GB each)
     params = dict(module.named_parameters())
     state = {k: v for k, v in module.state_dict().items() if keep(k)}
     spec = [(k, list(v.shape)) for k, v in state.items() if k in params]
@@ -142,24 +148,26 @@ for i, (fname, (module, keep)) in enumerate(parts.items()):
     for k, v in state.items():
         if k not in params:
             buffers[fname + ":" + k] = v.contiguous().clone()
-    files[fname] = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
+    sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
     file_specs[fname] = {"seed": seed, "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
-                         "sha256": digest(files[fname])}
-for module, names in ((reference_unet, ["reference_unet.pth"]), (denoising_unet, ["denoising_unet.pth", "motion_module.pth"]),
-                      (face_locator, ["face_locator.pth"])):
-    module.load_state_dict({k: v for n in names for k, v in files[n].items()}, strict=True)
-for name, sd in files.items():
-    torch.save(sd, os.path.join(work, name))
+                         "sha256": digest(sd)}
+    torch.save(sd, os.path.join(work, fname))
+    module.load_state_dict(sd, strict=False)
+    loaded[id(module)] |= set(sd)
+    del sd, values, state
+for module, _ in parts.values():
+    assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
 save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
 vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
 
 # whisper (EchoMimic's copy of openai-whisper): width 384 as whisper-tiny (audio2feature reshapes to 384), 2 blocks
-dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=2, n_audio_layer=2,
+dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6 if args.full else 2,
+                       n_audio_layer=4 if args.full else 2,  # whisper-tiny's encoder: 6 heads, 4 blocks
                        n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
 whisper_seed = 7 + args.seed
 spec = [(k, list(v.shape)) for k, v in Whisper(dims).state_dict().items()]
 whisper_sd = hashed_state_dict(spec, whisper_seed)
-whisper_path = os.path.join(work, "whisper_tiny_random.pt")
+whisper_path = os.path.join(out_dir if args.full else work, "whisper_tiny_random.pt")
 torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
 audio_processor = load_audio_model(model_path=whisper_path, device="cpu")
 print(f"built in {time.time() - t0:.1f}s", flush=True)
@@ -321,7 +329,8 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
 
 
 runs = {"main": run(pipeline_echo_mimic.Audio2VideoPipeline, "", args.cfg)}
-runs["acc"] = run(pipeline_echo_mimic_acc.Audio2VideoPipeline, "acc.", 1.0)
+if not args.no_acc:
+    runs["acc"] = run(pipeline_echo_mimic_acc.Audio2VideoPipeline, "acc.", 1.0)
 for h in handles:
     h.remove()
 
@@ -351,7 +360,7 @@ meta = {
     "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_original.py " + " ".join(sys.argv[1:]),
-    "settings": {"frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
+    "settings": {"full": args.full, "frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
                  "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed, "bank_fp16": args.bank_fp16,
                  "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
     "runs": runs,
