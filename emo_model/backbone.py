@@ -53,6 +53,7 @@ class Backbone(UNetBase):
         reference: ReferenceBank | None = None,
         reference_kv: dict[str, KV] | None = None,
         reference_enabled: torch.Tensor | None = None,
+        reference_rows: torch.Tensor | None = None,
         cross_context: torch.Tensor | None = None,
         audio_context: torch.Tensor | None = None,
         face_features: torch.Tensor | None = None,
@@ -67,7 +68,8 @@ class Backbone(UNetBase):
         ``reference``: the bank (portrait tokens + this clip's motion features); ``reference_kv``:
         its projected keys/values from :meth:`project_reference` (optional, saves work);
         ``reference_enabled``: bool [B] (keep it on the CPU), False rows skip reference-attention
-        (unconditional branch);
+        (unconditional branch); ``reference_rows``: long [B, F], the bank row each frame reads (banks with
+        several portrait rows, ``InferenceQuirks.reference_rows_tiled``; None = one row for all);
         ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for Hallo's
         audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
         [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
@@ -85,6 +87,7 @@ class Backbone(UNetBase):
             frames=f,
             reference=reference,
             reference_kv_cache=reference_kv,
+            reference_rows=None if reference_rows is None else reference_rows.reshape(-1),
             reference_enabled=None if reference_enabled is None else reference_enabled.cpu().repeat_interleave(f),
             cross_context=per_frame_tokens(cross_context, b, f),
             audio_context=per_frame_tokens(audio_context, b, f),

@@ -152,6 +152,9 @@ class SchedulerConfig:
     timestep_spacing: str = "trailing"
     steps_offset: int = 1
     clip_sample: bool = False
+    # DDIM only: the step to timestep < 0 (trailing spacing ends there) goes to alpha = 1 (diffusers' default,
+    # what Hallo's scripts/inference.py gets from ``DDIMScheduler(**noise_scheduler_kwargs)``) or to alphas_cumprod[0].
+    set_alpha_to_one: bool = False
 
 
 @dataclass
@@ -173,6 +176,23 @@ class InferenceQuirks:
     # EchoMimic v1: 3.0. src/models/mutual_self_attention.py (``hacked_basic_transformer_inner_forward``,
     # ``audio_feature_ratio``) at commit a53e9704: the read-mode hook scales attn2 in every denoising call.
     audio_attention_scale: float = 1.0
+    # Under classifier-free guidance the ReferenceNet runs once on the rows [uncond: portrait, motion 1..n |
+    # cond: portrait, motion 1..n] with identity tokens alternating uncond, cond, uncond, ... over the rows, so each
+    # branch's motion frames are encoded with mixed identities. Hallo: True. hallo/animate/face_animate.py
+    # (``__call__``: ``ref_image_latents.repeat(2, ...)`` with ``encoder_hidden_states = cat([uncond, cond])``) and
+    # hallo/models/mutual_self_attention.py (write mode: ``encoder_hidden_states.repeat(tmp, 1, 1)``) at 8fd7c572.
+    reference_identity_alternates: bool = False
+    # The next clip's motion frames are the previous clip's decoded frames encoded again with the VAE (not its
+    # latents). Hallo: True. scripts/inference.py (clip loop: ``tensor_result[-1]``, last n frames * 2 - 1, as
+    # ``ref_image``) and hallo/animate/face_animate.py (``vae.encode(...).latent_dist.mean * 0.18215``) at 8fd7c572.
+    motion_frames_from_pixels: bool = False
+    # Under classifier-free guidance, token sequence i (branch-major: unconditional frames first) reads the portrait
+    # row of guidance block ``i % 2``, not of its own branch: the read-mode hook tiles the per-block portrait rows
+    # over the frames (``rearrange(...)[:, 0].repeat(1, video_length, 1, 1)`` on a 3-D tensor). With
+    # ``reference_identity_alternates`` those rows differ (block 0's portrait reads the unconditional identity), so
+    # every other conditional frame sees the portrait encoded with the unconditional identity. Hallo: True.
+    # hallo/models/mutual_self_attention.py (read mode, ``bank_fea``) at commit 8fd7c572.
+    reference_rows_tiled: bool = False
 
 
 @dataclass
@@ -380,7 +400,9 @@ def hallo_config() -> EMOConfig:
             cfg=3.5,
             audio_cfg=3.5,
             face_expand_ratio=1.2,
-            quirks=InferenceQuirks(temporal_in_plain_blocks=False),
+            scheduler=SchedulerConfig(set_alpha_to_one=True),
+            quirks=InferenceQuirks(temporal_in_plain_blocks=False, reference_identity_alternates=True, motion_frames_from_pixels=True,
+                                  reference_rows_tiled=True),
         ),
     ).validate()
 
@@ -456,7 +478,8 @@ def tiny_hallo_config() -> EMOConfig:
             cross_attention_input="identity",
             hallo_audio_modules=True,
             audio_module_dim=32,
-            temporal=TemporalConfig(heads=2, norm_num_groups=8),
+            # 32 groups as Hallo's motion modules hard-code (tests/parity/hallo compares against them)
+            temporal=TemporalConfig(heads=2, norm_num_groups=32),
             speed_layers=False,
         ),
         face_locator=FaceLocatorConfig(in_channels=3, block_out_channels=(8, 8, 16, 16), out_channels=32),

@@ -31,6 +31,7 @@ class Conditioning:
     reference: ReferenceBank | None = None  # portrait tokens (batch 1) + this clip's motion features
     reference_kv: dict[str, KV] | None = None  # Backbone.project_reference(reference), cached per video
     reference_enabled: torch.Tensor | None = None  # CPU bool [B]; False = no reference-attention (uncond)
+    reference_rows: torch.Tensor | None = None  # long [B, F]: bank row per frame (None = the bank's only row)
     audio_tokens: torch.Tensor | None = None  # [B, F, T, D]: EMOModel.audio_tokens(features); zeros = no audio
     identity_tokens: torch.Tensor | None = None  # [B or 1, T, D] Hallo face-ID tokens
     face_features: torch.Tensor | None = None  # [B or 1, C0, h, w] Face Locator output; zeros = no mask
@@ -110,6 +111,7 @@ class EMOModel(nn.Module):
             reference=cond.reference,
             reference_kv=cond.reference_kv,
             reference_enabled=cond.reference_enabled,
+            reference_rows=cond.reference_rows,
             cross_context=cross,
             audio_context=cond.audio_tokens if self.config.backbone.hallo_audio_modules else None,
             face_features=cond.face_features,

@@ -208,8 +208,12 @@ class EMOPipeline:
         region_masks: torch.Tensor | None = None,
         on_step: Callable[[StepInfo], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        noise: torch.Tensor | None = None,
     ) -> int:
         """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
+
+        ``noise``: optional initial noise [C, F', h, w] (latent channels, every generated frame including
+        a padded last clip, latent size), used instead of the seeded noise (e.g. to reproduce another run).
 
         ``face_mask``: [H, W] face-region mask in 0..1 at any size (None = the whole frame, which lets
         the face move anywhere). ``region_masks``: Hallo's [3, H, W] (full, face, lip) masks.
@@ -224,7 +228,7 @@ class EMOPipeline:
                 "(which detects the face) or pass region_masks"
             )
         reference = reference.to(self.device)
-        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel)
+        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise)
         if settings.strategy == "context_windows":
             return run.context_windows()
         return run.motion_frames()
@@ -249,7 +253,7 @@ class EMOPipeline:
 class _Run:
     """State of one :meth:`EMOPipeline.generate` call."""
 
-    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel):
+    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None):
         self.pipe, self.model, self.ref, self.s, self.sink = pipe, pipe.model, ref, s, sink
         self.on_step, self.should_cancel = on_step, should_cancel
         self.device, self.dtype = pipe.device, pipe.model.dtype
@@ -274,31 +278,68 @@ class _Run:
         self.step_kwargs = {"eta": 0.0} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
         self.uses_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         self.done = 0
+        self.quirks = pipe.config.preset.quirks
+        # one row of motion features per guidance branch (identities alternating as in the original), else shared
+        self.per_branch_motion = (
+            self.quirks.reference_identity_alternates and "uncond" in self.branches and ref.identity_tokens is not None
+        )
+        self.initial_noise = None if noise is None else self._checked_noise(noise)
+        self.row_bank = None  # portrait rows [block 0, block 1] of the original's guidance batch (reference_rows_tiled)
+        if self.quirks.reference_rows_tiled and self.per_branch_motion:
+            cond_portrait = (s.motion_frames + 1) % 2 == 1  # block 1's portrait row (row n + 1) reads the conditional identity
+            uncond_bank = self.model.encode_reference(ref.latent, ref.identity_uncond)
+            second = ref.bank if cond_portrait else uncond_bank
+            self.row_bank = ReferenceBank({k: torch.cat([v, second.tokens[k]]) for k, v in uncond_bank.tokens.items()})
+            if self.reference_kv is not None:
+                self.reference_kv = self.model.denoising_unet.project_reference(self.row_bank)
 
     # ---- shared pieces ----------------------------------------------------------------------------
     def _cancel_point(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise GenerationCancelled("generation cancelled")
 
-    def _noise(self, frames: int, index: int) -> tuple[torch.Tensor, torch.Generator]:
+    def _checked_noise(self, noise: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        if s.strategy == "context_windows":
+            frames = self.num_frames
+        else:
+            frames = plan_clips(self.num_frames, s.frames_per_clip, pad_last=s.pad_last_clip)[-1]
+            frames = frames.start + frames.generate
+        want = (self.model.config.latent_channels, frames, *self.latent_hw)
+        if noise.dim() != 4 or (noise.shape[0], *noise.shape[2:]) != (want[0], *want[2:]) or noise.shape[1] < frames:
+            raise ValueError(
+                f"noise must be [channels, frames, height, width] = [{want[0]}, >={frames}, {want[2]}, {want[3]}] "
+                f"(latent channels, every generated frame, latent size), got {list(noise.shape)}; or pass noise=None"
+            )
+        return noise.float()
+
+    def _noise(self, frames: int, index: int, start: int = 0) -> tuple[torch.Tensor, torch.Generator]:
         g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index))
         shape = (1, self.model.config.latent_channels, frames, *self.latent_hw)
-        noise = torch.randn(shape, generator=g, dtype=torch.float32).to(self.device)
+        if self.initial_noise is not None:
+            noise = self.initial_noise[:, start : start + frames].unsqueeze(0).to(self.device)
+        else:
+            noise = torch.randn(shape, generator=g, dtype=torch.float32).to(self.device)
         step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
         return noise * self.scheduler.init_noise_sigma, step_gen
 
     def _branch_conditioning(self, audio_tokens, speed_tokens, motion) -> list[tuple[list[str], Conditioning]]:
         """Conditioning for the guidance branches: one batched group, or one group per branch."""
         groups = [self.branches] if self.s.batch_guidance else [[b] for b in self.branches]
-        bank = dataclasses.replace(self.ref.bank, motion=motion)
         out = []
         for names in groups:
+            bank = dataclasses.replace(self.row_bank or self.ref.bank, motion=self._branch_motion(motion, names))
+            rows = None
+            if self.row_bank is not None:  # frame j of a conditional branch is row f + j of the original's batch
+                f = audio_tokens.shape[1]
+                rows = torch.stack([(torch.arange(f) + (0 if n == "uncond" else f)) % 2 for n in names])
             zeros_audio = torch.zeros_like(audio_tokens)
             ident = self.ref.identity_tokens
             cond = Conditioning(
                 reference=bank,
                 reference_kv=self.reference_kv,
                 reference_enabled=torch.tensor([n != "uncond" for n in names]),  # host data: no sync per layer
+                reference_rows=rows,
                 audio_tokens=torch.cat([audio_tokens if n == "full" else zeros_audio for n in names]),
                 identity_tokens=None if ident is None else torch.cat([ident if n != "uncond" else self.ref.identity_uncond for n in names]),
                 face_features=torch.cat([self.face if n != "uncond" else torch.zeros_like(self.face) for n in names]),
@@ -309,6 +350,31 @@ class _Run:
             out.append((names, cond))
         return out
 
+    def _encode_motion(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Motion latents [1, n, C, h, w] -> ReferenceNet features [1 or len(branches), n, L, C].
+
+        With ``per_branch_motion`` (``InferenceQuirks.reference_identity_alternates`` under guidance) branch
+        ``b``'s motion frame ``k`` is row ``r = block * (n + 1) + k`` of the original's stacked rows (block 0 =
+        unconditional, 1 = conditional; row 0 of a block is the portrait) and reads the unconditional identity
+        when ``r`` is even, the conditional one when odd.
+        """
+        ident = self.ref.identity_tokens
+        if not self.per_branch_motion:
+            return self.model.encode_motion(latents, ident)
+        n = latents.shape[1]
+        rows = []
+        for name in self.branches:
+            first = 0 if name == "uncond" else n + 1
+            rows += [self.ref.identity_uncond if (first + k) % 2 == 0 else ident for k in range(1, n + 1)]
+        return self.model.encode_motion(latents.expand(len(self.branches), -1, -1, -1, -1), torch.cat(rows))
+
+    def _branch_motion(self, motion: dict[str, torch.Tensor] | None, names: list[str]) -> dict[str, torch.Tensor] | None:
+        """The motion features of ``names`` (per-branch rows) or the shared ones."""
+        if motion is None or not self.per_branch_motion:
+            return motion
+        index = [self.branches.index(name) for name in names]
+        return {k: v[index] for k, v in motion.items()}
+
     def _predict(self, latents: torch.Tensor, t: torch.Tensor, groups, motion_latents) -> torch.Tensor:
         """One guided denoiser evaluation (all branches) for latents [1, C, F, h, w]."""
         x = self.scheduler.scale_model_input(latents, t)
@@ -316,7 +382,7 @@ class _Run:
         for names, cond in groups:
             if self.s.reference_every_step:  # naive baseline: ReferenceNet on every step
                 bank = self.model.encode_reference(self.ref.latent, self.ref.identity_tokens)
-                bank.motion = cond.reference.motion if motion_latents is None else self.model.encode_motion(motion_latents, self.ref.identity_tokens)
+                bank.motion = cond.reference.motion if motion_latents is None else self._branch_motion(self._encode_motion(motion_latents), names)
                 cond = dataclasses.replace(cond, reference=bank, reference_kv=None)
             out = self.model(x.expand(len(names), -1, -1, -1, -1), t, cond).float()
             preds.update(zip(names, out.split(1)))
@@ -333,10 +399,12 @@ class _Run:
         if self.on_step is not None:
             self.on_step(StepInfo(clip, clips, step, self.s.steps, self.done, total))
 
-    def _emit(self, latents: torch.Tensor) -> None:
-        """Decode [1, C, F, h, w], colour-match, hand to the sink."""
+    def _emit(self, latents: torch.Tensor, keep_last: int = 0) -> torch.Tensor | None:
+        """Decode [1, C, F, h, w], colour-match, hand to the sink; returns the last ``keep_last`` decoded frames."""
         frames = self.pipe.codec.decode(latents[0].transpose(0, 1)).float().cpu()
+        kept = frames[-keep_last:].clone() if keep_last else None  # before the sink sees (and may change) them
         self.sink(match_colours(frames, self.ref.colour, self.s.colour_match))
+        return kept
 
     def _audio_tokens(self, index: torch.Tensor) -> torch.Tensor:
         return self.model.audio_tokens(self.features[index].to(self.device))
@@ -352,17 +420,17 @@ class _Run:
             self._cancel_point()
             if n == 0:
                 motion, motion_latents = None, None
-            elif history is None:
+            elif history is None and s.first_clip_motion != "reference":
                 motion, motion_latents = first_clip_motion(self.ref.bank, n, s.first_clip_motion), None
-            else:
-                motion_latents = history
-                motion = model.encode_motion(history, self.ref.identity_tokens)
+            else:  # the frames before this clip, or (first clip, "reference") the portrait repeated
+                motion_latents = history if history is not None else self.ref.latent.unsqueeze(1).expand(-1, n, -1, -1, -1)
+                motion = self._encode_motion(motion_latents)
             index = frame_indices(clip.start, clip.generate, self.num_frames)
             speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
             groups = self._branch_conditioning(
                 self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion
             )
-            latents, generator = self._noise(clip.generate, clip.index)
+            latents, generator = self._noise(clip.generate, clip.index, clip.start)
             self.scheduler.set_timesteps(s.steps, device=self.device)
             for i, t in enumerate(self.scheduler.timesteps):
                 self._cancel_point()
@@ -370,17 +438,20 @@ class _Run:
                 latents = self._step(pred, t, latents, generator)
                 self._report(clip.index, len(clips), i + 1, total)
             kept = latents[:, :, : clip.length]
+            pixels = self._emit(kept, keep_last=n if self.quirks.motion_frames_from_pixels else 0)
             if n:
-                recent = kept.transpose(1, 2).to(self.dtype)
+                if pixels is not None:  # the decoded frames encoded again (InferenceQuirks.motion_frames_from_pixels)
+                    recent = self.pipe.codec.encode(pixels).to(self.device, self.dtype).unsqueeze(0)
+                else:
+                    recent = kept.transpose(1, 2).to(self.dtype)
                 history = recent[:, -n:] if history is None else torch.cat([history, recent], dim=1)[:, -n:]
-            self._emit(kept)
         return self.num_frames
 
     def context_windows(self) -> int:
         s = self.s
         size, n_frames = s.frames_per_clip, self.num_frames
         windows = plan_windows(n_frames, size, s.context_overlap)
-        chunks = [self._noise(min(size, n_frames - start), k) for k, start in enumerate(range(0, n_frames, size))]
+        chunks = [self._noise(min(size, n_frames - start), k, start) for k, start in enumerate(range(0, n_frames, size))]
         latents = torch.cat([c[0] for c in chunks], dim=2)
         generator = chunks[0][1]
         weights = [window_weights(len(w), s.context_overlap if len(windows) > 1 else 0).to(self.device) for w in windows]

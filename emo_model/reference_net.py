@@ -46,7 +46,7 @@ class ReferenceNet(UNetBase):
     def encode_motion(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Motion frames [B, n, C, H, W] -> {block path: [B, n, H*W, C]}."""
         b, n = latents.shape[:2]
-        if context is not None:
+        if context is not None and context.shape[0] != b * n:  # else: one context per motion frame, [B*n, T, D]
             context = context.expand(b, -1, -1).repeat_interleave(n, dim=0)
         bank = self(latents.flatten(0, 1), context)
         return {k: v.view(b, n, *v.shape[1:]) for k, v in bank.items()}

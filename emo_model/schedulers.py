@@ -21,7 +21,7 @@ from diffusers import (
 from .configs import SchedulerConfig
 
 SAMPLERS = {
-    "ddim": (DDIMScheduler, {"set_alpha_to_one": False}),
+    "ddim": (DDIMScheduler, {}),
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}),
     "euler": (EulerDiscreteScheduler, {}),
     "euler_ancestral": (EulerAncestralDiscreteScheduler, {}),
@@ -39,4 +39,5 @@ def make_scheduler(sampler: str, cfg: SchedulerConfig):
     kwargs = dataclasses.asdict(cfg)
     if cls is not DDIMScheduler:
         kwargs.pop("clip_sample")
+        kwargs.pop("set_alpha_to_one")
     return cls(**kwargs, **extra)

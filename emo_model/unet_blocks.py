@@ -39,6 +39,7 @@ class ForwardContext:
     bank: dict[str, torch.Tensor] | None = None  # ReferenceNet (write mode): collects norm1(x) per block
     reference: ReferenceBank | None = None  # backbone (read mode)
     reference_kv_cache: dict[str, KV] | None = None  # projected reference keys/values, per block
+    reference_rows: torch.Tensor | None = None  # long [B*F]: the bank row each token sequence reads (None: row 0 / all)
     reference_enabled: torch.Tensor | None = None  # bool [B]: rows without reference-attention (uncond)
     cross_context: torch.Tensor | None = None  # attn2 tokens, [B*F, T, D]
     audio_context: torch.Tensor | None = None  # Hallo audio-module tokens, [B*F, T, D]
@@ -52,10 +53,15 @@ class ForwardContext:
 
     def reference_kv(self, key: str, attn: Attention) -> KV | None:
         if self.reference_kv_cache is not None and key in self.reference_kv_cache:
-            return self.reference_kv_cache[key]
-        if self.reference is None or key not in self.reference.tokens:
+            kv = self.reference_kv_cache[key]
+        elif self.reference is None or key not in self.reference.tokens:
             return None
-        return attn.project_kv(self.reference.tokens[key])
+        else:
+            kv = attn.project_kv(self.reference.tokens[key])
+        if self.reference_rows is not None:  # one bank row per token sequence
+            rows = self.reference_rows.to(kv[0].device)
+            kv = (kv[0][rows], kv[1][rows])
+        return kv
 
     def motion(self, key: str) -> torch.Tensor | None:
         if self.reference is None or self.reference.motion is None:
