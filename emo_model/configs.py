@@ -154,6 +154,7 @@ class SchedulerConfig:
     clip_sample: bool = False
     # DDIM only: the step to timestep < 0 (trailing spacing ends there) goes to alpha = 1 (diffusers' default,
     # what Hallo's scripts/inference.py gets from ``DDIMScheduler(**noise_scheduler_kwargs)``) or to alphas_cumprod[0].
+    # EchoMimic v1 too: infer_audio2vid.py builds ``DDIMScheduler(**noise_scheduler_kwargs)`` without it.
     set_alpha_to_one: bool = False
 
 
@@ -193,6 +194,18 @@ class InferenceQuirks:
     # every other conditional frame sees the portrait encoded with the unconditional identity. Hallo: True.
     # hallo/models/mutual_self_attention.py (read mode, ``bank_fea``) at commit 8fd7c572.
     reference_rows_tiled: bool = False
+    # How context windows are laid out (strategy "context_windows"). "ramp": fixed windows (stride size -
+    # overlap, the last one aligned to the end), blended with linear ramps over the overlap. "uniform":
+    # EchoMimic v1, src/pipelines/context.py ``uniform()`` as pipeline_echo_mimic.py calls it (step 0,
+    # stride 1, closed loop): windows start at 0, size - overlap, ... and wrap around the end, every
+    # frame's predictions averaged with equal weights (``noise_pred / counter``).
+    context_schedule: str = "ramp"
+    # Frames every context window moves forward per denoising step, wrapping around the sequence.
+    # EchoMimic v1: 2. src/pipelines/pipeline_echo_mimic.py ``__call__``: ``(c + t_i * 2) % video_length``.
+    context_shift_per_step: int = 0
+    # Clamp of the initial Gaussian noise to [-v, v] before the scheduler scale (None: no clamp).
+    # EchoMimic v1: 1.5. src/pipelines/pipeline_echo_mimic.py ``prepare_latents``: ``torch.clamp(latents, -1.5, 1.5)``.
+    initial_noise_clamp: float | None = None
 
 
 @dataclass
@@ -297,6 +310,8 @@ class EMOConfig:
             raise ValueError("backbone.speed_layers is set but the config has no speed section")
         if self.preset.strategy not in ("motion_frames", "context_windows"):
             raise ValueError(f"preset.strategy must be motion_frames or context_windows, got {self.preset.strategy!r}")
+        if self.preset.quirks.context_schedule not in ("ramp", "uniform"):
+            raise ValueError(f"preset.quirks.context_schedule must be ramp or uniform, got {self.preset.quirks.context_schedule!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
         sch = self.preset.scheduler
@@ -427,7 +442,10 @@ def echomimic_v1_config(acc: bool = False) -> EMOConfig:
             cfg=1.0 if acc else 2.5,
             audio_cfg=1.0 if acc else 2.5,
             face_expand_ratio=1.5,
-            quirks=InferenceQuirks(audio_attention_scale=3.0),
+            scheduler=SchedulerConfig(set_alpha_to_one=True),
+            quirks=InferenceQuirks(
+                audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5
+            ),
         ),
     ).validate()
 
@@ -492,14 +510,18 @@ def tiny_hallo_config() -> EMOConfig:
 
 
 def tiny_echomimic_config() -> EMOConfig:
-    """EchoMimic v1's layout at a few channels (whisper tokens straight into attn2)."""
-    audio = AudioFeatureConfig(kind="whisper", layers=3, dim=16, margin=2, whisper_window=(-4, 5))
+    """EchoMimic v1's layout at a few channels (whisper tokens straight into attn2).
+
+    Built so that EchoMimic's own classes can make the same tensors (tools/parity/echomimic_original.py):
+    whisper width 384 (its ``audio2feature`` reshapes to 384-wide tokens; 2 blocks -> 3 layers) and 32
+    groups in the motion modules' GroupNorm (fixed in its ``TemporalTransformer3DModel``)."""
+    audio = AudioFeatureConfig(kind="whisper", layers=3, dim=384, margin=2, whisper_window=(-4, 5))
     return EMOConfig(
         name="tiny-echomimic",
         family="echomimic-v1",
         reference_net=ReferenceNetConfig(unet=_tiny_unet(None)),
         backbone=BackboneConfig(
-            unet=_tiny_unet(16), cross_attention_input="audio", temporal=TemporalConfig(heads=2, norm_num_groups=8), speed_layers=False
+            unet=_tiny_unet(384), cross_attention_input="audio", temporal=TemporalConfig(heads=2, norm_num_groups=32), speed_layers=False
         ),
         face_locator=FaceLocatorConfig(in_channels=1, block_out_channels=(8, 8, 16, 16), out_channels=32),
         audio_proj=None,

@@ -557,7 +557,7 @@ def test_sd15_unet_initialises_both_unets(tmp_path, tiny_sd15, layout, config):
     sd = model.state_dict()
     for key in report.loaded:
         assert torch.equal(sd[key], weights[key.split(".", 1)[1]]), key
-    cross = {"tiny": (None, 64), "tiny-echomimic": (None, 16), "tiny-hallo": (32, 32)}[config]
+    cross = {"tiny": (None, 64), "tiny-echomimic": (None, 384), "tiny-hallo": (32, 32)}[config]
     for prefix, width in zip(("reference_unet", "denoising_unet"), cross):
         dropped = {k.split(".", 1)[1] for k in report.dropped if k.startswith(prefix + ".")}
         expected = set()
