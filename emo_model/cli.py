@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+DEBUG_FLAG = "--debug"
+
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": (".commands.generate", "portrait + audio -> mp4 (no arguments: the built-in CPU demo)"),
@@ -20,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": (".train.preprocess", "a folder of talking/singing videos -> a training dataset"),
     "train": (".train.trainer", "EMO's three-stage training (single GPU or accelerate launch)"),
     "eval-sync": (".commands.eval_sync", "lip-sync and speed-control measures of the demo model"),
+    "eval-fast": (".commands.eval_fast", "the fast mode's work savers: denoiser work vs lip sync and fidelity, on the demo"),
     "make-demo": (".demo.build", "train the tiny CPU demo model from synthetic talking faces"),
 }
 
@@ -35,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog_name(),
         description="EMO (Emote Portrait Alive): portrait + audio -> talking video. Run a command with --help for its options.",
+        epilog=f"A mistake in the input ends with one 'error: ...' line; add {DEBUG_FLAG} to any command to see the traceback.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
@@ -43,8 +47,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that report a problem with the user's input (shown as one line, no traceback)."""
+    from .audio import AudioError
+    from .face import FaceError
+    from .validation import GenerationError, InputError
+    from .video_io import VideoError
+    from .weights import WeightsError
+
+    return (InputError, GenerationError, WeightsError, AudioError, FaceError, VideoError, FileNotFoundError, PermissionError)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    try:
+        return _main(argv)
+    except SystemExit as exc:  # a command's own "error: ..." line; argparse's usage errors keep their status
+        if isinstance(exc.code, str) and not debug:
+            print(exc.code, file=sys.stderr)
+            return 1
+        raise
+    except Exception as exc:
+        if debug or not isinstance(exc, user_errors()):
+            raise
+        from .validation import first_line
+
+        print(f"error: {first_line(exc)}", file=sys.stderr)
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     if not argv:
         argv = ["generate"]  # the README's main command: the demo
     parser = build_parser()

@@ -38,6 +38,7 @@ from .configs import PresetConfig
 from .model import Conditioning, EMOModel
 from .motion_frames import first_clip_motion
 from .schedulers import make_scheduler
+from .validation import check_finite
 from .vae import LatentCodec
 
 Sink = Callable[[torch.Tensor], None]
@@ -394,7 +395,9 @@ class _Run:
             kwargs["generator"] = generator
         return self.scheduler.step(pred, t, latents, **kwargs).prev_sample
 
-    def _report(self, clip: int, clips: int, step: int, total: int) -> None:
+    def _report(self, clip: int, clips: int, step: int, total: int, latents: torch.Tensor | None = None) -> None:
+        if latents is not None:  # one isfinite().all() per step: NaN stops the run here, not as black frames
+            check_finite(latents, "latents", clip=clip, clips=clips, step=step, steps=self.s.steps)
         self.done += 1
         if self.on_step is not None:
             self.on_step(StepInfo(clip, clips, step, self.s.steps, self.done, total))
@@ -402,6 +405,8 @@ class _Run:
     def _emit(self, latents: torch.Tensor, keep_last: int = 0) -> torch.Tensor | None:
         """Decode [1, C, F, h, w], colour-match, hand to the sink; returns the last ``keep_last`` decoded frames."""
         frames = self.pipe.codec.decode(latents[0].transpose(0, 1)).float().cpu()
+        self.emitted = getattr(self, "emitted", 0) + 1
+        check_finite(frames, "decoded frames (VAE output)", clip=self.emitted - 1, clips=None)
         kept = frames[-keep_last:].clone() if keep_last else None  # before the sink sees (and may change) them
         self.sink(match_colours(frames, self.ref.colour, self.s.colour_match))
         return kept
@@ -436,7 +441,7 @@ class _Run:
                 self._cancel_point()
                 pred = self._predict(latents, t, groups, motion_latents)
                 latents = self._step(pred, t, latents, generator)
-                self._report(clip.index, len(clips), i + 1, total)
+                self._report(clip.index, len(clips), i + 1, total, latents)
             kept = latents[:, :, : clip.length]
             pixels = self._emit(kept, keep_last=n if self.quirks.motion_frames_from_pixels else 0)
             if n:
@@ -471,7 +476,7 @@ class _Run:
                 acc[:, :, window.start : window.stop] += pred * weight.view(1, 1, -1, 1, 1)
                 norm[window.start : window.stop] += weight
             latents = self._step(acc / norm.view(1, 1, -1, 1, 1), t, latents, generator)
-            self._report(0, 1, i + 1, s.steps)
+            self._report(0, 1, i + 1, s.steps, latents)
         for start in range(0, n_frames, size):
             self._cancel_point()
             self._emit(latents[:, :, start : start + size])

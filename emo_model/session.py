@@ -88,18 +88,42 @@ class Session:
     def pipeline(self) -> EMOPipeline:
         return EMOPipeline(self.model, self.codec, device=self.device)
 
-    def settings(self, **overrides) -> SamplingSettings:
-        return SamplingSettings.from_preset(self.config.preset, **overrides)
+    def settings(self, *, labels: dict[str, str] | None = None, **overrides) -> SamplingSettings:
+        """The preset with ``overrides`` (None = the preset's value), checked against the shared rules.
+
+        ``labels``: how the caller's user spells each value (e.g. ``{"steps": "--steps"}``) in the error.
+        """
+        from .validation import check_settings
+
+        settings = SamplingSettings.from_preset(self.config.preset, **overrides)
+        check_settings(settings, self.config, labels=labels)
+        return settings
 
     # ---- inputs -----------------------------------------------------------------------------------
     def encode_audio(
-        self, source, *, fps: float | None = None, loudness_lufs: float | None = None, encoder_output: dict | None = None
+        self,
+        source,
+        *,
+        fps: float | None = None,
+        loudness_lufs: float | None = None,
+        encoder_output: dict | None = None,
+        max_frames: int | None = None,
+        max_frames_label: str = "max_frames",
     ) -> AudioFeatures:
-        """Audio file / AUDIO dict -> per-frame features at ``fps`` (default: the preset's)."""
-        from .audio import prepare_audio
+        """Audio file / AUDIO dict -> per-frame features at ``fps`` (default: the preset's).
+
+        Runs of more than ``max_frames`` frames (None: :data:`~.validation.DEFAULT_MAX_FRAMES`) are
+        refused after decoding the audio, before any feature is computed.
+        """
+        from . import validation
+        from .audio import load_audio, num_video_frames, prepare_audio
 
         cfg = self.config.audio
-        fps = float(fps or self.config.preset.fps)
+        fps = float(self.config.preset.fps if fps is None else validation.check("fps", fps))
+        validation.check_optional("loudness", loudness_lufs)
+        waveform, rate = load_audio(source)
+        validation.check_frame_count(num_video_frames(waveform.shape[-1], rate, fps), fps, max_frames, label=max_frames_label)
+        source = {"waveform": waveform[None], "sample_rate": rate}  # decoded once
         if encoder_output is not None:
             audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs)
             feats = features_from_comfy_encoder_output(encoder_output, cfg, audio.num_frames, fps)
@@ -126,9 +150,13 @@ class Session:
         ``size``: the generation size in pixels (a multiple of 64); None = the family preset (512, or 64
         for the demo). The portrait is padded to a square and resized to it.
         """
+        from .validation import check_optional, check_portrait_tensor
+
+        check_optional("size", size)
         image = torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float()
         if image.dim() == 4:
             image = image[0]
+        check_portrait_tensor(image)
         embedding = None
         if self.model.imageproj is not None and identity_image is not None:
             from .identity import face_identity_embedding

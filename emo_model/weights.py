@@ -97,6 +97,7 @@ from safetensors.torch import save_file
 from .configs import CONFIGS, EMOConfig, get_config
 from .model import EMOModel
 from .unet_blocks import UNetBase
+from .validation import bad_tensor
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -444,6 +445,20 @@ class Checkpoint:
     def module_counts(self) -> dict[str, int]:
         return dict(Counter(key.split(".", 1)[0] for key in self.sources))
 
+    def value_problem(self) -> str | None:
+        """The first tensor that cannot be used as stored (integer where the model needs floats, NaN/inf), or None.
+
+        Reads every tensor's data once (memory-mapped, one tensor at a time); :meth:`load` makes the same check.
+        """
+        with torch.device("meta"):
+            expected = {k: t.dtype for k, t in EMOModel(self.config).state_dict(keep_vars=True).items()}
+        for key, (file, name) in self.sources.items():
+            try:
+                _refuse_bad_values(file, name, file.tensors[name], expected.get(key))
+            except WeightsError as exc:
+                return str(exc)
+        return None
+
     # ---- loading ---------------------------------------------------------------------------------
     def load(self, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> EMOModel:
         """Build the model on the meta device and assign the converted tensors (see "Memory")."""
@@ -453,11 +468,23 @@ class Checkpoint:
         device = torch.device(device)
         with torch.device("meta"):
             model = EMOModel(self.config)
-        state = {key: _materialise(file.tensors[name], device, dtype) for key, (file, name) in self.sources.items()}
+        expected = {k: t.dtype for k, t in model.state_dict(keep_vars=True).items()}
+        state = {}
+        for key, (file, name) in self.sources.items():
+            state[key] = _materialise(file.tensors[name], device, dtype)
+            _refuse_bad_values(file, name, state[key], expected.get(key))  # on the copy: the data is read once
         model.load_state_dict(state, strict=True, assign=True)
         if device.type != "meta":
             _assert_materialised(model)
         return model.eval()
+
+
+def _refuse_bad_values(file: TensorFile, name: str, tensor: torch.Tensor, expected: torch.dtype | None) -> None:
+    problem = bad_tensor(name, tensor, expected)
+    if problem is not None:
+        raise WeightsError(
+            f"{file.name}: {problem}; the file is damaged (or saved from a diverged training run): use another copy"
+        )
 
 
 def _assert_materialised(module: torch.nn.Module) -> None:
@@ -653,6 +680,7 @@ def _resolve_echomimic(parts: dict[str, list[TensorFile]], variant: str, ignored
     found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
     name, report = _closest_config(found)
     _require_known_layout(list(chosen.values()), name, report)
+    _require_echomimic_unet(chosen, name, report)
 
     config = get_config(name)
     if any(acc.values()):
@@ -660,6 +688,23 @@ def _resolve_echomimic(parts: dict[str, list[TensorFile]], variant: str, ignored
     has_motion = "denoising_unet" in chosen and any(".motion_modules." in k for k in chosen["denoising_unet"].tensors)
     missing = [r for r in ECHOMIMIC_PARTS if r not in chosen and not (r == "motion_module" and has_motion)]
     return Checkpoint("echomimic-v1", config, chosen, sources, report, missing_parts=missing, ignored=ignored)
+
+
+def _require_echomimic_unet(chosen: Mapping[str, TensorFile], name: str, report: MatchReport) -> None:
+    """A UNet file is an EchoMimic denoising UNet only if its cross-attention takes EchoMimic's audio tokens.
+
+    A plain diffusers UNet (Stable Diffusion 1.5: text cross-attention) has the same key names.
+    """
+    unet = chosen.get("denoising_unet")
+    if unet is None:
+        return
+    if get_config(name).family.startswith("echomimic") and not any(".attn2." in key for key in report.mismatched):
+        return
+    raise WeightsError(
+        f"{unet.name}: a diffusers UNet whose cross-attention (attn2) does not take EchoMimic's audio tokens, so not "
+        "a part of a supported family; it looks like a Stable Diffusion 1.5 UNet, which only initialises training "
+        "(load_sd15_unet_weights)"
+    )
 
 
 def _pick_variant(role: str, files: list[TensorFile], variant: str, ignored: dict[Path, str]) -> TensorFile:

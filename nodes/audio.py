@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..emo_model.audio import SUGGESTED_LUFS
+from ..emo_model.validation import DEFAULT_MAX_FRAMES
 
 
 class EMOAudioEncode:
@@ -32,13 +33,16 @@ class EMOAudioEncode:
                 "loudness": (["off", f"{SUGGESTED_LUFS:g} LUFS", "-16 LUFS"], {"default": "off", "tooltip": "Normalise the loudness (ITU-R BS.1770) before encoding: quiet or very loud recordings then drive the mouth like normal speech."}),
             },
             "optional": {
+                "max_frames": ("INT", {"default": DEFAULT_MAX_FRAMES, "min": 1, "max": 10_000_000, "tooltip": f"Refuse audio that makes more video frames than this ({DEFAULT_MAX_FRAMES} = 10 minutes at 30 fps): the frames of the IMAGE output take 3 MB each at 512x512. Raise it for longer videos."}),
                 "audio_encoder_output": ("AUDIO_ENCODER_OUTPUT", {"tooltip": "Optional: features from core Audio Encoder Encode with wav2vec2-base. Note that core's wav2vec2-base does not normalise the waveform, so results differ slightly from this node's own encoder."}),
             },
         }
 
-    def encode(self, emo_model, audio, fps, loudness, audio_encoder_output=None):
+    def encode(self, emo_model, audio, fps, loudness, audio_encoder_output=None, max_frames=DEFAULT_MAX_FRAMES):
         lufs = None if loudness == "off" else float(loudness.split()[0])
-        features = emo_model.encode_audio(audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output)
+        features = emo_model.encode_audio(
+            audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output, max_frames=max_frames
+        )
         summary = f"{features.num_frames} frames · {features.audio.duration:.2f} s at {features.fps:g} fps · {features.kind} features"
         result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps))
         return {"ui": {"emo_summary": [summary]}, "result": result}

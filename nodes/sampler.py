@@ -7,6 +7,7 @@ import torch
 from ..emo_model.colour_match import MODES as COLOUR_MODES
 from ..emo_model.pipeline import GenerationCancelled
 from ..emo_model.schedulers import SAMPLERS
+from ..emo_model.validation import InputError, check_speed
 from . import _comfy
 
 
@@ -19,9 +20,12 @@ def parse_curve(text: str) -> list[float] | None:
         values = [float(v) for v in text.replace(";", ",").replace("\n", ",").split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"speed_curve must be numbers separated by commas, got {text!r}") from None
-    if any(v < 0 or v != v for v in values):
-        raise ValueError(f"speed_curve values are head speeds in degrees per frame and must be >= 0, got {text!r}")
-    return values
+    if not values:
+        return None
+    try:
+        return check_speed(values, label="speed_curve")
+    except InputError as e:
+        raise ValueError(f"{e} (speed_curve {text!r})") from None
 
 
 def mask_for(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -35,7 +39,7 @@ class EMOSampler:
     DESCRIPTION = (
         "Generates the talking/singing video: for every clip of frames, denoises with reference-attention to the portrait, "
         "audio-attention to the sound, temporal layers fed with the previous clip's last frames (motion frames) and the "
-        "head-speed control, then decodes. Memory does not grow with the audio length. Progress shows per step; Cancel "
+        "head-speed control, then decodes. Working memory does not grow with the audio length; the IMAGE output does (one float32 frame per audio frame, 3 MB at 512x512, allocated once). Progress shows per step; Cancel "
         "stops between two steps."
     )
     CATEGORY = "EMO"
@@ -104,7 +108,15 @@ class EMOSampler:
         )
         total = settings.steps * session.count_units(emo_audio.num_frames, settings)
         progress = _comfy.Progress(total, node_id=unique_id)
-        frames: list[torch.Tensor] = []
+        h, w = emo_reference.state.size
+        video = torch.empty((emo_audio.num_frames, h, w, 3), dtype=torch.float32)  # the IMAGE output, filled in place
+        filled = [0]
+
+        def sink(clip: torch.Tensor) -> None:
+            video[filled[0] : filled[0] + clip.shape[0]] = clip
+            filled[0] += clip.shape[0]
+            progress.preview(clip[-1])
+
         mask = mask_for(face_mask)
         try:
             with _comfy.running_on(session):
@@ -112,7 +124,7 @@ class EMOSampler:
                     emo_reference.state,
                     emo_audio.features,
                     settings=settings,
-                    sink=lambda clip: (frames.append(clip), progress.preview(clip[-1])),
+                    sink=sink,
                     face_mask=mask,
                     region_masks=session.region_masks_from_mask(mask, emo_reference.state.size),
                     on_step=lambda info: progress.set(info.done),
@@ -120,7 +132,8 @@ class EMOSampler:
                 )
         except GenerationCancelled:
             _comfy.raise_interrupt()
-        video = torch.cat(frames)
+        if filled[0] != video.shape[0]:
+            raise RuntimeError(f"the sampler made {filled[0]} frames for {video.shape[0]} audio frames")
         summary = (
             f"{video.shape[0]} frames · {emo_audio.audio.duration:.2f} s at {emo_audio.fps:g} fps · "
             f"{session.count_units(emo_audio.num_frames, settings)} clip(s) × {settings.steps} {settings.sampler} steps · "

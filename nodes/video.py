@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import torch
+
 from ..emo_model.video_io import FORMATS, VideoWriter, probe_video, read_video_frames
 from . import _comfy
 
@@ -73,6 +75,8 @@ class EMOVideoCombine:
     def combine(self, images, fps, filename_prefix, format, crf, audio=None, prompt=None, extra_pnginfo=None):
         if images.shape[0] == 0:
             raise ValueError("no frames to write")
+        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
+            raise ValueError("the images hold NaN or infinite values (a failed upstream node); refusing to write a black video")
         height, width = int(images.shape[1]), int(images.shape[2])
         folder, stem, counter, subfolder = _comfy.save_path(filename_prefix, width, height)
         name = f"{stem}_{counter:05}_.{FORMATS[format].extension.lstrip('.')}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import validation
 from ..schedulers import SAMPLERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -22,16 +23,16 @@ DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": to
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="portrait image (png/jpg/webp); default: the demo portrait")
     p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
-    p.add_argument("--out", default="emo_output.mp4", help="output video path (.mp4 or .webm) [%(default)s]")
+    p.add_argument("--out", default="emo_output.mp4", help="output video file (.mp4 or .webm; its folder must exist; a folder is refused) [%(default)s]")
     p.add_argument("--model", help="EMO-family checkpoint: a native .safetensors, Hallo net.pth, or an EchoMimic folder; default: the demo model")
     p.add_argument("--vae", help="VAE: diffusers folder or vae-ft-mse-840000-ema-pruned.safetensors (not needed for the demo model)")
     p.add_argument("--audio-encoder", help="wav2vec2-base-960h (folder or .safetensors) or whisper_tiny.pt, as the model's family needs")
     p.add_argument("--models-dir", help="folder with optional extras (YuNet face detector, insightface models)")
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model's preset)")
+    p.add_argument("--steps", type=int, help="denoising steps, 1-1000 (default: the model's preset)")
     p.add_argument("--cfg", type=float, help="guidance scale (reference; classic CFG when --audio-cfg is not given)")
     p.add_argument("--audio-cfg", type=float, help="separate audio guidance scale")
     p.add_argument("--seed", type=int, default=0, help="random seed [%(default)s]")
-    p.add_argument("--fps", type=float, help="video frame rate (default: the model's preset)")
+    p.add_argument("--fps", type=float, help="video frame rate, 1-120 (omit it for the model's preset)")
     p.add_argument("--speed", type=float, help="head-motion speed, deg/frame (speech 0.1-1.0, singing 1.0-1.3)")
     p.add_argument("--size", type=int, help="output size in pixels, a multiple of 64 (default: the model's preset)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="scheduler (default: the model's preset, DDIM)")
@@ -41,18 +42,42 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loudness", type=float, help="normalise the audio to this loudness in LUFS (e.g. -23)")
     p.add_argument("--face-detector", default="auto", help="auto, haar, yunet or mediapipe")
     p.add_argument("--crf", type=int, help="video quality (lower is better; default 19)")
+    p.add_argument(
+        "--max-frames",
+        type=int,
+        default=validation.DEFAULT_MAX_FRAMES,
+        help="refuse runs of more video frames than this (a guard against hours of work by mistake) [%(default)s]",
+    )
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, mps or auto [%(default)s]")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="weights dtype (auto: fp16/bf16 on GPU, fp32 on CPU)")
 
 
 def pick_device(name: str) -> torch.device:
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return validation.pick_device(name, label="--device")
+
+
+# flag spelling of each sampling value, for the one-line errors
+FLAGS = {
+    "steps": "--steps", "cfg": "--cfg", "audio_cfg": "--audio-cfg", "fps": "--fps", "speed": "--speed",
+    "frames_per_clip": "--frames-per-clip", "motion_frames": "--motion-frames", "seed": "--seed", "size": "--size",
+    "loudness": "--loudness", "max_frames": "--max-frames",
+}
+
+
+def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
+    """Every flag against the shared rules, and the output path, before any model work; (out, format)."""
+    for name, flag in FLAGS.items():
+        validation.check_optional(name, getattr(args, name), label=flag)
+    out, fmt = validation.check_output_path(args.out, label="--out")
+    if args.crf is not None:
+        from ..video_io import FORMATS
+
+        lo, hi = FORMATS[fmt].crf_range
+        validation.check("crf", args.crf, label="--crf", rule=validation.Rule(lo, hi, integer=True, hint=f"{fmt}: lower is better, 17-23 typical"))
+    for flag, path in (("--image", args.image), ("--audio", args.audio), ("--model", args.model)):
+        if path is not None and not Path(path).exists():
+            raise validation.InputError(f"{flag} {path!r}: no such file or folder")
+    return out, fmt
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -66,14 +91,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def read_image(path: str) -> np.ndarray:
-    import cv2
+    """The portrait, upright (EXIF orientation applied, as ComfyUI's Load Image does), size-limited."""
+    from ..image_io import read_portrait
 
-    data = cv2.imread(path, cv2.IMREAD_UNCHANGED)
-    if data is None:
-        raise SystemExit(f"error: cannot read the image {path!r} (missing, or not an image)")
-    if data.ndim == 2:
-        return data
-    return cv2.cvtColor(data, cv2.COLOR_BGRA2RGBA if data.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    return read_portrait(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     from ..session import Session
     from ..video_io import VideoWriter
 
+    out, fmt = check_arguments(args)
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     model_path = args.model or str(demo.model_path())
@@ -91,9 +113,7 @@ def run(args: argparse.Namespace) -> int:
     audio_path = args.audio or (str(demo.audio_path()) if not args.model else None)
     if image_path is None or audio_path is None:
         raise SystemExit("error: --image and --audio are required with --model")
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise SystemExit(f"error: the output folder {str(out.parent)!r} does not exist")
+    image = read_image(image_path)  # before the model: a bad image costs nothing
 
     t0 = time.perf_counter()
     try:
@@ -110,12 +130,15 @@ def run(args: argparse.Namespace) -> int:
         frames_per_clip=args.frames_per_clip,
         motion_frames=args.motion_frames,
         colour_match=args.colour_match,
+        labels=FLAGS,
     )
     try:
-        audio = session.encode_audio(audio_path, fps=args.fps, loudness_lufs=args.loudness)
+        audio = session.encode_audio(
+            audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
+        )
     except AudioError as e:
         raise SystemExit(f"error: {e}") from None
-    portrait = session.prepare_portrait(read_image(image_path), size=args.size, detector=args.face_detector, models_dir=args.models_dir)
+    portrait = session.prepare_portrait(image, size=args.size, detector=args.face_detector, models_dir=args.models_dir)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
     from ..demo.config import NAME as DEMO_NAME
@@ -127,20 +150,24 @@ def run(args: argparse.Namespace) -> int:
         if notice:
             print(f"note: {notice}", file=sys.stderr)
     reference = session.encode_reference(portrait.image, size=args.size, identity_image=portrait.image, models_dir=args.models_dir)
-    fmt = "webm" if out.suffix.lower() == ".webm" else "mp4"
+    region_masks = session.region_masks(portrait)
+    if region_masks is not None:
+        print("note: audio region masks (full / face / lips) made from the face box of the portrait crop", file=sys.stderr)
     total = settings.steps * session.count_units(audio.num_frames, settings)
     bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)
-    with VideoWriter(out, audio.fps, format=fmt, crf=args.crf, audio=audio.audio.as_comfy()) as writer:
-        session.pipeline.generate(
-            reference,
-            audio.features,
-            settings=settings,
-            sink=writer.write,
-            face_mask=torch.from_numpy(portrait.mask),
-            region_masks=session.region_masks(portrait),
-            on_step=lambda info: bar.update(1),
-        )
-    bar.close()
+    try:  # the writer removes its partial file on any error: no half-written video
+        with VideoWriter(out, audio.fps, format=fmt, crf=args.crf, audio=audio.audio.as_comfy()) as writer:
+            session.pipeline.generate(
+                reference,
+                audio.features,
+                settings=settings,
+                sink=writer.write,
+                face_mask=torch.from_numpy(portrait.mask),
+                region_masks=region_masks,
+                on_step=lambda info: bar.update(1),
+            )
+    finally:
+        bar.close()  # an error line then starts on its own line
     elapsed = time.perf_counter() - t0
     print(f"wrote {out} ({audio.num_frames} frames at {audio.fps:g} fps, {audio.audio.duration:.2f} s) in {elapsed:.1f} s")
     return 0

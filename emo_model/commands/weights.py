@@ -70,8 +70,11 @@ def describe(ckpt: Checkpoint) -> list[str]:
     ]
     if ckpt.bundled_vae:
         lines.append("vae         bundled (AutoencoderKL under vae.*)")
-    if ckpt.complete:
-        lines.append("status      complete (every tensor matches the model, key and shape)")
+    values = ckpt.value_problem() if ckpt.complete else None
+    if values is not None:
+        lines.append("status      refused: " + values)
+    elif ckpt.complete:
+        lines.append("status      complete (every tensor matches the model, key and shape; every value finite)")
     else:
         lines.append("status      incomplete: " + ckpt.problem())
         lines += [f"  {line}" for line in ckpt.report.lines()]
@@ -90,8 +93,9 @@ def run_inspect(args: argparse.Namespace) -> int:
         ckpt = inspect_checkpoint(args.paths, variant=args.variant)
     except WeightsError as exc:
         return _fail(exc)
-    print("\n".join(describe(ckpt)))
-    return 0 if ckpt.complete else 1
+    lines = describe(ckpt)
+    print("\n".join(lines))
+    return 0 if lines[-1].startswith("status      complete") else 1
 
 
 # ---- convert -------------------------------------------------------------------------------------

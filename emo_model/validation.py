@@ -1,0 +1,226 @@
+"""The rules and limits of every user-facing value, in one place (the CLI and the nodes both use them).
+
+A user mistake raises :class:`InputError` (a ``ValueError``) whose message is one line: the value, what
+is allowed, and what to do. The CLI prints it as ``error: ...`` without a traceback (``--debug`` shows
+one); ComfyUI shows it on the node.
+
+Work limits: a run makes at most :data:`DEFAULT_MAX_FRAMES` video frames (10 minutes at 30 fps) unless
+the caller raises the limit (``--max-frames`` on the command line, ``max_frames`` on EMO Audio Encode).
+Portraits above :data:`MAX_IMAGE_PIXELS` are refused before they are decoded, see :mod:`.image_io`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+import torch
+
+
+class InputError(ValueError):
+    """A user-facing value is out of its allowed range; the message (one line) says what to do."""
+
+
+class GenerationError(RuntimeError):
+    """Generation produced non-finite numbers; the message names the clip, the step and the likely cause."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The allowed range of one numeric value."""
+
+    lo: float
+    hi: float
+    integer: bool = False
+    multiple: int = 1
+    hint: str = ""
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        lo, hi = (int(self.lo), int(self.hi)) if self.integer else (f"{self.lo:g}", f"{self.hi:g}")
+        extra = f", a multiple of {self.multiple}" if self.multiple > 1 else ""
+        return f"{kind} from {lo} to {hi}{extra}"
+
+
+DEFAULT_MAX_FRAMES = 18_000  # 10 minutes at 30 fps: the IMAGE output of ComfyUI alone is ~3 MB per 512² frame
+MAX_IMAGE_PIXELS = 50_000_000  # portraits above this are refused before decoding (JPEGs are decoded reduced first)
+WORK_IMAGE_SIDE = 4096  # decoded portraits are downscaled to at most this side (the crop is 512 px)
+
+RULES: dict[str, Rule] = {
+    "steps": Rule(1, 1000, integer=True, hint="20-40 is typical; omit it for the model's preset"),
+    "cfg": Rule(0, 30, hint="1-4 is typical; omit it for the model's preset"),
+    "audio_cfg": Rule(0, 30, hint="1-5 is typical; omit it to use cfg"),
+    "fps": Rule(1, 120, hint="omit it for the model's preset (25 or 30)"),
+    "speed": Rule(0, 3, hint="speech 0.1-1.0, singing 1.0-1.3"),
+    "frames_per_clip": Rule(1, 64, integer=True, hint="omit it for the model's preset"),
+    "motion_frames": Rule(0, 32, integer=True, hint="omit it for the model's preset"),
+    "seed": Rule(0, 2**63 - 1, integer=True, hint="any non-negative integer"),
+    "size": Rule(64, 2048, integer=True, multiple=64, hint="omit it for the model's preset (512, or 64 for the demo)"),
+    "loudness": Rule(-70, 0, hint="-23 LUFS is broadcast speech"),
+    "crf": Rule(0, 63, integer=True, hint="lower is better; mp4 0-51, webm 0-63"),
+    "max_frames": Rule(1, 10_000_000, integer=True, hint="a limit on the frames of one run"),
+}
+
+OUTPUT_SUFFIXES = {".mp4": "mp4", ".webm": "webm"}
+
+
+def check(name: str, value, *, label: str | None = None, rule: Rule | None = None):
+    """``value`` if it follows the rule of ``name``, else :class:`InputError` (``label``: how the user spells it)."""
+    rule = rule or RULES[name]
+    label = label or name
+    allowed = f"{label} must be {rule.describe()}"
+    what = f"; {rule.hint}" if rule.hint else ""
+    if isinstance(value, bool):
+        raise InputError(f"{allowed}, got {value!r}{what}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{allowed}, got {value!r}{what}") from None
+    if not math.isfinite(number):
+        raise InputError(f"{allowed}, got {value!r}{what}")
+    if rule.integer and number != int(number):
+        raise InputError(f"{allowed}, got {value!r}{what}")
+    if not rule.lo <= number <= rule.hi or (rule.integer and int(number) % rule.multiple):
+        raise InputError(f"{allowed}, got {value!r}{what}")
+    return int(number) if rule.integer else number
+
+
+def check_optional(name: str, value, *, label: str | None = None):
+    """Like :func:`check`; None (= the model's preset) passes."""
+    return None if value is None else check(name, value, label=label)
+
+
+def check_speed(speed, *, label: str = "speed"):
+    """A head speed, or a per-frame curve of them: finite and in range."""
+    if isinstance(speed, (list, tuple)) or (isinstance(speed, torch.Tensor) and speed.dim() > 0):
+        values = [float(v) for v in (speed.flatten().tolist() if isinstance(speed, torch.Tensor) else speed)]
+        if not values:
+            raise InputError(f"{label} is empty; give at least one value ({RULES['speed'].hint})")
+        for v in values:
+            check("speed", v, label=f"every value of {label}")
+        return list(values)
+    return check("speed", speed, label=label)
+
+
+def check_settings(settings, config, *, labels: dict[str, str] | None = None) -> None:
+    """Every sampling value of ``settings`` (a SamplingSettings) against the rules and the model's limits."""
+    labels = labels or {}
+    label = lambda name: labels.get(name, name)  # noqa: E731
+    for name in ("steps", "cfg", "audio_cfg", "frames_per_clip", "motion_frames", "seed"):
+        check(name, getattr(settings, name), label=label(name))
+    check_speed(settings.speed, label=label("speed"))
+    if settings.strategy == "motion_frames":
+        limit = config.backbone.temporal.max_len
+        longest = settings.frames_per_clip + settings.motion_frames
+        if longest > limit:
+            raise InputError(
+                f"{label('frames_per_clip')} + {label('motion_frames')} = {longest}, but {config.name}'s temporal layers "
+                f"handle at most {limit} frames; lower one of them (or omit both for the preset)"
+            )
+    elif settings.frames_per_clip > config.backbone.temporal.max_len:
+        raise InputError(
+            f"{label('frames_per_clip')} = {settings.frames_per_clip}, but {config.name}'s temporal layers handle at most "
+            f"{config.backbone.temporal.max_len} frames; lower it (or omit it for the preset)"
+        )
+
+
+def check_portrait_tensor(image: torch.Tensor, *, label: str = "image") -> None:
+    """An IMAGE-style portrait [H, W, 3] with finite values."""
+    if image.dim() != 3 or image.shape[-1] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise InputError(f"{label} must be one picture shaped [height, width, 3] (an IMAGE), got shape {list(image.shape)}")
+    if image.is_floating_point() and not bool(torch.isfinite(image).all()):
+        raise InputError(f"{label} holds NaN or infinite values (a failed upstream node); fix the node that made it")
+
+
+def check_frame_count(num_frames: int, fps: float, max_frames: int | None, *, label: str = "--max-frames") -> None:
+    """Refuse a run of more than ``max_frames`` frames (None = :data:`DEFAULT_MAX_FRAMES`) before any work on it."""
+    limit = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
+    if num_frames > limit:
+        raise InputError(
+            f"the audio makes {num_frames} frames ({num_frames / fps:.1f} s at {fps:g} fps), more than the limit of {limit} "
+            f"frames per run; raise it with {label} {num_frames} if you mean it, or use shorter audio / a lower fps"
+        )
+
+
+def check_output_path(path: str | os.PathLike, *, label: str = "--out") -> tuple[Path, str]:
+    """(path, format) for a video to write; refused before any model work when it cannot be written.
+
+    A path naming an existing folder is refused (rather than guessing a file name inside it).
+    """
+    out = Path(path)
+    if out.is_dir():
+        raise InputError(f"{label} {str(out)!r} is a folder; give a file name in it, e.g. {str(out / 'emo.mp4')!r}")
+    fmt = OUTPUT_SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
+        raise InputError(f"{label} must end in .mp4 or .webm, got {str(out)!r}; e.g. {str(out.with_suffix('.mp4'))!r}")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"the output folder {str(parent)!r} of {label} does not exist; create it or pick another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"the output folder {str(parent)!r} of {label} is not writable; pick another path")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise InputError(f"{label} {str(out)!r} exists and is read-only; pick another path")
+    return out, fmt
+
+
+def pick_device(name: str, *, label: str = "--device") -> torch.device:
+    """'auto', 'cpu', 'cuda', 'cuda:N' or 'mps' -> a device that exists here, else one line saying why not."""
+    text = str(name).strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise InputError(f"{label} must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this PyTorch build has no CUDA" if torch.version.cuda is None else "no CUDA device is visible"
+            raise InputError(f"{label} {name}: {why} (torch {torch.__version__}); use {label} cpu or auto")
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise InputError(f"{label} {name}: there {'is' if count == 1 else 'are'} only {count} CUDA device(s) (cuda:0..cuda:{count - 1})")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        raise InputError(f"{label} mps: Apple's Metal backend is not available here; use {label} cpu or auto")
+    return device
+
+
+# ---- numerical guards -------------------------------------------------------------------------------
+
+LIKELY_CAUSES = (
+    "likely causes: fp16 overflow (load the model in fp32 or bf16: --dtype fp32, or dtype in Load EMO Model), or "
+    "damaged weights (check the checkpoint with `python -m emo_model inspect`)"
+)
+
+
+def check_finite(tensor: torch.Tensor, what: str, *, clip: int, clips: int | None, step: int | None = None, steps: int | None = None) -> None:
+    """Stop a run whose ``tensor`` (latents or decoded frames) holds NaN/inf, naming where it happened.
+
+    One ``isfinite().all()`` (one device sync) per call; the pipeline calls it once per step.
+    """
+    if bool(torch.isfinite(tensor).all()):
+        return
+    where = f"clip {clip + 1}" + (f" of {clips}" if clips else "") + (f", step {step} of {steps}" if step is not None else "")
+    raise GenerationError(f"the {what} became NaN or infinite at {where} ({str(tensor.dtype).removeprefix('torch.')}); {LIKELY_CAUSES}")
+
+
+def bad_tensor(name: str, tensor: torch.Tensor, expected: torch.dtype | None = None) -> str | None:
+    """Why a checkpoint tensor is unusable (non-float where the model wants floats, NaN/inf values), or None."""
+    if expected is not None and expected.is_floating_point and not tensor.is_floating_point():
+        return f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values where the model needs floating point"
+    if tensor.is_floating_point() and tensor.numel() and not tensor.is_meta:
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            return f"{name} holds {bad} NaN/infinite value{'s' if bad != 1 else ''} of {tensor.numel()}"
+    return None
+
+
+def first_line(text: object) -> str:
+    """Any message as one line."""
+    return " ".join(str(text).split())

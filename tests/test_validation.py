@@ -1,0 +1,347 @@
+"""Issue 16: every user mistake gives one clear line before any work; no silent garbage; bounded work.
+
+The command line runs in-process (``emo_model.cli.main``), as a user calls it; each case checks the exit
+status, that stderr is one ``error:`` line without a traceback, and that no output file appears.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from comfy_harness import load_pack, write_portrait, write_speech
+from conftest import perturb_zero_inits, tiny_vae
+
+from emo_model import weights
+from emo_model.cli import main
+from emo_model.model import EMOModel
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err: str) -> str:
+    """The one error line of a failed run (progress-bar noise on stderr aside)."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("EMO:")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    base = tmp_path_factory.mktemp("validation")
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny").eval())
+    weights.save_native(model, base / "tiny.safetensors", vae=tiny_vae())
+    return {
+        "dir": base,
+        "model": base / "tiny.safetensors",
+        "image": write_portrait(base / "face.png", size=96),
+        "audio": write_speech(base / "speech.wav", seconds=0.4),
+    }
+
+
+def generate_args(files, out, *extra):
+    return ["generate", "--model", files["model"], "--image", files["image"], "--audio", files["audio"],
+            "--out", out, "--steps", "1", "--device", "cpu", *extra]
+
+
+# ---- 1. validation at the edges ---------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--steps", "0"], "--steps must be an integer from 1 to 1000, got 0"),
+        (["--frames-per-clip", "0"], "--frames-per-clip must be an integer from 1 to 64, got 0"),
+        (["--frames-per-clip", "1000"], "--frames-per-clip must be an integer from 1 to 64, got 1000"),
+        (["--frames-per-clip", "60"], "--frames-per-clip + --motion-frames = "),
+        (["--motion-frames", "-2"], "--motion-frames must be an integer from 0 to 32, got -2"),
+        (["--speed", "nan"], "--speed must be a number from 0 to 3, got nan"),
+        (["--cfg", "inf"], "--cfg must be a number from 0 to 30, got inf"),
+        (["--fps", "0"], "--fps must be a number from 1 to 120, got 0.0"),
+        (["--fps", "1e6"], "--fps must be a number from 1 to 120, got 1000000.0"),
+        (["--size", "100"], "--size must be an integer from 64 to 2048, a multiple of 64, got 100"),
+        (["--loudness", "nan"], "--loudness must be a number from -70 to 0"),
+        (["--crf", "60"], "--crf must be an integer from 0 to 51, got 60"),
+        (["--seed", "-1"], "--seed must be an integer from 0 to"),
+        (["--max-frames", "3"], "frames per run; raise it with --max-frames"),
+    ],
+)
+def test_generate_rejects_bad_values_in_one_line_and_writes_nothing(files, capsys, extra, expected):
+    out = files["dir"] / "never.mp4"
+    rc, _, err = cli(capsys, *generate_args(files, out, *extra))
+    assert rc == 1 and expected in error_line(err)
+    assert not out.exists() and not list(files["dir"].glob(".never*"))
+
+
+def test_output_path_is_checked_before_any_model_work(files, capsys, monkeypatch):
+    from emo_model import session
+
+    monkeypatch.setattr(session.Session, "load", classmethod(lambda *a, **k: pytest.fail("the model was loaded")))
+    folder = files["dir"] / "a_folder"
+    folder.mkdir(exist_ok=True)
+    cases = [
+        (folder, "is a folder; give a file name in it"),
+        (files["dir"] / "missing" / "x.mp4", "does not exist"),
+        (files["dir"] / "x.avi", "--out must end in .mp4 or .webm"),
+    ]
+    for out, expected in cases:
+        rc, _, err = cli(capsys, *generate_args(files, out))
+        assert rc == 1 and expected in error_line(err)
+    assert not list(files["dir"].glob("*.mp4")) and not (files["dir"] / "a_folder.mp4").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes anywhere")
+def test_unwritable_output_folder_is_refused_up_front(files, capsys):
+    folder = files["dir"] / "read_only"
+    folder.mkdir(exist_ok=True)
+    folder.chmod(0o555)
+    try:
+        rc, _, err = cli(capsys, *generate_args(files, folder / "x.mp4"))
+        assert rc == 1 and "is not writable" in error_line(err)
+    finally:
+        folder.chmod(0o755)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line(files, capsys):
+    rc, _, err = cli(capsys, *generate_args(files, files["dir"] / "never.mp4"), "--device", "cuda")
+    assert rc == 1 and "--device cuda" in error_line(err) and "use --device cpu" in err
+    rc, _, err = cli(capsys, *generate_args(files, files["dir"] / "never.mp4"), "--device", "tpu")
+    assert rc == 1 and "--device must be auto, cpu, cuda, cuda:N or mps" in error_line(err)
+
+
+def test_tiny_image_is_one_line(files, capsys):
+    from PIL import Image
+
+    Image.new("RGB", (1, 1), (200, 150, 120)).save(files["dir"] / "dot.png")
+    args = generate_args(files, files["dir"] / "never.mp4")
+    args[args.index("--image") + 1] = files["dir"] / "dot.png"
+    rc, _, err = cli(capsys, *args)
+    assert rc == 1 and "is 1x1 px; a portrait needs at least 64 px" in error_line(err)
+
+
+def test_debug_shows_the_traceback(files, capsys):
+    from emo_model.validation import InputError
+
+    with pytest.raises(InputError, match="--steps"):
+        main([str(a) for a in generate_args(files, files["dir"] / "never.mp4", "--steps", "0", "--debug")])
+
+
+def test_fps_help_says_how_to_get_the_preset(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "1-120 (omit it for the model's preset)" in out and "--max-frames" in out
+
+
+# ---- 2. numerical guards ------------------------------------------------------------------------------
+
+def _save_with(files, name: str, change) -> Path:
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny").eval())
+    with torch.no_grad():
+        change(model)
+    path = files["dir"] / name
+    weights.save_native(model, path, vae=tiny_vae())
+    return path
+
+
+def test_checkpoints_with_nan_are_refused_by_inspect_convert_and_load(files, capsys):
+    def poison(model):
+        model.denoising_unet.conv_in.weight[0, 0, 0, 0] = float("nan")
+
+    path = _save_with(files, "nan.safetensors", poison)
+    rc, out, _ = cli(capsys, "inspect", path)
+    assert rc == 1 and "refused: nan.safetensors: denoising_unet.conv_in.weight holds 1 NaN/infinite value" in out
+    out_file = files["dir"] / "nan_converted.safetensors"
+    rc, _, err = cli(capsys, "convert", path, "--out", out_file)
+    assert rc == 1 and "denoising_unet.conv_in.weight holds 1 NaN" in error_line(err) and not out_file.exists()
+    with pytest.raises(weights.WeightsError, match="denoising_unet.conv_in.weight"):
+        weights.load_emo_model(path)
+    rc, _, err = cli(capsys, *generate_args({**files, "model": path}, files["dir"] / "never.mp4"))
+    assert rc == 1 and "NaN" in error_line(err) and not (files["dir"] / "never.mp4").exists()
+
+
+def test_integer_tensor_is_refused_by_name(files, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(files["model"]), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    key = "denoising_unet.conv_in.bias"
+    tensors[key] = tensors[key].round().to(torch.int32)
+    path = files["dir"] / "int.safetensors"
+    save_file(tensors, str(path), metadata=meta)
+    rc, out, _ = cli(capsys, "inspect", path)
+    assert rc == 1 and f"{key} holds int32 values where the model needs floating point" in out
+    with pytest.raises(weights.WeightsError, match=key):
+        weights.load_emo_model(path)
+
+
+def test_sampler_stops_at_the_first_non_finite_step_instead_of_writing_black_frames(files, capsys):
+    def overflow(model):  # finite weights whose output overflows float32 (what fp16 overflow looks like)
+        model.denoising_unet.conv_out.weight.fill_(3e38)
+
+    path = _save_with(files, "overflow.safetensors", overflow)
+    out = files["dir"] / "black.mp4"
+    rc, _, err = cli(capsys, *generate_args({**files, "model": path}, out))
+    line = error_line(err)
+    assert rc == 1 and "latents became NaN or infinite at clip 1 of" in line and "step 1 of 1" in line
+    assert "fp16 overflow" in line and "inspect" in line
+    assert not out.exists() and not list(files["dir"].glob(".black*"))
+
+
+def test_sd15_unet_is_not_called_an_echomimic_part(files, capsys):
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=8, block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, layers_per_block=1,
+        norm_num_groups=8, attention_head_dim=4,
+    )
+    path = files["dir"] / "sd15_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in unet.state_dict().items()}, str(path))
+    rc, out, err = cli(capsys, "inspect", path)
+    assert rc == 1 and "EchoMimic v1 part" not in out
+    assert "Stable Diffusion 1.5 UNet" in error_line(err)
+
+
+# ---- 3. images ------------------------------------------------------------------------------------------
+
+def test_exif_orientation_is_applied(tmp_path):
+    from PIL import Image
+
+    from emo_model.image_io import read_portrait
+
+    img = np.zeros((80, 120, 3), np.uint8)
+    img[:, :60] = (255, 0, 0)  # left half red, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(img).save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    out = read_portrait(tmp_path / "phone.jpg")
+    assert out.shape == (120, 80, 3)  # upright: portrait, not landscape
+    assert out[:60, :, 0].mean() > 200 and out[60:, :, 0].mean() < 50  # the red half is now on top
+
+
+def _png_header_only(path: Path, width: int, height: int) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_huge_and_damaged_images_are_one_line_before_decoding(tmp_path):
+    from emo_model.image_io import read_portrait
+    from emo_model.validation import InputError
+
+    with pytest.raises(InputError, match=r"is 100000x100000 \(10000 MP\), above the limit of 50 MP"):
+        read_portrait(_png_header_only(tmp_path / "bomb.png", 100_000, 100_000))
+    write_portrait(tmp_path / "face.png")
+    data = (tmp_path / "face.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or damaged"):
+        read_portrait(tmp_path / "cut.png")
+
+
+def test_big_jpeg_is_decoded_reduced(tmp_path):
+    from PIL import Image
+
+    from emo_model.image_io import read_portrait
+
+    Image.new("RGB", (4000, 3000), (90, 120, 200)).save(tmp_path / "big.jpg", quality=80)
+    # 12 MP is above a 5 MP limit, but the JPEG is decoded at 1/4 scale first, so it is accepted
+    out = read_portrait(tmp_path / "big.jpg", max_pixels=5_000_000, work_side=1000)
+    assert out.shape == (750, 1000, 3)
+
+
+# ---- nodes: the same rules --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def node_run(files):
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    (session,) = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
+                                               "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+    import soundfile as sf
+
+    wave, rate = sf.read(str(files["audio"]), dtype="float32", always_2d=True)
+    audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
+    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
+    image = torch.rand(1, 64, 64, 3)
+    out = nodes["EMOReferenceEncode"]().encode(session, image, 0)
+    (reference,) = out["result"] if isinstance(out, dict) else out
+    return nodes, session, reference, emo_audio, audio
+
+
+def sampler_args(**over):
+    args = dict(seed=0, steps=1, cfg=0.0, audio_cfg=0.0, sampler="ddim", speed=0.7, frames_per_clip=0, motion_frames=-1,
+                colour_match="none")
+    args.update(over)
+    return args
+
+
+@pytest.mark.parametrize(
+    "over, expected",
+    [
+        (dict(speed=float("nan")), "speed must be a number from 0 to 3, got nan"),
+        (dict(cfg=float("nan")), "cfg must be a number from 0 to 30, got nan"),
+        (dict(steps=5000), "steps must be an integer from 1 to 1000"),
+        (dict(frames_per_clip=1000), "frames_per_clip must be an integer from 1 to 64"),
+        (dict(speed_curve="0.5, inf"), "speed_curve"),
+    ],
+)
+def test_sampler_node_uses_the_shared_rules(node_run, over, expected):
+    nodes, session, reference, emo_audio, _ = node_run
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(")):
+        nodes["EMOSampler"]().sample(session, reference, emo_audio, **sampler_args(**over))
+
+
+def test_audio_node_rejects_nan_fps_and_too_many_frames(node_run):
+    nodes, session, _, _, audio = node_run
+    with pytest.raises(ValueError, match="fps must be a number from 1 to 120, got nan"):
+        nodes["EMOAudioEncode"]().encode(session, audio, float("nan"), "off")
+    with pytest.raises(ValueError, match="more than the limit of 2 frames per run; raise it with max_frames"):
+        nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off", max_frames=2)
+
+
+def test_sampler_node_fills_one_preallocated_tensor(node_run, monkeypatch):
+    nodes, session, reference, emo_audio, _ = node_run
+    real_cat = torch.cat
+    big = []
+
+    def watch_cat(tensors, *a, **k):
+        out = real_cat(tensors, *a, **k)
+        if out.dim() == 4 and out.shape[0] == emo_audio.num_frames and out.shape[-1] == 3:
+            big.append(out.shape)  # a concatenation of the whole video
+        return out
+
+    monkeypatch.setattr(torch, "cat", watch_cat)
+    result = nodes["EMOSampler"]().sample(session, reference, emo_audio, **sampler_args())["result"]
+    video = result[0]
+    assert video.shape == (emo_audio.num_frames, 64, 64, 3) and bool(torch.isfinite(video).all())
+    assert not big, f"the frames were concatenated: {big}"
+
+
+def test_video_node_refuses_nan_frames(node_run, tmp_path, monkeypatch):
+    nodes = node_run[0]
+    monkeypatch.setenv("EMO_OUTPUT_DIR", str(tmp_path))
+    frames = torch.rand(4, 64, 64, 3)
+    frames[2, 5, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        nodes["EMOVideoCombine"]().combine(frames, 25.0, "emo", "mp4", 19)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
