@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..emo_model import demo
 from ..emo_model.session import Session
 from . import _comfy
+from .presets import preset_summary, resolved_preset
 
 DEMO_ENTRY = "emo-tiny-demo (built in, CPU)"
 BUNDLED_VAE = "(bundled with the model / not needed)"
@@ -75,4 +76,5 @@ class LoadEMOModel:
             variant=variant,
         )
         session.info["run_device"] = str(device)
-        return (session,)
+        ui = {"emo_summary": [preset_summary(session)], "emo_preset": [resolved_preset(session)]}  # what 'preset' widgets mean
+        return {"ui": ui, "result": (session,)}

@@ -51,7 +51,9 @@ class EMOReferenceEncode:
         with _comfy.running_on(session):
             state = session.encode_reference(image[0], size=size or None, identity_image=image[0], models_dir=str(_comfy.models_dir()))
         result = (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)
+        h, w = state.size
+        summary = f"portrait encoded at {w}x{h}" + (" (the model's preset size)" if not size else "")
         if state.note:
             print(f"[EMO] {state.note}")
-            return {"ui": {"emo_summary": [state.note]}, "result": result}
-        return result
+            summary = f"{summary} · {state.note}"
+        return {"ui": {"emo_summary": [summary]}, "result": result}

@@ -137,6 +137,8 @@ class EMOSampler:
         summary = (
             f"{video.shape[0]} frames · {emo_audio.audio.duration:.2f} s at {emo_audio.fps:g} fps · "
             f"{session.count_units(emo_audio.num_frames, settings)} clip(s) × {settings.steps} {settings.sampler} steps · "
-            f"{video.shape[2]}x{video.shape[1]}"
+            f"cfg {settings.cfg:g} · audio_cfg {settings.audio_cfg:g} · {settings.frames_per_clip} frames per clip"
+            + (f" + {settings.motion_frames} motion frames" if settings.strategy == "motion_frames" else "")
+            + f" · {video.shape[2]}x{video.shape[1]}"
         )
         return {"ui": {"emo_summary": [summary]}, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}

@@ -33,6 +33,7 @@ EXPECTED_NODES = {
     "EMODemoSample": "EMO Demo Sample",
 }
 WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
+FRONTEND_ONLY = {"Note", "MarkdownNote"}
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 
 
@@ -154,6 +155,8 @@ def test_ui_workflow_is_valid(path, pack, info):
         assert produced == kind == expected, f"link {link_id}: {produced} -> {expected} ({kind})"
     for node in wf["nodes"]:
         node_type = node["type"]
+        if node_type in FRONTEND_ONLY:  # notes: drawn by the frontend, never sent to the server
+            continue
         assert node_type in pack.NODE_CLASS_MAPPINGS or node_type in info, f"unknown node type {node_type}"
         specs = _input_specs(node_type, pack, info)
         widgets = [name for name, spec in specs.items() if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
@@ -238,6 +241,10 @@ def test_demo_workflow_runs_as_shipped(pack, env):
     images = outputs["6"][0]
     assert tuple(images.shape) == (frames, 64, 64, 3) and 0.0 <= float(images.min()) and float(images.max()) <= 1.0
     assert float(images.std()) > 0.05  # a picture, not a flat or blank tensor
+    # the shipped graph leaves steps/cfg/clip widgets at 0 / -1: the demo's preset, stated after the run
+    summary = uis["6"]["emo_summary"][0]
+    assert "× 20 ddim steps" in summary and "cfg 2 · audio_cfg 2 · 8 frames per clip + 2 motion frames" in summary, summary
+    assert uis["5"]["emo_summary"][0].startswith("portrait encoded at 64x64 (the model's preset size)")
     video = probe_video(outputs["7"][1])
     assert video.num_frames == frames and video.audio_codec == "aac"
 
@@ -320,3 +327,84 @@ def test_loader_names_the_files_a_family_needs(pack, env):
         loader.load("broken_echomimic/", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
     with pytest.raises(FileNotFoundError, match="models"):
         loader.load("missing.safetensors", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+
+
+# ---- widgets whose 0 / -1 means "the model's preset" ----------------------------------------------------
+
+# every widget whose sentinel stands for something else (literal: the issue's list)
+PRESET_BACKED = {
+    ("EMOSampler", "steps"): 0,
+    ("EMOSampler", "cfg"): 0.0,
+    ("EMOSampler", "audio_cfg"): 0.0,
+    ("EMOSampler", "frames_per_clip"): 0,
+    ("EMOSampler", "motion_frames"): -1,
+    ("EMOAudioEncode", "fps"): 0.0,
+    ("EMOReferenceEncode", "size"): 0,
+}
+
+
+def _presets_module(pack):
+    import sys
+
+    return sys.modules[f"{pack.__name__}.nodes.presets"]
+
+
+def test_preset_backed_widgets_are_registered_and_their_tooltips_say_what_the_sentinel_means(pack):
+    table = _presets_module(pack).PRESET_WIDGETS
+    registered = {(node, name): entry[0] for node, widgets in table.items() for name, entry in widgets.items()}
+    assert registered == PRESET_BACKED
+    for (node, name), sentinel in PRESET_BACKED.items():
+        kind, options = _inputs(pack.NODE_CLASS_MAPPINGS[node])[name]
+        assert kind in ("INT", "FLOAT") and options["default"] == sentinel and options["min"] == sentinel
+        assert f"{sentinel:g} = " in options["tooltip"], (node, name)
+    # no other number widget of ours hides a "preset" meaning behind a number
+    for node, cls in pack.NODE_CLASS_MAPPINGS.items():
+        for name, (kind, *rest) in _inputs(cls).items():
+            if kind in ("INT", "FLOAT") and "preset" in (rest[0] if rest else {}).get("tooltip", "") and (node, name) not in PRESET_BACKED:
+                pytest.fail(f"{node}.{name} mentions a preset but is not a registered preset-backed widget")
+
+
+def test_the_web_extension_labels_the_same_widgets(pack):
+    js = (ROOT / "web" / "js" / "emo.js").read_text()
+    literal = js.split("/* PRESET_WIDGETS */", 1)[1].split("/* END PRESET_WIDGETS */", 1)[0]
+    assert json.loads(literal) == _presets_module(pack).PRESET_WIDGETS
+    assert "LoadEMOModel" in js.split("SUMMARY_NODES", 1)[1].split(";", 1)[0]  # its preset is shown on the node
+
+
+@pytest.mark.skipif(not (ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors").is_file(), reason="the demo model is not built")
+def test_load_emo_model_shows_the_values_preset_widgets_stand_for(pack):
+    loader = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"]
+    out = loader().load(
+        "emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard"
+    )
+    assert out["result"][0].name == "emo-tiny-demo"
+    preset = out["ui"]["emo_preset"][0]
+    # the demo's preset (docs/demo.md, README "Families and presets")
+    assert preset == {"steps": 20, "cfg": 2.0, "audio_cfg": 2.0, "frames_per_clip": 8, "motion_frames": 2, "fps": 25.0, "size": 64, "sampler": "ddim"}
+    summary = out["ui"]["emo_summary"][0]
+    for words in ("20 ddim steps", "cfg 2", "8 frames per clip + 2 motion frames", "25 fps", "64x64"):
+        assert words in summary, summary
+    json.dumps(out["ui"])  # what the server sends to the frontend
+
+
+def test_live_preview_is_sent_at_the_frame_size_so_the_caption_tells_the_truth(pack):
+    """ComfyUI fits a preview into max_size x max_size (ImageOps.contain, which enlarges too) and the frontend
+    captions it with the result's size: a 64x64 frame sent with max_size 512 read "512 x 512"."""
+    import sys
+
+    from PIL import ImageOps
+
+    _comfy = sys.modules[f"{pack.__name__}.nodes._comfy"]
+    sent = []
+
+    class Bar:
+        def update_absolute(self, value, total, preview):
+            sent.append(preview)
+
+    progress = _comfy.Progress(10)
+    progress.bar = Bar()
+    for side, shown in ((64, 64), (512, 512), (768, 512)):
+        progress.preview(torch.rand(side, side, 3))
+        kind, image, max_size = sent[-1]
+        assert kind == "JPEG" and image.size == (side, side)
+        assert ImageOps.contain(image, (max_size, max_size)).size == (shown, shown)  # what the server sends
