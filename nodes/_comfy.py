@@ -199,7 +199,12 @@ class Progress:
         from PIL import Image
 
         image = Image.fromarray((frame.clamp(0, 1) * 255).byte().cpu().numpy())
-        self.bar.update_absolute(getattr(self, "value", 0), self.total, ("JPEG", image, 512))
+        # ComfyUI fits the preview into max_size x max_size, enlarging small frames too; at most the frame's
+        # own size keeps the frontend's caption ("64 x 64") true to the video
+        self.bar.update_absolute(getattr(self, "value", 0), self.total, ("JPEG", image, min(PREVIEW_MAX, max(image.size))))
+
+
+PREVIEW_MAX = 512  # px: larger frames are shrunk for the live preview
 
 
 class running_on:
