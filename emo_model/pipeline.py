@@ -285,19 +285,22 @@ class _Run:
             self.quirks.reference_identity_alternates and "uncond" in self.branches and ref.identity_tokens is not None
         )
         self.initial_noise = None if noise is None else self._checked_noise(noise)
-        self.row_bank = None  # portrait rows [block 0, block 1] of the original's guidance batch (reference_rows_tiled)
-        if self.quirks.reference_rows_tiled and self.per_branch_motion:
-            cond_portrait = (s.motion_frames + 1) % 2 == 1  # block 1's portrait row (row n + 1) reads the conditional identity
-            uncond_bank = self.model.encode_reference(ref.latent, ref.identity_uncond)
-            second = ref.bank if cond_portrait else uncond_bank
-            self.row_bank = ReferenceBank({k: torch.cat([v, second.tokens[k]]) for k, v in uncond_bank.tokens.items()})
-            if self.reference_kv is not None:
-                self.reference_kv = self.model.denoising_unet.project_reference(self.row_bank)
+        # portrait rows [block 0, block 1] of the original's guidance batch (InferenceQuirks.reference_rows_tiled)
+        self.row_bank = self._row_bank(ref.bank) if self.quirks.reference_rows_tiled and self.per_branch_motion else None
+        if self.row_bank is not None and self.reference_kv is not None:
+            self.reference_kv = self.model.denoising_unet.project_reference(self.row_bank)
 
     # ---- shared pieces ----------------------------------------------------------------------------
     def _cancel_point(self) -> None:
         if self.should_cancel is not None and self.should_cancel():
             raise GenerationCancelled("generation cancelled")
+
+    def _row_bank(self, cond_bank: ReferenceBank) -> ReferenceBank:
+        """The portrait rows of the original's two guidance blocks: block 0's portrait (row 0) reads the
+        unconditional identity, block 1's (row n + 1) the conditional one when n + 1 is odd."""
+        uncond_bank = self.model.encode_reference(self.ref.latent, self.ref.identity_uncond)
+        second = cond_bank if (self.s.motion_frames + 1) % 2 == 1 else uncond_bank
+        return ReferenceBank({k: torch.cat([v, second.tokens[k]]) for k, v in uncond_bank.tokens.items()})
 
     def _checked_noise(self, noise: torch.Tensor) -> torch.Tensor:
         s = self.s
@@ -383,6 +386,7 @@ class _Run:
         for names, cond in groups:
             if self.s.reference_every_step:  # naive baseline: ReferenceNet on every step
                 bank = self.model.encode_reference(self.ref.latent, self.ref.identity_tokens)
+                bank = bank if self.row_bank is None else self._row_bank(bank)
                 bank.motion = cond.reference.motion if motion_latents is None else self._branch_motion(self._encode_motion(motion_latents), names)
                 cond = dataclasses.replace(cond, reference=bank, reference_kv=None)
             out = self.model(x.expand(len(names), -1, -1, -1, -1), t, cond).float()

@@ -63,7 +63,11 @@ def model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(model, golden) -> dict[str, torch.Tensor]:
-    """Our stages, named like the golden ones."""
+    return _run_ours(model, golden)
+
+
+def _run_ours(model, golden, **overrides) -> dict[str, torch.Tensor]:
+    """Our stages, named like the golden ones (``overrides``: extra SamplingSettings)."""
     from diffusers import AutoencoderKL
 
     from emo_model import pipeline as pipeline_module
@@ -130,7 +134,7 @@ def ours(model, golden) -> dict[str, torch.Tensor]:
     pipeline_module.make_scheduler = make_scheduler
     try:
         settings = SamplingSettings.from_preset(cfg.preset, steps=STEPS, cfg=SET["cfg"], audio_cfg=SET["cfg"],
-                                                frames_per_clip=F, motion_frames=N)
+                                                frames_per_clip=F, motion_frames=N, **overrides)
         noise = torch.cat([golden[f"clip{c}.noise"][0] for c in range(CLIPS)], dim=1)
         pipe.generate(ref, features, settings=settings, sink=video.append, face_mask=face,
                       region_masks=golden["input.region_masks"], noise=noise)
@@ -188,3 +192,10 @@ def test_reference_bank_matches_hallo(c, golden, ours):
         for b, first in ((0, 1), (1, N + 2)):
             mx, rel = _rel(motion[b], g[first : first + N])
             assert rel < TOL, f"clip{c} bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e})"
+
+
+def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, golden):
+    """The other execution paths (one forward per branch; ReferenceNet on every step) follow the same rules."""
+    other = _run_ours(model, golden, batch_guidance=False, reference_every_step=True)
+    mx, rel = _rel(other["video"], golden["video"])
+    assert rel < TOL, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e})"
