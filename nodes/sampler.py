@@ -24,8 +24,10 @@ def parse_curve(text: str) -> list[float] | None:
         return None
     try:
         return check_speed(values, label="speed_curve")
-    except InputError as e:
-        raise ValueError(f"{e} (speed_curve {text!r})") from None
+    except InputError:
+        raise ValueError(
+            f"speed_curve values are head speeds in degrees per frame and must be >= 0 and <= 3 (finite), got {text!r}"
+        ) from None
 
 
 def mask_for(mask: torch.Tensor | None) -> torch.Tensor | None:

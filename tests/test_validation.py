@@ -302,7 +302,7 @@ def sampler_args(**over):
         (dict(cfg=float("nan")), "cfg must be a number from 0 to 30, got nan"),
         (dict(steps=5000), "steps must be an integer from 1 to 1000"),
         (dict(frames_per_clip=1000), "frames_per_clip must be an integer from 1 to 64"),
-        (dict(speed_curve="0.5, inf"), "speed_curve"),
+        (dict(speed_curve="0.5, inf"), "speed_curve values are head speeds in degrees per frame and must be >= 0 and <= 3"),
     ],
 )
 def test_sampler_node_uses_the_shared_rules(node_run, over, expected):
