@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention import KV, ReferenceBank
-from .clip_planner import frame_indices, plan_clips, plan_windows, window_weights
+from .clip_planner import context_schedule, frame_indices, plan_clips, plan_windows
 from .colour_match import colour_stats, match_colours
 from .configs import PresetConfig
 from .model import Conditioning, EMOModel
@@ -324,6 +324,8 @@ class _Run:
             noise = self.initial_noise[:, start : start + frames].unsqueeze(0).to(self.device)
         else:
             noise = torch.randn(shape, generator=g, dtype=torch.float32).to(self.device)
+        if self.quirks.initial_noise_clamp is not None:
+            noise = noise.clamp(-self.quirks.initial_noise_clamp, self.quirks.initial_noise_clamp)
         step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
         return noise * self.scheduler.init_noise_sigma, step_gen
 
@@ -459,11 +461,11 @@ class _Run:
     def context_windows(self) -> int:
         s = self.s
         size, n_frames = s.frames_per_clip, self.num_frames
-        windows = plan_windows(n_frames, size, s.context_overlap)
+        q = self.quirks
+        plan = context_schedule(n_frames, size, s.context_overlap, schedule=q.context_schedule, shift_per_step=q.context_shift_per_step)
         chunks = [self._noise(min(size, n_frames - start), k, start) for k, start in enumerate(range(0, n_frames, size))]
         latents = torch.cat([c[0] for c in chunks], dim=2)
         generator = chunks[0][1]
-        weights = [window_weights(len(w), s.context_overlap if len(windows) > 1 else 0).to(self.device) for w in windows]
         motion = None
         self.scheduler.set_timesteps(s.steps, device=self.device)
         speed_tokens = self.model.speed_tokens(self.speeds[None])
@@ -471,14 +473,15 @@ class _Run:
             self._cancel_point()
             acc = torch.zeros_like(latents)
             norm = torch.zeros(n_frames, device=self.device)
-            for window, weight in zip(windows, weights):
+            for frames, blend in plan(i):  # frame indices (may wrap around the end), blend weights
                 self._cancel_point()
-                index = torch.tensor(list(window))
+                index = torch.tensor(frames)
                 spd = None if speed_tokens is None else speed_tokens[:, index.to(speed_tokens.device)]
                 groups = self._branch_conditioning(self._audio_tokens(index), spd, motion)
                 pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None)
-                acc[:, :, window.start : window.stop] += pred * weight.view(1, 1, -1, 1, 1)
-                norm[window.start : window.stop] += weight
+                at = index.to(self.device)  # distinct frames within a window
+                acc[:, :, at] += pred * blend.to(self.device).view(1, 1, -1, 1, 1)
+                norm[at] += blend.to(self.device)
             latents = self._step(acc / norm.view(1, 1, -1, 1, 1), t, latents, generator)
             self._report(0, 1, i + 1, s.steps, latents)
         for start in range(0, n_frames, size):
