@@ -209,6 +209,25 @@ def test_context_windows_are_the_ones_echomimic_ran(golden):
         assert ours == [list(x) for x in run["windows_per_call"]]
 
 
+def test_context_schedules_ramp_is_unchanged_and_unknown_names_are_refused():
+    from emo_model.clip_planner import context_schedule, plan_windows, window_weights
+    from emo_model.configs import get_config
+
+    plan = context_schedule(20, 8, 3)  # the default: fixed windows with ramps, no shift
+    for step in (0, 5):
+        got = plan(step)
+        windows = plan_windows(20, 8, 3)
+        assert [f for f, _ in got] == [list(w) for w in windows]
+        assert all(torch.equal(b, window_weights(len(w), 3)) for (_, b), w in zip(got, windows))
+    assert [f for f, _ in context_schedule(5, 8, 2, schedule="uniform", shift_per_step=2)(1)] == [[2, 3, 4, 0, 1]]
+    with pytest.raises(ValueError, match="ramp or uniform"):
+        context_schedule(20, 8, 3, schedule="sliding")
+    cfg = get_config("tiny-echomimic")
+    cfg.preset.quirks.context_schedule = "sliding"
+    with pytest.raises(ValueError, match="context_schedule must be ramp or uniform"):
+        cfg.validate()
+
+
 def _tiny_quirks():
     from emo_model.configs import get_config
 
