@@ -13,7 +13,7 @@ import torch
 
 from .attention import KV, ReferenceBank, SpatialTransformer
 from .configs import BackboneConfig, InferenceQuirks, SpeedConfig
-from .unet_blocks import ForwardContext, UNetBase
+from .unet_blocks import DeepFeatureCache, ForwardContext, UNetBase
 
 
 def per_frame_tokens(tokens: torch.Tensor | None, batch: int, frames: int) -> torch.Tensor | None:
@@ -62,6 +62,7 @@ class Backbone(UNetBase):
         speed_tokens: torch.Tensor | None = None,
         temporal: bool = True,
         quirks: InferenceQuirks | None = None,
+        feature_cache: DeepFeatureCache | None = None,
     ) -> torch.Tensor:
         """Denoiser output (noise, v or x0, as trained) for ``sample`` [B, C, F, H, W].
 
@@ -74,7 +75,8 @@ class Backbone(UNetBase):
         audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
         [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
         ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module;
-        ``quirks``: the family's :class:`InferenceQuirks` (None = the paper's behaviour).
+        ``quirks``: the family's :class:`InferenceQuirks` (None = the paper's behaviour);
+        ``feature_cache``: deep features reused between adjacent steps (:class:`DeepFeatureCache`).
         """
         quirks = quirks or InferenceQuirks()
         b, c, f, h, w = sample.shape
@@ -98,6 +100,6 @@ class Backbone(UNetBase):
             temporal_in_plain_blocks=quirks.temporal_in_plain_blocks,
             cross_attention_scale=quirks.audio_attention_scale,
         )
-        x = self.run(x, self.time_embed(timestep, b, f, sample.device), ctx)
+        x = self.run(x, self.time_embed(timestep, b, f, sample.device), ctx, feature_cache)
         out = self.head(x)
         return out.view(b, f, -1, h, w).transpose(1, 2)

@@ -21,6 +21,7 @@ from .configs import EMOConfig, get_config
 from .face_locator import FaceLocator
 from .identity import IdentityProjection
 from .reference_net import ReferenceNet
+from .unet_blocks import DeepFeatureCache
 from .speed_layers import SpeedEncoder
 
 
@@ -39,6 +40,7 @@ class Conditioning:
     speed_tokens: torch.Tensor | None = None  # [B or 1, n+F, l]
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     temporal: bool = True
+    feature_cache: DeepFeatureCache | None = None  # deep features reused between adjacent steps
 
 
 class EMOModel(nn.Module):
@@ -120,4 +122,5 @@ class EMOModel(nn.Module):
             speed_tokens=cond.speed_tokens,
             temporal=cond.temporal,
             quirks=self.config.preset.quirks,
+            feature_cache=cond.feature_cache,
         )

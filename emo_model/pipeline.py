@@ -36,6 +36,7 @@ from .clip_planner import context_schedule, frame_indices, plan_clips, plan_wind
 from .colour_match import colour_stats, match_colours
 from .configs import PresetConfig
 from .model import Conditioning, EMOModel
+from .unet_blocks import DeepFeatureCache
 from .motion_frames import first_clip_motion
 from .schedulers import make_scheduler
 from .validation import check_finite
@@ -64,6 +65,11 @@ class SamplingSettings:
     colour_match: str = "none"
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Hallo's pose / face / lip weights
     pad_last_clip: bool = True
+    # work savers (the fast mode, docs/performance.md): guidance branches only on the first
+    # ``guidance_fraction`` of the steps (the full branch alone after that), and the whole denoiser
+    # every ``deep_cache_interval`` steps with deep features reused in between (1 = every step)
+    guidance_fraction: float = 1.0
+    deep_cache_interval: int = 1
     # performance switches (the naive settings exist for the benchmark's baseline)
     batch_guidance: bool = True
     reference_every_step: bool = False
@@ -263,6 +269,7 @@ class _Run:
         self.speeds = speed_curve(s.speed, self.num_frames)
         self.weights = guidance_weights(s.cfg, s.audio_cfg)
         self.branches = list(self.weights)
+        self.guided_steps = s.steps if s.guidance_fraction >= 1 else math.ceil(max(s.guidance_fraction, 0.0) * s.steps)
         h, w = ref.size
         self.latent_hw = (h // pipe.codec.scale_factor, w // pipe.codec.scale_factor)
         mask = torch.ones(h, w) if face_mask is None else face_mask.float().cpu()
@@ -329,9 +336,10 @@ class _Run:
         step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
         return noise * self.scheduler.init_noise_sigma, step_gen
 
-    def _branch_conditioning(self, audio_tokens, speed_tokens, motion) -> list[tuple[list[str], Conditioning]]:
+    def _branch_conditioning(self, audio_tokens, speed_tokens, motion, branches=None) -> list[tuple[list[str], Conditioning]]:
         """Conditioning for the guidance branches: one batched group, or one group per branch."""
-        groups = [self.branches] if self.s.batch_guidance else [[b] for b in self.branches]
+        branches = self.branches if branches is None else branches
+        groups = [branches] if self.s.batch_guidance else [[b] for b in branches]
         out = []
         for names in groups:
             bank = dataclasses.replace(self.row_bank or self.ref.bank, motion=self._branch_motion(motion, names))
@@ -381,7 +389,28 @@ class _Run:
         index = [self.branches.index(name) for name in names]
         return {k: v[index] for k, v in motion.items()}
 
-    def _predict(self, latents: torch.Tensor, t: torch.Tensor, groups, motion_latents) -> torch.Tensor:
+    def _phases(self, audio_tokens, speed_tokens, motion):
+        """Per step ``i``: (conditioning groups, guidance weights, cache key) — guided, then the full branch only."""
+        guided = (self._branch_conditioning(audio_tokens, speed_tokens, motion), self.weights, "guided")
+        if self.guided_steps >= self.s.steps:
+            return lambda i: guided
+        late = (self._branch_conditioning(audio_tokens, speed_tokens, motion, ["full"]), {"full": 1.0}, "late")
+        return lambda i: guided if i < self.guided_steps else late
+
+    def _with_cache(self, groups, caches: dict, key) -> list:
+        """Attach one :class:`DeepFeatureCache` per group; refresh it every ``deep_cache_interval`` steps."""
+        if self.s.deep_cache_interval <= 1:
+            return groups
+        out = []
+        for j, (names, cond) in enumerate(groups):
+            cache = caches.setdefault((key, j), DeepFeatureCache())
+            age = caches.get((key, j, "age"), self.s.deep_cache_interval)
+            cache.refresh = cache.features is None or age >= self.s.deep_cache_interval
+            caches[(key, j, "age")] = 1 if cache.refresh else age + 1
+            out.append((names, dataclasses.replace(cond, feature_cache=cache)))
+        return out
+
+    def _predict(self, latents: torch.Tensor, t: torch.Tensor, groups, motion_latents, weights=None) -> torch.Tensor:
         """One guided denoiser evaluation (all branches) for latents [1, C, F, h, w]."""
         x = self.scheduler.scale_model_input(latents, t)
         preds: dict[str, torch.Tensor] = {}
@@ -393,7 +422,7 @@ class _Run:
                 cond = dataclasses.replace(cond, reference=bank, reference_kv=None)
             out = self.model(x.expand(len(names), -1, -1, -1, -1), t, cond).float()
             preds.update(zip(names, out.split(1)))
-        return sum(w * preds[name] for name, w in self.weights.items())
+        return sum(w * preds[name] for name, w in (weights or self.weights).items())
 
     def _step(self, pred, t, latents, generator) -> torch.Tensor:
         kwargs = dict(self.step_kwargs)
@@ -438,14 +467,14 @@ class _Run:
                 motion = self._encode_motion(motion_latents)
             index = frame_indices(clip.start, clip.generate, self.num_frames)
             speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
-            groups = self._branch_conditioning(
-                self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion
-            )
+            phase = self._phases(self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion)
+            caches: dict = {}
             latents, generator = self._noise(clip.generate, clip.index, clip.start)
             self.scheduler.set_timesteps(s.steps, device=self.device)
             for i, t in enumerate(self.scheduler.timesteps):
                 self._cancel_point()
-                pred = self._predict(latents, t, groups, motion_latents)
+                groups, weights, key = phase(i)
+                pred = self._predict(latents, t, self._with_cache(groups, caches, key), motion_latents, weights)
                 latents = self._step(pred, t, latents, generator)
                 self._report(clip.index, len(clips), i + 1, total, latents)
             kept = latents[:, :, : clip.length]
@@ -469,6 +498,7 @@ class _Run:
         motion = None
         self.scheduler.set_timesteps(s.steps, device=self.device)
         speed_tokens = self.model.speed_tokens(self.speeds[None])
+        caches: dict = {}
         for i, t in enumerate(self.scheduler.timesteps):
             self._cancel_point()
             acc = torch.zeros_like(latents)
@@ -477,8 +507,9 @@ class _Run:
                 self._cancel_point()
                 index = torch.tensor(frames)
                 spd = None if speed_tokens is None else speed_tokens[:, index.to(speed_tokens.device)]
-                groups = self._branch_conditioning(self._audio_tokens(index), spd, motion)
-                pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None)
+                groups, weights, key = self._phases(self._audio_tokens(index), spd, motion)(i)
+                groups = self._with_cache(groups, caches, (key, frames[0]))
+                pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None, weights)
                 at = index.to(self.device)  # distinct frames within a window
                 acc[:, :, at] += pred * blend.to(self.device).view(1, 1, -1, 1, 1)
                 norm[at] += blend.to(self.device)
@@ -488,6 +519,17 @@ class _Run:
             self._cancel_point()
             self._emit(latents[:, :, start : start + size])
         return n_frames
+
+
+def fast_settings(preset: PresetConfig) -> dict:
+    """The fast mode (``generate --fast``, the sampler node's ``fast``): overrides of a family's preset.
+
+    Half the preset's steps with DPM++ 2M, guidance branches on the first 40% of the steps only, and the
+    whole denoiser every second step with deep features reused in between. Chosen from the measured
+    table of ``python -m emo_model eval-fast`` (``docs/performance.md``): about a fifth of the default
+    recipe's denoiser work for lip sync within 0.05 of it.
+    """
+    return {"sampler": "dpmpp_2m", "steps": max(1, round(preset.steps * 0.5)), "guidance_fraction": 0.4, "deep_cache_interval": 2}
 
 
 def estimate_clips(num_frames: int, settings: SamplingSettings) -> int:

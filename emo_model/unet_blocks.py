@@ -81,6 +81,24 @@ class ForwardContext:
         return self._masks[(h, w)]
 
 
+@dataclass
+class DeepFeatureCache:
+    """DeepCache-style reuse of deep features between adjacent denoising steps (Ma et al., 2023).
+
+    On a refresh step the whole UNet runs and the features entering the last decoder level are kept;
+    on the steps in between only the first encoder level (for its skip connections) and the last decoder
+    level run, on the kept features. Adjacent steps change the deep features little, so this trades a
+    small, measured quality loss for most of the denoiser's work (``docs/performance.md``).
+    """
+
+    features: torch.Tensor | None = None
+    refresh: bool = True
+
+    @property
+    def reusing(self) -> bool:
+        return not self.refresh and self.features is not None
+
+
 class _Block(nn.Module):
     """Shared per-layer sequence: resnet -> spatial transformer -> audio module -> temporal module."""
 
@@ -263,8 +281,15 @@ class UNetBase(nn.Module):
         emb = self.time_embedding(self.time_proj(t).to(self.dtype))
         return emb.repeat_interleave(frames, dim=0)
 
-    def run(self, x: torch.Tensor, temb: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
-        """The down / mid / up path on folded frames; returns the decoder output (before the head)."""
+    def run(self, x: torch.Tensor, temb: torch.Tensor, ctx: ForwardContext, cache: DeepFeatureCache | None = None) -> torch.Tensor:
+        """The down / mid / up path on folded frames; returns the decoder output (before the head).
+
+        ``cache``: see :class:`DeepFeatureCache` (None = always the whole path).
+        """
+        if cache is not None and cache.reusing and cache.features.shape[0] == x.shape[0]:
+            last = self.up_blocks[-1]
+            skips = [x] + self.down_blocks[0](x, temb, ctx)[1]
+            return last(cache.features, skips[: len(last.resnets)], temb, ctx, upsample_size=None)
         skips: list[torch.Tensor] = [x]
         for block in self.down_blocks:
             x, states = block(x, temb, ctx)
@@ -274,6 +299,8 @@ class UNetBase(nn.Module):
             n = len(block.resnets)
             these, skips = skips[-n:], skips[:-n]
             size = skips[-1].shape[-2:] if skips else None
+            if cache is not None and block is self.up_blocks[-1]:
+                cache.features = x
             x = block(x, these, temb, ctx, upsample_size=size)
         return x
 

@@ -242,3 +242,58 @@ def test_reference_encode_builds_region_masks_from_the_detected_face_and_the_pip
     with pytest.raises(ValueError, match="region masks"):
         pipe.generate(bare, feats, **run)
     assert pipe.generate(bare, feats, region_masks=masks, **run) == 4
+
+
+# ---- work savers: guidance on part of the schedule, deep-feature reuse (the fast mode) -------------------
+
+
+def test_deep_feature_cache_reused_on_the_same_input_reproduces_the_whole_forward(pipe, reference):
+    from emo_model.model import Conditioning
+    from emo_model.unet_blocks import DeepFeatureCache
+
+    model = pipe.model
+    g = torch.Generator().manual_seed(5)
+    sample = torch.randn(2, 4, 8, 8, 8, generator=g)
+    tokens = model.audio_tokens(features(8)[None].expand(2, -1, -1, -1, -1))
+    cache = DeepFeatureCache()
+    cond = Conditioning(reference=reference.bank, audio_tokens=tokens, feature_cache=cache)
+    with torch.no_grad():
+        whole = model(sample, 400, dataclasses_replace(cond, feature_cache=None))
+        first = model(sample, 400, cond)  # refresh: runs everything, keeps the deep features
+        assert cache.features is not None and cache.features.shape[0] == 2 * 8
+        cache.refresh = False
+        shallow = model(sample, 400, cond)  # only level 0 down + last up level, on the kept features
+        other = model(sample, 100, cond)  # another timestep: the shallow levels see it
+    torch.testing.assert_close(first, whole)
+    torch.testing.assert_close(shallow, whole, atol=1e-5, rtol=1e-4)
+    assert (other - whole).abs().max() > 1e-3
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
+
+
+def test_guidance_fraction_zero_is_the_full_branch_alone_and_one_is_the_default(pipe, reference):
+    feats = features(10)
+    base = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, cfg=2.0, audio_cfg=2.0))
+    same = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, cfg=2.0, audio_cfg=2.0, guidance_fraction=1.0))
+    nocfg = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, cfg=1.0, audio_cfg=1.0))
+    zero = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, cfg=2.0, audio_cfg=2.0, guidance_fraction=0.0))
+    part = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, cfg=2.0, audio_cfg=2.0, guidance_fraction=0.5))
+    assert torch.equal(base, same)
+    torch.testing.assert_close(zero, nocfg)
+    assert (part - base).abs().max() > 1e-4 and (part - nocfg).abs().max() > 1e-4
+
+
+def test_deep_cache_interval_changes_only_the_reusing_steps(pipe, reference):
+    feats = features(10)
+    s1 = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=1))
+    s1_cached = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=1, deep_cache_interval=3))
+    s3 = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3))
+    s3_cached = pipe.generate_frames(reference, feats, settings=settings(pipe, steps=3, deep_cache_interval=3))
+    torch.testing.assert_close(s1_cached, s1)  # one step: a refresh step only
+    diff = (s3_cached - s3).abs()
+    assert diff.max() > 1e-5  # steps 2 and 3 reused deep features
+    assert torch.isfinite(s3_cached).all() and diff.mean() < 0.2
