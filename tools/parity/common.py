@@ -163,3 +163,15 @@ def package_versions(*names: str) -> dict[str, str]:
         except PackageNotFoundError:
             out[n] = "not installed"
     return out
+
+
+def synthetic_speech(num_samples: int, sample_rate: int = 16000) -> np.ndarray:
+    """A closed-form voiced signal (float32): harmonics of a gliding 110-190 Hz pitch under a syllable-rate
+    envelope, with pauses. No random generator, so a test can make the same waveform instead of storing it."""
+    t = np.arange(num_samples, dtype=np.float64) / sample_rate
+    pitch = 150 + 40 * np.sin(2 * np.pi * 0.7 * t) * np.cos(2 * np.pi * 0.13 * t)
+    phase = 2 * np.pi * np.cumsum(pitch) / sample_rate
+    voiced = sum(np.sin(k * phase + 0.3 * k) / k for k in range(1, 16))
+    syllables = np.clip(np.sin(2 * np.pi * 3.1 * t) * np.sin(2 * np.pi * 0.37 * t + 1.0), 0, None)
+    hiss = 0.05 * np.sin(2 * np.pi * 3700 * t + 5 * np.sin(2 * np.pi * 91 * t))
+    return (0.4 * syllables * voiced + hiss * (syllables > 0.5)).astype(np.float32)

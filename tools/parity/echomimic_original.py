@@ -43,7 +43,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import digest, hashed_state_dict, patch_checkpoint, randomize_, stub_xformers  # noqa: E402
+from common import digest, hashed_state_dict, patch_checkpoint, randomize_, stub_xformers, synthetic_speech  # noqa: E402
 
 p = argparse.ArgumentParser()
 p.add_argument("--echo-src", required=True, help="checkout of antgroup/echomimic at the pinned commit")
@@ -331,6 +331,15 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
 runs = {"main": run(pipeline_echo_mimic.Audio2VideoPipeline, "", args.cfg)}
 if not args.no_acc:
     runs["acc"] = run(pipeline_echo_mimic_acc.Audio2VideoPipeline, "acc.", 1.0)
+
+# Long audio (31.5 s: two of whisper's 30 s segments, the second one short): the original's audio2feat +
+# feature2chunks on common.synthetic_speech; rows around the segment boundary (frame 720) and the clamped end.
+long_frames = int(31.5 * args.fps)
+long_wave = synthetic_speech(round(long_frames * 16000 / args.fps))
+long_chunks = torch.from_numpy(_chunks(feature_array=_audio2feat(long_wave), fps=args.fps))
+long_rows = [0, 1, 2, 100, 400] + list(range(args.fps * 30 - 6, args.fps * 30 + 6)) + list(range(long_frames - 4, long_frames))
+rec["audio_long.rows"] = torch.tensor(long_rows)
+rec["audio_long.chunks"] = long_chunks[long_rows].float().contiguous()
 for h in handles:
     h.remove()
 
@@ -360,6 +369,7 @@ meta = {
     "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_original.py " + " ".join(sys.argv[1:]),
+    "audio_long": {"frames": long_frames, "waveform": "tools/parity/common.py synthetic_speech(round(frames * 16000 / fps))"},
     "settings": {"full": args.full, "frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
                  "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed, "bank_fp16": args.bank_fp16,
                  "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
