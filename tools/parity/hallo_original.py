@@ -53,6 +53,9 @@ p.add_argument("--size", type=int, default=64, help="pixels (height = width)")
 p.add_argument("--steps", type=int, default=3)
 p.add_argument("--cfg", type=float, default=3.5)
 p.add_argument("--seed", type=int, default=7, help="weights / inputs seed")
+p.add_argument("--full", action="store_true",
+               help="Hallo's real shapes (SD1.5 UNets, wav2vec2-base, 768-wide tokens) instead of tiny-hallo's; writes "
+                    "net.pth (~9 GB) into --out; use e.g. --size 128; needs ~10 GB RAM")
 args = p.parse_args()
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
@@ -83,10 +86,19 @@ spec = importlib.util.spec_from_file_location("hallo_inference_script", os.path.
 script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
-# ---- tiny sizes (our tiny-hallo config) ------------------------------------------------------------------
-WIDTHS, HEADS, GROUPS, CROSS = [32, 64, 64, 64], 2, 8, 32
-AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS = 2, 32, 16, 2, 4
-FL_WIDTHS = (8, 8, 16, 16)
+# ---- sizes: our tiny-hallo config, or (--full) Hallo's own ---------------------------------------------------
+if args.full:
+    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [320, 640, 1280, 1280], 8, 32, 768, 2
+    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 12, 768, 512, 4, 32, 512
+    FL_WIDTHS = (16, 32, 64, 128)
+    W2V = dict(num_attention_heads=12, intermediate_size=3072, conv_dim=(512,) * 7, num_conv_pos_embeddings=128,
+               num_conv_pos_embedding_groups=16)
+else:
+    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
+    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 2, 32, 16, 2, 4, 32
+    FL_WIDTHS = (8, 8, 16, 16)
+    W2V = dict(num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
+               num_conv_pos_embedding_groups=4)
 S, f, n, clips = args.size, args.frames, args.motion, args.clips
 h = S // 8
 FPS, SR = 25, 16000
@@ -95,7 +107,7 @@ sd_unet_cfg = {
     "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.27.2", "act_fn": "silu", "attention_head_dim": HEADS,
     "block_out_channels": WIDTHS, "center_input_sample": False, "cross_attention_dim": CROSS,
     "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True,
-    "freq_shift": 0, "in_channels": 4, "layers_per_block": 1, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
+    "freq_shift": 0, "in_channels": 4, "layers_per_block": LAYERS, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
     "norm_num_groups": GROUPS, "out_channels": 4, "sample_size": h, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
 }
 sd_dir = os.path.join(args.work, "sd-tiny")
@@ -112,9 +124,8 @@ AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoder
 # tiny random wav2vec2 (wav2vec2-base-960h's structure: conv stack with strides 320, group norm, post-LN encoder)
 w2v_dir = os.path.join(args.out, "wav2vec2")
 torch.manual_seed(args.seed + 1)
-w2v_cfg = Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=AUDIO_LAYERS, num_attention_heads=2, intermediate_size=64,
-                         conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                         feat_extract_norm="group", do_stable_layer_norm=False, vocab_size=32)
+w2v_cfg = Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=AUDIO_LAYERS, feat_extract_norm="group",
+                         do_stable_layer_norm=False, vocab_size=32, **W2V)
 Wav2Vec2Model(w2v_cfg).save_pretrained(w2v_dir)
 Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
                          return_attention_mask=False).save_pretrained(w2v_dir)
@@ -130,7 +141,7 @@ cfg.merge_with({
     "inference_steps": args.steps, "cfg_scale": args.cfg, "audio_ckpt_dir": net_dir, "base_model_path": sd_dir,
     "motion_module_path": os.path.join(args.work, "no-motion-module.ckpt"),  # absent: from_pretrained_2d skips it
     "wav2vec": {"model_path": w2v_dir}, "vae": {"model_path": vae_dir}, "save_path": os.path.join(args.work, "cache"),
-    "unet_additional_kwargs": {"audio_attention_dim": AUDIO_DIM, "motion_module_kwargs": {"num_attention_heads": HEADS}},
+    "unet_additional_kwargs": {"audio_attention_dim": CROSS, "motion_module_kwargs": {"num_attention_heads": HEADS}},
 })
 cfg_path = os.path.join(args.work, "inference.yaml")
 OmegaConf.save(cfg, cfg_path)
@@ -208,7 +219,7 @@ script.ImageProcessor = InjectedImageProcessor
 script.AudioProcessor = AudioProcessorWithoutSeparator
 script.FaceLocator = tiny(FaceLocator, conditioning_embedding_channels=WIDTHS[0], conditioning_channels=3, block_out_channels=FL_WIDTHS)
 script.ImageProjModel = tiny(ImageProjModel, cross_attention_dim=CROSS, clip_embeddings_dim=ID_DIM, clip_extra_context_tokens=ID_TOKENS)
-script.AudioProjModel = tiny(AudioProjModel, seq_len=5, blocks=AUDIO_LAYERS, channels=AUDIO_DIM, intermediate_dim=32,
+script.AudioProjModel = tiny(AudioProjModel, seq_len=5, blocks=AUDIO_LAYERS, channels=AUDIO_DIM, intermediate_dim=AUDIO_HIDDEN,
                              output_dim=CROSS, context_tokens=AUDIO_TOKENS)
 video_out: list[torch.Tensor] = []
 script.tensor_to_video = lambda tensor, output, audio: video_out.append(tensor.clone())
@@ -223,10 +234,13 @@ proto = script.Net(
     script.FaceLocator(), script.ImageProjModel(), script.AudioProjModel(),
 )
 weight_spec = [(k, list(v.shape)) for k, v in proto.state_dict().items()]
+del proto
 state = hashed_state_dict(weight_spec, args.seed)
 torch.save(state, os.path.join(net_dir, "net.pth"))
+if args.full:  # too big to regenerate in a test: the test loads it from the fixture folder
+    torch.save(state, os.path.join(args.out, "net.pth"))
 weights_digest = digest(state)
-del proto, state
+del state
 
 # ---- recording ------------------------------------------------------------------------------------------------------
 rec: dict[str, torch.Tensor] = {}
@@ -345,7 +359,7 @@ meta = {
     "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     "packages": package_versions("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "accelerate"),
     "stubbed_packages": stubbed,
-    "settings": {"frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
+    "settings": {"full": args.full, "frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
                  "fps": FPS, "sample_rate": SR, "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo default fp16)",
                  "ragged_audio_frames": length},
     "weights": {"format": "Hallo net.pth (torch.save of Net.state_dict())", "generator": "common.hashed_state_dict",
