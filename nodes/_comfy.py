@@ -207,25 +207,66 @@ class Progress:
 PREVIEW_MAX = 512  # px: larger frames are shrunk for the live preview
 
 
-class running_on:
-    """Context manager: the session's networks on the run device for the block, offloaded after.
-
-    ComfyUI first unloads other models until this one fits; afterwards the weights go back to the
-    offload device and the cache is emptied, so an idle EMO model holds no VRAM.
-    """
+class _Networks(torch.nn.Module):
+    """A session's networks (EMO model, its VAE, its audio encoder) as one module: what ComfyUI's memory
+    manager loads, unloads and counts, like core's models."""
 
     def __init__(self, session):
+        super().__init__()
+        self.emo = session.model
+        vae = getattr(session.codec, "vae", None)
+        if isinstance(vae, torch.nn.Module):  # a core VAE (vae_adapter.ComfyVAE) manages itself
+            self.vae = vae
+        encoder = getattr(session.audio_encoder, "model", None)
+        if isinstance(encoder, torch.nn.Module):
+            self.audio_encoder = encoder
+
+
+def comfy_patcher(session):
+    """The ``ModelPatcher`` that registers this session's networks with ``comfy.model_management`` (one per
+    EMO model, shared by sessions that reuse it); None outside ComfyUI."""
+    if model_management is None:
+        return None
+    patcher = session.model.__dict__.get("_emo_comfy_patcher")
+    if patcher is None:
+        import comfy.model_patcher  # type: ignore
+
+        patcher = comfy.model_patcher.ModelPatcher(_Networks(session), load_device=torch_device(), offload_device=offload_device())
+        session.model.__dict__["_emo_comfy_patcher"] = patcher
+    return patcher
+
+
+class running_on:
+    """Context manager: the session's networks on the run device for the block.
+
+    In ComfyUI they are a ``ModelPatcher`` loaded with ``model_management.load_models_gpu``, asking for
+    ``memory_required`` bytes of working memory on top of the weights (see ``emo_model.memory``): ComfyUI
+    unloads other models until both fit, keeps EMO loaded between runs while memory allows (model cache),
+    and "Unload models" / ``--lowvram`` pressure moves it back to the offload device; the next node call
+    loads it again. The networks are always loaded whole (``force_full_load``): their layers are plain
+    torch modules, which ComfyUI cannot stream weight by weight. Outside ComfyUI (CLI, tests) the networks
+    move to the best local device for the block and back to the offload device after it.
+    """
+
+    def __init__(self, session, memory_required: int = 0):
         self.session = session
+        self.memory_required = int(memory_required)
         self.device = torch_device()
+        self.patcher = None
 
     def __enter__(self):
+        self.patcher = comfy_patcher(self.session)
+        if self.patcher is not None:
+            model_management.load_models_gpu([self.patcher], memory_required=self.memory_required, force_full_load=True)
+            self.session.device = torch.device(self.patcher.load_device)
+            return self.session
         if self.device != self.session.device:
-            size = sum(p.numel() * p.element_size() for p in self.session.model.parameters())
-            free_memory_for(int(size * 1.3), self.device)
             self.session.to(self.device)
         return self.session
 
     def __exit__(self, *exc):
+        if self.patcher is not None:  # ComfyUI decides when to unload
+            return False
         offload = offload_device()
         if self.session.device != offload:
             self.session.to(offload)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..emo_model.audio import SUGGESTED_LUFS
 from ..emo_model.validation import DEFAULT_MAX_FRAMES
+from . import _comfy
 
 
 class EMOAudioEncode:
@@ -40,9 +41,10 @@ class EMOAudioEncode:
 
     def encode(self, emo_model, audio, fps, loudness, audio_encoder_output=None, max_frames=DEFAULT_MAX_FRAMES):
         lufs = None if loudness == "off" else float(loudness.split()[0])
-        features = emo_model.encode_audio(
-            audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output, max_frames=max_frames
-        )
+        with _comfy.running_on(emo_model):  # wav2vec2 / whisper on the model's device (features come back on the CPU)
+            features = emo_model.encode_audio(
+                audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output, max_frames=max_frames
+            )
         summary = f"{features.num_frames} frames · {features.audio.duration:.2f} s at {features.fps:g} fps · {features.kind} features"
         result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps))
         return {"ui": {"emo_summary": [summary]}, "result": result}

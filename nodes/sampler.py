@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..emo_model.colour_match import MODES as COLOUR_MODES
+from ..emo_model.memory import settings_memory_bytes
 from ..emo_model.pipeline import GenerationCancelled
 from ..emo_model.schedulers import SAMPLERS
 from ..emo_model.validation import InputError, check_speed
@@ -121,7 +122,8 @@ class EMOSampler:
 
         mask = mask_for(face_mask)
         try:
-            with _comfy.running_on(session):
+            working = settings_memory_bytes(settings, size=max(h, w), dtype_bytes=session.model.dtype.itemsize)
+            with _comfy.running_on(session, memory_required=working):
                 session.pipeline.generate(
                     emo_reference.state,
                     emo_audio.features,
