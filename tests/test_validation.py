@@ -275,8 +275,9 @@ def test_big_jpeg_is_decoded_reduced(tmp_path):
 def node_run(files):
     pack = load_pack()
     nodes = pack.NODE_CLASS_MAPPINGS
-    (session,) = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
-                                               "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+    loaded = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
+                                          "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+    (session,) = loaded["result"] if isinstance(loaded, dict) else loaded
     import soundfile as sf
 
     wave, rate = sf.read(str(files["audio"]), dtype="float32", always_2d=True)

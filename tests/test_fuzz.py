@@ -1,0 +1,307 @@
+"""Fuzzing (issue 16): hostile values and damaged files, generated here, never give a traceback or a bad file.
+
+* property-based (Hypothesis) over the CLI flags of ``generate`` and the sampler / audio node inputs:
+  every drawn value either works (a complete, readable video / a finite IMAGE of the right size) or
+  gives one ``error:`` line (a ValueError on the nodes), and no video or partial file is left behind;
+* a corpus of malformed checkpoints, images and audio made by the tests.
+
+Sized for CI: the built-in tiny demo model, 0.2 s of audio, 1-2 steps, a few dozen examples.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from comfy_harness import load_pack, write_portrait, write_speech
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from emo_model import weights
+from emo_model.cli import main
+
+# no shrinking: each failing example is printed as drawn (shrinking re-runs generation, minutes here)
+FUZZ = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
+                phases=[Phase.explicit, Phase.generate], report_multiple_bugs=False)
+
+
+def run_cli(capsys, args) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error_line(err: str) -> str:
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith(("EMO:", "warning:", "note:"))]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def leftovers(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.suffix in (".mp4", ".webm") or ".partial" in p.name]
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    base = tmp_path_factory.mktemp("fuzz")
+    out = base / "out"
+    out.mkdir()
+    return {"dir": base, "out": out, "image": write_portrait(base / "face.png", size=96), "audio": write_speech(base / "speech.wav", seconds=0.2)}
+
+
+# ---- the command line -----------------------------------------------------------------------------
+
+# each flag: values that work (None = leave it out), and hostile ones; an example sets every flag to a
+# working value and then at most one flag to a hostile value, so both outcomes are exercised
+INT_BAD = [0, -1, -7, 10**6, 2**70]
+FLOAT_BAD = [0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e6, 1e-9]
+CLI_FLAGS = {  # flag: (working values, hostile values)
+    "--steps": ([1, 2], [0, -3, 1001, 10**9]),  # never None: the demo preset (20 steps) is too slow here
+    "--fps": ([None, 25.0, 12.5], FLOAT_BAD),
+    "--speed": ([None, 0.5, 1.2, 3.0], FLOAT_BAD[1:] + [3.5]),
+    "--cfg": ([None, 1.0, 2.5], FLOAT_BAD[1:] + [31.0]),
+    "--audio-cfg": ([None, 1.0], FLOAT_BAD[1:]),
+    "--frames-per-clip": ([None, 4, 8], INT_BAD),
+    "--motion-frames": ([None, 2, 4], INT_BAD[1:]),
+    "--size": ([None, 64], [1, 63, 100, 4096]),
+    "--seed": ([None, 3, 2**62], [-1, 2**70]),
+    "--loudness": ([None, -23.0], FLOAT_BAD[2:] + [5.0]),
+    "--crf": ([None, 19, 51], [-1, 64, 10**6]),
+    "--max-frames": ([None, 100], [0, -1, 2]),
+}
+
+
+@st.composite
+def cli_flags(draw):
+    flags = {flag: draw(st.sampled_from(good)) for flag, (good, _) in CLI_FLAGS.items()}
+    hostile = draw(st.sampled_from([None, *CLI_FLAGS]))
+    if hostile is not None:
+        flags[hostile] = draw(st.sampled_from(CLI_FLAGS[hostile][1]))
+    return flags
+
+
+@settings(FUZZ, max_examples=8)
+@given(flags=cli_flags(), suffix=st.sampled_from([".mp4", ".mp4", ".mp4", ".webm", ".avi", ""]))
+def test_generate_flags_work_or_fail_in_one_line(media, capsys, flags, suffix):
+    from emo_model.video_io import probe_video
+
+    out = media["out"] / f"fuzz{suffix}"
+    args = ["generate", "--image", media["image"], "--audio", media["audio"], "--out", out, "--device", "cpu"]
+    for flag, value in flags.items():
+        if value is not None:
+            args.append(f"{flag}={value!r}")  # --flag=-inf: a value may start with '-'
+
+    rc, stdout, err = run_cli(capsys, args)
+    try:
+        if rc == 0:
+            video = probe_video(out)
+            fps = flags["--fps"] or 25.0
+            assert video.num_frames == math.ceil(round(0.2 * fps, 6)) and video.width == (flags["--size"] or 64)
+            assert "wrote" in stdout
+        else:
+            assert rc == 1
+            assert_one_error_line(err)
+            assert not leftovers(media["out"]), leftovers(media["out"])
+    finally:
+        for p in leftovers(media["out"]):
+            p.unlink()
+
+
+# ---- the nodes ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nodes_ready(media):
+    import soundfile as sf
+
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    loaded = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
+                                          "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
+    (session,) = loaded["result"] if isinstance(loaded, dict) else loaded
+    wave, rate = sf.read(str(media["audio"]), dtype="float32", always_2d=True)
+    audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
+    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
+    out = nodes["EMOReferenceEncode"]().encode(session, torch.rand(1, 64, 64, 3), 0)
+    (reference,) = out["result"] if isinstance(out, dict) else out
+    return nodes, session, reference, emo_audio, audio
+
+
+def _node_floats(*good):
+    return st.sampled_from([*good, 0.0, -1.0, float("nan"), float("inf"), 1e6])
+
+
+NODE_INPUTS = {
+    "seed": st.sampled_from([0, 5, 2**63 - 1, -1]),
+    "steps": st.sampled_from([1, 2, -1, 1001]),  # 0 (= preset, 20 steps) is valid but too slow here
+    "cfg": _node_floats(1.0, 3.5),
+    "audio_cfg": _node_floats(2.0),
+    "sampler": st.sampled_from(["ddim", "euler"]),  # a combo: ComfyUI only sends listed values
+    "speed": _node_floats(0.3, 1.0),
+    "frames_per_clip": st.sampled_from([0, 2, 8, -1, 1000]),
+    "motion_frames": st.sampled_from([-1, 0, 2, 40, -5]),
+    "colour_match": st.sampled_from(["none", "mean", "reinhard"]),
+    "speed_curve": st.sampled_from(["", "0.2, 1.0", "0.5, nan", "1e9", "-1", "fast", ";;"]),
+}
+
+
+@FUZZ
+@given(inputs=st.fixed_dictionaries(NODE_INPUTS))
+def test_sampler_node_inputs_work_or_fail_with_one_line(nodes_ready, inputs):
+    nodes, session, reference, emo_audio, _ = nodes_ready
+    sampler = nodes["EMOSampler"]()
+    try:
+        result = sampler.sample(session, reference, emo_audio, **inputs)
+    except ValueError as exc:  # ComfyUI shows the message on the node
+        message = str(exc)
+        assert message and "\n" not in message.strip() and len(message) < 400, message
+        return
+    video = result["result"][0]
+    assert video.shape == (emo_audio.num_frames, 64, 64, 3)
+    assert bool(torch.isfinite(video).all()) and 0 <= float(video.min()) and float(video.max()) <= 1
+
+
+@FUZZ
+@given(fps=_node_floats(25.0, 12.0, 120.0), max_frames=st.sampled_from([1, 3, 10**6]), loudness=st.sampled_from(["off", "-23 LUFS", "-16 LUFS"]))
+def test_audio_node_inputs_work_or_fail_with_one_line(nodes_ready, fps, max_frames, loudness):
+    nodes, session, _, _, audio = nodes_ready
+    try:
+        result = nodes["EMOAudioEncode"]().encode(session, audio, fps, loudness, max_frames=max_frames)["result"]
+    except ValueError as exc:
+        assert "\n" not in str(exc).strip(), str(exc)
+        return
+    features, _, frames, rate = result
+    assert 1 <= frames <= max_frames and bool(torch.isfinite(features.features).all())
+
+
+# ---- corpus: checkpoints ----------------------------------------------------------------------------
+
+def _checkpoint_corpus(base: Path) -> dict[str, Path]:
+    from safetensors.torch import save_file
+
+    from emo_model import demo
+
+    good = demo.model_path().read_bytes()
+    with __import__("safetensors").safe_open(str(demo.model_path()), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    key = next(k for k in tensors if k.startswith("denoising_unet.") and k.endswith(".weight"))
+    corpus = {}
+    nan = dict(tensors)
+    nan[key] = nan[key].clone()
+    nan[key].view(-1)[0] = float("nan")
+    save_file(nan, str(base / "nan.safetensors"), metadata=meta)
+    corpus["nan"] = base / "nan.safetensors"
+    inf = dict(tensors)
+    inf[key] = inf[key].clone()
+    inf[key].view(-1)[-1] = -float("inf")
+    save_file(inf, str(base / "inf.safetensors"), metadata=meta)
+    corpus["inf"] = base / "inf.safetensors"
+    ints = dict(tensors)
+    ints[key] = ints[key].round().to(torch.int16)
+    save_file(ints, str(base / "int.safetensors"), metadata=meta)
+    corpus["int"] = base / "int.safetensors"
+    (base / "truncated.safetensors").write_bytes(good[: len(good) // 3])
+    corpus["truncated"] = base / "truncated.safetensors"
+    (base / "header.safetensors").write_bytes(struct.pack("<Q", 10**12) + b"{" + good[9:200])
+    corpus["wrong header"] = base / "header.safetensors"
+    (base / "json.safetensors").write_bytes(struct.pack("<Q", 12) + b'{"a": [1, 2' + b" " * 64)
+    corpus["bad json"] = base / "json.safetensors"
+    (base / "empty.pth").write_bytes(b"")
+    corpus["empty"] = base / "empty.pth"
+    state = {k: v.clone() for k, v in list(tensors.items())[:5]}
+    torch.save(state, base / "cut.pth")
+    data = (base / "cut.pth").read_bytes()
+    (base / "cut.pth").write_bytes(data[: len(data) // 2])
+    corpus["truncated pth"] = base / "cut.pth"
+    (base / "evil.pth").write_bytes(pickle.dumps({"x": print}))
+    corpus["pickle with code"] = base / "evil.pth"
+    return corpus
+
+
+def test_malformed_checkpoints_are_refused_in_one_line(media, capsys):
+    corpus = _checkpoint_corpus(media["dir"])
+    for name, path in corpus.items():
+        rc, out, err = run_cli(capsys, ["inspect", path])
+        assert rc == 1, name
+        assert "Traceback" not in err, (name, err)
+        if "status" in out:  # read, then refused with the tensor named
+            assert "refused:" in out and ("NaN" in out or "int16" in out), (name, out)
+        else:
+            assert_one_error_line(err)
+        converted = media["dir"] / f"converted_{name.replace(' ', '_')}.safetensors"
+        rc, _, err = run_cli(capsys, ["convert", path, "--out", converted])
+        assert rc == 1 and not converted.exists(), name
+        assert_one_error_line(err)
+        with pytest.raises(weights.WeightsError):
+            weights.load_emo_model(path)
+        video = media["out"] / "never.mp4"
+        rc, _, err = run_cli(capsys, ["generate", "--model", path, "--image", media["image"], "--audio", media["audio"],
+                                      "--out", video, "--steps", "1", "--device", "cpu"])
+        assert rc == 1 and not leftovers(media["out"]), name
+        assert_one_error_line(err)
+
+
+# ---- corpus: images and audio -----------------------------------------------------------------------
+
+def _png_header(path: Path, width: int, height: int) -> Path:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def _image_corpus(base: Path) -> dict[str, Path]:
+    from PIL import Image
+
+    Image.new("RGB", (1, 1)).save(base / "dot.png")
+    Image.new("RGB", (500, 20)).save(base / "strip.png")
+    good = write_portrait(base / "ok.png").read_bytes()
+    (base / "cut.png").write_bytes(good[: len(good) // 2])
+    (base / "zero.png").write_bytes(b"")
+    (base / "text.jpg").write_text("not an image")
+    return {
+        "1x1": base / "dot.png",
+        "20 px high": base / "strip.png",
+        "truncated png": base / "cut.png",
+        "huge header": _png_header(base / "huge.png", 60_000, 60_000),
+        "empty file": base / "zero.png",
+        "text": base / "text.jpg",
+        "missing": base / "nope.png",
+    }
+
+
+def _audio_corpus(base: Path) -> dict[str, Path]:
+    import soundfile as sf
+
+    sf.write(str(base / "empty.wav"), np.zeros((0, 1), np.float32), 16000)
+    wave = np.random.default_rng(0).uniform(-0.5, 0.5, 8000).astype(np.float32)
+    wave[100] = np.nan
+    sf.write(str(base / "nan.wav"), wave, 16000, subtype="FLOAT")
+    good = write_speech(base / "ok.wav", seconds=0.3).read_bytes()
+    (base / "cut.wav").write_bytes(good[:30])  # inside the header
+    (base / "noise.mp3").write_bytes(bytes(range(256)) * 8)
+    return {"empty": base / "empty.wav", "NaN": base / "nan.wav", "truncated": base / "cut.wav", "garbage": base / "noise.mp3",
+            "missing": base / "nope.wav"}
+
+
+@pytest.mark.parametrize("kind", ["image", "audio"])
+def test_malformed_media_give_one_line_and_no_file(media, capsys, kind):
+    corpus = (_image_corpus if kind == "image" else _audio_corpus)(media["dir"])
+    for name, path in corpus.items():
+        video = media["out"] / "never.mp4"
+        args = ["generate", "--image", media["image"], "--audio", media["audio"], "--out", video, "--steps", "1", "--device", "cpu"]
+        args[args.index(f"--{kind}") + 1] = path
+        rc, _, err = run_cli(capsys, args)
+        assert rc == 1, (name, err)
+        line = assert_one_error_line(err)
+        assert path.name in line or "portrait" in line or "image" in line or "audio" in line, (name, line)
+        assert not leftovers(media["out"]), name
