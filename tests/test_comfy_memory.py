@@ -17,9 +17,9 @@ import types
 
 import pytest
 import torch
-
 from comfy_harness import load_pack
 from conftest import ROOT
+
 from emo_model.memory import MIB, guidance_branches, settings_memory_bytes, working_memory_bytes
 
 DEMO = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
@@ -32,7 +32,7 @@ def test_guidance_branches_follow_the_weights_that_are_run():
 
 
 def test_working_memory_grows_with_branches_frames_and_size():
-    base = dict(size=512, frames_per_clip=16, motion_frames=2, dtype_bytes=2)
+    base = {"size": 512, "frames_per_clip": 16, "motion_frames": 2, "dtype_bytes": 2}
     one, three = working_memory_bytes(branches=1, **base), working_memory_bytes(branches=3, **base)
     assert 2.0 < three / one <= 3.0  # the denoiser part is per branch; the bank and decoding are not
     assert working_memory_bytes(branches=2, **{**base, "size": 256}) < working_memory_bytes(branches=2, **base) / 3

@@ -390,6 +390,30 @@ def test_our_video_output_feeds_core_video_nodes(server):
         assert info.audio_duration is not None and abs(info.audio_duration - info.num_frames / info.fps) <= 1 / info.fps
 
 
+def test_unload_models_frees_the_emo_model_and_the_next_run_loads_it_again(server):
+    """EMO's networks are a ModelPatcher in ComfyUI's memory manager: kept loaded between runs, freed by
+    "Unload models" (POST /free), loaded again by the next sampler run (ComfyUI logs every load)."""
+    if not DEMO_MODEL.is_file():
+        pytest.skip("the demo model is not built")
+    graph = tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_demo_cpu.api.json").read_text()))
+    sampler = node_of(graph, "EMOSampler")
+    loads = lambda: server.log_text().count("Requested to load _Networks")
+    with server.explain():
+        graph[sampler]["inputs"]["seed"] = 101
+        server.run(graph)
+        first = loads()
+        assert first >= 1, "the EMO model never went through model_management.load_models_gpu"
+        graph[sampler]["inputs"]["seed"] = 102  # only the sampler runs again (the rest is cached)
+        server.run(graph)
+        assert loads() == first, "reloaded although nothing unloaded it (no model cache)"
+        code, _ = server.post("/free", {"unload_models": True})
+        assert code == 200
+        time.sleep(12)  # the prompt worker applies the flag within its 10 s garbage-collection wake-up
+        graph[sampler]["inputs"]["seed"] = 103
+        server.run(graph)
+        assert loads() == first + 1, "not unloaded by /free, or not loaded again by the next run"
+
+
 def test_interrupt_stops_the_sampler_and_writes_nothing(server):
     graph = _speech_graph()
     sampler = node_of(graph, "EMOSampler")

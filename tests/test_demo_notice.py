@@ -9,9 +9,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
-
 from comfy_harness import write_portrait, write_speech
 from conftest import ROOT
+
 from emo_model import demo
 from emo_model.demo.portrait_check import NOTICE, is_demo_portrait, match_demo_portrait, portrait_notice
 from emo_model.face import prepare_portrait

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
@@ -84,7 +83,7 @@ def test_makefile_targets_set_up_then_run_the_demo_and_the_suite():
     make = (ROOT / "Makefile").read_text()
 
     def recipe(target: str) -> list[str]:
-        m = re.search(rf"^{target}:([^\n]*)\n((?:\t[^\n]*\n)+)", make, re.M)
+        m = re.search(rf"^{target}:([^\n]*)\n((?:\t[^\n]*\n)+)", make, re.MULTILINE)
         assert m, f"no target {target}"
         return [m.group(1).strip(), *[line.strip() for line in m.group(2).splitlines()]]
 

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
