@@ -606,14 +606,28 @@ def _require_known_layout(files: Sequence[TensorFile], name: str, report: MatchR
 
 
 def _with_named_quirks(config: EMOConfig, config_json: str) -> EMOConfig:
-    """Native files written before ``preset.quirks`` existed take the quirks of their named config."""
-    if "quirks" in json.loads(config_json).get("preset", {}):
-        return config
+    """Fields a native file predates (new quirks, scheduler options) take its named config's values.
+
+    The stored values always win; only keys missing from the file's config JSON are filled, from the
+    named config of the same name (``hallo``, ``tiny-hallo``, ...). A config with another name keeps the
+    dataclass defaults (the paper's behaviour).
+    """
     try:
-        quirks = get_config(config.name).preset.quirks
+        named = get_config(config.name).to_dict()
     except KeyError:
         return config
-    return config.replace(preset=dataclasses.replace(config.preset, quirks=quirks))
+
+    def overlay(base: dict, stored: dict) -> dict:
+        out = dict(base)
+        for key, value in stored.items():
+            out[key] = overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+        return out
+
+    stored = json.loads(config_json)
+    merged = overlay(named, stored)
+    if merged == stored:
+        return config
+    return EMOConfig.from_dict(merged).validate()
 
 
 def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:

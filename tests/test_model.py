@@ -418,3 +418,14 @@ def test_native_files_without_quirks_take_their_named_configs_quirks():
     fixed = _with_named_quirks(old, json.dumps(data))
     assert fixed.preset.quirks.temporal_in_plain_blocks is False
     assert _with_named_quirks(old, cfg.to_json()) is old
+    # a file that has some quirks but predates others (and a newer scheduler option): only the missing
+    # keys are filled, the stored ones win
+    data = cfg.to_dict()
+    del data["preset"]["quirks"]["reference_rows_tiled"], data["preset"]["scheduler"]["set_alpha_to_one"]
+    data["preset"]["quirks"]["temporal_in_plain_blocks"] = True
+    data["preset"]["steps"] = 7
+    partial = EMOConfig.from_dict(data)
+    fixed = _with_named_quirks(partial, json.dumps(data))
+    assert fixed.preset.quirks.reference_rows_tiled is cfg.preset.quirks.reference_rows_tiled is True
+    assert fixed.preset.scheduler.set_alpha_to_one is cfg.preset.scheduler.set_alpha_to_one is True
+    assert fixed.preset.quirks.temporal_in_plain_blocks is True and fixed.preset.steps == 7
