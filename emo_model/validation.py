@@ -15,6 +15,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
 import torch
 
 
@@ -106,7 +107,7 @@ def check_speed(speed, *, label: str = "speed"):
 def check_settings(settings, config, *, labels: dict[str, str] | None = None) -> None:
     """Every sampling value of ``settings`` (a SamplingSettings) against the rules and the model's limits."""
     labels = labels or {}
-    label = lambda name: labels.get(name, name)  # noqa: E731
+    label = lambda name: labels.get(name, name)
     for name in ("steps", "cfg", "audio_cfg", "frames_per_clip", "motion_frames", "seed"):
         check(name, getattr(settings, name), label=label(name))
     check_speed(settings.speed, label=label("speed"))
@@ -214,10 +215,9 @@ def bad_tensor(name: str, tensor: torch.Tensor, expected: torch.dtype | None = N
     """Why a checkpoint tensor is unusable (non-float where the model wants floats, NaN/inf values), or None."""
     if expected is not None and expected.is_floating_point and not tensor.is_floating_point():
         return f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values where the model needs floating point"
-    if tensor.is_floating_point() and tensor.numel() and not tensor.is_meta:
-        if not bool(torch.isfinite(tensor).all()):
-            bad = int((~torch.isfinite(tensor)).sum())
-            return f"{name} holds {bad} NaN/infinite value{'s' if bad != 1 else ''} of {tensor.numel()}"
+    if tensor.is_floating_point() and tensor.numel() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        return f"{name} holds {bad} NaN/infinite value{'s' if bad != 1 else ''} of {tensor.numel()}"
     return None
 
 

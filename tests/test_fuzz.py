@@ -176,7 +176,7 @@ def test_audio_node_inputs_work_or_fail_with_one_line(nodes_ready, fps, max_fram
     except ValueError as exc:
         assert "\n" not in str(exc).strip(), str(exc)
         return
-    features, _, frames, rate = result
+    features, _, frames, _ = result
     assert 1 <= frames <= max_frames and bool(torch.isfinite(features.features).all())
 
 

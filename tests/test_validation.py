@@ -290,8 +290,8 @@ def node_run(files):
 
 
 def sampler_args(**over):
-    args = dict(seed=0, steps=1, cfg=0.0, audio_cfg=0.0, sampler="ddim", speed=0.7, frames_per_clip=0, motion_frames=-1,
-                colour_match="none")
+    args = {"seed": 0, "steps": 1, "cfg": 0.0, "audio_cfg": 0.0, "sampler": "ddim", "speed": 0.7, "frames_per_clip": 0, "motion_frames": -1,
+                "colour_match": "none"}
     args.update(over)
     return args
 
@@ -299,11 +299,11 @@ def sampler_args(**over):
 @pytest.mark.parametrize(
     "over, expected",
     [
-        (dict(speed=float("nan")), "speed must be a number from 0 to 3, got nan"),
-        (dict(cfg=float("nan")), "cfg must be a number from 0 to 30, got nan"),
-        (dict(steps=5000), "steps must be an integer from 1 to 1000"),
-        (dict(frames_per_clip=1000), "frames_per_clip must be an integer from 1 to 64"),
-        (dict(speed_curve="0.5, inf"), "speed_curve values are head speeds in degrees per frame and must be >= 0 and <= 3"),
+        ({"speed": float("nan")}, "speed must be a number from 0 to 3, got nan"),
+        ({"cfg": float("nan")}, "cfg must be a number from 0 to 30, got nan"),
+        ({"steps": 5000}, "steps must be an integer from 1 to 1000"),
+        ({"frames_per_clip": 1000}, "frames_per_clip must be an integer from 1 to 64"),
+        ({"speed_curve": "0.5, inf"}, "speed_curve values are head speeds in degrees per frame and must be >= 0 and <= 3"),
     ],
 )
 def test_sampler_node_uses_the_shared_rules(node_run, over, expected):
