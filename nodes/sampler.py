@@ -6,7 +6,7 @@ import torch
 
 from ..emo_model.colour_match import MODES as COLOUR_MODES
 from ..emo_model.memory import settings_memory_bytes
-from ..emo_model.pipeline import GenerationCancelled
+from ..emo_model.pipeline import GenerationCancelled, fast_settings
 from ..emo_model.schedulers import SAMPLERS
 from ..emo_model.validation import InputError, check_speed
 from . import _comfy
@@ -75,6 +75,7 @@ class EMOSampler:
             "optional": {
                 "face_mask": ("MASK", {"tooltip": "Where the face may move (EMO Face Mask, or any mask in the portrait's coordinates). Default: the whole frame."}),
                 "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
+                "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says) at half the preset's steps (or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -90,7 +91,7 @@ class EMOSampler:
         return True
 
     def sample(self, emo_model, emo_reference, emo_audio, seed, steps, cfg, audio_cfg, sampler, speed, frames_per_clip, motion_frames,
-               colour_match, face_mask=None, speed_curve="", unique_id=None):
+               colour_match, face_mask=None, speed_curve="", fast=False, unique_id=None):
         session = emo_model
         if emo_reference.model_id != id(session.model):
             raise ValueError(
@@ -98,11 +99,13 @@ class EMOSampler:
             )
         if emo_audio.kind != session.config.audio.kind:
             raise ValueError(f"the audio was encoded for '{emo_audio.kind}' features but {session.name} needs '{session.config.audio.kind}'; re-run EMO Audio Encode with this model")
+        quick = fast_settings(session.config.preset) if fast else {}
         settings = session.settings(
-            steps=steps or None,
+            **{k: v for k, v in quick.items() if k not in ("steps", "sampler")},
+            steps=steps or quick.get("steps"),
             cfg=cfg or None,
             audio_cfg=(audio_cfg or cfg) or None,
-            sampler=sampler,
+            sampler=quick.get("sampler", sampler),
             seed=seed,
             speed=parse_curve(speed_curve) or speed,
             frames_per_clip=frames_per_clip or None,
@@ -144,5 +147,6 @@ class EMOSampler:
             f"cfg {settings.cfg:g} · audio_cfg {settings.audio_cfg:g} · {settings.frames_per_clip} frames per clip"
             + (f" + {settings.motion_frames} motion frames" if settings.strategy == "motion_frames" else "")
             + f" · {video.shape[2]}x{video.shape[1]}"
+            + (f" · fast (deep features reused, full denoiser every {settings.deep_cache_interval} steps)" if fast else "")
         )
         return {"ui": {"emo_summary": [summary]}, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}

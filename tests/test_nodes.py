@@ -408,3 +408,15 @@ def test_live_preview_is_sent_at_the_frame_size_so_the_caption_tells_the_truth(p
         kind, image, max_size = sent[-1]
         assert kind == "JPEG" and image.size == (side, side)
         assert ImageOps.contain(image, (max_size, max_size)).size == (shown, shown)  # what the server sends
+
+
+@pytest.mark.skipif(not (ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors").is_file(), reason="the demo model is not built")
+def test_sampler_fast_option_runs_the_fast_mode_and_says_so(pack, env):
+    graph = json.loads((ROOT / "workflows" / "api" / "emo_demo_cpu.api.json").read_text())
+    graph["6"]["inputs"]["fast"] = True
+    outputs, uis = run_api(graph, {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS})
+    summary = uis["6"]["emo_summary"][0]
+    # the demo preset is 20 DDIM steps: the fast mode takes half of them with DPM++ 2M
+    assert "× 10 dpmpp_2m steps" in summary and "fast (deep features reused, full denoiser every 2 steps)" in summary, summary
+    images = outputs["6"][0]
+    assert images.shape[0] == outputs["4"][2] and bool(torch.isfinite(images).all()) and float(images.std()) > 0.05

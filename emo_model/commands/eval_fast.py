@@ -36,6 +36,9 @@ CANDIDATES: dict[str, dict] = {
     "dpmpp_2m 1/2 + cfg 40% + cache 2": {"sampler": "dpmpp_2m", "steps_ratio": 0.5, "guidance_fraction": 0.4, "deep_cache_interval": 2},
     "unipc 1/2 + cfg 40% + cache 2": {"sampler": "unipc", "steps_ratio": 0.5, "guidance_fraction": 0.4, "deep_cache_interval": 2},
     "dpmpp_2m 0.4 + cfg 50% + cache 2": {"sampler": "dpmpp_2m", "steps_ratio": 0.4, "guidance_fraction": 0.5, "deep_cache_interval": 2},
+    "dpmpp_2m 1/2 + cache 2": {"sampler": "dpmpp_2m", "steps_ratio": 0.5, "deep_cache_interval": 2},
+    "dpmpp_2m 0.4 + cache 2": {"sampler": "dpmpp_2m", "steps_ratio": 0.4, "deep_cache_interval": 2},
+    "dpmpp_2m 1/2 + cfg 80% + cache 2": {"sampler": "dpmpp_2m", "steps_ratio": 0.5, "guidance_fraction": 0.8, "deep_cache_interval": 2},
     "fast": {"fast": True},
 }
 

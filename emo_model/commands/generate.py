@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, help="head-motion speed, deg/frame (speech 0.1-1.0, singing 1.0-1.3)")
     p.add_argument("--size", type=int, help="output size in pixels, a multiple of 64 (default: the model's preset)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS), help="scheduler (default: the model's preset, DDIM)")
+    p.add_argument(
+        "--fast",
+        action="store_true",
+        help="fast mode: less denoiser work (half the steps with DPM++ 2M, deep features reused every other step); "
+        "--steps/--sampler still override. Measured cost in docs/performance.md",
+    )
     p.add_argument("--frames-per-clip", type=int, help="frames generated per clip / context window")
     p.add_argument("--motion-frames", type=int, help="frames of the previous clip that condition the next")
     p.add_argument("--colour-match", choices=["none", "mean", "reinhard"], default="none", help="match each clip's colours to the portrait")
@@ -102,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     from .. import demo
     from ..audio import AudioError
+    from ..pipeline import fast_settings
     from ..session import Session
     from ..video_io import VideoWriter
 
@@ -120,11 +127,13 @@ def run(args: argparse.Namespace) -> int:
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
+    fast = fast_settings(session.config.preset) if args.fast else {}
     settings = session.settings(
-        steps=args.steps,
+        **{k: v for k, v in fast.items() if k not in ("steps", "sampler")},
+        steps=args.steps if args.steps is not None else fast.get("steps"),
         cfg=args.cfg,
         audio_cfg=args.audio_cfg if args.audio_cfg is not None else args.cfg,
-        sampler=args.sampler,
+        sampler=args.sampler or fast.get("sampler"),
         seed=args.seed,
         speed=args.speed,
         frames_per_clip=args.frames_per_clip,
