@@ -297,3 +297,12 @@ def test_deep_cache_interval_changes_only_the_reusing_steps(pipe, reference):
     diff = (s3_cached - s3).abs()
     assert diff.max() > 1e-5  # steps 2 and 3 reused deep features
     assert torch.isfinite(s3_cached).all() and diff.mean() < 0.2
+
+
+def test_fast_settings_scale_the_presets_steps_but_keep_a_floor():
+    from emo_model.configs import get_config
+    from emo_model.pipeline import fast_settings
+
+    steps = {name: fast_settings(get_config(name).preset)["steps"] for name in ("emo", "echomimic-v1", "echomimic-v1-acc", "tiny")}
+    assert steps == {"emo": 16, "echomimic-v1": 12, "echomimic-v1-acc": 6, "tiny": 8}
+    assert fast_settings(get_config("hallo").preset)["sampler"] == "dpmpp_2m"

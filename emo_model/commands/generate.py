@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fast",
         action="store_true",
-        help="fast mode: less denoiser work (half the steps with DPM++ 2M, deep features reused every other step); "
+        help="fast mode: less denoiser work (DPM++ 2M at 0.4x the preset's steps, deep features reused every other step); "
         "--steps/--sampler still override. Measured cost in docs/performance.md",
     )
     p.add_argument("--frames-per-clip", type=int, help="frames generated per clip / context window")
