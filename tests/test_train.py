@@ -394,12 +394,15 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
     nodes = load_pack().NODE_CLASS_MAPPINGS
     loader = nodes["LoadEMOModel"]
     assert "my-emo.safetensors" in loader.INPUT_TYPES()["required"]["model"][0]
-    (session,) = loader().load("my-emo.safetensors", "tiny-vae/", loader.INPUT_TYPES()["required"]["audio_encoder"][0][0], "fp32", "standard")
+    def result(out):  # nodes that show a summary return {"ui": ..., "result": ...}
+        return out["result"] if isinstance(out, dict) else out
+
+    (session,) = result(loader().load("my-emo.safetensors", "tiny-vae/", loader.INPUT_TYPES()["required"]["audio_encoder"][0][0], "fp32", "standard"))
     clip = store.tensors(entry)["audio"].float()
     audio = {"waveform": clip[None, None], "sample_rate": 16000}
     emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, float(FPS), "off")["result"][0]
     image = torch.from_numpy(store.frames(entry, [0])).float() / 255
-    (ref,) = nodes["EMOReferenceEncode"]().encode(session, image)
+    (ref,) = result(nodes["EMOReferenceEncode"]().encode(session, image))
     out = nodes["EMOSampler"]().sample(session, ref, emo_audio, 0, 2, 0.0, 0.0, "ddim", 0.5, 4, 2, "none")["result"]
     assert out[0].shape[0] == emo_audio.num_frames and out[0].shape[1:] == (64, 64, 3) and torch.isfinite(out[0]).all()
 
