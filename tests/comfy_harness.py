@@ -214,3 +214,26 @@ def make_test_models(models: Path) -> dict[str, str]:
     tiny_vae().save_pretrained(models / "vae" / "sd-vae-ft-mse")
     tiny_wav2vec2_folder(models / "audio_encoders" / "wav2vec2-base-960h")
     return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "vae": "sd-vae-ft-mse/", "encoder": "wav2vec2-base-960h/"}
+
+
+def node_result(out):
+    """A node's outputs, whether it returned a tuple or ``{"ui": ..., "result": ...}``."""
+    return out["result"] if isinstance(out, dict) else out
+
+
+def demo_through_nodes(audio_file):
+    """The built-in demo loaded through the nodes, as an artist wires it: (nodes, session, reference,
+    EMO_AUDIO of ``audio_file``, its AUDIO dict); the reference is a random 64x64 portrait."""
+    import soundfile as sf
+    import torch
+
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    (session,) = node_result(nodes["LoadEMOModel"]().load(
+        "emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
+        "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard",
+    ))
+    wave, rate = sf.read(str(audio_file), dtype="float32", always_2d=True)
+    audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
+    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
+    (reference,) = node_result(nodes["EMOReferenceEncode"]().encode(session, torch.rand(1, 64, 64, 3), 0))
+    return nodes, session, reference, emo_audio, audio

@@ -64,3 +64,21 @@ def layouts_dir(tmp_path_factory) -> Path:
     for path in packed:
         (out / path.name.removesuffix(".gz")).write_text(read_gz_json_text(path))
     return out
+
+
+def parity_common():
+    """tools/parity/common.py (numpy + torch only): the recipe that generated the parity fixtures' weights."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("parity_common", ROOT / "tools" / "parity" / "common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rel_err(ours: torch.Tensor, original: torch.Tensor) -> tuple[float, float]:
+    """(max abs, ||ours - original|| / ||original||) in float64, for the parity tests."""
+    a, b = ours.detach().double().cpu(), original.detach().double().cpu()
+    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs original {tuple(b.shape)}"
+    d = a - b
+    return float(d.abs().max()), float(d.norm() / b.norm().clamp_min(1e-30))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_harness import load_pack, write_portrait, write_speech
+from comfy_harness import demo_through_nodes, write_portrait, write_speech
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -118,19 +118,7 @@ def test_generate_flags_work_or_fail_in_one_line(media, capsys, flags, suffix):
 
 @pytest.fixture(scope="module")
 def nodes_ready(media):
-    import soundfile as sf
-
-    pack = load_pack()
-    nodes = pack.NODE_CLASS_MAPPINGS
-    loaded = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
-                                          "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
-    (session,) = loaded["result"] if isinstance(loaded, dict) else loaded
-    wave, rate = sf.read(str(media["audio"]), dtype="float32", always_2d=True)
-    audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
-    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
-    out = nodes["EMOReferenceEncode"]().encode(session, torch.rand(1, 64, 64, 3), 0)
-    (reference,) = out["result"] if isinstance(out, dict) else out
-    return nodes, session, reference, emo_audio, audio
+    return demo_through_nodes(media["audio"])
 
 
 def _node_floats(*good):

@@ -10,13 +10,13 @@ on the same inputs and initial noise: rel err = ||ours - original|| / ||original
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import parity_common, rel_err
 from safetensors.torch import load_file
 
 from emo_model.audio import PreparedAudio
@@ -31,19 +31,7 @@ TOL = 1e-4
 SKIP = ("audio.whisper_steps", "audio_long.rows")  # intermediate (covered by the chunks) / an index
 
 
-def _common():
-    """tools/parity/common.py (numpy + torch only): the recipe that generated the weights."""
-    spec = importlib.util.spec_from_file_location("parity_common", ROOT / "tools" / "parity" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def rel_err(ours: torch.Tensor, original: torch.Tensor) -> tuple[float, float]:
-    a, b = ours.detach().double().cpu(), original.detach().double().cpu()
-    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs original {tuple(b.shape)}"
-    d = a - b
-    return float(d.abs().max()), float(d.norm() / b.norm().clamp_min(1e-30))
+_common = parity_common
 
 
 def load_golden(folder: Path):

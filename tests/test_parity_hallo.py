@@ -10,7 +10,6 @@ Hallo's ``net.pth`` and opened with our loader. Every recorded stage is compared
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -19,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, parity_common, rel_err
 
 FIX = ROOT / "tests" / "parity" / "hallo"
 META = json.loads((FIX / "meta.json").read_text())
@@ -28,18 +27,7 @@ F, N, CLIPS, STEPS = SET["frames_per_clip"], SET["motion_frames"], SET["clips"],
 TOL = 1e-4
 
 
-def _common():
-    spec = importlib.util.spec_from_file_location("parity_common", ROOT / "tools" / "parity" / "common.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _rel(ours: torch.Tensor, golden: torch.Tensor) -> tuple[float, float]:
-    a, b = ours.detach().double().cpu(), golden.double()
-    assert a.shape == b.shape, f"shape {tuple(a.shape)} vs golden {tuple(b.shape)}"
-    d = a - b
-    return d.abs().max().item(), (d.norm() / b.norm().clamp_min(1e-30)).item()
+_common, _rel = parity_common, rel_err
 
 
 @pytest.fixture(scope="module")

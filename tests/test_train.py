@@ -385,6 +385,7 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
     import shutil
 
     from comfy_harness import load_pack
+    from comfy_harness import node_result as result
 
     models = tmp_path / "models"
     (models / "emo").mkdir(parents=True)
@@ -394,9 +395,6 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
     nodes = load_pack().NODE_CLASS_MAPPINGS
     loader = nodes["LoadEMOModel"]
     assert "my-emo.safetensors" in loader.INPUT_TYPES()["required"]["model"][0]
-    def result(out):  # nodes that show a summary return {"ui": ..., "result": ...}
-        return out["result"] if isinstance(out, dict) else out
-
     (session,) = result(loader().load("my-emo.safetensors", "tiny-vae/", loader.INPUT_TYPES()["required"]["audio_encoder"][0][0], "fp32", "standard"))
     clip = store.tensors(entry)["audio"].float()
     audio = {"waveform": clip[None, None], "sample_rate": 16000}

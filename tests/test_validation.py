@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_harness import load_pack, write_portrait, write_speech
+from comfy_harness import demo_through_nodes, write_portrait, write_speech
 from conftest import perturb_zero_inits, tiny_vae
 
 from emo_model import weights
@@ -273,20 +273,7 @@ def test_big_jpeg_is_decoded_reduced(tmp_path):
 
 @pytest.fixture(scope="module")
 def node_run(files):
-    pack = load_pack()
-    nodes = pack.NODE_CLASS_MAPPINGS
-    loaded = nodes["LoadEMOModel"]().load("emo-tiny-demo (built in, CPU)", "(bundled with the model / not needed)",
-                                          "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
-    (session,) = loaded["result"] if isinstance(loaded, dict) else loaded
-    import soundfile as sf
-
-    wave, rate = sf.read(str(files["audio"]), dtype="float32", always_2d=True)
-    audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
-    emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
-    image = torch.rand(1, 64, 64, 3)
-    out = nodes["EMOReferenceEncode"]().encode(session, image, 0)
-    (reference,) = out["result"] if isinstance(out, dict) else out
-    return nodes, session, reference, emo_audio, audio
+    return demo_through_nodes(files["audio"])
 
 
 def sampler_args(**over):
