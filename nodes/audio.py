@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..emo_model.audio import SUGGESTED_LUFS
 from ..emo_model.validation import DEFAULT_MAX_FRAMES
 from . import _comfy
+from .presets import resolved_preset
 
 
 class EMOAudioEncode:
@@ -47,4 +48,5 @@ class EMOAudioEncode:
             )
         summary = f"{features.num_frames} frames · {features.audio.duration:.2f} s at {features.fps:g} fps · {features.kind} features"
         result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps))
-        return {"ui": {"emo_summary": [summary]}, "result": result}
+        # the preset too: when Load EMO Model is cached (not run), this still resolves the "(preset)" labels
+        return {"ui": {"emo_summary": [summary], "emo_preset": [resolved_preset(emo_model)]}, "result": result}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ..emo_model.pipeline import ReferenceState
 from . import _comfy
+from .presets import resolved_preset
 
 
 @dataclass
@@ -56,4 +57,4 @@ class EMOReferenceEncode:
         if state.note:
             print(f"[EMO] {state.note}")
             summary = f"{summary} · {state.note}"
-        return {"ui": {"emo_summary": [summary]}, "result": result}
+        return {"ui": {"emo_summary": [summary], "emo_preset": [resolved_preset(emo_model)]}, "result": result}

@@ -1,9 +1,12 @@
 """Example workflows an artist can follow without the README: a Note naming every file, a layout that fits the screen.
 
-The frontend draws nodes as plain boxes below about 60% zoom ("low quality" rendering), restores the
-saved view (``extra.ds``: screen = (canvas + offset) * scale) when a workflow opens, and overlays a top
-menu bar and a side toolbar on the canvas. A 1400x900 window (what our real-frontend check uses) leaves
-about x 50..1380, y 45..870 of it for the graph.
+The frontend draws nodes as plain boxes below about 60% zoom ("low quality" rendering) and restores the
+saved view (``extra.ds``) when a workflow opens. The geometry below was measured in ComfyUI's real
+frontend (comfyui-frontend-package 1.27.10, the one ComfyUI v0.3.64 pins) in a 1400x900 headless Chromium
+window: the graph canvas starts right of the 40 px side toolbar and below the 40 px menu bar, so a canvas
+point lands on screen at ``CANVAS_ORIGIN + (point + offset) * scale``; the workflow tabs cover the canvas
+down to y 77, and the minimap and the zoom toolbar sit in its bottom-right corner. After a run, nodes grow
+(summaries, previews; ``GROWS_AFTER_RUN``, measured there at test size): the layout leaves them that room.
 """
 
 from __future__ import annotations
@@ -17,8 +20,15 @@ from conftest import ROOT
 
 UI_WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 NOTES = {"Note", "MarkdownNote"}
-SCREEN = (50, 45, 1380, 870)  # usable x0, y0, x1, y1 in CSS px of a 1400x900 window
+CANVAS_ORIGIN = (40, 40)  # CSS px: the canvas element's top-left corner in the 1400x900 window
+SCREEN = (50, 85, 1390, 890)  # usable x0, y0, x1, y1 in CSS px: below the workflow tabs, 10 px from the edges
+OVERLAYS = {"minimap": (1106, 634, 1356, 834), "zoom toolbar": (1077, 839, 1384, 884)}  # CSS px, over the canvas
 TITLE = 30  # canvas units of title bar above a node's pos
+# canvas units a node grows by when a run shows its summary / preview (LoadEMOModel's 3-line preset summary,
+# the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack
+GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 60, "EMOReferenceEncode": 125, "EMOSampler": 285,
+                   "EMOVideoCombine": 295, "SaveVideo": 150}
+TITLE_CHAR = 7.5  # canvas units per title character (upper bound of the 14 px title font); + 30 for the dot and padding
 LOW_QUALITY_BELOW = 0.6
 # widget -> folder the file goes in (Load EMO Model's combos; Load Image / Load Audio read ComfyUI/input)
 FOLDERS = {
@@ -66,8 +76,13 @@ def test_note_names_every_file_its_folder_and_where_it_comes_from(path):
             assert re.search(r"From (Hugging Face: \S+/\S+|your own)", line), f"{value}: the Note does not say where it comes from"
 
 
+def _intersects(a, b) -> bool:
+    return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
+
+
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
-def test_opens_zoomed_in_enough_with_every_node_on_screen_and_none_overlapping(path):
+@pytest.mark.parametrize("after_run", [False, True], ids=["at_load", "after_run"])
+def test_opens_zoomed_in_enough_with_every_node_on_screen_and_none_overlapping(path, after_run):
     wf = _load(path)
     ds = wf["extra"]["ds"]
     scale, (ox, oy) = ds["scale"], ds["offset"]
@@ -75,13 +90,27 @@ def test_opens_zoomed_in_enough_with_every_node_on_screen_and_none_overlapping(p
     boxes = []
     for node in wf["nodes"]:
         (x, y), (w, h) = node["pos"], node["size"]
-        x0, y0, x1, y1 = (x + ox) * scale, (y - TITLE + oy) * scale, (x + w + ox) * scale, (y + h + oy) * scale
-        assert SCREEN[0] <= x0 and x1 <= SCREEN[2] and SCREEN[1] <= y0 and y1 <= SCREEN[3], f"{node['type']} is off-screen at load"
-        boxes.append((node["type"], x, y - TITLE, x + w, y + h))
-    for i, a in enumerate(boxes):
-        for b in boxes[i + 1 :]:
-            overlap = min(a[3], b[3]) > max(a[1], b[1]) and min(a[4], b[4]) > max(a[2], b[2])
-            assert not overlap, f"{a[0]} overlaps {b[0]}"
+        h += GROWS_AFTER_RUN.get(node["type"], 0) if after_run else 0
+        screen = (
+            CANVAS_ORIGIN[0] + (x + ox) * scale, CANVAS_ORIGIN[1] + (y - TITLE + oy) * scale,
+            CANVAS_ORIGIN[0] + (x + w + ox) * scale, CANVAS_ORIGIN[1] + (y + h + oy) * scale,
+        )
+        where = "after a run" if after_run else "at load"
+        assert SCREEN[0] <= screen[0] and screen[2] <= SCREEN[2] and SCREEN[1] <= screen[1] and screen[3] <= SCREEN[3], f"{node['type']} is off-screen {where}"
+        for overlay, box in OVERLAYS.items():
+            assert not _intersects(screen, box), f"{node['type']} is under the {overlay} {where}"
+        boxes.append((node["type"], (x, y - TITLE, x + w, y + h)))
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1 :]:
+            assert not _intersects(box_a, box_b), f"{a} overlaps {b}" + (" once they have grown after a run" if after_run else "")
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_titles_fit_their_nodes(path):
+    """The frontend widens a node to fit its title: a long title pushed EMO Face Mask over EMO Sampler."""
+    for node in _load(path)["nodes"]:
+        title = node.get("title") or ""
+        assert TITLE_CHAR * len(title) + 30 <= node["size"][0], f"{title!r} is too long for its {node['size'][0]}-wide node"
 
 
 @pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)

@@ -3,8 +3,9 @@
 //    (frames, duration, fps), Reference Encode (the size used), Sampler (frames, clips x steps, cfg,
 //    clip length, size), so a long run is easy to sanity-check at a glance.
 // 2. Widgets whose 0 (or -1) means "the model's preset" say so in their label: "steps (preset)", and
-//    once Load EMO Model has run, "steps (preset: 20)". Saved values are untouched, so old workflows
-//    load and mean the same. The video preview with sound is core's own.
+//    once an EMO node has run, "steps (preset: 20)" (every EMO node sends the model's preset, so the
+//    labels resolve even when Load EMO Model itself was cached and did not run). Saved values are
+//    untouched, so old workflows load and mean the same. The video preview with sound is core's own.
 import { app } from "../../../scripts/app.js";
 
 // node id -> widget -> [sentinel value, what it means]; a copy of nodes/presets.py (a test keeps them equal)
@@ -25,13 +26,43 @@ const SUMMARY_NODES = new Set(["LoadEMOModel", "EMOSampler", "EMOAudioEncode", "
 // the preset of the model loaded last (Load EMO Model's "emo_preset" output), null before any run
 let loadedPreset = null;
 
+const SUMMARY_FONT = "11px sans-serif";
+const SUMMARY_LINE = 14; // px per line of SUMMARY_FONT
+const SUMMARY_PAD = 12; // the element's own horizontal padding (6 + 6)
+const DOM_MARGIN = 10; // the frontend insets a DOM widget's element by 10 px on every side
+let measureCtx = null;
+
+// lines the summary takes at this node width (word wrap as the browser does it), so the node grows to
+// hold all of it instead of the text running over the node below
+function summaryLines(text, width) {
+  if (!text) return 1;
+  measureCtx ??= document.createElement("canvas").getContext("2d");
+  measureCtx.font = SUMMARY_FONT;
+  const room = Math.max(40, width - 2 * DOM_MARGIN - SUMMARY_PAD - 4);
+  let lines = 1;
+  let line = "";
+  for (const word of text.split(/\s+/)) {
+    const next = line ? `${line} ${word}` : word;
+    if (line && measureCtx.measureText(next).width > room) {
+      lines += 1;
+      line = word;
+    } else {
+      line = next;
+    }
+  }
+  return lines;
+}
+
 function summaryWidget(node) {
   let widget = node.widgets?.find((w) => w.name === "emo_summary");
   if (!widget) {
     const el = document.createElement("div");
-    el.style.cssText = "font: 11px sans-serif; opacity: 0.85; padding: 2px 6px; white-space: normal;";
+    el.style.cssText = `font: ${SUMMARY_FONT}; line-height: ${SUMMARY_LINE}px; opacity: 0.85; padding: 2px 6px; white-space: normal; overflow: hidden;`;
     widget = node.addDOMWidget("emo_summary", "emo_summary", el, { serialize: false, hideOnZoom: false });
-    widget.computeSize = () => [node.size[0], 30];
+    widget.computeSize = (width) => {
+      const w = width ?? node.size[0];
+      return [w, summaryLines(el.textContent, w) * SUMMARY_LINE + 4 + 2 * DOM_MARGIN];
+    };
   }
   // keep the summary above any preview image the frontend appended (its caption sits below the image)
   const at = node.widgets.indexOf(widget);
@@ -106,6 +137,8 @@ app.registerExtension({
       const text = message?.emo_summary?.[0];
       if (text) {
         summaryWidget(this).element.textContent = text;
+        const need = this.computeSize?.();
+        if (need && need[1] > this.size[1]) this.setSize([this.size[0], need[1]]); // grow to show every line
         this.setDirtyCanvas(true, true);
       }
       const preset = message?.emo_preset?.[0];
