@@ -227,6 +227,14 @@ class PreparedAudio:
     num_frames: int
     fps: float
     sample_rate: int = SAMPLE_RATE
+    # how many leading samples came from the source (the rest is silence padding); None: all of them
+    source_samples: int | None = None
+
+    @property
+    def real_samples(self) -> int:
+        """The samples that came from the source (``waveform[:real_samples]``)."""
+        n = self.waveform.shape[-1]
+        return n if self.source_samples is None else min(n, self.source_samples)
 
     @property
     def duration(self) -> float:
@@ -260,11 +268,12 @@ def prepare_audio(
     if loudness_lufs is not None:
         mono = normalize_loudness(mono, loudness_lufs)
     target = frame_samples(frames, fps)
+    real = min(mono.shape[0], target)
     if mono.shape[0] >= target:
         mono = mono[:target].clone()
     else:
         mono = torch.nn.functional.pad(mono, (0, target - mono.shape[0]))
-    return PreparedAudio(waveform=mono, num_frames=frames, fps=fps)
+    return PreparedAudio(waveform=mono, num_frames=frames, fps=fps, source_samples=real)
 
 
 # --------------------------------------------------------------------------------------------------

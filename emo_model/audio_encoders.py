@@ -20,7 +20,8 @@ float32 on the CPU:
 Long audio. wav2vec2 runs in pieces of ``chunk_seconds`` (20 s) of video frames, each with
 ``context_seconds`` (2.5 s) of extra audio on both sides that is encoded and then dropped, so memory
 stays bounded (about 25 s of audio in the model at once) and every kept frame sees at least 2.5 s of
-context. Audio up to 20 s is one piece, i.e. exactly Hallo's recipe. Whisper works on its native 30 s
+context. Audio up to 20 s is one piece; ``single_pass`` (Hallo's preset, InferenceQuirks.audio_single_pass)
+encodes any length in one piece, as Hallo does. Whisper works on its native 30 s
 windows, as EchoMimic does. The log-mel spectrogram is computed in one go (about 15 MB per minute).
 
 Weights are read from local files only: ``.safetensors`` with safetensors, anything else with
@@ -76,7 +77,8 @@ class AudioFeatures:
     clip and move the slice to the device, or call ``.contiguous()`` before ``.view()``.
     """
 
-    features: torch.Tensor  # float32 CPU, [F, ...] (see the module docstring)
+    features: torch.Tensor  # float32 CPU, [F', ...] (see the module docstring); F' >= num_frames
+    # (rows after num_frames: the silent frames padding the last clip, InferenceQuirks.audio_padded_to_clips)
     fps: float
     num_frames: int
     audio: PreparedAudio
@@ -251,8 +253,11 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         model = model.to(device=device, dtype=dtype)
         return cls(model, cfg, normalize=normalize, chunk_seconds=chunk_seconds, context_seconds=context_seconds)
 
-    def chunks(self, num_frames: int, fps: float) -> Iterator[tuple[int, int, int, int]]:
+    def chunks(self, num_frames: int, fps: float, *, single_pass: bool = False) -> Iterator[tuple[int, int, int, int]]:
         """``(keep_start, keep_end, span_start, span_end)`` frame ranges: encode the span, keep the core."""
+        if single_pass:
+            yield 0, num_frames, 0, num_frames
+            return
         core = max(1, round(self.chunk_seconds * fps))
         context = round(self.context_seconds * fps)
         for start in range(0, num_frames, core):
@@ -260,18 +265,33 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             yield start, end, max(0, start - context), min(num_frames, end + context)
 
     @torch.no_grad()
-    def encode(self, audio: PreparedAudio) -> torch.Tensor:
+    def encode(self, audio: PreparedAudio, *, whole_clips_of: int | None = None, single_pass: bool = False) -> torch.Tensor:
+        """Windowed features, one row per frame; with ``whole_clips_of`` (InferenceQuirks.audio_padded_to_clips)
+        also rows for the silent frames that pad the audio to a whole number of clips of that many frames.
+        ``single_pass`` (InferenceQuirks.audio_single_pass): no 20 s pieces, the whole audio at once."""
         self._check(audio)
-        waveform = audio.waveform
-        if self.normalize:  # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm over the whole clip
-            wide = waveform.double()
-            waveform = ((wide - wide.mean()) / torch.sqrt(wide.var(unbiased=False) + 1e-7)).float()
+        if whole_clips_of:
+            extra = -audio.num_frames % whole_clips_of
+            waveform = self._normalised(audio.waveform[: audio.real_samples])
+            # Hallo pads whole frames of ``sample_rate // fps`` samples after the source's own samples
+            waveform = F.pad(waveform, (0, extra * int(audio.sample_rate // audio.fps)))
+            num_frames = audio.num_frames + extra
+        else:
+            waveform, num_frames = self._normalised(audio.waveform), audio.num_frames
         pieces = []
-        for keep_start, keep_end, span_start, span_end in self.chunks(audio.num_frames, audio.fps):
+        for keep_start, keep_end, span_start, span_end in self.chunks(num_frames, audio.fps, single_pass=single_pass):
             samples = waveform[frame_samples(span_start, audio.fps) : frame_samples(span_end, audio.fps)]
             hidden = self._encode_span(samples, span_end - span_start)
             pieces.append(hidden[keep_start - span_start : keep_end - span_start])
         return window_frames(torch.cat(pieces), self.cfg.margin)
+
+    def _normalised(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm over the whole waveform (when the checkpoint's
+        preprocessor asks for it)."""
+        if not self.normalize:
+            return waveform
+        wide = waveform.double()
+        return ((wide - wide.mean()) / torch.sqrt(wide.var(unbiased=False) + 1e-7)).float()
 
     def _encode_span(self, samples: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Layer outputs ``[num_frames, layers, dim]`` (float32, CPU) for one span of audio."""
@@ -611,8 +631,16 @@ def encode_audio(
     *,
     loudness_lufs: float | None = None,
     num_frames: int | None = None,
+    whole_clips_of: int | None = None,
+    single_pass: bool = False,
 ) -> AudioFeatures:
-    """Prepare ``source`` (path or AUDIO dict) for ``fps`` and encode it; ``encoder`` may be None for logmel."""
+    """Prepare ``source`` (path or AUDIO dict) for ``fps`` and encode it; ``encoder`` may be None for logmel.
+
+    ``whole_clips_of``: pad the audio to whole clips of that many frames before the encoder, as
+    ``InferenceQuirks.audio_padded_to_clips`` describes (wav2vec2 only); the features then have rows for
+    the padding frames after the ``num_frames`` real ones. ``single_pass``: wav2vec2 on the whole audio at once
+    (``InferenceQuirks.audio_single_pass``) instead of 20 s pieces.
+    """
     if encoder is None:
         if cfg.kind != "logmel":
             raise AudioError(f"{cfg.kind} features need a loaded audio encoder; only logmel works without one.")
@@ -621,7 +649,9 @@ def encode_audio(
         raise AudioError(f"the audio encoder gives {encoder.kind} features but the model expects {cfg.kind}.")
     elif encoder.cfg != cfg:
         raise AudioError(f"the audio encoder was built for {encoder.cfg}, but the model expects {cfg}.")
+    wav2vec2_options = {k: v for k, v in (("whole_clips_of", whole_clips_of), ("single_pass", single_pass)) if v}
+    if wav2vec2_options and not isinstance(encoder, Wav2Vec2AudioEncoder):
+        raise AudioError(f"{' and '.join(wav2vec2_options)} apply to wav2vec2 features only, not {encoder.kind} features")
     audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs, num_frames=num_frames)
-    return AudioFeatures(
-        features=encoder.encode(audio), fps=audio.fps, num_frames=audio.num_frames, audio=audio, kind=encoder.kind
-    )
+    features = encoder.encode(audio, **wav2vec2_options)
+    return AudioFeatures(features=features, fps=audio.fps, num_frames=audio.num_frames, audio=audio, kind=encoder.kind)

@@ -206,6 +206,18 @@ class InferenceQuirks:
     # Clamp of the initial Gaussian noise to [-v, v] before the scheduler scale (None: no clamp).
     # EchoMimic v1: 1.5. src/pipelines/pipeline_echo_mimic.py ``prepare_latents``: ``torch.clamp(latents, -1.5, 1.5)``.
     initial_noise_clamp: float | None = None
+    # The audio front end pads to a whole number of clips (of the preset's ``frames_per_clip``) before the encoder:
+    # the wav2vec2 input is the source's own samples normalised on their own, then zeros (silence after the
+    # normalisation) for the missing frames; the conv features are interpolated over the padded frame count, and the
+    # last clip's extra frames are generated from those silent features (then dropped). Off: the waveform is cut /
+    # padded to the frame count first and the last clip repeats the last frame's features. Hallo: True.
+    # hallo/datasets/audio_processor.py (``AudioProcessor.preprocess``: ``seq_len % clip_length`` padding) and
+    # scripts/inference.py (``audio_emb`` sliced per clip, ``tensor_result[:, :audio_length]``) at commit 8fd7c572.
+    audio_padded_to_clips: bool = False
+    # wav2vec2 sees the whole audio in one pass (its attention spans everything), not pieces of 20 s with 2.5 s of
+    # context on each side (bounded memory on long audio; identical up to 20 s). Hallo: True.
+    # hallo/datasets/audio_processor.py (``AudioProcessor.preprocess``: one ``audio_encoder(...)`` call) at 8fd7c572.
+    audio_single_pass: bool = False
 
 
 @dataclass
@@ -417,7 +429,8 @@ def hallo_config() -> EMOConfig:
             face_expand_ratio=1.2,
             scheduler=SchedulerConfig(set_alpha_to_one=True),
             quirks=InferenceQuirks(temporal_in_plain_blocks=False, reference_identity_alternates=True, motion_frames_from_pixels=True,
-                                  reference_rows_tiled=True),
+                                  reference_rows_tiled=True, audio_padded_to_clips=True,
+                                  audio_single_pass=True),
         ),
     ).validate()
 

@@ -216,8 +216,12 @@ class EMOPipeline:
         on_step: Callable[[StepInfo], None] | None = None,
         should_cancel: Callable[[], bool] | None = None,
         noise: torch.Tensor | None = None,
+        num_frames: int | None = None,
     ) -> int:
         """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
+
+        ``num_frames``: generate only the first ``num_frames`` frames (``AudioFeatures.num_frames``); the rows
+        after them are the audio of a padded last clip (InferenceQuirks.audio_padded_to_clips). None: every row.
 
         ``noise``: optional initial noise [C, F', h, w] (latent channels, every generated frame including
         a padded last clip, latent size), used instead of the seeded noise (e.g. to reproduce another run).
@@ -235,7 +239,12 @@ class EMOPipeline:
                 "(which detects the face) or pass region_masks"
             )
         reference = reference.to(self.device)
-        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise)
+        rows = int(audio_features.shape[0])
+        if num_frames is None:
+            num_frames = rows
+        if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= rows:
+            raise ValueError(f"num_frames must be 1..{rows} (the audio feature rows), got {num_frames!r}")
+        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise, num_frames)
         if settings.strategy == "context_windows":
             return run.context_windows()
         return run.motion_frames()
@@ -260,12 +269,13 @@ class EMOPipeline:
 class _Run:
     """State of one :meth:`EMOPipeline.generate` call."""
 
-    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None):
+    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None, num_frames=None):
         self.pipe, self.model, self.ref, self.s, self.sink = pipe, pipe.model, ref, s, sink
         self.on_step, self.should_cancel = on_step, should_cancel
         self.device, self.dtype = pipe.device, pipe.model.dtype
         self.features = features
-        self.num_frames = int(features.shape[0])
+        self.num_frames = int(features.shape[0]) if num_frames is None else num_frames  # frames to emit
+        self.feature_rows = int(features.shape[0])  # >= num_frames: rows after it pad the last clip
         self.speeds = speed_curve(s.speed, self.num_frames)
         self.weights = guidance_weights(s.cfg, s.audio_cfg)
         self.branches = list(self.weights)
@@ -465,7 +475,7 @@ class _Run:
             else:  # the frames before this clip, or (first clip, "reference") the portrait repeated
                 motion_latents = history if history is not None else self.ref.latent.unsqueeze(1).expand(-1, n, -1, -1, -1)
                 motion = self._encode_motion(motion_latents)
-            index = frame_indices(clip.start, clip.generate, self.num_frames)
+            index = frame_indices(clip.start, clip.generate, self.feature_rows)
             speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
             phase = self._phases(self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion)
             caches: dict = {}

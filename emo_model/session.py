@@ -135,7 +135,13 @@ class Session:
                 f"{self.name} needs an audio encoder: {AUDIO_ENCODER_FILES.get(cfg.kind, cfg.kind)}; put it in "
                 "ComfyUI/models/audio_encoders and select it in Load EMO Model (or pass --audio-encoder)"
             )
-        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs)
+        preset = self.config.preset
+        options = {}
+        if cfg.kind == "wav2vec2":  # the family's front end (InferenceQuirks.audio_padded_to_clips / audio_single_pass)
+            if preset.quirks.audio_padded_to_clips:
+                options["whole_clips_of"] = preset.frames_per_clip
+            options["single_pass"] = preset.quirks.audio_single_pass
+        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **options)
 
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
         """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""

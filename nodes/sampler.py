@@ -130,6 +130,7 @@ class EMOSampler:
                 session.pipeline.generate(
                     emo_reference.state,
                     emo_audio.features,
+                    num_frames=emo_audio.num_frames,
                     settings=settings,
                     sink=sink,
                     face_mask=mask,

@@ -94,6 +94,22 @@ def test_output_frames_equal_audio_frames(pipe, reference, strategy, frames):
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_feature_rows_after_num_frames_drive_the_padded_last_clip_only(pipe, reference):
+    """InferenceQuirks.audio_padded_to_clips: rows past ``num_frames`` are the padded last clip's audio."""
+    s = settings(pipe, frames_per_clip=4, motion_frames=2)
+    padded = features(8, seed=1)
+    other_pad = torch.cat([padded[:7], features(1, seed=9)])
+    a = pipe.generate_frames(reference, padded, settings=s, num_frames=7)
+    b = pipe.generate_frames(reference, other_pad, settings=s, num_frames=7)
+    repeat = pipe.generate_frames(reference, padded[:7], settings=s)  # no padding rows: the last row is repeated
+    assert a.shape == b.shape == repeat.shape == (7, 64, 64, 3)
+    assert torch.equal(a[:4], b[:4]) and torch.equal(a[:4], repeat[:4])  # the first clip never sees row 7
+    assert (a[4:] - b[4:]).abs().mean() > 1e-5 and (a[4:] - repeat[4:]).abs().mean() > 1e-5
+    for bad in (0, 9, 7.0, True):
+        with pytest.raises(ValueError, match="num_frames must be 1..8"):
+            pipe.generate(reference, padded, settings=s, sink=lambda f: None, num_frames=bad)
+
+
 def test_same_seed_same_frames_other_seed_other_frames(pipe, reference):
     a = pipe.generate_frames(reference, features(10), settings=settings(pipe, seed=7))
     b = pipe.generate_frames(reference, features(10), settings=settings(pipe, seed=7))

@@ -169,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             session.pipeline.generate(
                 reference,
                 audio.features,
+                num_frames=audio.num_frames,
                 settings=settings,
                 sink=writer.write,
                 face_mask=torch.from_numpy(portrait.mask),

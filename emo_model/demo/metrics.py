@@ -143,7 +143,7 @@ def generate(session, held: HeldOut, audio: np.ndarray | None = None, **override
     reference = session.encode_reference(held.portrait.image)
     settings = session.settings(**overrides)
     frames = session.pipeline.generate_frames(
-        reference, feats.features, settings=settings, face_mask=torch.from_numpy(held.portrait.mask)
+        reference, feats.features, num_frames=feats.num_frames, settings=settings, face_mask=torch.from_numpy(held.portrait.mask)
     )
     return frames.numpy()
 

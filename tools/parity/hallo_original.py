@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import digest, hashed_state_dict, package_versions, patch_checkpoint, stub_packages, stub_xformers  # noqa: E402
+from common import digest, hashed_state_dict, package_versions, patch_checkpoint, stub_packages, stub_xformers, synthetic_speech  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--hallo-src", required=True, help="checkout of fudan-generative-vision/hallo at the pinned commit")
@@ -51,6 +51,9 @@ p.add_argument("--motion", type=int, default=2, help="motion frames")
 p.add_argument("--clips", type=int, default=2)
 p.add_argument("--size", type=int, default=64, help="pixels (height = width)")
 p.add_argument("--steps", type=int, default=3)
+p.add_argument("--audio-frames", type=float, default=None,
+               help="length of the driving audio in video frames (default: clips x frames - 1.7, so Hallo pads the "
+                    "last clip with one silent frame and the video is one frame shorter than the clips)")
 p.add_argument("--cfg", type=float, default=3.5)
 p.add_argument("--seed", type=int, default=7, help="weights / inputs seed")
 p.add_argument("--full", action="store_true",
@@ -176,12 +179,17 @@ def speechlike(samples: int, seed: int) -> np.ndarray:
     return (0.3 * env * voice + 0.02 * r.standard_normal(samples)).astype(np.float32)
 
 
-num_frames = clips * f
-waveform = speechlike(num_frames * SR // FPS, args.seed)  # exactly clips * f frames of audio
+audio_frames = clips * f - 1.7 if args.audio_frames is None else args.audio_frames
+if not (clips - 1) * f < math.ceil(audio_frames) <= clips * f:
+    p.error(f"--audio-frames {audio_frames} does not make {clips} clips of {f} frames")
+waveform = speechlike(int(audio_frames * SR / FPS), args.seed)  # Hallo pads it to whole clips
 np.save(cfg.driving_audio, waveform)
 ragged = speechlike(int(4.3 * SR // FPS), args.seed + 1)  # 4.3 frames: Hallo pads its features to whole clips
 ragged_path = os.path.join(args.work, "ragged.npy")
 np.save(ragged_path, ragged)
+LONG_SECONDS = 31.3  # past our 20 s pieces + 2.5 s context: Hallo encodes any length in one wav2vec2 call
+long_path = os.path.join(args.work, "long.npy")
+np.save(long_path, synthetic_speech(round(LONG_SECONDS * SR)))  # closed form: the test makes it again
 
 # ---- injections -------------------------------------------------------------------------------------------------
 hallo_audio.librosa = types.SimpleNamespace(load=lambda path, sr: (np.load(path), sr))  # 16 kHz float samples as given
@@ -343,6 +351,9 @@ put("video", video_out[0].transpose(0, 1))  # [F, 3, H, W] in [0, 1]
 with torch.no_grad():
     emb, length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(ragged_path, f)
 put("audio_ragged.features", emb)
+with torch.no_grad():
+    emb, long_length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(long_path, f)
+put("audio_long.features", emb)
 
 inputs = {
     "input.waveform": torch.from_numpy(waveform), "input.waveform_ragged": torch.from_numpy(ragged),
@@ -361,7 +372,9 @@ meta = {
     "stubbed_packages": stubbed,
     "settings": {"full": args.full, "frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
                  "fps": FPS, "sample_rate": SR, "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo default fp16)",
-                 "ragged_audio_frames": length},
+                 "audio_frames": audio_frames, "video_frames": int(rec["video"].shape[0]), "ragged_audio_frames": length,
+                 "audio_long": {"seconds": LONG_SECONDS, "frames": long_length,
+                                "waveform": "tools/parity/common.py synthetic_speech(round(seconds * 16000))"}},
     "weights": {"format": "Hallo net.pth (torch.save of Net.state_dict())", "generator": "common.hashed_state_dict",
                 "seed": args.seed, "digest": weights_digest, "spec": weight_spec},
     "scheduler": dict(OmegaConf.to_container(cfg.noise_scheduler_kwargs), enable_zero_snr=bool(cfg.enable_zero_snr)),
