@@ -10,6 +10,7 @@ from ..emo_model.pipeline import GenerationCancelled, fast_settings
 from ..emo_model.schedulers import SAMPLERS
 from ..emo_model.validation import InputError, check_speed
 from . import _comfy
+from .presets import resolved_preset
 
 
 def parse_curve(text: str) -> list[float] | None:
@@ -150,4 +151,5 @@ class EMOSampler:
             + f" · {video.shape[2]}x{video.shape[1]}"
             + (f" · fast (deep features reused, full denoiser every {settings.deep_cache_interval} steps)" if fast else "")
         )
-        return {"ui": {"emo_summary": [summary]}, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}
+        ui = {"emo_summary": [summary], "emo_preset": [resolved_preset(session)]}
+        return {"ui": ui, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}

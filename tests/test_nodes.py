@@ -245,6 +245,11 @@ def test_demo_workflow_runs_as_shipped(pack, env):
     summary = uis["6"]["emo_summary"][0]
     assert "× 20 ddim steps" in summary and "cfg 2 · audio_cfg 2 · 8 frames per clip + 2 motion frames" in summary, summary
     assert uis["5"]["emo_summary"][0].startswith("portrait encoded at 64x64 (the model's preset size)")
+    # every EMO node sends the model's preset: the frontend's "(preset: 20)" labels resolve even on a run where
+    # Load EMO Model is cached (ComfyUI sends nothing for a cached upstream node)
+    assert uis["2"]["emo_preset"][0]["steps"] == 20
+    for node in ("4", "5", "6"):
+        assert uis[node]["emo_preset"] == uis["2"]["emo_preset"], node
     video = probe_video(outputs["7"][1])
     assert video.num_frames == frames and video.audio_codec == "aac"
 
@@ -329,6 +334,19 @@ def test_loader_names_the_files_a_family_needs(pack, env):
         loader.load("missing.safetensors", "(bundled with the model / not needed)", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)", "fp32", "standard")
 
 
+def test_a_missing_model_is_refused_when_queued_saying_where_it_goes(pack, env):
+    """The workflows name files an artist may not have yet: the queue-time error says the exact place."""
+    loader = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"]
+    for listed in ("emo-tiny-demo (built in, CPU)", "hallo/net.pth", "emo/emo.safetensors", None):  # None: a linked input
+        assert loader.VALIDATE_INPUTS(model=listed) is True, listed
+    message = loader.VALIDATE_INPUTS(model="hallo2/net.pth")
+    assert f"put it at {(env['models'] / 'emo' / 'hallo2' / 'net.pth').as_posix()} " in message
+    assert "fudan-generative-ai/hallo" in message and "press R" in message and "\n" not in message
+    message = loader.VALIDATE_INPUTS(model="echomimic/")
+    assert f"put it at {(env['models'] / 'emo' / 'echomimic').as_posix()}/ " in message
+    assert "denoising_unet.pth" in message and "BadToBest/EchoMimic" in message
+
+
 # ---- widgets whose 0 / -1 means "the model's preset" ----------------------------------------------------
 
 # every widget whose sentinel stands for something else (literal: the issue's list)
@@ -368,7 +386,9 @@ def test_the_web_extension_labels_the_same_widgets(pack):
     js = (ROOT / "web" / "js" / "emo.js").read_text()
     literal = js.split("/* PRESET_WIDGETS */", 1)[1].split("/* END PRESET_WIDGETS */", 1)[0]
     assert json.loads(literal) == _presets_module(pack).PRESET_WIDGETS
-    assert "LoadEMOModel" in js.split("SUMMARY_NODES", 1)[1].split(";", 1)[0]  # its preset is shown on the node
+    summary_nodes = js.split("SUMMARY_NODES", 1)[1].split(";", 1)[0]
+    for node in ("LoadEMOModel", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler"):  # show a summary, send the preset
+        assert f'"{node}"' in summary_nodes, node
 
 
 @pytest.mark.skipif(not (ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors").is_file(), reason="the demo model is not built")
