@@ -19,6 +19,26 @@ FAMILY_FILES = (
 )
 
 
+# where a model file named in a workflow comes from (by file or folder name), for the "missing file" message
+SOURCES = {"net.pth": "Hallo's weights, from Hugging Face: fudan-generative-ai/hallo, file hallo/net.pth"}
+
+
+def missing_model_message(value: str) -> str:
+    """One line for a model entry that is not in models/emo: the exact place it goes, and where it comes from."""
+    roots = _comfy.folder_paths_for("emo")
+    place = (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/emo/{value}"
+    name = value.rstrip("/").rsplit("/", 1)[-1]
+    source = SOURCES.get(name) or (
+        "a folder holding EchoMimic v1's denoising_unet.pth, motion_module.pth, reference_unet.pth and face_locator.pth, "
+        "from Hugging Face: BadToBest/EchoMimic"
+        if value.endswith("/") else "an EMO .safetensors (converted or trained with this pack), Hallo's net.pth or an EchoMimic v1 folder"
+    )
+    return (
+        f"the model {value!r} is not in models/emo: put it at {place} ({source}), then press R in the browser to refresh "
+        f"the list, or pick another model (the workflow's Note lists every file it needs)"
+    )
+
+
 class LoadEMOModel:
     DESCRIPTION = (
         "Loads an EMO-family talking-head model (EMO checkpoints trained with this pack, Hallo, EchoMimic v1, or the "
@@ -48,6 +68,14 @@ class LoadEMOModel:
                 "vae_override": ("VAE", {"tooltip": "A core VAE (e.g. from Load VAE) to use instead of the vae list."}),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, model):
+        """Refused when queued, as ComfyUI's own list check would, but saying where the missing file goes.
+        (ComfyUI then skips its list check for ``model``; vae and audio_encoder keep it.)"""
+        if model is None or model == DEMO_ENTRY or model in _comfy.list_entries("emo", folders=True):
+            return True
+        return missing_model_message(model)
 
     def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None):
         path = demo.model_path() if model == DEMO_ENTRY else _comfy.resolve("emo", model)

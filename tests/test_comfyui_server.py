@@ -342,6 +342,8 @@ def test_api_workflow_runs_in_comfyui(server, path):
         assert match, summary
         frames, fps = int(match.group(1)), float(match.group(3))
         assert outputs[sampler]["emo_summary"][0].startswith(f"{frames} frames")
+        # the model's preset travels with every EMO node's result, for the frontend's "(preset: N)" labels
+        assert outputs[sampler]["emo_preset"] == outputs[encode]["emo_preset"] and outputs[sampler]["emo_preset"][0]["steps"] > 0
         if "LoadAudio" in {n["class_type"] for n in graph.values()}:
             import soundfile as sf
 
@@ -479,7 +481,10 @@ def test_a_model_that_is_not_there_is_refused_at_queue_time(server):
         code, answer = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
         assert code == 400, answer
         errors = answer["node_errors"][loader]["errors"]
-        assert errors[0]["type"] == "value_not_in_list" and "missing.safetensors" in errors[0]["details"]
+        # our VALIDATE_INPUTS replaces ComfyUI's list check for this one input: same refusal, plus where the file goes
+        assert [e["type"] for e in errors] == ["custom_validation_failed"], errors
+        details = errors[0]["details"]
+        assert details.startswith("model - the model 'missing.safetensors' is not in models/emo: put it at ") and "/models/emo/missing.safetensors " in details, details
 
 
 @pytest.mark.parametrize(

@@ -72,6 +72,8 @@ def test_note_names_every_file_its_folder_and_where_it_comes_from(path):
         line = next((line for line in lines if line.startswith(f"- {value} -> ")), None)
         assert line, f"the Note does not name {value}"
         assert folder in line, f"{value}: the Note does not say it goes in {folder}"
+        if folder.startswith("ComfyUI/models/"):  # the list entry is the path inside the folder: exactly there
+            assert f"-> {folder}{value}" in line, f"{value}: the Note names another place than {folder}{value}"
         if folder != "ComfyUI/input/":
             assert re.search(r"From (Hugging Face: \S+/\S+|your own)", line), f"{value}: the Note does not say where it comes from"
 
