@@ -26,6 +26,8 @@ SOURCES = {"net.pth": "Hallo's weights, from Hugging Face: fudan-generative-ai/h
 def missing_model_message(value: str) -> str:
     """One line for a model entry that is not in models/emo: the exact place it goes, and where it comes from."""
     roots = _comfy.folder_paths_for("emo")
+    default = _comfy.models_dir() / "emo"  # ComfyUI/models/emo first, then extra folders (extra_model_paths.yaml)
+    roots.sort(key=lambda root: root != default)
     place = (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/emo/{value}"
     name = value.rstrip("/").rsplit("/", 1)[-1]
     source = SOURCES.get(name) or (
