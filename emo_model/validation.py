@@ -61,17 +61,34 @@ RULES: dict[str, Rule] = {
     "loudness": Rule(-70, 0, hint="-23 LUFS is broadcast speech"),
     "crf": Rule(0, 63, integer=True, hint="lower is better; mp4 0-51, webm 0-63"),
     "max_frames": Rule(1, 10_000_000, integer=True, hint="a limit on the frames of one run"),
+    # the other commands (training, preprocessing, evaluation); the sampling rules above serve them too
+    "threads": Rule(1, 1024, integer=True, hint="torch threads; more than the CPU cores does not help"),
+    "workers": Rule(0, 256, integer=True, hint="parallel worker processes (0 or 1: none)"),
+    "clips": Rule(1, 100_000, integer=True, hint="how many synthetic clips to make"),
+    "clip_seconds": Rule(0.2, 600, hint="the length of each synthetic clip; 4 is the default"),
+    "segment_seconds": Rule(0.5, 600, hint="training segments are 3 to 12 s in the paper"),
+    "train_steps": Rule(1, 100_000_000, integer=True, hint="optimiser steps of a training run"),
+    "count": Rule(0, 1_000_000_000, integer=True, hint="a whole number, 0 or more"),
+    "fraction": Rule(0, 1, hint="a fraction from 0 (none) to 1 (all)"),
+    "learning_rate": Rule(0, 1, hint="the paper trains at 1e-5"),
+    "pixels": Rule(16, 16384, integer=True, hint="a side in pixels"),
+    "crop_ratio": Rule(1, 10, hint="crop side / face size; 2.0 is what inference portraits use"),
+    "scene_threshold": Rule(0, 255, hint="PySceneDetect's ContentDetector threshold; 27 is its default"),
 }
 
 OUTPUT_SUFFIXES = {".mp4": "mp4", ".webm": "webm"}
 
 
-def check(name: str, value, *, label: str | None = None, rule: Rule | None = None):
-    """``value`` if it follows the rule of ``name``, else :class:`InputError` (``label``: how the user spells it)."""
+def check(name: str, value, *, label: str | None = None, rule: Rule | None = None, hint: str | None = None):
+    """``value`` if it follows the rule of ``name``, else :class:`InputError` (``label``: how the user spells it).
+
+    ``hint`` (what to do) replaces the rule's own where one value of the concept has its own advice.
+    """
     rule = rule or RULES[name]
     label = label or name
     allowed = f"{label} must be {rule.describe()}"
-    what = f"; {rule.hint}" if rule.hint else ""
+    hint = rule.hint if hint is None else hint
+    what = f"; {hint}" if hint else ""
     if isinstance(value, bool):
         raise InputError(f"{allowed}, got {value!r}{what}")
     try:
@@ -87,9 +104,17 @@ def check(name: str, value, *, label: str | None = None, rule: Rule | None = Non
     return int(number) if rule.integer else number
 
 
-def check_optional(name: str, value, *, label: str | None = None):
+def check_optional(name: str, value, *, label: str | None = None, hint: str | None = None):
     """Like :func:`check`; None (= the model's preset) passes."""
-    return None if value is None else check(name, value, label=label)
+    return None if value is None else check(name, value, label=label, hint=hint)
+
+
+def check_choice(value, choices, *, label: str, hint: str = ""):
+    """``value`` if it is one of ``choices``, else one line listing them."""
+    if value in choices:
+        return value
+    what = f"; {hint}" if hint else ""
+    raise InputError(f"{label} must be one of {', '.join(str(c) for c in choices)}, got {value!r}{what}")
 
 
 def check_speed(speed, *, label: str = "speed"):
@@ -149,20 +174,77 @@ def check_output_path(path: str | os.PathLike, *, label: str = "--out") -> tuple
 
     A path naming an existing folder is refused (rather than guessing a file name inside it).
     """
+    out = check_output_file(path, label=label, suffixes=tuple(OUTPUT_SUFFIXES), example="emo.mp4")
+    return out, OUTPUT_SUFFIXES[out.suffix.lower()]
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    *,
+    label: str,
+    suffixes: tuple[str, ...],
+    example: str | None = None,
+    overwrite: bool = True,
+    overwrite_flag: str | None = None,
+) -> Path:
+    """A file to write: not a folder, one of ``suffixes``, its folder existing and writable (checked before any work).
+
+    ``overwrite=False``: an existing file is refused, naming ``overwrite_flag`` (e.g. ``--force``) if there is one.
+    """
     out = Path(path)
+    example = example or f"out{suffixes[0]}"
     if out.is_dir():
-        raise InputError(f"{label} {str(out)!r} is a folder; give a file name in it, e.g. {str(out / 'emo.mp4')!r}")
-    fmt = OUTPUT_SUFFIXES.get(out.suffix.lower())
-    if fmt is None:
-        raise InputError(f"{label} must end in .mp4 or .webm, got {str(out)!r}; e.g. {str(out.with_suffix('.mp4'))!r}")
+        raise InputError(f"{label} {str(out)!r} is a folder; give a file name in it, e.g. {str(out / example)!r}")
+    if out.suffix.lower() not in suffixes:
+        ends = " or ".join(suffixes)
+        raise InputError(f"{label} must end in {ends}, got {str(out)!r}; e.g. {str(out.with_suffix(suffixes[0]))!r}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
         raise InputError(f"the output folder {str(parent)!r} of {label} does not exist; create it or pick another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"the output folder {str(parent)!r} of {label} is not writable; pick another path")
+    if out.exists() and not overwrite:
+        how = f"pass {overwrite_flag} to overwrite it or pick another path" if overwrite_flag else "pick another path"
+        raise InputError(f"{label} {str(out)!r} exists; {how}")
     if out.exists() and not os.access(out, os.W_OK):
         raise InputError(f"{label} {str(out)!r} exists and is read-only; pick another path")
-    return out, fmt
+    return out
+
+
+def check_output_folder(path: str | os.PathLike, *, label: str) -> Path:
+    """A folder to write into (created if missing, with its parents): refused before any work when that cannot work.
+
+    An existing folder must be writable; a missing one needs its nearest existing ancestor to be a writable folder.
+    """
+    out = Path(path)
+    if out.exists():
+        if not out.is_dir():
+            raise InputError(f"{label} {str(out)!r} is a file, not a folder; give a folder (it is created if missing)")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise InputError(f"{label} {str(out)!r} is not writable; pick another folder")
+        return out
+    ancestor = out.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{label} {str(out)!r} cannot be created: {str(ancestor)!r} is a file; pick another folder")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise InputError(f"{label} {str(out)!r} cannot be created: {str(ancestor)!r} is not writable; pick another folder")
+    return out
+
+
+def check_input_path(path: str | os.PathLike | None, *, label: str, kind: str = "file or folder") -> Path | None:
+    """An input that must exist (``kind``: "file", "folder" or "file or folder"); None (not given) passes."""
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{label} {str(path)!r}: no such {kind}")
+    if kind == "file" and not p.is_file():
+        raise InputError(f"{label} {str(path)!r} is a folder; give a file")
+    if kind == "folder" and not p.is_dir():
+        raise InputError(f"{label} {str(path)!r} is a file; give a folder")
+    return p
 
 
 def pick_device(name: str, *, label: str = "--device") -> torch.device:

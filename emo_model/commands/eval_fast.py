@@ -187,11 +187,29 @@ def print_table(results: dict) -> None:
         )
 
 
+def check_arguments(args: argparse.Namespace) -> list[str] | None:
+    """Every flag against the shared rules (:mod:`emo_model.validation`) and the --json path, before any work; the --only rows."""
+    from .. import validation
+
+    validation.check_input_path(args.model, label="--model", kind="file")
+    validation.check("clips", args.clips, label="--clips")
+    validation.check("clip_seconds", args.seconds, label="--seconds")
+    validation.check("threads", args.threads, label="--threads")
+    if args.json is not None:
+        validation.check_output_file(args.json, label="--json", suffixes=(".json",), example="eval_fast.json")
+    if not args.only:
+        return None
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    for name in only:
+        validation.check_choice(name, CANDIDATES, label="every --only row", hint="separate rows with commas")
+    return only
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
-    only = None if not args.only else [s.strip() for s in args.only.split(",")]
+    only = check_arguments(args)
+    torch.set_num_threads(args.threads)
     results = evaluate(args.model, clips=args.clips, seconds=args.seconds, only=only)
     print_table(results)
     if args.json:

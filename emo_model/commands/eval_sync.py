@@ -110,10 +110,30 @@ def print_table(results: dict) -> None:
     print(f"\n({results['seconds']:.0f} s)")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag against the shared rules (:mod:`emo_model.validation`) and the --json path, before any work."""
+    from dataclasses import replace
+
+    from .. import validation
+    from ..demo.config import HELDOUT_SEED
+
+    validation.check_input_path(args.model, label="--model", kind="file")
+    validation.check("clips", args.clips, label="--clips", rule=replace(validation.RULES["clips"], lo=0), hint="0 skips the lip-sync table")
+    validation.check("clip_seconds", args.seconds, label="--seconds")
+    if args.first_seed is not None:  # the seed rule, from the first held-out seed on
+        held_out = replace(validation.RULES["seed"], lo=HELDOUT_SEED, hint="lower seeds are the demo's training clips")
+        validation.check("seed", args.first_seed, label="--first-seed", rule=held_out)
+    validation.check_optional("steps", args.steps, label="--steps")
+    validation.check("threads", args.threads, label="--threads")
+    if args.json is not None:
+        validation.check_output_file(args.json, label="--json", suffixes=(".json",), example="eval.json")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    torch.set_num_threads(max(1, args.threads))
+    check_arguments(args)
+    torch.set_num_threads(args.threads)
     try:
         results = evaluate(
             args.model,

@@ -80,9 +80,13 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
 
         lo, hi = FORMATS[fmt].crf_range
         validation.check("crf", args.crf, label="--crf", rule=validation.Rule(lo, hi, integer=True, hint=f"{fmt}: lower is better, 17-23 typical"))
-    for flag, path in (("--image", args.image), ("--audio", args.audio), ("--model", args.model)):
-        if path is not None and not Path(path).exists():
-            raise validation.InputError(f"{flag} {path!r}: no such file or folder")
+    for flag, path in (("--image", args.image), ("--audio", args.audio), ("--model", args.model), ("--vae", args.vae),
+                       ("--audio-encoder", args.audio_encoder)):
+        validation.check_input_path(path, label=flag)
+    validation.check_input_path(args.models_dir, label="--models-dir", kind="folder")
+    from ..face import DETECTORS
+
+    validation.check_choice(args.face_detector, DETECTORS, label="--face-detector")
     return out, fmt
 
 

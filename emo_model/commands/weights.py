@@ -10,12 +10,11 @@ Bad input ends with a one-line ``error: ...`` on stderr and exit status 1 (no tr
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-from ..weights import VARIANTS, Checkpoint, WeightsError, inspect_checkpoint, load_bundled_vae, save_native
+from .. import validation
+from ..weights import VARIANTS, Checkpoint, inspect_checkpoint, load_bundled_vae, save_native
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -34,11 +33,6 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         default="standard",
         help="EchoMimic v1: the standard files or the distilled *_acc.pth ones (6 steps, cfg 1.0)",
     )
-
-
-def _fail(message: object) -> int:
-    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
-    return 1
 
 
 def _size(num_bytes: int) -> str:
@@ -89,10 +83,9 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    try:
-        ckpt = inspect_checkpoint(args.paths, variant=args.variant)
-    except WeightsError as exc:
-        return _fail(exc)
+    for path in args.paths:
+        validation.check_input_path(path, label="PATH")
+    ckpt = inspect_checkpoint(args.paths, variant=args.variant)  # WeightsError: one line from the CLI (--debug: traceback)
     lines = describe(ckpt)
     print("\n".join(lines))
     return 0 if lines[-1].startswith("status      complete") else 1
@@ -111,24 +104,23 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        return _fail(f"--out must be a .safetensors file, got {out}")
-    if out.exists() and not args.force:
-        return _fail(f"{out} exists; pass --force to overwrite it")
+    # the output first: a path that cannot be written costs nothing (the inputs are read after)
+    out = validation.check_output_file(
+        args.out, label="--out", suffixes=(".safetensors",), example="model.safetensors", overwrite=args.force, overwrite_flag="--force"
+    )
+    for path in args.paths:
+        validation.check_input_path(path, label="PATH")
+    ckpt = inspect_checkpoint(args.paths, variant=args.variant)  # WeightsError: one line from the CLI (--debug: traceback)
+    if out.resolve() in {p.resolve() for p in ckpt.paths}:
+        raise validation.InputError(f"--out {str(out)!r} is one of the inputs; write the native file elsewhere")
+    dtype = DTYPES.get(args.dtype)
+    model = ckpt.load(device="cpu", dtype=dtype)
+    vae = load_bundled_vae(ckpt.files["model"], dtype=dtype) if ckpt.bundled_vae else None
+    sources = ", ".join(sorted(f.name for f in ckpt.files.values()))
     try:
-        ckpt = inspect_checkpoint(args.paths, variant=args.variant)
-        if out.resolve() in {p.resolve() for p in ckpt.paths}:
-            return _fail(f"{out} is one of the inputs; write the native file elsewhere")
-        dtype = DTYPES.get(args.dtype)
-        model = ckpt.load(device="cpu", dtype=dtype)
-        vae = load_bundled_vae(ckpt.files["model"], dtype=dtype) if ckpt.bundled_vae else None
-        sources = ", ".join(sorted(f.name for f in ckpt.files.values()))
         save_native(model, out, metadata={"emo_source": sources}, vae=vae)
-    except WeightsError as exc:
-        return _fail(exc)
     except OSError as exc:
-        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+        raise validation.InputError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}; pick another path") from exc
     stored = args.dtype or ", ".join(ckpt.dtypes)
     bundled = " + its VAE" if vae is not None else ""
     print(f"wrote {out}: {ckpt.config.name} ({ckpt.family}){bundled}, {len(ckpt.sources)} tensors, {stored}, from {sources}")
