@@ -112,16 +112,37 @@ class Options:
     crf: int = 15
 
     def validate(self) -> Options:
-        if self.fps <= 0:
-            raise ValueError("--fps must be positive")
-        if self.resolution % 64:
-            raise ValueError("--resolution must be a multiple of 64 (VAE /8 and three UNet downsamplings)")
-        if not 0 < self.min_seconds <= self.max_seconds:
-            raise ValueError("need 0 < --min-seconds <= --max-seconds")
-        if self.shard_size < 1 or self.detect_every < 1:
-            raise ValueError("--shard-size and --detect-every must be at least 1")
-        if self.scene_detector not in ("content", "none"):
-            raise ValueError("--scene-detector must be 'content' or 'none'")
+        """Every option against the shared rules (:mod:`emo_model.validation`): an InputError naming the flag."""
+        from .. import validation as v
+        from ..face import DETECTORS
+        from ..video_io import FORMATS
+
+        positive = dataclasses.replace(v.RULES["count"], lo=1)
+        v.check("fps", self.fps, label="--fps", hint="the paper's is 30")
+        v.check("size", self.resolution, label="--resolution", hint="the side of the square crops (VAE /8 and three UNet downsamplings); the paper's is 512")
+        v.check("segment_seconds", self.min_seconds, label="--min-seconds")
+        v.check("segment_seconds", self.max_seconds, label="--max-seconds")
+        if self.min_seconds > self.max_seconds:
+            raise v.InputError(
+                f"--min-seconds {self.min_seconds:g} is above --max-seconds {self.max_seconds:g}; lower the first or raise the second"
+            )
+        v.check("count", self.shard_size, label="--shard-size", rule=positive, hint="segments per tar shard; 64 is the default")
+        v.check("workers", self.workers, label="--workers")
+        v.check_choice(self.detector, DETECTORS, label="--detector")
+        v.check("count", self.detect_every, label="--detect-every", rule=positive, hint="1 detects faces on every frame")
+        v.check("pixels", self.detect_size, label="--detect-size", hint="the longest side faces are detected at; 640 is the default")
+        v.check("fraction", self.min_face_fraction, label="--min-face-fraction")
+        v.check("crop_ratio", self.crop_ratio, label="--crop-ratio")
+        v.check_choice(self.scene_detector, ("content", "none"), label="--scene-detector")
+        v.check("scene_threshold", self.scene_threshold, label="--scene-threshold")
+        lo, hi = FORMATS["mp4"].crf_range
+        v.check("crf", self.crf, label="--crf", rule=v.Rule(lo, hi, integer=True), hint="x264 quality of the stored crops: lower is better, 0 lossless")
+        from .head_pose import get_estimator
+
+        try:
+            get_estimator(self.speed_estimator)
+        except (KeyError, TypeError, ImportError, AttributeError, ValueError) as exc:
+            raise v.InputError(f"--speed-estimator: {v.first_line(exc.args[0] if exc.args else exc)}") from exc
         return self
 
 
@@ -739,12 +760,20 @@ def _worker(args: tuple[str, str, Options, str]) -> FileResult:
 
 def preprocess(input_dir: Path, out: Path, opts: Options, log=print) -> dict:
     """Run (or resume) preprocessing; returns the report dict."""
-    opts.validate()
-    input_dir, out = Path(input_dir), Path(out)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"input folder not found: {input_dir}")
+    from .. import validation
+
+    opts.validate()  # every option, the input and the output folder before any work
+    input_dir = validation.check_input_path(input_dir, label="the input folder", kind="folder")
+    out = validation.check_output_folder(out, label="--out")
+    validation.check_input_path(opts.audio_encoder, label="--audio-encoder")
+    validation.check_input_path(opts.models_dir, label="--models-dir", kind="folder")
+    try:
+        _load_model_config(opts.config)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise validation.InputError(
+            f"--config {opts.config!r}: {validation.first_line(exc.args[0] if exc.args else exc)}; give a config name or a config .json file"
+        ) from exc
     out.mkdir(parents=True, exist_ok=True)
-    _load_model_config(opts.config)  # fail early on a bad config
     if opts.scene_detector == "content":
         try:
             import scenedetect  # noqa: F401
@@ -868,9 +897,12 @@ def run(args: argparse.Namespace) -> int:
         scene_threshold=args.scene_threshold,
         crf=args.crf,
     )
+    from ..validation import InputError, first_line
+
     try:
         preprocess(args.input, args.out, opts)
+    except InputError:
+        raise  # the CLI prints its one line (--debug: the traceback)
     except (FileNotFoundError, RuntimeError, ValueError, KeyError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise InputError(first_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)) from exc
     return 0
