@@ -155,6 +155,30 @@ def export(final_stage: Path, vae_dir: Path, folder: Path, metadata: dict) -> Pa
     return weights.save_native(model, path, dtype=torch.float16, vae=vae, metadata=meta)
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag against the shared rules (:mod:`emo_model.validation`) and the --out folder, before any work."""
+    from dataclasses import replace
+
+    from .. import validation as v
+
+    v.check_output_folder(args.out, label="--out")
+    v.check("clips", args.clips, label="--clips")
+    shortest = preprocess_options(Path("unused.json")).min_seconds
+    v.check("clip_seconds", args.seconds, label="--seconds", rule=replace(v.RULES["clip_seconds"], lo=shortest),
+            hint=f"preprocess keeps segments of {shortest:g} s or more; 4 is the default")
+    v.check("seed", args.seed, label="--seed")
+    v.check("threads", args.threads, label="--threads")
+    v.check("workers", args.workers, label="--workers")
+    v.check("train_steps", args.vae_steps, label="--vae-steps", hint="VAE training steps; 2000 is the default")
+    for stage, steps in enumerate(args.steps or (), start=1):
+        v.check("train_steps", steps, label=f"--steps (stage {stage})")
+    for item in args.set:
+        stage, sep, rest = item.partition(":")
+        if not sep or stage not in ("1", "2", "3") or "=" not in rest:
+            raise v.InputError(f"--set needs STAGE:KEY=VALUE with STAGE 1, 2 or 3, e.g. 2:optim.lr=1e-4, got {item!r}")
+    v.check("clips", args.eval_clips, label="--eval-clips", rule=replace(v.RULES["clips"], lo=0), hint="0 skips the lip-sync table")
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -163,7 +187,8 @@ def run(args: argparse.Namespace) -> int:
     from .synthetic import write_clips
     from .vae import load_dataset_frames, train_vae
 
-    torch.set_num_threads(max(1, args.threads))
+    check_arguments(args)
+    torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     timer = Timer(out / "build.json")
@@ -173,8 +198,10 @@ def run(args: argparse.Namespace) -> int:
     config = demo_config()
     config_json = out / "emo-tiny-demo.json"
     config_json.write_text(config.to_json())
-
     videos, dataset = out / "videos", out / "dataset"
+    for stage in (1, 2, 3):  # every stage config with its --set values, before any work
+        stage_config(stage, config_json, dataset, args.seed, args.steps[stage - 1] if args.steps else None, args.set).validate()
+
     timer.run("videos", lambda: write_clips(videos, range(args.clips), seconds=args.seconds))
     opts = preprocess_options(config_json)
     opts.workers = args.workers

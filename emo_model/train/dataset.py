@@ -39,10 +39,11 @@ from torch.utils.data import Dataset, Sampler
 
 from ..audio import window_frames
 from ..configs import AudioFeatureConfig
+from ..validation import InputError
 
 
-class DatasetError(ValueError):
-    """The dataset folder is missing, empty or does not fit the model / stage."""
+class DatasetError(InputError):
+    """The dataset folder is missing, empty or does not fit the model / stage (a ValueError; one line from the CLI)."""
 
 
 class SegmentStore:

@@ -73,6 +73,7 @@ from torch import nn
 
 from ..configs import EMOConfig, get_config
 from ..model import Conditioning, EMOModel
+from ..validation import InputError
 
 GROUPS = ("reference_net", "backbone", "temporal", "speed", "audio", "identity", "face_locator")
 STAGE_TRAINABLE = {
@@ -82,8 +83,8 @@ STAGE_TRAINABLE = {
 }
 
 
-class TrainError(ValueError):
-    """A configuration or input problem; the message says what to change."""
+class TrainError(InputError):
+    """A configuration or input problem (a ValueError); the message, one line, says what to change."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,14 +182,87 @@ class TrainConfig:
                 self.optim.group_lr[name] = float(lr)
             except (TypeError, ValueError):
                 raise TrainError(f"optim.group_lr.{name} must be a number, got {lr!r}") from None
+        self._check_numbers()
         rates = (self.uncond_reference, self.uncond_audio, self.uncond_both, self.first_clip_ratio)
         if any(not 0 <= r <= 1 for r in rates) or self.uncond_reference + self.uncond_audio + self.uncond_both > 1:
             raise TrainError("dropout rates must be in [0, 1] and the three uncond_* rates must sum to at most 1")
         if self.stage == 3 and self.trainable and "audio" in self.trainable:
             raise TrainError("stage 3 keeps the audio layers frozen (paper §3.3); remove 'audio' from trainable")
-        if self.max_steps < 1 or self.data.batch_size < 1:
-            raise TrainError("max_steps and data.batch_size must be at least 1")
+        try:
+            resolve_model_config(self.model)
+        except (KeyError, ValueError, TypeError) as exc:
+            raise TrainError(f"training config model: {_message(exc)}; give a config name or an EMOConfig .json file") from exc
+        from diffusers.optimization import SchedulerType
+
+        schedules = [t.value for t in SchedulerType]
+        if self.optim.lr_scheduler not in schedules:
+            raise TrainError(f"training config optim.lr_scheduler must be one of {', '.join(schedules)}, got {self.optim.lr_scheduler!r}")
         return self
+
+    def _check_numbers(self) -> None:
+        """Every number of the config against the shared rules (:mod:`emo_model.validation`), naming the key."""
+        from .. import validation as v
+
+        positive = dataclasses.replace(v.RULES["count"], lo=1)
+        below_one = dataclasses.replace(v.RULES["fraction"], hi=0.99999)
+        checks = [  # key, rule name, rule (None: the named one), hint (None: the rule's)
+            ("max_steps", "train_steps", None, None),
+            ("seed", "seed", None, None),
+            ("uncond_reference", "fraction", None, "the share of samples without the reference; 0.05 is Hallo's"),
+            ("uncond_audio", "fraction", None, "the share of samples without the audio; 0.05 is Hallo's"),
+            ("uncond_both", "fraction", None, "the share of samples without both; 0.05 is Hallo's"),
+            ("first_clip_ratio", "fraction", None, "the share of samples trained as a first clip"),
+            ("noise_offset", "fraction", None, "0 turns it off; Hallo uses 0.05"),
+            ("snr_gamma", "snr_gamma", None, None),
+            ("checkpoint_every", "count", None, "steps between checkpoints (0: only the final weights)"),
+            ("keep_checkpoints", "count", None, "checkpoints kept (0: all)"),
+            ("sample_every", "count", None, "steps between sample videos (0: never)"),
+            ("sample_steps", "steps", None, "denoising steps of the sample videos"),
+            ("sample_clips", "clips", None, "clips in each sample video"),
+            ("log_every", "count", positive, "steps between log lines"),
+            ("data.frames", "frames_per_clip", None, "null = the preset's"),
+            ("data.motion_frames", "motion_frames", None, "null = the preset's"),
+            ("data.batch_size", "batch_size", None, None),
+            ("data.num_workers", "workers", None, "data loader processes (0: in the training process)"),
+            ("data.holdout_segments", "count", None, "segments kept out of training for the sample videos"),
+            ("optim.lr", "learning_rate", None, None),
+            ("optim.weight_decay", "fraction", None, "AdamW's; 1e-2 is the usual"),
+            ("optim.eps", "fraction", None, "AdamW's; 1e-8 is the usual"),
+            ("optim.max_grad_norm", "grad_norm", None, None),
+            ("optim.warmup_steps", "count", None, "learning-rate warm-up steps"),
+            ("optim.gradient_accumulation_steps", "count", positive, "micro-batches per optimiser step"),
+            ("ema.decay", "fraction", None, "0.9999 is the usual"),
+            ("ema.update_after_step", "count", None, "steps before the EMA starts"),
+        ]
+        for key, name, rule, hint in checks:
+            node = self
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = getattr(node, part)
+            value = getattr(node, leaf)
+            if value is None and key.startswith("data.") and leaf in ("frames", "motion_frames"):
+                continue
+            setattr(node, leaf, v.check(name, value, label=f"training config {key}", rule=rule, hint=_fix(key, hint or (rule or v.RULES[name]).hint)))
+        betas = self.optim.betas
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise TrainError(f"training config optim.betas must be two numbers, got {betas!r}; {_fix('optim.betas', '[0.9, 0.999] is the usual')}")
+        self.optim.betas = tuple(
+            v.check("fraction", b, label=f"training config optim.betas[{i}]", rule=below_one, hint=_fix("optim.betas", "[0.9, 0.999] is the usual"))
+            for i, b in enumerate(betas)
+        )
+        for name, lr in (self.optim.group_lr or {}).items():
+            v.check("learning_rate", lr, label=f"training config optim.group_lr.{name}", hint=_fix(f"optim.group_lr.{name}", v.RULES["learning_rate"].hint))
+
+
+def _fix(key: str, hint: str) -> str:
+    """What to do about a config value: the rule's advice and where to change it."""
+    return f"{hint}; change it in the config file or with --set {key}=VALUE"
+
+
+def _message(exc: BaseException) -> str:
+    from ..validation import first_line
+
+    return first_line(exc.args[0] if isinstance(exc, KeyError) and exc.args else exc)
 
 
 def _coerce_numbers(node) -> None:
@@ -217,17 +291,27 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
             import yaml
         except ImportError:
             raise TrainError("YAML configs need PyYAML (pip install pyyaml), or write the config as JSON") from None
-        data = yaml.safe_load(text) or {}
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            raise TrainError(f"training config {str(path)!r} is not valid YAML: {_message(exc)}") from exc
     else:
-        data = json.loads(text)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TrainError(f"training config {str(path)!r} is not valid JSON: {_message(exc)}") from exc
+    if not isinstance(data, dict):
+        raise TrainError(f"training config {str(path)!r} must hold a mapping of keys (see emo_model/train/configs), got {type(data).__name__}")
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise TrainError(f"--set needs KEY=VALUE, got {item!r}")
+        if not sep or not key.strip():
+            raise TrainError(f"--set needs KEY=VALUE, e.g. optim.lr=1e-4, got {item!r}")
         node = data
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TrainError(f"--set {item!r}: {part!r} is a value, not a section of the config; check the key")
         node[parts[-1]] = _parse_value(value)
     return TrainConfig.from_dict(data)
 
@@ -426,10 +510,30 @@ class Trainer:
         if self.accelerator.is_main_process:
             self.log_fn(text)
 
+    def check_inputs(self) -> None:
+        """The run folder, the dataset and every given weights path, before any model work (one line each)."""
+        from .. import validation as v
+
+        v.check_output_folder(self.paths.output, label="--output")
+        if not self.cfg.data.dir:
+            raise TrainError("no dataset: give --data DATASET_DIR (made by `python -m emo_model preprocess`) or data.dir")
+        data = v.check_input_path(self.cfg.data.dir, label="the dataset (--data or data.dir)", kind="folder")
+        if not (data / "index.jsonl").is_file():
+            raise TrainError(f"the dataset {str(data)!r} has no index.jsonl; make it with `python -m emo_model preprocess` (or resume that run)")
+        if self.vae_path is None:
+            raise TrainError("--vae is required (a diffusers AutoencoderKL folder or an SD VAE file, e.g. sd-vae-ft-mse)")
+        for label, path in (("--vae", self.vae_path), ("--init", self.init), ("--sd15", self.sd15), ("--animatediff", self.animatediff)):
+            v.check_input_path(path, label=label)
+        if self.resume and self.resume != "latest":
+            folder = v.check_input_path(self.resume, label="--resume", kind="folder")
+            if not (folder / "trainer_state.json").is_file():
+                raise TrainError(f"--resume {str(folder)!r} is not a training checkpoint folder (no trainer_state.json); give latest or OUTPUT/checkpoints/step-N")
+
     def setup(self) -> Trainer:
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
+        self.check_inputs()
         cfg = self.cfg
         if self._accelerator is None:
             log_with = cfg.log_with if cfg.log_with not in (None, "none") else None
@@ -1059,21 +1163,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Every flag and config value is checked (one line naming it; ``--debug`` for the traceback) before model work."""
+    from .. import validation
+
+    if args.max_steps is not None:
+        validation.check("train_steps", args.max_steps, label="--max-steps")
+    validation.check_input_path(args.config, label="--config", kind="file")
+    cfg = load_train_config(args.config, args.set)
+    cfg.stage = args.stage
+    if args.data:
+        cfg.data.dir = args.data
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    output = args.output or f"runs/stage{args.stage}"
+    trainer = Trainer(cfg, output, vae=args.vae, init=args.init, sd15=args.sd15, animatediff=args.animatediff, resume=args.resume)
+    trainer.check_inputs()  # setup() checks again; here it runs before accelerate starts
     try:
-        cfg = load_train_config(args.config, args.set)
-        cfg.stage = args.stage
-        if args.data:
-            cfg.data.dir = args.data
-        if args.max_steps is not None:
-            cfg.max_steps = args.max_steps
-        output = args.output or f"runs/stage{args.stage}"
-        trainer = Trainer(
-            cfg, output, vae=args.vae, init=args.init, sd15=args.sd15, animatediff=args.animatediff, resume=args.resume
-        ).setup()
-        summary = trainer.train()
-    except TrainError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        trainer.setup()
+    except KeyError as exc:  # an unknown name in the config (scheduler, config name)
+        raise TrainError(_message(exc)) from exc
+    summary = trainer.train()
     if trainer.accelerator.is_main_process:
         print(f"done: {summary['steps']} steps, weights in {summary['final']}")
     return 0
