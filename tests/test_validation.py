@@ -333,3 +333,148 @@ def test_video_node_refuses_nan_frames(node_run, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="NaN"):
         nodes["EMOVideoCombine"]().combine(frames, 25.0, "emo", "mp4", 19)
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+# ---- the other commands: every flag on the same rules, checked before any work ----------------------
+
+class _WorkStarted(Exception):
+    """Raised by the patched entry points of real work: a value that should have been refused got through."""
+
+
+def _no_work(*_a, **_k):
+    raise _WorkStarted
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every command's first piece of real work raises _WorkStarted (model loads, accelerate, checkpoint reads, videos)."""
+    import accelerate
+
+    from emo_model import session
+    from emo_model.commands import weights as weights_command
+    from emo_model.demo import synthetic
+    from emo_model.train import preprocess as preprocess_module
+    from emo_model.train.trainer import Trainer
+
+    monkeypatch.setattr(session.Session, "load", classmethod(_no_work))
+    monkeypatch.setattr(weights_command, "inspect_checkpoint", _no_work)
+    monkeypatch.setattr(preprocess_module, "list_videos", _no_work)
+    monkeypatch.setattr(accelerate, "Accelerator", _no_work)
+    monkeypatch.setattr(Trainer, "_build_model", _no_work)
+    monkeypatch.setattr(synthetic, "write_clips", _no_work)
+
+
+@pytest.fixture(scope="module")
+def other(files):
+    base = files["dir"] / "other"
+    base.mkdir(exist_ok=True)
+    (base / "videos").mkdir(exist_ok=True)
+    (base / "dataset").mkdir(exist_ok=True)
+    (base / "dataset" / "index.jsonl").write_text("")
+    (base / "plain_file").write_text("x")
+    (base / "existing.safetensors").write_bytes(b"")
+    (base / "bad.json").write_text("{bad")
+    from emo_model.train import CONFIG_DIR
+
+    return {"dir": base, "config": CONFIG_DIR / "tiny_stage1.yaml"}
+
+
+def _other_cases():
+    """(id, argv builder (files, other) -> list, expected in the error line)."""
+    d = lambda o, *p: str(o["dir"].joinpath(*p))  # noqa: E731
+    train = lambda f, o, *x: ["train", "--stage", "1", "--config", o["config"], "--data", d(o, "dataset"),  # noqa: E731
+                              "--vae", d(o, "videos"), "--output", d(o, "run_never"), *x]
+    pre = lambda f, o, *x: ["preprocess", d(o, "videos"), "--out", d(o, "dataset_never"), "--config", "tiny", *x]  # noqa: E731
+    demo = lambda f, o, *x: ["make-demo", "--out", d(o, "demo_never"), *x]  # noqa: E731
+    return [
+        # eval-sync
+        ("sync clips", lambda f, o: ["eval-sync", "--clips", "-1"], "--clips must be an integer from 0 to 100000, got -1"),
+        ("sync seconds", lambda f, o: ["eval-sync", "--seconds", "nan"], "--seconds must be a number from 0.2 to 600, got nan"),
+        ("sync seed", lambda f, o: ["eval-sync", "--first-seed", "5"], "--first-seed must be an integer from 100000"),
+        ("sync steps", lambda f, o: ["eval-sync", "--steps", "0"], "--steps must be an integer from 1 to 1000, got 0"),
+        ("sync threads", lambda f, o: ["eval-sync", "--threads", "0"], "--threads must be an integer from 1 to 1024, got 0"),
+        ("sync json dir", lambda f, o: ["eval-sync", "--json", d(o, "missing", "r.json")], "of --json does not exist"),
+        ("sync json suffix", lambda f, o: ["eval-sync", "--json", d(o, "r.txt")], "--json must end in .json"),
+        ("sync model", lambda f, o: ["eval-sync", "--model", d(o, "nope.safetensors")], "--model"),
+        # eval-fast
+        ("fast clips", lambda f, o: ["eval-fast", "--clips", "0"], "--clips must be an integer from 1 to 100000, got 0"),
+        ("fast seconds", lambda f, o: ["eval-fast", "--seconds", "inf"], "--seconds must be a number from 0.2 to 600, got inf"),
+        ("fast only", lambda f, o: ["eval-fast", "--only", "fast,nope"], "every --only row must be one of default,"),
+        ("fast json", lambda f, o: ["eval-fast", "--json", d(o)], "--json"),
+        ("fast threads", lambda f, o: ["eval-fast", "--threads", "-2"], "--threads must be an integer from 1 to 1024"),
+        # convert
+        ("convert suffix", lambda f, o: ["convert", f["model"], "--out", d(o, "x.pt")], "--out must end in .safetensors"),
+        ("convert exists", lambda f, o: ["convert", f["model"], "--out", d(o, "existing.safetensors")], "exists; pass --force"),
+        ("convert folder", lambda f, o: ["convert", f["model"], "--out", d(o, "videos")], "is a folder; give a file name"),
+        ("convert no dir", lambda f, o: ["convert", f["model"], "--out", d(o, "missing", "x.safetensors")], "does not exist"),
+        # preprocess
+        ("pre input", lambda f, o: ["preprocess", d(o, "nope"), "--out", d(o, "dataset_never")], "no such folder"),
+        ("pre out file", lambda f, o: pre(f, o)[:2] + ["--out", d(o, "plain_file")], "is a file, not a folder"),
+        ("pre fps", lambda f, o: pre(f, o, "--fps", "nan"), "--fps must be a number from 1 to 120, got nan"),
+        ("pre resolution", lambda f, o: pre(f, o, "--resolution", "100"), "--resolution must be an integer from 64 to 2048, a multiple of 64"),
+        ("pre seconds", lambda f, o: pre(f, o, "--min-seconds", "5", "--max-seconds", "4"), "--min-seconds 5 is above --max-seconds 4"),
+        ("pre max seconds", lambda f, o: pre(f, o, "--max-seconds", "inf"), "--max-seconds must be a number from 0.5 to 600"),
+        ("pre shard", lambda f, o: pre(f, o, "--shard-size", "0"), "--shard-size must be an integer from 1"),
+        ("pre workers", lambda f, o: pre(f, o, "--workers", "-1"), "--workers must be an integer from 0 to 256"),
+        ("pre detector", lambda f, o: pre(f, o, "--detector", "foo"), "--detector must be one of auto, haar, yunet, mediapipe"),
+        ("pre detect every", lambda f, o: pre(f, o, "--detect-every", "0"), "--detect-every must be an integer from 1"),
+        ("pre detect size", lambda f, o: pre(f, o, "--detect-size", "0"), "--detect-size must be an integer from 16"),
+        ("pre face fraction", lambda f, o: pre(f, o, "--min-face-fraction", "inf"), "--min-face-fraction must be a number from 0 to 1"),
+        ("pre crop", lambda f, o: pre(f, o, "--crop-ratio", "0"), "--crop-ratio must be a number from 1 to 10"),
+        ("pre scene", lambda f, o: pre(f, o, "--scene-threshold", "nan"), "--scene-threshold must be a number from 0 to 255"),
+        ("pre crf", lambda f, o: pre(f, o, "--crf", "60"), "--crf must be an integer from 0 to 51, got 60"),
+        ("pre estimator", lambda f, o: pre(f, o, "--speed-estimator", "nope"), "--speed-estimator: unknown speed estimator 'nope'"),
+        ("pre config", lambda f, o: pre(f, o, "--config", "nope"), "--config 'nope': unknown config"),
+        ("pre encoder", lambda f, o: pre(f, o, "--audio-encoder", d(o, "nope.pt")), "--audio-encoder"),
+        # train
+        ("train max steps", lambda f, o: train(f, o, "--max-steps", "0"), "--max-steps must be an integer from 1"),
+        ("train lr", lambda f, o: train(f, o, "--set", "optim.lr=nan"), "training config optim.lr must be a number from 0 to 1, got nan"),
+        ("train betas", lambda f, o: train(f, o, "--set", "optim.betas=[0.9, 1.0]"), "training config optim.betas[1] must be"),
+        ("train batch", lambda f, o: train(f, o, "--set", "data.batch_size=0"), "data.batch_size must be an integer from 1 to 4096"),
+        ("train frames", lambda f, o: train(f, o, "--set", "data.frames=1000"), "data.frames must be an integer from 1 to 64"),
+        ("train dropout", lambda f, o: train(f, o, "--set", "uncond_audio=inf"), "uncond_audio must be a number from 0 to 1, got inf"),
+        ("train log", lambda f, o: train(f, o, "--set", "log_every=0"), "log_every must be an integer from 1"),
+        ("train scheduler", lambda f, o: train(f, o, "--set", "optim.lr_scheduler=foo"), "optim.lr_scheduler must be one of linear,"),
+        ("train model", lambda f, o: train(f, o, "--set", "model=nope"), "training config model: unknown config 'nope'"),
+        ("train set key", lambda f, o: train(f, o, "--set", "max_steps.x=3"), "'max_steps' is a value, not a section"),
+        ("train json", lambda f, o: ["train", "--stage", "1", "--config", d(o, "bad.json")], "is not valid JSON"),
+        ("train data", lambda f, o: train(f, o, "--data", d(o, "nope")), "the dataset (--data or data.dir)"),
+        ("train index", lambda f, o: train(f, o, "--data", d(o, "videos")), "has no index.jsonl"),
+        ("train output", lambda f, o: train(f, o, "--output", d(o, "plain_file")), "--output"),
+        ("train init", lambda f, o: train(f, o, "--init", d(o, "nope.pth")), "--init"),
+        ("train resume", lambda f, o: train(f, o, "--resume", d(o, "videos")), "is not a training checkpoint folder"),
+        # make-demo
+        ("demo clips", lambda f, o: demo(f, o, "--clips", "0"), "--clips must be an integer from 1"),
+        ("demo seconds", lambda f, o: demo(f, o, "--seconds", "2"), "--seconds must be a number from 3 to 600"),
+        ("demo steps", lambda f, o: demo(f, o, "--steps", "1", "0", "3"), "--steps (stage 2) must be an integer from 1"),
+        ("demo set", lambda f, o: demo(f, o, "--set", "4:seed=1"), "--set needs STAGE:KEY=VALUE"),
+        ("demo set value", lambda f, o: demo(f, o, "--set", "2:optim.lr=nan"), "optim.lr must be a number from 0 to 1, got nan"),
+        ("demo eval", lambda f, o: demo(f, o, "--eval-clips", "-1"), "--eval-clips must be an integer from 0"),
+        ("demo out", lambda f, o: ["make-demo", "--out", d(o, "plain_file")], "is a file, not a folder"),
+        # generate: the flags not covered above
+        ("gen detector", lambda f, o: generate_args(f, d(o, "never.mp4"), "--face-detector", "foo"), "--face-detector must be one of"),
+        ("gen vae", lambda f, o: generate_args(f, d(o, "never.mp4"), "--vae", d(o, "nope")), "--vae"),
+        ("gen models dir", lambda f, o: generate_args(f, d(o, "never.mp4"), "--models-dir", d(o, "nope")), "--models-dir"),
+    ]
+
+
+OTHER_CASES = _other_cases()
+
+
+@pytest.mark.parametrize("build, expected", [c[1:] for c in OTHER_CASES], ids=[c[0] for c in OTHER_CASES])
+def test_other_commands_refuse_bad_flags_in_one_line_before_any_work(files, other, no_work, capsys, build, expected):
+    rc, _, err = cli(capsys, *build(files, other))
+    assert rc == 1 and expected in error_line(err)
+    made = [p.name for p in other["dir"].iterdir() if "never" in p.name or p.name.startswith("x.")]
+    assert not made, f"output made before the check: {made}"
+
+
+def test_other_commands_show_the_traceback_with_debug(files, other, no_work):
+    from emo_model.validation import InputError
+
+    with pytest.raises(InputError, match="optim.lr"):
+        main([str(a) for a in ["train", "--stage", "1", "--config", other["config"], "--set", "optim.lr=nan", "--debug"]])
+    with pytest.raises(InputError, match="--fps"):
+        main([str(a) for a in ["preprocess", other["dir"] / "videos", "--out", other["dir"] / "ds_never", "--fps", "nan", "--debug"]])
+    with pytest.raises(InputError, match="--out"):
+        main([str(a) for a in ["convert", files["model"], "--out", other["dir"] / "x.pt", "--debug"]])

@@ -177,6 +177,16 @@ def check_arguments(args: argparse.Namespace) -> None:
         if not sep or stage not in ("1", "2", "3") or "=" not in rest:
             raise v.InputError(f"--set needs STAGE:KEY=VALUE with STAGE 1, 2 or 3, e.g. 2:optim.lr=1e-4, got {item!r}")
     v.check("clips", args.eval_clips, label="--eval-clips", rule=replace(v.RULES["clips"], lo=0), hint="0 skips the lip-sync table")
+    import tempfile
+
+    from .config import demo_config
+
+    with tempfile.TemporaryDirectory() as tmp:  # every stage config with its --set values (nothing written to --out yet)
+        config_json = Path(tmp) / "emo-tiny-demo.json"
+        config_json.write_text(demo_config().to_json())
+        for stage in (1, 2, 3):
+            steps = args.steps[stage - 1] if args.steps else None
+            stage_config(stage, config_json, Path(tmp) / "dataset", args.seed, steps, args.set).validate()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -199,8 +209,6 @@ def run(args: argparse.Namespace) -> int:
     config_json = out / "emo-tiny-demo.json"
     config_json.write_text(config.to_json())
     videos, dataset = out / "videos", out / "dataset"
-    for stage in (1, 2, 3):  # every stage config with its --set values, before any work
-        stage_config(stage, config_json, dataset, args.seed, args.steps[stage - 1] if args.steps else None, args.set).validate()
 
     timer.run("videos", lambda: write_clips(videos, range(args.clips), seconds=args.seconds))
     opts = preprocess_options(config_json)
