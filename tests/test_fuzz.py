@@ -3,6 +3,9 @@
 * property-based (Hypothesis) over the CLI flags of ``generate`` and the sampler / audio node inputs:
   every drawn value either works (a complete, readable video / a finite IMAGE of the right size) or
   gives one ``error:`` line (a ValueError on the nodes), and no video or partial file is left behind;
+* the numeric flags of the other commands (eval-sync, eval-fast, preprocess, train and its --set config
+  values, make-demo): refused in one line before the output folder is made, or accepted only as finite,
+  non-negative amounts (their first piece of real work is patched to stop the run);
 * a corpus of malformed checkpoints, images and audio made by the tests.
 
 Sized for CI: the built-in tiny demo model, 0.2 s of audio, 1-2 steps, a few dozen examples.
@@ -293,3 +296,80 @@ def test_malformed_media_give_one_line_and_no_file(media, capsys, kind):
         line = assert_one_error_line(err)
         assert path.name in line or "portrait" in line or "image" in line or "audio" in line, (name, line)
         assert not leftovers(media["out"]), name
+
+
+# ---- the other commands: every numeric flag either refused in one line or accepted as a sane value ----
+
+class _WorkStarted(Exception):
+    """The patched first piece of real work of a command was reached: the drawn values were accepted."""
+
+
+def _start_work(*_a, **_k):
+    raise _WorkStarted
+
+
+INTS = [-(2**70), -7, -1, 0, 1, 2, 3, 8, 64, 512, 10**9, 2**70]
+FLOATS = [float("nan"), float("inf"), -float("inf"), -1.0, -1e-9, 0.0, 1e-9, 0.5, 1.0, 4.0, 30.0, 1e6, 1e300]
+OTHER_FLAGS = {  # command: {flag: int or float}
+    "eval-sync": {"--clips": int, "--seconds": float, "--first-seed": int, "--steps": int, "--threads": int},
+    "eval-fast": {"--clips": int, "--seconds": float, "--threads": int},
+    "preprocess": {"--fps": float, "--resolution": int, "--min-seconds": float, "--max-seconds": float, "--shard-size": int,
+                   "--workers": int, "--detect-every": int, "--detect-size": int, "--min-face-fraction": float,
+                   "--crop-ratio": float, "--scene-threshold": float, "--crf": int},
+    "train": {"--max-steps": int, "seed": int, "max_steps": int, "noise_offset": float, "snr_gamma": float,
+              "uncond_audio": float, "sample_steps": int, "log_every": int, "data.batch_size": int, "data.frames": int,
+              "data.num_workers": int, "optim.lr": float, "optim.eps": float, "optim.max_grad_norm": float,
+              "optim.gradient_accumulation_steps": int, "ema.decay": float},
+    "make-demo": {"--clips": int, "--seconds": float, "--seed": int, "--threads": int, "--workers": int, "--vae-steps": int,
+                  "--eval-clips": int},
+}
+
+
+@st.composite
+def other_command(draw):
+    command = draw(st.sampled_from(sorted(OTHER_FLAGS)))
+    flags = draw(st.lists(st.sampled_from(sorted(OTHER_FLAGS[command])), min_size=1, max_size=2, unique=True))
+    values = {f: draw(st.sampled_from(INTS if OTHER_FLAGS[command][f] is int else FLOATS)) for f in flags}
+    return command, values
+
+
+@settings(FUZZ, max_examples=80)
+@given(drawn=other_command())
+def test_other_command_flags_are_refused_in_one_line_or_sane(media, capsys, monkeypatch, drawn):
+    import accelerate
+
+    from emo_model import session
+    from emo_model.demo import synthetic
+    from emo_model.train import CONFIG_DIR
+    from emo_model.train import preprocess as preprocess_module
+
+    for target, name in ((session.Session, "load"), (preprocess_module, "list_videos"), (accelerate, "Accelerator"), (synthetic, "write_clips")):
+        monkeypatch.setattr(target, name, classmethod(_start_work) if name == "load" else _start_work)
+    command, values = drawn
+    base = media["dir"] / "other"
+    (base / "videos").mkdir(parents=True, exist_ok=True)
+    (base / "dataset").mkdir(exist_ok=True)
+    (base / "dataset" / "index.jsonl").write_text("")
+    out = base / "made_by_the_run"
+    args = {
+        "eval-sync": ["eval-sync"], "eval-fast": ["eval-fast"],
+        "preprocess": ["preprocess", base / "videos", "--out", out, "--config", "tiny", "--scene-detector", "none"],
+        "train": ["train", "--stage", "1", "--config", CONFIG_DIR / "tiny_stage1.yaml", "--data", base / "dataset",
+                  "--vae", base / "videos", "--output", out],
+        "make-demo": ["make-demo", "--out", out],
+    }[command]
+    for flag, value in values.items():
+        text = repr(value) if isinstance(value, float) else str(value)
+        args += [f"{flag}={text}"] if flag.startswith("--") else ["--set", f"{flag}={text.replace('inf', '.inf')}"]
+    try:
+        rc, _, err = run_cli(capsys, args)
+    except _WorkStarted:  # accepted: every value is a finite, non-negative amount
+        assert all(math.isfinite(v) and v >= 0 for v in values.values()), values
+        return
+    finally:
+        made = out.exists()
+        if made:
+            __import__("shutil").rmtree(out)
+    assert rc == 1, (args, err)
+    assert_one_error_line(err)
+    assert not made, f"{command} made its output folder before refusing {values}"

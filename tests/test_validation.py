@@ -381,11 +381,11 @@ def other(files):
 
 def _other_cases():
     """(id, argv builder (files, other) -> list, expected in the error line)."""
-    d = lambda o, *p: str(o["dir"].joinpath(*p))  # noqa: E731
-    train = lambda f, o, *x: ["train", "--stage", "1", "--config", o["config"], "--data", d(o, "dataset"),  # noqa: E731
+    d = lambda o, *p: str(o["dir"].joinpath(*p))
+    train = lambda f, o, *x: ["train", "--stage", "1", "--config", o["config"], "--data", d(o, "dataset"),
                               "--vae", d(o, "videos"), "--output", d(o, "run_never"), *x]
-    pre = lambda f, o, *x: ["preprocess", d(o, "videos"), "--out", d(o, "dataset_never"), "--config", "tiny", *x]  # noqa: E731
-    demo = lambda f, o, *x: ["make-demo", "--out", d(o, "demo_never"), *x]  # noqa: E731
+    pre = lambda f, o, *x: ["preprocess", d(o, "videos"), "--out", d(o, "dataset_never"), "--config", "tiny", *x]
+    demo = lambda f, o, *x: ["make-demo", "--out", d(o, "demo_never"), *x]
     return [
         # eval-sync
         ("sync clips", lambda f, o: ["eval-sync", "--clips", "-1"], "--clips must be an integer from 0 to 100000, got -1"),
