@@ -16,7 +16,7 @@ DEBUG_FLAG = "--debug"
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "generate": (".commands.generate", "portrait + audio -> mp4 (no arguments: the built-in CPU demo)"),
-    "bench": (".commands.bench", "seconds per frame and peak memory, optimised vs naive"),
+    "bench": (".commands.bench", "seconds per frame and peak memory: default recipe vs fast mode, or vs an original"),
     "inspect": (".commands.weights", "family, tensors, dtype and size of checkpoint files"),
     "convert": (".commands.weights", "any supported checkpoint -> one native .safetensors"),
     "preprocess": (".train.preprocess", "a folder of talking/singing videos -> a training dataset"),

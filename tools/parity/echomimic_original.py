@@ -61,8 +61,15 @@ p.add_argument("--bank-fp16", action="store_true", help="keep the original's fp1
 p.add_argument("--full", action="store_true", help="full-size (SD1.5 / whisper-tiny) shapes; the .pth files go to OUT/checkpoint "
                "(~9 GB; ~10 GB RAM); use --size 128 on a CPU")
 p.add_argument("--no-acc", action="store_true", help="skip the second (_acc, no CFG) run")
+p.add_argument("--bench", type=int, default=0, metavar="R",
+               help="time R runs of the main pipeline instead of recording stages (nothing written, the original's own "
+                    "fp16 bank cast, torch's default threads); prints one JSON line")
 args = p.parse_args()
-torch.set_num_threads(2)
+BENCH = args.bench > 0
+if BENCH:
+    args.bank_fp16, args.no_acc = True, True
+else:
+    torch.set_num_threads(2)
 out_dir = os.path.abspath(args.out)
 work = os.path.abspath(args.work or (os.path.join(out_dir, "checkpoint") if args.full else os.path.join(tempfile.gettempdir(), "echomimic-parity-work")))
 os.makedirs(out_dir, exist_ok=True)
@@ -150,15 +157,17 @@ for i, (fname, (module, keep)) in enumerate(parts.items()):  # one file at a tim
             buffers[fname + ":" + k] = v.contiguous().clone()
     sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
     file_specs[fname] = {"seed": seed, "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
-                         "sha256": digest(sd)}
-    torch.save(sd, os.path.join(work, fname))
+                         "sha256": "" if BENCH else digest(sd)}
+    if not BENCH:
+        torch.save(sd, os.path.join(work, fname))
     module.load_state_dict(sd, strict=False)
     loaded[id(module)] |= set(sd)
     del sd, values, state
 for module, _ in parts.values():
     assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
-save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
-vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+if not BENCH:
+    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
+    vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
 
 # whisper (EchoMimic's copy of openai-whisper): width 384 as whisper-tiny (audio2feature reshapes to 384), 2 blocks
 dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6 if args.full else 2,
@@ -168,7 +177,8 @@ whisper_seed = 7 + args.seed
 spec = [(k, list(v.shape)) for k, v in Whisper(dims).state_dict().items()]
 whisper_sd = hashed_state_dict(spec, whisper_seed)
 whisper_path = os.path.join(out_dir if args.full else work, "whisper_tiny_random.pt")
-torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
+if not (BENCH and os.path.isfile(whisper_path)):
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
 audio_processor = load_audio_model(model_path=whisper_path, device="cpu")
 print(f"built in {time.time() - t0:.1f}s", flush=True)
 
@@ -204,6 +214,8 @@ class Recorder:
         self.prefix, self.step, self.call, self.latents, self.windows, self.queue = prefix, 0, 0, None, [], None
 
     def put(self, name, value):
+        if BENCH:
+            return
         if self.prefix and name.startswith(("audio.", "face_locator", "reference.", "initial_latents")):
             return  # same inputs as the main run (checked there)
         rec[self.prefix + name] = value.detach().float().contiguous().clone()
@@ -214,6 +226,8 @@ handles = []
 
 
 def hook(module, fn, pre=False):
+    if BENCH:
+        return
     handles.append(module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn))
 
 
@@ -319,15 +333,30 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
 
     pipe.prepare_latents, pipe.decode_latents = prepare_latents, decode_latents
     generator = torch.manual_seed(420 + args.seed)  # infer_audio2vid.py: torch.manual_seed(args.seed)
+    if BENCH:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM: the peak from here on is the generation's (weights included)
     t1 = time.time()
     video = pipe(
         Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None], S, S, args.frames, args.steps, cfg,
         generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
     ).videos
-    print(f"{prefix or 'main '}run: {time.time() - t1:.1f}s, video {tuple(video.shape)}", flush=True)
+    seconds = time.time() - t1
+    print(f"{prefix or 'main '}run: {seconds:.1f}s, video {tuple(video.shape)}", flush=True)
+    if BENCH:
+        with open("/proc/self/status") as fh:
+            peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+        return {"seconds": seconds, "peak_rss": peak, "frames": int(video.shape[2])}
     return {"guidance_scale": cfg, "context_queue": R.queue, "windows_per_call": R.windows}
 
 
+if BENCH:  # the whisper features are computed inside the pipeline call, so they are part of the timed run
+    bench = [run(pipeline_echo_mimic.Audio2VideoPipeline, "", args.cfg) for _ in range(args.bench)]
+    print(json.dumps({"family": "echomimic", "runs": [{k: r[k] for k in ("seconds", "peak_rss")} for r in bench],
+                      "frames": bench[0]["frames"], "size": S, "steps": args.steps, "cfg": args.cfg,
+                      "torch_threads": torch.get_num_threads(),
+                      "process_peak_rss": __import__("resource").getrusage(__import__("resource").RUSAGE_SELF).ru_maxrss * 1024}))
+    sys.exit(0)
 runs = {"main": run(pipeline_echo_mimic.Audio2VideoPipeline, "", args.cfg)}
 if not args.no_acc:
     runs["acc"] = run(pipeline_echo_mimic_acc.Audio2VideoPipeline, "acc.", 1.0)

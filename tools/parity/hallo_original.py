@@ -21,6 +21,11 @@ What it does:
    fp16 by default) so that an fp32 comparison is meaningful;
 4. records every stage with wrappers/hooks and writes ``stages.safetensors`` + ``meta.json`` (+ the VAE and
    wav2vec2 folders) to ``--out``.
+
+``--bench R`` (used by ``python -m emo_model bench --against-original hallo``): the same script run R times with
+nothing recorded and Hallo's own fp16 bank cast, reusing the UNet folder and ``net.pth`` already in ``--work``;
+prints one JSON line with the seconds of each run's generation (every ``FaceAnimatePipeline.__call__``: portrait
++ motion-frame VAE encode, ReferenceNet, denoising, decode) and the peak RSS during it (VmHWM reset before).
 """
 from __future__ import annotations
 
@@ -59,10 +64,14 @@ p.add_argument("--seed", type=int, default=7, help="weights / inputs seed")
 p.add_argument("--full", action="store_true",
                help="Hallo's real shapes (SD1.5 UNets, wav2vec2-base, 768-wide tokens) instead of tiny-hallo's; writes "
                     "net.pth (~9 GB) into --out; use e.g. --size 128; needs ~10 GB RAM")
+p.add_argument("--bench", type=int, default=0, metavar="R",
+               help="time R runs of the generation instead of recording stages (reuses --work's weights; prints JSON)")
 args = p.parse_args()
+BENCH = args.bench > 0
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+if not BENCH:  # a benchmark uses torch's default (every core), as our side does
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 t0 = time.time()
 
 stub_xformers()
@@ -115,7 +124,8 @@ sd_unet_cfg = {
 }
 sd_dir = os.path.join(args.work, "sd-tiny")
 torch.manual_seed(0)
-UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))  # base weights (all overwritten by net.pth)
+if not (BENCH and os.path.isdir(os.path.join(sd_dir, "unet"))):  # base weights (all overwritten by net.pth)
+    UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))
 
 # tiny VAE, committed with the fixture (SD's interface: 4 latent channels, /8, scaling 0.18215)
 vae_dir = os.path.join(args.out, "vae")
@@ -219,6 +229,52 @@ class AudioProcessorWithoutSeparator(hallo_audio.AudioProcessor):
         super().__init__(sample_rate, fps, wav2vec_model_path, only_last_features, None, None, "", device="cpu")
 
 
+def _vm_hwm() -> int:
+    """Peak resident memory of this process in bytes since the last reset (Linux /proc)."""
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+
+
+def bench_runs(repeats: int) -> None:
+    """Time ``repeats`` runs of the unmodified generation (module docstring), print JSON, exit."""
+    net = os.path.join(net_dir, "net.pth")
+    if not os.path.isfile(net):
+        sys.exit(f"error: {net} is missing: run this script once without --bench and the same --work first")
+    timing = {"seconds": 0.0, "calls": 0, "reset": False}
+    original_call = FaceAnimatePipeline.__call__
+
+    def timed_call(self, *a, **kw):
+        if not timing["reset"]:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # reset VmHWM: the peak from here on is the generation's (weights included)
+            timing["reset"] = True
+        t = time.perf_counter()
+        out = original_call(self, *a, **kw)
+        timing["seconds"] += time.perf_counter() - t
+        timing["calls"] += 1
+        return out
+
+    FaceAnimatePipeline.__call__ = timed_call
+    ns = argparse.Namespace(config=cfg_path, source_image=None, driving_audio=None, output=os.path.join(args.work, "out.mp4"),
+                            pose_weight=None, face_weight=None, lip_weight=None, face_expand_ratio=None, audio_ckpt_dir=None)
+    runs = []
+    for _ in range(repeats):
+        timing.update(seconds=0.0, calls=0, reset=False)
+        with torch.no_grad():
+            script.inference_process(ns)
+        runs.append({"seconds": timing["seconds"], "clips": timing["calls"], "peak_rss": _vm_hwm()})
+    print(json.dumps({"family": "hallo", "runs": runs, "frames": int(video_out[-1].shape[1]), "size": S,
+                      "steps": args.steps, "cfg": args.cfg, "frames_per_clip": f, "motion_frames": n,
+                      "torch_threads": torch.get_num_threads(), "process_peak_rss": _ru_maxrss()}))
+    sys.exit(0)
+
+
+def _ru_maxrss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def tiny(cls, **kw):
     return lambda *a, **_full_size: cls(**kw)
 
@@ -234,6 +290,8 @@ script.tensor_to_video = lambda tensor, output, audio: video_out.append(tensor.c
 
 # ---- net.pth: the state dict of the script's Net, hash-generated values ------------------------------------
 unet_kwargs = OmegaConf.to_container(cfg.unet_additional_kwargs)
+if BENCH:
+    bench_runs(args.bench)  # exits
 torch.manual_seed(0)
 proto = script.Net(
     UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet"),

@@ -1,0 +1,62 @@
+"""``python -m emo_model bench``: the emo rows at a reduced size on the CPU, and the against-original checks.
+
+Speed is not asserted here (a benchmark prints a table; docs/performance.md records it); these tests check
+that the command runs the rows it names with the settings it says, and refuses bad flags in one line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+def bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emo_model", "bench", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+
+
+def test_emo_rows_run_reduced_on_the_cpu_with_the_fast_mode_beside_the_default(tmp_path):
+    out = tmp_path / "bench.json"
+    r = bench("--rows", "emo,emo-memory", "--config", "tiny", "--device", "cpu", "--emo-seconds", "0.64",
+              "--emo-steps", "10", "--memory-seconds", "0.32,0.96", "--repeats", "1", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    assert lines[0].split()[:4] == ["row", "frames", "steps", "s/frame"] and "naive" not in r.stdout
+    rows = json.loads(out.read_text())
+    speed, *memory = rows
+    assert speed["row"].startswith("tiny, cpu, 64x64, 10 DDIM + CFG")
+    assert speed["default"]["frames"] == 16 and speed["default"]["steps"] == 10  # 0.64 s at the tiny preset's 25 fps
+    assert speed["fast"]["steps"] == 8 and speed["fast_speedup"] > 0  # fast mode at 10 steps: the 8-step floor
+    assert [m["default"]["frames"] for m in memory] == [8, 24] and all(m["peak_rss"] > 0 and "fast" not in m for m in memory)
+
+
+def test_naive_check_is_opt_in_and_not_a_headline_column():
+    r = bench("--rows", "tiny", "--seconds", "0.32", "--steps", "2", "--repeats", "1", "--naive")
+    assert r.returncode == 0, r.stderr[-2000:]
+    header, _, row, naive = r.stdout.splitlines()[:4]
+    assert "naive" not in header and row.startswith("tiny, CPU") and "regression check: naive path" in naive
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--against-original", "hallo"], "--original-src is required with --against-original"),
+    (["--against-original", "hallo", "--original-src", "/nonexistent", "--original-python", sys.executable, "--work", "/tmp"],
+     "--original-src /nonexistent: no such folder"),
+    (["--against-original", "hallo", "--original-src", "/tmp", "--original-python", "/nonexistent/python", "--work", "/tmp"],
+     "--original-python /nonexistent/python: no such file"),
+    (["--against-original", "hallo", "--original-src", "/tmp", "--original-python", sys.executable, "--work", "/tmp", "--size", "100"],
+     "--size must be a multiple of 64"),
+    (["--device", "cuda", "--rows", "emo"], "no CUDA device"),
+])
+def test_bad_flags_get_one_line(args, message):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    r = bench(*args, timeout=120)
+    assert r.returncode != 0 and message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
