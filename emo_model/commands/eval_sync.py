@@ -132,6 +132,8 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from ..validation import InputError
+
     check_arguments(args)
     torch.set_num_threads(args.threads)
     try:
@@ -144,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
             speed=not args.no_speed,
             boundary=not args.no_boundary,
         )
+    except InputError:
+        raise  # one line from the CLI (--debug: the traceback)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"error: {e}") from None
     print_table(results)

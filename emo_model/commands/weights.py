@@ -4,7 +4,8 @@
     python -m emo_model inspect pretrained_weights/ --variant acc
     python -m emo_model convert pretrained_weights/ --out echomimic.safetensors --dtype fp16
 
-Bad input ends with a one-line ``error: ...`` on stderr and exit status 1 (no traceback).
+Bad input ends with a one-line ``error: ...`` on stderr and exit status 1 (no traceback; ``--debug`` shows it);
+the output path is checked (suffix, folder exists and is writable, --force) before any checkpoint is read.
 """
 
 from __future__ import annotations
