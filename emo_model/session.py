@@ -209,8 +209,8 @@ class Session:
             box = FaceBox((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
             how = "a centred face box (no face was found in the portrait)"
         note = (
-            f"audio region masks (full / face / lips) made from {how}; wire a face mask (EMO Face Mask) into the sampler "
-            "to set them yourself"
+            f"audio region masks (full / face / lips) made from {how}; used unless the sampler gets a face mask "
+            "(EMO Face Mask), which then sets them"
         )
         return torch.from_numpy(region_masks(box, h, w)), note
 
