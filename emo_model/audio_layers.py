@@ -94,4 +94,4 @@ class AudioModule(nn.Module):
         t = t.permute(0, 2, 3, 1).reshape(b, h * w, width)
         for block in self.transformer_blocks:
             t = block(t, h, w, ctx)
-        return self.proj_out(t.reshape(b, h, w, width).permute(0, 3, 1, 2)) + x
+        return x + self.proj_out(t.reshape(b, h, w, width).permute(0, 3, 1, 2))  # x first: keeps x's layout (see temporal_modules)

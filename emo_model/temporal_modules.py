@@ -93,7 +93,9 @@ class TemporalTransformer(nn.Module):
         for block in self.transformer_blocks:
             t = block(t, b, speed_tokens)
         t = self.proj_out(t).reshape(b, h * w, frames, c).transpose(1, 2)
-        return t.reshape(bf, h, w, c).permute(0, 3, 1, 2) + x
+        # x first: the sum takes x's (standard) layout, not the permuted view's channels-last strides, which would
+        # make every following convolution convert its weight to channels-last on each call
+        return x + t.reshape(bf, h, w, c).permute(0, 3, 1, 2)
 
 
 class TemporalModule(nn.Module):
