@@ -111,10 +111,10 @@ def _worker(spec: dict) -> dict:
     device = spec["device"]
     pipe, settings_cls = _setup(spec["config"], device, getattr(torch, spec["dtype"]), naive=False)
     cfg = pipe.config
-    frames = max(1, int(round(spec["seconds"] * cfg.preset.fps)))
+    frames = max(1, round(spec["seconds"] * cfg.preset.fps))
     a = cfg.audio
     feats = torch.randn(frames, a.window, a.layers, a.dim, generator=torch.Generator().manual_seed(1))
-    base = dict(steps=spec["steps"])
+    base = {"steps": spec["steps"]}
     runs = {"default": (pipe, settings_cls.from_preset(cfg.preset, **base), feats)}
     if spec.get("fast"):
         # the fast mode relative to this row's step count (as --fast is to the preset's)
@@ -142,10 +142,10 @@ def _worker(spec: dict) -> dict:
     return out
 
 
-def _spawn(spec: dict) -> dict:  # noqa: D103
+def _spawn(spec: dict) -> dict:
     env = dict(os.environ)
     out = subprocess.run(
-        [sys.executable, "-m", "emo_model", "bench", "--worker", json.dumps(spec)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "emo_model", "bench", "--worker", json.dumps(spec)], capture_output=True, text=True, env=env, check=False
     )
     if out.returncode != 0:
         raise RuntimeError(f"benchmark row {spec} failed:\n{out.stderr[-3000:]}")
@@ -161,12 +161,12 @@ def _rows(args) -> list[tuple[str, dict]]:
     half = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.startswith("cuda") else "float32"
     size = args.size
     label_size = f"{size or 512}x{size or 512}" if args.config == "emo" else f"{size or 64}x{size or 64}"
-    emo = dict(config=args.config, device=device, dtype=half, size=size)
+    emo = {"config": args.config, "device": device, "dtype": half, "size": size}
     rows = []
     for name in names:
         if name == "tiny":
-            spec = dict(config="tiny", device="cpu", dtype="float32", seconds=args.seconds, steps=args.steps, fast=True,
-                        naive=args.naive, repeats=args.repeats or 3)
+            spec = {"config": "tiny", "device": "cpu", "dtype": "float32", "seconds": args.seconds, "steps": args.steps, "fast": True,
+                        "naive": args.naive, "repeats": args.repeats or 3}
             rows.append(("tiny, CPU, 64x64", spec))
         elif name == "emo":
             # the naive check on 2 clips (24 frames) is enough for its per-frame rate

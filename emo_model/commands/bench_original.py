@@ -13,6 +13,8 @@ every denoising step with guidance, motion frames, decode); not the loading of w
 are timed where the original's timed call computes them (EchoMimic's pipeline call does, Hallo computes
 them before its clip loop). Memory: the peak resident set of the process during the
 generation (VmHWM reset just before it, so the resident weights are included), plus the peak VRAM on CUDA.
+(The reset also resets getrusage's maximum, so no whole-process peak is reported.) Hallo's script loads
+its models again on every run in the same process, so its later runs can carry the earlier run's leftovers.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def _last_json(stdout: str, what: str) -> dict:
 
 
 def _run(cmd: list[str], what: str) -> dict:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{what} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
     return _last_json(out.stdout, what)
@@ -132,19 +134,17 @@ def run(args: argparse.Namespace) -> int:
                 res = _run([sys.executable, "-m", "emo_model", "bench", "--worker-original", json.dumps(spec)], "our benchmark")
             for run_ in res["runs"]:
                 if side not in best or run_["seconds"] < best[side]["seconds"]:
-                    best[side] = {**run_, "frames": res["frames"], "threads": res.get("torch_threads"),
-                                  "process_peak_rss": res.get("process_peak_rss")}
+                    best[side] = {**run_, "frames": res["frames"], "threads": res.get("torch_threads")}
     o, u = best["original"], best["ours"]
     print()
     print(f"{family}, full size, {args.size}x{args.size}, {o['frames']} frames, {args.bench_steps} DDIM steps + CFG, fp32, "
           f"{u['threads']} CPU threads, best of {args.repeats} x {args.rounds}")
-    header = f"{'':10} {'seconds':>9} {'s/frame':>9} {'peak RSS (generation)':>22} {'process peak RSS':>17} {'peak VRAM':>10}"
+    header = f"{'':10} {'seconds':>9} {'s/frame':>9} {'peak RSS (generation)':>22} {'peak VRAM':>10}"
     print(header)
     print("-" * len(header))
     for name, r in (("original", o), ("ours", u)):
         vram = "-" if r.get("peak_vram") is None else f"{r['peak_vram'] / 2**30:.2f} GB"
-        whole = "-" if not r.get("process_peak_rss") else f"{r['process_peak_rss'] / 2**30:.2f} GB"
-        print(f"{name:10} {r['seconds']:>9.1f} {r['seconds'] / r['frames']:>9.2f} {r['peak_rss'] / 2**30:>19.2f} GB {whole:>17} {vram:>10}")
+        print(f"{name:10} {r['seconds']:>9.1f} {r['seconds'] / r['frames']:>9.2f} {r['peak_rss'] / 2**30:>19.2f} GB {vram:>10}")
     print(f"ours / original: time {u['seconds'] / o['seconds']:.2f}x ({o['seconds'] / u['seconds']:.2f}x the original's speed), "
           f"peak RSS {u['peak_rss'] / o['peak_rss']:.2f}x")
     if args.json:
@@ -185,12 +185,12 @@ def _ours(spec: dict) -> dict:
         ck = inspect_checkpoint(work / "work" / "ckpt" / "net.pth")
         vae_dir, encoder_dir = fix / "vae", fix / "wav2vec2"
         wave = np.load(work / "work" / "speech.npy", allow_pickle=False)
-        overrides = dict(frames_per_clip=spec["frames"], motion_frames=spec["motion"], cfg=3.5, audio_cfg=3.5)
+        overrides = {"frames_per_clip": spec["frames"], "motion_frames": spec["motion"], "cfg": 3.5, "audio_cfg": 3.5}
     else:
         ck = inspect_checkpoint(fix / "checkpoint")
         vae_dir, encoder_dir = fix / "vae", fix / "whisper_tiny_random.pt"
         wave = None
-        overrides = dict(frames_per_clip=spec["context"], context_overlap=spec["overlap"], cfg=2.5, audio_cfg=2.5)
+        overrides = {"frames_per_clip": spec["context"], "context_overlap": spec["overlap"], "cfg": 2.5, "audio_cfg": 2.5}
     model = ck.load(device="cpu")
     del ck  # its memory-mapped file: clean page cache that would otherwise count in the resident set
     gc.collect()
@@ -231,7 +231,5 @@ def _ours(spec: dict) -> dict:
         pipe.generate(ref, audio.features, num_frames=audio.num_frames, settings=settings, sink=frames_out.append,
                       face_mask=face, region_masks=region)
         runs.append({"seconds": time.perf_counter() - t, "peak_rss": _vm_hwm()})
-    import resource
-
     return {"family": spec["family"], "runs": runs, "frames": int(sum(f.shape[0] for f in frames_out)),
-            "torch_threads": torch.get_num_threads(), "process_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+            "torch_threads": torch.get_num_threads()}
