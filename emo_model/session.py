@@ -22,6 +22,19 @@ from .model import EMOModel
 from .pipeline import EMOPipeline, ReferenceState, SamplingSettings, estimate_clips
 from .vae import DiffusersVAE, LatentCodec
 
+
+def audio_front_end(config: EMOConfig, frames_per_clip: int | None = None) -> dict:
+    """The ``encode_audio`` options of a family's audio front end: padding to whole clips of ``frames_per_clip``
+    (default: the preset's) and one wav2vec2 pass (InferenceQuirks.audio_padded_to_clips / audio_single_pass)."""
+    quirks = config.preset.quirks
+    if config.audio.kind != "wav2vec2":
+        return {}
+    options = {"single_pass": quirks.audio_single_pass}
+    if quirks.audio_padded_to_clips:
+        options["whole_clips_of"] = frames_per_clip or config.preset.frames_per_clip
+    return options
+
+
 AUDIO_ENCODER_FILES = {
     "wav2vec2": "wav2vec2-base-960h (a folder with config.json + model.safetensors, or one .safetensors file)",
     "whisper": "whisper_tiny.pt (OpenAI format) or a whisper-tiny folder",
@@ -135,13 +148,7 @@ class Session:
                 f"{self.name} needs an audio encoder: {AUDIO_ENCODER_FILES.get(cfg.kind, cfg.kind)}; put it in "
                 "ComfyUI/models/audio_encoders and select it in Load EMO Model (or pass --audio-encoder)"
             )
-        preset = self.config.preset
-        options = {}
-        if cfg.kind == "wav2vec2":  # the family's front end (InferenceQuirks.audio_padded_to_clips / audio_single_pass)
-            if preset.quirks.audio_padded_to_clips:
-                options["whole_clips_of"] = preset.frames_per_clip
-            options["single_pass"] = preset.quirks.audio_single_pass
-        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **options)
+        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
 
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
         """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""

@@ -841,3 +841,15 @@ def test_entry_point_errors(reference_ctc):
     assert isinstance(build_audio_encoder(LOGMEL), LogMelAudioEncoder)
     assert WhisperAudioEncoder.kind == "whisper"
     assert SAMPLE_RATE == 16000
+
+
+def test_each_family_gets_its_original_audio_front_end():
+    """Hallo pads to whole clips of its 16 frames and runs wav2vec2 once (hallo/datasets/audio_processor.py);
+    EMO keeps 20 s pieces and the last frame repeated; whisper (EchoMimic) and log-mel take no options."""
+    from emo_model.configs import get_config
+    from emo_model.session import audio_front_end
+
+    assert audio_front_end(get_config("hallo")) == {"single_pass": True, "whole_clips_of": 16}
+    assert audio_front_end(get_config("hallo"), 4) == {"single_pass": True, "whole_clips_of": 4}
+    assert audio_front_end(get_config("emo")) == {"single_pass": False}
+    assert audio_front_end(get_config("echomimic-v1")) == {} == audio_front_end(get_config("tiny"))

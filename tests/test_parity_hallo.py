@@ -62,6 +62,7 @@ def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
     from emo_model import pipeline as pipeline_module
     from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
     from emo_model.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.session import audio_front_end
     from emo_model.vae import DiffusersVAE
 
     cfg = model.config
@@ -69,9 +70,8 @@ def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
     F, N, CLIPS, STEPS = st["frames_per_clip"], st["motion_frames"], st["clips"], st["steps"]
     out: dict[str, torch.Tensor] = {}
     encoder = Wav2Vec2AudioEncoder.from_checkpoint(fix / "wav2vec2", cfg.audio)
-    whole_clips = F if cfg.preset.quirks.audio_padded_to_clips else None  # as Session.encode_audio, at the run's clip length
-    audio = encode_audio(_source(golden["input.waveform"]), cfg.audio, encoder, st["fps"], whole_clips_of=whole_clips,
-                         single_pass=cfg.preset.quirks.audio_single_pass)
+    # the family's front end as Session.encode_audio applies it, at this run's clip length
+    audio = encode_audio(_source(golden["input.waveform"]), cfg.audio, encoder, st["fps"], **audio_front_end(cfg, F))
     features = audio.features
     out["audio.windows"] = features
     out["audio.features"] = features[:, cfg.audio.margin]

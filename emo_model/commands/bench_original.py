@@ -173,6 +173,7 @@ def _ours(spec: dict) -> dict:
 
     from ..audio_encoders import build_audio_encoder, encode_audio
     from ..pipeline import EMOPipeline, SamplingSettings
+    from ..session import audio_front_end
     from ..vae import DiffusersVAE
     from ..weights import inspect_checkpoint
 
@@ -201,10 +202,7 @@ def _ours(spec: dict) -> dict:
         t = np.arange(round(meta["settings"]["frames"] * 16000 / fps)) / 16000
         wave = (0.3 * np.sin(2 * np.pi * 140 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t) ** 2)).astype(np.float32)
     encoder = build_audio_encoder(cfg.audio, encoder_dir)
-    q = cfg.preset.quirks
-    options = {"whole_clips_of": overrides["frames_per_clip"]} if q.audio_padded_to_clips else {}
-    if cfg.audio.kind == "wav2vec2":
-        options["single_pass"] = q.audio_single_pass
+    options = audio_front_end(cfg, overrides["frames_per_clip"])
     source = {"waveform": torch.from_numpy(wave).reshape(1, 1, -1), "sample_rate": 16000}
 
     def features():
