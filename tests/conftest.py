@@ -82,3 +82,17 @@ def rel_err(ours: torch.Tensor, original: torch.Tensor) -> tuple[float, float]:
     assert a.shape == b.shape, f"shape {tuple(a.shape)} vs original {tuple(b.shape)}"
     d = a - b
     return float(d.abs().max()), float(d.norm() / b.norm().clamp_min(1e-30))
+
+
+def png_header_only(path, width: int, height: int):
+    """A PNG whose header declares ``width`` x ``height`` but holds almost no pixel data (a decompression-bomb
+    stand-in: readers must refuse it from the header, before decoding)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path

@@ -16,13 +16,13 @@ from __future__ import annotations
 import math
 import pickle
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from comfy_harness import demo_through_nodes, write_portrait, write_speech
+from conftest import png_header_only
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -241,13 +241,6 @@ def test_malformed_checkpoints_are_refused_in_one_line(media, capsys):
 
 # ---- corpus: images and audio -----------------------------------------------------------------------
 
-def _png_header(path: Path, width: int, height: int) -> Path:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
 
 
 def _image_corpus(base: Path) -> dict[str, Path]:
@@ -263,7 +256,7 @@ def _image_corpus(base: Path) -> dict[str, Path]:
         "1x1": base / "dot.png",
         "20 px high": base / "strip.png",
         "truncated png": base / "cut.png",
-        "huge header": _png_header(base / "huge.png", 60_000, 60_000),
+        "huge header": png_header_only(base / "huge.png", 60_000, 60_000),
         "empty file": base / "zero.png",
         "text": base / "text.jpg",
         "missing": base / "nope.png",

@@ -7,15 +7,13 @@ status, that stderr is one ``error:`` line without a traceback, and that no outp
 from __future__ import annotations
 
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from comfy_harness import demo_through_nodes, write_portrait, write_speech
-from conftest import perturb_zero_inits, tiny_vae
+from conftest import perturb_zero_inits, png_header_only, tiny_vae
 
 from emo_model import weights
 from emo_model.cli import main
@@ -236,13 +234,6 @@ def test_exif_orientation_is_applied(tmp_path):
     assert out[:60, :, 0].mean() > 200 and out[60:, :, 0].mean() < 50  # the red half is now on top
 
 
-def _png_header_only(path: Path, width: int, height: int) -> Path:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
-    return path
 
 
 def test_huge_and_damaged_images_are_one_line_before_decoding(tmp_path):
@@ -250,7 +241,7 @@ def test_huge_and_damaged_images_are_one_line_before_decoding(tmp_path):
     from emo_model.validation import InputError
 
     with pytest.raises(InputError, match=r"is 100000x100000 \(10000 MP\), above the limit of 50 MP"):
-        read_portrait(_png_header_only(tmp_path / "bomb.png", 100_000, 100_000))
+        read_portrait(png_header_only(tmp_path / "bomb.png", 100_000, 100_000))
     write_portrait(tmp_path / "face.png")
     data = (tmp_path / "face.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])

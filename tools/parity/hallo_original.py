@@ -265,14 +265,8 @@ def bench_runs(repeats: int) -> None:
         runs.append({"seconds": timing["seconds"], "clips": timing["calls"], "peak_rss": _vm_hwm()})
     print(json.dumps({"family": "hallo", "runs": runs, "frames": int(video_out[-1].shape[1]), "size": S,
                       "steps": args.steps, "cfg": args.cfg, "frames_per_clip": f, "motion_frames": n,
-                      "torch_threads": torch.get_num_threads(), "process_peak_rss": _ru_maxrss()}))
+                      "torch_threads": torch.get_num_threads()}))
     sys.exit(0)
-
-
-def _ru_maxrss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def tiny(cls, **kw):
