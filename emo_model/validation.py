@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -309,3 +310,16 @@ def bad_tensor(name: str, tensor: torch.Tensor, expected: torch.dtype | None = N
 def first_line(text: object) -> str:
     """Any message as one line."""
     return " ".join(str(text).split())
+
+
+@contextmanager
+def user_input():
+    """Inside, a ``ValueError`` or ``FileNotFoundError`` is a problem with the user's input (e.g. a model file
+    that does not load): it leaves as :class:`InputError` with the same message, chained to the original, so
+    the CLI prints one ``error:`` line and ``--debug`` shows the whole traceback (a ``SystemExit`` would hide it)."""
+    try:
+        yield
+    except InputError:
+        raise
+    except (ValueError, FileNotFoundError) as exc:
+        raise InputError(str(exc)) from exc

@@ -469,3 +469,35 @@ def test_other_commands_show_the_traceback_with_debug(files, other, no_work):
         main([str(a) for a in ["preprocess", other["dir"] / "videos", "--out", other["dir"] / "ds_never", "--fps", "nan", "--debug"]])
     with pytest.raises(InputError, match="--out"):
         main([str(a) for a in ["convert", files["model"], "--out", other["dir"] / "x.pt", "--debug"]])
+
+
+# a model file that does not load (here: no VAE bundled, a plain ValueError from Session.load), per command
+LOAD_FAILS = {
+    "eval-sync": lambda model, f: ["eval-sync", "--model", model, "--clips", "1", "--no-speed", "--no-boundary"],
+    "eval-fast": lambda model, f: ["eval-fast", "--model", model, "--clips", "1"],
+    "generate": lambda model, f: ["generate", "--model", model, "--image", f["image"], "--audio", f["audio"],
+                                  "--out", f["dir"] / "never.mp4", "--steps", "1", "--device", "cpu"],
+}
+
+
+@pytest.mark.parametrize("command", sorted(LOAD_FAILS))
+def test_a_model_that_does_not_load_is_one_line_and_debug_shows_its_traceback(files, capsys, command):
+    model = files["dir"] / "no_vae.safetensors"
+    if not model.exists():
+        torch.manual_seed(0)
+        weights.save_native(EMOModel("tiny").eval(), model)
+    args = [str(a) for a in LOAD_FAILS[command](model, files)]
+    rc, _, err = cli(capsys, *args)
+    assert rc == 1 and "needs a VAE" in error_line(err)
+    with pytest.raises(ValueError, match="needs a VAE") as raised:  # not a SystemExit that hides the traceback
+        main(args + ["--debug"])
+    assert isinstance(raised.value.__cause__, ValueError), "the loader's own error is chained, so --debug shows where it came from"
+
+
+def test_bench_flag_errors_are_one_line_and_debug_shows_the_traceback(capsys):
+    from emo_model.validation import InputError
+
+    rc, _, err = cli(capsys, "bench", "--rows", "nope")
+    assert rc == 1 and "unknown benchmark row 'nope'" in error_line(err)
+    with pytest.raises(InputError, match="unknown benchmark row"):
+        main(["bench", "--rows", "nope", "--debug"])

@@ -29,6 +29,7 @@ import time
 
 import torch
 
+from ..validation import InputError
 from . import bench_original
 
 
@@ -156,7 +157,7 @@ def _rows(args) -> list[tuple[str, dict]]:
     cuda = torch.cuda.is_available()
     device = ("cuda" if cuda else "cpu") if args.device == "auto" else args.device
     if device.startswith("cuda") and not cuda:
-        raise SystemExit("error: --device cuda, but no CUDA device is available; use --device cpu (with --config tiny)")
+        raise InputError("--device cuda, but no CUDA device is available; use --device cpu (with --config tiny)")
     names = (["tiny"] + (["emo", "emo-memory"] if cuda else [])) if args.rows == "auto" else args.rows.split(",")
     half = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.startswith("cuda") else "float32"
     size = args.size
@@ -178,7 +179,7 @@ def _rows(args) -> list[tuple[str, dict]]:
                 spec = dict(emo, seconds=secs, steps=2, fast=False, naive=False, repeats=1)
                 rows.append((f"{args.config} memory, {device}, {secs:g} s of audio (2 steps)", spec))
         else:
-            raise SystemExit(f"error: unknown benchmark row {name!r} (tiny, emo, emo-memory)")
+            raise InputError(f"--rows: unknown benchmark row {name!r}; choose from tiny, emo, emo-memory (comma-separated)")
     return rows
 
 

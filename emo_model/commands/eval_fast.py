@@ -208,9 +208,12 @@ def check_arguments(args: argparse.Namespace) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import validation
+
     only = check_arguments(args)
     torch.set_num_threads(args.threads)
-    results = evaluate(args.model, clips=args.clips, seconds=args.seconds, only=only)
+    with validation.user_input():  # a model that does not load: one line from the CLI, the traceback with --debug
+        results = evaluate(args.model, clips=args.clips, seconds=args.seconds, only=only)
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

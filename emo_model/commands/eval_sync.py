@@ -132,11 +132,11 @@ def check_arguments(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..validation import InputError
+    from ..validation import user_input
 
     check_arguments(args)
     torch.set_num_threads(args.threads)
-    try:
+    with user_input():  # a model that does not load: one line from the CLI, the traceback with --debug
         results = evaluate(
             args.model,
             clips=args.clips,
@@ -146,10 +146,6 @@ def run(args: argparse.Namespace) -> int:
             speed=not args.no_speed,
             boundary=not args.no_boundary,
         )
-    except InputError:
-        raise  # one line from the CLI (--debug: the traceback)
-    except (FileNotFoundError, ValueError) as e:
-        raise SystemExit(f"error: {e}") from None
     print_table(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -111,7 +111,6 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .. import demo
-    from ..audio import AudioError
     from ..pipeline import fast_settings
     from ..session import Session
     from ..video_io import VideoWriter
@@ -123,14 +122,12 @@ def run(args: argparse.Namespace) -> int:
     image_path = args.image or (str(demo.portrait_path()) if not args.model else None)
     audio_path = args.audio or (str(demo.audio_path()) if not args.model else None)
     if image_path is None or audio_path is None:
-        raise SystemExit("error: --image and --audio are required with --model")
+        raise validation.InputError("--image and --audio are required with --model; give both (or drop --model for the demo)")
     image = read_image(image_path)  # before the model: a bad image costs nothing
 
     t0 = time.perf_counter()
-    try:
+    with validation.user_input():  # one line from the CLI, the traceback with --debug
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}") from None
     fast = fast_settings(session.config.preset) if args.fast else {}
     settings = session.settings(
         **{k: v for k, v in fast.items() if k not in ("steps", "sampler")},
@@ -145,12 +142,9 @@ def run(args: argparse.Namespace) -> int:
         colour_match=args.colour_match,
         labels=FLAGS,
     )
-    try:
-        audio = session.encode_audio(
-            audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
-        )
-    except AudioError as e:
-        raise SystemExit(f"error: {e}") from None
+    audio = session.encode_audio(  # an AudioError is one line from the CLI, the traceback with --debug
+        audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
+    )
     portrait = session.prepare_portrait(image, size=args.size, detector=args.face_detector, models_dir=args.models_dir)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
