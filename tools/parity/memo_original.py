@@ -1,0 +1,144 @@
+"""Golden module outputs from the ORIGINAL MEMO code (memoavatar/memo), at a tiny size.
+
+Runs in MEMO's venv (see tools/parity/README.md), never in ours, and imports MEMO from a checkout:
+
+    venv-memo/bin/python tools/parity/memo_original.py --memo-src /work/parity/memo --out tests/parity/memo
+
+What it builds and runs (MEMO's own classes, every parameter from ``common.hashed_state_dict``, so the test
+regenerates the weights instead of storing them):
+
+1. ``memo.models.motion_module.MemoryLinearAttnTemporalModule`` (64 channels, 4 heads, 2 transformer blocks of
+   2 "Temporal_Self" attentions, frame positions of length 32) with ``MemoryLinearAttnProcessor`` set the way
+   MEMO's ``inference.py`` gets it (``set_use_memory_efficient_attention_xformers``, here with False: the
+   processor is the same, no CUDA needed). 3 consecutive clips x 2 denoising calls, exactly the flags MEMO's
+   pipeline passes: ``is_new_audio = (clip == 0)``, ``update_past_memory = (step == 0)``; 2 videos in the
+   batch (the two guidance branches), 4 frames per clip, 3 past frames per clip, 3x2 tokens.
+2. ``memo.models.transformer_3d.Transformer3DModel(use_audio_module=True)`` (MEMO's emotion-conditioned joint
+   audio module: ``JointAudioTemporalBasicTransformerBlock`` with ``EmoAdaLayerNorm``s and
+   ``JointAttnProcessor2_0``) twice: module A (64 channels, attention width 32 with 2 heads: proj_in/proj_out
+   map between the two, audio width 24, 5 audio tokens per frame, 9 emotion classes + the null class) and
+   module B, the network's last one (``is_final_block=True``: no ``to_add_out`` / ``audio_ff`` / ``audio_norm3``,
+   no audio out), fed with A's audio output as in MEMO's UNet. Emotion per branch: [9 (null), 4], then [9, 0].
+
+Writes ``modules.safetensors`` (inputs and outputs, ~100 kB) and ``meta.json`` (commit, packages, settings,
+the weight key/shape lists, seeds and digests) to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import digest, hashed_state_dict, package_versions, stub_xformers
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+p.add_argument("--memo-src", required=True, help="checkout of memoavatar/memo at the pinned commit")
+p.add_argument("--out", required=True, help="fixture folder (tests/parity/memo)")
+p.add_argument("--seed", type=int, default=11, help="weights / inputs seed")
+args = p.parse_args()
+os.makedirs(args.out, exist_ok=True)
+torch.set_num_threads(1)
+
+stub_xformers()  # memo/models/motion_module.py imports xformers at module level
+MEMO = os.path.abspath(args.memo_src)
+sys.path.insert(0, MEMO)
+from memo.models.motion_module import MemoryLinearAttention, MemoryLinearAttnTemporalModule
+from memo.models.transformer_3d import Transformer3DModel
+
+g = torch.Generator().manual_seed(args.seed)
+rec: dict[str, torch.Tensor] = {}
+weights: dict[str, dict] = {}
+
+
+def hashed(name: str, module: torch.nn.Module, seed: int) -> None:
+    spec = [(k, list(v.shape)) for k, v in module.state_dict().items()]
+    state = hashed_state_dict(spec, seed)
+    module.load_state_dict(state, strict=True)
+    module.eval()
+    weights[name] = {"seed": seed, "digest": digest(state), "spec": spec}
+
+
+# ---- 1. memory-guided linear-attention temporal module ----------------------------------------------------
+C, HEADS, BLOCKS, MAX_LEN, DECAY = 64, 4, 2, 32, 0.9
+B, F, N, H, W = 2, 4, 3, 3, 2
+CLIPS, STEPS = 3, 2
+temporal = MemoryLinearAttnTemporalModule(
+    in_channels=C,
+    num_attention_heads=HEADS,
+    num_transformer_block=BLOCKS,
+    attention_block_types=("Temporal_Self", "Temporal_Self"),
+    temporal_position_encoding=True,
+    temporal_position_encoding_max_len=MAX_LEN,
+)
+for m in temporal.modules():
+    if isinstance(m, MemoryLinearAttention):
+        m.set_use_memory_efficient_attention_xformers(False)  # -> MemoryLinearAttnProcessor, as inference.py's call
+hashed("temporal", temporal, args.seed)
+decays = {type(m.processor).__name__: m.processor.decay for m in temporal.modules() if isinstance(m, MemoryLinearAttention)}
+assert decays == {"MemoryLinearAttnProcessor": DECAY}, decays
+
+with torch.no_grad():
+    for clip in range(CLIPS):
+        past = torch.randn(B, C, N, H, W, generator=g)  # MEMO's layout: b c f h w
+        rec[f"temporal.clip{clip}.past"] = past
+        for step in range(STEPS):
+            x = torch.randn(B, C, F, H, W, generator=g)
+            rec[f"temporal.clip{clip}.step{step}.x"] = x
+            y = temporal(x, past, None, is_new_audio=clip == 0, update_past_memory=step == 0)
+            rec[f"temporal.clip{clip}.step{step}.out"] = y
+
+# ---- 2. emotion-conditioned joint audio modules -----------------------------------------------------------
+AC, AHEADS, AHEAD_DIM, ADIM, TOKENS, AF, AH, AW, CLASSES = 64, 2, 16, 24, 5, 3, 4, 3, 9
+audio_kwargs = {
+    "num_attention_heads": AHEADS, "attention_head_dim": AHEAD_DIM, "in_channels": AC, "num_layers": 1,
+    "cross_attention_dim": ADIM, "norm_num_groups": 32, "use_audio_module": True, "depth": 0, "unet_block_name": "down",
+    "emo_drop_rate": 0.05,
+}
+audio_a = Transformer3DModel(**audio_kwargs, is_final_block=False)
+audio_b = Transformer3DModel(**audio_kwargs, is_final_block=True)
+hashed("audio_a", audio_a, args.seed + 1)
+hashed("audio_b", audio_b, args.seed + 2)
+
+with torch.no_grad():
+    tokens = torch.randn(B, AF, TOKENS, ADIM, generator=g)  # bs f margin dim, as audio_proj hands it on
+    rec["audio.tokens"] = tokens
+    for case, labels in enumerate(([CLASSES, 4], [CLASSES, 0])):
+        emotion = torch.tensor(labels, dtype=torch.int32)  # the pipeline's dtype (torch.int)
+        xa = torch.randn(B, AC, AF, AH, AW, generator=g)
+        xb = torch.randn(B, AC, AF, AH, AW, generator=g)
+        ya, audio_out = audio_a(xa, None, encoder_hidden_states=tokens, emotion=emotion, return_dict=False)
+        yb, audio_none = audio_b(xb, None, encoder_hidden_states=audio_out, emotion=emotion, return_dict=False)
+        assert audio_none is None
+        rec[f"audio.case{case}.emotion"] = emotion
+        rec[f"audio.case{case}.a.x"], rec[f"audio.case{case}.a.out"], rec[f"audio.case{case}.a.audio_out"] = xa, ya, audio_out
+        rec[f"audio.case{case}.b.x"], rec[f"audio.case{case}.b.out"] = xb, yb
+
+rec = {k: v.contiguous() for k, v in rec.items()}
+save_file(rec, os.path.join(args.out, "modules.safetensors"))
+meta = {
+    "original": {"repo": "https://github.com/memoavatar/memo",
+                 "commit": os.popen(f"git -C {shlex.quote(MEMO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},
+    "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+    "packages": package_versions("torch", "diffusers", "transformers", "numpy", "einops"),
+    "stubbed_packages": ["xformers"],
+    "temporal": {"class": "memo.models.motion_module.MemoryLinearAttnTemporalModule + MemoryLinearAttnProcessor",
+                 "channels": C, "heads": HEADS, "blocks": BLOCKS, "max_len": MAX_LEN, "decay": DECAY,
+                 "videos": B, "frames": F, "past_frames": N, "height": H, "width": W, "clips": CLIPS, "steps": STEPS,
+                 "flags": "is_new_audio = clip == 0, update_past_memory = step == 0 (video_pipeline.py)"},
+    "audio": {"class": "memo.models.transformer_3d.Transformer3DModel(use_audio_module=True)",
+              "channels": AC, "heads": AHEADS, "head_dim": AHEAD_DIM, "audio_dim": ADIM, "tokens": TOKENS,
+              "videos": B, "frames": AF, "height": AH, "width": AW, "emotion_classes": CLASSES,
+              "cases": [[CLASSES, 4], [CLASSES, 0]],
+              "modules": {"audio_a": "is_final_block=False", "audio_b": "is_final_block=True (fed audio_a's audio)"}},
+    "weights": {"generator": "common.hashed_state_dict", **weights},
+    "records": {k: list(v.shape) for k, v in rec.items()},
+}
+with open(os.path.join(args.out, "meta.json"), "w") as fh:
+    json.dump(meta, fh, indent=1)
+print(f"wrote {len(rec)} tensors to {args.out}")
