@@ -20,8 +20,23 @@ regenerates the weights instead of storing them):
    module B, the network's last one (``is_final_block=True``: no ``to_add_out`` / ``audio_ff`` / ``audio_norm3``,
    no audio out), fed with A's audio output as in MEMO's UNet. Emotion per branch: [9 (null), 4], then [9, 0].
 
-Writes ``modules.safetensors`` (inputs and outputs, ~100 kB) and ``meta.json`` (commit, packages, settings,
+Writes ``modules.safetensors`` (inputs and outputs, 0.3 MB) and ``meta.json`` (commit, packages, settings,
 the weight key/shape lists, seeds and digests) to ``--out``.
+
+3. With ``--pipeline WORK``: MEMO's own ``inference.py`` ``main()`` (clip loop, ``VideoPipeline``, FlowMatch Euler,
+   CFG) on tiny models written as MEMO's four diffusers folders (``reference_net``, ``diffusion_net``, ``image_proj``,
+   ``audio_proj``; config.json + hash-generated safetensors) in ``WORK/checkpoint``: 2 clips of 4 frames with 4 past
+   frames (as MEMO's 16 and 16: the past frames are the whole previous clip, the first clip's are the portrait, and
+   the ReferenceNet batch has an odd 1 + 4 rows per guidance copy, so its face-token tiling falls as at full size), 64x64, 3 steps, CFG 3.5, fp32, 30 fps; the tiny VAE and
+   wav2vec2 of the Hallo fixture (``tests/parity/hallo/{vae,wav2vec2}``). Injected (components we do not ship):
+   ``preprocess_image`` returns the given portrait and face embedding (no insightface), ``resample_audio`` is the
+   identity and ``librosa.load`` returns the given 16 kHz samples, no vocal separator, the per-frame emotion labels
+   are given (no emotion2vec; clip 1 has a tie so ``torch.mode``'s choice is exercised), ``tensor_to_video`` keeps the
+   tensor. xformers is off (CPU); the memory-guided temporal layers get ``MemoryLinearAttnProcessor`` as enabling
+   xformers gives them (the other attentions keep SDPA, the same math as xformers). Writes ``stages.safetensors``
+   (every stage: audio windows, per clip the reference pixels and latents, every ReferenceNet feature, noise, per
+   step the denoiser input / both branch outputs / guided velocity / latents, decoded frames; the video) and a
+   ``pipeline`` section in ``meta.json`` (configs of the four folders, weight specs, seeds, digests).
 """
 from __future__ import annotations
 
@@ -41,6 +56,9 @@ p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--memo-src", required=True, help="checkout of memoavatar/memo at the pinned commit")
 p.add_argument("--out", required=True, help="fixture folder (tests/parity/memo)")
 p.add_argument("--seed", type=int, default=11, help="weights / inputs seed")
+p.add_argument("--pipeline", metavar="WORK", help="also run MEMO's inference.py on tiny models in this scratch folder")
+p.add_argument("--hallo-fixture", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests",
+               "parity", "hallo"), help="folder with the tiny vae/ and wav2vec2/ reused by --pipeline")
 args = p.parse_args()
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(1)
@@ -121,6 +139,11 @@ with torch.no_grad():
 
 rec = {k: v.contiguous() for k, v in rec.items()}
 save_file(rec, os.path.join(args.out, "modules.safetensors"))
+pipeline_meta = None
+if args.pipeline:
+    from memo_pipeline import run_pipeline  # tools/parity/memo_pipeline.py (part 3)
+
+    pipeline_meta = run_pipeline(MEMO, os.path.abspath(args.pipeline), os.path.abspath(args.hallo_fixture), args.out, args.seed)
 meta = {
     "original": {"repo": "https://github.com/memoavatar/memo",
                  "commit": os.popen(f"git -C {shlex.quote(MEMO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},
@@ -139,6 +162,8 @@ meta = {
     "weights": {"generator": "common.hashed_state_dict", **weights},
     "records": {k: list(v.shape) for k, v in rec.items()},
 }
+if pipeline_meta is not None:
+    meta["pipeline"] = pipeline_meta
 with open(os.path.join(args.out, "meta.json"), "w") as fh:
     json.dump(meta, fh, indent=1)
 print(f"wrote {len(rec)} tensors to {args.out}")
