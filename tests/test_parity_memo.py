@@ -7,9 +7,10 @@ Euler steps, CFG 3.5, 30 fps, fp32, with the tiny VAE and wav2vec2 of the Hallo 
 meta.json's key/shape lists with the counter-hash recipe (tools/parity/common.py) and checked against the digests.
 
 Compared here (rel err < 1e-4): the wav2vec2 front end at 30 fps padded to whole clips, the audio and identity
-projections, the VAE latents of the reference input and the decoded frames, and the FlowMatch Euler steps of the
-diffusers scheduler in our venv. The networks' new blocks are compared in tests/test_memo_modules.py; the whole
-generation (ReferenceNet with past frames, denoiser, clip loop) is not wired yet (see docs/parity.md).
+projections, the VAE latents of the reference input and the decoded frames, the FlowMatch Euler steps of the
+diffusers scheduler in our venv, and our ReferenceNet's norm1 features of every spatial transformer (with MEMO's
+tiled face tokens). The networks' new blocks are compared in tests/test_memo_modules.py; the denoiser, the
+ReferenceNet's resnet slots (past frames of the blocks without attention) and the clip loop are not wired yet.
 """
 
 from __future__ import annotations
@@ -159,3 +160,49 @@ def test_emotion_is_one_class_per_clip_and_null_for_the_unconditional_branch(gol
         expected = int((counts == counts.max()).nonzero()[0])
         for s in range(STEPS):
             assert golden[f"clip{c}.step{s}.emotion"].long().tolist() == [META["emotion_classes"], expected]
+
+
+REFERENCE_SLOTS = {  # MEMO's ref_features[part][i][j] -> our ReferenceNet bank key (spatial transformer slots)
+    "down.0.0": "down_blocks.0.attentions.0", "down.1.0": "down_blocks.1.attentions.0", "down.2.0": "down_blocks.2.attentions.0",
+    "mid.0.0": "mid_block.attentions.0", "up.1.0": "up_blocks.1.attentions.0", "up.1.1": "up_blocks.1.attentions.1",
+    "up.2.0": "up_blocks.2.attentions.0", "up.2.1": "up_blocks.2.attentions.1", "up.3.0": "up_blocks.3.attentions.0",
+    "up.3.1": "up_blocks.3.attentions.1",
+}
+
+
+@pytest.fixture(scope="module")
+def reference_net():
+    from emo_model.configs import ReferenceNetConfig, UNetConfig
+    from emo_model.reference_net import ReferenceNet
+
+    cfg = META["configs"]["reference_net"]
+    net = ReferenceNet(ReferenceNetConfig(unet=UNetConfig(
+        block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
+        attention_heads=cfg["attention_head_dim"], norm_num_groups=cfg["norm_num_groups"],
+        cross_attention_dim=cfg["cross_attention_dim"])))
+    missing, unexpected = net.load_state_dict(_weights("reference_net"), strict=False)
+    # MEMO's ReferenceNet stops after norm1 of its last transformer (its checkpoint has nothing after it)
+    last = "up_blocks.3.attentions.1."
+    assert not unexpected and missing and all(k.startswith(last) and ".norm1." not in k for k in missing), missing
+    return net.eval()
+
+
+def _face_tokens(golden, c: int, rows: int, tiled: bool) -> torch.Tensor:
+    u, cond = golden[f"clip{c}.identity_uncond"], golden[f"clip{c}.identity_cond"]
+    per_copy = rows // 2
+    return torch.stack([(u, cond)[j % 2 if tiled else j // per_copy] for j in range(rows)])
+
+
+@pytest.mark.parametrize("c", range(CLIPS))
+def test_reference_net_transformer_slots_match_memo(c, reference_net, golden):
+    """MEMO runs its ReferenceNet on [portrait, N past frames] twice (one copy per guidance branch) with the face
+    tokens TILED over the rows (``encoder_hidden_states.repeat``: row j gets [uncond, cond][j % 2]). Our ReferenceNet
+    given that per-row context banks the same norm1 features; each copy's own tokens instead would be far off."""
+    latents = golden[f"clip{c}.ref_latents"].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        bank = reference_net(latents, _face_tokens(golden, c, latents.shape[0], tiled=True))
+        untiled = reference_net(latents, _face_tokens(golden, c, latents.shape[0], tiled=False))
+    for slot, key in REFERENCE_SLOTS.items():
+        _check(f"clip{c}.reference.{slot}", bank[key], golden[f"clip{c}.reference.{slot}"])
+    worst = min(rel_err(untiled[REFERENCE_SLOTS[s]], golden[f"clip{c}.reference.{s}"])[1] for s in ("mid.0.0", "up.1.0"))
+    assert worst > 100 * TOL, f"the face-token tiling is not visible in the comparison (rel err {worst:.2e})"
