@@ -66,6 +66,10 @@ p.add_argument("--audio-frames", type=float, default=None,
                     "silent padding frame)")
 p.add_argument("--cfg", type=float, default=3.5)
 p.add_argument("--seed", type=int, default=7, help="weights / inputs seed (7 = the Hallo fixture's net.pth)")
+p.add_argument("--full", action="store_true",
+               help="Hallo's real shapes (SD1.5 UNets, wav2vec2-base, 768-wide tokens); --assets must then be a folder written "
+                    "by hallo_original.py --full (its vae, wav2vec2, meta.json and net.pth are used); use e.g. --size 128; "
+                    "needs ~10 GB RAM")
 args = p.parse_args()
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
@@ -97,10 +101,15 @@ spec = importlib.util.spec_from_file_location("hallo2_inference_long", os.path.j
 script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
-# ---- sizes: our tiny-hallo config ---------------------------------------------------------------------------------
-WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
-AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 2, 32, 16, 2, 4, 32
-FL_WIDTHS = (8, 8, 16, 16)
+# ---- sizes: our tiny-hallo config, or (--full) Hallo's own --------------------------------------------------------
+if args.full:
+    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [320, 640, 1280, 1280], 8, 32, 768, 2
+    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 12, 768, 512, 4, 32, 512
+    FL_WIDTHS = (16, 32, 64, 128)
+else:
+    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
+    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 2, 32, 16, 2, 4, 32
+    FL_WIDTHS = (8, 8, 16, 16)
 S, f, n, clips = args.size, args.frames, args.motion, args.clips
 h = S // 8
 FPS, SR = 25, 16000
@@ -115,7 +124,9 @@ sd_unet_cfg = {
 }
 sd_dir = os.path.join(args.work, "sd-tiny")
 torch.manual_seed(0)
-UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))  # all overwritten by net.pth
+sd_config = os.path.join(sd_dir, "unet", "config.json")
+if not (os.path.isfile(sd_config) and json.load(open(sd_config))["block_out_channels"] == WIDTHS):  # else reused
+    UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))  # all overwritten by net.pth
 
 vae_dir, w2v_dir = os.path.join(args.assets, "vae"), os.path.join(args.assets, "wav2vec2")
 asset_digests = {
@@ -278,10 +289,21 @@ proto = script.Net(
 )
 weight_spec = [(k, list(v.shape)) for k, v in proto.state_dict().items()]
 del proto
-state = hashed_state_dict(weight_spec, args.seed)
-torch.save(state, os.path.join(net_dir, "net.pth"))
-weights_digest = digest(state)
-del state
+net_path = os.path.join(net_dir, "net.pth")
+assets_meta = os.path.join(args.assets, "meta.json")
+known = json.load(open(assets_meta))["weights"] if os.path.isfile(assets_meta) else {}
+same_spec = [tuple(x) for x in known.get("spec", [])] == [(k, s) for k, s in weight_spec]
+if args.full and same_spec and known.get("seed") == args.seed and os.path.isfile(os.path.join(args.assets, "net.pth")):
+    # the Hallo --full fixture's net.pth is these hashed values already (same key/shape list and seed): link it
+    if os.path.lexists(net_path):
+        os.remove(net_path)
+    os.symlink(os.path.abspath(os.path.join(args.assets, "net.pth")), net_path)
+    weights_digest = known["digest"]
+else:
+    state = hashed_state_dict(weight_spec, args.seed)
+    torch.save(state, net_path)
+    weights_digest = digest(state)
+    del state
 
 # ---- recording ------------------------------------------------------------------------------------------------------
 rec: dict[str, torch.Tensor] = {}
@@ -420,9 +442,6 @@ for k, v in inputs.items():
 save_file(rec, os.path.join(args.out, "stages.safetensors"))
 
 # the key/shape list: a pointer to the Hallo fixture's meta.json when it is the same (it is: Hallo2's Net is Hallo's)
-assets_meta = os.path.join(args.assets, "meta.json")
-same_spec = os.path.isfile(assets_meta) and [tuple(x) for x in json.load(open(assets_meta))["weights"]["spec"]] == [
-    (k, s) for k, s in weight_spec]
 spec_entry = f"{os.path.relpath(assets_meta, ROOT)} weights.spec" if same_spec else weight_spec
 meta = {
     "original": {"repo": "https://github.com/fudan-generative-vision/hallo2",
@@ -432,7 +451,7 @@ meta = {
     "packages": package_versions("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "accelerate"),
     "stubbed_packages": stubbed,
     "assets": {"folder": os.path.relpath(os.path.abspath(args.assets), ROOT), "digests": asset_digests},
-    "settings": {"frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
+    "settings": {"full": args.full, "frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
                  "fps": FPS, "sample_rate": SR, "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo2 default fp16)",
                  "published": OmegaConf.to_container(OmegaConf.create(published)),
                  "face_box": "rows [S/4, 3S/4), columns [S/4 + 2, 3S/4 - 2), all 3 channels",
