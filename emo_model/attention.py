@@ -2,7 +2,7 @@
 
 Every attention in the model goes through :func:`torch.nn.functional.scaled_dot_product_attention`
 (flash / memory-efficient kernels on GPU, fp32/fp16/bf16). Modules keep the diffusers key layout
-(``to_q``, ``to_k``, ``to_v``, ``to_out.0``) so SD1.5, AnimateDiff, Hallo and EchoMimic weights load
+(``to_q``, ``to_k``, ``to_v``, ``to_out.0``) so SD1.5, AnimateDiff and the open family's weights load
 without renaming.
 
 Reference-attention (paper §3.2, "Backbone Network"): the ReferenceNet banks the input of every
@@ -12,9 +12,10 @@ does). Because ``to_k``/``to_v`` act token-wise, ``to_k(cat(x, r)) == cat(to_k(x
 reference keys/values are projected once per video (:meth:`Attention.project_kv`) and reused for every
 frame, step, clip and guidance branch.
 
-Audio-attention: in the ``emo`` and EchoMimic layouts the SD cross-attention slot (``attn2``) reads the
-frame's audio tokens (EMO: "audio-attention layers ... after each ref-attention layer"); Hallo puts
-face-identity tokens there and has separate audio modules (see :mod:`emo_model.audio_layers`).
+Audio-attention: in the ``emo`` layout (``cross_attention_input = "audio"``) the SD cross-attention slot
+(``attn2``) reads the frame's audio tokens (EMO: "audio-attention layers ... after each ref-attention
+layer"); the identity layout puts face-identity tokens there and has separate audio modules (see
+:mod:`emo_model.audio_layers`).
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def reference_attention(
 
     ``x``: [B, L, C] (frames folded into the batch). ``reference_kv``: projected reference tokens with
     batch 1 or B. ``enabled``: optional CPU bool [B]; rows where it is False attend to themselves only
-    (the unconditional guidance branch, as in Hallo and EchoMimic). With no reference this is exactly
+    (the unconditional guidance branch, as in the originals). With no reference this is exactly
     plain self-attention. ``enabled`` is host data on purpose: deciding the split never waits for the GPU.
     """
     if enabled is not None and enabled.shape[0] != x.shape[0]:

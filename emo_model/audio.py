@@ -3,7 +3,7 @@
 Everything downstream works on one representation, :class:`PreparedAudio`: a mono float32 waveform at
 16 kHz whose length is exactly the video's frame count at the video's fps. Decisions, in one place:
 
-* **Frame count** (:func:`num_video_frames`): ``ceil(duration * fps)`` as Hallo computes its
+* **Frame count** (:func:`num_video_frames`): ``ceil(duration * fps)`` as the originals compute their
   ``seq_len``, so the last, partial frame still gets a video frame, with a minimum of one frame. The
   product is snapped to the nearest integer when it is within 1e-6 of it, so float error never adds a
   frame (2.0 s at 25 fps is 50 frames, not 51). One sample is worth more than 1e-6 frames at any

@@ -2,17 +2,18 @@
 
 Two layouts exist in the family:
 
-* **Through the cross-attention slot** (EMO as we build it, EchoMimic): ``attn2`` of every spatial
+* **Through the cross-attention slot** (EMO as we build it, and families with audio tokens in attn2): ``attn2`` of every spatial
   transformer block reads the frame's audio tokens, right after reference-attention. That layer is
   :class:`emo_model.attention.TransformerBlock`'s ``attn2``; nothing in this file is needed.
-* **Hallo's audio modules** (:class:`AudioModule`, ``audio_modules.N`` after each spatial transformer):
+* **Region audio modules** (:class:`AudioModule`, ``audio_modules.N`` after each spatial transformer):
   a small transformer whose cross-attention has three branches (``attn2_0/1/2``) for the full image,
   the face and the lips. Each branch's output is multiplied by its region mask, passed through a
-  zero-initialised 1x1 conv and added with a weight (Hallo's pose / face / lip weights).
+  zero-initialised 1x1 conv and added with a weight (the pose / face / lip weights).
 
-Hallo builds these modules narrower than their blocks in places (the attention width is the block's
-*input* width on the encoder path and the skip width on the decoder path; ``proj_in``/``proj_out``
-map between the two). :func:`hallo_audio_width` reproduces that rule so Hallo's weights load.
+The published checkpoints with these modules build them narrower than their blocks in places (the attention
+width is the block's *input* width on the encoder path and the skip width on the decoder path;
+``proj_in``/``proj_out`` map between the two). :func:`audio_module_width` reproduces that rule so their
+weights load.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REGIONS = ("full", "face", "lip")
 
 
-def hallo_audio_width(heads: int, channels: int) -> int:
-    """Hallo's attention width: ``heads`` heads of ``channels // heads``."""
+def audio_module_width(heads: int, channels: int) -> int:
+    """The modules' attention width: ``heads`` heads of ``channels // heads``."""
     return heads * (channels // heads)
 
 
@@ -76,7 +77,7 @@ class AudioBlock(nn.Module):
 
 
 class AudioModule(nn.Module):
-    """Hallo's ``audio_modules.N``: GroupNorm, 1x1 conv in, :class:`AudioBlock`, 1x1 conv out, residual."""
+    """``audio_modules.N``: GroupNorm, 1x1 conv in, :class:`AudioBlock`, 1x1 conv out, residual."""
 
     def __init__(self, channels: int, width: int, heads: int, audio_dim: int, groups: int):
         super().__init__()

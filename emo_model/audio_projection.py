@@ -1,7 +1,7 @@
 """Audio projection: a window of per-frame audio features -> a few audio tokens per video frame.
 
 EMO (§3.2) concatenates the features of frames f-m .. f+m (m = 2) into A_gen(f); the open
-re-implementations use wav2vec2-base-960h's 12 hidden layers and Hallo's ``AudioProjModel``, a 3-layer
+re-implementations use wav2vec2-base-960h's 12 hidden layers and an ``AudioProjModel``, a 3-layer
 MLP from 5 x 12 x 768 values to 32 tokens x 768 (``proj1``/``proj2``/``proj3`` + LayerNorm ``norm``).
 The same module works for any feature type (the CPU demo feeds 5 x 1 x n_mels log-mel values).
 """

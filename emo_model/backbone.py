@@ -1,7 +1,7 @@
 """Backbone (paper §3.2): the SD1.5-shaped UNet inflated to video that denoises a clip of frames.
 
 Input: noisy latents (b, c, f, h, w). In every spatial transformer block: reference-attention to the
-banked ReferenceNet tokens, then cross-attention to the frame's audio tokens (or, in Hallo's layout,
+banked ReferenceNet tokens, then cross-attention to the frame's audio tokens (or, in the region-audio layout,
 to face-identity tokens, with separate audio modules after the block), then the FF; after it the
 temporal module of that layer, with the motion frames prepended along the frame axis and the speed
 tokens cross-attended. The Face Locator's features are added right after ``conv_in``.
@@ -33,7 +33,7 @@ class Backbone(UNetBase):
             cfg.unet,
             temporal=cfg.temporal,
             speed=speed if cfg.speed_layers else None,
-            hallo_audio_dim=cfg.audio_module_dim if cfg.hallo_audio_modules else None,
+            audio_module_dim=cfg.audio_module_dim if cfg.region_audio_modules else None,
             output_head=True,
         )
 
@@ -71,9 +71,9 @@ class Backbone(UNetBase):
         ``reference_enabled``: bool [B] (keep it on the CPU), False rows skip reference-attention
         (unconditional branch); ``reference_rows``: long [B, F], the bank row each frame reads (banks with
         several portrait rows, ``InferenceQuirks.reference_rows_tiled``; None = one row for all);
-        ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for Hallo's
+        ``cross_context``: attn2 tokens [B, F, T, D] or [B, T, D]; ``audio_context``: tokens for the region
         audio modules; ``face_features``: Face Locator output [B, C0, H, W] (or per frame
-        [B, C0, F, H, W]); ``region_masks``: Hallo's (full, face, lip) masks [B, 3, h, w];
+        [B, C0, F, H, W]); ``region_masks``: the (full, face, lip) masks [B, 3, h, w];
         ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module;
         ``quirks``: the family's :class:`InferenceQuirks` (None = the paper's behaviour);
         ``feature_cache``: deep features reused between adjacent steps (:class:`DeepFeatureCache`).

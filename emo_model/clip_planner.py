@@ -2,16 +2,16 @@
 
 Two strategies:
 
-* **Motion frames** (EMO, Hallo): consecutive clips of ``f`` frames; each clip after the first sees the
+* **Motion frames**: consecutive clips of ``f`` frames; each clip after the first sees the
   last ``n`` frames of the one before through the ReferenceNet. The last clip may be shorter than
   ``f``: it is generated at full length (its audio padded by repeating the last frame's features) and
   only the frames that exist are kept, so the temporal modules always see the clip length they were
   trained on. Output frames == audio frames for every length.
-* **Context windows** (EchoMimic): the whole sequence is denoised together; at every step the model
+* **Context windows**: the whole sequence is denoised together; at every step the model
   runs on overlapping windows of ``f`` frames (stride ``f - overlap``, the last window aligned to the
-  end) and the predictions are blended with weights that ramp down at the window edges. EchoMimic v1's
-  schedule (:func:`uniform_windows`, windows that wrap around and move every step, equal weights) is the
-  ``context_schedule`` / ``context_shift_per_step`` quirk of its preset.
+  end) and the predictions are blended with weights that ramp down at the window edges. The
+  AnimateAnyone-style schedule (:func:`uniform_windows`, windows that wrap around and move every step, equal
+  weights) is the ``context_schedule`` / ``context_shift_per_step`` quirk of a preset.
 """
 
 from __future__ import annotations
@@ -69,8 +69,8 @@ def window_weights(length: int, overlap: int) -> torch.Tensor:
 
 
 def uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]:
-    """Moore-AnimateAnyone's ``uniform()`` context schedule as EchoMimic v1 calls it (step 0, stride 1, closed
-    loop): windows of ``size`` frames starting at 0, ``size - overlap``, ... (< ``num_frames``); a window that
+    """Moore-AnimateAnyone's ``uniform()`` context schedule called with step 0, stride 1 and a closed
+    loop: windows of ``size`` frames starting at 0, ``size - overlap``, ... (< ``num_frames``); a window that
     runs past the end wraps around to frame 0. One window of every frame when ``num_frames <= size``."""
     if num_frames < 1:
         raise ValueError("nothing to generate: the audio has no frames")

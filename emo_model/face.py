@@ -4,7 +4,7 @@ EMO needs three things from the reference portrait before anything else runs:
 a square, model-ready crop of the portrait; the face region mask that the
 face locator consumes (EMO conditions on the *union* of face boxes over a
 clip, so the mask is the box expanded to leave room for head motion); and,
-for Hallo-style audio attention, soft (background, face, lips) region masks.
+for region audio modules, soft (background, face, lips) region masks.
 This module produces all three.  It imports only numpy and OpenCV (torch
 tensors are accepted by duck typing); there is no ComfyUI import here.
 
@@ -728,8 +728,8 @@ def _soft_ellipse(height: int, width: int, cx: float, cy: float, ax: float, ay: 
 def region_masks(face_box: FaceBox, height: int, width: int) -> np.ndarray:
     """``[3, H, W]`` float32 soft masks: background, face without lips, lips.
 
-    Hallo's audio attention weighs three regions - background/full, face and
-    lips - that it derives from mediapipe face landmarks.  Without landmarks
+    Region audio modules weigh three regions - background/full, face and
+    lips - that the originals derive from mediapipe face landmarks.  Without landmarks
     we approximate them from the face box:
 
     * face = the ellipse inscribed in the box;

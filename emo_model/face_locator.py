@@ -5,9 +5,9 @@ light conv stack to the backbone's first width (320 for SD1.5) at the latent res
 result is added to the backbone's features right after ``conv_in`` (that is where every open
 implementation adds it). The output conv starts at zero, so an untrained locator changes nothing.
 
-Layout (Hallo / EchoMimic key names): ``conv_in``; ``blocks`` = pairs of (3x3 conv, stride-2 3x3 conv)
-between consecutive widths; ``conv_out``. Hallo: 3 input channels, widths (16, 32, 64, 128);
-EchoMimic: 1 channel, (16, 32, 96, 256).
+Layout (the published key names): ``conv_in``; ``blocks`` = pairs of (3x3 conv, stride-2 3x3 conv)
+between consecutive widths; ``conv_out``. The input channels and widths are config
+(``FaceLocatorConfig``: 1 or 3 channels; widths (16, 32, 96, 256) or (16, 32, 64, 128) in the families).
 """
 
 from __future__ import annotations

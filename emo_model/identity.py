@@ -1,21 +1,21 @@
-"""Face-identity tokens (Hallo only; EMO has no such input).
+"""Face-identity tokens (configs with an ``image_proj``; EMO has no such input).
 
-Hallo feeds an insightface face-recognition embedding (512 values) through ``ImageProjModel``
-(``proj`` + LayerNorm ``norm``) to 4 tokens of 768 that both of its UNets read in ``attn2``.
+An insightface face-recognition embedding (512 values) goes through the image projection (``proj`` +
+LayerNorm ``norm``) to 4 tokens of 768 that both UNets read in ``attn2``.
 
-The embedding (:func:`face_identity_embedding`) is what Hallo's ``ImageProcessor`` computes: the
-insightface ``FaceAnalysis`` detector + ArcFace recognition model on the portrait (BGR), the largest
-face by box area, and its raw ``embedding`` (Hallo does not use the L2-normalised
-``normed_embedding``, so neither do we: the weights were trained on raw embeddings). insightface is
-optional and imported only here; its model pack must already be on disk (nothing is downloaded):
-``<models_dir>/insightface/models/antelopev2`` (what Hallo ships as ``face_analysis/models``, also
-accepted as ``<models_dir>/face_analysis/models``) or ``<models_dir>/insightface/models/buffalo_l``.
+The embedding (:func:`face_identity_embedding`): the insightface ``FaceAnalysis`` detector + ArcFace
+recognition model on the portrait (BGR), the largest face by box area, and its raw ``embedding`` (not
+the L2-normalised ``normed_embedding``: the published weights were trained on raw embeddings; the family
+module says which original computes it so). insightface is optional and imported only here; its model
+pack must already be on disk (nothing is downloaded): ``<models_dir>/insightface/models/antelopev2``
+(also accepted as ``<models_dir>/face_analysis/models``, the folder name some originals ship it under) or
+``<models_dir>/insightface/models/buffalo_l``.
 
 Neutral fallback: without insightface, its files or a detectable face, the embedding is None and
-the identity tokens are ``imageproj(zeros)``. That is exactly Hallo's unconditional identity (its
-pipeline's guidance branch, and its own choice when no face is found), so identity then comes from
-reference-attention alone. Expect somewhat weaker identity preservation with Hallo weights in that
-case; this has not been measured (no Hallo weights are available here).
+the identity tokens are ``imageproj(zeros)``: the unconditional identity of the originals (their
+guidance branch, and their own choice when no face is found), so identity then comes from
+reference-attention alone. Expect somewhat weaker identity preservation in that case; this has not
+been measured (no published weights are available here).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def find_insightface_pack(models_dir: str | os.PathLike) -> Path | None:
 
 
 def face_identity_embedding(image: np.ndarray, models_dir: str | os.PathLike | None) -> torch.Tensor | None:
-    """Hallo's identity embedding of the largest face in ``image`` (H x W x 3 uint8 RGB): float32 [512].
+    """The identity embedding of the largest face in ``image`` (H x W x 3 uint8 RGB): float32 [512].
 
     None (use the neutral identity, see the module docstring) when insightface is not installed,
     its model pack is not under ``models_dir``, or no face is found.

@@ -1,6 +1,6 @@
 """The whole EMO network: ReferenceNet, backbone, Face Locator, audio projection, speed layers.
 
-Sub-module names follow Hallo's ``net.pth`` (``reference_unet``, ``denoising_unet``, ``face_locator``,
+Sub-module names follow the published whole-model state dicts (``reference_unet``, ``denoising_unet``, ``face_locator``,
 ``imageproj``, ``audioproj``) so its state dict is ours without renaming; ``speed_encoder`` is EMO's own.
 :class:`Conditioning` gathers everything one denoiser call reads besides the noisy latents; the
 sampling pipeline and the trainer build it (batched over guidance branches) and call
@@ -34,9 +34,9 @@ class Conditioning:
     reference_enabled: torch.Tensor | None = None  # CPU bool [B]; False = no reference-attention (uncond)
     reference_rows: torch.Tensor | None = None  # long [B, F]: bank row per frame (None = the bank's only row)
     audio_tokens: torch.Tensor | None = None  # [B, F, T, D]: EMOModel.audio_tokens(features); zeros = no audio
-    identity_tokens: torch.Tensor | None = None  # [B or 1, T, D] Hallo face-ID tokens
+    identity_tokens: torch.Tensor | None = None  # [B or 1, T, D] face-ID tokens (image projection)
     face_features: torch.Tensor | None = None  # [B or 1, C0, h, w] Face Locator output; zeros = no mask
-    region_masks: torch.Tensor | None = None  # [B or 1, 3, H, W] Hallo audio-region masks
+    region_masks: torch.Tensor | None = None  # [B or 1, 3, H, W] (full, face, lip) masks of the region audio modules
     speed_tokens: torch.Tensor | None = None  # [B or 1, n+F, l]
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     temporal: bool = True
@@ -69,7 +69,7 @@ class EMOModel(nn.Module):
 
     # ---- condition encoders ---------------------------------------------------------------------
     def identity_tokens(self, embedding: torch.Tensor | None, batch: int = 1) -> torch.Tensor | None:
-        """Hallo's face-ID tokens (a zero embedding when none is given); None for other families."""
+        """Face-ID tokens (a zero embedding when none is given); None for configs without an image projection."""
         if self.imageproj is None:
             return None
         if embedding is None:
@@ -89,7 +89,7 @@ class EMOModel(nn.Module):
         features = features.to(self.device)
         if self.audioproj is not None:  # [B, F, window, layers, dim] (B optional)
             return self.audioproj(features)
-        if features.dim() == 3:  # tokens used as they are (EchoMimic's whisper windows): [B, F, T, D]
+        if features.dim() == 3:  # tokens used as they are (whisper windows, no projection): [B, F, T, D]
             features = features.unsqueeze(0)
         return features.to(self.dtype)
 
@@ -115,7 +115,7 @@ class EMOModel(nn.Module):
             reference_enabled=cond.reference_enabled,
             reference_rows=cond.reference_rows,
             cross_context=cross,
-            audio_context=cond.audio_tokens if self.config.backbone.hallo_audio_modules else None,
+            audio_context=cond.audio_tokens if self.config.backbone.region_audio_modules else None,
             face_features=cond.face_features,
             region_masks=cond.region_masks,
             motion_scale=cond.motion_scale,

@@ -8,12 +8,11 @@ temporal module attends over ``n + f`` frames, and the motion frames are removed
 always has exactly the clip's ``f`` frames. Temporal modules at resolutions without spatial
 transformers (SD1.5's lowest level) have no ReferenceNet features and see only the clip.
 
-Hallo does the same in training and at inference (its inference script runs the UNet in the
-gradient-checkpointing training branch, which concatenates ``motion_frames`` before each
-``motion_module``); in that branch the temporal modules of the lowest level, which has no spatial
-transformer, never run (``InferenceQuirks.temporal_in_plain_blocks`` in the Hallo preset).
+An original that runs its UNet in the gradient-checkpointing training branch at inference does the same,
+except that in that branch the temporal modules of the lowest level, which has no spatial transformer,
+never run (``InferenceQuirks.temporal_in_plain_blocks``; the family module names the original).
 
-First clip: EMO uses zero feature maps; Hallo feeds the portrait itself as the motion frames
+First clip: EMO uses zero feature maps; some families feed the portrait itself as the motion frames
 (``first_clip_motion`` = "zeros" / "reference" in the family preset).
 """
 

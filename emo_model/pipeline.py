@@ -6,13 +6,13 @@ Per clip (motion-frames strategy): the motion frames (the last ``n`` generated l
 ReferenceNet once; seeded noise; the scheduler loop, each step one batched forward over the guidance
 branches; decode in batches; colour match; the frames go to a *sink* (a list for ComfyUI, the video
 file for the CLI) and are not kept, so memory does not grow with the audio.
-With context windows (EchoMimic) the latents of every frame stay in memory (16 KB per frame at 512²
+With context windows the latents of every frame stay in memory (16 KB per frame at 512²
 in fp32 — latents only) and are decoded window by window at the end.
 
 Guidance (classifier-free, batched into one forward):
 
 * ``uncond``: no reference-attention, zero audio tokens, zero Face Locator features, neutral identity
-  (what Hallo and EchoMimic feed their unconditional branch);
+  (what the originals feed their unconditional branch);
 * ``reference``: portrait on, audio off;  ``full``: everything on.
 
 ``pred = uncond + cfg * (reference - uncond) + audio_cfg * (full - reference)``; with ``audio_cfg == cfg``
@@ -63,7 +63,7 @@ class SamplingSettings:
     context_overlap: int = 3
     first_clip_motion: str = "zeros"
     colour_match: str = "none"
-    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Hallo's pose / face / lip weights
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # the region audio modules' pose / face / lip weights
     pad_last_clip: bool = True
     # work savers (the fast mode, docs/performance.md): guidance branches only on the first
     # ``guidance_fraction`` of the steps (the full branch alone after that), and the whole denoiser
@@ -227,13 +227,13 @@ class EMOPipeline:
         a padded last clip, latent size), used instead of the seeded noise (e.g. to reproduce another run).
 
         ``face_mask``: [H, W] face-region mask in 0..1 at any size (None = the whole frame, which lets
-        the face move anywhere). ``region_masks``: Hallo's [3, H, W] (full, face, lip) masks.
+        the face move anywhere). ``region_masks``: the [3, H, W] (full, face, lip) masks of the region audio modules.
         Returns the number of frames handed to the sink.
         """
         self._check(settings)
         if region_masks is None:
             region_masks = reference.region_masks
-        if region_masks is None and self.config.backbone.hallo_audio_modules:
+        if region_masks is None and self.config.backbone.region_audio_modules:
             raise ValueError(
                 "this model's audio modules need face / lip region masks: encode the portrait with Session.encode_reference "
                 "(which detects the face) or pass region_masks"

@@ -8,10 +8,10 @@ backbone's blocks of the same path read those tokens (:mod:`emo_model.attention`
 It runs once per video on the portrait, and once per clip on the motion frames
 (:mod:`emo_model.motion_frames`); never once per denoising step.
 
-Variants the open checkpoints need, chosen by config: no ``attn2``/``norm2`` (EchoMimic, and EMO,
-whose cross-attention became reference-attention: ``unet.cross_attention_dim = None``), and no
-``conv_norm_out``/``conv_out`` (Hallo, EchoMimic: ``output_head = False``), which a reference pass
-never uses anyway.
+Variants the open checkpoints need, chosen by config: no ``attn2``/``norm2`` (EMO, whose
+cross-attention became reference-attention, and checkpoints without text or identity tokens:
+``unet.cross_attention_dim = None``), and no ``conv_norm_out``/``conv_out`` (``output_head = False``,
+as the published ReferenceNets), which a reference pass never uses anyway.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ class Session:
         dtype: torch.dtype | None = None,
         variant: str = "standard",
     ) -> "Session":
-        """Load a checkpoint (native, Hallo, EchoMimic folder) and what it needs.
+        """Load a checkpoint (native file, whole-model state dict, a family's part files) and what it needs.
 
         ``vae``: a codec, or a path (diffusers folder / single ``.safetensors``); None uses the VAE
         bundled in a native file (the demo model has one). ``audio_encoder``: the wav2vec2 / whisper
@@ -177,7 +177,7 @@ class Session:
             arr = (torch.as_tensor(np.asarray(identity_image)).float().clamp(0, 1) * 255).byte().cpu().numpy()
             embedding = face_identity_embedding(arr, models_dir)
         state = self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
-        if self.config.backbone.hallo_audio_modules:
+        if self.config.backbone.region_audio_modules:
             state.region_masks, state.note = self._detected_region_masks(image, state.image.shape[0], models_dir)
         if self.config.name == DEMO_NAME:  # the toy says so when given a portrait it was not made for
             from .demo.portrait_check import portrait_notice
@@ -222,15 +222,15 @@ class Session:
         return torch.from_numpy(region_masks(box, h, w)), note
 
     def region_masks(self, portrait: PortraitCrop) -> torch.Tensor | None:
-        """Hallo's (full, face, lip) attention masks for the crop; None for families without them."""
-        if not self.config.backbone.hallo_audio_modules:
+        """The (full, face, lip) masks of the region audio modules for the crop; None for configs without them."""
+        if not self.config.backbone.region_audio_modules:
             return None
         h, w = portrait.image.shape[:2]
         return torch.from_numpy(region_masks(portrait.face_box, h, w))
 
     def region_masks_from_mask(self, mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        """Hallo's region masks from a face-region mask: its box, shrunk back by the preset's expansion."""
-        if not self.config.backbone.hallo_audio_modules or mask is None:
+        """The region masks from a face-region mask: its box, shrunk back by the preset's expansion."""
+        if not self.config.backbone.region_audio_modules or mask is None:
             return None
         from .face import FaceBox
 

@@ -4,7 +4,7 @@ A feature map ``x`` of shape (b, c, f, h, w) is viewed as (b*h*w) sequences of f
 self-attention runs along the frame axis (twice, "Temporal_Self" x 2), followed by a GEGLU FF. The
 key layout is AnimateDiff v2's (``motion_modules.N.temporal_transformer.transformer_blocks.0
 .attention_blocks.{0,1}``, ``norms``, ``ff``, ``ff_norm``, ``pos_encoder.pe`` buffer of length 32), which
-Hallo, EchoMimic and V-Express all share, so ``mm_sd_v15_v2.ckpt`` initialises them.
+the open family members all share, so ``mm_sd_v15_v2.ckpt`` initialises them.
 
 Motion frames (:mod:`emo_model.motion_frames`) are prepended along the frame axis before the module
 and removed after it. EMO's speed layers (:mod:`emo_model.speed_layers`) add one more cross-attention

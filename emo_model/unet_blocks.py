@@ -2,7 +2,7 @@
 
 Both networks have SD1.5's shape and key names (``conv_in``, ``time_embedding``, ``down_blocks``,
 ``mid_block``, ``up_blocks``, ``conv_norm_out``, ``conv_out``); the backbone additionally has temporal
-modules (``motion_modules``) at every level and, in Hallo's layout, ``audio_modules``.
+modules (``motion_modules``) at every level and, in the region-audio layout, ``audio_modules``.
 
 Video is handled by folding frames into the batch: a clip (b, c, f, h, w) runs through the 2D layers as
 (b*f, c, h, w), which is exactly an "inflated" UNet (per-frame convolutions and GroupNorm); only the
@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import KV, Attention, ReferenceBank, SpatialTransformer
-from .audio_layers import AudioModule, hallo_audio_width
+from .audio_layers import AudioModule, audio_module_width
 from .configs import SpeedConfig, TemporalConfig, UNetConfig
 from .motion_frames import with_motion_frames
 from .temporal_modules import TemporalModule
@@ -42,8 +42,8 @@ class ForwardContext:
     reference_rows: torch.Tensor | None = None  # long [B*F]: the bank row each token sequence reads (None: row 0 / all)
     reference_enabled: torch.Tensor | None = None  # bool [B]: rows without reference-attention (uncond)
     cross_context: torch.Tensor | None = None  # attn2 tokens, [B*F, T, D]
-    audio_context: torch.Tensor | None = None  # Hallo audio-module tokens, [B*F, T, D]
-    region_masks: torch.Tensor | None = None  # Hallo (full, face, lip) masks, [B, 3, H, W]
+    audio_context: torch.Tensor | None = None  # region audio-module tokens, [B*F, T, D]
+    region_masks: torch.Tensor | None = None  # (full, face, lip) masks, [B, 3, H, W]
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     speed_tokens: torch.Tensor | None = None  # [B or 1, n + F, l]
     temporal: bool = True
@@ -131,12 +131,12 @@ def _layer_modules(
     attention: bool,
     temporal: TemporalConfig | None,
     speed: SpeedConfig | None,
-    hallo_audio_dim: int | None,
+    audio_module_dim: int | None,
 ):
     attn = SpatialTransformer(width, cfg.attention_heads, cfg.cross_attention_dim, cfg.norm_num_groups) if attention else None
     audio = None
-    if attention and hallo_audio_dim is not None:
-        audio = AudioModule(width, hallo_audio_width(cfg.attention_heads, audio_width), cfg.attention_heads, hallo_audio_dim, cfg.norm_num_groups)
+    if attention and audio_module_dim is not None:
+        audio = AudioModule(width, audio_module_width(cfg.attention_heads, audio_width), cfg.attention_heads, audio_module_dim, cfg.norm_num_groups)
     motion = TemporalModule(width, temporal, speed) if temporal is not None else None
     return attn, audio, motion
 
@@ -146,13 +146,13 @@ def _modules(items) -> nn.ModuleList:
 
 
 class DownBlock(_Block):
-    def __init__(self, c_in, c_out, temb, cfg: UNetConfig, attention: bool, downsample: bool, temporal, speed, hallo_audio_dim):
+    def __init__(self, c_in, c_out, temb, cfg: UNetConfig, attention: bool, downsample: bool, temporal, speed, audio_module_dim):
         super().__init__()
         resnets, layers = [], []
         for j in range(cfg.layers_per_block):
             r_in = c_in if j == 0 else c_out
             resnets.append(ResnetBlock2D(in_channels=r_in, out_channels=c_out, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups))
-            layers.append(_layer_modules(c_out, r_in, cfg, attention, temporal, speed, hallo_audio_dim))
+            layers.append(_layer_modules(c_out, r_in, cfg, attention, temporal, speed, audio_module_dim))
         self.resnets = nn.ModuleList(resnets)
         self.attentions = _modules(l[0] for l in layers)
         self.audio_modules = _modules(l[1] for l in layers)
@@ -174,13 +174,13 @@ class DownBlock(_Block):
 
 
 class MidBlock(_Block):
-    def __init__(self, c, temb, cfg: UNetConfig, temporal, speed, hallo_audio_dim):
+    def __init__(self, c, temb, cfg: UNetConfig, temporal, speed, audio_module_dim):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups) for _ in range(2)]
         )
         mid_temporal = temporal if (temporal is not None and temporal.mid_block) else None
-        attn, audio, motion = _layer_modules(c, c, cfg, True, mid_temporal, speed, hallo_audio_dim)
+        attn, audio, motion = _layer_modules(c, c, cfg, True, mid_temporal, speed, audio_module_dim)
         self.attentions = _modules([attn])
         self.audio_modules = _modules([audio])
         self.motion_modules = _modules([motion])
@@ -192,7 +192,7 @@ class MidBlock(_Block):
 
 
 class UpBlock(_Block):
-    def __init__(self, c_in, c_prev, c_out, temb, cfg: UNetConfig, attention, upsample, temporal, speed, hallo_audio_dim):
+    def __init__(self, c_in, c_prev, c_out, temb, cfg: UNetConfig, attention, upsample, temporal, speed, audio_module_dim):
         super().__init__()
         n = cfg.layers_per_block + 1
         resnets, layers = [], []
@@ -200,8 +200,8 @@ class UpBlock(_Block):
             skip = c_in if j == n - 1 else c_out
             r_in = c_prev if j == 0 else c_out
             resnets.append(ResnetBlock2D(in_channels=r_in + skip, out_channels=c_out, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups))
-            # Hallo's decoder audio modules are c_in wide (its block-level in_channels, never updated).
-            layers.append(_layer_modules(c_out, c_in, cfg, attention, temporal, speed, hallo_audio_dim))
+            # The published decoder audio modules are c_in wide (the block-level in_channels, never updated).
+            layers.append(_layer_modules(c_out, c_in, cfg, attention, temporal, speed, audio_module_dim))
         self.resnets = nn.ModuleList(resnets)
         self.attentions = _modules(l[0] for l in layers)
         self.audio_modules = _modules(l[1] for l in layers)
@@ -221,7 +221,7 @@ class UpBlock(_Block):
 class UNetBase(nn.Module):
     """SD1.5-shaped UNet over frames folded into the batch.
 
-    ``temporal`` adds motion modules (backbone), ``hallo_audio_dim`` Hallo's audio modules,
+    ``temporal`` adds motion modules (backbone), ``audio_module_dim`` the region audio modules,
     ``output_head`` the final ``conv_norm_out``/``conv_out`` (the ReferenceNet does not need them).
     """
 
@@ -231,7 +231,7 @@ class UNetBase(nn.Module):
         *,
         temporal: TemporalConfig | None = None,
         speed: SpeedConfig | None = None,
-        hallo_audio_dim: int | None = None,
+        audio_module_dim: int | None = None,
         output_head: bool = True,
     ):
         super().__init__()
@@ -243,13 +243,13 @@ class UNetBase(nn.Module):
         self.time_embedding = TimestepEmbedding(ch[0], temb)
         levels = len(ch)
         self.down_blocks = nn.ModuleList(
-            DownBlock(ch[max(i - 1, 0)], ch[i], temb, cfg, cfg.attention_levels[i], i < levels - 1, temporal, speed, hallo_audio_dim)
+            DownBlock(ch[max(i - 1, 0)], ch[i], temb, cfg, cfg.attention_levels[i], i < levels - 1, temporal, speed, audio_module_dim)
             for i in range(levels)
         )
-        self.mid_block = MidBlock(ch[-1], temb, cfg, temporal, speed, hallo_audio_dim)
+        self.mid_block = MidBlock(ch[-1], temb, cfg, temporal, speed, audio_module_dim)
         rev, rev_attn = list(reversed(ch)), list(reversed(cfg.attention_levels))
         self.up_blocks = nn.ModuleList(
-            UpBlock(rev[min(i + 1, levels - 1)], rev[max(i - 1, 0)], rev[i], temb, cfg, rev_attn[i], i < levels - 1, temporal, speed, hallo_audio_dim)
+            UpBlock(rev[min(i + 1, levels - 1)], rev[max(i - 1, 0)], rev[i], temb, cfg, rev_attn[i], i < levels - 1, temporal, speed, audio_module_dim)
             for i in range(levels)
         )
         if output_head:

@@ -76,7 +76,7 @@ RULES: dict[str, Rule] = {
     "crop_ratio": Rule(1, 10, hint="crop side / face size; 2.0 is what inference portraits use"),
     "scene_threshold": Rule(0, 255, hint="PySceneDetect's ContentDetector threshold; 27 is its default"),
     "batch_size": Rule(1, 4096, integer=True, hint="samples per GPU and step; the paper's 4 clips are 4 GPUs x 1"),
-    "snr_gamma": Rule(0, 1000, hint="min-SNR loss weighting: 0 = plain MSE; Hallo uses 5"),
+    "snr_gamma": Rule(0, 1000, hint="min-SNR loss weighting: 0 = plain MSE; the published setups use 5"),
     "grad_norm": Rule(0, 1_000_000, hint="gradient clipping: 1.0 is the paper's; 0 turns it off"),
 }
 

@@ -22,7 +22,7 @@ What a set of files is, is decided from the tensor names and shapes, never from 
   ``emo_format_version``        ``"1"``; files of a newer version are refused, not guessed at
   ``emo_config``                :meth:`EMOConfig.to_json` (architecture, audio front end and
                                 the sampling preset); authoritative
-  ``emo_preset``                the config's name, e.g. ``"hallo"``, ``"echomimic-v1-acc"``
+  ``emo_preset``                the config's name, e.g. ``"emo"``, ``"tiny"``
   ``emo_vae_config``            optional: the diffusers config JSON of an ``AutoencoderKL``
                                 whose tensors are stored under ``vae.`` (the CPU demo model
                                 carries its own small VAE; :func:`load_bundled_vae`)
@@ -31,18 +31,17 @@ What a set of files is, is decided from the tensor names and shapes, never from 
 
   plus whatever the writer adds (``convert`` records ``emo_source``).
 * **state-dict**: one dict whose keys carry the EMOModel module prefixes (``reference_unet.``,
-  ``denoising_unet.``, ``face_locator.``, ``imageproj.``, ``audioproj.``, ``speed_encoder.``). This is
-  Hallo's ``net.pth`` (fp16 or fp32) and any ``EMOModel.state_dict()``.
-* **echomimic-v1**: EchoMimic v1's separate files. Each file's part is identified from its keys:
-  a motion module (every key under ``motion_modules``), a UNet with the output head ``conv_out``
-  (the denoising UNet, spatial layers), a UNet without it (the ReferenceNet), a small conv stack
-  (the face locator). Together: ``denoising_unet.pth`` + ``motion_module.pth`` +
-  ``reference_unet.pth`` + ``face_locator.pth``. The distilled ``*_acc.pth`` files have the same keys;
-  only their names tell them apart, so the variant is an explicit argument (``variant="acc"``; the
-  default ``"standard"`` falls back to ``_acc`` files when they are the only ones) and selects the
-  accelerated preset (6 steps, cfg 1.0). ``*_pose*`` files (pose-driven EchoMimic) are ignored.
+  ``denoising_unet.``, ``face_locator.``, ``imageproj.``, ``audioproj.``, ``speed_encoder.``), as some
+  families publish their whole network, and any ``EMOModel.state_dict()``. When two families share a network,
+  the tensors name the first; a folder name (:attr:`Family.folder_names`) or an explicit ``family=`` names the other.
+* **part files**: a family published as several files, one part of the model each
+  (:attr:`Family.part_files`). Each file's part is identified from its keys: a motion module (every key under
+  ``motion_modules``), a UNet with the output head ``conv_out`` (the denoising UNet, spatial layers), a UNet
+  without it (the ReferenceNet), a small conv stack (the face locator). The family that claims the set of parts
+  resolves them (its module says which file names, variants and prefixes it has). The checkpoint's ``format``
+  is then the family's name.
 
-The architecture is then chosen by building every named config (:data:`emo_model.configs.CONFIGS`)
+The architecture is then chosen by building every named config (:data:`emo_model.families.CONFIGS`)
 on the meta device and taking the one whose key/shape set equals the checkpoint's. Head counts
 cannot be read from shapes; matching known configs supplies them.
 
@@ -62,7 +61,7 @@ memory-mapped tensor once, straight into the target dtype and device, and hands 
 model itself; the file's pages that were read stay in the (evictable) page cache. Parameters never
 alias the mapped file: that would pin the file (Windows could not replace it) and safetensors data
 is not 64-byte aligned, which changes the rounding of CPU kernels. ``dtype=None`` keeps each
-tensor's stored dtype (Hallo's fp16 stays fp16; fp16 convolutions are slow on CPU, so CPU callers
+tensor's stored dtype (fp16 stays fp16; fp16 convolutions are slow on CPU, so CPU callers
 usually ask for float32 or bfloat16).
 
 Training initialisation
@@ -94,14 +93,14 @@ from diffusers import AutoencoderKL
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .configs import CONFIGS, EMOConfig, get_config
+from .configs import EMOConfig, get_config
+from .families import CONFIGS, FAMILIES, Family, family_of, get_family, supported_files, upgrade_config_dict
 from .model import EMOModel
 from .unet_blocks import UNetBase
 from .validation import bad_tensor
 
 MODEL_CONFIGS = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
-VARIANTS = ("standard", "acc")
 
 NATIVE_FORMAT_VERSION = 1
 FORMAT_VERSION_KEY = "emo_format_version"
@@ -111,17 +110,15 @@ VAE_CONFIG_KEY = "emo_vae_config"
 VAE_PREFIX = "vae."
 _RESERVED_METADATA = {"format", FORMAT_VERSION_KEY, CONFIG_KEY, PRESET_KEY, VAE_CONFIG_KEY}
 
-# EMOModel's sub-modules, named like the prefixes of Hallo's net.pth.
+# EMOModel's sub-modules (the key prefixes of a whole-model state dict).
 MODEL_MODULES = ("reference_unet", "denoising_unet", "face_locator", "audioproj", "imageproj", "speed_encoder")
 
-# EchoMimic v1's files: role -> (canonical file name, prefix of its keys in the model).
-ECHOMIMIC_PARTS = {
-    "denoising_unet": ("denoising_unet.pth", "denoising_unet."),
-    "motion_module": ("motion_module.pth", "denoising_unet."),
-    "reference_unet": ("reference_unet.pth", "reference_unet."),
-    "face_locator": ("face_locator.pth", "face_locator."),
-}
-_ACC_SUFFIX = "-acc"
+
+
+def variants() -> tuple[str, ...]:
+    """``"standard"`` and every variant a family is published in (part files with identical keys)."""
+    return ("standard",) + tuple(dict.fromkeys(v for fam in FAMILIES for v in fam.variants))
+
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -342,17 +339,17 @@ def _model_shapes(config_json: str) -> dict[str, tuple[int, ...]]:
 
 @lru_cache(maxsize=1)
 def _architectures() -> tuple[str, ...]:
-    """Names of the named configs with distinct architectures (``echomimic-v1-acc`` only differs in its preset)."""
+    """Names of the named configs with distinct architectures (a config that differs only in its preset or family is skipped)."""
     names, seen = [], []
     for name in CONFIGS:
-        arch = dataclasses.replace(get_config(name), name="", preset=None)
+        arch = _architecture(get_config(name))
         if arch not in seen:
             seen.append(arch)
             names.append(name)
     return tuple(names)
 
 
-def _closest_config(found: Mapping[str, tuple[int, ...]]) -> tuple[str, MatchReport]:
+def closest_config(found: Mapping[str, tuple[int, ...]]) -> tuple[str, MatchReport]:
     """The named config whose layout equals ``found``, else the one that explains most of it."""
     fits = []
     for name in _architectures():
@@ -363,13 +360,6 @@ def _closest_config(found: Mapping[str, tuple[int, ...]]) -> tuple[str, MatchRep
     return max(fits, key=lambda fit: (fit[1].matched, -fit[1].errors))
 
 
-def _with_acc_preset(config: EMOConfig) -> EMOConfig:
-    """EchoMimic's distilled weights: the same model sampled with the accelerated preset (6 steps, cfg 1.0)."""
-    acc = get_config(f"echomimic-v1{_ACC_SUFFIX}").preset
-    preset = dataclasses.replace(config.preset, steps=acc.steps, cfg=acc.cfg, audio_cfg=acc.audio_cfg)
-    return config.replace(name=config.name + _ACC_SUFFIX, preset=preset)
-
-
 # --------------------------------------------------------------------------------------------------
 # Detection
 
@@ -378,21 +368,18 @@ def _with_acc_preset(config: EMOConfig) -> EMOConfig:
 class Checkpoint:
     """A set of checkpoint files resolved against the known layouts (see the module docstring)."""
 
-    format: str  # "native" | "state-dict" | "echomimic-v1"
+    format: str  # "native" | "state-dict" | a family name (that family's part files)
     config: EMOConfig  # the matching config, or the closest one when the files are incomplete
     files: dict[str, TensorFile]  # part ("model" for single-file formats) -> the file used for it
     sources: dict[str, tuple[TensorFile, str]]  # model key -> (file, key in that file)
     report: MatchReport
-    missing_parts: list[str] = field(default_factory=list)  # EchoMimic parts without a file
+    missing_parts: list[str] = field(default_factory=list)  # part roles without a file (part-file families)
     ignored: dict[Path, str] = field(default_factory=dict)  # files of a folder that were not used, and why
+    variant: str = "standard"  # which of the family's published variants the files are
 
     @property
     def family(self) -> str:
         return self.config.family
-
-    @property
-    def variant(self) -> str:
-        return "acc" if self.config.name.endswith(_ACC_SUFFIX) else "standard"
 
     @property
     def paths(self) -> list[Path]:
@@ -410,10 +397,11 @@ class Checkpoint:
     def problem(self) -> str | None:
         """Why the files cannot be loaded (one line), or None."""
         if self.missing_parts:
-            needed = [name for name, _ in ECHOMIMIC_PARTS.values()]
+            fam = get_family(self.family)
+            needed = [name for name, _ in fam.part_files.parts.values()]
             found = ", ".join(sorted(f.name for f in self.files.values()))
             return (
-                f"EchoMimic v1 needs {', '.join(needed[:-1])} and {needed[-1]} in one folder; found only {found} "
+                f"{fam.label} needs {', '.join(needed[:-1])} and {needed[-1]} in one folder; found only {found} "
                 f"(no {' / '.join(self.missing_parts)} weights)"
             )
         if not self.report.complete:
@@ -493,21 +481,30 @@ def _assert_materialised(module: torch.nn.Module) -> None:
         raise RuntimeError(f"{len(left)} tensors were left on the meta device after loading, e.g. {left[:3]}")
 
 
-def inspect_checkpoint(path: CheckpointInput | Sequence[CheckpointInput], *, variant: str = "standard") -> Checkpoint:
+def inspect_checkpoint(
+    path: CheckpointInput | Sequence[CheckpointInput], *, variant: str = "standard", family: str | None = None
+) -> Checkpoint:
     """Identify the format, the parts and the config of a file, a folder or a list of files.
 
-    Incomplete or mismatched inputs give a :class:`Checkpoint` whose :meth:`~Checkpoint.problem`
+    ``family`` names the family when the tensors alone cannot (two families that share a network); it must fit
+    the tensors. Incomplete or mismatched inputs give a :class:`Checkpoint` whose :meth:`~Checkpoint.problem`
     says what is wrong; unreadable files and files of no supported family raise :class:`WeightsError`.
     """
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if variant not in variants():
+        raise ValueError(f"variant must be one of {variants()}, got {variant!r}")
+    if family is not None:
+        try:
+            get_family(family)
+        except KeyError as exc:
+            raise WeightsError(str(exc.args[0])) from None
     inputs = _open_inputs(path)
     files = [f for f, _ in inputs]
     native = [f for f in files if CONFIG_KEY in f.metadata]
     if native:
         if len(files) > 1:
             raise WeightsError(f"{native[0].name} is a complete native checkpoint; load it on its own")
-        return _resolve_native(native[0], variant)
+        ckpt = _resolve_native(native[0], variant)
+        return _require_family(ckpt, family)
 
     parts: dict[str, list[TensorFile]] = defaultdict(list)
     ignored: dict[Path, str] = {}
@@ -526,8 +523,11 @@ def inspect_checkpoint(path: CheckpointInput | Sequence[CheckpointInput], *, var
             raise WeightsError(
                 f"{', '.join(f.name for f in files)}: mixes whole-model checkpoints with other parts; load one at a time"
             )
-        return _resolve_state_dict(parts["model"][0], variant, ignored)
-    return _resolve_echomimic(parts, variant, ignored)
+        return _resolve_state_dict(parts["model"][0], variant, ignored, family)
+    owner = next((fam for fam in FAMILIES if fam.part_files is not None and fam.part_files.claims(parts)), None)
+    if owner is None:
+        raise WeightsError(_unsupported_message(files, None))
+    return _require_family(owner.part_files.resolve(owner, dict(parts), variant, ignored), family)
 
 
 def load_emo_model(
@@ -537,7 +537,7 @@ def load_emo_model(
     dtype: torch.dtype | None = None,
     variant: str = "standard",
 ) -> EMOModel:
-    """Load any supported checkpoint (native file, Hallo net.pth, EchoMimic v1 folder) strictly.
+    """Load any supported checkpoint (a native file, a whole-model state dict, a family's part files) strictly.
 
     ``model.config`` is the detected config, preset included. ``dtype=None`` keeps the stored dtype.
     """
@@ -594,12 +594,11 @@ def _unsupported_message(files: Sequence[TensorFile], fit: tuple[str, MatchRepor
         name, report = fit
         detail = f"only {report.matched} of {len(keys)} tensors fit the closest known layout ({name})"
     return (
-        f"{names}: not a checkpoint of a supported family (a native EMO .safetensors, Hallo's net.pth or "
-        f"EchoMimic v1's .pth files): {detail}{_looks_like(keys)}"
+        f"{names}: not a checkpoint of a supported family ({supported_files()}): {detail}{_looks_like(keys)}"
     )
 
 
-def _require_known_layout(files: Sequence[TensorFile], name: str, report: MatchReport) -> None:
+def require_known_layout(files: Sequence[TensorFile], name: str, report: MatchReport) -> None:
     found = report.matched + len(report.unexpected) + len(report.mismatched)
     if report.matched * 2 < found:
         raise WeightsError(_unsupported_message(files, (name, report)))
@@ -609,7 +608,7 @@ def _with_named_quirks(config: EMOConfig, config_json: str) -> EMOConfig:
     """Fields a native file predates (new quirks, scheduler options) take its named config's values.
 
     The stored values always win; only keys missing from the file's config JSON are filled, from the
-    named config of the same name (``hallo``, ``tiny-hallo``, ...). A config with another name keeps the
+    named config of the same name (``emo``, ``tiny``, ...). A config with another name keeps the
     dataclass defaults (the paper's behaviour).
     """
     try:
@@ -623,7 +622,7 @@ def _with_named_quirks(config: EMOConfig, config_json: str) -> EMOConfig:
             out[key] = overlay(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
         return out
 
-    stored = json.loads(config_json)
+    stored = upgrade_config_dict(json.loads(config_json))
     merged = overlay(named, stored)
     if merged == stored:
         return config
@@ -633,7 +632,7 @@ def _with_named_quirks(config: EMOConfig, config_json: str) -> EMOConfig:
 def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:
     if variant != "standard":
         raise WeightsError(
-            f"{file.name} is a native checkpoint: its preset is fixed (variant {variant!r} selects EchoMimic's _acc files)"
+            f"{file.name} is a native checkpoint: its preset is fixed (variant {variant!r} selects {_variant_owner(variant)})"
         )
     version = file.metadata.get(FORMAT_VERSION_KEY, "")
     if not version.isdigit():
@@ -643,7 +642,8 @@ def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:
             f"{file.name}: native format version {version} is newer than this ComfyUI-EMO reads ({NATIVE_FORMAT_VERSION}); update ComfyUI-EMO"
         )
     try:
-        config = _with_named_quirks(EMOConfig.from_json(file.metadata[CONFIG_KEY]).validate(), file.metadata[CONFIG_KEY])
+        stored = json.dumps(upgrade_config_dict(json.loads(file.metadata[CONFIG_KEY])))
+        config = _with_named_quirks(EMOConfig.from_json(stored).validate(), stored)
     except (ValueError, TypeError) as exc:
         raise WeightsError(f"{file.name}: unreadable {CONFIG_KEY} metadata ({exc})") from None
     bundled = VAE_CONFIG_KEY in file.metadata
@@ -652,90 +652,64 @@ def _resolve_native(file: TensorFile, variant: str) -> Checkpoint:
     return Checkpoint("native", config, {"model": file}, sources, report)
 
 
-def _resolve_state_dict(file: TensorFile, variant: str, ignored: dict[Path, str]) -> Checkpoint:
+def _variant_owner(variant: str) -> str:
+    owners = [fam.variants[variant] for fam in FAMILIES if variant in fam.variants]
+    return " / ".join(owners) or "nothing"
+
+
+def _resolve_state_dict(file: TensorFile, variant: str, ignored: dict[Path, str], family: str | None) -> Checkpoint:
     if variant != "standard":
-        raise WeightsError(f"{file.name} is a single-file checkpoint; variant {variant!r} selects EchoMimic's _acc files")
-    name, report = _closest_config(_shapes(file.tensors))
-    _require_known_layout([file], name, report)
-    sources = {key: (file, key) for key in file.tensors}
-    return Checkpoint("state-dict", get_config(name), {"model": file}, sources, report, ignored=ignored)
-
-
-def _name_tags(path: Path) -> set[str]:
-    return set(path.stem.lower().split("_"))
-
-
-def _resolve_echomimic(parts: dict[str, list[TensorFile]], variant: str, ignored: dict[Path, str]) -> Checkpoint:
-    chosen: dict[str, TensorFile] = {}
-    for role, candidates in parts.items():
-        usable = []
-        for file in candidates:
-            if "pose" in _name_tags(file.path):
-                ignored[file.path] = "EchoMimic pose-driven variant (not supported)"
-            else:
-                usable.append(file)
-        if usable:
-            chosen[role] = _pick_variant(role, usable, variant, ignored)
-    if not chosen:
-        raise WeightsError(f"{', '.join(p.name for p in ignored)}: EchoMimic's pose-driven files are not supported")
-
-    acc = {role: "acc" in _name_tags(f.path) for role, f in chosen.items() if role in ("denoising_unet", "motion_module")}
-    if len(set(acc.values())) > 1:
-        names = " and ".join(chosen[r].name for r in acc)
-        raise WeightsError(f"{names} come from different EchoMimic variants (standard and _acc); use one variant's files")
-
-    sources: dict[str, tuple[TensorFile, str]] = {}
-    for role, file in chosen.items():
-        prefix = ECHOMIMIC_PARTS[role][1]
-        for key in file.tensors:
-            if prefix + key in sources:
-                raise WeightsError(f"{file.name} and {sources[prefix + key][0].name} both hold {prefix + key}")
-            sources[prefix + key] = (file, key)
-    found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
-    name, report = _closest_config(found)
-    _require_known_layout(list(chosen.values()), name, report)
-    _require_echomimic_unet(chosen, name, report)
-
+        raise WeightsError(f"{file.name} is a single-file checkpoint; variant {variant!r} selects {_variant_owner(variant)}")
+    name, report = closest_config(_shapes(file.tensors))
+    require_known_layout([file], name, report)
     config = get_config(name)
-    if any(acc.values()):
-        config = _with_acc_preset(config)
-    has_motion = "denoising_unet" in chosen and any(".motion_modules." in k for k in chosen["denoising_unet"].tensors)
-    missing = [r for r in ECHOMIMIC_PARTS if r not in chosen and not (r == "motion_module" and has_motion)]
-    return Checkpoint("echomimic-v1", config, chosen, sources, report, missing_parts=missing, ignored=ignored)
+    claimed = family or _family_by_folder(file.path, config)
+    if claimed is not None and claimed != config.family:
+        config = _same_network_in(get_family(claimed), config, file.name)
+    sources = {key: (file, key) for key in file.tensors}
+    return Checkpoint("state-dict", config, {"model": file}, sources, report, ignored=ignored)
 
 
-def _require_echomimic_unet(chosen: Mapping[str, TensorFile], name: str, report: MatchReport) -> None:
-    """A UNet file is an EchoMimic denoising UNet only if its cross-attention takes EchoMimic's audio tokens.
-
-    A plain diffusers UNet (Stable Diffusion 1.5: text cross-attention) has the same key names.
-    """
-    unet = chosen.get("denoising_unet")
-    if unet is None:
-        return
-    if get_config(name).family.startswith("echomimic") and not any(".attn2." in key for key in report.mismatched):
-        return
-    raise WeightsError(
-        f"{unet.name}: a diffusers UNet whose cross-attention (attn2) does not take EchoMimic's audio tokens, so not "
-        "a part of a supported family; it looks like a Stable Diffusion 1.5 UNet, which only initialises training "
-        "(load_sd15_unet_weights)"
-    )
+def _family_by_folder(path: Path, config: EMOConfig) -> str | None:
+    """A family that claims files in a folder of its name (``.../<folder name>/net.pth``) and runs this network."""
+    folder = path.resolve().parent.name.lower()
+    for fam in FAMILIES:
+        if folder in fam.folder_names and _network_in(fam, config) is not None:
+            return fam.name
+    return None
 
 
-def _pick_variant(role: str, files: list[TensorFile], variant: str, ignored: dict[Path, str]) -> TensorFile:
-    acc = [f for f in files if "acc" in _name_tags(f.path)]
-    standard = [f for f in files if f not in acc]
-    if variant == "acc" and role in ("denoising_unet", "motion_module") and not acc:
+def _architecture(config: EMOConfig) -> EMOConfig:
+    return dataclasses.replace(config, name="", family="", preset=None)
+
+
+def _network_in(fam: Family, config: EMOConfig) -> EMOConfig | None:
+    """The family's named config with this config's network, or None."""
+    want = _architecture(config)
+    return next((c for c in (f() for f in fam.configs.values()) if _architecture(c) == want), None)
+
+
+def _same_network_in(fam: Family, config: EMOConfig, name: str) -> EMOConfig:
+    found = _network_in(fam, config)
+    if found is None:
         raise WeightsError(
-            f"variant 'acc' needs EchoMimic's {role}_acc.pth; found only {', '.join(f.name for f in files)} for the {role}"
+            f"{name} holds a {family_of(config).label if family_of(config) else config.family} network, which "
+            f"{fam.label} does not run; leave the family choice on auto"
         )
-    preferred, other = (acc, standard) if variant == "acc" else (standard, acc)
-    pick = preferred or other
-    if len(pick) > 1:
-        raise WeightsError(f"several {role} files for one model: {', '.join(f.name for f in pick)}; keep one")
-    for file in files:
-        if file is not pick[0]:
-            ignored[file.path] = f"{role} of the other variant"
-    return pick[0]
+    return found
+
+
+def _require_family(ckpt: Checkpoint, family: str | None) -> Checkpoint:
+    """An explicit family that is not what the files are: one line (a native file or part files name their own)."""
+    if family is None or ckpt.family == family:
+        return ckpt
+    if ckpt.format != "state-dict":
+        fam = family_of(ckpt.config)
+        raise WeightsError(
+            f"{', '.join(sorted(f.name for f in ckpt.files.values()))} is a {fam.label if fam else ckpt.family} "
+            f"checkpoint, not {get_family(family).label}; leave the family choice on auto"
+        )
+    return ckpt
 
 
 # --------------------------------------------------------------------------------------------------
@@ -845,7 +819,7 @@ def _is_cross_attention(key: str) -> bool:
 
 
 def _is_new_layer(key: str) -> bool:
-    """Backbone layers SD1.5 does not have (motion modules with the speed layers, Hallo's audio modules)."""
+    """Backbone layers SD1.5 does not have (motion modules with the speed layers, region audio modules)."""
     return ".motion_modules." in key or ".audio_modules." in key
 
 
@@ -861,7 +835,7 @@ def _sd15_drop_reason(key: str, shape: tuple[int, ...], target: UNetBase) -> str
 
 
 def load_sd15_unet_weights(model: EMOModel, path: CheckpointInput) -> InitReport:
-    """Initialise both UNets' spatial layers from SD1.5 (EMO stage 1, and Hallo/EchoMimic training).
+    """Initialise both UNets' spatial layers from SD1.5 (EMO stage 1, and training any family's network).
 
     ``path``: a diffusers UNet folder (``config.json`` + ``diffusion_pytorch_model.*``), the pipeline
     folder holding ``unet/``, a diffusers UNet file, or a single-file SD checkpoint in the original LDM
@@ -930,7 +904,7 @@ def _convert_ldm_unet(tensors: Mapping[str, torch.Tensor], layers_per_block: int
 
 
 def load_animatediff_motion_module(model: EMOModel, path: CheckpointInput) -> InitReport:
-    """Copy an AnimateDiff v2 motion module (``mm_sd_v15_v2.ckpt``, or EchoMimic's ``motion_module.pth``) in.
+    """Copy an AnimateDiff v2 motion module (``mm_sd_v15_v2.ckpt``, or a family's motion-module file) in.
 
     Strict on every motion-module tensor; EMO's speed layers (ours, inside the temporal blocks) stay
     as they are, and so does ``pos_encoder.pe`` when the file omits it (the sinusoid table is

@@ -58,7 +58,7 @@ def folder_paths_for(kind: str) -> list[Path]:
 
 
 def _is_layout_folder(path: Path) -> bool:
-    """A checkpoint that spans a folder: a diffusers / HF folder (config.json) or several weight files (EchoMimic)."""
+    """A checkpoint that spans a folder: a diffusers / HF folder (config.json) or several weight files (a family published in parts)."""
     files = [p for p in path.iterdir() if p.is_file()]
     return any(p.name == "config.json" for p in files) or sum(p.suffix.lower() in MODEL_EXTENSIONS for p in files) >= 2
 
@@ -66,7 +66,7 @@ def _is_layout_folder(path: Path) -> bool:
 def list_entries(kind: str, *, folders: bool) -> list[str]:
     """Model files of a kind (relative paths), and with ``folders`` the folders that hold one multi-file checkpoint.
 
-    EchoMimic's four ``.pth``, a diffusers VAE folder or a wav2vec2 folder is listed once, as ``name/``,
+    A family's part files, a diffusers VAE folder or a wav2vec2 folder is listed once, as ``name/``,
     and the files inside it are not listed separately; the loader tells the layouts apart by their tensors.
     """
     entries: set[str] = set()

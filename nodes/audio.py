@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..emo_model.audio import SUGGESTED_LUFS
+from ..emo_model.families import quoted_presets
 from ..emo_model.validation import DEFAULT_MAX_FRAMES
 from . import _comfy
 from .presets import resolved_preset
@@ -31,7 +32,7 @@ class EMOAudioEncode:
             "required": {
                 "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model: decides the feature type (wav2vec2, whisper or log-mel)."}),
                 "audio": ("AUDIO", {"tooltip": "Speech or song, e.g. from Load Audio; any sample rate and channel count."}),
-                "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Video frame rate. 0 = the model's preset (EMO 30, Hallo 25, EchoMimic 24, demo 25)."}),
+                "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 120.0, "step": 0.01, "tooltip": "Video frame rate. 0 = the model's preset (" + quoted_presets(lambda c: c.preset.fps) + ")."}),
                 "loudness": (["off", f"{SUGGESTED_LUFS:g} LUFS", "-16 LUFS"], {"default": "off", "tooltip": "Normalise the loudness (ITU-R BS.1770) before encoding: quiet or very loud recordings then drive the mouth like normal speech."}),
             },
             "optional": {

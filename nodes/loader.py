@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from ..emo_model import demo
+from ..emo_model.families import FAMILIES, published_labels, supported_files
 from ..emo_model.session import Session
+from ..emo_model.weights import variants
 from . import _comfy
 from .presets import preset_summary, resolved_preset
 
@@ -11,16 +13,30 @@ DEMO_ENTRY = "emo-tiny-demo (built in, CPU)"
 BUNDLED_VAE = "(bundled with the model / not needed)"
 NO_ENCODER = "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)"
 
+ENCODER_FILES = {"wav2vec2": "wav2vec2-base-960h", "whisper": "whisper_tiny.pt"}
+
+
+def _encoders_by_family() -> str:
+    """'wav2vec2-base-960h for EMO, Hallo; whisper_tiny.pt for EchoMimic v1'."""
+    users: dict[str, list[str]] = {}
+    for fam in FAMILIES:
+        kind = fam.config().audio.kind
+        if kind in ENCODER_FILES:
+            users.setdefault(ENCODER_FILES[kind], []).append(fam.label)
+    return "; ".join(f"{name} for {', '.join(labels)}" for name, labels in users.items())
+
+
 FAMILY_FILES = (
-    "Put one of these in ComfyUI/models/emo: a native EMO .safetensors (converted or trained with this pack); "
-    "Hallo's net.pth; or a folder holding EchoMimic v1's denoising_unet.pth, motion_module.pth, reference_unet.pth "
-    "and face_locator.pth. Hallo and EchoMimic also need sd-vae-ft-mse in models/vae and their audio encoder in "
-    "models/audio_encoders (wav2vec2-base-960h for Hallo, whisper_tiny.pt for EchoMimic)."
+    "Put one of these in ComfyUI/models/emo: " + "; or ".join(fam.files for fam in FAMILIES) + ". Published "
+    "families also need sd-vae-ft-mse in models/vae and their audio encoder in models/audio_encoders ("
+    + _encoders_by_family() + ")."
 )
 
 
-# where a model file named in a workflow comes from (by file or folder name), for the "missing file" message
-SOURCES = {"net.pth": "Hallo's weights, from Hugging Face: fudan-generative-ai/hallo, file hallo/net.pth"}
+# where a model file named in a workflow comes from (by file or folder name), for the "missing file" message;
+# "/" holds what a family folder is
+SOURCES = {name: where for fam in FAMILIES for name, where in fam.sources.items() if name != "/"}
+FOLDER_SOURCES = "; or ".join(where for fam in FAMILIES for name, where in fam.sources.items() if name == "/")
 
 
 def missing_model_message(value: str) -> str:
@@ -30,11 +46,7 @@ def missing_model_message(value: str) -> str:
     roots.sort(key=lambda root: root != default)
     place = (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/emo/{value}"
     name = value.rstrip("/").rsplit("/", 1)[-1]
-    source = SOURCES.get(name) or (
-        "a folder holding EchoMimic v1's denoising_unet.pth, motion_module.pth, reference_unet.pth and face_locator.pth, "
-        "from Hugging Face: BadToBest/EchoMimic"
-        if value.endswith("/") else "an EMO .safetensors (converted or trained with this pack), Hallo's net.pth or an EchoMimic v1 folder"
-    )
+    source = SOURCES.get(name) or (FOLDER_SOURCES if value.endswith("/") and FOLDER_SOURCES else supported_files())
     return (
         f"the model {value!r} is not in models/emo: put it at {place} ({source}), then press R in the browser to refresh "
         f"the list, or pick another model (the workflow's Note lists every file it needs)"
@@ -43,7 +55,7 @@ def missing_model_message(value: str) -> str:
 
 class LoadEMOModel:
     DESCRIPTION = (
-        "Loads an EMO-family talking-head model (EMO checkpoints trained with this pack, Hallo, EchoMimic v1, or the "
+        "Loads an EMO-family talking-head model (EMO checkpoints trained with this pack, " + published_labels() + ", or the "
         "built-in CPU demo) with the VAE and the audio encoder its family needs. The family is detected from the "
         "tensors, not the file name. " + FAMILY_FILES
     )
@@ -62,9 +74,9 @@ class LoadEMOModel:
             "required": {
                 "model": (models, {"tooltip": "A file or family folder in models/emo. " + FAMILY_FILES}),
                 "vae": (vaes, {"tooltip": "sd-vae-ft-mse from models/vae (folder or vae-ft-mse-840000-ema-pruned.safetensors). The demo model bundles its own tiny VAE. A core VAE wired to the optional input wins."}),
-                "audio_encoder": (encoders, {"tooltip": "From models/audio_encoders: wav2vec2-base-960h (EMO, Hallo) or whisper_tiny.pt (EchoMimic). Not needed by the demo, or when Audio Encode gets a core AUDIO_ENCODER_OUTPUT."}),
+                "audio_encoder": (encoders, {"tooltip": "From models/audio_encoders: " + _encoders_by_family() + ". Not needed by the demo, or when Audio Encode gets a core AUDIO_ENCODER_OUTPUT."}),
                 "dtype": (["auto", "fp16", "bf16", "fp32"], {"default": "auto", "tooltip": "Weight precision. auto: bf16 (or fp16) on GPU, fp32 on CPU."}),
-                "variant": (["standard", "acc"], {"default": "standard", "tooltip": "EchoMimic only: 'acc' loads the distilled *_acc.pth files (6 steps, no CFG)."}),
+                "variant": (list(variants()), {"default": "standard", "tooltip": "For families published in variants with the same tensors: " + "; ".join(f"{name}: {what}" for fam in FAMILIES for name, what in fam.variants.items()) + ". Others: standard."}),
             },
             "optional": {
                 "vae_override": ("VAE", {"tooltip": "A core VAE (e.g. from Load VAE) to use instead of the vae list."}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..emo_model.pipeline import ReferenceState
+from ..emo_model.families import quoted_presets
 from . import _comfy
 from .presets import resolved_preset
 
@@ -36,7 +37,7 @@ class EMOReferenceEncode:
             "required": {
                 "emo_model": ("EMO_MODEL", {"tooltip": "From Load EMO Model."}),
                 "image": ("IMAGE", {"tooltip": "The portrait, ideally the face-centred crop from EMO Face Mask. Only the first image of a batch is used."}),
-                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64, "tooltip": "Generation size in pixels (a multiple of 64). 0 = the model's preset: 512 for EMO, Hallo and EchoMimic, 64 for the demo. The portrait is padded to a square and resized to it."}),
+                "size": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64, "tooltip": "Generation size in pixels (a multiple of 64). 0 = the model's preset (" + quoted_presets(lambda c: c.preset.resolution) + "). The portrait is padded to a square and resized to it."}),
             },
             "optional": {
                 "vae": ("VAE", {"tooltip": "Optional core VAE to encode the portrait with (default: the model's own VAE)."}),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..emo_model.colour_match import MODES as COLOUR_MODES
+from ..emo_model.families import quoted_presets
 from ..emo_model.memory import settings_memory_bytes
 from ..emo_model.pipeline import GenerationCancelled, fast_settings
 from ..emo_model.schedulers import SAMPLERS
@@ -64,13 +65,13 @@ class EMOSampler:
                 "emo_reference": ("EMO_REFERENCE", {"tooltip": "From EMO Reference Encode (same model)."}),
                 "emo_audio": ("EMO_AUDIO", {"tooltip": "From EMO Audio Encode (same model)."}),
                 "seed": ("INT", {"default": 0, "min": 0, "max": 2**63 - 1, "control_after_generate": True, "tooltip": "Noise seed; each clip derives its own seed from it, so a run is reproducible."}),
-                "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps per clip. 0 = the model's preset (EMO/Hallo 40, EchoMimic 30, acc 6, demo 20). Fewer than ~20 gets jittery."}),
-                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance towards the portrait (and the audio, unless audio_cfg is set). 0 = the preset (3.5 EMO/Hallo, 2.5 EchoMimic, 1 acc)."}),
+                "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps per clip. 0 = the model's preset (" + quoted_presets(lambda c: c.preset.steps) + "). Fewer than ~20 gets jittery."}),
+                "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance towards the portrait (and the audio, unless audio_cfg is set). 0 = the preset (" + quoted_presets(lambda c: c.preset.cfg) + ")."}),
                 "audio_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Separate guidance for the audio (lip sync strength). 0 = same as cfg (classic CFG, one batched pass fewer)."}),
                 "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "Scheduler; the model's noise schedule (v-prediction, zero-SNR) is kept whatever you pick. DDIM is the paper's."}),
-                "speed": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Head-motion speed in degrees per frame (EMO's speed layers): speech 0.1-1.0, singing 1.0-1.3; above 1.5 gets jittery. Models without speed layers (Hallo, EchoMimic) ignore it."}),
-                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "Frames generated together. 0 = the preset (EMO 12, Hallo 16, EchoMimic 12, demo 8)."}),
-                "motion_frames": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Frames of the previous clip that condition the next one. -1 = the preset (EMO 4, Hallo 2). Ignored by context-window models (EchoMimic)."}),
+                "speed": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Head-motion speed in degrees per frame (EMO's speed layers): speech 0.1-1.0, singing 1.0-1.3; above 1.5 gets jittery. Models without speed layers ignore it (Load EMO Model's summary shows the family)."}),
+                "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "Frames generated together. 0 = the preset (" + quoted_presets(lambda c: c.preset.frames_per_clip) + ")."}),
+                "motion_frames": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Frames of the previous clip that condition the next one. -1 = the preset (" + quoted_presets(lambda c: c.preset.motion_frames if c.preset.strategy == "motion_frames" else None) + "). Ignored by context-window models (" + quoted_presets(lambda c: "context windows" if c.preset.strategy == "context_windows" else None, values=False) + ")."}),
                 "colour_match": (list(COLOUR_MODES), {"default": "none", "tooltip": "Match every clip's colours to the portrait (Lab statistics of the whole clip, so no flicker) to stop drift on long videos."}),
             },
             "optional": {

@@ -10,7 +10,8 @@ import torch
 
 from conftest import perturb_zero_inits
 from emo_model.attention import Attention, ReferenceBank, reference_attention
-from emo_model.configs import CONFIGS, EMOConfig, get_config
+from emo_model.configs import EMOConfig, get_config
+from emo_model.families import CONFIGS
 from emo_model.model import Conditioning, EMOModel
 from emo_model.motion_frames import first_clip_motion
 from emo_model.speed_layers import SpeedEncoder, speed_buckets
@@ -162,7 +163,7 @@ def _cond(model: EMOModel, ref, motion_latents, feats, mask, *, speed=0.7, motio
     n = motion_latents.shape[1] if motion else 0
     speeds = torch.full((1, n + frames), float(speed))
     region = None
-    if model.config.backbone.hallo_audio_modules:
+    if model.config.backbone.region_audio_modules:
         region = torch.stack([1 - mask, mask * 0.7, mask * 0.3], dim=1)
     return Conditioning(
         reference=bank,

@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from emo_model import identity
 from emo_model.cli import main
-from emo_model.configs import CONFIGS, EMOConfig, get_config
+from emo_model.configs import EMOConfig, get_config
+from emo_model.families import CONFIGS
 from emo_model.model import Conditioning, EMOModel
 from emo_model.weights import (
     MODEL_CONFIGS,
@@ -82,7 +83,7 @@ def _forward(model: EMOModel, frames: int = 4, seed: int = 1) -> torch.Tensor:
         audio_tokens=model.audio_tokens(feats),
         identity_tokens=ident,
         face_features=model.face_features(mask),
-        region_masks=torch.stack([1 - mask, mask * 0.7, mask * 0.3], 1) if cfg.backbone.hallo_audio_modules else None,
+        region_masks=torch.stack([1 - mask, mask * 0.7, mask * 0.3], 1) if cfg.backbone.region_audio_modules else None,
         speed_tokens=model.speed_tokens(torch.full((1, 2 + frames), 0.7)),
     )
     return model(sample, 500, cond).float()

@@ -1,20 +1,21 @@
 """``python -m emo_model bench --against-original FAMILY``: our default path vs the ORIGINAL pipeline.
 
-Opt-in and source-checkout only: it drives the parity harness (``tools/parity/<family>_original.py``) with
+Opt-in and source-checkout only: it drives the family's parity harness (``Family.parity``, a script in
+``tools/parity/``) with
 the original repository's checkout and venv (``tools/parity/README.md`` says how to make both). Both sides
 run the same short generation on the same full-size random weights (the harness writes them once into
-``--work``, ~10 GB), at equal settings: the family's parity recipe (Hallo: 2 clips of 4 frames + 2 motion
-frames; EchoMimic: 14 frames in context windows of 8, overlap 2), ``--steps`` DDIM steps, CFG on, fp32,
+``--work``, ~10 GB), at equal settings: the family's parity recipe (``ParityHarness.settings``: e.g. 2 clips of 4 frames + 2
+motion frames, or 14 frames in context windows of 8 with overlap 2), ``--steps`` DDIM steps, CFG on, fp32,
 ``--size`` pixels (128). Each side runs in its own process (original: its venv; ours: this Python), the
 processes alternate (``--rounds``), each times ``--repeats`` (2) generations after loading, and the best is kept.
 
 What is timed: the generation from the portrait to decoded frames (portrait VAE encode, ReferenceNet,
 every denoising step with guidance, motion frames, decode); not the loading of weights. The audio features
-are timed where the original's timed call computes them (EchoMimic's pipeline call does, Hallo computes
-them before its clip loop). Memory: the peak resident set of the process during the
+are timed where the original's timed call computes them (``ParityHarness.audio_timed``: inside its pipeline
+call, or before its clip loop). Memory: the peak resident set of the process during the
 generation (VmHWM reset just before it, so the resident weights are included), plus the peak VRAM on CUDA.
-(The reset also resets getrusage's maximum, so no whole-process peak is reported.) Hallo's script loads
-its models again on every run in the same process, so its later runs can carry the earlier run's leftovers.
+(The reset also resets getrusage's maximum, so no whole-process peak is reported.) An original that loads
+its models again on every run in the same process can carry the earlier run's leftovers into later runs.
 """
 
 from __future__ import annotations
@@ -32,17 +33,19 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 HARNESS = REPO / "tools" / "parity"
 
-# per family: the harness script, the flag that names the checkout, where the harness writes the weights
-FAMILIES = {
-    "hallo": {"script": "hallo_original.py", "src_flag": "--hallo-src", "settings": {"frames": 4, "motion": 2, "clips": 2}},
-    "echomimic": {"script": "echomimic_original.py", "src_flag": "--echo-src", "settings": {"frames": 14, "context": 8, "overlap": 2}},
-}
+
+
+def _harnesses() -> dict:
+    """family name -> its ParityHarness, for the families that have one."""
+    from ..families import FAMILIES
+
+    return {fam.name: fam.parity for fam in FAMILIES if fam.parity is not None}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("against the original (opt-in, needs the parity checkout and venv: tools/parity/README.md)")
-    g.add_argument("--against-original", metavar="FAMILY", choices=sorted(FAMILIES),
-                   help="time our default path and the original pipeline side by side: " + ", ".join(sorted(FAMILIES)))
+    g.add_argument("--against-original", metavar="FAMILY", choices=sorted(_harnesses()),
+                   help="time our default path and the original pipeline side by side: " + ", ".join(sorted(_harnesses())))
     g.add_argument("--original-src", help="the original repository checked out at its pinned commit")
     g.add_argument("--original-python", help="the python of the original's venv (its pinned packages)")
     g.add_argument("--work", help="scratch folder for the full-size random weights (~10 GB, written on first use)")
@@ -57,7 +60,7 @@ def _fail(message: str) -> int:
 
 
 def _check(args) -> str | None:
-    if not (HARNESS / FAMILIES[args.against_original]["script"]).is_file():
+    if not (HARNESS / _harnesses()[args.against_original].script).is_file():
         return f"{HARNESS} is missing: --against-original runs from a source checkout of ComfyUI-EMO"
     for flag, value in (("--original-src", args.original_src), ("--original-python", args.original_python), ("--work", args.work)):
         if not value:
@@ -75,22 +78,15 @@ def _check(args) -> str | None:
 
 
 def _harness_command(args, *extra: str) -> list[str]:
-    fam = FAMILIES[args.against_original]
+    harness = _harnesses()[args.against_original]
     work = Path(args.work).resolve()
-    cmd = [args.original_python, str(HARNESS / fam["script"]), fam["src_flag"], args.original_src, "--full",
+    cmd = [args.original_python, str(HARNESS / harness.script), harness.src_flag, args.original_src, "--full",
            "--size", str(args.size), "--steps", str(args.bench_steps), "--out", str(work / "fixture")]
-    if args.against_original == "hallo":
-        cmd += ["--work", str(work / "work")]
-    else:  # the .pth files go to fixture/checkpoint
-        cmd += ["--no-acc"]
-    return cmd + list(extra)
+    return cmd + harness.extra_args(work) + list(extra)
 
 
 def _weights_ready(args) -> bool:
-    work = Path(args.work)
-    if args.against_original == "hallo":
-        return (work / "work" / "ckpt" / "net.pth").is_file() and (work / "fixture" / "meta.json").is_file()
-    return (work / "fixture" / "meta.json").is_file() and (work / "fixture" / "checkpoint").is_dir()
+    return _harnesses()[args.against_original].weights_ready(Path(args.work))
 
 
 def _last_json(stdout: str, what: str) -> dict:
@@ -123,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         subprocess.run(_harness_command(args), check=True, cwd=REPO, stdout=subprocess.DEVNULL)
         print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
     spec = {"family": family, "work": str(Path(args.work).resolve()), "size": args.size, "steps": args.bench_steps,
-            "repeats": args.repeats, **FAMILIES[family]["settings"]}
+            "repeats": args.repeats, **_harnesses()[family].settings}
     best: dict[str, dict] = {}
     for r in range(args.rounds):
         for side in ("original", "ours"):
@@ -182,16 +178,10 @@ def _ours(spec: dict) -> dict:
     S = spec["size"]
     g = torch.Generator().manual_seed(0)
     image = torch.rand(S, S, 3, generator=g)
-    if spec["family"] == "hallo":
-        ck = inspect_checkpoint(work / "work" / "ckpt" / "net.pth")
-        vae_dir, encoder_dir = fix / "vae", fix / "wav2vec2"
-        wave = np.load(work / "work" / "speech.npy", allow_pickle=False)
-        overrides = {"frames_per_clip": spec["frames"], "motion_frames": spec["motion"], "cfg": 3.5, "audio_cfg": 3.5}
-    else:
-        ck = inspect_checkpoint(fix / "checkpoint")
-        vae_dir, encoder_dir = fix / "vae", fix / "whisper_tiny_random.pt"
-        wave = None
-        overrides = {"frames_per_clip": spec["context"], "context_overlap": spec["overlap"], "cfg": 2.5, "audio_cfg": 2.5}
+    harness = _harnesses()[spec["family"]]
+    inputs = harness.ours(work, fix, meta, spec)
+    ck = inspect_checkpoint(inputs["checkpoint"])
+    vae_dir, encoder_dir, wave, overrides = inputs["vae"], inputs["encoder"], inputs["wave"], inputs["overrides"]
     model = ck.load(device="cpu")
     del ck  # its memory-mapped file: clean page cache that would otherwise count in the resident set
     gc.collect()
@@ -208,14 +198,13 @@ def _ours(spec: dict) -> dict:
     def features():
         return encode_audio(source, cfg.audio, encoder, fps, **options)
 
-    # Hallo computes its audio features before the clip loop (not timed on its side); EchoMimic's pipeline call
-    # computes them inside (timed there), so they are timed here too
-    audio_timed = spec["family"] == "echomimic"
+    # timed here only where the original's timed pipeline call computes them too
+    audio_timed = harness.audio_timed
     audio = None if audio_timed else features()
     settings = SamplingSettings.from_preset(cfg.preset, steps=spec["steps"], **overrides)
     identity = torch.randn(cfg.image_proj.embed_dim, generator=g) if cfg.image_proj is not None else None
     hh = S // 8
-    region = torch.rand(3, hh, hh, generator=g) if cfg.backbone.hallo_audio_modules else None
+    region = torch.rand(3, hh, hh, generator=g) if cfg.backbone.region_audio_modules else None
     face = torch.zeros(S, S)
     face[S // 8 : S - S // 8, S // 6 : S - S // 6] = 1
     runs = []

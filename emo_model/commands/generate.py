@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .. import validation
+from ..families import supported_files
 from ..schedulers import SAMPLERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="portrait image (png/jpg/webp); default: the demo portrait")
     p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
     p.add_argument("--out", default="emo_output.mp4", help="output video file (.mp4 or .webm; its folder must exist; a folder is refused) [%(default)s]")
-    p.add_argument("--model", help="EMO-family checkpoint: a native .safetensors, Hallo net.pth, or an EchoMimic folder; default: the demo model")
+    p.add_argument("--model", help="EMO-family checkpoint: " + supported_files() + "; default: the demo model")
     p.add_argument("--vae", help="VAE: diffusers folder or vae-ft-mse-840000-ema-pruned.safetensors (not needed for the demo model)")
     p.add_argument("--audio-encoder", help="wav2vec2-base-960h (folder or .safetensors) or whisper_tiny.pt, as the model's family needs")
     p.add_argument("--models-dir", help="folder with optional extras (YuNet face detector, insightface models)")

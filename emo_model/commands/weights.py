@@ -1,8 +1,8 @@
 """``python -m emo_model inspect`` and ``convert``: what checkpoint files hold; any of them -> one native file.
 
-    python -m emo_model inspect pretrained_models/hallo/net.pth
+    python -m emo_model inspect pretrained_models/<family>/net.pth
     python -m emo_model inspect pretrained_weights/ --variant acc
-    python -m emo_model convert pretrained_weights/ --out echomimic.safetensors --dtype fp16
+    python -m emo_model convert pretrained_weights/ --out model.safetensors --dtype fp16
 
 Bad input ends with a one-line ``error: ...`` on stderr and exit status 1 (no traceback; ``--debug`` shows it);
 the output path is checked (suffix, folder exists and is writable, --force) before any checkpoint is read.
@@ -15,24 +15,34 @@ import argparse
 import torch
 
 from .. import validation
-from ..weights import VARIANTS, Checkpoint, inspect_checkpoint, load_bundled_vae, save_native
+from ..families import FAMILIES, get_family
+from ..weights import Checkpoint, inspect_checkpoint, load_bundled_vae, save_native, variants
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
 FORMATS = {
     "native": "native EMO .safetensors",
-    "state-dict": "one state dict with EMOModel key names (Hallo's net.pth layout)",
-    "echomimic-v1": "EchoMimic v1 part files",
+    "state-dict": "one state dict with EMOModel key names (a whole-model file)",
 }
+
+
+def format_label(ckpt: Checkpoint) -> str:
+    return FORMATS.get(ckpt.format) or f"{get_family(ckpt.format).label} part files"
 
 
 def _add_inputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="a checkpoint file, several part files, or a folder of them")
     parser.add_argument(
         "--variant",
-        choices=VARIANTS,
+        choices=variants(),
         default="standard",
-        help="EchoMimic v1: the standard files or the distilled *_acc.pth ones (6 steps, cfg 1.0)",
+        help="for families published in variants with the same keys: "
+        + "; ".join(f"{name}: {what}" for fam in FAMILIES for name, what in fam.variants.items()),
+    )
+    parser.add_argument(
+        "--family",
+        choices=[fam.name for fam in FAMILIES],
+        help="the family, when the tensors alone cannot say (two families that share a network; default: detected)",
     )
 
 
@@ -51,7 +61,7 @@ def describe(ckpt: Checkpoint) -> list[str]:
     dtypes = ", ".join(f"{name} ({n})" if len(counts) > 1 else name for name, n in counts.most_common())
     modules = ", ".join(f"{name} {n}" for name, n in ckpt.module_counts.items())
     lines = [
-        f"format      {FORMATS[ckpt.format]}",
+        f"format      {format_label(ckpt)}",
         f"family      {ckpt.family}",
         f"config      {ckpt.config.name} ({preset.fps:g} fps, {preset.steps} steps, cfg {preset.cfg:g})",
         f"variant     {ckpt.variant}",
@@ -86,7 +96,7 @@ def add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
 def run_inspect(args: argparse.Namespace) -> int:
     for path in args.paths:
         validation.check_input_path(path, label="PATH")
-    ckpt = inspect_checkpoint(args.paths, variant=args.variant)  # WeightsError: one line from the CLI (--debug: traceback)
+    ckpt = inspect_checkpoint(args.paths, variant=args.variant, family=args.family)  # WeightsError: one line from the CLI (--debug: traceback)
     lines = describe(ckpt)
     print("\n".join(lines))
     return 0 if lines[-1].startswith("status      complete") else 1
@@ -111,7 +121,7 @@ def run_convert(args: argparse.Namespace) -> int:
     )
     for path in args.paths:
         validation.check_input_path(path, label="PATH")
-    ckpt = inspect_checkpoint(args.paths, variant=args.variant)  # WeightsError: one line from the CLI (--debug: traceback)
+    ckpt = inspect_checkpoint(args.paths, variant=args.variant, family=args.family)  # WeightsError: one line from the CLI (--debug: traceback)
     if out.resolve() in {p.resolve() for p in ckpt.paths}:
         raise validation.InputError(f"--out {str(out)!r} is one of the inputs; write the native file elsewhere")
     dtype = DTYPES.get(args.dtype)

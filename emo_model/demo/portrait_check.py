@@ -19,6 +19,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from ..families import published_labels
+
 SIDE = 32  # px of the compared thumbnails
 SCALES = np.geomspace(0.2, 2.0, 28)  # crop side / portrait side
 MIN_CORRELATION = 0.85
@@ -26,7 +28,7 @@ MAX_MEAN_DIFFERENCE = 0.08  # on 0..1 colour
 
 NOTICE = (
     "the built-in demo model is a 64x64 toy trained on synthetic cartoon faces, not a portrait model: on your "
-    "own image it draws a cartoon, not your face. For real results put Hallo or EchoMimic v1 weights in "
+    "own image it draws a cartoon, not your face. For real results put a published family's weights (" + published_labels() + ") in "
     "models/emo (README, 'Model files and where they go')."
 )
 

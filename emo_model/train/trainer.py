@@ -1,6 +1,6 @@
 """``python -m emo_model train``: EMO's three training stages on HF accelerate.
 
-The recipe (paper §3.3 and §4.1; what the paper leaves open follows Hallo's published training setup)
+The recipe (paper §3.3 and §4.1; what the paper leaves open follows the open re-implementations' published training setups)
 ----------------------------------------------------------------------------------------------------
 * **Stage 1, image pretraining.** The backbone gets one frame; the ReferenceNet gets another random
   frame of the same segment; temporal modules are bypassed (``Conditioning.temporal=False``) and no
@@ -12,7 +12,7 @@ The recipe (paper §3.3 and §4.1; what the paper leaves open follows Hallo's pu
   feeds the previous clip's last frames; with probability ``first_clip_ratio`` a sample is trained as a
   first clip instead (zero motion features, or the portrait's, per the preset). Temporal modules come
   from AnimateDiff v2 (``--animatediff``). Default trainable groups: ``temporal``, ``audio`` and
-  ``face_locator``. The paper does not say what is frozen in stage 2; Hallo freezes everything but the
+  ``face_locator``. The paper does not say what is frozen in stage 2; the published setups freeze everything but the
   motion and audio modules, for two reasons that hold here too: with batch 4 of 16-frame clips the
   spatial layers would drift from the stage-1 image quality and identity, and optimiser state for the
   2.2 B parameters would roughly double the memory (see docs/training.md). The Face Locator (1 M
@@ -25,7 +25,7 @@ The recipe (paper §3.3 and §4.1; what the paper leaves open follows Hallo's pu
 Shared by all stages: lr 1e-5 (AdamW, or 8-bit AdamW with bitsandbytes), gradient clipping 1.0,
 condition dropout for classifier-free guidance per sample (the unconditional branch of
 :mod:`emo_model.pipeline`: reference dropped = ``reference_enabled`` False + zero Face Locator features;
-audio dropped = zero audio tokens; both; 5 % each by default, as Hallo), optional noise offset and
+audio dropped = zero audio tokens; both; 5 % each by default, as the published setups), optional noise offset and
 min-SNR-gamma loss weighting, epsilon or v-prediction from the config's :class:`SchedulerConfig`
 (a diffusers ``DDPMScheduler`` with the same betas and zero-SNR rescale the sampler uses), mixed
 precision and multi-GPU from accelerate, gradient checkpointing, optional EMA.
@@ -33,7 +33,7 @@ precision and multi-GPU from accelerate, gradient checkpointing, optional EMA.
 Parameter groups (:func:`parameter_group`; every parameter is in exactly one):
 ``reference_net``, ``backbone`` (spatial layers of the denoising UNet), ``temporal`` (motion modules
 without the speed layers), ``speed``, ``audio`` (audio projection + the backbone's attn2/norm2 in the
-emo/EchoMimic layout, ``audio_modules`` in Hallo's), ``identity`` (Hallo's image projection and its
+audio-in-attn2 layout, ``audio_modules`` in the region-audio one), ``identity`` (the image projection and its
 identity attn2), ``face_locator``.
 
 Checkpoints and exact resume
@@ -138,7 +138,7 @@ class TrainConfig:
     uncond_both: float = 0.05
     first_clip_ratio: float = 0.05
     noise_offset: float = 0.0
-    snr_gamma: float = 0.0  # 0 = plain MSE; Hallo uses 5
+    snr_gamma: float = 0.0  # 0 = plain MSE; the published setups use 5
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     sample_every: int = 1000  # 0 = never
@@ -208,11 +208,11 @@ class TrainConfig:
         checks = [  # key, rule name, rule (None: the named one), hint (None: the rule's)
             ("max_steps", "train_steps", None, None),
             ("seed", "seed", None, None),
-            ("uncond_reference", "fraction", None, "the share of samples without the reference; 0.05 is Hallo's"),
-            ("uncond_audio", "fraction", None, "the share of samples without the audio; 0.05 is Hallo's"),
-            ("uncond_both", "fraction", None, "the share of samples without both; 0.05 is Hallo's"),
+            ("uncond_reference", "fraction", None, "the share of samples without the reference; the published setups use 0.05"),
+            ("uncond_audio", "fraction", None, "the share of samples without the audio; the published setups use 0.05"),
+            ("uncond_both", "fraction", None, "the share of samples without both; the published setups use 0.05"),
             ("first_clip_ratio", "fraction", None, "the share of samples trained as a first clip"),
-            ("noise_offset", "fraction", None, "0 turns it off; Hallo uses 0.05"),
+            ("noise_offset", "fraction", None, "0 turns it off; the published setups use 0.05"),
             ("snr_gamma", "snr_gamma", None, None),
             ("checkpoint_every", "count", None, "steps between checkpoints (0: only the final weights)"),
             ("keep_checkpoints", "count", None, "checkpoints kept (0: all)"),
@@ -822,7 +822,7 @@ class Trainer:
         return (self.config.latent_channels, h // s, w // s)
 
     def _snr_weighted(self, pred, target, timesteps) -> torch.Tensor:
-        """Min-SNR-gamma weighting (Hang et al. 2023), as in diffusers' and Hallo's trainers."""
+        """Min-SNR-gamma weighting (Hang et al. 2023), as in diffusers' trainers and the published setups."""
         from diffusers.training_utils import compute_snr
 
         snr = compute_snr(self.scheduler, timesteps)
@@ -1143,7 +1143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resume: 'latest' (default when given alone) or a checkpoint folder",
     )
     parser.add_argument(
-        "--init", default=None, help="start from a checkpoint (native .safetensors of the previous stage, Hallo net.pth, ...)"
+        "--init", default=None, help="start from a checkpoint (native .safetensors of the previous stage, a family's whole-model file, ...)"
     )
     parser.add_argument(
         "--sd15", default=None, help="SD1.5 UNet (diffusers folder or single file) to initialise both UNets (stage 1)"

@@ -1,0 +1,132 @@
+"""The model families we run, one module each (``emo.py``, ``hallo.py``, ``echomimic.py``, ...).
+
+Each module defines ``FAMILY`` (a :class:`~emo_model.families.base.Family`): its named configs and preset,
+the quirks of its original inference code, how its files are recognised and where they come from. This
+package collects them; generic code asks it and never names a family. Adding a family = one module here
+(listed in :data:`MODULES`) plus its parity fixtures, tests and docs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from functools import lru_cache
+from typing import Any
+
+from ..configs import EMOConfig
+from .base import Family, OriginalCode, ParityHarness, PartFiles
+
+# Order matters where two families share a network (the first one's name is what the tensors alone say).
+MODULES = ("emo", "hallo", "echomimic")
+
+__all__ = ["CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "family_of", "get_config",
+           "get_family", "published_labels", "quoted_presets", "supported_files", "upgrade_config_dict"]
+
+
+@lru_cache(maxsize=1)
+def _families() -> tuple[Family, ...]:
+    return tuple(importlib.import_module(f"{__name__}.{m}").FAMILY for m in MODULES)
+
+
+class _Configs(Mapping):
+    """name -> config factory, over every family's named configs (read on first use)."""
+
+    @staticmethod
+    @lru_cache(maxsize=1)
+    def _all() -> dict[str, Callable[[], EMOConfig]]:
+        out: dict[str, Callable[[], EMOConfig]] = {}
+        for fam in _families():
+            for name, factory in fam.configs.items():
+                if name in out:
+                    raise RuntimeError(f"config name {name!r} is defined by two families")
+                out[name] = factory
+        return out
+
+    def __getitem__(self, key: str) -> Callable[[], EMOConfig]:
+        return self._all()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._all())
+
+    def __len__(self) -> int:
+        return len(self._all())
+
+
+CONFIGS: Mapping[str, Callable[[], EMOConfig]] = _Configs()
+
+
+class _Families:
+    def __iter__(self) -> Iterator[Family]:
+        return iter(_families())
+
+    def __len__(self) -> int:
+        return len(_families())
+
+
+FAMILIES = _Families()
+
+
+def get_config(name: str) -> EMOConfig:
+    try:
+        factory = CONFIGS[name]
+    except KeyError:
+        raise KeyError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}") from None
+    return factory()
+
+
+def get_family(name: str) -> Family:
+    """The family named ``name`` (the value of ``EMOConfig.family``)."""
+    for fam in _families():
+        if fam.name == name:
+            return fam
+    raise KeyError(f"unknown family {name!r}; choose one of {[f.name for f in _families()]}")
+
+
+def family_of(config: EMOConfig) -> Family | None:
+    """The family a config belongs to (None for a family this version does not know)."""
+    return next((f for f in _families() if f.name == config.family), None)
+
+
+def upgrade_config_dict(data: dict[str, Any]) -> dict[str, Any]:
+    """Config JSON written before a field rename, with the fields under their current names (in place)."""
+    for fam in _families():
+        for old, new in fam.renamed_config_fields.items():
+            *parents, old_key = old.split(".")
+            *new_parents, new_key = new.split(".")
+            node = data
+            for part in parents:
+                node = node.get(part) if isinstance(node, dict) else None
+            if isinstance(node, dict) and old_key in node and parents == new_parents:
+                node.setdefault(new_key, node.pop(old_key))
+    return data
+
+
+def supported_files() -> str:
+    """What every family loads from, in one phrase (each family's ``files``)."""
+    kinds = list(dict.fromkeys(fam.files for fam in _families()))
+    return ", ".join(kinds[:-1]) + " or " + kinds[-1] if len(kinds) > 1 else kinds[0]
+
+
+def published_labels() -> str:
+    """'Hallo, EchoMimic v1': the families whose original weights are published."""
+    return ", ".join(fam.label for fam in _families() if fam.original is not None)
+
+
+def quoted_presets(field: Callable[[EMOConfig], Any], values: bool = True) -> str:
+    """'EMO 30, Hallo 25, EchoMimic 24, demo 25': a preset value per quoted config, for widget tooltips.
+
+    ``field`` returns None where a config has no such value (skipped); ``values=False`` lists the family labels
+    of the configs with a value instead."""
+    parts = []
+    for fam in _families():
+        seen = []
+        for name, label in fam.quoted_configs.items():
+            value = field(get_config(name))
+            if value is None or value in seen:  # a variant with the family's value says nothing new
+                continue
+            seen.append(value)
+            if not values:
+                parts.append(fam.label)
+            else:
+                parts.append(f"{label} {value:g}" if isinstance(value, float) else f"{label} {value}")
+    return ", ".join(dict.fromkeys(parts))

@@ -1,0 +1,86 @@
+"""What a model family is, as data: its named configs, how its files are recognised, where they come from.
+
+A family module (``emo_model/families/<name>.py``) builds one :class:`Family` and holds everything that
+makes that family itself: its architecture switches and preset (named configs), the quirks of its original
+inference code with the file and commit each one mirrors, how its checkpoint files are recognised and
+mapped onto :class:`~emo_model.model.EMOModel` names, and which original the parity harness runs.
+Generic code (loading, the networks, the sampler, the nodes) only reads these fields.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..configs import EMOConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pathlib import Path
+
+
+@dataclass(frozen=True)
+class OriginalCode:
+    """The original repository a family's quirks and parity fixtures follow."""
+
+    repo: str  # "owner/name" on GitHub
+    commit: str  # the pinned commit (full hash)
+    weights: str = ""  # where its published weights are (Hugging Face repository and files)
+
+
+@dataclass(frozen=True)
+class PartFiles:
+    """A family published as several files, each holding one part of the model.
+
+    ``parts``: role -> (canonical file name, prefix of its keys in EMOModel). ``resolve`` turns the files
+    found per role into a :class:`~emo_model.weights.Checkpoint` (called as
+    ``resolve(family, parts, variant, ignored)``); ``claims(parts)`` says whether a set of part roles is
+    this family's (the first family that claims them resolves them).
+    """
+
+    parts: Mapping[str, tuple[str, str]]
+    resolve: Callable[..., Any]
+    claims: Callable[[Mapping[str, list]], bool]
+
+
+@dataclass(frozen=True)
+class ParityHarness:
+    """How ``bench --against-original`` runs this family's original (tools/parity/<script>) and ours on its weights.
+
+    ``ours(work, fixture, meta, spec)`` returns the inputs of our side: a dict with ``checkpoint``, ``vae``,
+    ``encoder`` (paths), ``wave`` (float32 numpy waveform or None: a synthetic tone of the fixture's length)
+    and ``overrides`` (SamplingSettings overrides equal to the harness's recipe).
+    """
+
+    script: str
+    src_flag: str
+    settings: Mapping[str, int]
+    extra_args: Callable[["Path"], list[str]]  # work folder -> extra harness arguments
+    weights_ready: Callable[["Path"], bool]
+    ours: Callable[..., dict]
+    audio_timed: bool  # the original's timed call computes the audio features (so ours times them too)
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # the value of EMOConfig.family
+    label: str  # how artists call it ("Hallo", "EchoMimic v1")
+    configs: Mapping[str, Callable[[], EMOConfig]]  # named configs; the first is the full-size default
+    files: str  # what a user puts in models/emo (one sentence)
+    original: OriginalCode | None = None
+    # file or folder name -> where it comes from (for "missing file" messages)
+    sources: Mapping[str, str] = field(default_factory=dict)
+    # A single-file state dict whose folder has one of these names (lower case) is this family even
+    # though its tensors have another family's layout (the same network run with other inference settings).
+    folder_names: tuple[str, ...] = ()
+    part_files: PartFiles | None = None
+    # variant -> what it selects (for families published in variants with identical keys)
+    variants: Mapping[str, str] = field(default_factory=dict)
+    # old config field path -> new one, for native files written before a rename ("backbone.x" -> "backbone.y")
+    renamed_config_fields: Mapping[str, str] = field(default_factory=dict)
+    parity: ParityHarness | None = None
+    # config name -> label, for the configs whose preset values a widget's tooltip quotes ("Hallo 25").
+    quoted_configs: Mapping[str, str] = field(default_factory=dict)
+
+    def config(self, name: str | None = None) -> EMOConfig:
+        return self.configs[name or next(iter(self.configs))]()

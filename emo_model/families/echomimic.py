@@ -1,0 +1,253 @@
+"""EchoMimic v1 (antgroup/echomimic): four part files, whisper-tiny audio tokens straight into attn2.
+
+What makes it EchoMimic v1:
+
+* Files (``pretrained_weights/``): ``denoising_unet.pth`` (spatial layers, with the output head ``conv_out``),
+  ``motion_module.pth`` (every key under ``motion_modules``), ``reference_unet.pth`` (a UNet without
+  ``conv_out``) and ``face_locator.pth`` (a small conv stack), each recognised from its keys, never its name.
+  The distilled ``*_acc.pth`` files have the same keys; only their names tell them apart, so the variant is an
+  explicit choice (``variant="acc"``; the default ``"standard"`` falls back to ``_acc`` files when they are
+  the only ones) and selects the accelerated preset (6 steps, cfg 1.0). ``*_pose*`` files (pose-driven
+  EchoMimic) are ignored.
+* Architecture: attn2 of the backbone reads whisper-tiny tokens of width 384 (no projection), a ReferenceNet
+  without cross-attention, a 1-channel face locator (16, 32, 96, 256), no identity tokens, no speed layers.
+* Preset: ``infer_audio2vid.py``'s defaults: 24 fps, context windows of 12 frames with overlap 3, 30 DDIM
+  steps, CFG 2.5 (acc: 6 steps, CFG 1.0); the face box expanded 1.5x.
+* Quirks (all at commit a53e9704; measured effects in docs/parity.md):
+
+  - ``audio_attention_scale = 3.0``: src/models/mutual_self_attention.py
+    (``hacked_basic_transformer_inner_forward``, ``audio_feature_ratio``): the read-mode hook scales attn2 in
+    every denoising call.
+  - ``context_schedule = "uniform"``: src/pipelines/context.py ``uniform()`` as pipeline_echo_mimic.py calls
+    it (step 0, stride 1, closed loop), predictions averaged (``noise_pred / counter``).
+  - ``context_shift_per_step = 2``: src/pipelines/pipeline_echo_mimic.py ``__call__``:
+    ``(c + t_i * 2) % video_length``.
+  - ``initial_noise_clamp = 1.5``: src/pipelines/pipeline_echo_mimic.py ``prepare_latents``:
+    ``torch.clamp(latents, -1.5, 1.5)``.
+  - ``SchedulerConfig.set_alpha_to_one = True``: infer_audio2vid.py builds
+    ``DDIMScheduler(**noise_scheduler_kwargs)`` without it, so diffusers' default applies.
+  - Audio: whisper's 30 s windows, centre ``int(i * 50 / fps)``, window centre-4 .. centre+5, clamped,
+    flattened to tokens (src/models/whisper/audio2feature.py ``get_sliced_feature``); short windows padded with
+    zeros in log-mel space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+from ..configs import (
+    AudioFeatureConfig,
+    BackboneConfig,
+    EMOConfig,
+    FaceLocatorConfig,
+    InferenceQuirks,
+    PresetConfig,
+    ReferenceNetConfig,
+    SchedulerConfig,
+    TemporalConfig,
+    sd15_unet,
+    tiny_unet,
+)
+from .base import Family, OriginalCode, ParityHarness, PartFiles
+
+ORIGINAL = OriginalCode(
+    repo="antgroup/echomimic",
+    commit="a53e97040398ddae5d26df0d2054a8f1e9f9df6d",
+    weights="huggingface.co/BadToBest/EchoMimic: denoising_unet.pth, motion_module.pth, reference_unet.pth, face_locator.pth",
+)
+
+# role -> (canonical file name, prefix of its keys in EMOModel)
+PARTS = {
+    "denoising_unet": ("denoising_unet.pth", "denoising_unet."),
+    "motion_module": ("motion_module.pth", "denoising_unet."),
+    "reference_unet": ("reference_unet.pth", "reference_unet."),
+    "face_locator": ("face_locator.pth", "face_locator."),
+}
+ACC = "acc"
+
+
+def echomimic_v1_config(acc: bool = False) -> EMOConfig:
+    return EMOConfig(
+        name="echomimic-v1-acc" if acc else "echomimic-v1",
+        family="echomimic-v1",
+        reference_net=ReferenceNetConfig(unet=sd15_unet(None)),
+        backbone=BackboneConfig(unet=sd15_unet(384), cross_attention_input="audio", speed_layers=False),
+        face_locator=FaceLocatorConfig(in_channels=1, block_out_channels=(16, 32, 96, 256)),
+        audio_proj=None,
+        speed=None,
+        audio=AudioFeatureConfig(kind="whisper", layers=5, dim=384, margin=2, whisper_window=(-4, 5)),
+        preset=PresetConfig(
+            fps=24.0,
+            strategy="context_windows",
+            frames_per_clip=12,
+            motion_frames=0,
+            context_overlap=3,
+            steps=6 if acc else 30,
+            cfg=1.0 if acc else 2.5,
+            audio_cfg=1.0 if acc else 2.5,
+            face_expand_ratio=1.5,
+            scheduler=SchedulerConfig(set_alpha_to_one=True),
+            quirks=InferenceQuirks(
+                audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5
+            ),
+        ),
+    ).validate()
+
+
+def tiny_echomimic_config() -> EMOConfig:
+    """EchoMimic v1's layout at a few channels (whisper tokens straight into attn2).
+
+    Built so that EchoMimic's own classes can make the same tensors (tools/parity/echomimic_original.py):
+    whisper width 384 (its ``audio2feature`` reshapes to 384-wide tokens; 2 blocks -> 3 layers) and 32
+    groups in the motion modules' GroupNorm (fixed in its ``TemporalTransformer3DModel``)."""
+    audio = AudioFeatureConfig(kind="whisper", layers=3, dim=384, margin=2, whisper_window=(-4, 5))
+    return EMOConfig(
+        name="tiny-echomimic",
+        family="echomimic-v1",
+        reference_net=ReferenceNetConfig(unet=tiny_unet(None)),
+        backbone=BackboneConfig(
+            unet=tiny_unet(384), cross_attention_input="audio", temporal=TemporalConfig(heads=2, norm_num_groups=32), speed_layers=False
+        ),
+        face_locator=FaceLocatorConfig(in_channels=1, block_out_channels=(8, 8, 16, 16), out_channels=32),
+        audio_proj=None,
+        speed=None,
+        audio=audio,
+        preset=dataclasses.replace(echomimic_v1_config().preset, resolution=64, frames_per_clip=8, context_overlap=2, steps=4),
+    ).validate()
+
+
+def _with_acc_preset(config: EMOConfig) -> EMOConfig:
+    """The distilled weights: the same model sampled with the accelerated preset (6 steps, cfg 1.0)."""
+    acc = echomimic_v1_config(acc=True).preset
+    preset = dataclasses.replace(config.preset, steps=acc.steps, cfg=acc.cfg, audio_cfg=acc.audio_cfg)
+    return config.replace(name=f"{config.name}-{ACC}", preset=preset)
+
+
+def _name_tags(path: Path) -> set[str]:
+    return set(path.stem.lower().split("_"))
+
+
+def _claims(parts: Mapping[str, list]) -> bool:
+    return set(parts) <= set(PARTS)
+
+
+def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str]):
+    from .. import weights as W
+
+    chosen: dict = {}
+    for role, candidates in parts.items():
+        usable = []
+        for file in candidates:
+            if "pose" in _name_tags(file.path):
+                ignored[file.path] = "EchoMimic pose-driven variant (not supported)"
+            else:
+                usable.append(file)
+        if usable:
+            chosen[role] = _pick_variant(role, usable, variant, ignored)
+    if not chosen:
+        raise W.WeightsError(f"{', '.join(p.name for p in ignored)}: EchoMimic's pose-driven files are not supported")
+
+    acc = {role: ACC in _name_tags(f.path) for role, f in chosen.items() if role in ("denoising_unet", "motion_module")}
+    if len(set(acc.values())) > 1:
+        names = " and ".join(chosen[r].name for r in acc)
+        raise W.WeightsError(f"{names} come from different EchoMimic variants (standard and _acc); use one variant's files")
+
+    sources: dict = {}
+    for role, file in chosen.items():
+        prefix = PARTS[role][1]
+        for key in file.tensors:
+            if prefix + key in sources:
+                raise W.WeightsError(f"{file.name} and {sources[prefix + key][0].name} both hold {prefix + key}")
+            sources[prefix + key] = (file, key)
+    found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
+    name, report = W.closest_config(found)
+    W.require_known_layout(list(chosen.values()), name, report)
+    _require_audio_unet(chosen, name, report)
+
+    config = W.get_config(name)
+    if any(acc.values()):
+        config = _with_acc_preset(config)
+    has_motion = "denoising_unet" in chosen and any(".motion_modules." in k for k in chosen["denoising_unet"].tensors)
+    missing = [r for r in PARTS if r not in chosen and not (r == "motion_module" and has_motion)]
+    return W.Checkpoint(
+        family.name, config, chosen, sources, report, missing_parts=missing, ignored=ignored,
+        variant=ACC if any(acc.values()) else "standard",
+    )
+
+
+def _require_audio_unet(chosen: Mapping, name: str, report) -> None:
+    """A UNet file is an EchoMimic denoising UNet only if its cross-attention takes EchoMimic's audio tokens.
+
+    A plain diffusers UNet (Stable Diffusion 1.5: text cross-attention) has the same key names.
+    """
+    from .. import weights as W
+
+    unet = chosen.get("denoising_unet")
+    if unet is None:
+        return
+    if W.get_config(name).family == FAMILY.name and not any(".attn2." in key for key in report.mismatched):
+        return
+    raise W.WeightsError(
+        f"{unet.name}: a diffusers UNet whose cross-attention (attn2) does not take EchoMimic's audio tokens, so not "
+        "a part of a supported family; it looks like a Stable Diffusion 1.5 UNet, which only initialises training "
+        "(load_sd15_unet_weights)"
+    )
+
+
+def _pick_variant(role: str, files: list, variant: str, ignored: dict[Path, str]):
+    from .. import weights as W
+
+    acc = [f for f in files if ACC in _name_tags(f.path)]
+    standard = [f for f in files if f not in acc]
+    if variant == ACC and role in ("denoising_unet", "motion_module") and not acc:
+        raise W.WeightsError(
+            f"variant 'acc' needs EchoMimic's {role}_acc.pth; found only {', '.join(f.name for f in files)} for the {role}"
+        )
+    preferred, other = (acc, standard) if variant == ACC else (standard, acc)
+    pick = preferred or other
+    if len(pick) > 1:
+        raise W.WeightsError(f"several {role} files for one model: {', '.join(f.name for f in pick)}; keep one")
+    for file in files:
+        if file is not pick[0]:
+            ignored[file.path] = f"{role} of the other variant"
+    return pick[0]
+
+
+def _parity_ours(work, fixture, meta, spec) -> dict:
+    return {
+        "checkpoint": fixture / "checkpoint",
+        "vae": fixture / "vae",
+        "encoder": fixture / "whisper_tiny_random.pt",
+        "wave": None,
+        "overrides": {"frames_per_clip": spec["context"], "context_overlap": spec["overlap"], "cfg": 2.5, "audio_cfg": 2.5},
+    }
+
+
+FAMILY = Family(
+    name="echomimic-v1",
+    label="EchoMimic v1",
+    configs={
+        "echomimic-v1": lambda: echomimic_v1_config(acc=False),
+        "echomimic-v1-acc": lambda: echomimic_v1_config(acc=True),
+        "tiny-echomimic": tiny_echomimic_config,
+    },
+    files="a folder holding EchoMimic v1's " + ", ".join(f for f, _ in list(PARTS.values())[:-1]) + f" and {PARTS['face_locator'][0]}",
+    original=ORIGINAL,
+    sources={"/": "a folder holding EchoMimic v1's denoising_unet.pth, motion_module.pth, reference_unet.pth and "
+                  "face_locator.pth, from Hugging Face: BadToBest/EchoMimic"},
+    part_files=PartFiles(parts=PARTS, resolve=_resolve, claims=_claims),
+    variants={ACC: "EchoMimic v1's distilled *_acc.pth files (6 steps, no CFG)"},
+    parity=ParityHarness(
+        script="echomimic_original.py",
+        src_flag="--echo-src",
+        settings={"frames": 14, "context": 8, "overlap": 2},
+        extra_args=lambda work: ["--no-acc"],  # the .pth files go to fixture/checkpoint
+        weights_ready=lambda work: (work / "fixture" / "meta.json").is_file() and (work / "fixture" / "checkpoint").is_dir(),
+        ours=_parity_ours,
+        # the pipeline call computes the whisper features inside (timed there), so they are timed on ours too
+        audio_timed=True,
+    ),
+    quoted_configs={"echomimic-v1": "EchoMimic", "echomimic-v1-acc": "acc"},
+)
