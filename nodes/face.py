@@ -31,7 +31,7 @@ class EMOFaceMask:
             "required": {
                 "image": ("IMAGE", {"tooltip": "The portrait (a batch: one crop per image; see 'union')."}),
                 "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Side of the square crop in pixels: the model's generation size (" + quoted_presets(lambda c: c.preset.resolution) + ")."}),
-                "expand": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "How much the face box is enlarged for the mask: room for head motion (the presets: " + quoted_presets(lambda c: c.preset.face_expand_ratio) + ")."}),
+                "expand": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "How much the face box is enlarged for the mask: room for head motion (the models use: " + quoted_presets(lambda c: c.preset.face_expand_ratio) + ")."}),
                 "crop": (["face", "full"], {"default": "face", "tooltip": "face: square crop around the face; full: the whole image padded to a square."}),
                 "crop_ratio": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 6.0, "step": 0.1, "tooltip": "Crop side as a multiple of the face size (face mode)."}),
                 "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: the best available. haar: OpenCV's bundled cascades (always available). yunet: put face_detection_yunet_2023mar.onnx in models/emo/face. mediapipe: if installed."}),

@@ -17,7 +17,7 @@ ENCODER_FILES = {"wav2vec2": "wav2vec2-base-960h", "whisper": "whisper_tiny.pt"}
 
 
 def _encoders_by_family() -> str:
-    """'wav2vec2-base-960h for EMO, Hallo; whisper_tiny.pt for EchoMimic v1'."""
+    """Each encoder file with the families that need it, e.g. 'wav2vec2-base-960h for A, B; whisper_tiny.pt for C'."""
     users: dict[str, list[str]] = {}
     for fam in FAMILIES:
         kind = fam.config().audio.kind

@@ -19,6 +19,7 @@ import torch
 from skimage import data as skdata
 
 from emo_model import face as F
+from emo_model.face import detectors as D
 from emo_model.face import FaceBox, FaceError, FaceWarning
 
 # Hand-measured: cheeks x = 182..270, hairline y = 80, chin y = 178.
@@ -134,13 +135,13 @@ def test_huge_image_detected_on_downscaled_copy(astronaut, monkeypatch):
     expected = ASTRONAUT_FACE.scaled(k).translated(700, 0)
 
     seen = []
-    real = F._run_detector
+    real = D._run_detector
 
     def spy(rgb8, detector, models_dir):
         seen.append(rgb8.shape)
         return real(rgb8, detector, models_dir)
 
-    monkeypatch.setattr(F, "_run_detector", spy)
+    monkeypatch.setattr(D, "_run_detector", spy)
     boxes = F.detect_faces(canvas, detector="haar")
     assert seen and max(seen[0][:2]) <= F.DETECT_MAX_SIDE, seen
     assert len(boxes) >= 1
@@ -176,7 +177,7 @@ def test_face_index_and_ordering(astronaut):
 
 def test_detect_faces_sorts_largest_first(monkeypatch):
     small, big = FaceBox(10, 10, 40, 40, 0.9), FaceBox(100, 100, 200, 200, 0.5)
-    monkeypatch.setattr(F, "_run_detector", lambda rgb8, detector, models_dir: [small, big])
+    monkeypatch.setattr(D, "_run_detector", lambda rgb8, detector, models_dir: [small, big])
     assert F.detect_faces(np.zeros((256, 256, 3), np.uint8)) == [big, small]
     pc = F.prepare_portrait(np.zeros((256, 256, 3), np.uint8), 128, faces=[small, big])
     assert pc.source_box == big
@@ -361,9 +362,9 @@ def test_cartoon_falls_back():
 
 @pytest.fixture
 def fresh_cascade_cache():
-    F._load_cascades.cache_clear()
+    D._load_cascades.cache_clear()
     yield
-    F._load_cascades.cache_clear()
+    D._load_cascades.cache_clear()
 
 
 def test_missing_cascades_warn_with_fix_and_fall_back(astronaut, tmp_path, monkeypatch, fresh_cascade_cache):
@@ -375,7 +376,7 @@ def test_missing_cascades_warn_with_fix_and_fall_back(astronaut, tmp_path, monke
     with pytest.warns(FaceWarning) as rec:
         pc = F.prepare_portrait(astronaut, 256)
     msg = " ".join(str(r.message) for r in rec)
-    assert "Haar cascades" in msg and "no face found" in msg and F.YUNET_FILENAME in msg
+    assert "Haar cascades" in msg and "no face found" in msg and D.YUNET_FILENAME in msg
     _check_valid(pc, 256)
 
 
@@ -394,8 +395,8 @@ def test_yunet_requires_model_file(astronaut, tmp_path, astronaut_box):
     sub = tmp_path / "face"
     sub.mkdir()
     (sub / "my_yunet_fp16.onnx").write_bytes(b"not an onnx model")
-    (sub / F.YUNET_FILENAME).write_bytes(b"not an onnx model either")
-    assert F.find_yunet_model(str(tmp_path)).endswith(F.YUNET_FILENAME)
+    (sub / D.YUNET_FILENAME).write_bytes(b"not an onnx model either")
+    assert F.find_yunet_model(str(tmp_path)).endswith(D.YUNET_FILENAME)
     assert F.available_detectors(str(tmp_path))[0] == "yunet"
     with pytest.raises(FaceError, match="could not load the YuNet model"):
         F.detect_faces(astronaut, detector="yunet", models_dir=str(tmp_path))

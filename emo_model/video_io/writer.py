@@ -1,8 +1,4 @@
-"""Video writing and probing with PyAV (no ffmpeg binary, no ComfyUI imports).
-
-This module turns ComfyUI ``IMAGE`` batches (torch ``[N,H,W,3]`` float 0..1) or
-numpy arrays plus an optional audio track into an ``.mp4`` (H.264 + AAC) or a
-``.webm`` (VP9 + Opus), and reads such files back for tests and evaluation.
+"""Streaming video writer (:class:`VideoWriter`, :func:`write_video`).
 
 Decisions
 ---------
@@ -93,14 +89,13 @@ Metadata
 from __future__ import annotations
 
 import json
-import math
 import os
 import uuid
 import weakref
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import av
 import numpy as np
@@ -110,256 +105,15 @@ try:  # torch is optional for this module (numpy input works without it)
 except ImportError:  # pragma: no cover - torch is always present in ComfyUI
     torch = None
 
-__all__ = [
-    "FORMATS",
-    "OutputFormat",
-    "VideoError",
-    "VideoInfo",
-    "VideoWriter",
-    "probe_video",
-    "read_audio",
-    "read_video_frames",
-    "write_video",
-]
-
-
-class VideoError(RuntimeError):
-    """Raised for every user-facing problem while writing or probing a video."""
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """One output format, as data.  Looked up in :data:`FORMATS`."""
-
-    name: str
-    container: str  # libavformat muxer name
-    extension: str  # with the dot
-    video_codec: str  # libavcodec encoder name
-    pix_fmt: str
-    audio_codec: str
-    audio_bit_rate: int
-    audio_rates: tuple[int, ...] | None  # None: any rate the encoder accepts
-    audio_resample_rate: int  # rate used when the input rate is not usable
-    default_crf: int
-    crf_range: tuple[int, int]
-    preset_option: str  # encoder option the ``preset`` argument sets
-    default_preset: str
-    video_options: Mapping[str, str] = field(default_factory=dict)
-    container_options: Mapping[str, str] = field(default_factory=dict)
-    mime_type: str = ""
-
-    def __getitem__(self, key: str) -> Any:  # dict-style access for callers
-        return getattr(self, key)
-
-
-FORMATS: dict[str, OutputFormat] = {
-    "mp4": OutputFormat(
-        name="mp4",
-        container="mp4",
-        extension=".mp4",
-        video_codec="libx264",
-        pix_fmt="yuv420p",
-        audio_codec="aac",
-        audio_bit_rate=128_000,
-        audio_rates=None,  # AAC: its own rate if the encoder supports it
-        audio_resample_rate=48_000,
-        default_crf=19,
-        crf_range=(0, 51),
-        preset_option="preset",
-        default_preset="medium",
-        video_options={},
-        container_options={"movflags": "use_metadata_tags+faststart"},
-        mime_type="video/mp4",
-    ),
-    "webm": OutputFormat(
-        name="webm",
-        container="webm",
-        extension=".webm",
-        video_codec="libvpx-vp9",
-        pix_fmt="yuv420p",
-        audio_codec="libopus",
-        audio_bit_rate=128_000,
-        audio_rates=(48_000,),  # always resample to 48 kHz for Opus
-        audio_resample_rate=48_000,
-        default_crf=24,
-        crf_range=(0, 63),
-        preset_option="cpu-used",  # libvpx speed 0 (slowest) .. 8
-        default_preset="4",
-        # b=0 selects constant-quality mode (crf alone is a cap otherwise).
-        video_options={"b": "0", "deadline": "good", "row-mt": "1"},
-        container_options={},
-        mime_type="video/webm",
-    ),
-}
+from .audio_track import _normalize_audio, _resample
+from .formats import VideoError, _resolve_format
+from .frames import _fps_fraction, _pad_even, _to_uint8_frames
 
 # AVCOL_* values written into the codec context (see libavutil/pixfmt.h).
 _AVCOL_SPC_SMPTE170M = 6
 _AVCOL_PRI_BT709 = 1
 _AVCOL_TRC_BT709 = 1
 _AVCOL_RANGE_MPEG = 1
-
-_NTSC_BASES = (24, 30, 48, 60, 120)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _fps_fraction(fps: float | Fraction) -> Fraction:
-    if isinstance(fps, Fraction):
-        rate = fps
-    else:
-        try:
-            f = float(fps)
-        except (TypeError, ValueError):
-            raise VideoError(f"fps must be a number, got {fps!r}") from None
-        if not math.isfinite(f) or f <= 0:
-            raise VideoError(f"fps must be a positive finite number, got {fps!r}")
-        rate = None
-        for base in _NTSC_BASES:
-            ntsc = Fraction(base * 1000, 1001)
-            if abs(f - float(ntsc)) < 0.002:
-                rate = ntsc
-                break
-        if rate is None:
-            rate = Fraction(f).limit_denominator(1001)
-    if rate <= 0:
-        raise VideoError(f"fps must be positive, got {fps!r}")
-    return rate
-
-
-def _encoder_available(name: str) -> bool:
-    try:
-        av.Codec(name, "w")
-    except Exception:
-        return False
-    return True
-
-
-def _format_usable(fmt: OutputFormat) -> bool:
-    return _encoder_available(fmt.video_codec) and _encoder_available(fmt.audio_codec)
-
-
-def _resolve_format(format: str) -> OutputFormat:
-    key = str(format).lower().lstrip(".")
-    if key not in FORMATS:
-        raise VideoError(
-            f"unknown video format {format!r}; choose one of: {', '.join(sorted(FORMATS))}"
-        )
-    fmt = FORMATS[key]
-    for kind, codec in (("video", fmt.video_codec), ("audio", fmt.audio_codec)):
-        if not _encoder_available(codec):
-            others = [k for k, f in FORMATS.items() if k != key and _format_usable(f)]
-            hint = (
-                f"use format={others[0]!r} instead"
-                if others
-                else "install a PyAV build with these encoders (pip install av)"
-            )
-            raise VideoError(
-                f"format {key!r} needs the {kind} encoder {codec!r}, which this PyAV "
-                f"build (av {av.__version__}) does not provide; {hint}"
-            )
-    return fmt
-
-
-def _to_uint8_frames(frames: Any) -> np.ndarray:
-    """Whole batch -> contiguous uint8 ``[N,H,W,3]`` in one vectorised step."""
-    if torch is not None and isinstance(frames, torch.Tensor):
-        t = frames.detach()
-        if t.dtype != torch.uint8:
-            if not t.is_floating_point():
-                t = t.float()
-            # round-half-up after clamping; done on the tensor's own device so
-            # a GPU batch crosses the bus as uint8 (4x less than float32).
-            t = (t.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
-        arr = t.cpu().numpy()
-    else:
-        arr = np.asarray(frames)
-        if arr.dtype != np.uint8:
-            if arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.number):
-                raise VideoError(f"frames must be numeric, got dtype {arr.dtype}")
-            if np.issubdtype(arr.dtype, np.integer):
-                raise VideoError(
-                    f"integer frames must be uint8 (0..255), got {arr.dtype}; "
-                    "float frames are expected in 0..1"
-                )
-            arr = (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if arr.ndim == 3:
-        arr = arr[None]
-    if arr.ndim != 4:
-        raise VideoError(f"frames must be [N,H,W,C] (or [H,W,C]), got shape {tuple(arr.shape)}")
-    c = arr.shape[-1]
-    if c == 4:
-        arr = arr[..., :3]
-    elif c == 1:
-        arr = np.repeat(arr, 3, axis=-1)
-    elif c != 3:
-        raise VideoError(
-            f"frames must be channels-last with 1, 3 or 4 channels, got shape {tuple(arr.shape)}"
-        )
-    return np.ascontiguousarray(arr)
-
-
-def _pad_even(arr: np.ndarray) -> np.ndarray:
-    ph, pw = arr.shape[1] % 2, arr.shape[2] % 2
-    if ph or pw:
-        arr = np.pad(arr, ((0, 0), (0, ph), (0, pw), (0, 0)), mode="edge")
-    return arr
-
-
-def _normalize_audio(audio: Any) -> tuple[np.ndarray, int] | None:
-    """-> (float32 ``[C,T]`` with C in {1,2}, sample_rate) or None."""
-    if audio is None:
-        return None
-    if isinstance(audio, Mapping):
-        if "waveform" not in audio or "sample_rate" not in audio:
-            raise VideoError("audio dict needs 'waveform' and 'sample_rate' keys (ComfyUI AUDIO)")
-        wav, sr = audio["waveform"], audio["sample_rate"]
-    else:
-        try:
-            wav, sr = audio
-        except (TypeError, ValueError):
-            raise VideoError(
-                "audio must be None, (waveform, sample_rate) or a ComfyUI AUDIO dict"
-            ) from None
-    if torch is not None and isinstance(wav, torch.Tensor):
-        wav = wav.detach().float().cpu().numpy()
-    wav = np.asarray(wav, dtype=np.float32)
-    if wav.ndim == 3:  # ComfyUI [B,C,T]: first item of the batch
-        if wav.shape[0] < 1:
-            raise VideoError("audio waveform batch is empty")
-        wav = wav[0]
-    if wav.ndim == 1:
-        wav = wav[None]
-    if wav.ndim != 2:
-        raise VideoError(f"audio waveform must be [T], [C,T] or [B,C,T], got {wav.shape}")
-    if wav.shape[0] > 2:
-        wav = wav.mean(axis=0, keepdims=True)
-    if wav.shape[0] < 1:
-        raise VideoError("audio waveform has no channels")
-    try:
-        sr = int(sr)
-    except (TypeError, ValueError):
-        raise VideoError(f"audio sample_rate must be an integer, got {sr!r}") from None
-    if sr <= 0:
-        raise VideoError(f"audio sample_rate must be positive, got {sr}")
-    wav = np.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
-    return np.ascontiguousarray(np.clip(wav, -1.0, 1.0)), sr
-
-
-def _resample(wav: np.ndarray, sr: int, out_sr: int) -> np.ndarray:
-    """libswresample, delay compensated; output length ~= T*out_sr/sr."""
-    if sr == out_sr or wav.shape[1] == 0:
-        return wav
-    layout = "mono" if wav.shape[0] == 1 else "stereo"
-    res = av.AudioResampler(format="fltp", layout=layout, rate=out_sr)
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wav), format="fltp", layout=layout)
-    frame.sample_rate = sr
-    frame.pts = 0
-    out = [f.to_ndarray() for f in res.resample(frame)]
-    out += [f.to_ndarray() for f in res.resample(None)]
-    if not out:
-        return np.zeros((wav.shape[0], 0), np.float32)
-    return np.ascontiguousarray(np.concatenate(out, axis=1), dtype=np.float32)
 
 
 def _cleanup_partial(container_ref: list, partial: str) -> None:
@@ -377,9 +131,6 @@ def _cleanup_partial(container_ref: list, partial: str) -> None:
         pass
     except OSError:
         pass
-
-
-# --------------------------------------------------------------------------- writer
 
 
 class VideoWriter:
@@ -586,7 +337,7 @@ class VideoWriter:
             self._failed = f"{type(e).__name__}: {e}"
             raise VideoError(f"encoding failed for {self.path!r}: {e}") from e
 
-    def _to_yuv(self, frame: "av.VideoFrame") -> "av.VideoFrame":
+    def _to_yuv(self, frame: av.VideoFrame) -> av.VideoFrame:
         try:
             return frame.reformat(
                 format=self.format.pix_fmt, dst_colorspace="itu601",
@@ -659,7 +410,7 @@ class VideoWriter:
         if self._finalizer is not None:
             self._finalizer()  # closes the container and unlinks the partial file
 
-    def __enter__(self) -> "VideoWriter":
+    def __enter__(self) -> VideoWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -705,117 +456,3 @@ def _is_batch(frames: Any) -> bool:
     return isinstance(frames, np.ndarray)
 
 
-# --------------------------------------------------------------------------- reading
-
-
-@dataclass
-class VideoInfo:
-    num_frames: int  # decoded frames
-    fps: float
-    width: int
-    height: int
-    duration: float  # num_frames / fps
-    video_codec: str
-    audio_codec: str | None
-    audio_duration: float | None  # decoded, clipped to the declared stream duration
-    audio_sample_rate: int | None
-    metadata: dict
-    audio_channels: int | None = None
-    audio_decoded_duration: float | None = None  # raw decoded samples / rate
-    audio_declared_duration: float | None = None  # container's stream duration
-
-
-def _open_for_read(path: str | os.PathLike):
-    p = os.fspath(path)
-    if not os.path.isfile(p):
-        raise VideoError(f"no such video file: {p!r}")
-    try:
-        return av.open(p, mode="r")
-    except Exception as e:
-        raise VideoError(f"cannot open {p!r} as a video: {e}") from e
-
-
-def _stream_seconds(stream) -> float | None:
-    if stream.duration is not None and stream.time_base is not None:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Inspect a file by decoding it with PyAV (frame count = decoded frames)."""
-    with _open_for_read(path) as c:
-        if not c.streams.video:
-            raise VideoError(f"{os.fspath(path)!r} has no video stream")
-        vs = c.streams.video[0]
-        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
-        fps = float(rate) if rate else 0.0
-        vcodec = vs.codec_context.name
-        width, height = vs.codec_context.width, vs.codec_context.height
-        metadata = dict(c.metadata)
-        if "matroska" in c.format.name or "webm" in c.format.name:
-            # the Matroska muxer stores tag names upper-cased; the original
-            # case is lost, so report the conventional lower-case keys.
-            metadata = {k.lower(): v for k, v in metadata.items()}
-        a = c.streams.audio[0] if c.streams.audio else None
-        acodec = a.codec_context.name if a is not None else None
-        a_rate = a.codec_context.sample_rate if a is not None else None
-        a_channels = a.codec_context.channels if a is not None else None
-        a_declared = _stream_seconds(a) if a is not None else None
-        n = 0
-        for frame in c.decode(vs):
-            n += 1
-            width, height = frame.width, frame.height
-    a_decoded = None
-    if a is not None:
-        samples = 0
-        with _open_for_read(path) as c:
-            for frame in c.decode(audio=0):
-                samples += frame.samples
-                a_rate = frame.sample_rate or a_rate
-        a_decoded = samples / a_rate if a_rate else None
-    a_dur = a_decoded
-    if a_dur is not None and a_declared is not None:
-        a_dur = min(a_dur, a_declared)
-    return VideoInfo(
-        num_frames=n,
-        fps=fps,
-        width=width,
-        height=height,
-        duration=n / fps if fps else 0.0,
-        video_codec=vcodec,
-        audio_codec=acodec,
-        audio_duration=a_dur,
-        audio_sample_rate=a_rate,
-        metadata=metadata,
-        audio_channels=a_channels,
-        audio_decoded_duration=a_decoded,
-        audio_declared_duration=a_declared,
-    )
-
-
-def read_video_frames(path: str | os.PathLike) -> np.ndarray:
-    """All frames as RGB ``uint8 [N,H,W,3]`` (colour matrix from the stream's tags)."""
-    with _open_for_read(path) as c:
-        if not c.streams.video:
-            raise VideoError(f"{os.fspath(path)!r} has no video stream")
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    if not frames:
-        raise VideoError(f"{os.fspath(path)!r} contains no decodable video frames")
-    return np.stack(frames)
-
-
-def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
-    """Decoded audio as float32 ``[C,T]`` and its sample rate (for tests / eval)."""
-    with _open_for_read(path) as c:
-        if not c.streams.audio:
-            raise VideoError(f"{os.fspath(path)!r} has no audio stream")
-        chunks, sr = [], c.streams.audio[0].codec_context.sample_rate
-        for f in c.decode(audio=0):
-            arr = f.to_ndarray()
-            if not f.format.is_planar:
-                arr = arr.reshape(-1, len(f.layout.channels)).T
-            chunks.append(arr.astype(np.float32, copy=False))
-            sr = f.sample_rate or sr
-    if not chunks:
-        return np.zeros((1, 0), np.float32), sr
-    return np.concatenate(chunks, axis=1), sr
