@@ -74,10 +74,13 @@ class AudioFeatures:
     """The ``EMO_AUDIO`` value: per-frame features and the exact audio they were computed from.
 
     ``features`` may be a non-contiguous view (see :func:`~emo_model.audio.window_frames`): slice it per
-    clip and move the slice to the device, or call ``.contiguous()`` before ``.view()``.
+    clip and move the slice to the device, or call ``.contiguous()`` before ``.view()``. From
+    :meth:`Session.encode_audio <emo_model.session.Session.encode_audio>` it is usually a
+    :class:`~emo_model.audio_stream.StreamedFeatures`, which computes the rows a clip asks for
+    (``features[index]``; ``features[:]`` is every row).
     """
 
-    features: torch.Tensor  # float32 CPU, [F', ...] (see the module docstring); F' >= num_frames
+    features: torch.Tensor  # float32 CPU, [F', ...] (see the module docstring); F' >= num_frames; or StreamedFeatures
     # (rows after num_frames: the silent frames padding the last clip, InferenceQuirks.audio_padded_to_clips)
     fps: float
     num_frames: int
@@ -129,6 +132,7 @@ class LogMelAudioEncoder(AudioEncoder):
     FLOOR = 1e-6
     OFFSET = -3.0
     SCALE = 2.0
+    PIECE = 2000  # STFT frames per piece (20 s): the spectrogram of a long clip never exists whole
 
     def __init__(self, cfg: AudioFeatureConfig):
         super().__init__(cfg)
@@ -146,11 +150,38 @@ class LogMelAudioEncoder(AudioEncoder):
         self.filters = torch.from_numpy(filters).float()  # [freq, n_mels]
         self.window = torch.hann_window(self.N_FFT)
 
-    @torch.no_grad()
     def encode(self, audio: PreparedAudio) -> torch.Tensor:
+        return window_frames(self.per_frame(audio), self.cfg.margin)
+
+    def mel_power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``[frames, n_mels]``: the mel power of ``torch.stft(waveform, center=True)`` (reflect padding), computed
+        in pieces of :attr:`PIECE` frames: STFT frames are independent, so the values are those of the whole
+        spectrogram at once, without its memory (48 MB per minute of audio as complex numbers). Every piece has
+        exactly ``PIECE`` frames (the last one overlaps the one before), so the filter-bank product always runs
+        on a full block of rows, as it does for the whole spectrogram."""
+        n, half = waveform.shape[0], self.N_FFT // 2
+        frames = 1 + n // self.HOP
+        if frames <= self.PIECE or n <= half:  # one piece (or too short to reflect: torch.stft says so)
+            spec = torch.stft(waveform, self.N_FFT, self.HOP, window=self.window, return_complex=True)
+            return spec.abs().square().T @ self.filters
+        # the centred STFT's input, waveform[half:0:-1] + waveform + waveform[-2:-half-2:-1], read piece by piece
+        left, right = waveform[1 : half + 1].flip(0), waveform[n - half - 1 : n - 1].flip(0)
+        rows, done = [], 0
+        while done < frames:
+            k0 = min(done, frames - self.PIECE)
+            a, b = k0 * self.HOP, (k0 + self.PIECE - 1) * self.HOP + self.N_FFT  # padded coordinates
+            middle = waveform[max(a - half, 0) : max(b - half, 0)]
+            segment = torch.cat([left[a:b], middle, right[max(a - n - half, 0) : max(b - n - half, 0)]])
+            spec = torch.stft(segment, self.N_FFT, self.HOP, window=self.window, center=False, return_complex=True)
+            rows.append((spec.abs().square().T @ self.filters)[done - k0 :])
+            done = k0 + self.PIECE
+        return torch.cat(rows)
+
+    @torch.no_grad()
+    def per_frame(self, audio: PreparedAudio) -> torch.Tensor:
+        """``[F, 1, n_mels]``: one row per video frame, before the margin windows."""
         self._check(audio)
-        spec = torch.stft(audio.waveform, self.N_FFT, self.HOP, window=self.window, return_complex=True)
-        mel = spec.abs().square().T @ self.filters  # [mel frames, n_mels]
+        mel = self.mel_power(audio.waveform)  # [mel frames, n_mels]
         # Mel frame k is centred on sample k * HOP; frame f spans [f, f+1) / fps seconds.
         per_second = SAMPLE_RATE / self.HOP
         bounds = [ceil_frames(f * per_second / audio.fps) for f in range(audio.num_frames + 1)]
@@ -159,7 +190,7 @@ class LogMelAudioEncoder(AudioEncoder):
         cumulative = F.pad(mel.double().cumsum(0), (0, 0, 1, 0))
         pooled = (cumulative[hi] - cumulative[lo]) / (hi - lo).unsqueeze(1)
         features = ((pooled.float() + self.FLOOR).log10() - self.OFFSET) / self.SCALE
-        return window_frames(features.unsqueeze(1), self.cfg.margin)
+        return features.unsqueeze(1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,24 +398,38 @@ class WhisperAudioEncoder(AudioEncoder):
     @torch.no_grad()
     def encode(self, audio: PreparedAudio) -> torch.Tensor:
         self._check(audio)
-        mel = self.feature_extractor(
-            audio.waveform.numpy(), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt"
-        ).input_features[0]  # [n_mels, T100]; the -8 dB-decade floor is relative to the whole clip's peak
-        parameter = next(self.model.parameters())
-        frames = []
-        for start in range(0, mel.shape[1], self.segment):
-            piece = mel[:, start : start + self.segment]
-            keep = max(1, piece.shape[1] // 2)
-            piece = F.pad(piece, (0, self.segment - piece.shape[1]))  # zeros in log-mel space, as EchoMimic
-            x = piece.unsqueeze(0).to(device=parameter.device, dtype=parameter.dtype)
-            _, states = _run_recording(self.model.layers, partial(self.model, x), with_input=True)
-            frames.append(torch.stack(states, dim=2)[0, :keep].float().cpu())  # [keep, layers, dim]
-        per_step = torch.cat(frames)
-        # EchoMimic: centre int(i * 50 / fps), window centre-4 .. centre+5, clamped, flattened to tokens.
-        centres = torch.floor(torch.arange(audio.num_frames, dtype=torch.float64) * self.frame_rate / audio.fps)
-        offsets = torch.arange(self.cfg.whisper_window[0], self.cfg.whisper_window[1] + 1)
-        index = (centres.long().unsqueeze(1) + offsets).clamp(0, per_step.shape[0] - 1)
+        mel = self.log_mel(audio)
+        per_step = torch.cat([self.encode_window(mel, start, keep) for start, keep in self.windows(mel)])
+        index = self.step_index(torch.arange(audio.num_frames), audio.fps, per_step.shape[0])
         return per_step[index].reshape(audio.num_frames, -1, per_step.shape[-1])
+
+    def log_mel(self, audio: PreparedAudio) -> torch.Tensor:
+        """Whisper's log-mel of the whole clip, ``[n_mels, T100]``: its -8 dB-decade floor is relative to the
+        whole clip's peak, so it is computed in one go (1.9 MB per minute); the encoder then works per window."""
+        return self.feature_extractor(
+            audio.waveform.numpy(), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt"
+        ).input_features[0]
+
+    def windows(self, mel: torch.Tensor) -> list[tuple[int, int]]:
+        """``(first mel frame, encoder steps kept)`` of each 30 s window: the steps its own audio covers."""
+        return [(start, max(1, min(self.segment, mel.shape[1] - start) // 2)) for start in range(0, mel.shape[1], self.segment)]
+
+    @torch.no_grad()
+    def encode_window(self, mel: torch.Tensor, start: int, keep: int) -> torch.Tensor:
+        """The embedding output and every block output of one window, ``[keep, layers, dim]`` (float32, CPU)."""
+        parameter = next(self.model.parameters())
+        piece = mel[:, start : start + self.segment]
+        piece = F.pad(piece, (0, self.segment - piece.shape[1]))  # zeros in log-mel space, as the original
+        x = piece.unsqueeze(0).to(device=parameter.device, dtype=parameter.dtype)
+        _, states = _run_recording(self.model.layers, partial(self.model, x), with_input=True)
+        return torch.stack(states, dim=2)[0, :keep].float().cpu()
+
+    def step_index(self, frames: torch.Tensor, fps: float, steps: int) -> torch.Tensor:
+        """``[len(frames), window]`` encoder steps each video frame reads (the original's rule): centre
+        ``int(i * 50 / fps)``, window centre-4 .. centre+5, clamped to the ``steps`` there are."""
+        centres = torch.floor(frames.to(torch.float64) * self.frame_rate / fps)
+        offsets = torch.arange(self.cfg.whisper_window[0], self.cfg.whisper_window[1] + 1)
+        return (centres.long().unsqueeze(1) + offsets).clamp(0, steps - 1)
 
 
 def _whisper_config_from_dims(dims: Mapping) -> WhisperConfig:

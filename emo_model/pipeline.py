@@ -220,6 +220,9 @@ class EMOPipeline:
     ) -> int:
         """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
 
+        ``audio_features`` is read clip by clip (``audio_features[index]``): a tensor, or a
+        :class:`~emo_model.audio_stream.StreamedFeatures` that computes each clip's rows when it is read.
+
         ``num_frames``: generate only the first ``num_frames`` frames (``AudioFeatures.num_frames``); the rows
         after them are the audio of a padded last clip (InferenceQuirks.audio_padded_to_clips). None: every row.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio_encoders import AudioEncoder, AudioFeatures, build_audio_encoder, encode_audio, features_from_comfy_encoder_output
+from .audio_encoders import AudioEncoder, AudioFeatures, build_audio_encoder, features_from_comfy_encoder_output
 from .configs import EMOConfig
 from .demo.config import NAME as DEMO_NAME
 from .face import PortraitCrop, prepare_portrait, region_masks
@@ -125,6 +125,10 @@ class Session:
     ) -> AudioFeatures:
         """Audio file / AUDIO dict -> per-frame features at ``fps`` (default: the preset's).
 
+        The features are computed piece by piece as the pipeline reads them
+        (:class:`~emo_model.audio_stream.StreamedFeatures`), except for families whose encoder must see the
+        whole audio at once (``InferenceQuirks.audio_single_pass``) and ComfyUI's ``encoder_output``: a tensor.
+
         Runs of more than ``max_frames`` frames (None: :data:`~.validation.DEFAULT_MAX_FRAMES`) are
         refused after decoding the audio, before any feature is computed.
         """
@@ -148,7 +152,9 @@ class Session:
                 f"{self.name} needs an audio encoder: {AUDIO_ENCODER_FILES.get(cfg.kind, cfg.kind)}; put it in "
                 "ComfyUI/models/audio_encoders and select it in Load EMO Model (or pass --audio-encoder)"
             )
-        return encode_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
+        from .audio_stream import stream_audio  # computed per clip where the encoder allows it (single-pass families: whole)
+
+        return stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
 
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
         """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""
