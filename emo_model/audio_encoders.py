@@ -22,7 +22,7 @@ Long audio. wav2vec2 runs in pieces of ``chunk_seconds`` (20 s) of video frames,
 stays bounded (about 25 s of audio in the model at once) and every kept frame sees at least 2.5 s of
 context. Audio up to 20 s is one piece; ``single_pass`` (Hallo's preset, InferenceQuirks.audio_single_pass)
 encodes any length in one piece, as Hallo does. Whisper works on its native 30 s
-windows, as EchoMimic does. The log-mel spectrogram is computed in one go (about 15 MB per minute).
+windows, as EchoMimic does. The log-mel spectrograms (log-mel and whisper) are computed in pieces of 20 / 30 s.
 
 Weights are read from local files only: ``.safetensors`` with safetensors, anything else with
 ``torch.load(weights_only=True)``, which refuses pickles that would run code. The shipped configs in
@@ -111,6 +111,25 @@ class AudioEncoder(ABC):
             )
 
 
+def _stft_pieces(waveform: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor, frames: int, piece: int):
+    """Frames ``0 .. frames-1`` of ``torch.stft(waveform, n_fft, hop, window=window, center=True)`` (reflect padding),
+    ``piece`` frames at a time: yields ``(skip, spectrum [n_fft // 2 + 1, piece])``, whose frames after the first
+    ``skip`` are new. Every piece has exactly ``piece`` frames (the last one overlaps the one before), so what the
+    caller computes from a piece runs on a block of the same size each time. Needs ``frames >= piece`` and more than
+    ``n_fft // 2`` samples. STFT frames are independent: the values are those of the whole spectrogram."""
+    n, half = waveform.shape[0], n_fft // 2
+    # the centred STFT's input, waveform[half:0:-1] + waveform + waveform[-2:-half-2:-1], read piece by piece
+    left, right = waveform[1 : half + 1].flip(0), waveform[n - half - 1 : n - 1].flip(0)
+    done = 0
+    while done < frames:
+        k0 = min(done, frames - piece)
+        a, b = k0 * hop, (k0 + piece - 1) * hop + n_fft  # padded coordinates
+        middle = waveform[max(a - half, 0) : max(b - half, 0)]
+        segment = torch.cat([left[a:b], middle, right[max(a - n - half, 0) : max(b - n - half, 0)]])
+        yield done - k0, torch.stft(segment, n_fft, hop, window=window, center=False, return_complex=True)
+        done = k0 + piece
+
+
 # --------------------------------------------------------------------------------------------------
 # Log-mel (no weights)
 
@@ -159,23 +178,12 @@ class LogMelAudioEncoder(AudioEncoder):
         spectrogram at once, without its memory (48 MB per minute of audio as complex numbers). Every piece has
         exactly ``PIECE`` frames (the last one overlaps the one before), so the filter-bank product always runs
         on a full block of rows, as it does for the whole spectrogram."""
-        n, half = waveform.shape[0], self.N_FFT // 2
-        frames = 1 + n // self.HOP
-        if frames <= self.PIECE or n <= half:  # one piece (or too short to reflect: torch.stft says so)
+        frames = 1 + waveform.shape[0] // self.HOP
+        if frames <= self.PIECE or waveform.shape[0] <= self.N_FFT // 2:  # one piece (or too short to reflect: stft says so)
             spec = torch.stft(waveform, self.N_FFT, self.HOP, window=self.window, return_complex=True)
             return spec.abs().square().T @ self.filters
-        # the centred STFT's input, waveform[half:0:-1] + waveform + waveform[-2:-half-2:-1], read piece by piece
-        left, right = waveform[1 : half + 1].flip(0), waveform[n - half - 1 : n - 1].flip(0)
-        rows, done = [], 0
-        while done < frames:
-            k0 = min(done, frames - self.PIECE)
-            a, b = k0 * self.HOP, (k0 + self.PIECE - 1) * self.HOP + self.N_FFT  # padded coordinates
-            middle = waveform[max(a - half, 0) : max(b - half, 0)]
-            segment = torch.cat([left[a:b], middle, right[max(a - n - half, 0) : max(b - n - half, 0)]])
-            spec = torch.stft(segment, self.N_FFT, self.HOP, window=self.window, center=False, return_complex=True)
-            rows.append((spec.abs().square().T @ self.filters)[done - k0 :])
-            done = k0 + self.PIECE
-        return torch.cat(rows)
+        pieces = _stft_pieces(waveform, self.N_FFT, self.HOP, self.window, frames, self.PIECE)
+        return torch.cat([(spec.abs().square().T @ self.filters)[skip:] for skip, spec in pieces])
 
     @torch.no_grad()
     def per_frame(self, audio: PreparedAudio) -> torch.Tensor:
@@ -348,7 +356,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
 
 
 class WhisperAudioEncoder(AudioEncoder):
-    """EchoMimic's whisper-tiny features, ``[F, window * layers, dim]`` (see the module docstring)."""
+    """Whisper-tiny features, ``[F, window * layers, dim]`` (see the module docstring)."""
 
     kind = "whisper"
 
@@ -366,6 +374,7 @@ class WhisperAudioEncoder(AudioEncoder):
             feature_size=config.num_mel_bins, sampling_rate=SAMPLE_RATE, hop_length=hop, chunk_length=30, n_fft=400
         )
         self.segment = 2 * config.max_source_positions  # mel frames per 30 s window (conv2 halves them)
+        self.mel_piece = self.segment  # spectrum frames per piece of the log-mel (30 s)
         self.frame_rate = SAMPLE_RATE / hop / 2  # 50 encoder frames per second
 
     @classmethod
@@ -404,11 +413,27 @@ class WhisperAudioEncoder(AudioEncoder):
         return per_step[index].reshape(audio.num_frames, -1, per_step.shape[-1])
 
     def log_mel(self, audio: PreparedAudio) -> torch.Tensor:
-        """Whisper's log-mel of the whole clip, ``[n_mels, T100]``: its -8 dB-decade floor is relative to the
-        whole clip's peak, so it is computed in one go (1.9 MB per minute); the encoder then works per window."""
-        return self.feature_extractor(
-            audio.waveform.numpy(), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt"
-        ).input_features[0]
+        """Whisper's log-mel of the whole clip, ``[n_mels, T100]`` (1.9 MB per minute), as transformers'
+        ``WhisperFeatureExtractor`` makes it: the power spectrum without the STFT's last frame, the mel filters,
+        log10, a floor 8 decades below the whole clip's peak, ``(x + 4) / 4``. Beyond 30 s the spectrum is
+        computed in pieces of :attr:`mel_piece` frames (the same values; the floor is applied once the peak is
+        known), so the whole clip's spectrogram never exists at once."""
+        extractor = self.feature_extractor
+        waveform, hop, n_fft = audio.waveform, extractor.hop_length, extractor.n_fft
+        frames = waveform.shape[0] // hop  # the extractor drops the STFT's last frame
+        if frames <= self.mel_piece or waveform.shape[0] <= n_fft // 2 or extractor.dither != 0.0:
+            return extractor(
+                waveform.numpy(), sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="pt"
+            ).input_features[0]
+        filters_t = torch.from_numpy(extractor.mel_filters).to(torch.float32).T  # [n_mels, freq]
+        log_spec = torch.empty(filters_t.shape[0], frames)
+        done = 0
+        for skip, spec in _stft_pieces(waveform, n_fft, hop, torch.hann_window(n_fft), frames, self.mel_piece):
+            piece = (filters_t @ (spec.abs() ** 2).contiguous()).clamp(min=1e-10).log10()[:, skip:]
+            log_spec[:, done : done + piece.shape[1]] = piece
+            done += piece.shape[1]
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
 
     def windows(self, mel: torch.Tensor) -> list[tuple[int, int]]:
         """``(first mel frame, encoder steps kept)`` of each 30 s window: the steps its own audio covers."""

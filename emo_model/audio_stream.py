@@ -8,10 +8,10 @@ encoder's one-go ``encode`` (same pieces, same arithmetic; tests/test_audio_stre
 
 * ``wav2vec2``: the 20 s pieces (+ 2.5 s of context each side) that ``Wav2Vec2AudioEncoder.encode``
   already cuts the audio into; the waveform is normalised over the whole audio first, as there.
-* ``whisper``: the 30 s windows of ``WhisperAudioEncoder``; the log-mel spectrogram is computed for the whole
-  clip first (its floor is relative to the whole clip's peak; 1.9 MB per minute).
-* ``logmel``: the per-frame energies are computed in one go (128 bytes per frame at 32 mel bands); only the
-  margin windows are assembled per clip.
+* ``whisper``: the 30 s windows of ``WhisperAudioEncoder``; the log-mel of the whole clip is made first (its
+  floor is relative to the whole clip's peak; 1.9 MB per minute, its spectrum computed 30 s at a time).
+* ``logmel``: the per-frame energies are computed first, 20 s of spectrum at a time (128 bytes per frame at
+  32 mel bands); only the margin windows are assembled per clip.
 
 What stays whole, so that it grows with the audio: the prepared 16 kHz waveform (3.8 MB per minute, plus
 its normalised copy for wav2vec2), whisper's log-mel, the log-mel table. Families whose encoder must see

@@ -109,6 +109,20 @@ def test_whisper_streamed_equals_whole_and_is_lazy(whisper):
         hook.remove()
 
 
+@pytest.mark.parametrize("piece", [7, 1000, None])
+def test_whisper_log_mel_in_pieces_equals_the_feature_extractor(whisper, piece):
+    audio = prepare_audio(comfy(speechlike(61.3, seed=2), 16000), 24)
+    extractor = whisper.feature_extractor(
+        audio.waveform.numpy(), sampling_rate=16000, padding="longest", truncation=False, return_tensors="pt"
+    ).input_features[0]
+    default = whisper.mel_piece
+    whisper.mel_piece = piece or default  # None: the 30 s pieces (3 here, the last one overlapping)
+    try:
+        assert torch.equal(whisper.log_mel(audio), extractor)
+    finally:
+        whisper.mel_piece = default
+
+
 def test_stream_audio_streams_only_where_the_encoder_allows_it(wav2vec2):
     source = comfy(speechlike(2.2), 16000)
     streamed = stream_audio(source, W2V, wav2vec2, 25, whole_clips_of=8)
