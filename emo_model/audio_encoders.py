@@ -304,11 +304,21 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             yield start, end, max(0, start - context), min(num_frames, end + context)
 
     @torch.no_grad()
-    def encode(self, audio: PreparedAudio, *, whole_clips_of: int | None = None, single_pass: bool = False) -> torch.Tensor:
+    def encode(
+        self,
+        audio: PreparedAudio,
+        *,
+        whole_clips_of: int | None = None,
+        single_pass: bool = False,
+        segment_seconds: float | None = None,
+    ) -> torch.Tensor:
         """Windowed features, one row per frame; with ``whole_clips_of`` (InferenceQuirks.audio_padded_to_clips)
         also rows for the silent frames that pad the audio to a whole number of clips of that many frames.
-        ``single_pass`` (InferenceQuirks.audio_single_pass): no 20 s pieces, the whole audio at once."""
+        ``single_pass`` (InferenceQuirks.audio_single_pass): no 20 s pieces, the whole audio at once.
+        ``segment_seconds`` (InferenceQuirks.audio_segment_seconds): independent pieces of that length instead."""
         self._check(audio)
+        if segment_seconds:
+            return window_frames(self._encode_segments(audio, segment_seconds, whole_clips_of), self.cfg.margin)
         if whole_clips_of:
             extra = -audio.num_frames % whole_clips_of
             waveform = self._normalised(audio.waveform[: audio.real_samples])
@@ -323,6 +333,34 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             hidden = self._encode_span(samples, span_end - span_start)
             pieces.append(hidden[keep_start - span_start : keep_end - span_start])
         return window_frames(torch.cat(pieces), self.cfg.margin)
+
+    def _encode_segments(self, audio: PreparedAudio, seconds: float, whole_clips_of: int | None) -> torch.Tensor:
+        """Per-frame layer outputs of the source's samples cut into pieces of ``seconds``, each one normalised on its
+        own and encoded in one pass over its own frame count (``ceil(samples / hop)``; the last piece takes the frames
+        left to ``audio.num_frames``). With ``whole_clips_of`` only the last piece is padded: when its own frame count
+        is not whole clips, by the frames the whole run is missing to whole clips (a whole clip if none are missing).
+        So the rows are whole clips only when that rule makes them so; rows after ``audio.num_frames`` are padding."""
+        if not seconds > 0:
+            raise AudioError(f"segment_seconds must be positive, got {seconds!r}")
+        source = audio.waveform[: audio.real_samples]
+        piece = max(1, round(seconds * audio.sample_rate))
+        hop = int(audio.sample_rate // audio.fps)
+        starts = range(0, max(1, source.shape[0]), piece)
+        done, out = 0, []
+        for i, start in enumerate(starts):
+            samples = self._normalised(source[start : start + piece])
+            if i == len(starts) - 1:
+                frames = max(1, audio.num_frames - done)
+            else:
+                frames = ceil_frames(samples.shape[0] / audio.sample_rate * audio.fps)
+            encoded = frames
+            if i == len(starts) - 1 and whole_clips_of and frames % whole_clips_of:
+                extra = whole_clips_of - (done + frames) % whole_clips_of
+                samples = F.pad(samples, (0, extra * hop))
+                encoded += extra
+            out.append(self._encode_span(samples, encoded))
+            done += frames
+        return torch.cat(out)
 
     def _normalised(self, waveform: torch.Tensor) -> torch.Tensor:
         """Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm over the whole waveform (when the checkpoint's
@@ -703,13 +741,16 @@ def encode_audio(
     num_frames: int | None = None,
     whole_clips_of: int | None = None,
     single_pass: bool = False,
+    segment_seconds: float | None = None,
 ) -> AudioFeatures:
     """Prepare ``source`` (path or AUDIO dict) for ``fps`` and encode it; ``encoder`` may be None for logmel.
 
     ``whole_clips_of``: pad the audio to whole clips of that many frames before the encoder, as
     ``InferenceQuirks.audio_padded_to_clips`` describes (wav2vec2 only); the features then have rows for
     the padding frames after the ``num_frames`` real ones. ``single_pass``: wav2vec2 on the whole audio at once
-    (``InferenceQuirks.audio_single_pass``) instead of 20 s pieces.
+    (``InferenceQuirks.audio_single_pass``) instead of 20 s pieces. ``segment_seconds``: independent pieces of that
+    many seconds, each normalised and encoded on its own, only the last one padded
+    (``InferenceQuirks.audio_segment_seconds``).
     """
     if encoder is None:
         if cfg.kind != "logmel":
@@ -719,7 +760,9 @@ def encode_audio(
         raise AudioError(f"the audio encoder gives {encoder.kind} features but the model expects {cfg.kind}.")
     elif encoder.cfg != cfg:
         raise AudioError(f"the audio encoder was built for {encoder.cfg}, but the model expects {cfg}.")
-    wav2vec2_options = {k: v for k, v in (("whole_clips_of", whole_clips_of), ("single_pass", single_pass)) if v}
+    wav2vec2_options = {
+        k: v for k, v in (("whole_clips_of", whole_clips_of), ("single_pass", single_pass), ("segment_seconds", segment_seconds)) if v
+    }
     if wav2vec2_options and not isinstance(encoder, Wav2Vec2AudioEncoder):
         raise AudioError(f"{' and '.join(wav2vec2_options)} apply to wav2vec2 features only, not {encoder.kind} features")
     audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs, num_frames=num_frames)

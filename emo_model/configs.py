@@ -194,6 +194,16 @@ class InferenceQuirks:
     # wav2vec2 sees the whole audio in one pass (its attention spans everything), not pieces of 20 s with 2.5 s of
     # context on each side (bounded memory on long audio; identical up to 20 s).
     audio_single_pass: bool = False
+    # With ``motion_frames_from_pixels``: before the VAE encodes a clip's motion frames (the previous clip's decoded
+    # frames, or the portrait repeated for the first clip with ``first_clip_motion = "reference"``), every pixel outside
+    # the face region (the sampler's face mask) whose uniform draw is <= this rate becomes mid grey (0 in the VAE's
+    # [-1, 1] input). One draw per pixel and clip, shared by the motion frames and the channels. 0: no drop.
+    motion_frame_pixel_drop: float = 0.0
+    # The audio front end cuts the audio into independent pieces of this many seconds: each one normalised on its
+    # own and encoded in one wav2vec2 pass over its own frame count. With ``audio_padded_to_clips`` only the last
+    # piece is padded, and only when its own frame count is not whole clips, by the frames the whole run lacks to
+    # whole clips (a whole clip when it lacks none). None: no pieces of this kind.
+    audio_segment_seconds: float | None = None
 
 
 @dataclass

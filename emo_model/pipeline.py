@@ -217,6 +217,7 @@ class EMOPipeline:
         should_cancel: Callable[[], bool] | None = None,
         noise: torch.Tensor | None = None,
         num_frames: int | None = None,
+        motion_drop_draws: torch.Tensor | None = None,
     ) -> int:
         """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
 
@@ -228,6 +229,8 @@ class EMOPipeline:
 
         ``noise``: optional initial noise [C, F', h, w] (latent channels, every generated frame including
         a padded last clip, latent size), used instead of the seeded noise (e.g. to reproduce another run).
+        ``motion_drop_draws``: optional [clips, H, W] uniform draws in [0, 1), one per pixel and clip, used instead of
+        the seeded ones by the motion-frame pixel drop (InferenceQuirks.motion_frame_pixel_drop).
 
         ``face_mask``: [H, W] face-region mask in 0..1 at any size (None = the whole frame, which lets
         the face move anywhere). ``region_masks``: the [3, H, W] (full, face, lip) masks of the region audio modules.
@@ -247,7 +250,7 @@ class EMOPipeline:
             num_frames = rows
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= rows:
             raise ValueError(f"num_frames must be 1..{rows} (the audio feature rows), got {num_frames!r}")
-        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise, num_frames)
+        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise, num_frames, motion_drop_draws)
         if settings.strategy == "context_windows":
             return run.context_windows()
         return run.motion_frames()
@@ -272,7 +275,7 @@ class EMOPipeline:
 class _Run:
     """State of one :meth:`EMOPipeline.generate` call."""
 
-    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None, num_frames=None):
+    def __init__(self, pipe: EMOPipeline, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None, num_frames=None, drop_draws=None):
         self.pipe, self.model, self.ref, self.s, self.sink = pipe, pipe.model, ref, s, sink
         self.on_step, self.should_cancel = on_step, should_cancel
         self.device, self.dtype = pipe.device, pipe.model.dtype
@@ -305,6 +308,10 @@ class _Run:
             self.quirks.reference_identity_alternates and "uncond" in self.branches and ref.identity_tokens is not None
         )
         self.initial_noise = None if noise is None else self._checked_noise(noise)
+        # InferenceQuirks.motion_frame_pixel_drop (motion frames as pixels only); the face region is spared
+        self.pixel_drop = float(self.quirks.motion_frame_pixel_drop) if self.quirks.motion_frames_from_pixels else 0.0
+        self.face_pixels = mask > 0  # [H, W]
+        self.drop_draws = None if drop_draws is None else self._checked_draws(drop_draws)
         # portrait rows [block 0, block 1] of the original's guidance batch (InferenceQuirks.reference_rows_tiled)
         self.row_bank = self._row_bank(ref.bank) if self.quirks.reference_rows_tiled and self.per_branch_motion else None
         if self.row_bank is not None and self.reference_kv is not None:
@@ -336,6 +343,29 @@ class _Run:
                 f"(latent channels, every generated frame, latent size), got {list(noise.shape)}; or pass noise=None"
             )
         return noise.float()
+
+    def _checked_draws(self, draws: torch.Tensor) -> torch.Tensor:
+        s = self.s
+        clips = len(plan_clips(self.num_frames, s.frames_per_clip, pad_last=s.pad_last_clip))
+        h, w = self.ref.size
+        if draws.dim() != 3 or tuple(draws.shape[1:]) != (h, w) or draws.shape[0] < clips:
+            raise ValueError(
+                f"motion_drop_draws must be [clips, height, width] = [>={clips}, {h}, {w}] (one uniform draw per pixel and "
+                f"clip), got {list(draws.shape)}; or pass motion_drop_draws=None"
+            )
+        return draws.float().cpu()
+
+    def _drop_pixels(self, frames: torch.Tensor, index: int) -> torch.Tensor:
+        """Motion frames [n, H, W, 3] (0..1) with the pixel drop of clip ``index``: every pixel outside the face region
+        whose uniform draw is <= the rate becomes mid grey (0 in the VAE's [-1, 1] input); one draw per pixel, shared
+        by the frames and the channels (InferenceQuirks.motion_frame_pixel_drop)."""
+        if self.drop_draws is not None:
+            draws = self.drop_draws[index]
+        else:
+            g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index) ^ 0xD209)
+            draws = torch.rand(self.ref.size, generator=g)
+        keep = (draws > self.pixel_drop) | self.face_pixels
+        return torch.where(keep[None, :, :, None], frames, torch.full((), 0.5, dtype=frames.dtype))
 
     def _noise(self, frames: int, index: int, start: int = 0) -> tuple[torch.Tensor, torch.Generator]:
         g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index))
@@ -469,10 +499,16 @@ class _Run:
         total = len(clips) * s.steps
         n = s.motion_frames
         history: torch.Tensor | None = None  # the last n generated latents, [1, n, C, h, w]
+        frames_before: torch.Tensor | None = None  # with a pixel drop: the last n decoded frames, [n, H, W, 3]
         for clip in clips:
             self._cancel_point()
             if n == 0:
                 motion, motion_latents = None, None
+            elif self.pixel_drop and (frames_before is not None or s.first_clip_motion == "reference"):
+                # the frames before this clip (first clip: the portrait repeated) with this clip's pixel drop, encoded
+                frames = frames_before if frames_before is not None else self.ref.image[None].expand(n, -1, -1, -1)
+                motion_latents = self.pipe.codec.encode(self._drop_pixels(frames, clip.index)).to(self.device, self.dtype).unsqueeze(0)
+                motion = self._encode_motion(motion_latents)
             elif history is None and s.first_clip_motion != "reference":
                 motion, motion_latents = first_clip_motion(self.ref.bank, n, s.first_clip_motion), None
             else:  # the frames before this clip, or (first clip, "reference") the portrait repeated
@@ -492,7 +528,9 @@ class _Run:
                 self._report(clip.index, len(clips), i + 1, total, latents)
             kept = latents[:, :, : clip.length]
             pixels = self._emit(kept, keep_last=n if self.quirks.motion_frames_from_pixels else 0)
-            if n:
+            if n and pixels is not None and self.pixel_drop:  # encoded at the next clip, after its pixel drop
+                frames_before = pixels if frames_before is None else torch.cat([frames_before, pixels])[-n:]
+            elif n:
                 if pixels is not None:  # the decoded frames encoded again (InferenceQuirks.motion_frames_from_pixels)
                     recent = self.pipe.codec.encode(pixels).to(self.device, self.dtype).unsqueeze(0)
                 else:

@@ -25,11 +25,14 @@ from .vae import DiffusersVAE, LatentCodec
 
 def audio_front_end(config: EMOConfig, frames_per_clip: int | None = None) -> dict:
     """The ``encode_audio`` options of a family's audio front end: padding to whole clips of ``frames_per_clip``
-    (default: the preset's) and one wav2vec2 pass (InferenceQuirks.audio_padded_to_clips / audio_single_pass)."""
+    (default: the preset's), one wav2vec2 pass and independent pieces (InferenceQuirks.audio_padded_to_clips /
+    audio_single_pass / audio_segment_seconds)."""
     quirks = config.preset.quirks
     if config.audio.kind != "wav2vec2":
         return {}
     options = {"single_pass": quirks.audio_single_pass}
+    if quirks.audio_segment_seconds:
+        options["segment_seconds"] = quirks.audio_segment_seconds
     if quirks.audio_padded_to_clips:
         options["whole_clips_of"] = frames_per_clip or config.preset.frames_per_clip
     return options

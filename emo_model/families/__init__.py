@@ -17,7 +17,7 @@ from ..configs import EMOConfig
 from .base import Family, OriginalCode, ParityHarness, PartFiles
 
 # Order matters where two families share a network (the first one's name is what the tensors alone say).
-MODULES = ("emo", "hallo", "echomimic")
+MODULES = ("emo", "hallo", "hallo2", "echomimic")
 
 __all__ = ["CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "family_of", "get_config",
            "get_family", "published_labels", "quoted_presets", "supported_files", "upgrade_config_dict"]

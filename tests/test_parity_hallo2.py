@@ -1,0 +1,355 @@
+"""Family parity, Hallo2: our loader + pipeline against golden stages recorded from the ORIGINAL Hallo2 code.
+
+The fixture (tests/parity/hallo2) was written by tools/parity/hallo2_original.py in Hallo2's own venv
+(fudan-generative-vision/hallo2 at the commit in meta.json, diffusers 0.32.2): Hallo's tiny Net (Hallo2's network
+classes are Hallo's) run by Hallo2's ``scripts/inference_long.py`` for 2 clips of 4 frames + 2 motion frames,
+3 DDIM steps, CFG 3.5, fp32, with its motion-frame pixel drop (``use_mask``, ``mask_rate`` 0.25) and its 60 s audio
+pieces (``use_cut``). The weights are those of the Hallo fixture (same key/shape list and seed; regenerated and
+checked against the digest), written as ``hallo2/net.pth`` and opened with our loader, which must name Hallo2 by
+the folder. The VAE and wav2vec2 are the Hallo fixture's (digests checked). Every stage: rel err < 1e-4.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import ROOT, parity_common, rel_err
+
+FIX = ROOT / "tests" / "parity" / "hallo2"
+ASSETS = ROOT / "tests" / "parity" / "hallo"  # the tiny VAE, wav2vec2 and net.pth key/shape list
+META = json.loads((FIX / "meta.json").read_text())
+SET = META["settings"]
+F, N, CLIPS, STEPS = SET["frames_per_clip"], SET["motion_frames"], SET["clips"], SET["steps"]
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict[str, torch.Tensor]:
+    return load_file(FIX / "stages.safetensors")
+
+
+def _weights() -> dict[str, torch.Tensor]:
+    common, w = parity_common(), META["weights"]
+    assert w["spec"] == "tests/parity/hallo/meta.json weights.spec", w["spec"]
+    spec = json.loads((ASSETS / "meta.json").read_text())["weights"]["spec"]
+    state = common.hashed_state_dict([(k, s) for k, s in spec], w["seed"])
+    assert common.digest(state) == w["digest"], "regenerated weights differ from the ones the original ran with"
+    return state
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from emo_model.weights import inspect_checkpoint
+
+    path = tmp_path_factory.mktemp("models") / "hallo2" / "net.pth"
+    path.parent.mkdir()
+    torch.save(_weights(), path)  # Hallo2's format: torch.save(Net.state_dict()), as Hallo's
+    ck = inspect_checkpoint(path)
+    assert (ck.format, ck.family, ck.config.name, ck.complete) == ("state-dict", "hallo2", "tiny-hallo2", True), ck.problem()
+    return ck.load(device="cpu")
+
+
+def test_assets_are_the_ones_the_original_ran_with():
+    digests = META["assets"]["digests"]
+    common = parity_common()
+    assert common.digest(load_file(ASSETS / "vae" / "diffusion_pytorch_model.safetensors")) == digests["vae"]
+    assert common.digest(load_file(ASSETS / "wav2vec2" / "model.safetensors")) == digests["wav2vec2"]
+
+
+def test_net_pth_is_hallo2_by_folder_or_by_choice_and_hallo_otherwise(tmp_path):
+    from emo_model.weights import inspect_checkpoint
+
+    plain = tmp_path / "models" / "net.pth"
+    plain.parent.mkdir()
+    torch.save(_weights(), plain)
+    assert (inspect_checkpoint(plain).family, inspect_checkpoint(plain).config.name) == ("hallo", "tiny-hallo")
+    chosen = inspect_checkpoint(plain, family="hallo2")
+    assert (chosen.family, chosen.config.name, chosen.complete) == ("hallo2", "tiny-hallo2", True)
+
+
+def _face_box(s: int) -> torch.Tensor:
+    """meta.json ``face_box``: rows [S/4, 3S/4), columns [S/4 + 2, 3S/4 - 2) (closed form, not stored)."""
+    yy, xx = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    return ((yy >= s // 4) & (yy < s - s // 4) & (xx >= s // 4 + 2) & (xx < s - s // 4 - 2)).float()
+
+
+@pytest.fixture(scope="module")
+def ours(model, golden) -> dict[str, torch.Tensor]:
+    return _run_ours(model, golden)
+
+
+def _run_ours(model, golden, meta=META, assets=ASSETS, **overrides) -> dict[str, torch.Tensor]:
+    """Our stages, named like the golden ones (``meta``/``assets``: another fixture; ``overrides``: SamplingSettings)."""
+    from diffusers import AutoencoderKL
+
+    from emo_model import pipeline as pipeline_module
+    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.session import audio_front_end
+    from emo_model.vae import DiffusersVAE
+
+    cfg = model.config
+    st = meta["settings"]
+    F, N, CLIPS, STEPS = st["frames_per_clip"], st["motion_frames"], st["clips"], st["steps"]
+    out: dict[str, torch.Tensor] = {}
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(assets / "wav2vec2", cfg.audio)
+    wave = golden["input.waveform"].reshape(1, 1, -1)
+    audio = encode_audio({"waveform": wave, "sample_rate": 16000}, cfg.audio, encoder, st["fps"], **audio_front_end(cfg, F))
+    features = audio.features
+    out["audio.windows"] = features
+    out["audio.features"] = features[:, cfg.audio.margin]
+
+    codec = DiffusersVAE(AutoencoderKL.from_pretrained(assets / "vae").eval())
+    pipe = EMOPipeline(model, codec, device="cpu")
+    image = ((golden["input.ref_pixels"] + 1) / 2).permute(1, 2, 0)
+    ref = pipe.encode_reference(image, identity_embedding=golden["input.face_emb"], size=st["size"])
+    face = _face_box(st["size"])
+
+    clip = {"i": -1, "step": 0}
+
+    def put(name, t):
+        out[f"clip{clip['i']}.{name}"] = t.detach().float().clone()
+
+    real_encode_motion = model.encode_motion
+
+    def encode_motion(latents, ident=None):
+        clip["i"] += 1
+        clip["step"] = 0
+        put("motion_latents", latents[0])
+        feats = real_encode_motion(latents, ident)
+        for k, v in feats.items():
+            out[f"clip{clip['i']}.motion.{k}"] = v.detach().clone()
+        return feats
+
+    def forward_hook(module, args, output):
+        put(f"step{clip['step']}.pred_uncond", output[0])
+        put(f"step{clip['step']}.pred_cond", output[-1])
+
+    real_make = pipeline_module.make_scheduler
+
+    def make_scheduler(*a, **kw):
+        sched = real_make(*a, **kw)
+        real_step = sched.step
+
+        def step(model_output, t, sample, **kwargs):
+            result = real_step(model_output, t, sample, **kwargs)
+            put(f"step{clip['step']}.guided", model_output[0])
+            put(f"step{clip['step']}.latents", result.prev_sample[0])
+            clip["step"] += 1
+            return result
+
+        sched.step = step
+        return sched
+
+    video = []
+    handle = model.register_forward_hook(forward_hook)
+    model.encode_motion = encode_motion
+    pipeline_module.make_scheduler = make_scheduler
+    try:
+        settings = SamplingSettings.from_preset(
+            cfg.preset, steps=STEPS, cfg=st["cfg"], audio_cfg=st["cfg"], frames_per_clip=F, motion_frames=N, **overrides
+        )
+        noise = torch.cat([golden[f"clip{c}.noise"][0] for c in range(CLIPS)], dim=1)
+        draws = torch.stack([golden[f"clip{c}.drop_uniform"] for c in range(CLIPS)])
+        pipe.generate(
+            ref,
+            features,
+            num_frames=audio.num_frames,
+            settings=settings,
+            sink=video.append,
+            face_mask=face,
+            region_masks=golden["input.region_masks"],
+            noise=noise,
+            motion_drop_draws=draws,
+        )
+    finally:
+        handle.remove()
+        del model.encode_motion
+        pipeline_module.make_scheduler = real_make
+    for c in range(CLIPS):
+        clip["i"] = c
+        put("audio_tokens", model.audio_tokens(features[c * F : (c + 1) * F])[0])
+        put("identity_cond", ref.identity_tokens)
+        put("identity_uncond", ref.identity_uncond)
+        put("face_locator", model.face_features(face[None, None].expand(1, 3, -1, -1)))
+    out["video"] = torch.cat(video).permute(0, 3, 1, 2)
+    out["ref_latent"] = ref.latent
+    out["ref_bank"] = ref.bank.tokens
+    return out
+
+
+def _golden_stage_names(meta=META) -> list[str]:
+    skip = ("input.", "audio_long_", ".noise", ".bank.", ".ref_latents", ".drop_uniform")
+    return [k for k in meta["stages"] if not any(s in k for s in skip)]
+
+
+@pytest.mark.parametrize("stage", _golden_stage_names())
+def test_stage_matches_hallo2(stage, golden, ours):
+    assert stage in ours, f"{stage}: not computed on our side"
+    mx, rel = rel_err(ours[stage], golden[stage])
+    assert rel < TOL, f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}) vs the original Hallo2"
+
+
+@pytest.mark.parametrize("c", range(CLIPS))
+def test_vae_latents_of_portrait_and_dropped_motion_frames_match_hallo2(c, golden, ours):
+    """Hallo2 encodes [portrait, motion frames with the pixel drop] each clip (the first clip's motion frames are
+    the portrait with the drop, so they are not the portrait's latent)."""
+    g = golden[f"clip{c}.ref_latents"]
+    mx, rel = rel_err(ours["ref_latent"][0], g[0])
+    assert rel < TOL, f"clip{c} portrait latent: rel err {rel:.3e} (max abs {mx:.3e})"
+    mx, rel = rel_err(ours[f"clip{c}.motion_latents"], g[1:])
+    assert rel < TOL, f"clip{c} motion-frame latents: rel err {rel:.3e} (max abs {mx:.3e})"
+    assert rel_err(g[1], g[0])[1] > 0.01, "the pixel drop should change the first clip's motion frames"
+
+
+def test_reference_bank_matches_hallo2(golden, ours):
+    """Stored bank rows: clip 0's conditional portrait row; clip 1's motion rows [uncond m1..mn, cond m1..mn]."""
+    blocks = [k.split(".bank.", 1)[1] for k in META["stages"] if k.startswith("clip1.bank.")]
+    assert blocks
+    for block in blocks:
+        mx, rel = rel_err(ours["ref_bank"][block][0], golden[f"clip0.bank.{block}"][0])
+        assert rel < TOL, f"bank {block} portrait (conditional branch): rel err {rel:.3e} (max abs {mx:.3e})"
+        motion = ours[f"clip1.motion.{block}"]  # [branches (uncond, full), n, L, C]
+        g = golden[f"clip1.bank.{block}"]
+        for b in range(2):
+            mx, rel = rel_err(motion[b], g[b * N : (b + 1) * N])
+            assert rel < TOL, f"clip1 bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e})"
+
+
+@pytest.mark.parametrize("case", sorted(SET["audio_long"]))
+def test_long_audio_is_encoded_in_60_s_pieces_as_hallo2_does(case, model, golden):
+    """61.3 / 61.28 / 60.8 s at clip length 16 (meta.json ``audio_long``): two pieces, the last one padded by 3 frames,
+    not padded (its own 32 frames are whole clips although the 1532 of the run are not), padded by a whole clip."""
+    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.session import audio_front_end
+
+    cfg = model.config.audio
+    long = SET["audio_long"][case]
+    wave = torch.from_numpy(parity_common().synthetic_speech(round(long["seconds"] * 16000))).reshape(1, 1, -1)
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(ASSETS / "wav2vec2", cfg)
+    gold = golden[f"audio_long_{case}.rows"]
+    options = audio_front_end(model.config, long["clip_length"])
+    assert options.get("segment_seconds") == 60
+    audio = encode_audio({"waveform": wave, "sample_rate": 16000}, cfg, encoder, SET["fps"], **options)
+    assert (audio.features.shape[0], audio.num_frames) == (long["rows"], long["frames"])
+    mx, rel = rel_err(audio.features[long["stored_rows"], cfg.margin], gold)
+    assert rel < TOL, f"{case}: rel err {rel:.3e} (max abs {mx:.3e})"
+    if case == "padded":  # one pass over everything (Hallo's front end) is another function past 60 s
+        one = encode_audio(
+            {"waveform": wave, "sample_rate": 16000},
+            cfg,
+            encoder,
+            SET["fps"],
+            whole_clips_of=long["clip_length"],
+            single_pass=True,
+        )
+        assert rel_err(one.features[long["stored_rows"], cfg.margin], gold)[1] > 100 * TOL
+
+
+def test_without_the_pixel_drop_the_video_differs(model, golden):
+    """The pixel-drop quirk is what makes the motion frames match (else this fixture proves nothing about it)."""
+    config = model.config
+    quirks = config.preset.quirks
+    assert quirks.motion_frame_pixel_drop == SET["published"]["mask_rate"] == 0.25
+    model.config = dataclasses.replace(
+        config, preset=dataclasses.replace(config.preset, quirks=dataclasses.replace(quirks, motion_frame_pixel_drop=0.0))
+    )
+    try:
+        off = _run_ours(model, golden)
+    finally:
+        model.config = config
+    assert rel_err(off["clip0.motion_latents"], golden["clip0.ref_latents"][1:])[1] > 0.01
+    assert rel_err(off["video"], golden["video"])[1] > 10 * TOL
+
+
+def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, golden):
+    """The other execution paths (one forward per branch; ReferenceNet on every step) follow the same rules."""
+    other = _run_ours(model, golden, batch_guidance=False, reference_every_step=True)
+    mx, rel = rel_err(other["video"], golden["video"])
+    assert rel < TOL, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e})"
+
+
+def test_bad_motion_drop_draws_are_refused_in_one_line(model, golden):
+    from diffusers import AutoencoderKL
+
+    from emo_model.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.vae import DiffusersVAE
+
+    pipe = EMOPipeline(model, DiffusersVAE(AutoencoderKL.from_pretrained(ASSETS / "vae").eval()), device="cpu")
+    image = ((golden["input.ref_pixels"] + 1) / 2).permute(1, 2, 0)
+    ref = pipe.encode_reference(image, identity_embedding=golden["input.face_emb"], size=SET["size"])
+    settings = SamplingSettings.from_preset(model.config.preset, steps=1, frames_per_clip=F, motion_frames=N)
+    features = torch.zeros(2 * F, 5, 2, 32)
+    with pytest.raises(ValueError, match=r"motion_drop_draws must be \[clips, height, width\]"):
+        pipe.generate(
+            ref,
+            features,
+            settings=settings,
+            sink=lambda x: None,
+            region_masks=golden["input.region_masks"],
+            motion_drop_draws=torch.rand(1, SET["size"], SET["size"]),
+        )
+
+
+OTHER = os.environ.get("EMO_PARITY_HALLO2_DIR")
+
+
+def _tolerance(stage: str) -> float:
+    """1e-4 for the conditions and the first denoiser call, 1e-3 for everything after."""
+    first = stage.startswith(("audio.", "clip0.step0.pred")) or stage.split(".")[-1] in (
+        "audio_tokens",
+        "identity_cond",
+        "identity_uncond",
+        "face_locator",
+    )
+    return TOL if first else 1e-3
+
+
+@pytest.mark.skipif(not OTHER, reason="opt-in: EMO_PARITY_HALLO2_DIR=<a folder written by tools/parity/hallo2_original.py>")
+def test_other_hallo2_fixture_matches():
+    """Any other fixture of the same harness (``--full``: SD1.5 sizes, with the Hallo ``--full`` folder it names as
+    assets, whose ``net.pth`` is loaded as Hallo2). Tolerance: 1e-4 up to the first denoiser call, 1e-3 after."""
+    from emo_model.weights import inspect_checkpoint
+
+    fix = Path(OTHER)
+    meta = json.loads((fix / "meta.json").read_text())
+    assets = Path(meta["assets"]["folder"])
+    assets = assets if assets.is_absolute() else (ROOT / assets).resolve()
+    ck = inspect_checkpoint(assets / "net.pth", family="hallo2")
+    assert ck.family == "hallo2" and ck.complete, ck.problem()
+    golden_other = load_file(fix / "stages.safetensors")
+    out = _run_ours(ck.load(device="cpu"), golden_other, meta=meta, assets=assets)
+    bad = []
+    for stage in _golden_stage_names(meta):
+        mx, rel = rel_err(out[stage], golden_other[stage])
+        tol = _tolerance(stage)
+        if rel >= tol:
+            bad.append(f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
+    for c in range(meta["settings"]["clips"]):
+        mx, rel = rel_err(out[f"clip{c}.motion_latents"], golden_other[f"clip{c}.ref_latents"][1:])
+        if rel >= 1e-3:
+            bad.append(f"clip{c} motion latents: rel err {rel:.3e} (max abs {mx:.3e})")
+    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.session import audio_front_end
+
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(assets / "wav2vec2", ck.config.audio)
+    for case, long in meta["settings"]["audio_long"].items():
+        wave = torch.from_numpy(parity_common().synthetic_speech(round(long["seconds"] * 16000))).reshape(1, 1, -1)
+        audio = encode_audio(
+            {"waveform": wave, "sample_rate": 16000},
+            ck.config.audio,
+            encoder,
+            meta["settings"]["fps"],
+            **audio_front_end(ck.config, long["clip_length"]),
+        )
+        mx, rel = rel_err(audio.features[long["stored_rows"], ck.config.audio.margin], golden_other[f"audio_long_{case}.rows"])
+        if rel >= TOL:
+            bad.append(f"long audio {case}: rel err {rel:.3e} (max abs {mx:.3e})")
+    assert not bad, "stages differ from the original:\n" + "\n".join(bad)
