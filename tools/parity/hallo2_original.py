@@ -125,7 +125,12 @@ sd_unet_cfg = {
 sd_dir = os.path.join(args.work, "sd-tiny")
 torch.manual_seed(0)
 sd_config = os.path.join(sd_dir, "unet", "config.json")
-if not (os.path.isfile(sd_config) and json.load(open(sd_config))["block_out_channels"] == WIDTHS):  # else reused
+def read_json(path: str) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
+
+
+if not (os.path.isfile(sd_config) and read_json(sd_config)["block_out_channels"] == WIDTHS):  # else reused
     UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))  # all overwritten by net.pth
 
 vae_dir, w2v_dir = os.path.join(args.assets, "vae"), os.path.join(args.assets, "wav2vec2")
@@ -291,7 +296,7 @@ weight_spec = [(k, list(v.shape)) for k, v in proto.state_dict().items()]
 del proto
 net_path = os.path.join(net_dir, "net.pth")
 assets_meta = os.path.join(args.assets, "meta.json")
-known = json.load(open(assets_meta))["weights"] if os.path.isfile(assets_meta) else {}
+known = read_json(assets_meta)["weights"] if os.path.isfile(assets_meta) else {}
 same_spec = [tuple(x) for x in known.get("spec", [])] == [(k, s) for k, s in weight_spec]
 if args.full and same_spec and known.get("seed") == args.seed and os.path.isfile(os.path.join(args.assets, "net.pth")):
     # the Hallo --full fixture's net.pth is these hashed values already (same key/shape list and seed): link it
@@ -428,7 +433,7 @@ for name, seconds in LONG.items():
         pass
     feats = torch.cat([r[0] for r in audio_runs])  # what inference_long.py concatenates
     rows = feats.shape[0]
-    keep = list(range(0, 8)) + list(range(1480, rows))  # the start, the piece boundary (1500) and the end
+    keep = list(range(8)) + list(range(1480, rows))  # the start, the piece boundary (1500) and the end
     put(f"audio_long_{name}.rows", feats[keep])
     long_meta[name] = {"seconds": seconds, "pieces": [int(r[0].shape[0]) for r in audio_runs],
                        "piece_frames": [int(r[1]) for r in audio_runs], "rows": rows, "frames": sum(r[1] for r in audio_runs),
