@@ -145,9 +145,12 @@ class ReferenceBank:
 class TransformerBlock(nn.Module):
     """SD1.5's BasicTransformerBlock: reference-attention, cross-attention (audio / identity), GEGLU FF."""
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None):
+    def __init__(self, dim: int, heads: int, context_dim: int | None, norm1_only: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
+        self.norm1_only = norm1_only
+        if norm1_only:  # a reference pass's last block: only its norm1 output is banked
+            return
         self.attn1 = Attention(dim, None, heads, dim // heads)
         if context_dim is not None:
             self.norm2 = nn.LayerNorm(dim)
@@ -161,6 +164,8 @@ class TransformerBlock(nn.Module):
         h = self.norm1(x)
         if ctx.bank is not None:  # ReferenceNet: write mode
             ctx.bank[key] = h
+        if self.norm1_only:
+            return x
         x = x + reference_attention(self.attn1, h, ctx.reference_kv(key, self.attn1), ctx.reference_enabled)
         if self.attn2 is not None and ctx.cross_context is not None:
             y = self.attn2(self.norm2(x), ctx.cross_context)
@@ -171,17 +176,20 @@ class TransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """SD1.5's Transformer2DModel (conv projections), applied to every frame of a clip."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int | None, groups: int):
+    def __init__(self, channels: int, heads: int, context_dim: int | None, groups: int, norm1_only: bool = False):
         super().__init__()
         self.key = ""  # set by the owning UNet to this module's path; names its bank entry
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim)])
-        self.proj_out = nn.Conv2d(channels, channels, 1)
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim, norm1_only)])
+        # norm1_only: the block banks its norm1 output and changes nothing (a reference pass's unused last block)
+        self.proj_out = None if norm1_only else nn.Conv2d(channels, channels, 1)
 
     def forward(self, x: torch.Tensor, ctx: "ForwardContext") -> torch.Tensor:
         b, c, h, w = x.shape
         tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(b, h * w, c)
         for block in self.transformer_blocks:
             tokens = block(tokens, self.key, ctx)
+        if self.proj_out is None:
+            return x
         return self.proj_out(tokens.reshape(b, h, w, c).permute(0, 3, 1, 2)) + x

@@ -33,9 +33,11 @@ class Backbone(UNetBase):
             cfg.unet,
             temporal=cfg.temporal,
             speed=speed if cfg.speed_layers else None,
-            audio_module_dim=cfg.audio_module_dim if cfg.region_audio_modules else None,
+            audio_module_dim=cfg.audio_module_dim if (cfg.region_audio_modules or cfg.emotion_audio_modules) else None,
             output_head=True,
+            emotion_classes=cfg.emotion_classes if cfg.emotion_audio_modules else None,
         )
+        self.emotion_classes = cfg.emotion_classes if cfg.emotion_audio_modules else None
 
     def project_reference(self, bank: ReferenceBank) -> dict[str, KV]:
         """Reference keys/values for every block, computed once and reused for all steps and clips."""
@@ -63,6 +65,9 @@ class Backbone(UNetBase):
         temporal: bool = True,
         quirks: InferenceQuirks | None = None,
         feature_cache: DeepFeatureCache | None = None,
+        emotion: torch.Tensor | None = None,
+        memory: dict | None = None,
+        update_memory: bool = False,
     ) -> torch.Tensor:
         """Denoiser output (noise, v or x0, as trained) for ``sample`` [B, C, F, H, W].
 
@@ -76,7 +81,10 @@ class Backbone(UNetBase):
         [B, C0, F, H, W]); ``region_masks``: the (full, face, lip) masks [B, 3, h, w];
         ``speed_tokens``: [B, n+F, l]; ``temporal=False`` bypasses every temporal module;
         ``quirks``: the family's :class:`InferenceQuirks` (None = the paper's behaviour);
-        ``feature_cache``: deep features reused between adjacent steps (:class:`DeepFeatureCache`).
+        ``feature_cache``: deep features reused between adjacent steps (:class:`DeepFeatureCache`);
+        ``emotion``: long [B], the emotion class per video of the emotion audio modules (None: the "no emotion"
+        class); ``memory``: the memory-guided temporal modules' memory (a dict the caller keeps per video batch),
+        ``update_memory``: fold the past frames (``reference.motion``) into it in this call.
         """
         quirks = quirks or InferenceQuirks()
         b, c, f, h, w = sample.shape
@@ -99,7 +107,13 @@ class Backbone(UNetBase):
             temporal=temporal,
             temporal_in_plain_blocks=quirks.temporal_in_plain_blocks,
             cross_attention_scale=quirks.audio_attention_scale,
+            memory=memory,
+            update_memory=update_memory,
         )
+        if self.emotion_classes is not None:
+            ctx.audio_stream = ctx.audio_context
+            ctx.emotion = torch.full((b,), self.emotion_classes, dtype=torch.long) if emotion is None else emotion.reshape(b)
+            ctx.emotion = ctx.emotion.to(sample.device)
         x = self.run(x, self.time_embed(timestep, b, f, sample.device), ctx, feature_cache)
         out = self.head(x)
         return out.view(b, f, -1, h, w).transpose(1, 2)

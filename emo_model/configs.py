@@ -53,6 +53,10 @@ class TemporalConfig:
     max_len: int = 32  # length of the sinusoidal ``pos_encoder.pe`` buffer
     mid_block: bool = True
     norm_num_groups: int = 32
+    # None: softmax attention over the clip's frames (with motion frames prepended). A number: memory-guided
+    # linear attention (emo_model/memory_temporal.py) whose memory of already generated frames decays by this
+    # factor per frame; the past frames are folded into the memory instead of being prepended.
+    memory_decay: float | None = None
 
 
 @dataclass
@@ -147,6 +151,10 @@ class SchedulerConfig:
     # DDIM only: the step to timestep < 0 (trailing spacing ends there) goes to alpha = 1 (diffusers' default when
     # a scheduler is built from kwargs without it) or to alphas_cumprod[0].
     set_alpha_to_one: bool = False
+    # None: a DDPM-family noise schedule (the fields above). A number: a rectified-flow model (the denoiser
+    # predicts the velocity noise - x0 at t = 1000 * sigma, x_t = (1 - sigma) x0 + sigma noise), sampled with
+    # the flow-matching Euler sampler at this timestep shift; the beta fields are then unused.
+    flow_shift: float | None = None
 
 
 @dataclass
@@ -225,6 +233,8 @@ class PresetConfig:
     face_expand_ratio: float = 1.2
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     quirks: InferenceQuirks = field(default_factory=InferenceQuirks)
+    # emotion class of the emotion audio modules when the caller gives none (None: the "no emotion" class)
+    emotion: int | None = None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -236,6 +246,9 @@ class ReferenceNetConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     # SD1.5's conv_norm_out/conv_out; the reference pass never uses them (the open checkpoints drop them).
     output_head: bool = False
+    # The last spatial transformer keeps only norm, proj_in and transformer_blocks.0.norm1: the reference pass
+    # only banks its norm1 output, nothing after it is used (checkpoints that drop the unused layers).
+    last_transformer_norm1_only: bool = False
 
 
 @dataclass
@@ -248,6 +261,11 @@ class BackboneConfig:
     # face and the lips (emo_model/audio_layers.py).
     region_audio_modules: bool = False
     audio_module_dim: int = 768
+    # Emotion-conditioned joint audio modules after each spatial transformer (emo_model/emotion_audio_layers.py):
+    # the audio tokens are a second stream updated by every module and handed to the next one, the norms are
+    # driven by one of ``emotion_classes`` emotion classes (plus a "no emotion" class for the unconditional branch).
+    emotion_audio_modules: bool = False
+    emotion_classes: int = 9
     temporal: TemporalConfig = field(default_factory=TemporalConfig)
     speed_layers: bool = True
 
@@ -258,7 +276,7 @@ class EMOConfig:
     family: str = "emo"
     reference_net: ReferenceNetConfig = field(default_factory=ReferenceNetConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    face_locator: FaceLocatorConfig = field(default_factory=FaceLocatorConfig)
+    face_locator: FaceLocatorConfig | None = field(default_factory=FaceLocatorConfig)
     audio_proj: AudioProjConfig | None = field(default_factory=AudioProjConfig)
     image_proj: ImageProjConfig | None = None
     speed: SpeedConfig | None = field(default_factory=SpeedConfig)
@@ -321,7 +339,9 @@ class EMOConfig:
             want = (self.audio.window, self.audio.layers, self.audio.dim)
             if got != want:
                 raise ValueError(f"audio_proj expects (window, layers, dim) = {got} but the audio features are {want}")
-        if bb.region_audio_modules and bb.audio_module_dim != self.audio_token_dim:
+        if bb.region_audio_modules and bb.emotion_audio_modules:
+            raise ValueError("backbone: region_audio_modules and emotion_audio_modules are two layouts of the same slot; choose one")
+        if (bb.region_audio_modules or bb.emotion_audio_modules) and bb.audio_module_dim != self.audio_token_dim:
             raise ValueError(f"audio modules read tokens of width {bb.audio_module_dim}, the audio tokens are {self.audio_token_dim}")
         return self
 

@@ -41,6 +41,9 @@ class Conditioning:
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     temporal: bool = True
     feature_cache: DeepFeatureCache | None = None  # deep features reused between adjacent steps
+    emotion: torch.Tensor | None = None  # long [B]: emotion class per row (emotion audio modules; None = "no emotion")
+    memory: dict | None = None  # memory-guided temporal modules: the memory of this batch of videos (kept by the caller)
+    update_memory: bool = False  # fold the past frames (reference.motion) into ``memory`` in this call
 
 
 class EMOModel(nn.Module):
@@ -50,7 +53,7 @@ class EMOModel(nn.Module):
         self.config = cfg
         self.reference_unet = ReferenceNet(cfg.reference_net)
         self.denoising_unet = Backbone(cfg.backbone, cfg.speed)
-        self.face_locator = FaceLocator(cfg.face_locator)
+        self.face_locator = FaceLocator(cfg.face_locator) if cfg.face_locator is not None else None
         self.audioproj = AudioProjection(cfg.audio_proj) if cfg.audio_proj is not None else None
         self.imageproj = IdentityProjection(cfg.image_proj) if cfg.image_proj is not None else None
         self.speed_encoder = SpeedEncoder(cfg.speed) if (cfg.speed is not None and cfg.backbone.speed_layers) else None
@@ -82,7 +85,9 @@ class EMOModel(nn.Module):
 
     def encode_motion(self, latents: torch.Tensor, identity_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Latents of the motion frames [B, n, C, H, W] -> per-block motion features (once per clip)."""
-        return self.reference_unet.encode_motion(latents, identity_tokens)
+        # temporal modules with a memory also read past-frame features in the levels without attention
+        plain = self.config.backbone.temporal.memory_decay is not None
+        return self.reference_unet.encode_motion(latents, identity_tokens, plain_blocks=plain)
 
     def audio_tokens(self, features: torch.Tensor) -> torch.Tensor:
         """Per-frame audio features [B, F, ...] -> audio tokens [B, F, T, D] the backbone reads."""
@@ -93,8 +98,10 @@ class EMOModel(nn.Module):
             features = features.unsqueeze(0)
         return features.to(self.dtype)
 
-    def face_features(self, mask: torch.Tensor) -> torch.Tensor:
-        """Face-region mask [B, H, W] (pixels, 0..1) -> Face Locator features [B, C0, H/8, W/8]."""
+    def face_features(self, mask: torch.Tensor) -> torch.Tensor | None:
+        """Face-region mask [B, H, W] (pixels, 0..1) -> Face Locator features [B, C0, H/8, W/8] (None without one)."""
+        if self.face_locator is None:
+            return None
         return self.face_locator(mask.to(self.device))
 
     def speed_tokens(self, speed: torch.Tensor) -> torch.Tensor | None:
@@ -115,7 +122,7 @@ class EMOModel(nn.Module):
             reference_enabled=cond.reference_enabled,
             reference_rows=cond.reference_rows,
             cross_context=cross,
-            audio_context=cond.audio_tokens if self.config.backbone.region_audio_modules else None,
+            audio_context=cond.audio_tokens if (self.config.backbone.region_audio_modules or self.config.backbone.emotion_audio_modules) else None,
             face_features=cond.face_features,
             region_masks=cond.region_masks,
             motion_scale=cond.motion_scale,
@@ -123,4 +130,7 @@ class EMOModel(nn.Module):
             temporal=cond.temporal,
             quirks=self.config.preset.quirks,
             feature_cache=cond.feature_cache,
+            emotion=cond.emotion,
+            memory=cond.memory,
+            update_memory=cond.update_memory,
         )

@@ -38,7 +38,7 @@ from .configs import PresetConfig
 from .model import Conditioning, EMOModel
 from .unet_blocks import DeepFeatureCache
 from .motion_frames import first_clip_motion
-from .schedulers import make_scheduler
+from .schedulers import init_noise_sigma, make_scheduler, scale_model_input
 from .validation import check_finite
 from .vae import LatentCodec
 
@@ -73,6 +73,9 @@ class SamplingSettings:
     # performance switches (the naive settings exist for the benchmark's baseline)
     batch_guidance: bool = True
     reference_every_step: bool = False
+    # emotion class of the emotion audio modules: one for the whole video, or one per audio-feature row (each clip
+    # uses the most frequent of its rows, the smallest on ties); None = the preset's
+    emotion: int | Sequence[int] | None = None
 
     @classmethod
     def from_preset(cls, preset: PresetConfig, **overrides) -> "SamplingSettings":
@@ -87,6 +90,7 @@ class SamplingSettings:
             motion_frames=preset.motion_frames,
             context_overlap=preset.context_overlap,
             first_clip_motion=preset.first_clip_motion,
+            emotion=preset.emotion,
         )
         base.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**base)
@@ -270,6 +274,11 @@ class EMOPipeline:
         limit = self.config.backbone.temporal.max_len
         if longest > limit:
             raise ValueError(f"frames per clip + motion frames = {longest}, but the temporal modules handle at most {limit}")
+        classes = self.model.denoising_unet.emotion_classes
+        if classes is not None and s.emotion is not None:
+            values = [s.emotion] if isinstance(s.emotion, int) else list(torch.as_tensor(s.emotion).flatten().tolist())
+            if not values or any(isinstance(v, bool) or int(v) != v or not 0 <= v < classes for v in values):
+                raise ValueError(f"emotion must be a class 0..{classes - 1} (one, or one per audio-feature row), got {s.emotion!r}")
 
 
 class _Run:
@@ -302,6 +311,8 @@ class _Run:
         self.step_kwargs = {"eta": 0.0} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
         self.uses_generator = "generator" in inspect.signature(self.scheduler.step).parameters
         self.done = 0
+        self.memories: dict[tuple, dict] = {}  # temporal modules with a memory: one per batch of branches, per video
+        self.folded: set[tuple] = set()
         self.quirks = pipe.config.preset.quirks
         # one row of motion features per guidance branch (identities alternating as in the original), else shared
         self.per_branch_motion = (
@@ -377,10 +388,37 @@ class _Run:
         if self.quirks.initial_noise_clamp is not None:
             noise = noise.clamp(-self.quirks.initial_noise_clamp, self.quirks.initial_noise_clamp)
         step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
-        return noise * self.scheduler.init_noise_sigma, step_gen
+        return noise * init_noise_sigma(self.scheduler), step_gen
 
-    def _branch_conditioning(self, audio_tokens, speed_tokens, motion, branches=None) -> list[tuple[list[str], Conditioning]]:
-        """Conditioning for the guidance branches: one batched group, or one group per branch."""
+    def _clip_emotion(self, index: torch.Tensor) -> int | None:
+        """The emotion class of the frames ``index`` (emotion audio modules), or None for models without them."""
+        if self.model.denoising_unet.emotion_classes is None:
+            return None
+        emotion = self.s.emotion
+        if emotion is None or isinstance(emotion, int):
+            return emotion
+        labels = torch.as_tensor(emotion, dtype=torch.long).flatten()
+        counts = torch.bincount(labels[index.clamp(max=labels.numel() - 1)])
+        return int((counts == counts.max()).nonzero()[0])  # the most frequent; the smallest on ties
+
+    def _with_memory(self, groups, step: int) -> list:
+        """Attach each group's memory (temporal modules with a memory: one per batch of branches, kept for the whole
+        video); the past frames are folded in at a clip's first step (or a group's first use in the clip)."""
+        if self.model.config.backbone.temporal.memory_decay is None:
+            return groups
+        out = []
+        for names, cond in groups:
+            key = tuple(names)
+            fresh = step == 0 or key not in self.folded
+            self.folded.add(key)
+            out.append((names, dataclasses.replace(cond, memory=self.memories.setdefault(key, {}), update_memory=fresh)))
+        return out
+
+    def _branch_conditioning(self, audio_tokens, speed_tokens, motion, branches=None, emotion=None) -> list[tuple[list[str], Conditioning]]:
+        """Conditioning for the guidance branches: one batched group, or one group per branch.
+
+        ``emotion``: the clip's emotion class (None: the "no emotion" class); the unconditional branch gets "no emotion".
+        """
         branches = self.branches if branches is None else branches
         groups = [branches] if self.s.batch_guidance else [[b] for b in branches]
         out = []
@@ -399,13 +437,20 @@ class _Run:
                 reference_rows=rows,
                 audio_tokens=torch.cat([audio_tokens if n == "full" else zeros_audio for n in names]),
                 identity_tokens=None if ident is None else torch.cat([ident if n != "uncond" else self.ref.identity_uncond for n in names]),
-                face_features=torch.cat([self.face if n != "uncond" else torch.zeros_like(self.face) for n in names]),
+                face_features=None if self.face is None else torch.cat([self.face if n != "uncond" else torch.zeros_like(self.face) for n in names]),
                 region_masks=self.region,
                 speed_tokens=speed_tokens,
                 motion_scale=tuple(self.s.motion_scale),
+                emotion=self._emotion_rows(names, emotion),
             )
             out.append((names, cond))
         return out
+
+    def _emotion_rows(self, names: list[str], emotion: int | None) -> torch.Tensor | None:
+        null = self.model.denoising_unet.emotion_classes
+        if null is None:
+            return None
+        return torch.tensor([null if (n == "uncond" or emotion is None) else emotion for n in names], dtype=torch.long)
 
     def _encode_motion(self, latents: torch.Tensor) -> dict[str, torch.Tensor]:
         """Motion latents [1, n, C, h, w] -> ReferenceNet features [1 or len(branches), n, L, C].
@@ -432,12 +477,12 @@ class _Run:
         index = [self.branches.index(name) for name in names]
         return {k: v[index] for k, v in motion.items()}
 
-    def _phases(self, audio_tokens, speed_tokens, motion):
+    def _phases(self, audio_tokens, speed_tokens, motion, emotion=None):
         """Per step ``i``: (conditioning groups, guidance weights, cache key) — guided, then the full branch only."""
-        guided = (self._branch_conditioning(audio_tokens, speed_tokens, motion), self.weights, "guided")
+        guided = (self._branch_conditioning(audio_tokens, speed_tokens, motion, emotion=emotion), self.weights, "guided")
         if self.guided_steps >= self.s.steps:
             return lambda i: guided
-        late = (self._branch_conditioning(audio_tokens, speed_tokens, motion, ["full"]), {"full": 1.0}, "late")
+        late = (self._branch_conditioning(audio_tokens, speed_tokens, motion, ["full"], emotion), {"full": 1.0}, "late")
         return lambda i: guided if i < self.guided_steps else late
 
     def _with_cache(self, groups, caches: dict, key) -> list:
@@ -455,7 +500,7 @@ class _Run:
 
     def _predict(self, latents: torch.Tensor, t: torch.Tensor, groups, motion_latents, weights=None) -> torch.Tensor:
         """One guided denoiser evaluation (all branches) for latents [1, C, F, h, w]."""
-        x = self.scheduler.scale_model_input(latents, t)
+        x = scale_model_input(self.scheduler, latents, t)
         preds: dict[str, torch.Tensor] = {}
         for names, cond in groups:
             if self.s.reference_every_step:  # naive baseline: ReferenceNet on every step
@@ -516,14 +561,18 @@ class _Run:
                 motion = self._encode_motion(motion_latents)
             index = frame_indices(clip.start, clip.generate, self.feature_rows)
             speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
-            phase = self._phases(self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion)
+            phase = self._phases(
+                self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion, self._clip_emotion(index)
+            )
             caches: dict = {}
+            self.folded = set()
             latents, generator = self._noise(clip.generate, clip.index, clip.start)
             self.scheduler.set_timesteps(s.steps, device=self.device)
             for i, t in enumerate(self.scheduler.timesteps):
                 self._cancel_point()
                 groups, weights, key = phase(i)
-                pred = self._predict(latents, t, self._with_cache(groups, caches, key), motion_latents, weights)
+                groups = self._with_memory(self._with_cache(groups, caches, key), i)
+                pred = self._predict(latents, t, groups, motion_latents, weights)
                 latents = self._step(pred, t, latents, generator)
                 self._report(clip.index, len(clips), i + 1, total, latents)
             kept = latents[:, :, : clip.length]
@@ -558,7 +607,7 @@ class _Run:
                 self._cancel_point()
                 index = torch.tensor(frames)
                 spd = None if speed_tokens is None else speed_tokens[:, index.to(speed_tokens.device)]
-                groups, weights, key = self._phases(self._audio_tokens(index), spd, motion)(i)
+                groups, weights, key = self._phases(self._audio_tokens(index), spd, motion, self._clip_emotion(index))(i)
                 groups = self._with_cache(groups, caches, (key, frames[0]))
                 pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None, weights)
                 at = index.to(self.device)  # distinct frames within a window
@@ -582,7 +631,8 @@ def fast_settings(preset: PresetConfig) -> dict:
     a third of the default recipe's denoiser work with lip sync no worse.
     """
     steps = max(round(preset.steps * 0.4), min(preset.steps, 8))
-    return {"sampler": "dpmpp_2m", "steps": steps, "guidance_fraction": 1.0, "deep_cache_interval": 2}
+    sampler = "dpmpp_2m" if preset.scheduler.flow_shift is None else preset.sampler  # flow models keep their sampler
+    return {"sampler": sampler, "steps": steps, "guidance_fraction": 1.0, "deep_cache_interval": 2}
 
 
 def estimate_clips(num_frames: int, settings: SamplingSettings) -> int:

@@ -25,16 +25,19 @@ from .unet_blocks import ForwardContext, UNetBase
 
 class ReferenceNet(UNetBase):
     def __init__(self, cfg: ReferenceNetConfig):
-        super().__init__(cfg.unet, output_head=cfg.output_head)
+        super().__init__(cfg.unet, output_head=cfg.output_head, last_transformer_norm1_only=cfg.last_transformer_norm1_only)
 
-    def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Clean latents [B, C, H, W] (+ optional attn2 tokens [B, T, D]) -> {block path: [B, H*W, C]}."""
+    def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None, plain_blocks: bool = False) -> dict[str, torch.Tensor]:
+        """Clean latents [B, C, H, W] (+ optional attn2 tokens [B, T, D]) -> {block path: [B, H*W, C]}.
+
+        ``plain_blocks``: also bank every resnet output of the levels without attention, as
+        {``<block path>.resnets.<i>``: [B, C, h, w]} (past-frame features of temporal modules there)."""
         bank: dict[str, torch.Tensor] = {}
         if self.cfg.cross_attention_dim is None:
             context = None
         elif context is not None and context.shape[0] != latents.shape[0]:
             context = context.expand(latents.shape[0], -1, -1)
-        ctx = ForwardContext(frames=1, bank=bank, cross_context=context)
+        ctx = ForwardContext(frames=1, bank=bank, cross_context=context, bank_plain_blocks=plain_blocks)
         x = self.conv_in(latents.to(self.dtype))
         self.run(x, self.time_embed(0, latents.shape[0], 1, latents.device), ctx)
         return bank
@@ -43,10 +46,12 @@ class ReferenceNet(UNetBase):
         """The portrait's bank: [B, C, H, W] -> :class:`ReferenceBank` with tokens only."""
         return ReferenceBank(tokens=self(latents, context))
 
-    def encode_motion(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Motion frames [B, n, C, H, W] -> {block path: [B, n, H*W, C]}."""
+    def encode_motion(
+        self, latents: torch.Tensor, context: torch.Tensor | None = None, plain_blocks: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Motion frames [B, n, C, H, W] -> {block path: [B, n, H*W, C]} (``plain_blocks``: see :meth:`forward`)."""
         b, n = latents.shape[:2]
         if context is not None and context.shape[0] != b * n:  # else: one context per motion frame, [B*n, T, D]
             context = context.expand(b, -1, -1).repeat_interleave(n, dim=0)
-        bank = self(latents.flatten(0, 1), context)
+        bank = self(latents.flatten(0, 1), context, plain_blocks)
         return {k: v.view(b, n, *v.shape[1:]) for k, v in bank.items()}

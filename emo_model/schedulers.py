@@ -3,6 +3,11 @@
 DDIM is the default (the paper samples with 40 DDIM steps). Every sampler gets the same training
 schedule (betas, prediction type: epsilon or v, zero-terminal-SNR rescale, timestep spacing), so
 switching sampler never silently changes what the model is asked to predict.
+
+Rectified-flow models (``SchedulerConfig.flow_shift`` set: the denoiser predicts a velocity) are sampled with
+diffusers' flow-matching Euler sampler (``flow_euler``); the DDPM-family samplers do not apply to them, nor the
+other way round. Neither the flow sampler nor its inputs are scaled: :func:`init_noise_sigma` and
+:func:`scale_model_input` give what every sampler needs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
     LCMScheduler,
     UniPCMultistepScheduler,
 )
@@ -28,16 +34,41 @@ SAMPLERS = {
     "unipc": (UniPCMultistepScheduler, {"final_sigmas_type": "zero"}),
     "lcm": (LCMScheduler, {}),
 }
+FLOW_SAMPLERS = {"flow_euler": (FlowMatchEulerDiscreteScheduler, {})}
 
 
 def make_scheduler(sampler: str, cfg: SchedulerConfig):
-    """A fresh diffusers scheduler for ``sampler`` (one of :data:`SAMPLERS`)."""
-    try:
-        cls, extra = SAMPLERS[sampler]
-    except KeyError:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}") from None
+    """A fresh diffusers scheduler for ``sampler`` (one of :data:`SAMPLERS`, or of :data:`FLOW_SAMPLERS` for a
+    rectified-flow model)."""
+    flow = cfg.flow_shift is not None
+    table = FLOW_SAMPLERS if flow else SAMPLERS
+    if sampler not in table:
+        other = SAMPLERS if flow else FLOW_SAMPLERS
+        why = (f"this model predicts flow velocities, which only {', '.join(table)} sample" if sampler in other
+               else f"unknown sampler {sampler!r}")
+        raise ValueError(f"{why}; choose one of {', '.join(table)}")
+    cls, extra = table[sampler]
+    if flow:
+        return cls(num_train_timesteps=cfg.num_train_timesteps, shift=cfg.flow_shift, **extra)
     kwargs = dataclasses.asdict(cfg)
+    kwargs.pop("flow_shift")
     if cls is not DDIMScheduler:
         kwargs.pop("clip_sample")
         kwargs.pop("set_alpha_to_one")
     return cls(**kwargs, **extra)
+
+
+def samplers_for(cfg: SchedulerConfig) -> tuple[str, ...]:
+    """The sampler names that apply to a model with this schedule."""
+    return tuple(FLOW_SAMPLERS if cfg.flow_shift is not None else SAMPLERS)
+
+
+def init_noise_sigma(scheduler) -> float:
+    """The factor on the initial Gaussian noise (1 for samplers that do not scale it, e.g. flow matching)."""
+    return float(getattr(scheduler, "init_noise_sigma", 1.0))
+
+
+def scale_model_input(scheduler, latents, t):
+    """The sampler's input scaling of the latents (identity for samplers without one)."""
+    scale = getattr(scheduler, "scale_model_input", None)
+    return latents if scale is None else scale(latents, t)

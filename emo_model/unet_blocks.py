@@ -27,6 +27,8 @@ from torch.utils.checkpoint import checkpoint
 from .attention import KV, Attention, ReferenceBank, SpatialTransformer
 from .audio_layers import AudioModule, audio_module_width
 from .configs import SpeedConfig, TemporalConfig, UNetConfig
+from .emotion_audio_layers import EmotionAudioModule
+from .memory_temporal import MemoryTemporalModule
 from .motion_frames import with_motion_frames
 from .temporal_modules import TemporalModule
 
@@ -49,6 +51,11 @@ class ForwardContext:
     temporal: bool = True
     temporal_in_plain_blocks: bool = True  # InferenceQuirks: temporal modules in levels without attention
     cross_attention_scale: float = 1.0  # InferenceQuirks.audio_attention_scale (backbone attn2 output)
+    bank_plain_blocks: bool = False  # ReferenceNet (write mode): also bank the resnet outputs of levels without attention
+    audio_stream: torch.Tensor | None = None  # emotion audio modules: the audio tokens handed from module to module
+    emotion: torch.Tensor | None = None  # long [B]: emotion class per video (emotion audio modules)
+    memory: dict | None = None  # memory-guided temporal modules: the caller's memory (one per video batch)
+    update_memory: bool = False  # fold the past frames into the memory in this call
     _masks: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
     def reference_kv(self, key: str, attn: Attention) -> KV | None:
@@ -67,6 +74,18 @@ class ForwardContext:
         if self.reference is None or self.reference.motion is None:
             return None
         return self.reference.motion.get(key)
+
+    def past_frames(self, key: str, x: torch.Tensor) -> torch.Tensor | None:
+        """The past frames' features at ``key`` as [b*n, c, h, w] for features ``x`` [b*f, c, h, w]."""
+        past = self.motion(key)
+        if past is None:
+            return None
+        b = x.shape[0] // self.frames
+        past = past.to(x.dtype).expand(b, *past.shape[1:])
+        n, (c, h, w) = past.shape[1], x.shape[1:]
+        if past.dim() == 4:  # banked tokens [b, n, h*w, c]
+            past = past.transpose(2, 3)
+        return past.reshape(b * n, c, h, w)
 
     def speed_for(self, frames: int) -> torch.Tensor | None:
         return None if self.speed_tokens is None else self.speed_tokens[:, -frames:]
@@ -103,6 +122,10 @@ class _Block(nn.Module):
     """Shared per-layer sequence: resnet -> spatial transformer -> audio module -> temporal module."""
 
     gradient_checkpointing = False
+    key = ""  # set by the owning UNet to this block's path
+
+    def resnet_key(self, i: int) -> str:
+        return f"{self.key}.resnets.{i}"
 
     def _call(self, fn: Callable, *args):
         if self.gradient_checkpointing and torch.is_grad_enabled():
@@ -110,16 +133,26 @@ class _Block(nn.Module):
         return fn(*args)
 
     def _layer(self, i: int, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        if not len(self.attentions) and ctx.bank is not None and ctx.bank_plain_blocks:
+            ctx.bank[self.resnet_key(i)] = x
         if len(self.attentions):
             x = self._call(self.attentions[i], x, ctx)
         if len(self.audio_modules):
-            x = self._call(self.audio_modules[i], x, ctx)
+            module = self.audio_modules[i]
+            if not isinstance(module, EmotionAudioModule):
+                x = self._call(module, x, ctx)
+            elif ctx.audio_stream is not None:  # the stream goes on to the next audio module
+                x, ctx.audio_stream = self._call(module, x, ctx.audio_stream, ctx.emotion)
         if len(self.motion_modules) and ctx.temporal and (len(self.attentions) or ctx.temporal_in_plain_blocks):
             x = self._call(self._temporal, i, x, ctx)
         return x
 
     def _temporal(self, i: int, x: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
         module = self.motion_modules[i]
+        if isinstance(module, MemoryTemporalModule):  # past frames: the features at this module's place
+            key = self.attentions[i].key if len(self.attentions) else self.resnet_key(i)
+            past = ctx.past_frames(key, x) if ctx.update_memory else None
+            return module(x, ctx.frames, past, ctx.memory, ctx.update_memory)
         motion = ctx.motion(self.attentions[i].key) if len(self.attentions) else None
         return with_motion_frames(lambda t, n: module(t, n, ctx.speed_for(n)), x, ctx.frames, motion)
 
@@ -132,12 +165,19 @@ def _layer_modules(
     temporal: TemporalConfig | None,
     speed: SpeedConfig | None,
     audio_module_dim: int | None,
+    emotion_classes: int | None = None,
 ):
     attn = SpatialTransformer(width, cfg.attention_heads, cfg.cross_attention_dim, cfg.norm_num_groups) if attention else None
     audio = None
     if attention and audio_module_dim is not None:
-        audio = AudioModule(width, audio_module_width(cfg.attention_heads, audio_width), cfg.attention_heads, audio_module_dim, cfg.norm_num_groups)
-    motion = TemporalModule(width, temporal, speed) if temporal is not None else None
+        audio_dim = audio_module_width(cfg.attention_heads, audio_width)
+        if emotion_classes is not None:
+            audio = EmotionAudioModule(width, audio_dim, cfg.attention_heads, audio_module_dim, cfg.norm_num_groups, emotion_classes)
+        else:
+            audio = AudioModule(width, audio_dim, cfg.attention_heads, audio_module_dim, cfg.norm_num_groups)
+    motion = None
+    if temporal is not None:
+        motion = TemporalModule(width, temporal, speed) if temporal.memory_decay is None else MemoryTemporalModule(width, temporal, temporal.memory_decay)
     return attn, audio, motion
 
 
@@ -146,13 +186,13 @@ def _modules(items) -> nn.ModuleList:
 
 
 class DownBlock(_Block):
-    def __init__(self, c_in, c_out, temb, cfg: UNetConfig, attention: bool, downsample: bool, temporal, speed, audio_module_dim):
+    def __init__(self, c_in, c_out, temb, cfg: UNetConfig, attention: bool, downsample: bool, temporal, speed, audio_module_dim, emotion_classes=None):
         super().__init__()
         resnets, layers = [], []
         for j in range(cfg.layers_per_block):
             r_in = c_in if j == 0 else c_out
             resnets.append(ResnetBlock2D(in_channels=r_in, out_channels=c_out, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups))
-            layers.append(_layer_modules(c_out, r_in, cfg, attention, temporal, speed, audio_module_dim))
+            layers.append(_layer_modules(c_out, r_in, cfg, attention, temporal, speed, audio_module_dim, emotion_classes))
         self.resnets = nn.ModuleList(resnets)
         self.attentions = _modules(l[0] for l in layers)
         self.audio_modules = _modules(l[1] for l in layers)
@@ -174,13 +214,13 @@ class DownBlock(_Block):
 
 
 class MidBlock(_Block):
-    def __init__(self, c, temb, cfg: UNetConfig, temporal, speed, audio_module_dim):
+    def __init__(self, c, temb, cfg: UNetConfig, temporal, speed, audio_module_dim, emotion_classes=None):
         super().__init__()
         self.resnets = nn.ModuleList(
             [ResnetBlock2D(in_channels=c, out_channels=c, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups) for _ in range(2)]
         )
         mid_temporal = temporal if (temporal is not None and temporal.mid_block) else None
-        attn, audio, motion = _layer_modules(c, c, cfg, True, mid_temporal, speed, audio_module_dim)
+        attn, audio, motion = _layer_modules(c, c, cfg, True, mid_temporal, speed, audio_module_dim, emotion_classes)
         self.attentions = _modules([attn])
         self.audio_modules = _modules([audio])
         self.motion_modules = _modules([motion])
@@ -192,7 +232,7 @@ class MidBlock(_Block):
 
 
 class UpBlock(_Block):
-    def __init__(self, c_in, c_prev, c_out, temb, cfg: UNetConfig, attention, upsample, temporal, speed, audio_module_dim):
+    def __init__(self, c_in, c_prev, c_out, temb, cfg: UNetConfig, attention, upsample, temporal, speed, audio_module_dim, emotion_classes=None):
         super().__init__()
         n = cfg.layers_per_block + 1
         resnets, layers = [], []
@@ -201,7 +241,7 @@ class UpBlock(_Block):
             r_in = c_prev if j == 0 else c_out
             resnets.append(ResnetBlock2D(in_channels=r_in + skip, out_channels=c_out, temb_channels=temb, eps=cfg.norm_eps, groups=cfg.norm_num_groups))
             # The published decoder audio modules are c_in wide (the block-level in_channels, never updated).
-            layers.append(_layer_modules(c_out, c_in, cfg, attention, temporal, speed, audio_module_dim))
+            layers.append(_layer_modules(c_out, c_in, cfg, attention, temporal, speed, audio_module_dim, emotion_classes))
         self.resnets = nn.ModuleList(resnets)
         self.attentions = _modules(l[0] for l in layers)
         self.audio_modules = _modules(l[1] for l in layers)
@@ -221,8 +261,10 @@ class UpBlock(_Block):
 class UNetBase(nn.Module):
     """SD1.5-shaped UNet over frames folded into the batch.
 
-    ``temporal`` adds motion modules (backbone), ``audio_module_dim`` the region audio modules,
-    ``output_head`` the final ``conv_norm_out``/``conv_out`` (the ReferenceNet does not need them).
+    ``temporal`` adds motion modules (backbone), ``audio_module_dim`` the region audio modules (the emotion audio
+    modules with ``emotion_classes``; the network's last one hands no audio on), ``output_head`` the final
+    ``conv_norm_out``/``conv_out`` (the ReferenceNet does not need them), ``last_transformer_norm1_only`` cuts the
+    last spatial transformer after its norm1 (a reference pass banks that and uses nothing after it).
     """
 
     def __init__(
@@ -233,6 +275,8 @@ class UNetBase(nn.Module):
         speed: SpeedConfig | None = None,
         audio_module_dim: int | None = None,
         output_head: bool = True,
+        emotion_classes: int | None = None,
+        last_transformer_norm1_only: bool = False,
     ):
         super().__init__()
         self.cfg = cfg
@@ -243,22 +287,32 @@ class UNetBase(nn.Module):
         self.time_embedding = TimestepEmbedding(ch[0], temb)
         levels = len(ch)
         self.down_blocks = nn.ModuleList(
-            DownBlock(ch[max(i - 1, 0)], ch[i], temb, cfg, cfg.attention_levels[i], i < levels - 1, temporal, speed, audio_module_dim)
+            DownBlock(ch[max(i - 1, 0)], ch[i], temb, cfg, cfg.attention_levels[i], i < levels - 1, temporal, speed, audio_module_dim, emotion_classes)
             for i in range(levels)
         )
-        self.mid_block = MidBlock(ch[-1], temb, cfg, temporal, speed, audio_module_dim)
+        self.mid_block = MidBlock(ch[-1], temb, cfg, temporal, speed, audio_module_dim, emotion_classes)
         rev, rev_attn = list(reversed(ch)), list(reversed(cfg.attention_levels))
         self.up_blocks = nn.ModuleList(
-            UpBlock(rev[min(i + 1, levels - 1)], rev[max(i - 1, 0)], rev[i], temb, cfg, rev_attn[i], i < levels - 1, temporal, speed, audio_module_dim)
+            UpBlock(rev[min(i + 1, levels - 1)], rev[max(i - 1, 0)], rev[i], temb, cfg, rev_attn[i], i < levels - 1, temporal, speed, audio_module_dim, emotion_classes)
             for i in range(levels)
         )
+        last = self.up_blocks[-1]
+        if emotion_classes is not None and len(last.audio_modules):  # the last audio module hands no audio on
+            old = last.audio_modules[-1]
+            last.audio_modules[-1] = EmotionAudioModule(
+                old.norm.num_channels, old.proj_in.out_channels, cfg.attention_heads, audio_module_dim, cfg.norm_num_groups,
+                emotion_classes, last=True,
+            )
+        if last_transformer_norm1_only and len(last.attentions):
+            width = last.attentions[-1].norm.num_channels
+            last.attentions[-1] = SpatialTransformer(width, cfg.attention_heads, cfg.cross_attention_dim, cfg.norm_num_groups, norm1_only=True)
         if output_head:
             self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, ch[0], eps=cfg.norm_eps)
             self.conv_out = nn.Conv2d(ch[0], cfg.out_channels, 3, padding=1)
         else:
             self.conv_norm_out = self.conv_out = None
         for name, module in self.named_modules():
-            if isinstance(module, SpatialTransformer):
+            if isinstance(module, (SpatialTransformer, _Block)):
                 module.key = name
 
     @property

@@ -161,6 +161,9 @@ class TensorFile:
 
     @property
     def name(self) -> str:
+        """The file name; a diffusers model folder's weights are named with their folder (``unet/diffusion_pytorch_model...``)."""
+        if self.path.name in DIFFUSERS_WEIGHTS and self.path.parent.name:
+            return f"{self.path.parent.name}/{self.path.name}"
         return self.path.name
 
 
@@ -400,9 +403,10 @@ class Checkpoint:
             fam = get_family(self.family)
             needed = [name for name, _ in fam.part_files.parts.values()]
             found = ", ".join(sorted(f.name for f in self.files.values()))
+            absent = [fam.part_files.parts[r][0] if r in fam.part_files.parts else r for r in self.missing_parts]
             return (
                 f"{fam.label} needs {', '.join(needed[:-1])} and {needed[-1]} in one folder; found only {found} "
-                f"(no {' / '.join(self.missing_parts)} weights)"
+                f"(no {' / '.join(absent)} weights)"
             )
         if not self.report.complete:
             names = ", ".join(sorted(f.name for f in self.files.values()))
@@ -524,7 +528,7 @@ def inspect_checkpoint(
                 f"{', '.join(f.name for f in files)}: mixes whole-model checkpoints with other parts; load one at a time"
             )
         return _resolve_state_dict(parts["model"][0], variant, ignored, family)
-    owner = next((fam for fam in FAMILIES if fam.part_files is not None and fam.part_files.claims(parts)), None)
+    owner = _subfolder_owner(path) or next((fam for fam in FAMILIES if fam.part_files is not None and fam.part_files.claims(parts)), None)
     if owner is None:
         raise WeightsError(_unsupported_message(files, None))
     return _require_family(owner.part_files.resolve(owner, dict(parts), variant, ignored), family)
@@ -557,12 +561,35 @@ def _open_inputs(path: CheckpointInput | Sequence[CheckpointInput]) -> list[tupl
         item = Path(item)
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
+            found += [p for sub in _declared_subfolders(item) if (p := _diffusers_weights(sub)) is not None]
             if not found:
                 raise WeightsError(f"{item}: no checkpoint files ({', '.join(WEIGHT_SUFFIXES)}) in this folder")
             out.extend((open_tensors(p), False) for p in found)
         else:
             out.append((open_tensors(item), True))
     return out
+
+
+def _declared_subfolders(folder: Path) -> list[Path]:
+    """The sub-folders of ``folder`` that a family declares as its parts (:attr:`PartFiles.subfolders`)."""
+    names = dict.fromkeys(sub for fam in FAMILIES if fam.part_files is not None for sub in fam.part_files.subfolders.values())
+    return [folder / name for name in names if (folder / name).is_dir()]
+
+
+def _diffusers_weights(folder: Path) -> Path | None:
+    return next((folder / n for n in DIFFUSERS_WEIGHTS if (folder / n).is_file()), None)
+
+
+def _subfolder_owner(path: CheckpointInput | Sequence[CheckpointInput]) -> Family | None:
+    """The family whose declared sub-folders a single given folder holds (it owns the parts, even an incomplete set)."""
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).is_dir():
+        return None
+    folder = Path(path)
+    for fam in FAMILIES:
+        subs = fam.part_files.subfolders if fam.part_files is not None else {}
+        if any(_diffusers_weights(folder / sub) is not None for sub in subs.values()):
+            return fam
+    return None
 
 
 def _role(tensors: Mapping[str, torch.Tensor]) -> str | None:
@@ -576,6 +603,10 @@ def _role(tensors: Mapping[str, torch.Tensor]) -> str | None:
         return "denoising_unet" if "conv_out" in tops else "reference_unet"
     if tops and tops <= {"conv_in", "blocks", "conv_out"}:
         return "face_locator"
+    if "proj" in tops and tops <= {"proj", "norm"}:  # identity projection (embedding -> tokens)
+        return "image_proj"
+    if "proj1" in tops and tops <= {"proj1", "proj2", "proj3", "norm"}:  # audio projection (feature windows -> tokens)
+        return "audio_proj"
     return None
 
 

@@ -8,9 +8,11 @@ meta.json's key/shape lists with the counter-hash recipe (tools/parity/common.py
 
 Compared here (rel err < 1e-4): the wav2vec2 front end at 30 fps padded to whole clips, the audio and identity
 projections, the VAE latents of the reference input and the decoded frames, the FlowMatch Euler steps of the
-diffusers scheduler in our venv, and our ReferenceNet's norm1 features of every spatial transformer (with MEMO's
-tiled face tokens). The networks' new blocks are compared in tests/test_memo_modules.py; the denoiser, the
-ReferenceNet's resnet slots (past frames of the blocks without attention) and the clip loop are not wired yet.
+diffusers scheduler in our venv, our ReferenceNet's features of every slot (norm1 of every spatial transformer with
+MEMO's tiled face tokens, the resnet outputs of the levels without attention), and the whole 2-clip generation of our
+pipeline on the tiny-memo model loaded from MEMO's four folders: the denoiser's output of both guidance branches at
+every step of both clips (with the memory carried from clip to clip), the latents and the video.
+The networks' new blocks are compared one by one in tests/test_memo_modules.py.
 """
 
 from __future__ import annotations
@@ -168,23 +170,37 @@ REFERENCE_SLOTS = {  # MEMO's ref_features[part][i][j] -> our ReferenceNet bank 
     "up.2.0": "up_blocks.2.attentions.0", "up.2.1": "up_blocks.2.attentions.1", "up.3.0": "up_blocks.3.attentions.0",
     "up.3.1": "up_blocks.3.attentions.1",
 }
+RESNET_SLOTS = {  # the levels without attention: every resnet output
+    "down.3.0": "down_blocks.3.resnets.0", "up.0.0": "up_blocks.0.resnets.0", "up.0.1": "up_blocks.0.resnets.1",
+}
+PARTS = {"reference_net": "reference_unet.", "diffusion_net": "denoising_unet.", "image_proj": "imageproj.", "audio_proj": "audioproj."}
 
 
 @pytest.fixture(scope="module")
-def reference_net():
-    from emo_model.configs import ReferenceNetConfig, UNetConfig
-    from emo_model.reference_net import ReferenceNet
+def memo_folder(tmp_path_factory):
+    """MEMO's four diffusers folders with the weights MEMO ran with (config.json as published for the projections: {})."""
+    from safetensors.torch import save_file
 
-    cfg = META["configs"]["reference_net"]
-    net = ReferenceNet(ReferenceNetConfig(unet=UNetConfig(
-        block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
-        attention_heads=cfg["attention_head_dim"], norm_num_groups=cfg["norm_num_groups"],
-        cross_attention_dim=cfg["cross_attention_dim"])))
-    missing, unexpected = net.load_state_dict(_weights("reference_net"), strict=False)
-    # MEMO's ReferenceNet stops after norm1 of its last transformer (its checkpoint has nothing after it)
-    last = "up_blocks.3.attentions.1."
-    assert not unexpected and missing and all(k.startswith(last) and ".norm1." not in k for k in missing), missing
-    return net.eval()
+    folder = tmp_path_factory.mktemp("memo")
+    for sub in PARTS:
+        (folder / sub).mkdir()
+        (folder / sub / "config.json").write_text("{}")
+        save_file(_weights(sub), str(folder / sub / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(memo_folder):
+    from emo_model.weights import inspect_checkpoint
+
+    ckpt = inspect_checkpoint(memo_folder)
+    assert (ckpt.format, ckpt.config.name) == ("memo", "tiny-memo") and ckpt.complete
+    return ckpt.load(dtype=torch.float32)
+
+
+@pytest.fixture(scope="module")
+def reference_net(model):
+    return model.reference_unet
 
 
 def _face_tokens(golden, c: int, rows: int, tiled: bool) -> torch.Tensor:
@@ -204,5 +220,81 @@ def test_reference_net_transformer_slots_match_memo(c, reference_net, golden):
         untiled = reference_net(latents, _face_tokens(golden, c, latents.shape[0], tiled=False))
     for slot, key in REFERENCE_SLOTS.items():
         _check(f"clip{c}.reference.{slot}", bank[key], golden[f"clip{c}.reference.{slot}"])
+    with torch.no_grad():
+        plain = reference_net(latents, _face_tokens(golden, c, latents.shape[0], tiled=True), plain_blocks=True)
+    for slot, key in RESNET_SLOTS.items():
+        _check(f"clip{c}.reference.{slot}", plain[key], golden[f"clip{c}.reference.{slot}"])
     worst = min(rel_err(untiled[REFERENCE_SLOTS[s]], golden[f"clip{c}.reference.{s}"])[1] for s in ("mid.0.0", "up.1.0"))
     assert worst > 100 * TOL, f"the face-token tiling is not visible in the comparison (rel err {worst:.2e})"
+
+
+@pytest.fixture(scope="module")
+def generation(model, codec, golden):
+    """Our pipeline's whole generation with MEMO's preset (tiny sizes), MEMO's initial noise and frame emotion labels;
+    records the denoiser's input and output (both branches) at every step."""
+    from emo_model.pipeline import EMOPipeline, SamplingSettings
+
+    pipe = EMOPipeline(model, codec)
+    portrait = (golden["input.portrait"].permute(1, 2, 0) + 1) / 2
+    reference = pipe.encode_reference(portrait, identity_embedding=golden["input.face_emb"])
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    hook = model.register_forward_hook(lambda module, args, out: calls.append((args[0][0].clone(), out.clone())) and None)
+    settings = SamplingSettings.from_preset(model.config.preset, emotion=golden["input.emotion_labels"].long().tolist())
+    assert (settings.sampler, settings.steps, settings.frames_per_clip, settings.motion_frames) == ("flow_euler", STEPS, F, N)
+    assert settings.cfg == settings.audio_cfg == SET["cfg"]
+    noise = torch.cat([golden[f"clip{c}.noise"] for c in range(CLIPS)], dim=1)
+    try:
+        video = pipe.generate_frames(reference, golden["audio.windows"], settings=settings, noise=noise)
+    finally:
+        hook.remove()
+    assert len(calls) == CLIPS * STEPS  # one batched call (both branches) per step
+    return calls, video
+
+
+@pytest.mark.parametrize("c", range(CLIPS))
+def test_denoiser_outputs_and_latents_of_every_step_match_memo(c, generation, golden):
+    """Both guidance branches at every step; the denoiser's input at step s is the latents after step s - 1."""
+    calls, _ = generation
+    for s in range(STEPS):
+        x, out = calls[c * STEPS + s]
+        _check(f"clip{c}.step{s}.input", x, golden[f"clip{c}.step{s}.input"])
+        _check(f"clip{c}.step{s}.pred_uncond", out[0], golden[f"clip{c}.step{s}.pred_uncond"])
+        _check(f"clip{c}.step{s}.pred_cond", out[1], golden[f"clip{c}.step{s}.pred_cond"])
+
+
+def test_two_clip_video_matches_memo(generation, golden):
+    _, video = generation
+    assert video.shape == (CLIPS * F, *golden["video"].shape[2:], 3)
+    _check("video", video.permute(0, 3, 1, 2), golden["video"])
+
+
+def test_memory_and_emotion_are_visible_in_the_comparison(model, codec, golden, generation):
+    """Without the memory carried over from clip 0 (a fresh memory at clip 1), or with the null emotion in the
+    conditional branch, clip 1 is far from MEMO's: the test would see either mistake."""
+    from emo_model.attention import ReferenceBank
+    from emo_model.model import Conditioning
+
+    calls, _ = generation
+    c, R = 1, 1 + N
+    u, cond = golden[f"clip{c}.identity_uncond"], golden[f"clip{c}.identity_cond"]
+    latents = golden[f"clip{c}.ref_latents"].repeat(2, 1, 1, 1)
+    with torch.no_grad():
+        bank = model.reference_unet(latents, _face_tokens(golden, c, 2 * R, tiled=True), plain_blocks=True)
+    tokens = {k: v[[0, R]] for k, v in bank.items() if ".attentions." in k}
+    past = {k: torch.stack([v[1:R], v[R + 1:]]) for k, v in bank.items()}
+    rows = torch.stack([(torch.arange(F) + off) % 2 for off in (0, F)])
+    audio = golden[f"clip{c}.audio_tokens"][None]
+
+    def run(emotion):
+        return model(golden[f"clip{c}.step0.input"][None].expand(2, -1, -1, -1, -1), golden[f"clip{c}.step0.timestep"],
+                     Conditioning(reference=ReferenceBank(tokens, past), reference_enabled=torch.tensor([False, True]),
+                                  reference_rows=rows, audio_tokens=torch.cat([torch.zeros_like(audio), audio]),
+                                  identity_tokens=torch.stack([u, cond]), emotion=torch.tensor(emotion), memory={},
+                                  update_memory=True))
+
+    with torch.no_grad():
+        fresh, null = run(golden[f"clip{c}.step0.emotion"].long().tolist()), run([9, 9])
+    gold = golden[f"clip{c}.step0.pred_cond"]
+    assert rel_err(calls[c * STEPS][1][1], gold)[1] < TOL
+    assert rel_err(fresh[1], gold)[1] > 100 * TOL, "a fresh memory at clip 1 is not visible"
+    assert rel_err(null[1], gold)[1] > 100 * TOL, "the emotion class is not visible"

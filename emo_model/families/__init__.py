@@ -17,10 +17,11 @@ from ..configs import EMOConfig
 from .base import Family, OriginalCode, ParityHarness, PartFiles
 
 # Order matters where two families share a network (the first one's name is what the tensors alone say).
-MODULES = ("emo", "hallo", "hallo2", "echomimic")
+MODULES = ("emo", "hallo", "hallo2", "echomimic", "memo")
 
-__all__ = ["CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "family_of", "get_config",
-           "get_family", "published_labels", "quoted_presets", "supported_files", "upgrade_config_dict"]
+__all__ = ["CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "emotion_class", "emotion_names",
+           "family_of", "get_config", "get_family", "published_labels", "quoted_presets", "supported_files",
+           "upgrade_config_dict"]
 
 
 @lru_cache(maxsize=1)
@@ -130,3 +131,26 @@ def quoted_presets(field: Callable[[EMOConfig], Any], values: bool = True) -> st
             else:
                 parts.append(f"{label} {value:g}" if isinstance(value, float) else f"{label} {value}")
     return ", ".join(dict.fromkeys(parts))
+
+
+def emotion_names() -> tuple[str, ...]:
+    """Every emotion name some family's emotion audio modules know (the choices of an "emotion" widget)."""
+    return tuple(dict.fromkeys(name for fam in _families() for name in fam.emotions))
+
+
+def emotion_class(config: EMOConfig, choice: str | int) -> int:
+    """The class index of an emotion choice (a name of the config's family, or an index) for ``config``.
+
+    Raises ValueError (one line: what, the allowed values) for a model without emotion classes or an unknown choice."""
+    classes = config.backbone.emotion_classes if config.backbone.emotion_audio_modules else 0
+    fam = family_of(config)
+    names = fam.emotions if fam is not None else ()
+    if not classes:
+        raise ValueError(f"{config.name} has no emotion-conditioned audio modules; leave the emotion choice on the preset")
+    text = str(choice).strip().lower()
+    if text.isdigit() and int(text) < classes:
+        return int(text)
+    if text in names:
+        return names.index(text)
+    allowed = ", ".join(names) if names else "no names"
+    raise ValueError(f"emotion {choice!r} is not one of {config.name}'s classes: {allowed} (or an index 0..{classes - 1})")

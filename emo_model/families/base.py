@@ -36,11 +36,16 @@ class PartFiles:
     found per role into a :class:`~emo_model.weights.Checkpoint` (called as
     ``resolve(family, parts, variant, ignored)``); ``claims(parts)`` says whether a set of part roles is
     this family's (the first family that claims them resolves them).
+
+    ``subfolders``: role -> sub-folder name, for a family published as diffusers model folders (each holding
+    ``config.json`` + ``diffusion_pytorch_model.*``) inside one folder: a folder given to the loader that holds any
+    of these sub-folders is this family's, and their weight files are its parts.
     """
 
     parts: Mapping[str, tuple[str, str]]
     resolve: Callable[..., Any]
     claims: Callable[[Mapping[str, list]], bool]
+    subfolders: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,8 @@ class Family:
     parity: ParityHarness | None = None
     # config name -> label, for the configs whose preset values a widget's tooltip quotes ("Hallo 25").
     quoted_configs: Mapping[str, str] = field(default_factory=dict)
+    # names of the emotion classes of its emotion audio modules, in class order (the "emotion" choice)
+    emotions: tuple[str, ...] = ()
 
     def config(self, name: str | None = None) -> EMOConfig:
         return self.configs[name or next(iter(self.configs))]()
