@@ -255,6 +255,22 @@ class Session:
         """Clips (or 1 for context windows, whose steps cover the whole video) for progress totals."""
         return 1 if settings.strategy == "context_windows" else estimate_clips(num_frames, settings)
 
+    def plan_summary(self, num_frames: int, settings: SamplingSettings) -> str:
+        """How a run of ``num_frames`` frames is cut, in words: '3 clips of 16 frames + 2 motion frames' or
+        '2 context windows of 12 frames (overlap 3, moving 2 frames per step)'."""
+        if settings.strategy != "context_windows":
+            clips = estimate_clips(num_frames, settings)
+            return f"{clips} clip{'s' * (clips != 1)} of {settings.frames_per_clip} frames + {settings.motion_frames} motion frames"
+        from .clip_planner import context_schedule
+
+        quirks = self.config.preset.quirks
+        plan = context_schedule(num_frames, settings.frames_per_clip, settings.context_overlap,
+                                schedule=quirks.context_schedule, shift_per_step=quirks.context_shift_per_step)
+        windows = len(plan(0))
+        moving = f", moving {quirks.context_shift_per_step} frames per step" if quirks.context_shift_per_step else ""
+        return (f"{windows} context window{'s' * (windows != 1)} of {min(settings.frames_per_clip, num_frames)} frames "
+                f"(overlap {settings.context_overlap}{moving})")
+
     def to(self, device: torch.device | str) -> "Session":
         """Move the networks (model, VAE, audio encoder) to ``device``; returns self."""
         device = torch.device(device)

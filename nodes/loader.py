@@ -35,8 +35,17 @@ FAMILY_FILES = (
 
 # where a model file named in a workflow comes from (by file or folder name), for the "missing file" message;
 # "/" holds what a family folder is
-SOURCES = {name: where for fam in FAMILIES for name, where in fam.sources.items() if name != "/"}
 FOLDER_SOURCES = "; or ".join(where for fam in FAMILIES for name, where in fam.sources.items() if name == "/")
+
+
+def _source(value: str) -> str | None:
+    """Where a workflow's model entry comes from: the family that claims its folder name first, then the first
+    family that publishes a file of that name."""
+    parts = value.rstrip("/").split("/")
+    name, folder = parts[-1], (parts[-2].lower() if len(parts) > 1 else "")
+    owners = [fam for fam in FAMILIES if name in fam.sources and name != "/"]
+    owner = next((fam for fam in owners if folder in fam.folder_names), owners[0] if owners else None)
+    return owner.sources[name] if owner else None
 
 
 def missing_model_message(value: str) -> str:
@@ -45,8 +54,7 @@ def missing_model_message(value: str) -> str:
     default = _comfy.models_dir() / "emo"  # ComfyUI/models/emo first, then extra folders (extra_model_paths.yaml)
     roots.sort(key=lambda root: root != default)
     place = (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/emo/{value}"
-    name = value.rstrip("/").rsplit("/", 1)[-1]
-    source = SOURCES.get(name) or (FOLDER_SOURCES if value.endswith("/") and FOLDER_SOURCES else supported_files())
+    source = _source(value) or (FOLDER_SOURCES if value.endswith("/") and FOLDER_SOURCES else supported_files())
     return (
         f"the model {value!r} is not in models/emo: put it at {place} ({source}), then press R in the browser to refresh "
         f"the list, or pick another model (the workflow's Note lists every file it needs)"

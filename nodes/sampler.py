@@ -146,10 +146,8 @@ class EMOSampler:
             raise RuntimeError(f"the sampler made {filled[0]} frames for {video.shape[0]} audio frames")
         summary = (
             f"{video.shape[0]} frames · {emo_audio.audio.duration:.2f} s at {emo_audio.fps:g} fps · "
-            f"{session.count_units(emo_audio.num_frames, settings)} clip(s) × {settings.steps} {settings.sampler} steps · "
-            f"cfg {settings.cfg:g} · audio_cfg {settings.audio_cfg:g} · {settings.frames_per_clip} frames per clip"
-            + (f" + {settings.motion_frames} motion frames" if settings.strategy == "motion_frames" else "")
-            + f" · {video.shape[2]}x{video.shape[1]}"
+            f"{session.plan_summary(emo_audio.num_frames, settings)} · {settings.steps} {settings.sampler} steps · "
+            f"cfg {settings.cfg:g} · audio_cfg {settings.audio_cfg:g} · {video.shape[2]}x{video.shape[1]}"
             + (f" · fast (deep features reused, full denoiser every {settings.deep_cache_interval} steps)" if fast else "")
         )
         ui = {"emo_summary": [summary], "emo_preset": [resolved_preset(session)]}

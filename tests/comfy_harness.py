@@ -194,6 +194,52 @@ def tiny_wav2vec2_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
     return path
 
 
+def tiny_whisper_pt(path: Path, width: int = 384, blocks: int = 2, heads: int = 6) -> Path:
+    """An OpenAI-format whisper checkpoint (``dims`` + ``model_state_dict``) with random weights, as wide as the
+    tiny EchoMimic layout's audio tokens (384) and ``blocks`` encoder blocks (embedding + 2 = its 3 layers)."""
+    g = torch.Generator().manual_seed(3)
+
+    def rnd(*shape, centre=0.0):
+        return centre + 0.05 * torch.randn(*shape, generator=g)
+
+    d = width
+    sd = {
+        "encoder.positional_embedding": rnd(1500, d), "encoder.conv1.weight": rnd(d, 80, 3), "encoder.conv1.bias": rnd(d),
+        "encoder.conv2.weight": rnd(d, d, 3), "encoder.conv2.bias": rnd(d),
+        "encoder.ln_post.weight": rnd(d, centre=1.0), "encoder.ln_post.bias": rnd(d),
+    }
+    for i in range(blocks):
+        p = f"encoder.blocks.{i}."
+        for name in ("query", "key", "value", "out"):
+            sd[p + f"attn.{name}.weight"] = rnd(d, d)
+            if name != "key":
+                sd[p + f"attn.{name}.bias"] = rnd(d)
+        for ln in ("attn_ln", "mlp_ln"):
+            sd[p + f"{ln}.weight"], sd[p + f"{ln}.bias"] = rnd(d, centre=1.0), rnd(d)
+        sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"] = rnd(4 * d, d), rnd(4 * d)
+        sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"] = rnd(d, 4 * d), rnd(d)
+    dims = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": d, "n_audio_head": heads, "n_audio_layer": blocks,
+            "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": d, "n_text_head": heads, "n_text_layer": 1}
+    torch.save({"dims": dims, "model_state_dict": sd}, path)
+    return path
+
+
+def echomimic_parts(model, folder: Path) -> Path:
+    """A model saved as EchoMimic v1's four part files (the motion modules apart from the denoising UNet)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    den = {k.removeprefix("denoising_unet."): v for k, v in sd.items() if k.startswith("denoising_unet.")}
+    parts = {
+        "denoising_unet": {k: v for k, v in den.items() if ".motion_modules." not in k},
+        "motion_module": {k: v for k, v in den.items() if ".motion_modules." in k},
+        "reference_unet": {k.removeprefix("reference_unet."): v for k, v in sd.items() if k.startswith("reference_unet.")},
+        "face_locator": {k.removeprefix("face_locator."): v for k, v in sd.items() if k.startswith("face_locator.")},
+    }
+    for role, tensors in parts.items():
+        torch.save(tensors, folder / f"{role}.pth")
+    return folder
+
+
 def make_test_models(models: Path) -> dict[str, str]:
     """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
     from conftest import perturb_zero_inits
@@ -213,7 +259,11 @@ def make_test_models(models: Path) -> dict[str, str]:
     torch.save({k: v.clone() for k, v in hallo.state_dict().items()}, models / "emo" / "hallo" / "net.pth")
     tiny_vae().save_pretrained(models / "vae" / "sd-vae-ft-mse")
     tiny_wav2vec2_folder(models / "audio_encoders" / "wav2vec2-base-960h")
-    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "vae": "sd-vae-ft-mse/", "encoder": "wav2vec2-base-960h/"}
+    torch.manual_seed(2)
+    echomimic_parts(perturb_zero_inits(EMOModel("tiny-echomimic").eval()), models / "emo" / "echomimic")
+    tiny_whisper_pt(models / "audio_encoders" / "whisper_tiny.pt")
+    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "echomimic": "echomimic/", "vae": "sd-vae-ft-mse/",
+            "encoder": "wav2vec2-base-960h/", "whisper": "whisper_tiny.pt"}
 
 
 def node_result(out):
