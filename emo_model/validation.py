@@ -140,6 +140,16 @@ def check_settings(settings, config, *, labels: dict[str, str] | None = None) ->
     for name in ("steps", "cfg", "audio_cfg", "frames_per_clip", "motion_frames", "seed"):
         check(name, getattr(settings, name), label=label(name))
     check_speed(settings.speed, label=label("speed"))
+    from .schedulers import samplers_for
+
+    allowed = samplers_for(config.preset.scheduler)
+    if settings.sampler not in allowed:
+        raise InputError(f"{label('sampler')} {settings.sampler!r} does not sample {config.name}; choose one of {', '.join(allowed)}")
+    classes = config.backbone.emotion_classes if config.backbone.emotion_audio_modules else 0
+    if settings.emotion is not None and classes:
+        values = [settings.emotion] if isinstance(settings.emotion, int) else list(settings.emotion)
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < classes for v in values):
+            raise InputError(f"{label('emotion')} must be an emotion class 0..{classes - 1} of {config.name}, got {settings.emotion!r}")
     if settings.strategy == "motion_frames":
         limit = config.backbone.temporal.max_len
         longest = settings.frames_per_clip + settings.motion_frames

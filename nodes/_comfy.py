@@ -58,9 +58,12 @@ def folder_paths_for(kind: str) -> list[Path]:
 
 
 def _is_layout_folder(path: Path) -> bool:
-    """A checkpoint that spans a folder: a diffusers / HF folder (config.json) or several weight files (a family published in parts)."""
+    """A checkpoint that spans a folder: a diffusers / HF folder (config.json), several weight files (a family published
+    in parts) or several diffusers model folders (a family published as sub-folders, each with its config.json)."""
     files = [p for p in path.iterdir() if p.is_file()]
-    return any(p.name == "config.json" for p in files) or sum(p.suffix.lower() in MODEL_EXTENSIONS for p in files) >= 2
+    if any(p.name == "config.json" for p in files) or sum(p.suffix.lower() in MODEL_EXTENSIONS for p in files) >= 2:
+        return True
+    return sum((p / "config.json").is_file() for p in path.iterdir() if p.is_dir()) >= 2
 
 
 def list_entries(kind: str, *, folders: bool) -> list[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from ..emo_model.colour_match import MODES as COLOUR_MODES
-from ..emo_model.families import quoted_presets
+from ..emo_model.families import emotion_class, emotion_names, quoted_presets
 from ..emo_model.memory import settings_memory_bytes
 from ..emo_model.pipeline import GenerationCancelled, fast_settings
-from ..emo_model.schedulers import SAMPLERS
+from ..emo_model.schedulers import FLOW_SAMPLERS, SAMPLERS
 from ..emo_model.validation import InputError, check_speed
 from . import _comfy
 from .presets import resolved_preset
@@ -68,7 +68,7 @@ class EMOSampler:
                 "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": "Denoising steps per clip. 0 = the model's preset (" + quoted_presets(lambda c: c.preset.steps) + "). Fewer than ~20 gets jittery."}),
                 "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Guidance towards the portrait (and the audio, unless audio_cfg is set). 0 = the preset (" + quoted_presets(lambda c: c.preset.cfg) + ")."}),
                 "audio_cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Separate guidance for the audio (lip sync strength). 0 = same as cfg (classic CFG, one batched pass fewer)."}),
-                "sampler": (list(SAMPLERS), {"default": "ddim", "tooltip": "Scheduler; the model's noise schedule (v-prediction, zero-SNR) is kept whatever you pick. DDIM is the paper's."}),
+                "sampler": (list(SAMPLERS) + list(FLOW_SAMPLERS) + ["preset"], {"default": "ddim", "tooltip": "Scheduler; the model's noise schedule (v-prediction, zero-SNR) is kept whatever you pick. DDIM is the paper's. Models that predict flow velocities take " + ", ".join(FLOW_SAMPLERS) + "; preset = the model's own."}),
                 "speed": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 3.0, "step": 0.05, "tooltip": "Head-motion speed in degrees per frame (EMO's speed layers): speech 0.1-1.0, singing 1.0-1.3; above 1.5 gets jittery. Models without speed layers ignore it (Load EMO Model's summary shows the family)."}),
                 "frames_per_clip": ("INT", {"default": 0, "min": 0, "max": 32, "tooltip": "Frames generated together. 0 = the preset (" + quoted_presets(lambda c: c.preset.frames_per_clip) + ")."}),
                 "motion_frames": ("INT", {"default": -1, "min": -1, "max": 16, "tooltip": "Frames of the previous clip that condition the next one. -1 = the preset (" + quoted_presets(lambda c: c.preset.motion_frames if c.preset.strategy == "motion_frames" else None) + "). Ignored by context-window models (" + quoted_presets(lambda c: "context windows" if c.preset.strategy == "context_windows" else None, values=False) + ")."}),
@@ -77,7 +77,8 @@ class EMOSampler:
             "optional": {
                 "face_mask": ("MASK", {"tooltip": "Where the face may move (EMO Face Mask, or any mask in the portrait's coordinates). Default: the whole frame."}),
                 "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
-                "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says) at 0.4x the preset's steps (at least 8; or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
+                "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says; flow-velocity models keep their own sampler) at 0.4x the preset's steps (at least 8; or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
+                "emotion": (["preset", *emotion_names()], {"default": "preset", "tooltip": "Emotion of models with emotion-conditioned audio modules (" + quoted_presets(lambda c: c.preset.emotion, values=False) + "), used for the whole video: their own audio-emotion classifier is not run. The class names are presumed (emotion2vec's order; the original does not name them). preset = neutral. Other models ignore it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -93,7 +94,7 @@ class EMOSampler:
         return True
 
     def sample(self, emo_model, emo_reference, emo_audio, seed, steps, cfg, audio_cfg, sampler, speed, frames_per_clip, motion_frames,
-               colour_match, face_mask=None, speed_curve="", fast=False, unique_id=None):
+               colour_match, face_mask=None, speed_curve="", fast=False, emotion="preset", unique_id=None):
         session = emo_model
         if emo_reference.model_id != id(session.model):
             raise ValueError(
@@ -107,7 +108,8 @@ class EMOSampler:
             steps=steps or quick.get("steps"),
             cfg=cfg or None,
             audio_cfg=(audio_cfg or cfg) or None,
-            sampler=quick.get("sampler", sampler),
+            sampler=quick.get("sampler", None if sampler == "preset" else sampler),
+            emotion=None if emotion == "preset" or not session.config.backbone.emotion_audio_modules else emotion_class(session.config, emotion),
             seed=seed,
             speed=parse_curve(speed_curve) or speed,
             frames_per_clip=frames_per_clip or None,

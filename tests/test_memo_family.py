@@ -121,3 +121,77 @@ def test_inspect_and_convert_cli_on_a_memo_folder(tmp_path, tiny_memo, capsys):
     assert native.config == get_config("tiny-memo")
     for key, value in tiny_memo.state_dict().items():
         assert torch.equal(native.state_dict()[key], value), key
+
+
+def test_fixed_emotion_choice_by_name_or_index():
+    from emo_model.families import emotion_class, emotion_names
+    from emo_model.families.memo import EMOTIONS
+
+    memo = get_config("memo")
+    assert set(EMOTIONS) <= set(emotion_names()) and len(EMOTIONS) == memo.backbone.emotion_classes == 9
+    assert memo.preset.emotion == EMOTIONS.index("neutral") == 4
+    assert emotion_class(memo, "happy") == 3 and emotion_class(memo, " Sad ") == 6 and emotion_class(memo, "8") == 8
+    with pytest.raises(ValueError, match=r"emotion 'joy' is not one of memo's classes: angry, disgusted, .* \(or an index 0\.\.8\)"):
+        emotion_class(memo, "joy")
+    with pytest.raises(ValueError, match=r"emotion 9 is not one of"):
+        emotion_class(memo, 9)  # 9 is the null class of the unconditional branch, not a choice
+    with pytest.raises(ValueError, match="hallo has no emotion-conditioned audio modules"):
+        emotion_class(get_config("hallo"), "happy")
+
+
+def test_settings_of_a_flow_model_are_checked_in_one_line():
+    from emo_model.pipeline import SamplingSettings
+    from emo_model.validation import InputError, check_settings
+
+    memo = get_config("memo")
+    check_settings(SamplingSettings.from_preset(memo.preset), memo)  # the preset passes
+    with pytest.raises(InputError, match="--sampler 'ddim' does not sample memo; choose one of flow_euler"):
+        check_settings(SamplingSettings.from_preset(memo.preset, sampler="ddim"), memo, labels={"sampler": "--sampler"})
+    with pytest.raises(InputError, match="sampler 'flow_euler' does not sample hallo; choose one of ddim"):
+        check_settings(SamplingSettings.from_preset(get_config("hallo").preset, sampler="flow_euler"), get_config("hallo"))
+    with pytest.raises(InputError, match=r"emotion must be an emotion class 0\.\.8 of memo, got 9"):
+        check_settings(SamplingSettings.from_preset(memo.preset, emotion=9), memo)
+    with pytest.raises(InputError, match="emotion must be"):
+        check_settings(SamplingSettings.from_preset(memo.preset, emotion=[1, 2, 12]), memo)
+
+
+def test_flow_sampler_and_fast_mode_keep_the_flow_schedule():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from emo_model.pipeline import fast_settings
+    from emo_model.schedulers import init_noise_sigma, make_scheduler, scale_model_input
+
+    preset = get_config("memo").preset
+    sched = make_scheduler(preset.sampler, preset.scheduler)
+    assert isinstance(sched, FlowMatchEulerDiscreteScheduler) and sched.config.shift == 1.0
+    sched.set_timesteps(20)
+    assert float(sched.timesteps[0]) == 1000.0 and float(sched.timesteps[-1]) == pytest.approx(1.0)
+    x = torch.randn(2, 3)
+    assert init_noise_sigma(sched) == 1.0 and scale_model_input(sched, x, sched.timesteps[0]) is x
+    with pytest.raises(ValueError, match="this model predicts flow velocities, which only flow_euler sample"):
+        make_scheduler("ddim", preset.scheduler)
+    assert fast_settings(preset)["sampler"] == "flow_euler" and fast_settings(get_config("hallo").preset)["sampler"] == "dpmpp_2m"
+
+
+def test_sampler_node_offers_the_emotion_choice():
+    from tests.comfy_harness import load_pack
+
+    inputs = load_pack().NODE_CLASS_MAPPINGS["EMOSampler"].INPUT_TYPES()
+    choices, options = inputs["optional"]["emotion"]
+    assert choices[0] == "preset" and "neutral" in choices and options["default"] == "preset"
+    assert "MEMO" in options["tooltip"] and "presumed" in options["tooltip"]
+    assert {"flow_euler", "preset", "ddim"} <= set(inputs["required"]["sampler"][0])
+
+
+def test_model_list_shows_a_folder_of_diffusers_sub_folders_once(tmp_path, monkeypatch):
+    from tests.comfy_harness import load_pack
+
+    comfy = load_pack().nodes._comfy
+    for sub in PARTS:
+        (tmp_path / "memo" / sub).mkdir(parents=True)
+        (tmp_path / "memo" / sub / "config.json").write_text("{}")
+        (tmp_path / "memo" / sub / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    (tmp_path / "hallo").mkdir()
+    (tmp_path / "hallo" / "net.pth").write_bytes(b"")
+    monkeypatch.setattr(comfy, "folder_paths_for", lambda kind: [tmp_path])
+    assert comfy.list_entries("emo", folders=True) == ["hallo/net.pth", "memo/"]

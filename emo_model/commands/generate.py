@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from .. import validation
-from ..families import supported_files
-from ..schedulers import SAMPLERS
+from ..families import emotion_class, emotion_names, supported_files
+from ..schedulers import FLOW_SAMPLERS, SAMPLERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -36,7 +36,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fps", type=float, help="video frame rate, 1-120 (omit it for the model's preset)")
     p.add_argument("--speed", type=float, help="head-motion speed, deg/frame (speech 0.1-1.0, singing 1.0-1.3)")
     p.add_argument("--size", type=int, help="output size in pixels, a multiple of 64 (default: the model's preset)")
-    p.add_argument("--sampler", choices=sorted(SAMPLERS), help="scheduler (default: the model's preset, DDIM)")
+    p.add_argument("--sampler", choices=sorted(SAMPLERS) + sorted(FLOW_SAMPLERS),
+                   help="scheduler (default: the model's preset; flow-velocity models take " + ", ".join(FLOW_SAMPLERS) + ")")
+    p.add_argument("--emotion", help="emotion class of models with emotion-conditioned audio modules: " + ", ".join(emotion_names())
+                   + " (or a class index); default: the model's preset")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -129,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with validation.user_input():  # one line from the CLI, the traceback with --debug
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
+    with validation.user_input():
+        emotion = None if args.emotion is None else emotion_class(session.config, args.emotion)
     fast = fast_settings(session.config.preset) if args.fast else {}
     settings = session.settings(
         **{k: v for k, v in fast.items() if k not in ("steps", "sampler")},
@@ -141,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         frames_per_clip=args.frames_per_clip,
         motion_frames=args.motion_frames,
         colour_match=args.colour_match,
-        labels=FLAGS,
+        emotion=emotion,
+        labels={**FLAGS, "sampler": "--sampler", "emotion": "--emotion"},
     )
     audio = session.encode_audio(  # an AudioError is one line from the CLI, the traceback with --debug
         audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
