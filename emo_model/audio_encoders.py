@@ -1,14 +1,14 @@
-"""Per-video-frame audio features: wav2vec2 (EMO, Hallo), whisper-tiny (EchoMimic) and a weight-free log-mel.
+"""Per-video-frame audio features: wav2vec2, whisper-tiny and a weight-free log-mel.
 
 Every encoder turns a :class:`~emo_model.audio.PreparedAudio` into one feature block per video frame,
 float32 on the CPU:
 
-* ``wav2vec2`` -> ``[F, 2m+1, layers, dim]`` (12 x 768), Hallo's recipe: the waveform is normalised to
+* ``wav2vec2`` -> ``[F, 2m+1, layers, dim]`` (12 x 768), the wav2vec2 families' recipe: the waveform is normalised to
   zero mean / unit variance (the 960h ``do_normalize``); with ``interpolate_conv`` the conv features
   are resampled linearly (``align_corners=True``) to F steps before the transformer, so every video
   frame gets one token per layer; otherwise the 50 Hz hidden states are resampled to F. The layer
   outputs (``hidden_states[1:]``) are kept.
-* ``whisper`` -> ``[F, window * layers, dim]`` (10 x 5 = 50 tokens of 384), EchoMimic's recipe: whisper's
+* ``whisper`` -> ``[F, window * layers, dim]`` (10 x 5 = 50 tokens of 384), the whisper family's recipe: whisper's
   log-mel of the whole clip, encoded in 30 s windows; the embedding output and every block output
   (no final LayerNorm) at 50 Hz; frame i reads whisper steps ``int(i * 50 / fps) - 4 .. + 5``, clamped.
 * ``logmel`` -> ``[F, 2m+1, 1, n_mels]``, no weights: the mel power of each video frame's span, log10,
@@ -20,9 +20,10 @@ float32 on the CPU:
 Long audio. wav2vec2 runs in pieces of ``chunk_seconds`` (20 s) of video frames, each with
 ``context_seconds`` (2.5 s) of extra audio on both sides that is encoded and then dropped, so memory
 stays bounded (about 25 s of audio in the model at once) and every kept frame sees at least 2.5 s of
-context. Audio up to 20 s is one piece; ``single_pass`` (Hallo's preset, InferenceQuirks.audio_single_pass)
-encodes any length in one piece, as Hallo does. Whisper works on its native 30 s
-windows, as EchoMimic does. The log-mel spectrograms (log-mel and whisper) are computed in pieces of 20 / 30 s.
+context. Audio up to 20 s is one piece; ``single_pass`` (InferenceQuirks.audio_single_pass)
+encodes any length in one piece, as an original that runs the encoder once does; ``segment_seconds`` (InferenceQuirks.audio_segment_seconds) cuts
+the audio into independent pieces, each normalised and encoded on its own. Whisper works on its native 30 s
+windows, as its original does. The log-mel spectrograms (log-mel and whisper) are computed in pieces of 20 / 30 s.
 
 Weights are read from local files only: ``.safetensors`` with safetensors, anything else with
 ``torch.load(weights_only=True)``, which refuses pickles that would run code. The shipped configs in
@@ -206,7 +207,7 @@ class LogMelAudioEncoder(AudioEncoder):
 
 
 def _interpolate_time(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Linear resampling along dim 0 of ``[T, ...]`` to ``length`` (align_corners=True, as Hallo)."""
+    """Linear resampling along dim 0 of ``[T, ...]`` to ``length`` (align_corners=True, as the originals)."""
     flat = x.reshape(x.shape[0], -1).T.unsqueeze(0)  # [1, C, T]
     out = F.interpolate(flat, size=length, mode="linear", align_corners=True)
     return out[0].T.reshape(length, *x.shape[1:])
@@ -322,7 +323,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         if whole_clips_of:
             extra = -audio.num_frames % whole_clips_of
             waveform = self._normalised(audio.waveform[: audio.real_samples])
-            # Hallo pads whole frames of ``sample_rate // fps`` samples after the source's own samples
+            # the original pads whole frames of ``sample_rate // fps`` samples after the source's own samples
             waveform = F.pad(waveform, (0, extra * int(audio.sample_rate // audio.fps)))
             num_frames = audio.num_frames + extra
         else:

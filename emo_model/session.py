@@ -64,6 +64,7 @@ class Session:
         device: torch.device | str = "cpu",
         dtype: torch.dtype | None = None,
         variant: str = "standard",
+        family: str | None = None,
     ) -> "Session":
         """Load a checkpoint (native file, whole-model state dict, a family's part files) and what it needs.
 
@@ -75,7 +76,7 @@ class Session:
         from . import weights
 
         device = torch.device(device)
-        model = weights.load_emo_model(model_path, device=device, dtype=dtype, variant=variant).eval()
+        model = weights.load_emo_model(model_path, device=device, dtype=dtype, variant=variant, family=family).eval()
         codec = vae if (vae is not None and not isinstance(vae, (str, Path))) else None
         if codec is None:
             if vae is not None:

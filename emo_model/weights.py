@@ -540,12 +540,14 @@ def load_emo_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     variant: str = "standard",
+    family: str | None = None,
 ) -> EMOModel:
     """Load any supported checkpoint (a native file, a whole-model state dict, a family's part files) strictly.
 
-    ``model.config`` is the detected config, preset included. ``dtype=None`` keeps the stored dtype.
+    ``model.config`` is the detected config, preset included. ``dtype=None`` keeps the stored dtype; ``family``
+    as in :func:`inspect_checkpoint`.
     """
-    return inspect_checkpoint(path, variant=variant).load(device=device, dtype=dtype)
+    return inspect_checkpoint(path, variant=variant, family=family).load(device=device, dtype=dtype)
 
 
 def _open_inputs(path: CheckpointInput | Sequence[CheckpointInput]) -> list[tuple[TensorFile, bool]]:
@@ -737,8 +739,8 @@ def _require_family(ckpt: Checkpoint, family: str | None) -> Checkpoint:
     if ckpt.format != "state-dict":
         fam = family_of(ckpt.config)
         raise WeightsError(
-            f"{', '.join(sorted(f.name for f in ckpt.files.values()))} is a {fam.label if fam else ckpt.family} "
-            f"checkpoint, not {get_family(family).label}; leave the family choice on auto"
+            f"{', '.join(sorted(f.name for f in ckpt.files.values()))}: {fam.label if fam else ckpt.family} weights, "
+            f"not {get_family(family).label}'s; leave the family choice on auto"
         )
     return ckpt
 

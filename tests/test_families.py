@@ -135,3 +135,29 @@ def test_an_explicit_family_that_does_not_run_the_network_is_one_line(tmp_path, 
     assert "\n" not in str(err.value)
     with pytest.raises(WeightsError, match="unknown family 'nope'"):
         inspect_checkpoint(net, family="nope")
+
+
+def test_generate_and_the_session_take_the_family(tmp_path, twin, capsys):
+    from comfy_harness import write_portrait, write_speech
+
+    from emo_model.cli import main
+    from emo_model.session import Session
+
+    from conftest import tiny_vae
+
+    net = _net(tmp_path / "models" / "net.pth")
+    vae = tmp_path / "vae"
+    tiny_vae().save_pretrained(vae)
+    assert Session.load(net, vae=vae, family="twin").config.family == "twin"
+    assert Session.load(net, vae=vae).config.family == "hallo"
+    # a native file names its own family: asking for another is one line, nothing written
+    native = tmp_path / "tiny.safetensors"
+    from emo_model.weights import save_native
+
+    save_native(EMOModel(get_config("tiny")), native)
+    out = tmp_path / "never.mp4"
+    rc = main(["generate", "--model", str(native), "--family", "echomimic-v1", "--image", str(write_portrait(tmp_path / "f.png", size=96)),
+               "--audio", str(write_speech(tmp_path / "s.wav", seconds=0.2)), "--out", str(out), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "tiny.safetensors: EMO weights, not EchoMimic v1's; leave the family choice on auto" in err, err
+    assert "Traceback" not in err and not out.exists()

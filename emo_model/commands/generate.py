@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .. import validation
-from ..families import emotion_class, emotion_names, supported_files
+from ..families import FAMILIES, emotion_class, emotion_names, supported_files
 from ..schedulers import FLOW_SAMPLERS, SAMPLERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
     p.add_argument("--out", default="emo_output.mp4", help="output video file (.mp4 or .webm; its folder must exist; a folder is refused) [%(default)s]")
     p.add_argument("--model", help="EMO-family checkpoint: " + supported_files() + "; default: the demo model")
+    p.add_argument("--family", choices=[fam.name for fam in FAMILIES],
+                   help="the model's family when its tensors alone cannot say (families that share a network); default: detected")
     p.add_argument("--vae", help="VAE: diffusers folder or vae-ft-mse-840000-ema-pruned.safetensors (not needed for the demo model)")
     p.add_argument("--audio-encoder", help="wav2vec2-base-960h (folder or .safetensors) or whisper_tiny.pt, as the model's family needs")
     p.add_argument("--models-dir", help="folder with optional extras (YuNet face detector, insightface models)")
@@ -131,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     with validation.user_input():  # one line from the CLI, the traceback with --debug
-        session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype)
+        session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype,
+                               family=args.family)
     with validation.user_input():
         emotion = None if args.emotion is None else emotion_class(session.config, args.emotion)
     fast = fast_settings(session.config.preset) if args.fast else {}

@@ -60,8 +60,8 @@ class ParityHarness:
     script: str
     src_flag: str
     settings: Mapping[str, int]
-    extra_args: Callable[["Path"], list[str]]  # work folder -> extra harness arguments
-    weights_ready: Callable[["Path"], bool]
+    extra_args: Callable[[Path], list[str]]  # work folder -> extra harness arguments
+    weights_ready: Callable[[Path], bool]
     ours: Callable[..., dict]
     audio_timed: bool  # the original's timed call computes the audio features (so ours times them too)
 
