@@ -240,6 +240,23 @@ def echomimic_parts(model, folder: Path) -> Path:
     return folder
 
 
+def diffusers_part_folders(model, folder: Path, family: str) -> Path:
+    """A model saved as a family's diffusers sub-folders (each config.json + diffusion_pytorch_model.safetensors)."""
+    from safetensors.torch import save_file
+
+    from emo_model.families import get_family
+
+    parts = get_family(family).part_files
+    state = model.state_dict()
+    for role, sub in parts.subfolders.items():
+        prefix = parts.parts[role][1]
+        (folder / sub).mkdir(parents=True)
+        (folder / sub / "config.json").write_text("{}")
+        save_file({k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)},
+                  str(folder / sub / "diffusion_pytorch_model.safetensors"))
+    return folder
+
+
 def make_test_models(models: Path) -> dict[str, str]:
     """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
     from conftest import perturb_zero_inits
@@ -257,12 +274,16 @@ def make_test_models(models: Path) -> dict[str, str]:
     torch.manual_seed(1)
     hallo = perturb_zero_inits(EMOModel("tiny-hallo").eval())
     torch.save({k: v.clone() for k, v in hallo.state_dict().items()}, models / "emo" / "hallo" / "net.pth")
+    (models / "emo" / "hallo2").mkdir()  # the same tensors: the folder name selects Hallo2's settings
+    torch.save({k: v.clone() for k, v in hallo.state_dict().items()}, models / "emo" / "hallo2" / "net.pth")
     tiny_vae().save_pretrained(models / "vae" / "sd-vae-ft-mse")
     tiny_wav2vec2_folder(models / "audio_encoders" / "wav2vec2-base-960h")
     torch.manual_seed(2)
     echomimic_parts(perturb_zero_inits(EMOModel("tiny-echomimic").eval()), models / "emo" / "echomimic")
     tiny_whisper_pt(models / "audio_encoders" / "whisper_tiny.pt")
-    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "echomimic": "echomimic/", "vae": "sd-vae-ft-mse/",
+    torch.manual_seed(4)
+    diffusers_part_folders(perturb_zero_inits(EMOModel("tiny-memo").eval()), models / "emo" / "memo", "memo")
+    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "hallo2": "hallo2/net.pth", "echomimic": "echomimic/", "memo": "memo/", "vae": "sd-vae-ft-mse/",
             "encoder": "wav2vec2-base-960h/", "whisper": "whisper_tiny.pt"}
 
 

@@ -224,6 +224,10 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     sampler = next(nid for nid, n in graph.items() if n["class_type"] == "EMOSampler")
     summary = uis[sampler]["emo_summary"][0]
     assert summary.startswith(f"{frames} frames")
+    loader = next(nid for nid, n in graph.items() if n["class_type"] == "LoadEMOModel")
+    family = outputs[loader][0].config.family  # the family the loader chose, by tensors or folder name
+    assert family == {"hallo2/net.pth": "hallo2", "hallo/net.pth": "hallo", "echomimic/": "echomimic-v1", "memo/": "memo"}.get(
+        graph[loader]["inputs"]["model"], "emo"), family
     # how the run was cut, in the family's own terms (EchoMimic v1: windows that move 2 frames per step)
     if "echomimic" in path.name:
         assert re.search(r"\d+ context windows? of \d+ frames \(overlap \d+, moving 2 frames per step\)", summary), summary
@@ -349,12 +353,14 @@ def test_a_missing_model_is_refused_when_queued_saying_where_it_goes(pack, env):
     message = loader.VALIDATE_INPUTS(model="weights/hallo/net.pth")
     assert f"put it at {(env['models'] / 'emo' / 'weights' / 'hallo' / 'net.pth').as_posix()} " in message
     assert "fudan-generative-ai/hallo, file hallo/net.pth" in message and "press R" in message and "\n" not in message
-    message = loader.VALIDATE_INPUTS(model="hallo2/net.pth")  # the same file name: the folder says which family
-    assert f"put it at {(env['models'] / 'emo' / 'hallo2' / 'net.pth').as_posix()} " in message
+    message = loader.VALIDATE_INPUTS(model="old/hallo2/net.pth")  # the same file name: the folder says which family
+    assert f"put it at {(env['models'] / 'emo' / 'old' / 'hallo2' / 'net.pth').as_posix()} " in message
     assert "fudan-generative-ai/hallo2, file hallo2/net.pth" in message
     message = loader.VALIDATE_INPUTS(model="echomimic_v1/")
     assert f"put it at {(env['models'] / 'emo' / 'echomimic_v1').as_posix()}/ " in message
-    assert "denoising_unet.pth" in message and "BadToBest/EchoMimic" in message
+    assert "denoising_unet.pth" in message and "BadToBest/EchoMimic" in message and "memoavatar" not in message
+    message = loader.VALIDATE_INPUTS(model="memo_weights/")  # a folder named after its family says which
+    assert "diffusion_net/" in message and "memoavatar/memo" in message and "BadToBest" not in message
 
 
 # ---- widgets whose 0 / -1 means "the model's preset" ----------------------------------------------------
