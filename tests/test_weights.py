@@ -129,6 +129,16 @@ def test_hallo_net_pth_layout_is_consumed_completely(layouts_dir):
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in net.tensors.items()}
 
 
+def test_full_size_net_pth_in_a_hallo2_folder_or_chosen_is_hallo2(layouts_dir):
+    """Hallo2's published net.pth has Hallo's layout: its folder (or an explicit choice) names the family."""
+    in_folder = inspect_checkpoint(_meta_file(layouts_dir, "hallo_net.json", "hallo2/net.pth"))
+    chosen = inspect_checkpoint(_meta_file(layouts_dir, "hallo_net.json", "net.pth"), family="hallo2")
+    for ckpt in (in_folder, chosen):
+        assert (ckpt.format, ckpt.family, ckpt.config.name) == ("state-dict", "hallo2", "hallo2") and ckpt.complete
+        assert ckpt.config == get_config("hallo2") and ckpt.config.preset.quirks.audio_segment_seconds == 60.0
+        assert ckpt.load(device="meta").config == get_config("hallo2")
+
+
 def test_echomimic_files_are_consumed_completely_roles_from_keys(layouts_dir):
     # neutral names: each file's part must come from its keys
     files = [_meta_file(layouts_dir, layout, f"part{i}.pth") for i, layout in enumerate(ECHOMIMIC_LAYOUTS.values())]
