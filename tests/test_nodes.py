@@ -300,6 +300,13 @@ def test_sampler_interrupt_raises_and_returns_nothing(pack, env, monkeypatch):
     assert set(env["output"].rglob("*")) == before
 
 
+def test_a_new_sampler_node_uses_the_model_s_own_sampler(pack):
+    """A DDIM default would be refused by flow models (MEMO): new nodes start on 'preset'; saved workflows keep theirs."""
+    kind, options = _inputs(pack.NODE_CLASS_MAPPINGS["EMOSampler"])["sampler"]
+    assert kind[0] == "preset" and options["default"] == "preset" and {"ddim", "flow_euler"} <= set(kind)
+    assert "preset: the model's own" in options["tooltip"]
+
+
 def test_sampler_validates_the_speed_curve_at_queue_time(pack):
     sampler = pack.NODE_CLASS_MAPPINGS["EMOSampler"]
     assert sampler.VALIDATE_INPUTS(speed_curve="0.2, 1.0;1.3") is True
