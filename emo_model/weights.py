@@ -233,7 +233,7 @@ def _unsafe_pickle_message(path: Path, exc: Exception) -> str:
 
 def _unwrap_state_dict(path: Path, obj: object) -> dict[str, torch.Tensor]:
     while isinstance(obj, Mapping):
-        inner = next((obj[k] for k in ("state_dict", "module") if isinstance(obj.get(k), Mapping)), None)
+        inner = next((obj[k] for k in ("state_dict", "module", "model") if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
         obj = inner
