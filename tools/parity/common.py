@@ -68,10 +68,9 @@ def hash_uniform(count: int, seed: int) -> np.ndarray:
     return (z >> np.uint64(11)).astype(np.float64) / float(1 << 52) - 1.0
 
 
-def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
-    """fp32 tensors for ``[(name, shape), ...]``: >=2-D uniform with variance 1/fan_in, 1-D names ending
-    in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 100003 + k``."""
-    out = {}
+def hashed_tensors(spec: list[tuple[str, list[int]]], seed: int):
+    """Yields ``(name, fp32 tensor)`` for ``[(name, shape), ...]`` one at a time: >=2-D uniform with variance
+    1/fan_in, 1-D names ending in 'weight' 1 + 0.1 u, other 1-D 0.05 u; tensor k uses seed ``seed * 100003 + k``."""
     for k, (name, shape) in enumerate(spec):
         n = int(np.prod(shape)) if shape else 1
         u = hash_uniform(n, seed * 100003 + k)
@@ -81,16 +80,47 @@ def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str,
             v = 1 + 0.1 * u
         else:
             v = 0.05 * u
-        out[name] = torch.from_numpy(v.astype(np.float32)).reshape(shape)
-    return out
+        yield name, torch.from_numpy(v.astype(np.float32)).reshape(shape)
 
 
-def digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over the names and fp32 bytes, in order (proves two sides hold the same weights)."""
+def hashed_state_dict(spec: list[tuple[str, list[int]]], seed: int) -> dict[str, torch.Tensor]:
+    """All of :func:`hashed_tensors` as a dict."""
+    return dict(hashed_tensors(spec, seed))
+
+
+def digest(tensors) -> str:
+    """sha256 over the names and fp32 bytes, in order (proves two sides hold the same weights).
+    ``tensors``: a dict, or an iterable of ``(name, tensor)`` pairs (read one at a time)."""
     h = hashlib.sha256()
-    for name, t in tensors.items():
+    for name, t in tensors.items() if isinstance(tensors, dict) else tensors:
         h.update(name.encode())
         h.update(t.detach().float().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_hashed_safetensors(path: str, spec: list[tuple[str, list[int]]], seed: int) -> str:
+    """Writes :func:`hashed_state_dict` of ``spec`` as an fp32 safetensors file one tensor at a time (a full-size
+    UNet never sits in memory twice) and returns its :func:`digest`."""
+    import json
+    import struct
+
+    header, offset = {}, 0
+    for name, shape in spec:
+        size = 4 * (int(np.prod(shape)) if shape else 1)
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    h = hashlib.sha256()
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for name, t in hashed_tensors(spec, seed):
+            data = t.numpy().tobytes()
+            h.update(name.encode())
+            h.update(data)
+            fh.write(data)
     return h.hexdigest()
 
 

@@ -37,6 +37,10 @@ the weight key/shape lists, seeds and digests) to ``--out``.
    (every stage: audio windows, per clip the reference pixels and latents, every ReferenceNet feature, noise, per
    step the denoiser input / both branch outputs / guided velocity / latents, decoded frames; the video) and a
    ``pipeline`` section in ``meta.json`` (configs of the four folders, weight specs, seeds, digests).
+4. With ``--pipeline WORK --full --size 128 --assets <hallo_original.py --full folder>``: the same run at MEMO's
+   published shapes (``memo_pipeline.FULL_SIZES``: SD1.5 UNets, 768-wide tokens, the projections' class defaults); the
+   four folders (10.3 GB) are written to ``OUT/checkpoint`` and kept for ``EMO_PARITY_FULL_DIR=OUT pytest
+   tests/test_parity_memo.py -k full``; the assets folder's wav2vec2 and VAE are used.
 """
 from __future__ import annotations
 
@@ -57,11 +61,27 @@ p.add_argument("--memo-src", required=True, help="checkout of memoavatar/memo at
 p.add_argument("--out", required=True, help="fixture folder (tests/parity/memo)")
 p.add_argument("--seed", type=int, default=11, help="weights / inputs seed")
 p.add_argument("--pipeline", metavar="WORK", help="also run MEMO's inference.py on tiny models in this scratch folder")
-p.add_argument("--hallo-fixture", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests",
-               "parity", "hallo"), help="folder with the tiny vae/ and wav2vec2/ reused by --pipeline")
+p.add_argument("--hallo-fixture", "--assets", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..",
+               "tests", "parity", "hallo"), help="folder with the vae/ and wav2vec2/ reused by --pipeline (default: the tiny "
+               "Hallo fixture's; with --full: a folder written by hallo_original.py --full)")
+p.add_argument("--full", action="store_true",
+               help="--pipeline at MEMO's published shapes (SD1.5 UNets, 768-wide tokens, wav2vec2-base-sized audio; "
+                    "~10 GB of safetensors written to OUT/checkpoint; ~12.5 GB RAM); use --size 128 and "
+                    "--assets <hallo_original.py --full folder>")
+p.add_argument("--size", type=int, default=None, help="--pipeline pixels (height = width; default 64)")
 args = p.parse_args()
+if args.full and not args.pipeline:
+    p.error("--full is a mode of --pipeline: give --pipeline WORK too")
+if args.full:
+    w2v_config = os.path.join(args.hallo_fixture, "wav2vec2", "config.json")
+    w2v = {}
+    if os.path.isfile(w2v_config):
+        with open(w2v_config) as fh:
+            w2v = json.load(fh)
+    if (w2v.get("num_hidden_layers"), w2v.get("hidden_size")) != (12, 768):  # what MEMO's audio_proj defaults read
+        p.error("--full needs --assets: a folder written by hallo_original.py --full (a wav2vec2-base-sized wav2vec2/, vae/)")
 os.makedirs(args.out, exist_ok=True)
-torch.set_num_threads(1)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
 
 stub_xformers()  # memo/models/motion_module.py imports xformers at module level
 MEMO = os.path.abspath(args.memo_src)
@@ -143,7 +163,8 @@ pipeline_meta = None
 if args.pipeline:
     from memo_pipeline import run_pipeline  # tools/parity/memo_pipeline.py (part 3)
 
-    pipeline_meta = run_pipeline(MEMO, os.path.abspath(args.pipeline), os.path.abspath(args.hallo_fixture), args.out, args.seed)
+    pipeline_meta = run_pipeline(MEMO, os.path.abspath(args.pipeline), os.path.abspath(args.hallo_fixture), args.out, args.seed,
+                                 full=args.full, size=args.size)
 meta = {
     "original": {"repo": "https://github.com/memoavatar/memo",
                  "commit": os.popen(f"git -C {shlex.quote(MEMO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},

@@ -6,6 +6,7 @@ docstring for what is injected and why.
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -15,18 +16,22 @@ import types
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import digest, hashed_state_dict, stub_packages
+from common import digest, hashed_state_dict, stub_packages, write_hashed_safetensors
 from safetensors.torch import load_file, save_file
 
 SETTINGS = {"size": 64, "frames_per_clip": 4, "past_frames": 4, "clips": 2, "steps": 3, "cfg": 3.5, "fps": 30,
-            "sample_rate": 16000, "audio_frames": 6.4, "seed": 42, "weight_dtype": "fp32"}
+            "sample_rate": 16000, "audio_frames": 6.4, "seed": 42, "weight_dtype": "fp32", "full": False}
 WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
 ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 16, 2, 4, 32
 EMOTION_CLASSES = 9
+# --full: MEMO's published shapes (memoavatar/memo: SD1.5 UNets, 768-wide cross attention and audio tokens, motion
+# modules with 8 heads; image_proj / audio_proj are their classes' defaults because their config.json is empty)
+FULL_SIZES = {"WIDTHS": [320, 640, 1280, 1280], "HEADS": 8, "GROUPS": 32, "CROSS": 768, "LAYERS": 2,
+              "ID_DIM": 512, "ID_TOKENS": 4, "AUDIO_TOKENS": 32, "AUDIO_HIDDEN": 512}
 
 
 def _configs(audio_layers: int, audio_dim: int) -> dict[str, dict]:
-    size = SETTINGS["size"] // 8
+    size = 64 if SETTINGS["full"] else SETTINGS["size"] // 8  # full: SD1.5's sample_size (not used by MEMO's run)
     unet = {
         "act_fn": "silu", "attention_head_dim": HEADS, "block_out_channels": WIDTHS, "center_input_sample": False,
         "cross_attention_dim": CROSS, "downsample_padding": 1, "flip_sin_to_cos": True, "freq_shift": 0, "in_channels": 4,
@@ -61,7 +66,55 @@ def _speech(samples: int, seed: int) -> np.ndarray:
     return (0.3 * env * voice).astype(np.float32)
 
 
-def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: int) -> dict:
+def _shown(path: str) -> str:
+    return os.path.abspath(path)
+
+
+def _write_full_size_folder(folder: str, cls, config: dict, seed: int) -> dict:
+    """One of MEMO's diffusers folders at full size without holding the model twice: the key/shape list of a model
+    built on the meta device, the hashed values streamed into the safetensors file (common.write_hashed_safetensors).
+    config.json: the UNets' config as save_config writes it; the projections' as published (empty: class defaults).
+    Reused when the folder already holds the same key/shape list, seed and digest (written by an earlier run)."""
+    with torch.device("meta"):
+        model = cls.from_config({k: v for k, v in config.items() if k != "_class_name"})
+    spec = [(name, list(t.shape)) for name, t in model.state_dict().items()]
+    stamp = os.path.join(os.path.dirname(os.path.dirname(folder)), "hashed", os.path.basename(folder) + ".json")
+    if os.path.isfile(stamp):
+        with open(stamp) as fh:
+            known = json.load(fh)
+        if known["spec"] == spec and known["seed"] == seed and os.path.isfile(os.path.join(folder, "diffusion_pytorch_model.safetensors")):
+            print(f"reusing {folder} (digest {known['digest'][:12]})", flush=True)
+            return known
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    if cls.__name__.endswith("ConditionModel"):
+        model.save_config(folder)
+    else:
+        with open(os.path.join(folder, "config.json"), "w") as fh:
+            fh.write("{}")
+    del model
+    record = {"seed": seed, "spec": spec,
+              "digest": write_hashed_safetensors(os.path.join(folder, "diffusion_pytorch_model.safetensors"), spec, seed)}
+    os.makedirs(os.path.dirname(stamp), exist_ok=True)
+    with open(stamp, "w") as fh:
+        json.dump(record, fh)
+    print(f"wrote {folder} ({len(spec)} tensors)", flush=True)
+    return record
+
+
+def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: int, full: bool = False,
+                 size: int | None = None) -> dict:
+    """``full``: MEMO's real shapes (``FULL_SIZES``); the four folders are then written to ``out/checkpoint`` (kept: the
+    full-size test loads them; rewritten only when their key/shape lists, seeds or digests differ) and the projections
+    are built by MEMO's own ``from_pretrained`` from an empty config.json (class defaults), as published.
+    ``size``: pixels (height = width; default 64)."""
+    global WIDTHS, HEADS, GROUPS, CROSS, LAYERS, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN
+    SETTINGS["full"] = full
+    if size:
+        SETTINGS["size"] = size
+    if full:
+        WIDTHS, HEADS, GROUPS, CROSS, LAYERS = (FULL_SIZES[k] for k in ("WIDTHS", "HEADS", "GROUPS", "CROSS", "LAYERS"))
+        ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = (FULL_SIZES[k] for k in ("ID_DIM", "ID_TOKENS", "AUDIO_TOKENS", "AUDIO_HIDDEN"))
     stub_packages("audio_separator", "torchaudio", "funasr", "cv2", "insightface", "moviepy", "torchvision", "librosa")
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
     from memo.models.audio_proj import AudioProjModel
@@ -82,11 +135,17 @@ def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: i
 
     # ---- the four folders, hash-generated weights ------------------------------------------------------------
     shutil.rmtree(work, ignore_errors=True)
-    ckpt = os.path.join(work, "checkpoint")
+    ckpt = os.path.join(out if full else work, "checkpoint")
     classes = {"reference_net": UNet2DConditionModel, "diffusion_net": UNet3DConditionModel,
                "image_proj": ImageProjModel, "audio_proj": AudioProjModel}
     weights = {}
     for k, (sub, cls) in enumerate(classes.items()):
+        if full:
+            if sub in ("image_proj", "audio_proj"):  # MEMO loads them from an empty config.json: the class defaults
+                defaults = {a: v.default for a, v in inspect.signature(cls.__init__).parameters.items() if a != "self"}
+                assert {a: v for a, v in configs[sub].items() if a != "_class_name"} == defaults, (sub, defaults)
+            weights[sub] = _write_full_size_folder(os.path.join(ckpt, sub), cls, configs[sub], seed * 10 + k)
+            continue
         model = cls.from_config({key: v for key, v in configs[sub].items() if key != "_class_name"})
         spec = [(name, list(t.shape)) for name, t in model.state_dict().items()]
         state = hashed_state_dict(spec, seed * 10 + k)
@@ -119,7 +178,7 @@ def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: i
     g = torch.Generator().manual_seed(2000 + seed)
     x = torch.rand(1, 3, S, S, generator=g)
     portrait = ((F.avg_pool2d(F.pad(x, (2,) * 4, mode="replicate"), 5, stride=1) - 0.5) * 5).clamp(-1, 1)
-    face_emb = torch.randn(1, ID_DIM, generator=g) * 3  # insightface's raw embedding stands here
+    face_emb = torch.randn(1, ID_DIM, generator=g) * 3  # insightface's raw embedding stands here (full: 512 wide)
     samples = int(SETTINGS["audio_frames"] * SR / FPS)
     waveform = _speech(samples, seed)
     audio_length = -(-samples * FPS // SR)  # ceil, as preprocess_audio
@@ -174,6 +233,9 @@ def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: i
     script.UNet3DConditionModel = types.SimpleNamespace(from_pretrained=lambda *a, **kw: from_pretrained(UNet3DConditionModel, *a, **kw))
 
     def tiny_projection(cls, sub):
+        if full:  # MEMO's own from_pretrained: the class defaults are the published shapes
+            return cls
+
         # MEMO's ImageProjModel / AudioProjModel do not register their __init__ arguments (the hub's config.json of
         # these folders is empty: from_pretrained always builds the class defaults). At the tiny size the harness
         # builds them with the tiny arguments and loads the same safetensors file, strictly.
@@ -286,7 +348,10 @@ def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: i
     save_file(rec, os.path.join(out, "stages.safetensors"))
     return {
         "command_part": "--pipeline", "settings": SETTINGS, "audio_length": audio_length, "padded_frames": padded,
-        "emotion_classes": EMOTION_CLASSES, "reused": {"vae": "tests/parity/hallo/vae", "wav2vec2": "tests/parity/hallo/wav2vec2"},
+        "emotion_classes": EMOTION_CLASSES,
+        "reused": {"vae": _shown(vae_dir), "wav2vec2": _shown(w2v_dir)} if full else
+                  {"vae": "tests/parity/hallo/vae", "wav2vec2": "tests/parity/hallo/wav2vec2"},
+        "checkpoint": "checkpoint" if full else None,
         "scheduler": {k: v for k, v in FlowMatchEulerDiscreteScheduler().config.items() if not k.startswith("_")},
         "configs": configs, "weights": {"generator": "common.hashed_state_dict", **weights},
         "stages": {k: list(v.shape) for k, v in rec.items()},
