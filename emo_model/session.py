@@ -52,6 +52,8 @@ class Session:
     device: torch.device
     name: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    # the last audio's per-frame emotion labels (the classifier is not kept loaded: re-running a graph reuses them)
+    _emotion_labels: dict = field(default_factory=dict, repr=False)
 
     # ---- loading ----------------------------------------------------------------------------------
     @classmethod
@@ -115,6 +117,117 @@ class Session:
         settings = SamplingSettings.from_preset(self.config.preset, **overrides)
         check_settings(settings, self.config, labels=labels)
         return settings
+
+    # ---- emotion ----------------------------------------------------------------------------------
+    def speech_emotion_folders(self) -> tuple[Path | None, Path | None] | None:
+        """(emotion2vec folder, classifier folder) of the family's audio-emotion classifier found in the model folder
+        (each None when absent), or None for a model whose family has no such classifier."""
+        from .families import family_of
+        from .speech_emotion import CLASSIFIER_FILES, ENCODER_FILES, find_folder
+
+        fam = family_of(self.config)
+        files = fam.speech_emotion if fam is not None else None
+        if files is None or not self.config.backbone.emotion_audio_modules:
+            return None
+        path = self.info.get("path")
+        if path is None:
+            return None, None
+        return find_folder(path, files.encoder, ENCODER_FILES), find_folder(path, files.classifier, CLASSIFIER_FILES)
+
+    def check_emotion(self, choice: str | int | None, label: str = "emotion") -> None:
+        """Refuses, in one line and before any audio is encoded, an emotion choice this model cannot honour: a class it
+        does not have, or 'auto' without its audio-emotion classifier's files."""
+        from .families import AUTO_EMOTION, emotion_class, family_of
+        from .validation import InputError
+
+        if choice is None or choice == "preset":
+            return
+        if str(choice).strip().lower() != AUTO_EMOTION:
+            try:
+                emotion_class(self.config, choice)
+            except ValueError as exc:
+                raise InputError(f"{label}: {exc}") from None
+            return
+        folders = self.speech_emotion_folders()
+        if folders is None:
+            names = family_of(self.config).emotions if family_of(self.config) else ()
+            raise InputError(
+                f"{label} 'auto': {self.name} has no audio-emotion classifier"
+                + (f"; choose one of {', '.join(names)}" if names and self.config.backbone.emotion_audio_modules else
+                   "; leave the emotion choice on the preset")
+            )
+        if None in folders:
+            raise InputError(f"{label} 'auto' needs the audio-emotion classifier: {self._missing_emotion_files(folders)}")
+
+    def _missing_emotion_files(self, folders) -> str:
+        from .families import family_of
+
+        fam = family_of(self.config)
+        files = fam.speech_emotion
+        base = Path(self.info["path"])
+        base = base if base.is_dir() else base.parent
+        missing = [f"{(base / rel[0]).as_posix()}/ ({source})" for found, rel, source in
+                   zip(folders, (files.encoder, files.classifier), (files.encoder_source, files.classifier_source)) if found is None]
+        names = ", ".join(n for n in fam.emotions[:4])
+        return f"{' and '.join(missing)} missing; put {'them' if len(missing) > 1 else 'it'} there, or choose an emotion ({names}, ...)"
+
+    def resolve_emotion(self, choice: str | int | None, audio: AudioFeatures) -> tuple[int | list[int] | None, str]:
+        """The run's ``emotion`` setting and a phrase saying how it was chosen ("" for models without emotion classes).
+
+        ``choice``: None or "preset": classified from the audio when the family's audio-emotion classifier is in the
+        model folder (what its original does), else the preset's class; "auto": classified from the audio (refused in
+        one line when the classifier's files are missing); a class name or index: that class for the whole video.
+        Classified: one label per audio-feature row (a class per second of audio, the nearest one per row)."""
+        from .families import AUTO_EMOTION, emotion_class, family_of
+
+        if not self.config.backbone.emotion_audio_modules:
+            self.check_emotion(choice)  # a choice for a model without emotion classes is refused
+            return None, ""
+        fam = family_of(self.config)
+        names = fam.emotions if fam is not None else ()
+
+        def name(i: int) -> str:
+            return names[i] if i < len(names) else str(i)
+
+        auto = choice is not None and str(choice).strip().lower() == AUTO_EMOTION
+        if choice is not None and choice != "preset" and not auto:
+            self.check_emotion(choice)
+            value = emotion_class(self.config, choice)
+            return value, f"emotion {name(value)} (chosen)"
+        self.check_emotion(choice)
+        folders = self.speech_emotion_folders()
+        if folders is None or None in folders:
+            preset = self.config.preset.emotion
+            why = "" if folders is None else f"; no audio-emotion classifier: {self._missing_emotion_files(folders)}"
+            return preset, ("emotion " + ("none" if preset is None else name(preset)) + " (preset" + why + ")")
+        labels = self._classify_emotion(audio, *folders)
+        real = torch.as_tensor(labels[: audio.num_frames])
+        counts = torch.bincount(real, minlength=1)
+        shares = sorted(((int(c), i) for i, c in enumerate(counts.tolist()) if c), reverse=True)
+        spread = ", ".join(f"{name(i)} {100 * c / real.numel():.0f}%" for c, i in shares[:3])
+        return labels, f"emotion from the audio ({spread})"
+
+    def _classify_emotion(self, audio: AudioFeatures, encoder_dir: Path, classifier_dir: Path) -> list[int]:
+        from .speech_emotion import SpeechEmotionClassifier, SpeechEmotionError
+        from .validation import InputError
+
+        prepared = audio.audio
+        wave = prepared.waveform[: prepared.real_samples]
+        rows = int(audio.features.shape[0])  # the feature rows (the frames padded to whole clips, if the family pads)
+        key = (rows, wave.shape[0], float(wave.double().sum()), float(wave.double().abs().sum()), str(encoder_dir), str(classifier_dir))
+        if key not in self._emotion_labels:
+            device = torch.device(self.info.get("run_device", self.device))
+            try:
+                model = SpeechEmotionClassifier.from_folders(encoder_dir, classifier_dir, device=device)
+            except SpeechEmotionError as exc:
+                raise InputError(str(exc)) from None
+            labels = model.classify(wave, rows).labels.tolist()
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            self._emotion_labels.clear()
+            self._emotion_labels[key] = labels
+        return list(self._emotion_labels[key])
 
     # ---- inputs -----------------------------------------------------------------------------------
     def encode_audio(

@@ -14,8 +14,8 @@ Three pieces, each usable on its own:
   (``x = x + attn(n1(x)); x = 2 * mlp(n2(x))``). Post-norm models normalise the blocks' input once (the prenet's
   norm); pre-norm models normalise the output once (the final norm).
 * :class:`EmotionClassifier`: Linear layers with ReLU between them (width -> channels x (layers - 1) -> classes),
-  read from a diffusers-style folder (``config.json`` with ``num_classifier_layers`` / ``num_classifier_channels``,
-  weights as ``layers.fc<i>.*`` or ``layers.*`` for one layer).
+  read from a diffusers-style folder (``config.json`` + ``diffusion_pytorch_model.safetensors``, weights as
+  ``layers.fc<i>.*``, or ``layers.*`` for one layer; the sizes come from the tensors).
 * :func:`segment_windows` / :func:`frame_labels`: one label per second of audio. Second 0 takes the label of the
   first 2 s, second k (k >= 1, starting before the last second) the label of seconds k-1 .. k+2 (3 s), the last
   second (the last 16000 samples) the label of the last 2 s; the per-sample labels are then resampled to the video
@@ -508,24 +508,27 @@ def load_encoder(folder: str | Path) -> SpeechEmotionEncoder:
 
 
 def load_classifier(folder: str | Path) -> EmotionClassifier:
-    """A diffusers-style folder: ``config.json`` (``num_classifier_layers``, ``num_classifier_channels``) + weights."""
+    """A diffusers-style folder: ``config.json`` + ``diffusion_pytorch_model.safetensors``."""
     folder = Path(folder)
     weights = next((folder / n for n in CLASSIFIER_WEIGHTS if (folder / n).is_file()), None)
     if weights is None or not (folder / "config.json").is_file():
         missing = "config.json" if weights is not None else CLASSIFIER_WEIGHTS[0]
         raise SpeechEmotionError(f"{folder}: {missing} missing; the classifier folder holds config.json and {CLASSIFIER_WEIGHTS[0]}")
     try:
-        conf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SpeechEmotionError(f"{folder / 'config.json'}: not valid JSON ({exc}); download it again") from None
-    layers = int(conf.get("num_classifier_layers", 5))
-    channels = int(conf.get("num_classifier_channels", 2048))
+    # The published config.json names only the class (its constructor arguments are not recorded): the layer count
+    # and width come from the tensors.
     tensors = _read(weights)
+    fc = sorted(int(k.split(".")[1][2:]) for k in tensors
+                if k.startswith("layers.fc") and k.endswith(".weight") and k.split(".")[1][2:].isdigit())
+    layers = len(fc) if fc else (1 if "layers.weight" in tensors else 0)
+    if not layers or (fc and fc != list(range(1, layers + 1))):
+        raise SpeechEmotionError(f"{weights}: not an audio-emotion classifier (no layers.fc1..fcN / layers.* tensors)")
     state = EmotionClassifier.state_from_checkpoint(tensors, layers)
-    first, last = state.get("linears.0.weight"), state.get(f"linears.{layers - 1}.weight")
-    if first is None or last is None:
-        raise SpeechEmotionError(f"{weights}: not the {layers}-layer classifier its config.json describes")
-    classifier = EmotionClassifier(first.shape[1], last.shape[0], layers, channels)
+    first, last = state["linears.0.weight"], state[f"linears.{layers - 1}.weight"]
+    classifier = EmotionClassifier(first.shape[1], last.shape[0], layers, first.shape[0])
     _load_strict(classifier, state, weights, "config.json")
     return classifier.eval()
 
@@ -542,3 +545,19 @@ def _load_strict(module: nn.Module, state: dict, path: Path, config: str) -> Non
             f"keep the weights and the {config} they were published with together"
         )
     module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+
+
+def find_folder(model_path: str | Path, candidates: Sequence[str], required: Sequence[str]) -> Path | None:
+    """The first of ``candidates`` (sub-folders of the model folder; of a model file's folder) that holds a file of
+    each group in ``required`` (a group is names separated by ``|``), or None."""
+    base = Path(model_path)
+    base = base if base.is_dir() else base.parent
+    for rel in candidates:
+        folder = base / rel
+        if folder.is_dir() and all(any((folder / n).is_file() for n in group.split("|")) for group in required):
+            return folder
+    return None
+
+
+ENCODER_FILES = ("config.yaml", "|".join(ENCODER_WEIGHTS))
+CLASSIFIER_FILES = ("config.json", "|".join(CLASSIFIER_WEIGHTS))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..emo_model.colour_match import MODES as COLOUR_MODES
-from ..emo_model.families import emotion_class, emotion_names, quoted_presets
+from ..emo_model.families import AUTO_EMOTION, emotion_names, quoted_presets
 from ..emo_model.memory import settings_memory_bytes
 from ..emo_model.pipeline import GenerationCancelled, fast_settings
 from ..emo_model.schedulers import FLOW_SAMPLERS, SAMPLERS
@@ -78,7 +78,7 @@ class EMOSampler:
                 "face_mask": ("MASK", {"tooltip": "Where the face may move (EMO Face Mask, or any mask in the portrait's coordinates). Default: the whole frame."}),
                 "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
                 "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says; flow-velocity models keep their own sampler) at 0.4x the preset's steps (at least 8; or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
-                "emotion": (["preset", *emotion_names()], {"default": "preset", "tooltip": "Emotion of models with emotion-conditioned audio modules (" + quoted_presets(lambda c: c.preset.emotion, values=False) + "), used for the whole video: their own audio-emotion classifier is not run. The class names are presumed (emotion2vec's order; the original does not name them). preset = neutral. Other models ignore it."}),
+                "emotion": (["preset", AUTO_EMOTION, *emotion_names()], {"default": "preset", "tooltip": "Emotion of models with emotion-conditioned audio modules (" + quoted_presets(lambda c: c.preset.emotion, values=False) + "). auto: classified from the audio, second by second, by the family's own audio-emotion classifier (its files in the model folder: see the README); preset: auto when those files are there (as the original does), else neutral; the summary says which. A class name: that emotion for the whole video. The class names are presumed (emotion2vec's order; the original does not name them). Other models ignore it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -102,6 +102,9 @@ class EMOSampler:
             )
         if emo_audio.kind != session.config.audio.kind:
             raise ValueError(f"the audio was encoded for '{emo_audio.kind}' features but {session.name} needs '{session.config.audio.kind}'; re-run EMO Audio Encode with this model")
+        emotion_value, emotion_note = (None, "")
+        if session.config.backbone.emotion_audio_modules:  # other models ignore the choice
+            emotion_value, emotion_note = session.resolve_emotion(None if emotion == "preset" else emotion, emo_audio)
         quick = fast_settings(session.config.preset) if fast else {}
         settings = session.settings(
             **{k: v for k, v in quick.items() if k not in ("steps", "sampler")},
@@ -109,7 +112,7 @@ class EMOSampler:
             cfg=cfg or None,
             audio_cfg=(audio_cfg or cfg) or None,
             sampler=quick.get("sampler", None if sampler == "preset" else sampler),
-            emotion=None if emotion == "preset" or not session.config.backbone.emotion_audio_modules else emotion_class(session.config, emotion),
+            emotion=emotion_value,
             seed=seed,
             speed=parse_curve(speed_curve) or speed,
             frames_per_clip=frames_per_clip or None,
@@ -151,6 +154,7 @@ class EMOSampler:
             f"{session.plan_summary(emo_audio.num_frames, settings)} · {settings.steps} {settings.sampler} steps · "
             f"cfg {settings.cfg:g} · audio_cfg {settings.audio_cfg:g} · {video.shape[2]}x{video.shape[1]}"
             + (f" · fast (deep features reused, full denoiser every {settings.deep_cache_interval} steps)" if fast else "")
+            + (f" · {emotion_note}" if emotion_note else "")
         )
         ui = {"emo_summary": [summary], "emo_preset": [resolved_preset(session)]}
         return {"ui": ui, "result": (video, float(emo_audio.fps), emo_audio.audio.as_comfy())}

@@ -7,6 +7,7 @@ shipped in ``emo_model/demo_assets``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 
 from .. import validation
-from ..families import FAMILIES, emotion_class, emotion_names, supported_files
+from ..families import FAMILIES, emotion_names, supported_files
 from ..schedulers import FLOW_SAMPLERS, SAMPLERS
 
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -40,8 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, help="output size in pixels, a multiple of 64 (default: the model's preset)")
     p.add_argument("--sampler", choices=sorted(SAMPLERS) + sorted(FLOW_SAMPLERS),
                    help="scheduler (default: the model's preset; flow-velocity models take " + ", ".join(FLOW_SAMPLERS) + ")")
-    p.add_argument("--emotion", help="emotion class of models with emotion-conditioned audio modules: " + ", ".join(emotion_names())
-                   + " (or a class index); default: the model's preset")
+    p.add_argument("--emotion", help="emotion of models with emotion-conditioned audio modules: auto (classified from the audio by "
+                   "the family's audio-emotion classifier, whose files must be in the model folder), or a class for the whole video: "
+                   + ", ".join(emotion_names()) + " (or a class index); default: auto when the classifier's files are there, "
+                   "else the model's preset")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -135,8 +138,8 @@ def run(args: argparse.Namespace) -> int:
     with validation.user_input():  # one line from the CLI, the traceback with --debug
         session = Session.load(model_path, vae=args.vae, audio_encoder=args.audio_encoder, device=device, dtype=dtype,
                                family=args.family)
-    with validation.user_input():
-        emotion = None if args.emotion is None else emotion_class(session.config, args.emotion)
+    with validation.user_input():  # a class the model lacks, or 'auto' without the classifier's files: before the audio
+        session.check_emotion(args.emotion, label="--emotion")
     fast = fast_settings(session.config.preset) if args.fast else {}
     settings = session.settings(
         **{k: v for k, v in fast.items() if k not in ("steps", "sampler")},
@@ -149,12 +152,17 @@ def run(args: argparse.Namespace) -> int:
         frames_per_clip=args.frames_per_clip,
         motion_frames=args.motion_frames,
         colour_match=args.colour_match,
-        emotion=emotion,
         labels={**FLAGS, "sampler": "--sampler", "emotion": "--emotion"},
     )
     audio = session.encode_audio(  # an AudioError is one line from the CLI, the traceback with --debug
         audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
     )
+    with validation.user_input():
+        emotion, emotion_note = session.resolve_emotion(args.emotion, audio)  # 'auto' / the preset: from the audio
+    if emotion_note:
+        print(f"note: {emotion_note}", file=sys.stderr)
+    if emotion is not None:
+        settings = dataclasses.replace(settings, emotion=emotion)
     portrait = session.prepare_portrait(image, size=args.size, detector=args.face_detector, models_dir=args.models_dir)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)

@@ -14,12 +14,16 @@ from functools import lru_cache
 from typing import Any
 
 from ..configs import EMOConfig
-from .base import Family, OriginalCode, ParityHarness, PartFiles
+from .base import Family, OriginalCode, ParityHarness, PartFiles, SpeechEmotionFiles
+
+# The emotion choice that classifies the driving audio with the family's own audio-emotion classifier.
+AUTO_EMOTION = "auto"
 
 # Order matters where two families share a network (the first one's name is what the tensors alone say).
 MODULES = ("emo", "hallo", "hallo2", "echomimic", "memo")
 
-__all__ = ["CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "emotion_class", "emotion_names",
+__all__ = ["AUTO_EMOTION", "CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "SpeechEmotionFiles",
+           "emotion_class", "emotion_names",
            "family_of", "get_config", "get_family", "published_labels", "quoted_presets", "supported_files",
            "upgrade_config_dict"]
 

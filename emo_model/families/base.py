@@ -49,6 +49,18 @@ class PartFiles:
 
 
 @dataclass(frozen=True)
+class SpeechEmotionFiles:
+    """The audio-emotion classifier a family's original runs on the driving audio to pick its emotion classes
+    (emo_model/speech_emotion.py): the sub-folders of the model folder where each part is looked for (first found
+    wins) and, for messages, what each folder holds and where it comes from."""
+
+    encoder: tuple[str, ...]  # emotion2vec folders: config.yaml + model.pt
+    classifier: tuple[str, ...]  # classifier folders: config.json + diffusion_pytorch_model.safetensors
+    encoder_source: str
+    classifier_source: str
+
+
+@dataclass(frozen=True)
 class ParityHarness:
     """How ``bench --against-original`` runs this family's original (tools/parity/<script>) and ours on its weights.
 
@@ -88,6 +100,8 @@ class Family:
     quoted_configs: Mapping[str, str] = field(default_factory=dict)
     # names of the emotion classes of its emotion audio modules, in class order (the "emotion" choice)
     emotions: tuple[str, ...] = ()
+    # the audio-emotion classifier its original runs to choose the emotion classes ("auto"; None: it has none)
+    speech_emotion: SpeechEmotionFiles | None = None
 
     def config(self, name: str | None = None) -> EMOConfig:
         return self.configs[name or next(iter(self.configs))]()

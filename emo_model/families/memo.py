@@ -36,8 +36,10 @@ What makes it MEMO (every rule at commit a5aee301, file:line there):
   - Unconditional branch (video_pipeline.py:176-257): face tokens of a zero embedding (not zero tokens), zero audio
     tokens, the "no emotion" class 9, no reference in attn1 (``uc_mask``).
   - Emotion: one class per clip, the mode of the clip's frame labels (the smallest on ties, torch.mode on CPU;
-    video_pipeline.py:240-248). The labels come from emotion2vec + MEMO's classifier (memo/utils/audio_utils.py:
-    149-236), which we do not run: the emotion is a fixed choice (:data:`EMOTIONS`) or per-frame labels.
+    video_pipeline.py:240-248). The labels come from emotion2vec_plus_large + MEMO's classifier
+    (memo/utils/audio_utils.py:149-236, memo/models/emotion_classifier.py; ours: emo_model/speech_emotion.py) run on
+    the un-separated 16 kHz audio, when their files are in the model folder (:data:`SPEECH_EMOTION`); without them
+    the emotion is a fixed choice (:data:`EMOTIONS`, neutral by default).
   - Not reproduced: the vocal separation before wav2vec2 (Kim_Vocal_2; the features are computed on the given
     audio), bf16 weights (we run the preset dtype the user picks).
 """
@@ -58,7 +60,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import Family, OriginalCode, PartFiles
+from .base import Family, OriginalCode, PartFiles, SpeechEmotionFiles
 
 ORIGINAL = OriginalCode(
     repo="memoavatar/memo",
@@ -78,6 +80,17 @@ PARTS = {
 # does not name them; this is emotion2vec's 9-class order (emotion2vec_plus_large, whose features MEMO's classifier
 # reads), presumed to be the order of MEMO's classifier, not verified.
 EMOTIONS = ("angry", "disgusted", "fearful", "happy", "neutral", "other", "sad", "surprised", "unknown")
+
+# Where MEMO users have the emotion classifier's two parts, inside the MEMO folder: the classifier as the
+# memoavatar/memo download holds it, emotion2vec as funasr / Hugging Face ship it.
+SPEECH_EMOTION = SpeechEmotionFiles(
+    encoder=("emotion2vec_plus_large", "misc/emotion2vec_plus_large"),
+    classifier=("misc/audio_emotion_classifier",),
+    encoder_source="config.yaml + model.pt of emotion2vec_plus_large, from Hugging Face emotion2vec/emotion2vec_plus_large "
+                   "(or ModelScope iic/emotion2vec_plus_large)",
+    classifier_source="config.json + diffusion_pytorch_model.safetensors, from Hugging Face memoavatar/memo "
+                      "(misc/audio_emotion_classifier/)",
+)
 
 QUIRKS = InferenceQuirks(
     reference_identity_alternates=True,
@@ -103,7 +116,7 @@ def memo_preset(**changes) -> PresetConfig:
         audio_cfg=3.5,
         scheduler=SchedulerConfig(flow_shift=1.0),
         quirks=QUIRKS,
-        emotion=EMOTIONS.index("neutral"),  # without the emotion classifier: a fixed choice, neutral by default
+        emotion=EMOTIONS.index("neutral"),  # the class when the emotion classifier's files are not in the model folder
     )
     return dataclasses.replace(preset, **changes)
 
@@ -199,4 +212,5 @@ FAMILY = Family(
     ),
     quoted_configs={"memo": "MEMO"},
     emotions=EMOTIONS,
+    speech_emotion=SPEECH_EMOTION,
 )

@@ -1,0 +1,217 @@
+"""The emotion choice 'auto': the family's audio-emotion classifier found in the model folder, run on the driving audio.
+
+Tiny files in the layout users have (emotion2vec_plus_large/ with config.yaml + model.pt, misc/audio_emotion_classifier/
+with config.json + diffusion_pytorch_model.safetensors, inside the MEMO folder), with the weights of the parity fixture
+(tests/parity/emotion2vec, checked against MEMO's own labelling in test_parity_speech_emotion.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from comfy_harness import diffusers_part_folders, load_pack, run_api, tiny_graph, tiny_wav2vec2_folder, write_portrait, write_speech
+from conftest import ROOT, perturb_zero_inits, tiny_vae
+
+FIX = ROOT / "tests" / "parity" / "emotion2vec"
+META = json.loads((FIX / "meta.json").read_text())
+
+
+def _hashed(entry: dict) -> dict[str, torch.Tensor]:
+    from conftest import parity_common
+
+    return parity_common().hashed_state_dict([(k, s) for k, s in entry["spec"]], entry["seed"])
+
+
+def add_speech_emotion_files(memo: os.PathLike, state: dict, classifier: dict) -> None:
+    import yaml
+
+    enc = memo / "emotion2vec_plus_large"
+    enc.mkdir()
+    (enc / "config.yaml").write_text(yaml.safe_dump({"model": "Emotion2vec", "model_conf": META["a"]["model_conf"]}))
+    torch.save(state, enc / "model.pt")
+    cls = memo / "misc" / "audio_emotion_classifier"
+    cls.mkdir(parents=True)
+    (cls / "config.json").write_text(json.dumps(META["a"]["classifier"]["config"]))
+    save_file(classifier, str(cls / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    from emo_model.model import EMOModel
+
+    base = tmp_path_factory.mktemp("speech_emotion")
+    models = base / "models"
+    torch.manual_seed(4)
+    tiny = perturb_zero_inits(EMOModel("tiny-memo").eval())
+    plain = diffusers_part_folders(tiny, models / "emo" / "memo_plain", "memo")
+    full = diffusers_part_folders(tiny, models / "emo" / "memo", "memo")
+    classifier = _hashed(META["a"]["classifier"])
+    classifier["layers.fc5.bias"] = load_file(FIX / "emotion.safetensors")["a.classifier.fc5.bias"]
+    add_speech_emotion_files(full, _hashed(META["a"]["encoder"]), classifier)
+    tiny_vae().save_pretrained(models / "vae" / "sd-vae-ft-mse")
+    tiny_wav2vec2_folder(models / "audio_encoders" / "wav2vec2-base-960h")
+    (base / "input").mkdir()
+    (base / "output").mkdir()
+    return {
+        "base": base, "models": models, "plain": plain, "full": full,
+        "vae": models / "vae" / "sd-vae-ft-mse", "w2v": models / "audio_encoders" / "wav2vec2-base-960h",
+        "audio": _fixture_speech(base / "input" / "speech.wav"), "image": write_portrait(base / "input" / "portrait.png"),
+        # generation tests run on 0.6 s (one window: one class; the classes' spread is checked without generating)
+        "short": write_speech(base / "input" / "short.wav", seconds=0.6),
+    }
+
+
+def _fixture_speech(path):
+    """The parity fixture's 4.3 s of audio (its windows get several classes from these weights), 16 kHz float wav."""
+    import soundfile as sf
+
+    sf.write(str(path), load_file(FIX / "emotion.safetensors")["a.waveform"].numpy(), 16000, subtype="FLOAT")
+    return path
+
+
+def _session(files, folder):
+    from emo_model.session import Session
+
+    return Session.load(folder, vae=files["vae"], audio_encoder=files["w2v"])
+
+
+def test_conv_stack_spec_is_parsed_not_evaluated():
+    from emo_model.speech_emotion import SpeechEmotionError, parse_conv_stack
+
+    assert parse_conv_stack("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]") == (
+        (512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
+    assert parse_conv_stack("2 * [(8, 3, 1)]") == ((8, 3, 1), (8, 3, 1))
+    for bad in ("__import__('os').system('true')", "[(512, 10)]", "[(512, 10, 5.0)]", "[]", "[(1,2,3)] * -1"):
+        with pytest.raises(SpeechEmotionError, match="feature_encoder_spec"):
+            parse_conv_stack(bad)
+
+
+def test_missing_or_unsafe_files_are_one_line(tmp_path):
+    from emo_model.speech_emotion import SpeechEmotionError, load_classifier, load_encoder
+
+    (tmp_path / "e2v").mkdir()
+    (tmp_path / "e2v" / "model.pt").write_bytes(b"")
+    with pytest.raises(SpeechEmotionError, match=r"config\.yaml missing"):
+        load_encoder(tmp_path / "e2v")
+    (tmp_path / "e2v" / "config.yaml").write_text("model: Emotion2vec\nmodel_conf:\n  embed_dim: 32\n")
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickle code ran",))
+
+    with open(tmp_path / "e2v" / "model.pt", "wb") as fh:
+        pickle.dump({"x": Evil()}, fh, protocol=2)
+    with pytest.raises(SpeechEmotionError) as err:
+        load_encoder(tmp_path / "e2v")
+    assert "\n" not in str(err.value) and ("refused" in str(err.value) or "not a readable" in str(err.value))
+    (tmp_path / "cls").mkdir()
+    with pytest.raises(SpeechEmotionError, match="diffusion_pytorch_model.safetensors missing"):
+        load_classifier(tmp_path / "cls")
+
+
+def test_session_emotion_choices(files):
+    from emo_model.speech_emotion import SpeechEmotionClassifier
+    from emo_model.validation import InputError
+
+    plain = _session(files, files["plain"])
+    audio = plain.encode_audio(str(files["audio"]))
+    rows = audio.features.shape[0]
+    assert rows % 4 == 0 and rows >= audio.num_frames  # tiny-memo pads to whole clips of 4 frames
+    # without the classifier: the preset's neutral, and the summary says why; 'auto' is refused in one line
+    value, note = plain.resolve_emotion(None, audio)
+    assert value == 4 and note.startswith("emotion neutral (preset; no audio-emotion classifier: ")
+    assert "memo_plain/emotion2vec_plus_large/" in note and "memo_plain/misc/audio_emotion_classifier/" in note
+    with pytest.raises(InputError, match=r"emotion 'auto' needs the audio-emotion classifier: .*emotion2vec_plus_large/ .*"
+                                         r"misc/audio_emotion_classifier/ .*missing; put them there, or choose an emotion"):
+        plain.resolve_emotion("auto", audio)
+    assert plain.resolve_emotion("happy", audio) == (3, "emotion happy (chosen)")
+    # with it: the preset classifies the audio (MEMO's own default), as 'auto' does; a name still wins
+    full = _session(files, files["full"])
+    audio = full.encode_audio(str(files["audio"]))
+    expected = SpeechEmotionClassifier.from_folders(files["full"] / "emotion2vec_plus_large",
+                                                    files["full"] / "misc" / "audio_emotion_classifier")
+    labels = expected.classify(audio.audio.waveform[: audio.audio.real_samples], rows).labels.tolist()
+    for choice in (None, "preset", "auto", " Auto "):
+        value, note = full.resolve_emotion(choice, audio)
+        assert value == labels and note.startswith("emotion from the audio ("), (choice, note)
+    assert len(set(labels)) >= 2  # several classes over 4.3 s: per-frame labels, not one class
+    assert full.resolve_emotion("sad", audio) == (6, "emotion sad (chosen)")
+    settings = full.settings(emotion=value)  # per-frame labels pass the settings check
+    assert settings.emotion == labels
+
+
+def test_auto_on_a_model_without_emotion_classes_is_refused(files, tmp_path):
+    from emo_model import weights
+    from emo_model.model import EMOModel
+    from emo_model.session import Session
+    from emo_model.validation import InputError
+
+    torch.manual_seed(0)
+    path = tmp_path / "tiny.safetensors"
+    weights.save_native(perturb_zero_inits(EMOModel("tiny").eval()), path, vae=tiny_vae())
+    session = Session.load(path)
+    with pytest.raises(InputError, match="has no audio-emotion classifier; leave the emotion choice on the preset"):
+        session.check_emotion("auto")
+    assert session.speech_emotion_folders() is None
+
+
+def _emo(*args):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "emo_model", "generate", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=env)
+
+
+def test_cli_emotion_auto(files):
+    common = ["--image", str(files["image"]), "--audio", str(files["short"]), "--vae", str(files["vae"]), "--audio-encoder",
+              str(files["w2v"]), "--steps", "1", "--device", "cpu", "--dtype", "fp32"]
+    out = files["base"] / "never.mp4"
+    res = _emo("--model", str(files["plain"]), "--emotion", "auto", "--out", str(out), *common)
+    assert res.returncode != 0 and "Traceback" not in res.stderr and not out.exists()
+    assert "'auto' needs the audio-emotion classifier" in res.stderr and "misc/audio_emotion_classifier/" in res.stderr
+    out = files["base"] / "auto.mp4"
+    res = _emo("--model", str(files["full"]), "--emotion", "auto", "--out", str(out), *common)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "note: emotion from the audio (" in res.stderr and out.exists()
+
+
+def test_sampler_node_auto_and_preset(files, monkeypatch):
+    pack = load_pack()
+    EMOPipeline = sys.modules[pack.__name__ + ".emo_model.pipeline"].EMOPipeline  # the pack's own copy, as ComfyUI imports it
+    seen = []
+    original = EMOPipeline.generate
+
+    def generate(self, *a, settings, **kw):
+        seen.append(settings.emotion)
+        return original(self, *a, settings=settings, **kw)
+
+    monkeypatch.setattr(EMOPipeline, "generate", generate)
+    monkeypatch.setenv("EMO_MODELS_DIR", str(files["models"]))
+    monkeypatch.setenv("EMO_OUTPUT_DIR", str(files["base"] / "output"))
+    from tests.test_nodes import CORE_STANDINS
+
+    for cls in CORE_STANDINS.values():
+        monkeypatch.setattr(cls, "input_dir", files["base"] / "input", raising=False)
+        monkeypatch.setattr(cls, "output_dir", files["base"] / "output", raising=False)
+    graph = tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_memo_speech.api.json").read_text()))
+    sampler = next(nid for nid, n in graph.items() if n["class_type"] == "EMOSampler")
+    graph["2"]["inputs"]["audio"] = "short.wav"
+    graph[sampler]["inputs"]["steps"] = 1
+    classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}
+    for model, choice, expect in (("memo/", "auto", "emotion from the audio ("), ("memo/", "preset", "emotion from the audio ("),
+                                  ("memo_plain/", "preset", "emotion neutral (preset; no audio-emotion classifier")):
+        graph["3"]["inputs"]["model"] = model
+        graph[sampler]["inputs"]["emotion"] = choice
+        _, uis = run_api(graph, classes)
+        assert expect in uis[sampler]["emo_summary"][0], uis[sampler]["emo_summary"][0]
+    assert isinstance(seen[0], list) and seen[0] == seen[1] and len(seen[0]) % 4 == 0 and seen[2] == 4
+    graph[sampler]["inputs"]["emotion"] = "auto"  # memo_plain + auto: one clear line
+    with pytest.raises(ValueError, match="'auto' needs the audio-emotion classifier"):
+        run_api(graph, classes)
