@@ -537,11 +537,14 @@ def _load_strict(module: nn.Module, state: dict, path: Path, config: str) -> Non
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(got))
+    extra = sorted(set(got) - set(expected))  # e.g. a LayerNorm the config says is not there
     wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
-    if missing or wrong:
-        what = f"missing {missing[0]}" if missing else f"{wrong[0]} is {got[wrong[0]]}, expected {expected[wrong[0]]}"
+    if missing or wrong or extra:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra else
+                f"{wrong[0]} is {got[wrong[0]]}, expected {expected[wrong[0]]}")
         raise SpeechEmotionError(
-            f"{path}: does not match its {config} ({what}; {len(missing)} missing, {len(wrong)} of another shape); "
+            f"{path}: does not match its {config} ({what}; {len(missing)} missing, {len(extra)} unexpected, "
+            f"{len(wrong)} of another shape); "
             f"keep the weights and the {config} they were published with together"
         )
     module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)

@@ -132,3 +132,23 @@ def test_labelling_rule_matches_memo(case):
     assert [b - a for _, _, a, b in windows] == case["window_inputs"]
     labels = frame_labels([k % 9 for k in range(len(windows))], case["samples"], case["frames"])
     assert labels.tolist() == case["frame_labels"]
+
+
+def test_full_size_layout_maps_onto_our_encoder():
+    """funasr's Emotion2vec at data2vec 2.0's large audio size (the presumed emotion2vec_plus_large config, 1024 wide,
+    8 + 16 blocks, 10 extra tokens; built on the meta device by the harness): every tensor but the utterance head maps
+    onto our encoder with its shape, and our encoder has no other tensor."""
+    from emo_model.speech_emotion import SpeechEmotionEncoder, SpeechEncoderConfig, encoder_state_from_checkpoint
+
+    full = META["d"]
+    cfg = SpeechEncoderConfig.from_model_conf(full["model_conf"])
+    assert (cfg.width, cfg.heads, cfg.prenet_depth, cfg.depth, cfg.extra_tokens, cfg.pos_kernel) == (1024, 16, 8, 16, 10, 19)
+    with torch.device("meta"):
+        ours = SpeechEmotionEncoder(cfg)
+        tensors = {k: torch.empty(s) for k, s in full["spec"]}
+    mapped = encoder_state_from_checkpoint(tensors, cfg)
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
+    unmapped = sorted(set(k for k, _ in full["spec"]) - {k for k in tensors if encoder_state_from_checkpoint({k: tensors[k]}, cfg)})
+    assert unmapped == ["proj.bias", "proj.weight"]
+    assert sum(p.numel() for p in ours.parameters()) == full["parameters"] - 9 * 1024 - 9
+    assert cfg.frames(16000) == 49 and cfg.frames(48000) == 149

@@ -234,6 +234,20 @@ for seconds, frames in [(0.4, 16), (1.0, 32), (1.5, 48), (2.0, 64), (2.7, 96), (
 meta["c"] = cases
 print("C:", [(c["samples"], c["window_inputs"]) for c in cases])
 
+# ---- D: the full-size layout (presumed config) ----------------------------------------------------------------------
+# emotion2vec_plus_large's config.yaml is not in this session's sources: data2vec 2.0's large audio recipe
+# (fairseq examples/data2vec/config/v2/large_audio_only_task.yaml: 1024 wide, 16 heads, 8 + 16 blocks, the default conv
+# stack, 5 positional convolutions of width 95 in 16 groups, ALiBi with per-head scales) with emotion2vec's 10 extra
+# tokens. funasr's Emotion2vec built from it on the meta device gives the key/shape layout our loader must map.
+conf_d = model_conf(prenet_depth=8, model_depth=16, conv_pos_width=95, conv_pos_depth=5, conv_pos_groups=16,
+                    num_extra_tokens=10, feature_encoder_spec="[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]")
+conf_d.update(depth=16, mlp_ratio=4.0)
+with torch.device("meta"):
+    full = Emotion2vec(model_conf=conf_d, vocab_size=9)  # vocab 9: the utterance head the published file carries
+meta["d"] = {"model_conf": conf_d, "spec": spec_of(full), "parameters": sum(p.numel() for p in full.parameters()),
+             "presumed": "data2vec 2.0 large audio recipe + 10 extra tokens; not checked against the published model.pt"}
+print("D:", len(meta["d"]["spec"]), "tensors,", meta["d"]["parameters"], "parameters")
+
 from safetensors.torch import save_file  # noqa: E402
 
 save_file({k: v.contiguous() for k, v in out_tensors.items()}, os.path.join(args.out, "emotion.safetensors"))
