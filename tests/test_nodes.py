@@ -109,6 +109,11 @@ def _input_specs(node_type: str, pack, info) -> dict:
     return {**spec.get("required", {}), **spec.get("optional", {})}
 
 
+def _widgets(specs: dict) -> list[str]:
+    """The inputs the frontend draws as widgets, in order (links are sockets)."""
+    return [name for name, spec in specs.items() if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+
+
 def _check_value(node_type: str, name: str, spec, value):
     kind = spec[0]
     options = spec[1] if len(spec) > 1 else {}
@@ -137,6 +142,9 @@ def test_api_workflow_is_valid(path, pack, info):
             (pack.NODE_CLASS_MAPPINGS[node_type].INPUT_TYPES() if node_type in pack.NODE_CLASS_MAPPINGS else info[node_type]["input"]).get("required", {})
         )
         assert required <= set(node["inputs"]), f"{nid} {node_type}: missing {required - set(node['inputs'])}"
+        if node_type in pack.NODE_CLASS_MAPPINGS:  # the frontend sends every widget's value, optional ones too
+            missing = [name for name in _widgets(specs) if name not in node["inputs"]]
+            assert not missing, f"{nid} {node_type}: no value for {missing} (what the frontend's conversion of the UI twin sends)"
         for name, value in node["inputs"].items():
             if isinstance(value, list):  # a link [source id, output index]
                 src = graph[value[0]]
@@ -160,8 +168,11 @@ def test_ui_workflow_is_valid(path, pack, info):
             continue
         assert node_type in pack.NODE_CLASS_MAPPINGS or node_type in info, f"unknown node type {node_type}"
         specs = _input_specs(node_type, pack, info)
-        widgets = [name for name, spec in specs.items() if isinstance(spec[0], list) or spec[0] in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")]
+        widgets = _widgets(specs)
         values = list(node.get("widgets_values", []))
+        if node_type in pack.NODE_CLASS_MAPPINGS:  # what the frontend saves: one value per widget (+ a seed's control)
+            controls = sum(1 for name in widgets if specs[name][1:] and specs[name][1].get("control_after_generate"))
+            assert len(values) == len(widgets) + controls, f"#{node['id']} {node_type}: {len(values)} widget values for {widgets}"
         for name in widgets:  # positional, with control_after_generate adding an entry after seeds
             if not values:
                 break

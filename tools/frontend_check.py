@@ -120,10 +120,13 @@ def wait_for_run(url: str, before: set, timeout: float = 1800) -> dict | None:
 def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> dict:
     name = path.stem
     rep: dict = {"workflow": str(path), "page_errors": []}
-    page.on("pageerror", lambda e: rep["page_errors"].append(str(e)))
+    page.on("pageerror", lambda e: rep["page_errors"].append(str(e) + " @ " + " / ".join((getattr(e, "stack", "") or "").splitlines()[1:3]).strip()))
     page.goto(url + "/", wait_until="networkidle")
     page.wait_for_function("() => window.app && window.app.graph", timeout=90000)
     rep["frontend_version"] = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
+    page.wait_for_timeout(1000)
+    # the page's own start-up errors, before any workflow (frontend 1.27.10 throws one even without custom nodes)
+    rep["page_errors_at_start"], rep["page_errors"] = rep["page_errors"], []
     page.evaluate("async (w) => await app.loadGraphData(w, true, true, null)", json.loads(path.read_text()))
     page.wait_for_timeout(2000)
     rep["nodes"] = page.evaluate(INSPECT, OVERLAYS)
@@ -204,7 +207,7 @@ def main() -> int:
             rep = check(page, url, path, a.out_dir, a.run, a.tiny)
             page.close()
             (a.out_dir / f"{path.stem}.json").write_text(json.dumps(rep, indent=1))
-            failed |= bool(rep["problems"])
+            failed |= bool(rep["problems"]) or bool(rep["page_errors"])
             print(
                 f"== {path.name} (frontend {rep['frontend_version']}): "
                 + ("OK" if not rep["problems"] else f"{len(rep['problems'])} problem(s)")
@@ -214,8 +217,10 @@ def main() -> int:
             print(f"   preset labels: {', '.join(rep['preset_labels']) or '-'}")
             if a.run:
                 print(f"   run: {rep['run_status']}; labels after it: {', '.join(rep['preset_labels_after_run']) or '-'}")
+            if rep["page_errors_at_start"]:
+                print(f"   page errors at start-up, before the workflow (the frontend's own, or our extension's): {rep['page_errors_at_start']}")
             if rep["page_errors"]:
-                print(f"   page errors (the frontend's own, or ours): {rep['page_errors']}")
+                print(f"   page errors with the workflow loaded: {rep['page_errors']}")
         browser.close()
     return 1 if failed else 0
 
