@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_record import recording
 
 FIX = ROOT / "tests" / "parity" / "hallo"
 META = json.loads((FIX / "meta.json").read_text())
@@ -59,7 +60,6 @@ def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
     """Our stages, named like the golden ones (``fix``: the fixture folder; ``overrides``: SamplingSettings)."""
     from diffusers import AutoencoderKL
 
-    from emo_model import pipeline as pipeline_module
     from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
     from emo_model.pipeline import EMOPipeline, SamplingSettings
     from emo_model.session import audio_front_end
@@ -81,59 +81,15 @@ def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
     image = ((golden["input.ref_pixels"] + 1) / 2).permute(1, 2, 0)
     emb = golden["input.face_emb"]
     ref = pipe.encode_reference(image, identity_embedding=emb, size=st["size"])
-
-    # record what the pipeline computes, per clip and step
-    clip = {"i": -1, "step": 0}
     face = golden["input.face_region"][0]
 
-    def put(name, t):
-        out[f"clip{clip['i']}.{name}"] = t.detach().float().clone()
-
-    real_encode_motion = model.encode_motion
-
-    def encode_motion(latents, ident=None):
-        clip["i"] += 1
-        clip["step"] = 0
-        put("motion_latents", latents[0])
-        feats = real_encode_motion(latents, ident)
-        for k, v in feats.items():
-            out[f"clip{clip['i']}.motion.{k}"] = v.detach().clone()
-        return feats
-
-    def forward_hook(module, args, output):
-        put(f"step{clip['step']}.pred_uncond", output[0])
-        put(f"step{clip['step']}.pred_cond", output[-1])
-
-    real_make = pipeline_module.make_scheduler
-
-    def make_scheduler(*a, **kw):
-        sched = real_make(*a, **kw)
-        real_step = sched.step
-
-        def step(model_output, t, sample, **kwargs):
-            result = real_step(model_output, t, sample, **kwargs)
-            put(f"step{clip['step']}.guided", model_output[0])
-            put(f"step{clip['step']}.latents", result.prev_sample[0])
-            clip["step"] += 1
-            return result
-
-        sched.step = step
-        return sched
-
     video = []
-    handle = model.register_forward_hook(forward_hook)
-    model.encode_motion = encode_motion
-    pipeline_module.make_scheduler = make_scheduler
-    try:
+    with recording(model, out) as (put, clip):
         settings = SamplingSettings.from_preset(cfg.preset, steps=STEPS, cfg=st["cfg"], audio_cfg=st["cfg"],
                                                 frames_per_clip=F, motion_frames=N, **overrides)
         noise = torch.cat([golden[f"clip{c}.noise"][0] for c in range(CLIPS)], dim=1)
         pipe.generate(ref, features, num_frames=audio.num_frames, settings=settings, sink=video.append, face_mask=face,
                       region_masks=golden["input.region_masks"], noise=noise)
-    finally:
-        handle.remove()
-        del model.encode_motion
-        pipeline_module.make_scheduler = real_make
     for c in range(CLIPS):
         out[f"clip{c}.frames"] = video[c].permute(0, 3, 1, 2)
         clip["i"] = c

@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_record import recording
 
 FIX = ROOT / "tests" / "parity" / "hallo2"
 ASSETS = ROOT / "tests" / "parity" / "hallo"  # the tiny VAE, wav2vec2 and net.pth key/shape list
@@ -89,7 +90,6 @@ def _run_ours(model, golden, meta=META, assets=ASSETS, **overrides) -> dict[str,
     """Our stages, named like the golden ones (``meta``/``assets``: another fixture; ``overrides``: SamplingSettings)."""
     from diffusers import AutoencoderKL
 
-    from emo_model import pipeline as pipeline_module
     from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
     from emo_model.pipeline import EMOPipeline, SamplingSettings
     from emo_model.session import audio_front_end
@@ -112,47 +112,8 @@ def _run_ours(model, golden, meta=META, assets=ASSETS, **overrides) -> dict[str,
     ref = pipe.encode_reference(image, identity_embedding=golden["input.face_emb"], size=st["size"])
     face = _face_box(st["size"])
 
-    clip = {"i": -1, "step": 0}
-
-    def put(name, t):
-        out[f"clip{clip['i']}.{name}"] = t.detach().float().clone()
-
-    real_encode_motion = model.encode_motion
-
-    def encode_motion(latents, ident=None):
-        clip["i"] += 1
-        clip["step"] = 0
-        put("motion_latents", latents[0])
-        feats = real_encode_motion(latents, ident)
-        for k, v in feats.items():
-            out[f"clip{clip['i']}.motion.{k}"] = v.detach().clone()
-        return feats
-
-    def forward_hook(module, args, output):
-        put(f"step{clip['step']}.pred_uncond", output[0])
-        put(f"step{clip['step']}.pred_cond", output[-1])
-
-    real_make = pipeline_module.make_scheduler
-
-    def make_scheduler(*a, **kw):
-        sched = real_make(*a, **kw)
-        real_step = sched.step
-
-        def step(model_output, t, sample, **kwargs):
-            result = real_step(model_output, t, sample, **kwargs)
-            put(f"step{clip['step']}.guided", model_output[0])
-            put(f"step{clip['step']}.latents", result.prev_sample[0])
-            clip["step"] += 1
-            return result
-
-        sched.step = step
-        return sched
-
     video = []
-    handle = model.register_forward_hook(forward_hook)
-    model.encode_motion = encode_motion
-    pipeline_module.make_scheduler = make_scheduler
-    try:
+    with recording(model, out) as (put, clip):
         settings = SamplingSettings.from_preset(
             cfg.preset, steps=STEPS, cfg=st["cfg"], audio_cfg=st["cfg"], frames_per_clip=F, motion_frames=N, **overrides
         )
@@ -169,10 +130,6 @@ def _run_ours(model, golden, meta=META, assets=ASSETS, **overrides) -> dict[str,
             noise=noise,
             motion_drop_draws=draws,
         )
-    finally:
-        handle.remove()
-        del model.encode_motion
-        pipeline_module.make_scheduler = real_make
     for c in range(CLIPS):
         clip["i"] = c
         put("audio_tokens", model.audio_tokens(features[c * F : (c + 1) * F])[0])
