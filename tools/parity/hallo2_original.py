@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hallo_shapes import net_sizes, sd_unet_config  # noqa: E402
 from common import digest, hashed_state_dict, package_versions, patch_checkpoint, stub_packages, stub_xformers, synthetic_speech  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,26 +103,17 @@ script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
 # ---- sizes: our tiny-hallo config, or (--full) Hallo's own --------------------------------------------------------
-if args.full:
-    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [320, 640, 1280, 1280], 8, 32, 768, 2
-    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 12, 768, 512, 4, 32, 512
-    FL_WIDTHS = (16, 32, 64, 128)
-else:
-    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
-    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 2, 32, 16, 2, 4, 32
-    FL_WIDTHS = (8, 8, 16, 16)
+SIZES = net_sizes(args.full)
+WIDTHS, HEADS, GROUPS, CROSS, LAYERS = SIZES.widths, SIZES.heads, SIZES.groups, SIZES.cross, SIZES.layers
+AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = (
+    SIZES.audio_layers, SIZES.audio_dim, SIZES.id_dim, SIZES.id_tokens, SIZES.audio_tokens, SIZES.audio_hidden)
+FL_WIDTHS = SIZES.fl_widths
 S, f, n, clips = args.size, args.frames, args.motion, args.clips
 h = S // 8
 FPS, SR = 25, 16000
 LONG_CLIP = 16  # clip length of the long-audio runs (long.yaml's n_sample_frames)
 
-sd_unet_cfg = {
-    "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.27.2", "act_fn": "silu", "attention_head_dim": HEADS,
-    "block_out_channels": WIDTHS, "center_input_sample": False, "cross_attention_dim": CROSS,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True,
-    "freq_shift": 0, "in_channels": 4, "layers_per_block": LAYERS, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
-    "norm_num_groups": GROUPS, "out_channels": 4, "sample_size": h, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-}
+sd_unet_cfg = sd_unet_config(SIZES, h)
 sd_dir = os.path.join(args.work, "sd-tiny")
 torch.manual_seed(0)
 sd_config = os.path.join(sd_dir, "unet", "config.json")

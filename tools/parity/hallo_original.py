@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hallo_shapes import net_sizes, sd_unet_config  # noqa: E402
 from common import digest, hashed_state_dict, package_versions, patch_checkpoint, stub_packages, stub_xformers, synthetic_speech  # noqa: E402
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -99,29 +100,22 @@ script = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(script)
 
 # ---- sizes: our tiny-hallo config, or (--full) Hallo's own ---------------------------------------------------
+SIZES = net_sizes(args.full)
+WIDTHS, HEADS, GROUPS, CROSS, LAYERS = SIZES.widths, SIZES.heads, SIZES.groups, SIZES.cross, SIZES.layers
+AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = (
+    SIZES.audio_layers, SIZES.audio_dim, SIZES.id_dim, SIZES.id_tokens, SIZES.audio_tokens, SIZES.audio_hidden)
+FL_WIDTHS = SIZES.fl_widths
 if args.full:
-    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [320, 640, 1280, 1280], 8, 32, 768, 2
-    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 12, 768, 512, 4, 32, 512
-    FL_WIDTHS = (16, 32, 64, 128)
     W2V = dict(num_attention_heads=12, intermediate_size=3072, conv_dim=(512,) * 7, num_conv_pos_embeddings=128,
                num_conv_pos_embedding_groups=16)
 else:
-    WIDTHS, HEADS, GROUPS, CROSS, LAYERS = [32, 64, 64, 64], 2, 8, 32, 1
-    AUDIO_LAYERS, AUDIO_DIM, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = 2, 32, 16, 2, 4, 32
-    FL_WIDTHS = (8, 8, 16, 16)
     W2V = dict(num_attention_heads=2, intermediate_size=64, conv_dim=(16,) * 7, num_conv_pos_embeddings=16,
                num_conv_pos_embedding_groups=4)
 S, f, n, clips = args.size, args.frames, args.motion, args.clips
 h = S // 8
 FPS, SR = 25, 16000
 
-sd_unet_cfg = {
-    "_class_name": "UNet2DConditionModel", "_diffusers_version": "0.27.2", "act_fn": "silu", "attention_head_dim": HEADS,
-    "block_out_channels": WIDTHS, "center_input_sample": False, "cross_attention_dim": CROSS,
-    "down_block_types": ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"], "downsample_padding": 1, "flip_sin_to_cos": True,
-    "freq_shift": 0, "in_channels": 4, "layers_per_block": LAYERS, "mid_block_scale_factor": 1, "norm_eps": 1e-5,
-    "norm_num_groups": GROUPS, "out_channels": 4, "sample_size": h, "up_block_types": ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3,
-}
+sd_unet_cfg = sd_unet_config(SIZES, h)
 sd_dir = os.path.join(args.work, "sd-tiny")
 torch.manual_seed(0)
 if not (BENCH and os.path.isdir(os.path.join(sd_dir, "unet"))):  # base weights (all overwritten by net.pth)
