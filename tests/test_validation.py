@@ -439,7 +439,8 @@ def _other_cases():
         ("demo seconds", lambda f, o: demo(f, o, "--seconds", "2"), "--seconds must be a number from 3 to 600"),
         ("demo steps", lambda f, o: demo(f, o, "--steps", "1", "0", "3"), "--steps (stage 2) must be an integer from 1"),
         ("demo set", lambda f, o: demo(f, o, "--set", "4:seed=1"), "--set needs STAGE:KEY=VALUE"),
-        ("demo set value", lambda f, o: demo(f, o, "--set", "2:optim.lr=nan"), "optim.lr must be a number from 0 to 1, got nan"),
+        ("demo set value", lambda f, o: demo(f, o, "--set", "2:optim.lr=nan"), "--set 2:optim.lr=nan: training config optim.lr must be a number from 0 to 1, got nan"),
+        ("demo set key", lambda f, o: demo(f, o, "--set", "3:nosuch.key=1"), "--set 3:nosuch.key=1: training config: unknown keys"),
         ("demo eval", lambda f, o: demo(f, o, "--eval-clips", "-1"), "--eval-clips must be an integer from 0"),
         ("demo out", lambda f, o: ["make-demo", "--out", d(o, "plain_file")], "is a file, not a folder"),
         # generate: the flags not covered above

@@ -186,7 +186,13 @@ def check_arguments(args: argparse.Namespace) -> None:
         config_json.write_text(demo_config().to_json())
         for stage in (1, 2, 3):
             steps = args.steps[stage - 1] if args.steps else None
-            stage_config(stage, config_json, Path(tmp) / "dataset", args.seed, steps, args.set).validate()
+            try:
+                stage_config(stage, config_json, Path(tmp) / "dataset", args.seed, steps, args.set).validate()
+            except ValueError as e:  # a bad --set value or key: name the option that brought it
+                mine = [item for item in args.set if item.partition(":")[0] == str(stage)]
+                if not mine:
+                    raise
+                raise v.InputError(f"--set {' '.join(mine)}: {e}") from e
 
 
 def run(args: argparse.Namespace) -> int:
