@@ -320,14 +320,7 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         self._check(audio)
         if segment_seconds:
             return window_frames(self._encode_segments(audio, segment_seconds, whole_clips_of), self.cfg.margin)
-        if whole_clips_of:
-            extra = -audio.num_frames % whole_clips_of
-            waveform = self._normalised(audio.waveform[: audio.real_samples])
-            # the original pads whole frames of ``sample_rate // fps`` samples after the source's own samples
-            waveform = F.pad(waveform, (0, extra * int(audio.sample_rate // audio.fps)))
-            num_frames = audio.num_frames + extra
-        else:
-            waveform, num_frames = self._normalised(audio.waveform), audio.num_frames
+        waveform, num_frames = self.prepared_waveform(audio, whole_clips_of)
         pieces = []
         for keep_start, keep_end, span_start, span_end in self.chunks(num_frames, audio.fps, single_pass=single_pass):
             samples = waveform[frame_samples(span_start, audio.fps) : frame_samples(span_end, audio.fps)]
@@ -362,6 +355,17 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             out.append(self._encode_span(samples, encoded))
             done += frames
         return torch.cat(out)
+
+    def prepared_waveform(self, audio: PreparedAudio, whole_clips_of: int | None) -> tuple[torch.Tensor, int]:
+        """The waveform the encoder reads, normalised over the whole audio, and its number of frame rows; with
+        ``whole_clips_of``, padded with silent frames to a whole number of clips of that many frames."""
+        if not whole_clips_of:
+            return self._normalised(audio.waveform), audio.num_frames
+        extra = -audio.num_frames % whole_clips_of
+        waveform = self._normalised(audio.waveform[: audio.real_samples])
+        # the original pads whole frames of ``sample_rate // fps`` samples after the source's own samples
+        waveform = F.pad(waveform, (0, extra * int(audio.sample_rate // audio.fps)))
+        return waveform, audio.num_frames + extra
 
     def _normalised(self, waveform: torch.Tensor) -> torch.Tensor:
         """Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm over the whole waveform (when the checkpoint's

@@ -27,7 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from .audio import AudioError, PreparedAudio, frame_samples, prepare_audio, window_frames
 from .audio_encoders import (
@@ -174,15 +173,8 @@ def stream_features(
 def _stream_wav2vec2(
     encoder: Wav2Vec2AudioEncoder, audio: PreparedAudio, whole_clips_of: int | None, keep: int
 ) -> StreamedFeatures:
-    # the waveform as Wav2Vec2AudioEncoder.encode prepares it (normalised over the whole audio, padded to whole clips)
     encoder._check(audio)
-    if whole_clips_of:
-        extra = -audio.num_frames % whole_clips_of
-        waveform = encoder._normalised(audio.waveform[: audio.real_samples])
-        waveform = F.pad(waveform, (0, extra * int(audio.sample_rate // audio.fps)))
-        rows = audio.num_frames + extra
-    else:
-        waveform, rows = encoder._normalised(audio.waveform), audio.num_frames
+    waveform, rows = encoder.prepared_waveform(audio, whole_clips_of)  # as Wav2Vec2AudioEncoder.encode reads it
     plan = list(encoder.chunks(rows, audio.fps))
     fps = audio.fps
 
