@@ -29,6 +29,7 @@ Weights are read from local files only, without running pickle code.
 from __future__ import annotations
 
 import ast
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -92,7 +93,7 @@ class SpeechEncoderConfig:
         return n
 
     @classmethod
-    def from_model_conf(cls, conf: Mapping) -> "SpeechEncoderConfig":
+    def from_model_conf(cls, conf: Mapping) -> SpeechEncoderConfig:
         """From funasr's ``model_conf`` (the ``config.yaml`` next to an emotion2vec checkpoint)."""
         audio = ((conf.get("modalities") or {}).get("audio")) or {}
 
@@ -364,7 +365,7 @@ class EmotionClassifier(nn.Module):
     def __init__(self, width: int, classes: int, layers: int = 5, channels: int = 2048):
         super().__init__()
         dims = [width] + [channels] * (layers - 1) + [classes]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
 
     @property
     def classes(self) -> int:
@@ -440,6 +441,23 @@ class SpeechEmotionClassifier(nn.Module):
         return self.encoder(x.to(p.device, p.dtype)).float().mean(dim=1)[0]
 
     @torch.no_grad()
+    def window_features(self, wave: torch.Tensor, spans: Sequence[tuple[int, int]], batch: int = 8) -> torch.Tensor:
+        """:meth:`utterance_features` of ``wave[a:b]`` for each span, windows of equal length run ``batch`` at a time."""
+        out: list[torch.Tensor | None] = [None] * len(spans)
+        by_length: dict[int, list[int]] = {}
+        for i, (a, b) in enumerate(spans):
+            by_length.setdefault(b - a, []).append(i)
+        p = next(self.parameters())
+        for length, idx in by_length.items():
+            for k in range(0, len(idx), batch):
+                part = idx[k : k + batch]
+                x = torch.stack([F.layer_norm(wave[spans[i][0] : spans[i][1]], (length,)) for i in part])
+                feats = self.encoder(x.to(p.device, p.dtype)).float().mean(dim=1).cpu()
+                for i, f in zip(part, feats):
+                    out[i] = f
+        return torch.stack(out)
+
+    @torch.no_grad()
     def window_probabilities(self, features: torch.Tensor) -> torch.Tensor:
         """``[W, width]`` -> ``[W, classes]``: the softmax of the classifier's logits taken twice, as the original
         applies it once in the classifier and once after (the argmax is the logits' one except on exact ties)."""
@@ -452,14 +470,14 @@ class SpeechEmotionClassifier(nn.Module):
         """Mono 16 kHz ``waveform`` -> one emotion class per video frame (``num_frames`` frames spread over it)."""
         wave = waveform.reshape(-1).float().cpu()
         windows = segment_windows(wave.shape[0], rate)
-        feats = torch.stack([self.utterance_features(wave[a:b]) for _, _, a, b in windows])
+        feats = self.window_features(wave, [(a, b) for _, _, a, b in windows])
         probs = self.window_probabilities(feats).cpu()
         labels = [int(i) for i in probs.argmax(dim=-1)]
         return SpeechEmotionResult(frame_labels(labels, wave.shape[0], num_frames, rate), labels, probs)
 
     # ---- files ----------------------------------------------------------------------------------------
     @classmethod
-    def from_folders(cls, encoder_dir: str | Path, classifier_dir: str | Path, device="cpu") -> "SpeechEmotionClassifier":
+    def from_folders(cls, encoder_dir: str | Path, classifier_dir: str | Path, device="cpu") -> SpeechEmotionClassifier:
         encoder = load_encoder(encoder_dir)
         classifier = load_classifier(classifier_dir)
         if classifier.linears[0].in_features != encoder.cfg.width:

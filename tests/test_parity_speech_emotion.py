@@ -148,7 +148,7 @@ def test_full_size_layout_maps_onto_our_encoder():
         tensors = {k: torch.empty(s) for k, s in full["spec"]}
     mapped = encoder_state_from_checkpoint(tensors, cfg)
     assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(v.shape) for k, v in ours.state_dict().items()}
-    unmapped = sorted(set(k for k, _ in full["spec"]) - {k for k in tensors if encoder_state_from_checkpoint({k: tensors[k]}, cfg)})
+    unmapped = sorted({k for k, _ in full["spec"]} - {k for k in tensors if encoder_state_from_checkpoint({k: tensors[k]}, cfg)})
     assert unmapped == ["proj.bias", "proj.weight"]
     assert sum(p.numel() for p in ours.parameters()) == full["parameters"] - 9 * 1024 - 9
     assert cfg.frames(16000) == 49 and cfg.frames(48000) == 149

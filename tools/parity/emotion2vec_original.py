@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import digest, hashed_state_dict, package_versions, stub_packages, stub_xformers, synthetic_speech  # noqa: E402
+from common import digest, hashed_state_dict, package_versions, stub_packages, stub_xformers, synthetic_speech
 
 p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 p.add_argument("--memo-src", required=True)
@@ -49,33 +49,33 @@ stub_packages("audio_separator", "torchaudio", "librosa")
 stub_xformers()
 torch.set_grad_enabled(False)
 
-import memo.utils.audio_utils as au  # noqa: E402
-from funasr.models.emotion2vec.model import Emotion2vec  # noqa: E402
-from memo.models.emotion_classifier import AudioEmotionClassifierModel  # noqa: E402
+import memo.utils.audio_utils as au
+from funasr.models.emotion2vec.model import Emotion2vec
+from memo.models.emotion_classifier import AudioEmotionClassifierModel
 
 RATE = 16000
 
 
 def model_conf(**audio_changes) -> dict:
-    audio = dict(
-        feature_encoder_spec="[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]", extractor_mode="layer_norm",
-        conv_pos_width=8, conv_pos_depth=2, conv_pos_groups=16, conv_pos_pre_ln=False,
-        start_drop_path_rate=0.0, end_drop_path_rate=0.0, prenet_depth=1, prenet_layerdrop=0.0, prenet_dropout=0.0,
-        decoder=None, use_alibi_encoder=True, local_grad_mult=1.0, num_extra_tokens=3, init_extra_token_zero=False,
-        model_depth=2, learned_alibi_scale=True, learned_alibi_scale_per_head=True, learned_alibi_scale_per_layer=False,
-        num_alibi_heads=16, alibi_scale=1.0, learned_alibi=False, alibi_max_pos=None,
-        mask_prob=0.5, mask_length=5, inverse_mask=False, mask_noise_std=0.01, mask_prob_min=None, mask_dropout=0.0,
-        add_masks=False, remove_masks=False, keep_masked_pct=0.0, encoder_zero_mask=True, mask_channel_prob=0.0,
-        mask_channel_length=64, ema_local_encoder=False, type="AUDIO",
-    )
+    audio = {
+        "feature_encoder_spec": "[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32,2,2)] + [(32,2,2)]", "extractor_mode": "layer_norm",
+        "conv_pos_width": 8, "conv_pos_depth": 2, "conv_pos_groups": 16, "conv_pos_pre_ln": False,
+        "start_drop_path_rate": 0.0, "end_drop_path_rate": 0.0, "prenet_depth": 1, "prenet_layerdrop": 0.0, "prenet_dropout": 0.0,
+        "decoder": None, "use_alibi_encoder": True, "local_grad_mult": 1.0, "num_extra_tokens": 3, "init_extra_token_zero": False,
+        "model_depth": 2, "learned_alibi_scale": True, "learned_alibi_scale_per_head": True, "learned_alibi_scale_per_layer": False,
+        "num_alibi_heads": 16, "alibi_scale": 1.0, "learned_alibi": False, "alibi_max_pos": None,
+        "mask_prob": 0.5, "mask_length": 5, "inverse_mask": False, "mask_noise_std": 0.01, "mask_prob_min": None, "mask_dropout": 0.0,
+        "add_masks": False, "remove_masks": False, "keep_masked_pct": 0.0, "encoder_zero_mask": True, "mask_channel_prob": 0.0,
+        "mask_channel_length": 64, "ema_local_encoder": False, "type": "AUDIO",
+    }
     audio.update(audio_changes)
-    return dict(
-        loss_beta=0.0, loss_scale=None, depth=2, start_drop_path_rate=0.0, end_drop_path_rate=0.0, num_heads=16,
-        norm_eps=1e-5, norm_affine=True, encoder_dropout=0.1, post_mlp_drop=0.1, attention_dropout=0.1,
-        activation_dropout=0.0, dropout_input=0.0, layerdrop=0.05, embed_dim=1024, mlp_ratio=0.25,
-        layer_norm_first=False, average_top_k_layers=2, end_of_block_targets=False, clone_batch=1, normalize=True,
-        modalities=dict(audio=audio),
-    )
+    return {
+        "loss_beta": 0.0, "loss_scale": None, "depth": 2, "start_drop_path_rate": 0.0, "end_drop_path_rate": 0.0, "num_heads": 16,
+        "norm_eps": 1e-5, "norm_affine": True, "encoder_dropout": 0.1, "post_mlp_drop": 0.1, "attention_dropout": 0.1,
+        "activation_dropout": 0.0, "dropout_input": 0.0, "layerdrop": 0.05, "embed_dim": 1024, "mlp_ratio": 0.25,
+        "layer_norm_first": False, "average_top_k_layers": 2, "end_of_block_targets": False, "clone_batch": 1, "normalize": True,
+        "modalities": {"audio": audio},
+    }
 
 
 def spec_of(module: torch.nn.Module) -> list:
@@ -103,7 +103,7 @@ os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
 out_tensors: dict[str, torch.Tensor] = {}
 meta: dict = {
-    "memo_commit": subprocess.run(["git", "-C", args.memo_src, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
+    "memo_commit": subprocess.run(["git", "-C", args.memo_src, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip(),
     "packages": package_versions("torch", "funasr", "diffusers", "omegaconf"),
     "stubbed_packages": ["torchaudio (load returns the given samples)", "audio_separator", "librosa", "xformers"],
 }
@@ -162,10 +162,13 @@ out_tensors["a.classifier.fc5.bias"] = cls_state["layers.fc5.bias"]
 out_tensors["a.window_means"] = torch.stack([x.mean(dim=0) for x in rec["x"]])
 out_tensors["a.window_probs"] = torch.stack(rec["probs"])
 out_tensors["a.frame_labels"] = labels.to(torch.int64)
+with open(os.path.join(cls_dir, "misc", "audio_emotion_classifier", "config.json")) as fh:
+    cls_config = json.load(fh)
 meta["a"] = {
     "model_conf": conf_a, "encoder": {"spec": spec_a, "seed": args.seed, "digest": digest(state_a)},
     "window0_steps": int(rec["x"][0].shape[0]),
-    "classifier": {"fc5_bias": "a.classifier.fc5.bias (replaces the hashed one)", "config": json.load(open(os.path.join(cls_dir, "misc", "audio_emotion_classifier", "config.json"))), "spec": cls_spec, "seed": args.seed + 1,
+    "classifier": {"fc5_bias": "a.classifier.fc5.bias (replaces the hashed one)", "config": cls_config, "spec": cls_spec,
+                   "seed": args.seed + 1,
                    "digest": digest(cls_state)},
     "samples": int(wav.shape[0]), "audio_length": AUDIO_LENGTH, "emotion_classes": int(classes),
     "window_inputs": rec["inputs"], "window_labels": [int(p.argmax()) for p in rec["probs"]],
@@ -226,7 +229,7 @@ au.AudioEmotionClassifierModel = IndexClassifier
 au.load_emotion2vec_model = lambda **kw: None
 au.download_model = lambda model: {}
 for seconds, frames in [(0.4, 16), (1.0, 32), (1.5, 48), (2.0, 64), (2.7, 96), (4.3, 144), (7.01, 224), (9.5, 300), (3.2, 17)]:
-    n = int(round(seconds * RATE))
+    n = round(seconds * RATE)
     cur = {"inputs": []}
     au.torchaudio = types.SimpleNamespace(load=lambda path, n=n: (torch.zeros(1, n), RATE))
     lab, _ = au.extract_audio_emotion_labels(model="x", wav_path="x", emotion2vec_model="x", audio_length=frames, device="cpu")
@@ -248,7 +251,7 @@ meta["d"] = {"model_conf": conf_d, "spec": spec_of(full), "parameters": sum(p.nu
              "presumed": "data2vec 2.0 large audio recipe + 10 extra tokens; not checked against the published model.pt"}
 print("D:", len(meta["d"]["spec"]), "tensors,", meta["d"]["parameters"], "parameters")
 
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import save_file
 
 save_file({k: v.contiguous() for k, v in out_tensors.items()}, os.path.join(args.out, "emotion.safetensors"))
 with open(os.path.join(args.out, "meta.json"), "w") as fh:
