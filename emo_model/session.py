@@ -145,8 +145,9 @@ class Session:
         if str(choice).strip().lower() != AUTO_EMOTION:
             try:
                 emotion_class(self.config, choice)
-            except ValueError as exc:
-                raise InputError(f"{label}: {exc}") from None
+            except ValueError as exc:  # "emotion 'joy' is not one of ..." in the caller's spelling ("--emotion 'joy' ...")
+                text = str(exc)
+                raise InputError(label + text[len("emotion"):] if text.startswith("emotion ") else f"{label}: {text}") from None
             return
         folders = self.speech_emotion_folders()
         if folders is None:

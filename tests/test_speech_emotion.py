@@ -222,3 +222,13 @@ def test_sampler_node_auto_and_preset(files, monkeypatch):
     graph[sampler]["inputs"]["emotion"] = "auto"  # memo_plain + auto: one clear line
     with pytest.raises(ValueError, match="'auto' needs the audio-emotion classifier"):
         run_api(graph, classes)
+
+
+def test_unknown_emotion_is_one_line_in_the_callers_spelling(files):
+    from emo_model.validation import InputError
+
+    session = _session(files, files["plain"])
+    with pytest.raises(InputError, match=r"^--emotion 'joy' is not one of tiny-memo's classes: angry, .* \(or an index 0\.\.8\)$"):
+        session.check_emotion("joy", label="--emotion")
+    with pytest.raises(InputError, match=r"^emotion 9 is not one of"):
+        session.check_emotion(9)
