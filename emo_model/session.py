@@ -160,6 +160,13 @@ class Session:
         if None in folders:
             raise InputError(f"{label} 'auto' needs the audio-emotion classifier: {self._missing_emotion_files(folders)}")
 
+    def _missing_emotion_folders(self, folders) -> str:
+        """The classifier's folders that are missing, relative to the model folder (short, for the run's summary)."""
+        from .families import family_of
+
+        files = family_of(self.config).speech_emotion
+        return ", ".join(f"{rel[0]}/" for found, rel in zip(folders, (files.encoder, files.classifier)) if found is None)
+
     def _missing_emotion_files(self, folders) -> str:
         from .families import family_of
 
@@ -199,7 +206,7 @@ class Session:
         folders = self.speech_emotion_folders()
         if folders is None or None in folders:
             preset = self.config.preset.emotion
-            why = "" if folders is None else f"; no audio-emotion classifier: {self._missing_emotion_files(folders)}"
+            why = "" if folders is None else f"; no audio-emotion classifier: {self._missing_emotion_folders(folders)} not in the model folder"
             return preset, ("emotion " + ("none" if preset is None else name(preset)) + " (preset" + why + ")")
         labels = self._classify_emotion(audio, *folders)
         real = torch.as_tensor(labels[: audio.num_frames])

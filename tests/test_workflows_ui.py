@@ -28,6 +28,8 @@ TITLE = 30  # canvas units of title bar above a node's pos
 # the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack
 GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 60, "EMOReferenceEncode": 125, "EMOSampler": 285,
                    "EMOVideoCombine": 295, "SaveVideo": 150}
+# and by more where the summary is longer: MEMO's sampler says how the emotion was chosen (2 more lines)
+MORE_GROWTH = {("emo_memo_speech.json", "EMOSampler"): 60}
 TITLE_CHAR = 7.5  # canvas units per title character (upper bound of the 14 px title font); + 30 for the dot and padding
 LOW_QUALITY_BELOW = 0.6
 # widget -> folder the file goes in (Load EMO Model's combos; Load Image / Load Audio read ComfyUI/input)
@@ -92,7 +94,7 @@ def test_opens_zoomed_in_enough_with_every_node_on_screen_and_none_overlapping(p
     boxes = []
     for node in wf["nodes"]:
         (x, y), (w, h) = node["pos"], node["size"]
-        h += GROWS_AFTER_RUN.get(node["type"], 0) if after_run else 0
+        h += (GROWS_AFTER_RUN.get(node["type"], 0) + MORE_GROWTH.get((path.name, node["type"]), 0)) if after_run else 0
         screen = (
             CANVAS_ORIGIN[0] + (x + ox) * scale, CANVAS_ORIGIN[1] + (y - TITLE + oy) * scale,
             CANVAS_ORIGIN[0] + (x + w + ox) * scale, CANVAS_ORIGIN[1] + (y + h + oy) * scale,
