@@ -69,6 +69,9 @@ p.add_argument("--full", action="store_true",
                     "~10 GB of safetensors written to OUT/checkpoint; ~12.5 GB RAM); use --size 128 and "
                     "--assets <hallo_original.py --full folder>")
 p.add_argument("--size", type=int, default=None, help="--pipeline pixels (height = width; default 64)")
+p.add_argument("--frames", type=int, default=None, help="--pipeline frames per clip (default 4; MEMO: 16)")
+p.add_argument("--past", type=int, default=None, help="--pipeline past frames (default 4; MEMO: 16)")
+p.add_argument("--steps", type=int, default=None, help="--pipeline FlowMatch Euler steps (default 3; MEMO: 20)")
 args = p.parse_args()
 if args.full and not args.pipeline:
     p.error("--full is a mode of --pipeline: give --pipeline WORK too")
@@ -164,7 +167,7 @@ if args.pipeline:
     from memo_pipeline import run_pipeline  # tools/parity/memo_pipeline.py (part 3)
 
     pipeline_meta = run_pipeline(MEMO, os.path.abspath(args.pipeline), os.path.abspath(args.hallo_fixture), args.out, args.seed,
-                                 full=args.full, size=args.size)
+                                 full=args.full, size=args.size, frames=args.frames, past=args.past, steps=args.steps)
 meta = {
     "original": {"repo": "https://github.com/memoavatar/memo",
                  "commit": os.popen(f"git -C {shlex.quote(MEMO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},

@@ -77,7 +77,7 @@ def _write_full_size_folder(folder: str, cls, config: dict, seed: int) -> dict:
     Reused when the folder already holds the same key/shape list, seed and digest (written by an earlier run)."""
     with torch.device("meta"):
         model = cls.from_config({k: v for k, v in config.items() if k != "_class_name"})
-    spec = [(name, list(t.shape)) for name, t in model.state_dict().items()]
+    spec = [[name, list(t.shape)] for name, t in model.state_dict().items()]  # as json.load gives it back
     stamp = os.path.join(os.path.dirname(os.path.dirname(folder)), "hashed", os.path.basename(folder) + ".json")
     if os.path.isfile(stamp):
         with open(stamp) as fh:
@@ -103,15 +103,18 @@ def _write_full_size_folder(folder: str, cls, config: dict, seed: int) -> dict:
 
 
 def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: int, full: bool = False,
-                 size: int | None = None) -> dict:
+                 size: int | None = None, frames: int | None = None, past: int | None = None, steps: int | None = None) -> dict:
     """``full``: MEMO's real shapes (``FULL_SIZES``); the four folders are then written to ``out/checkpoint`` (kept: the
     full-size test loads them; rewritten only when their key/shape lists, seeds or digests differ) and the projections
     are built by MEMO's own ``from_pretrained`` from an empty config.json (class defaults), as published.
-    ``size``: pixels (height = width; default 64)."""
+    ``size``: pixels (height = width; default 64); ``frames`` per clip, ``past`` frames, ``steps`` (default 4, 4, 3; the
+    audio is then 1.6 frames short of 2 clips, the frame labels repeat clip 0's / clip 1's 4-frame patterns)."""
     global WIDTHS, HEADS, GROUPS, CROSS, LAYERS, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN
     SETTINGS["full"] = full
-    if size:
-        SETTINGS["size"] = size
+    for key, value in (("size", size), ("frames_per_clip", frames), ("past_frames", past), ("steps", steps)):
+        if value:
+            SETTINGS[key] = value
+    SETTINGS["audio_frames"] = round(SETTINGS["clips"] * SETTINGS["frames_per_clip"] - 1.6, 6)
     if full:
         WIDTHS, HEADS, GROUPS, CROSS, LAYERS = (FULL_SIZES[k] for k in ("WIDTHS", "HEADS", "GROUPS", "CROSS", "LAYERS"))
         ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN = (FULL_SIZES[k] for k in ("ID_DIM", "ID_TOKENS", "AUDIO_TOKENS", "AUDIO_HIDDEN"))
@@ -184,7 +187,8 @@ def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: i
     audio_length = -(-samples * FPS // SR)  # ceil, as preprocess_audio
     padded = -(-audio_length // f) * f
     # per-frame emotion labels (what extract_audio_emotion_labels returns): clip 0 mostly 3, clip 1 a 5/2 tie
-    labels = torch.tensor([3, 3, 6, 3, 5, 2, 5, 2][:padded], dtype=torch.int32)
+    patterns = ([3, 3, 6, 3], [5, 2, 5, 2])  # with 4 frames per clip: [3, 3, 6, 3, 5, 2, 5, 2]
+    labels = torch.tensor([patterns[(i // f) % 2][(i % f) % 4] for i in range(padded)], dtype=torch.int32)
     assert labels.shape[0] == padded == SETTINGS["clips"] * f, (labels.shape, padded)
     wav_path = os.path.join(work, "speech.wav")
     open(wav_path, "wb").close()  # never read: librosa.load is injected
