@@ -297,7 +297,13 @@ def _generate(model, codec, golden, meta: dict = META, audio_windows: torch.Tens
     reference = pipe.encode_reference(portrait, size=st["size"], identity_embedding=golden["input.face_emb"])
     calls: list[tuple[torch.Tensor, torch.Tensor]] = []
     steps: list[tuple[torch.Tensor, torch.Tensor]] = []
-    hook = model.register_forward_hook(lambda module, args, out: calls.append((args[0][0].clone(), out.clone())) and None)
+    conditions: list[tuple] = []  # (timestep, Conditioning) of every call: its memory dict is the one the run keeps
+
+    def record(module, args, out):
+        calls.append((args[0][0].clone(), out.clone()))
+        conditions.append((args[1], args[2]))
+
+    hook = model.register_forward_hook(record)
     real_make = pipeline_module.make_scheduler
 
     def make_scheduler(*a, **kw):
@@ -325,13 +331,13 @@ def _generate(model, codec, golden, meta: dict = META, audio_windows: torch.Tens
         hook.remove()
         pipeline_module.make_scheduler = real_make
     assert len(calls) == len(steps) == st["clips"] * st["steps"]  # one batched call (both branches) per step
-    return calls, steps, video
+    return calls, steps, video, conditions
 
 
 def _generation_rows(c: int, generation, golden, meta: dict = META) -> list[tuple[str, float, float]]:
     """Both guidance branches at every step of clip ``c``; the denoiser's input at step s is the latents after step
     s - 1 (step 0: MEMO's noise); the guided velocity and latents of every step."""
-    calls, steps, _ = generation
+    calls, steps = generation[0], generation[1]
     n = meta["settings"]["steps"]
     rows = []
     for s in range(n):
@@ -367,36 +373,39 @@ def test_two_clip_video_matches_memo(generation, golden):
     _rows_ok([_video_row(generation, golden)])
 
 
-def test_memory_and_emotion_are_visible_in_the_comparison(model, codec, golden, generation):
+def _memory_and_emotion_rel(model, golden, generation, meta: dict = META) -> dict[str, float]:
+    """Clip 1's first denoiser call (conditional branch) replayed on our run's own conditioning, after the run: as it
+    was (the memory as folded at that call, nothing folded again: must match MEMO), with a fresh memory (folded from
+    clip 1's past frames only), and with the null emotion class in the conditional branch (memory as it was).
+    Returns the rel err of each against MEMO's output."""
+    import dataclasses
+
+    n = meta["settings"]["steps"]
+    t, cond = generation[3][n]  # clip 1, step 0
+    sample = golden["clip1.step0.input"][None].expand(2, -1, -1, -1, -1)
+    null = torch.full_like(cond.emotion, meta["emotion_classes"])
+    with torch.no_grad():
+        out = {
+            "replayed": model(sample, t, dataclasses.replace(cond, update_memory=False)),
+            "fresh memory": model(sample, t, dataclasses.replace(cond, memory={}, update_memory=True)),
+            "null emotion": model(sample, t, dataclasses.replace(cond, emotion=null, update_memory=False)),
+        }
+    gold = golden["clip1.step0.pred_cond"]
+    return {name: rel_err(o[1], gold)[1] for name, o in out.items()}
+
+
+def _assert_memory_and_emotion_visible(rel: dict[str, float]) -> None:
+    assert rel["replayed"] < TOL, f"replaying clip 1's first call differs from MEMO by {rel['replayed']:.2e}"
+    assert rel["fresh memory"] > 100 * TOL, f"a fresh memory at clip 1 is not visible ({rel['fresh memory']:.2e})"
+    assert rel["null emotion"] > 100 * TOL, f"the emotion class is not visible ({rel['null emotion']:.2e})"
+
+
+def test_memory_and_emotion_are_visible_in_the_comparison(model, golden, generation):
     """Without the memory carried over from clip 0 (a fresh memory at clip 1), or with the null emotion in the
-    conditional branch, clip 1 is far from MEMO's: the test would see either mistake."""
-    from emo_model.attention import ReferenceBank
-    from emo_model.model import Conditioning
-
-    calls = generation[0]
-    c, R = 1, 1 + N
-    u, cond = golden[f"clip{c}.identity_uncond"], golden[f"clip{c}.identity_cond"]
-    latents = golden[f"clip{c}.ref_latents"].repeat(2, 1, 1, 1)
-    with torch.no_grad():
-        bank = model.reference_unet(latents, _face_tokens(golden, c, 2 * R, tiled=True), plain_blocks=True)
-    tokens = {k: v[[0, R]] for k, v in bank.items() if ".attentions." in k}
-    past = {k: torch.stack([v[1:R], v[R + 1:]]) for k, v in bank.items()}
-    rows = torch.stack([(torch.arange(F) + off) % 2 for off in (0, F)])
-    audio = golden[f"clip{c}.audio_tokens"][None]
-
-    def run(emotion):
-        return model(golden[f"clip{c}.step0.input"][None].expand(2, -1, -1, -1, -1), golden[f"clip{c}.step0.timestep"],
-                     Conditioning(reference=ReferenceBank(tokens, past), reference_enabled=torch.tensor([False, True]),
-                                  reference_rows=rows, audio_tokens=torch.cat([torch.zeros_like(audio), audio]),
-                                  identity_tokens=torch.stack([u, cond]), emotion=torch.tensor(emotion), memory={},
-                                  update_memory=True))
-
-    with torch.no_grad():
-        fresh, null = run(golden[f"clip{c}.step0.emotion"].long().tolist()), run([9, 9])
-    gold = golden[f"clip{c}.step0.pred_cond"]
-    assert rel_err(calls[c * STEPS][1][1], gold)[1] < TOL
-    assert rel_err(fresh[1], gold)[1] > 100 * TOL, "a fresh memory at clip 1 is not visible"
-    assert rel_err(null[1], gold)[1] > 100 * TOL, "the emotion class is not visible"
+    conditional branch (and the right memory), clip 1 is far from MEMO's: the test would see either mistake."""
+    rel = _memory_and_emotion_rel(model, golden, generation)
+    print(rel)
+    _assert_memory_and_emotion_visible(rel)
 
 
 FULL_DIR = os.environ.get("EMO_PARITY_FULL_DIR")
@@ -446,9 +455,12 @@ def test_full_size_matches_memo():
     for c in range(clips):
         table += _generation_rows(c, generation, golden, meta)
     table.append(_video_row(generation, golden))
+    ablation = _memory_and_emotion_rel(model, golden, generation, meta)
     print("\n| stage | max abs | rel err |\n|---|---|---|")
     for name, mx, rel in table:
         print(f"| {name} | {mx:.1e} | {rel:.1e} |")
     print(f"ReferenceNet with each copy's own face tokens (must be far): rel err >= {min(worst_untiled):.2e}")
+    print("clip 1 step 0, conditional branch, replayed on our conditioning:", {k: f"{v:.2e}" for k, v in ablation.items()})
     _rows_ok(table)
+    _assert_memory_and_emotion_visible(ablation)
     assert min(worst_untiled) > 100 * TOL, "the face-token tiling is not visible at full size"
