@@ -11,10 +11,8 @@ import torch
 
 @contextmanager
 def recording(model, out: dict[str, torch.Tensor]):
-    """Patch ``model`` and the pipeline's scheduler factory while the block runs; yields ``(put, clip)``:
+    """Patch ``model`` and the pipeline's schedulers while the block runs; yields ``(put, clip)``:
     ``put(name, tensor)`` stores ``clip{clip['i']}.name`` in ``out`` (set ``clip['i']`` to record more after the run)."""
-    from emo_model import pipeline as pipeline_module
-
     clip = {"i": -1, "step": 0}
 
     def put(name: str, t: torch.Tensor) -> None:
@@ -35,6 +33,26 @@ def recording(model, out: dict[str, torch.Tensor]):
         put(f"step{clip['step']}.pred_uncond", output[0])
         put(f"step{clip['step']}.pred_cond", output[-1])
 
+    def on_step(model_output, result):
+        put(f"step{clip['step']}.guided", model_output[0])
+        put(f"step{clip['step']}.latents", result.prev_sample[0])
+        clip["step"] += 1
+
+    handle = model.register_forward_hook(forward_hook)
+    model.encode_motion = encode_motion
+    try:
+        with scheduler_steps(on_step):
+            yield put, clip
+    finally:
+        handle.remove()
+        del model.encode_motion
+
+
+@contextmanager
+def scheduler_steps(on_step):
+    """While the block runs, ``on_step(model_output, result)`` after every step of the schedulers the pipeline makes."""
+    from emo_model import pipeline as pipeline_module
+
     real_make = pipeline_module.make_scheduler
 
     def make_scheduler(*a, **kw):
@@ -43,20 +61,14 @@ def recording(model, out: dict[str, torch.Tensor]):
 
         def step(model_output, t, sample, **kwargs):
             result = real_step(model_output, t, sample, **kwargs)
-            put(f"step{clip['step']}.guided", model_output[0])
-            put(f"step{clip['step']}.latents", result.prev_sample[0])
-            clip["step"] += 1
+            on_step(model_output, result)
             return result
 
         sched.step = step
         return sched
 
-    handle = model.register_forward_hook(forward_hook)
-    model.encode_motion = encode_motion
     pipeline_module.make_scheduler = make_scheduler
     try:
-        yield put, clip
+        yield
     finally:
-        handle.remove()
-        del model.encode_motion
         pipeline_module.make_scheduler = real_make

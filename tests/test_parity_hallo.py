@@ -198,7 +198,7 @@ OTHER = os.environ.get("EMO_PARITY_HALLO_DIR")
 
 def _tolerance(stage: str) -> float:
     """1e-4 for the conditions and the first denoiser call, 1e-3 for everything after."""
-    first = stage.startswith("audio.") or stage.startswith("clip0.step0.pred") or stage.split(".")[-1] in (
+    first = stage.startswith(("audio.", "clip0.step0.pred")) or stage.split(".")[-1] in (
         "audio_tokens", "identity_cond", "identity_uncond", "face_locator")
     return TOL if first else 1e-3
 

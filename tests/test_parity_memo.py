@@ -30,6 +30,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_record import scheduler_steps
 
 FIX = ROOT / "tests" / "parity" / "memo"
 META = json.loads((FIX / "meta.json").read_text())["pipeline"]
@@ -288,7 +289,6 @@ def _generate(model, codec, golden, meta: dict = META, audio_windows: torch.Tens
     """Our pipeline's whole generation with MEMO's preset (the run's clip length, past frames and steps), MEMO's
     initial noise and frame emotion labels, on ``audio_windows`` (default: MEMO's). Records the denoiser's input and
     output (both branches) at every call, and the guided velocity and latents of every scheduler step."""
-    from emo_model import pipeline as pipeline_module
     from emo_model.pipeline import EMOPipeline, SamplingSettings
 
     st = meta["settings"]
@@ -304,32 +304,17 @@ def _generate(model, codec, golden, meta: dict = META, audio_windows: torch.Tens
         conditions.append((args[1], args[2]))
 
     hook = model.register_forward_hook(record)
-    real_make = pipeline_module.make_scheduler
-
-    def make_scheduler(*a, **kw):
-        sched = real_make(*a, **kw)
-        real_step = sched.step
-
-        def step(model_output, t, sample, **kwargs):
-            result = real_step(model_output, t, sample, **kwargs)
-            steps.append((model_output[0].clone(), result.prev_sample[0].clone()))
-            return result
-
-        sched.step = step
-        return sched
-
     settings = SamplingSettings.from_preset(model.config.preset, emotion=golden["input.emotion_labels"].long().tolist(),
                                             frames_per_clip=st["frames_per_clip"], motion_frames=st["past_frames"],
                                             steps=st["steps"])
     assert settings.sampler == "flow_euler" and settings.cfg == settings.audio_cfg == st["cfg"]
     noise = torch.cat([golden[f"clip{c}.noise"] for c in range(st["clips"])], dim=1)
-    pipeline_module.make_scheduler = make_scheduler
     try:
         windows = golden["audio.windows"] if audio_windows is None else audio_windows
-        video = pipe.generate_frames(reference, windows, settings=settings, noise=noise)
+        with scheduler_steps(lambda model_output, result: steps.append((model_output[0].clone(), result.prev_sample[0].clone()))):
+            video = pipe.generate_frames(reference, windows, settings=settings, noise=noise)
     finally:
         hook.remove()
-        pipeline_module.make_scheduler = real_make
     assert len(calls) == len(steps) == st["clips"] * st["steps"]  # one batched call (both branches) per step
     return calls, steps, video, conditions
 
