@@ -7,6 +7,7 @@ what :class:`~emo_model.pipeline.EMOPipeline` needs, so neither the CLI nor the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,7 @@ class Session:
         dtype: torch.dtype | None = None,
         variant: str = "standard",
         family: str | None = None,
-    ) -> "Session":
+    ) -> Session:
         """Load a checkpoint (native file, whole-model state dict, a family's part files) and what it needs.
 
         ``vae``: a codec, or a path (diffusers folder / single ``.safetensors``); None uses the VAE
@@ -179,13 +180,21 @@ class Session:
         names = ", ".join(n for n in fam.emotions[:4])
         return f"{' and '.join(missing)} missing; put {'them' if len(missing) > 1 else 'it'} there, or choose an emotion ({names}, ...)"
 
-    def resolve_emotion(self, choice: str | int | None, audio: AudioFeatures) -> tuple[int | list[int] | None, str]:
+    def resolve_emotion(
+        self,
+        choice: str | int | None,
+        audio: AudioFeatures,
+        on_progress: Callable[[int, int], None] | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> tuple[int | list[int] | None, str]:
         """The run's ``emotion`` setting and a phrase saying how it was chosen ("" for models without emotion classes).
 
         ``choice``: None or "preset": classified from the audio when the family's audio-emotion classifier is in the
         model folder (what its original does), else the preset's class; "auto": classified from the audio (refused in
         one line when the classifier's files are missing); a class name or index: that class for the whole video.
-        Classified: one label per audio-feature row (a class per second of audio, the nearest one per row)."""
+        Classified: one label per audio-feature row (a class per second of audio, the nearest one per row);
+        ``on_progress(windows done, windows)`` while the audio is classified, ``should_cancel()`` checked between
+        batches of windows (GenerationCancelled when it says so)."""
         from .families import AUTO_EMOTION, emotion_class, family_of
 
         if not self.config.backbone.emotion_audio_modules:
@@ -208,16 +217,25 @@ class Session:
             preset = self.config.preset.emotion
             why = "" if folders is None else f"; no audio-emotion classifier: {self._missing_emotion_folders(folders)} not in the model folder"
             return preset, ("emotion " + ("none" if preset is None else name(preset)) + " (preset" + why + ")")
-        labels = self._classify_emotion(audio, *folders)
+        labels = self._classify_emotion(audio, *folders, on_progress=on_progress, should_cancel=should_cancel)
         real = torch.as_tensor(labels[: audio.num_frames])
         counts = torch.bincount(real, minlength=1)
         shares = sorted(((int(c), i) for i, c in enumerate(counts.tolist()) if c), reverse=True)
         spread = ", ".join(f"{name(i)} {100 * c / real.numel():.0f}%" for c, i in shares[:3])
         return labels, f"emotion from the audio ({spread})"
 
-    def _classify_emotion(self, audio: AudioFeatures, encoder_dir: Path, classifier_dir: Path) -> list[int]:
+    def _classify_emotion(
+        self, audio: AudioFeatures, encoder_dir: Path, classifier_dir: Path, on_progress=None, should_cancel=None
+    ) -> list[int]:
+        from .pipeline import GenerationCancelled
         from .speech_emotion import SpeechEmotionClassifier, SpeechEmotionError
         from .validation import InputError
+
+        def progress(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(done, total)
+            if should_cancel is not None and should_cancel():
+                raise GenerationCancelled("cancelled while classifying the audio's emotion")
 
         prepared = audio.audio
         wave = prepared.waveform[: prepared.real_samples]
@@ -229,8 +247,10 @@ class Session:
                 model = SpeechEmotionClassifier.from_folders(encoder_dir, classifier_dir, device=device)
             except SpeechEmotionError as exc:
                 raise InputError(str(exc)) from None
-            labels = model.classify(wave, rows).labels.tolist()
-            del model
+            try:
+                labels = model.classify(wave, rows, on_progress=progress).labels.tolist()
+            finally:
+                del model
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             self._emotion_labels.clear()
@@ -393,7 +413,7 @@ class Session:
         return (f"{windows} context window{'s' * (windows != 1)} of {min(settings.frames_per_clip, num_frames)} frames "
                 f"(overlap {settings.context_overlap}{moving})")
 
-    def to(self, device: torch.device | str) -> "Session":
+    def to(self, device: torch.device | str) -> Session:
         """Move the networks (model, VAE, audio encoder) to ``device``; returns self."""
         device = torch.device(device)
         self.model.to(device)

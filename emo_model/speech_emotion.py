@@ -32,7 +32,7 @@ import ast
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -441,8 +441,11 @@ class SpeechEmotionClassifier(nn.Module):
         return self.encoder(x.to(p.device, p.dtype)).float().mean(dim=1)[0]
 
     @torch.no_grad()
-    def window_features(self, wave: torch.Tensor, spans: Sequence[tuple[int, int]], batch: int = 8) -> torch.Tensor:
-        """:meth:`utterance_features` of ``wave[a:b]`` for each span, windows of equal length run ``batch`` at a time."""
+    def window_features(
+        self, wave: torch.Tensor, spans: Sequence[tuple[int, int]], batch: int = 8, on_progress: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """:meth:`utterance_features` of ``wave[a:b]`` for each span, windows of equal length run ``batch`` at a time.
+        ``on_progress(done, total)`` after each batch (windows encoded so far; it may raise to stop)."""
         out: list[torch.Tensor | None] = [None] * len(spans)
         by_length: dict[int, list[int]] = {}
         for i, (a, b) in enumerate(spans):
@@ -455,6 +458,8 @@ class SpeechEmotionClassifier(nn.Module):
                 feats = self.encoder(x.to(p.device, p.dtype)).float().mean(dim=1).cpu()
                 for i, f in zip(part, feats):
                     out[i] = f
+                if on_progress is not None:
+                    on_progress(sum(f is not None for f in out), len(spans))
         return torch.stack(out)
 
     @torch.no_grad()
@@ -466,11 +471,14 @@ class SpeechEmotionClassifier(nn.Module):
         return torch.softmax(torch.softmax(logits, dim=-1), dim=-1)
 
     @torch.no_grad()
-    def classify(self, waveform: torch.Tensor, num_frames: int, rate: int = SAMPLE_RATE) -> SpeechEmotionResult:
-        """Mono 16 kHz ``waveform`` -> one emotion class per video frame (``num_frames`` frames spread over it)."""
+    def classify(
+        self, waveform: torch.Tensor, num_frames: int, rate: int = SAMPLE_RATE, on_progress: Callable[[int, int], None] | None = None
+    ) -> SpeechEmotionResult:
+        """Mono 16 kHz ``waveform`` -> one emotion class per video frame (``num_frames`` frames spread over it);
+        ``on_progress(windows done, windows)`` as the windows are encoded (it may raise to stop)."""
         wave = waveform.reshape(-1).float().cpu()
         windows = segment_windows(wave.shape[0], rate)
-        feats = self.window_features(wave, [(a, b) for _, _, a, b in windows])
+        feats = self.window_features(wave, [(a, b) for _, _, a, b in windows], on_progress=on_progress)
         probs = self.window_probabilities(feats).cpu()
         labels = [int(i) for i in probs.argmax(dim=-1)]
         return SpeechEmotionResult(frame_labels(labels, wave.shape[0], num_frames, rate), labels, probs)

@@ -104,7 +104,19 @@ class EMOSampler:
             raise ValueError(f"the audio was encoded for '{emo_audio.kind}' features but {session.name} needs '{session.config.audio.kind}'; re-run EMO Audio Encode with this model")
         emotion_value, emotion_note = (None, "")
         if session.config.backbone.emotion_audio_modules:  # other models ignore the choice
-            emotion_value, emotion_note = session.resolve_emotion(None if emotion == "preset" else emotion, emo_audio)
+            bar: list = []  # the classification's own progress bar, made when it starts (not at all when nothing is classified)
+
+            def classifying(done: int, total: int) -> None:
+                if not bar:
+                    bar.append(_comfy.Progress(total, node_id=unique_id))
+                bar[0].set(done)
+
+            try:
+                emotion_value, emotion_note = session.resolve_emotion(
+                    None if emotion == "preset" else emotion, emo_audio, on_progress=classifying, should_cancel=_comfy.interrupted
+                )
+            except GenerationCancelled:
+                _comfy.raise_interrupt()
         quick = fast_settings(session.config.preset) if fast else {}
         settings = session.settings(
             **{k: v for k, v in quick.items() if k not in ("steps", "sampler")},

@@ -155,6 +155,22 @@ def test_session_emotion_choices(files):
     assert settings.emotion == labels
 
 
+def test_classification_reports_progress_and_stops_when_asked(files):
+    from emo_model.pipeline import GenerationCancelled
+
+    session = _session(files, files["full"])
+    audio = session.encode_audio(str(files["audio"]))
+    seen = []
+    with pytest.raises(GenerationCancelled):  # asked to stop after the first batch of windows
+        session.resolve_emotion("auto", audio, on_progress=lambda done, total: seen.append((done, total)), should_cancel=lambda: True)
+    assert len(seen) == 1 and 0 < seen[0][0] <= seen[0][1]
+    seen.clear()
+    value, note = session.resolve_emotion("auto", audio, on_progress=lambda done, total: seen.append((done, total)))
+    windows = seen[-1][1]
+    assert windows >= 4 and seen[-1] == (windows, windows) and [d for d, _ in seen] == sorted(d for d, _ in seen)  # the stop kept nothing
+    assert isinstance(value, list) and note.startswith("emotion from the audio (")
+
+
 def test_auto_on_a_model_without_emotion_classes_is_refused(files, tmp_path):
     from emo_model import weights
     from emo_model.model import EMOModel
@@ -222,6 +238,15 @@ def test_sampler_node_auto_and_preset(files, monkeypatch):
     graph[sampler]["inputs"]["emotion"] = "auto"  # memo_plain + auto: one clear line
     with pytest.raises(ValueError, match="'auto' needs the audio-emotion classifier"):
         run_api(graph, classes)
+    # ComfyUI's Cancel while the audio is classified (new audio: nothing cached) stops the node before any sampling
+    write_speech(files["base"] / "input" / "other.wav", seconds=0.9)
+    graph["2"]["inputs"]["audio"] = "other.wav"
+    graph["3"]["inputs"]["model"] = "memo/"
+    monkeypatch.setattr(pack.nodes._comfy, "interrupted", lambda: True)
+    before = len(seen)
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run_api(graph, classes)
+    assert len(seen) == before  # the sampler never started
 
 
 def test_unknown_emotion_is_one_line_in_the_callers_spelling(files):

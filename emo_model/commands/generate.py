@@ -157,8 +157,19 @@ def run(args: argparse.Namespace) -> int:
     audio = session.encode_audio(  # an AudioError is one line from the CLI, the traceback with --debug
         audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
     )
-    with validation.user_input():
-        emotion, emotion_note = session.resolve_emotion(args.emotion, audio)  # 'auto' / the preset: from the audio
+    emotion_bar = []  # a progress bar while the audio's emotion is classified (only when it is)
+
+    def classifying(done: int, total: int) -> None:
+        if not emotion_bar:
+            emotion_bar.append(tqdm(total=total, unit="window", desc="emotion", dynamic_ncols=True))
+        emotion_bar[0].update(done - emotion_bar[0].n)
+
+    try:
+        with validation.user_input():
+            emotion, emotion_note = session.resolve_emotion(args.emotion, audio, on_progress=classifying)  # 'auto' / the preset: from the audio
+    finally:
+        for b in emotion_bar:
+            b.close()
     if emotion_note:
         print(f"note: {emotion_note}", file=sys.stderr)
     if emotion is not None:
