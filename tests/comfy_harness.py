@@ -194,15 +194,9 @@ def tiny_wav2vec2_folder(path: Path, hidden: int = 32, layers: int = 2) -> Path:
     return path
 
 
-def tiny_whisper_pt(path: Path, width: int = 384, blocks: int = 2, heads: int = 6) -> Path:
-    """An OpenAI-format whisper checkpoint (``dims`` + ``model_state_dict``) with random weights, as wide as the
-    tiny EchoMimic layout's audio tokens (384) and ``blocks`` encoder blocks (embedding + 2 = its 3 layers)."""
-    g = torch.Generator().manual_seed(3)
-
-    def rnd(*shape, centre=0.0):
-        return centre + 0.05 * torch.randn(*shape, generator=g)
-
-    d = width
+def whisper_encoder_state(d: int, blocks: int, rnd) -> dict[str, torch.Tensor]:
+    """Random encoder weights in OpenAI whisper's names, ``d`` wide, ``blocks`` blocks; ``rnd(*shape, centre=0.0)``
+    draws each tensor."""
     sd = {
         "encoder.positional_embedding": rnd(1500, d), "encoder.conv1.weight": rnd(d, 80, 3), "encoder.conv1.bias": rnd(d),
         "encoder.conv2.weight": rnd(d, d, 3), "encoder.conv2.bias": rnd(d),
@@ -218,14 +212,28 @@ def tiny_whisper_pt(path: Path, width: int = 384, blocks: int = 2, heads: int = 
             sd[p + f"{ln}.weight"], sd[p + f"{ln}.bias"] = rnd(d, centre=1.0), rnd(d)
         sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"] = rnd(4 * d, d), rnd(4 * d)
         sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"] = rnd(d, 4 * d), rnd(d)
+    return sd
+
+
+def tiny_whisper_pt(path: Path, width: int = 384, blocks: int = 2, heads: int = 6) -> Path:
+    """An OpenAI-format whisper checkpoint (``dims`` + ``model_state_dict``) with random weights, as wide as the
+    tiny EchoMimic layout's audio tokens (384) and ``blocks`` encoder blocks (embedding + 2 = its 3 layers)."""
+    g = torch.Generator().manual_seed(3)
+
+    def rnd(*shape, centre=0.0):
+        return centre + 0.05 * torch.randn(*shape, generator=g)
+
+    sd = whisper_encoder_state(width, blocks, rnd)
+    d = width
     dims = {"n_mels": 80, "n_audio_ctx": 1500, "n_audio_state": d, "n_audio_head": heads, "n_audio_layer": blocks,
             "n_vocab": 51865, "n_text_ctx": 448, "n_text_state": d, "n_text_head": heads, "n_text_layer": 1}
     torch.save({"dims": dims, "model_state_dict": sd}, path)
     return path
 
 
-def echomimic_parts(model, folder: Path) -> Path:
-    """A model saved as EchoMimic v1's four part files (the motion modules apart from the denoising UNet)."""
+def echomimic_parts(model, folder: Path, names: dict[str, str] | None = None) -> Path:
+    """A model saved as EchoMimic v1's four part files (the motion modules apart from the denoising UNet);
+    ``names``: role -> file name of the parts to write (default: all four, ``<role>.pth``)."""
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.clone() for k, v in model.state_dict().items()}
     den = {k.removeprefix("denoising_unet."): v for k, v in sd.items() if k.startswith("denoising_unet.")}
@@ -235,8 +243,8 @@ def echomimic_parts(model, folder: Path) -> Path:
         "reference_unet": {k.removeprefix("reference_unet."): v for k, v in sd.items() if k.startswith("reference_unet.")},
         "face_locator": {k.removeprefix("face_locator."): v for k, v in sd.items() if k.startswith("face_locator.")},
     }
-    for role, tensors in parts.items():
-        torch.save(tensors, folder / f"{role}.pth")
+    for role, name in (names or {role: f"{role}.pth" for role in parts}).items():
+        torch.save(parts[role], folder / name)
     return folder
 
 

@@ -20,6 +20,7 @@ import pytest
 import soundfile as sf
 import torch
 import torch.nn.functional as F
+from comfy_harness import whisper_encoder_state
 from safetensors.torch import save_file
 from transformers import (
     Wav2Vec2Config,
@@ -654,32 +655,13 @@ TINY_DIMS = {
 def openai_whisper_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     """Random weights in OpenAI whisper's names (plus a few decoder tensors that must be ignored)."""
     g = torch.Generator().manual_seed(seed)
-    d, mels = TINY_DIMS["n_audio_state"], TINY_DIMS["n_mels"]
+    d = TINY_DIMS["n_audio_state"]  # 80 mel bins, as whisper_encoder_state draws them
 
     def rnd(*shape, scale=0.2, centre=0.0):
         return centre + scale * torch.randn(*shape, generator=g)
 
-    sd = {
-        "encoder.positional_embedding": rnd(1500, d),
-        "encoder.conv1.weight": rnd(d, mels, 3),
-        "encoder.conv1.bias": rnd(d),
-        "encoder.conv2.weight": rnd(d, d, 3),
-        "encoder.conv2.bias": rnd(d),
-        "encoder.ln_post.weight": rnd(d, centre=1.0),
-        "encoder.ln_post.bias": rnd(d),
-        "decoder.token_embedding.weight": rnd(10, d),
-        "decoder.ln.weight": rnd(d),
-    }
-    for i in range(TINY_DIMS["n_audio_layer"]):
-        p = f"encoder.blocks.{i}."
-        for name in ("query", "key", "value", "out"):
-            sd[p + f"attn.{name}.weight"] = rnd(d, d)
-            if name != "key":
-                sd[p + f"attn.{name}.bias"] = rnd(d)
-        for ln in ("attn_ln", "mlp_ln"):
-            sd[p + f"{ln}.weight"], sd[p + f"{ln}.bias"] = rnd(d, centre=1.0), rnd(d)
-        sd[p + "mlp.0.weight"], sd[p + "mlp.0.bias"] = rnd(4 * d, d), rnd(4 * d)
-        sd[p + "mlp.2.weight"], sd[p + "mlp.2.bias"] = rnd(d, 4 * d), rnd(d)
+    sd = whisper_encoder_state(d, TINY_DIMS["n_audio_layer"], rnd)
+    sd.update({"decoder.token_embedding.weight": rnd(10, d), "decoder.ln.weight": rnd(d)})
     return sd
 
 

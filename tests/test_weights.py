@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from comfy_harness import echomimic_parts
 from conftest import perturb_zero_inits
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
@@ -94,21 +95,6 @@ def _save_hallo_net(model: EMOModel, path: Path, dtype: torch.dtype = torch.floa
     """Hallo's net.pth: torch.save of the prefixed state dict, all tensors in one dtype."""
     torch.save({k: v.to(dtype) for k, v in model.state_dict().items()}, path)
     return path
-
-
-def _save_echomimic_parts(model: EMOModel, folder: Path, names: dict[str, str]) -> None:
-    """EchoMimic v1's four .pth files: the denoising UNet without its motion modules, which go apart."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = model.state_dict()
-    den = {k.removeprefix("denoising_unet."): v for k, v in sd.items() if k.startswith("denoising_unet.")}
-    parts = {
-        "denoising_unet": {k: v for k, v in den.items() if ".motion_modules." not in k},
-        "motion_module": {k: v for k, v in den.items() if ".motion_modules." in k},
-        "reference_unet": {k.removeprefix("reference_unet."): v for k, v in sd.items() if k.startswith("reference_unet.")},
-        "face_locator": {k.removeprefix("face_locator."): v for k, v in sd.items() if k.startswith("face_locator.")},
-    }
-    for role, name in names.items():
-        torch.save(parts[role], folder / name)
 
 
 ECHOMIMIC_NAMES = {r: f"{r}.pth" for r in ("denoising_unet", "motion_module", "reference_unet", "face_locator")}
@@ -289,7 +275,7 @@ def test_hallo_net_pth_fp16_stays_fp16_and_matches_the_fp16_model(tmp_path, tiny
 def test_echomimic_folder_loads_to_identical_outputs(tmp_path):
     source = _tiny("tiny-echomimic")
     names = dict(zip(ECHOMIMIC_NAMES, ("w1.pth", "w2.pth", "w3.pth", "w4.pth")))  # roles come from keys
-    _save_echomimic_parts(source, tmp_path / "weights", names)
+    echomimic_parts(source, tmp_path / "weights", names)
     (tmp_path / "weights" / "notes.txt").write_text("not a checkpoint")
     model = load_emo_model(tmp_path / "weights")
     assert model.config == get_config("tiny-echomimic")
@@ -299,9 +285,9 @@ def test_echomimic_folder_loads_to_identical_outputs(tmp_path):
 def test_echomimic_acc_variant_is_picked_by_argument(tmp_path):
     standard, acc = _tiny("tiny-echomimic", seed=0), _tiny("tiny-echomimic", seed=1)
     folder = tmp_path / "pretrained_weights"
-    _save_echomimic_parts(standard, folder, ECHOMIMIC_NAMES)
-    _save_echomimic_parts(acc, folder, {"denoising_unet": "denoising_unet_acc.pth", "motion_module": "motion_module_acc.pth"})
-    _save_echomimic_parts(acc, folder, {"denoising_unet": "denoising_unet_pose.pth"})  # pose-driven: ignored
+    echomimic_parts(standard, folder, ECHOMIMIC_NAMES)
+    echomimic_parts(acc, folder, {"denoising_unet": "denoising_unet_acc.pth", "motion_module": "motion_module_acc.pth"})
+    echomimic_parts(acc, folder, {"denoising_unet": "denoising_unet_pose.pth"})  # pose-driven: ignored
 
     default = load_emo_model(folder)
     assert default.config.name == "tiny-echomimic" and default.config.preset.steps == 4
@@ -461,7 +447,7 @@ def test_truncated_safetensors_names_the_file(tmp_path):
 
 
 def test_motion_module_alone_names_the_four_echomimic_files(tmp_path):
-    _save_echomimic_parts(_tiny("tiny-echomimic"), tmp_path, {"motion_module": "motion_module.pth"})
+    echomimic_parts(_tiny("tiny-echomimic"), tmp_path, {"motion_module": "motion_module.pth"})
     expected = (
         "EchoMimic v1 needs denoising_unet.pth, motion_module.pth, reference_unet.pth and face_locator.pth "
         "in one folder; found only motion_module.pth"
