@@ -126,9 +126,9 @@ def _worker(spec: dict) -> dict:
         cap = spec.get("naive_frames")
         naive = settings_cls.from_preset(cfg.preset, **base, batch_guidance=False, reference_every_step=True)
         runs["naive"] = (naive_pipe, naive, feats[:cap] if cap else feats)
-    for p, st, f in runs.values():  # warm-up: kernels, allocator
+    for p, st, f in runs.values():  # warm-up: kernels, allocator; two clips, so the motion-frame path is warm too
         warm = dataclasses.replace(st, steps=1)
-        _timed(p, {"settings": warm, "size": spec.get("size")}, f[: cfg.preset.frames_per_clip], device)
+        _timed(p, {"settings": warm, "size": spec.get("size")}, f[: 2 * cfg.preset.frames_per_clip], device)
     best: dict[str, tuple[float, int | None]] = {}
     for _ in range(spec.get("repeats", 3)):
         for name, (p, st, f) in runs.items():
@@ -183,6 +183,14 @@ def _rows(args) -> list[tuple[str, dict]]:
     return rows
 
 
+def _write_json(path: str, results: list[dict]) -> None:
+    """Write the rows so far whole: a temporary file renamed over the target, never a half-written one."""
+    tmp = f"{path}.partial"
+    with open(tmp, "w") as f:
+        json.dump(results, f, indent=2)
+    os.replace(tmp, path)
+
+
 def _gb(n) -> str:
     return "-" if n is None else f"{n / 2**30:.2f} GB"
 
@@ -194,11 +202,12 @@ def run(args: argparse.Namespace) -> int:
     if args.against_original or args.worker_original:
         return bench_original.run(args)
     results = []
+    rows = _rows(args)  # a bad flag is refused before anything is printed
     header = (f"{'row':52} {'frames':>6} {'steps':>5} {'s/frame':>9} {'fast s/frame':>12} {'fast speed-up':>13} "
               f"{'peak GPU':>10} {'peak RSS':>9}")
     print(header)
-    print("-" * len(header))
-    for label, spec in _rows(args):
+    print("-" * len(header), flush=True)
+    for label, spec in rows:
         res = _spawn(spec)
         d, fast, naive = res["default"], res.get("fast"), res.get("naive")
         ratio = d["s_per_frame"] / fast["s_per_frame"] if fast else None
@@ -207,10 +216,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"{label:52} {d['frames']:>6} {d['steps']:>5} {d['s_per_frame']:>9.3f} {fast_cols} {_gb(d['peak_gpu']):>10} {_gb(res['peak_rss']):>9}")
         if naive:
             print(f"{'  (regression check: naive path)':52} {naive['frames']:>6} {naive['steps']:>5} {naive['s_per_frame']:>9.3f}")
+        sys.stdout.flush()
+        if args.json:  # after every row: a long row that is stopped (a device's time limit) loses only itself
+            _write_json(args.json, results)
     if not torch.cuda.is_available() and args.device == "auto":
         print("(no CUDA device: the full-size emo rows need a GPU, or run them reduced: --config tiny --device cpu; "
               "anchors: EMO paper 1.25 s/frame, goal <= 0.30 s/frame on an H100)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+        _write_json(args.json, results)
     return 0
