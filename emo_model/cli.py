@@ -59,6 +59,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .host_memory import tune
+
+    tune()  # before any command imports torch: faster CPU allocation for our own process (host_memory.py)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
     argv = [a for a in argv if a != DEBUG_FLAG]

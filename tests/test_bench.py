@@ -57,5 +57,35 @@ def test_bad_flags_get_one_line(args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     r = bench(*args, timeout=120)
-    assert r.returncode != 0 and message in r.stderr
+    assert r.returncode != 0 and message in r.stderr and r.stdout == ""  # refused before the table starts
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_against_original_table_keeps_each_sides_best_run_and_prints_the_ratios(monkeypatch, capsys, tmp_path):
+    """The table's arithmetic on canned results of both sides (the two processes are not run here)."""
+    import argparse
+
+    from emo_model.commands import bench_original as bo
+
+    gib = 2**30
+    canned = {
+        "original": {"runs": [{"seconds": 60.0, "peak_rss": 12 * gib}, {"seconds": 50.0, "peak_rss": 13 * gib}], "frames": 10,
+                     "torch_threads": 2},
+        "ours": {"runs": [{"seconds": 40.0, "peak_rss": 10.5 * gib}], "frames": 10, "torch_threads": 2,
+                 "host_allocator": {"huge_pages": True, "malloc": False}},
+    }
+    monkeypatch.setattr(bo, "_check", lambda args: None)
+    monkeypatch.setattr(bo, "_weights_ready", lambda args: True)
+    monkeypatch.setattr(bo, "_run", lambda cmd, what: canned["original" if "original" in what else "ours"])
+    args = argparse.Namespace(worker_original=None, size=None, repeats=None, against_original="hallo", rounds=1, bench_steps=3,
+                              original_src="/x", original_python="/x/python", work=str(tmp_path), json=str(tmp_path / "r.json"))
+    assert bo.run(args) == 0
+    out = capsys.readouterr().out
+    original = next(line for line in out.splitlines() if line.startswith("original "))
+    ours = next(line for line in out.splitlines() if line.startswith("ours "))
+    # the original's best run is the 50 s one (with its own 13 GB peak), over 10 frames
+    assert original.split()[1:5] == ["50.0", "5.00", "13.00", "GB"]
+    assert ours.split()[1:5] == ["40.0", "4.00", "10.50", "GB"]
+    assert "time 0.80x (1.25x the original's speed), peak RSS 0.81x" in out
+    assert "host-allocator settings: huge pages on, malloc thresholds off" in out
+    assert json.loads((tmp_path / "r.json").read_text())["original"]["seconds"] == 50.0

@@ -130,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
                 res = _run([sys.executable, "-m", "emo_model", "bench", "--worker-original", json.dumps(spec)], "our benchmark")
             for run_ in res["runs"]:
                 if side not in best or run_["seconds"] < best[side]["seconds"]:
-                    best[side] = {**run_, "frames": res["frames"], "threads": res.get("torch_threads")}
+                    best[side] = {**run_, "frames": res["frames"], "threads": res.get("torch_threads"),
+                                  "host_allocator": res.get("host_allocator")}
     o, u = best["original"], best["ours"]
     print()
     print(f"{family}, full size, {args.size}x{args.size}, {o['frames']} frames, {args.bench_steps} DDIM steps + CFG, fp32, "
@@ -143,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name:10} {r['seconds']:>9.1f} {r['seconds'] / r['frames']:>9.2f} {r['peak_rss'] / 2**30:>19.2f} GB {vram:>10}")
     print(f"ours / original: time {u['seconds'] / o['seconds']:.2f}x ({o['seconds'] / u['seconds']:.2f}x the original's speed), "
           f"peak RSS {u['peak_rss'] / o['peak_rss']:.2f}x")
+    alloc = u.get("host_allocator") or {}
+    print(f"ours ran with the command line's host-allocator settings: huge pages {'on' if alloc.get('huge_pages') else 'off'}, "
+          f"malloc thresholds {'on' if alloc.get('malloc') else 'off'} (emo_model/host_memory.py; EMO_HOST_ALLOCATOR=default: off)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"family": family, "size": args.size, "steps": args.bench_steps, "original": o, "ours": u}, f, indent=2)
@@ -218,5 +222,7 @@ def _ours(spec: dict) -> dict:
         pipe.generate(ref, audio.features, num_frames=audio.num_frames, settings=settings, sink=frames_out.append,
                       face_mask=face, region_masks=region)
         runs.append({"seconds": time.perf_counter() - t, "peak_rss": _vm_hwm()})
+    from .. import host_memory
+
     return {"family": spec["family"], "runs": runs, "frames": int(sum(f.shape[0] for f in frames_out)),
-            "torch_threads": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads(), "host_allocator": host_memory.applied}
