@@ -8,7 +8,7 @@ and the kernel zeroes every page: 2.6 million minor page faults for one 1-step, 
 at 128x128 (about 10 GB of zeroed pages). The originals escape most of this by accident: loading a
 pickled state dict leaves their heap large and their mmap threshold raised (2.7 thousand faults for the
 same generation). Measured on the full-size Hallo weights (docs/performance.md): the two settings below
-take that generation from 22.0 s to 18.7 s, identical output.
+take that generation from 21.9 s to 18.7 s, identical output.
 
 * ``THP_MEM_ALLOC_ENABLE=1``: PyTorch's own switch; blocks of 2 MiB and more are 2 MiB aligned and
   advised for transparent huge pages, so a large tensor faults in 2 MiB at a time instead of 4 KiB. torch
