@@ -4,11 +4,11 @@ Why: PyTorch's CPU tensors come from glibc's malloc. With glibc's defaults a blo
 threshold (128 KiB, raised by glibc only as far as 32 MiB) is a fresh ``mmap`` that goes back to the
 kernel when freed, and free memory above the trim threshold at the top of the heap is returned too. A
 denoiser step allocates and frees gigabytes of activations, so every step faults all of them in again
-and the kernel zeroes every page: 2.6 million minor page faults for one 1-step, 2-clip Hallo generation
-at 128x128 (about 10 GB of zeroed pages). The originals escape most of this by accident: loading a
-pickled state dict leaves their heap large and their mmap threshold raised (2.7 thousand faults for the
-same generation). Measured on the full-size Hallo weights (docs/performance.md): the two settings below
-take that generation from 21.9 s to 18.7 s, identical output.
+and the kernel zeroes every page: 2.6 million minor page faults for one 1-step, 2-clip generation of
+full-size SD1.5-sized weights at 128x128 (about 10 GB of zeroed pages). The original implementations
+escape most of this by accident: loading a pickled state dict leaves their heap large and their mmap
+threshold raised (2.7 thousand faults for the same generation). Measured side by side in
+docs/performance.md: the two settings below take that generation from 21.9 s to 18.7 s, identical output.
 
 * ``THP_MEM_ALLOC_ENABLE=1``: PyTorch's own switch; blocks of 2 MiB and more are 2 MiB aligned and
   advised for transparent huge pages, so a large tensor faults in 2 MiB at a time instead of 4 KiB. torch
