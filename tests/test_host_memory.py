@@ -53,10 +53,15 @@ print(json.dumps({"tune": result, "huge_kb": huge, "mmapped": mmapped}))
 """
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without the two switches, so each test starts from glibc's and torch's defaults."""
+    return {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "EMO_HOST_ALLOCATOR")}
+
+
 def probe(extra_env: dict[str, str] | None = None) -> dict:
     import json
 
-    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "EMO_HOST_ALLOCATOR")}
+    env = clean_env()
     env.update(extra_env or {})
     r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -84,7 +89,7 @@ def test_opt_out_changes_nothing():
 
 def test_too_late_for_torch_says_so():
     code = "import torch\nfrom emo_model.host_memory import tune\nprint(tune()['huge_pages'])"
-    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "EMO_HOST_ALLOCATOR")}
+    env = clean_env()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
 
@@ -96,7 +101,7 @@ def test_command_line_applies_them_before_torch():
         "try:\n    cli.main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("THP_MEM_ALLOC_ENABLE", "EMO_HOST_ALLOCATOR")}
+    env = clean_env()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     # tune() sets the switch only while torch is not loaded yet: "1" means it ran before the command imported torch

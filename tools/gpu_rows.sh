@@ -23,7 +23,7 @@ if [ "${1:-}" = "--wheels" ]; then
     exit 0
 fi
 
-out="${OUT:-$PWD/gpu-rows-out}"
+out="${OUT:-/tmp/gpu-rows-out}"  # $OUT on the device machine; never inside the checkout
 mkdir -p "$out"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
