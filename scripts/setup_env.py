@@ -10,8 +10,13 @@ torch is installed only when the venv has none (ComfyUI-style installs bring the
 ``TORCH_SPEC`` (default ``torch``) is what pip installs, ``TORCH_INDEX_URL`` the index it uses. Without
 ``TORCH_INDEX_URL``, a Linux machine with no NVIDIA or AMD GPU gets PyTorch's CPU wheel index (about
 200 MB instead of several GB of CUDA wheels), unless pip is configured with its own index (then that
-configuration is respected). ``TORCH_INDEX_URL=`` (empty) always means "pip's default".
-The torch that ends up installed is pinned for every later install, so nothing replaces it.
+configuration is respected) or that index cannot be reached (then pip's default). ``TORCH_INDEX_URL=``
+(empty) always means "pip's default".
+
+The torch that ends up installed is pinned for every later install, so nothing replaces it. The pin is
+the version pip itself records for the installed distribution (its metadata), never ``torch.__version__``:
+the two differ for some builds (PyPI's CUDA wheels of torch 2.15 record ``2.15.0`` while
+``torch.__version__`` says ``2.15.0+cu132``), and a pin pip cannot match ends in ``ResolutionImpossible``.
 ``EMO_VENV`` moves the venv (default ``.venv`` in the repository).
 """
 
@@ -22,6 +27,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 import venv
 from pathlib import Path
 
@@ -58,9 +64,35 @@ def ensure_venv(venv_dir: Path) -> Path:
     return python
 
 
+# Run by the venv's python: the version pip knows for the installed torch distribution (what a pin must
+# match), else "?<torch.__version__>" for a torch that imports but has no distribution metadata, else nothing.
+_TORCH_VERSION = """
+import importlib.metadata as md
+try:
+    print(md.version("torch"))
+except md.PackageNotFoundError:
+    try:
+        import torch
+    except ImportError:
+        pass
+    else:
+        print("?" + torch.__version__)
+"""
+
+
 def installed_torch(python: Path) -> str | None:
-    out = subprocess.run([str(python), "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else None
+    """The installed torch's version as pip knows it (e.g. ``2.15.0``, ``2.13.0+cpu``), or None when there is none."""
+    out = subprocess.run([str(python), "-c", _TORCH_VERSION], capture_output=True, text=True)
+    version = out.stdout.strip() if out.returncode == 0 else ""
+    if version.startswith("?"):  # importable, but pip cannot see it (no dist-info): pin its public version
+        version = version[1:].split("+", 1)[0]
+        say(f"torch {version} imports but has no package metadata; pinning torch=={version} for pip")
+    return version or None
+
+
+def torch_constraint(version: str) -> str:
+    """The constraint line that keeps the installed torch: its metadata version, which pip matches exactly."""
+    return f"torch=={version}\n"
 
 
 def pip_has_own_index(python: Path) -> bool:
@@ -74,11 +106,21 @@ def has_gpu() -> bool:
     return bool(shutil.which("nvidia-smi") or shutil.which("rocm-smi") or Path("/dev/nvidiactl").exists() or Path("/dev/kfd").exists())
 
 
+def reachable(url: str, timeout: float = 10.0) -> bool:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            return True
+    except Exception:
+        return False
+
+
 def torch_index(python: Path) -> str | None:
     if "TORCH_INDEX_URL" in os.environ:
         return os.environ["TORCH_INDEX_URL"] or None
     if sys.platform.startswith("linux") and not has_gpu() and not pip_has_own_index(python):
-        return CPU_INDEX
+        if reachable(CPU_INDEX + "/torch/"):
+            return CPU_INDEX
+        say(f"{CPU_INDEX} cannot be reached from here: using pip's default index for torch")
     return None
 
 
@@ -119,7 +161,7 @@ def main(argv: list[str]) -> int:
         say(f"{venv_dir.name} is up to date for '{profile}' (torch {torch_version})")
         return 0
     constraint = venv_dir / "torch-constraint.txt"  # keep the torch that is there
-    constraint.write_text(f"torch=={torch_version}\n")
+    constraint.write_text(torch_constraint(torch_version))
     run([python, "-m", "pip", "install", "-c", constraint, "-e", ".", *PROFILES[profile]])
     stamp.write_text(wanted + "\n")
     say(f"{venv_dir.name} is ready for '{profile}' (torch {torch_version})")
