@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -156,6 +158,7 @@ def setup_env(monkeypatch):
     spec.loader.exec_module(module)
     for var in ("TORCH_SPEC", "TORCH_INDEX_URL", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "EMO_VENV"):
         monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(module, "reachable", lambda url: True)  # no network in tests
     return module
 
 
@@ -222,3 +225,76 @@ def test_setup_is_idempotent_and_installs_torch_only_when_missing(setup_env, mon
     assert len(calls) == 1 and "torch==9.9.9" not in calls[0]
 
     assert setup_env.main(["everything"]) == 2
+
+
+def _fake_venv_python(tmp_path: Path, dist_version: str | None, module_version: str | None) -> Path:
+    """A 'venv python' that sees only a fake torch: a dist-info with ``dist_version`` (what pip knows) and a
+    module whose ``torch.__version__`` is ``module_version`` (either may be absent). No network, no real torch."""
+    site = tmp_path / "site"
+    site.mkdir(parents=True, exist_ok=True)
+    if dist_version is not None:
+        info = site / f"torch-{dist_version}.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: torch\nVersion: {dist_version}\n")
+        (info / "RECORD").write_text("")
+        (info / "INSTALLER").write_text("pip\n")
+    if module_version is not None:
+        (site / "torch").mkdir()
+        (site / "torch" / "__init__.py").write_text(f"__version__ = {module_version!r}\n")
+    python = tmp_path / "bin" / "python"
+    python.parent.mkdir(parents=True, exist_ok=True)
+    # -S: no site-packages, so the real torch of the test environment stays out of sight
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" -S "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
+@pytest.mark.parametrize(
+    "dist_version, module_version, pin",
+    [
+        ("2.15.0", "2.15.0+cu132", "torch==2.15.0"),  # PyPI's CUDA wheel: the label is only in torch.__version__
+        ("2.13.0+cpu", "2.13.0+cpu", "torch==2.13.0+cpu"),  # PyTorch's CPU index: the label is in the metadata too
+        ("2.5.1+cu124", "2.5.1+cu124", "torch==2.5.1+cu124"),  # PyTorch's CUDA index
+        ("2.4.0", "2.4.0", "torch==2.4.0"),  # a plain build (macOS, an older PyPI wheel)
+        (None, "2.6.0a0+git1234", "torch==2.6.0a0"),  # imports, but pip has no record of it: its public version
+    ],
+)
+def test_the_pin_is_the_version_pip_knows_for_the_installed_torch(setup_env, tmp_path, dist_version, module_version, pin):
+    python = _fake_venv_python(tmp_path, dist_version, module_version)
+    assert setup_env.torch_constraint(setup_env.installed_torch(python)) == pin + "\n"
+
+
+def test_no_torch_in_the_venv_means_none(setup_env, tmp_path):
+    assert setup_env.installed_torch(_fake_venv_python(tmp_path, None, None)) is None
+
+
+@pytest.mark.parametrize("label_in_pin, satisfied", [(False, True), (True, False)])
+def test_pip_accepts_the_pin_for_a_cuda_wheel_whose_metadata_has_no_local_label(tmp_path, label_in_pin, satisfied):
+    """The reported failure, with pip itself and no network: the installed distribution says 2.15.0; a pin of
+    torch.__version__ (2.15.0+cu132) is ResolutionImpossible, the metadata version is already satisfied."""
+    _fake_venv_python(tmp_path, "2.15.0", "2.15.0+cu132")
+    constraint = tmp_path / "c.txt"
+    constraint.write_text("torch==2.15.0+cu132\n" if label_in_pin else "torch==2.15.0\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": ""}
+    cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-deps", "-c", str(constraint), "torch"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if satisfied:
+        assert out.returncode == 0 and "already satisfied: torch" in out.stdout, out.stdout + out.stderr
+    else:
+        assert out.returncode != 0 and "ResolutionImpossible" in out.stderr, out.stdout + out.stderr
+
+
+def test_an_unreachable_cpu_index_falls_back_to_pips_default(setup_env, monkeypatch):
+    monkeypatch.setattr(setup_env.sys, "platform", "linux")
+    monkeypatch.setattr(setup_env, "has_gpu", lambda: False)
+    monkeypatch.setattr(setup_env, "pip_has_own_index", lambda p: False)
+    seen = []
+    monkeypatch.setattr(setup_env, "reachable", lambda url: seen.append(url) or False)
+    assert setup_env.torch_index(Path(sys.executable)) is None
+    assert seen == ["https://download.pytorch.org/whl/cpu/torch/"]
+
+
+def test_ci_sets_no_torch_override():
+    ci = (ROOT / ".ci" / "run").read_text()
+    code = [line.split("#", 1)[0] for line in ci.splitlines()]
+    assert not any("TORCH_SPEC" in line or "TORCH_INDEX_URL" in line for line in code)
