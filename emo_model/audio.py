@@ -112,6 +112,10 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
 
 def _decode_file(path: Path) -> tuple[np.ndarray, int]:
     if not path.is_file():
+        if path.is_dir():
+            raise AudioError(f"'{path}' is a folder, not an audio file; give the file in it (wav, flac, mp3, ogg, m4a or a video).")
+        if path.exists():  # opening a FIFO would wait for a writer forever
+            raise AudioError(f"'{path}' is not a regular file (a pipe, device or socket); give an audio file.")
         raise AudioError(f"audio file not found: '{path}'. Check the path (or pick the file in the LoadAudio node).")
     try:
         with av.open(os.fspath(path), mode="r") as container:

@@ -183,13 +183,42 @@ def check_frame_count(num_frames: int, fps: float, max_frames: int | None, *, la
         )
 
 
-def check_output_path(path: str | os.PathLike, *, label: str = "--out") -> tuple[Path, str]:
+def check_output_path(
+    path: str | os.PathLike, *, label: str = "--out", overwrite: bool = True, overwrite_flag: str | None = None
+) -> tuple[Path, str]:
     """(path, format) for a video to write; refused before any model work when it cannot be written.
 
-    A path naming an existing folder is refused (rather than guessing a file name inside it).
+    A path naming an existing folder is refused (rather than guessing a file name inside it); ``overwrite=False``
+    refuses an existing file (see :func:`check_output_file`).
     """
-    out = check_output_file(path, label=label, suffixes=tuple(OUTPUT_SUFFIXES), example="emo.mp4")
+    out = check_output_file(
+        path, label=label, suffixes=tuple(OUTPUT_SUFFIXES), example="emo.mp4", overwrite=overwrite, overwrite_flag=overwrite_flag
+    )
     return out, OUTPUT_SUFFIXES[out.suffix.lower()]
+
+
+def _control_character(text: str) -> str | None:
+    """The first control character of a path (a newline pasted into a flag, a NUL), spelled as Python would, or None."""
+    for ch in text:
+        if ord(ch) < 32 or ord(ch) == 127:
+            return repr(ch)
+    return None
+
+
+def check_not_an_input(out: Path, inputs: dict[str, str | os.PathLike | None], *, label: str = "--out") -> None:
+    """Refuse an output that is one of the run's own inputs: the same file by any name (a hard link, a symlink, another
+    spelling on a case-insensitive disk: ``os.path.samefile``), so writing it could never replace a source."""
+    if not out.exists():
+        return
+    for flag, path in inputs.items():
+        if path is None:
+            continue
+        try:
+            same = os.path.samefile(out, path)
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise InputError(f"{label} {str(out)!r} is the {flag} file ({str(path)!r}); writing it would replace your input; pick another path")
 
 
 def check_output_file(
@@ -207,6 +236,9 @@ def check_output_file(
     """
     out = Path(path)
     example = example or f"out{suffixes[0]}"
+    bad = _control_character(str(path))
+    if bad:
+        raise InputError(f"{label} {str(path)!r} contains the control character {bad} (a pasted line break?); give a plain file name")
     if out.is_dir():
         raise InputError(f"{label} {str(out)!r} is a folder; give a file name in it, e.g. {str(out / example)!r}")
     if out.suffix.lower() not in suffixes:
@@ -217,6 +249,8 @@ def check_output_file(
         raise InputError(f"the output folder {str(parent)!r} of {label} does not exist; create it or pick another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"the output folder {str(parent)!r} of {label} is not writable; pick another path")
+    if out.exists() and not out.is_file():
+        raise InputError(f"{label} {str(out)!r} exists and is not a regular file (a pipe, device or socket); pick another path")
     if out.exists() and not overwrite:
         how = f"pass {overwrite_flag} to overwrite it or pick another path" if overwrite_flag else "pick another path"
         raise InputError(f"{label} {str(out)!r} exists; {how}")
@@ -231,6 +265,9 @@ def check_output_folder(path: str | os.PathLike, *, label: str) -> Path:
     An existing folder must be writable; a missing one needs its nearest existing ancestor to be a writable folder.
     """
     out = Path(path)
+    bad = _control_character(str(path))
+    if bad:
+        raise InputError(f"{label} {str(path)!r} contains the control character {bad} (a pasted line break?); give a plain folder name")
     if out.exists():
         if not out.is_dir():
             raise InputError(f"{label} {str(out)!r} is a file, not a folder; give a folder (it is created if missing)")
@@ -252,8 +289,16 @@ def check_input_path(path: str | os.PathLike | None, *, label: str, kind: str = 
     if path is None:
         return None
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{label} {str(path)!r}: no such {kind}")
+    try:
+        exists = p.exists()
+    except (OSError, ValueError):  # a NUL in the name, a name too long for the file system
+        exists = False
+    if not exists:
+        bad = _control_character(str(path))
+        why = f" (it contains the control character {bad}: a pasted line break?)" if bad else ""
+        raise InputError(f"{label} {str(path)!r}: no such {kind}{why}")
+    if not p.is_file() and not p.is_dir():  # reading a FIFO would wait forever; a device is not a picture
+        raise InputError(f"{label} {str(path)!r} is not a regular {kind} (a pipe, device or socket); give a {kind}")
     if kind == "file" and not p.is_file():
         raise InputError(f"{label} {str(path)!r} is a folder; give a file")
     if kind == "folder" and not p.is_dir():
@@ -307,12 +352,32 @@ def check_finite(tensor: torch.Tensor, what: str, *, clip: int, clips: int | Non
     raise GenerationError(f"the {what} became NaN or infinite at {where} ({str(tensor.dtype).removeprefix('torch.')}); {LIKELY_CAUSES}")
 
 
+_PIECE = 1 << 22  # elements upcast at a time for dtypes without their own isfinite (fp8): 16 MB of float32
+
+
+def _float_pieces(tensor: torch.Tensor):
+    """The values of ``tensor`` in pieces that ``torch.isfinite`` takes: the tensor itself, or float32 copies of
+    4 M elements at a time for dtypes it does not implement (float8_e4m3fn, float8_e5m2, ...)."""
+    try:
+        torch.isfinite(tensor.reshape(-1)[:1])
+    except (NotImplementedError, RuntimeError):
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), _PIECE):
+            yield flat[start : start + _PIECE].float()
+        return
+    yield tensor
+
+
+def _all_finite(tensor: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(piece).all()) for piece in _float_pieces(tensor))
+
+
 def bad_tensor(name: str, tensor: torch.Tensor, expected: torch.dtype | None = None) -> str | None:
     """Why a checkpoint tensor is unusable (non-float where the model wants floats, NaN/inf values), or None."""
     if expected is not None and expected.is_floating_point and not tensor.is_floating_point():
         return f"{name} holds {str(tensor.dtype).removeprefix('torch.')} values where the model needs floating point"
-    if tensor.is_floating_point() and tensor.numel() and not tensor.is_meta and not bool(torch.isfinite(tensor).all()):
-        bad = int((~torch.isfinite(tensor)).sum())
+    if tensor.is_floating_point() and tensor.numel() and not tensor.is_meta and not _all_finite(tensor):
+        bad = sum(int((~torch.isfinite(piece)).sum()) for piece in _float_pieces(tensor))
         return f"{name} holds {bad} NaN/infinite value{'s' if bad != 1 else ''} of {tensor.numel()}"
     return None
 

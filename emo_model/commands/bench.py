@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from ..validation import InputError
+from ..validation import InputError, check_optional
 from . import bench_original
 
 
@@ -160,7 +160,7 @@ def _rows(args) -> list[tuple[str, dict]]:
         raise InputError("--device cuda, but no CUDA device is available; use --device cpu (with --config tiny)")
     names = (["tiny"] + (["emo", "emo-memory"] if cuda else [])) if args.rows == "auto" else args.rows.split(",")
     half = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if device.startswith("cuda") else "float32"
-    size = args.size
+    size = check_optional("size", args.size, label="--size")  # on every device (a bad size used to reach the CPU worker)
     label_size = f"{size or 512}x{size or 512}" if args.config == "emo" else f"{size or 64}x{size or 64}"
     emo = {"config": args.config, "device": device, "dtype": half, "size": size}
     rows = []

@@ -25,7 +25,10 @@ DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": to
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="portrait image (png/jpg/webp); default: the demo portrait")
     p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
-    p.add_argument("--out", default="emo_output.mp4", help="output video file (.mp4 or .webm; its folder must exist; a folder is refused) [%(default)s]")
+    p.add_argument("--out", default="emo_output.mp4",
+                   help="output video file (.mp4 or .webm; its folder must exist; a folder is refused; an existing file only with "
+                   "--force; never one of the inputs) [%(default)s]")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists (a failed run still leaves it as it was)")
     p.add_argument("--model", help="EMO-family checkpoint: " + supported_files() + "; default: the demo model")
     p.add_argument("--family", choices=[fam.name for fam in FAMILIES],
                    help="the model's family when its tensors alone cannot say (families that share a network); default: detected")
@@ -83,15 +86,18 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     """Every flag against the shared rules, and the output path, before any model work; (out, format)."""
     for name, flag in FLAGS.items():
         validation.check_optional(name, getattr(args, name), label=flag)
-    out, fmt = validation.check_output_path(args.out, label="--out")
+    inputs = {"--image": args.image, "--audio": args.audio, "--model": args.model, "--vae": args.vae, "--audio-encoder": args.audio_encoder}
+    # the output's shape first, then the inputs, then whether --out is one of them (by any name), then --force
+    validation.check_output_path(args.out, label="--out")
+    for flag, path in inputs.items():
+        validation.check_input_path(path, label=flag, kind="file" if flag in ("--image", "--audio") else "file or folder")
+    validation.check_not_an_input(Path(args.out), inputs, label="--out")
+    out, fmt = validation.check_output_path(args.out, label="--out", overwrite=args.force, overwrite_flag="--force")
     if args.crf is not None:
         from ..video_io import FORMATS
 
         lo, hi = FORMATS[fmt].crf_range
         validation.check("crf", args.crf, label="--crf", rule=validation.Rule(lo, hi, integer=True, hint=f"{fmt}: lower is better, 17-23 typical"))
-    for flag, path in (("--image", args.image), ("--audio", args.audio), ("--model", args.model), ("--vae", args.vae),
-                       ("--audio-encoder", args.audio_encoder)):
-        validation.check_input_path(path, label=flag)
     validation.check_input_path(args.models_dir, label="--models-dir", kind="folder")
     from ..face import DETECTORS
 

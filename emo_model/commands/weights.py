@@ -11,6 +11,8 @@ the output path is checked (suffix, folder exists and is writable, --force) befo
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 
 import torch
 
@@ -44,6 +46,14 @@ def _add_inputs(parser: argparse.ArgumentParser) -> None:
         choices=[fam.name for fam in FAMILIES],
         help="the family, when the tensors alone cannot say (two families that share a network; default: detected)",
     )
+
+
+def _same_file(a, b) -> bool:
+    """Whether two paths are one file by any name (a hard link, a symlink, another spelling of a case-insensitive disk)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
 
 
 def _size(num_bytes: int) -> str:
@@ -122,16 +132,21 @@ def run_convert(args: argparse.Namespace) -> int:
     for path in args.paths:
         validation.check_input_path(path, label="PATH")
     ckpt = inspect_checkpoint(args.paths, variant=args.variant, family=args.family)  # WeightsError: one line from the CLI (--debug: traceback)
-    if out.resolve() in {p.resolve() for p in ckpt.paths}:
+    if out.resolve() in {p.resolve() for p in ckpt.paths} or any(_same_file(out, p) for p in ckpt.paths):
         raise validation.InputError(f"--out {str(out)!r} is one of the inputs; write the native file elsewhere")
     dtype = DTYPES.get(args.dtype)
     model = ckpt.load(device="cpu", dtype=dtype)
     vae = load_bundled_vae(ckpt.files["model"], dtype=dtype) if ckpt.bundled_vae else None
     sources = ", ".join(sorted(f.name for f in ckpt.files.values()))
-    try:
+    from safetensors import SafetensorError
+
+    try:  # save_native writes a hidden partial file and renames it: a failed write leaves no file and an existing --out as it was
         save_native(model, out, metadata={"emo_source": sources}, vae=vae)
-    except OSError as exc:
-        raise validation.InputError(f"cannot write --out {str(out)!r}: {exc.strerror or exc}; pick another path") from exc
+    except (OSError, SafetensorError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else validation.first_line(exc)
+        full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "No space left" in str(exc)
+        hint = f"free {_size(ckpt.num_bytes)} or more on that disk, or pick another path" if full else "pick another path"
+        raise validation.InputError(f"cannot write --out {str(out)!r}: {why}; {hint}") from exc
     stored = args.dtype or ", ".join(ckpt.dtypes)
     bundled = " + its VAE" if vae is not None else ""
     print(f"wrote {out}: {ckpt.config.name} ({ckpt.family}){bundled}, {len(ckpt.sources)} tensors, {stored}, from {sources}")

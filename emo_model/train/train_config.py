@@ -216,12 +216,30 @@ def _coerce_numbers(node) -> None:
             setattr(node, f.name, tuple(float(v) for v in value))
 
 
+def _read_config_text(path: Path, what: str) -> str:
+    """A config file's text (UTF-8, as JSON and YAML are written), or one line saying why it cannot be read."""
+    if not path.exists():
+        raise TrainError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise TrainError(f"{what} {str(path)!r} is a folder; give the .yaml or .json file in it")
+    if not path.is_file():
+        raise TrainError(f"{what} {str(path)!r} is not a regular file (a pipe, device or socket); give a .yaml or .json file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = path.read_bytes()[: exc.start].count(b"\n") + 1
+        raise TrainError(
+            f"{what} {str(path)!r} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} on line {line}); "
+            "save it as UTF-8 (or give the YAML/JSON file, not a binary one)"
+        ) from exc
+    except OSError as exc:
+        raise TrainError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
+
+
 def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """Read a JSON or YAML training config; ``overrides`` are ``dotted.key=value`` (value parsed as YAML/JSON)."""
     path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"training config not found: {path}")
-    text = path.read_text()
+    text = _read_config_text(path, "training config")
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml
@@ -271,7 +289,7 @@ def resolve_model_config(spec: str | None) -> EMOConfig | None:
         return None
     path = Path(spec)
     if path.suffix == ".json" and path.is_file():
-        return EMOConfig.from_json(path.read_text()).validate()
+        return EMOConfig.from_json(_read_config_text(path, "model config")).validate()
     return get_config(spec)
 
 

@@ -32,6 +32,10 @@ class VideoInfo:
 def _open_for_read(path: str | os.PathLike):
     p = os.fspath(path)
     if not os.path.isfile(p):
+        if os.path.isdir(p):
+            raise VideoError(f"{p!r} is a folder; give a video file")
+        if os.path.exists(p):  # opening a FIFO would wait for a writer forever
+            raise VideoError(f"{p!r} is not a regular file (a pipe, device or socket); give a video file")
         raise VideoError(f"no such video file: {p!r}")
     try:
         return av.open(p, mode="r")
