@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": (".commands.bench", "seconds per frame and peak memory: default recipe vs fast mode, or vs an original"),
     "inspect": (".commands.weights", "family, tensors, dtype and size of checkpoint files"),
     "convert": (".commands.weights", "any supported checkpoint -> one native .safetensors"),
+    "download": (".commands.download", "fetch the published files a family needs into ComfyUI's model folders (Hugging Face)"),
     "preprocess": (".train.preprocess", "a folder of talking/singing videos -> a training dataset"),
     "train": (".train.trainer", "EMO's three-stage training (single GPU or accelerate launch)"),
     "eval-sync": (".commands.eval_sync", "lip-sync and speed-control measures of the demo model"),

@@ -61,6 +61,30 @@ class SpeechEmotionFiles:
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """One published file a family needs, as ``emo download`` and the loader's "download missing files" fetch it:
+    where it is on the Hugging Face Hub and where it goes in ComfyUI's model folders."""
+
+    repo: str  # Hugging Face repository, "owner/name"
+    path: str  # the file inside the repository
+    folder: str  # ComfyUI model folder: "emo", "vae", "audio_encoders"
+    dest: str  # where it goes inside that folder ("hallo/net.pth", "sd-vae-ft-mse/config.json")
+    optional: str = ""  # "": always needed; else what it adds (fetched only when asked: ``emo download --optional``)
+    revision: str = "main"
+
+
+# Published components several families load as they are (each repository's own files, in the folders README names).
+SD_VAE = (
+    HubFile("stabilityai/sd-vae-ft-mse", "config.json", "vae", "sd-vae-ft-mse/config.json"),
+    HubFile("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", "vae", "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"),
+)
+WAV2VEC2_BASE = tuple(
+    HubFile("facebook/wav2vec2-base-960h", name, "audio_encoders", f"wav2vec2-base-960h/{name}")
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors")
+)
+
+
+@dataclass(frozen=True)
 class ParityHarness:
     """How ``bench --against-original`` runs this family's original (tools/parity/<script>) and ours on its weights.
 
@@ -102,6 +126,8 @@ class Family:
     emotions: tuple[str, ...] = ()
     # the audio-emotion classifier its original runs to choose the emotion classes ("auto"; None: it has none)
     speech_emotion: SpeechEmotionFiles | None = None
+    # the published files ``emo download <name>`` fetches (model, VAE, audio encoder, optional extras); () : none published
+    downloads: tuple[HubFile, ...] = ()
 
     def config(self, name: str | None = None) -> EMOConfig:
         return self.configs[name or next(iter(self.configs))]()

@@ -50,13 +50,15 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import Family, OriginalCode, ParityHarness, PartFiles
+from .base import SD_VAE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
 
 ORIGINAL = OriginalCode(
     repo="antgroup/echomimic",
     commit="a53e97040398ddae5d26df0d2054a8f1e9f9df6d",
     weights="huggingface.co/BadToBest/EchoMimic: denoising_unet.pth, motion_module.pth, reference_unet.pth, face_locator.pth",
 )
+
+ORIGINAL_WEIGHTS = "BadToBest/EchoMimic"  # the Hugging Face repository of its weights
 
 # role -> (canonical file name, prefix of its keys in EMOModel)
 PARTS = {
@@ -239,6 +241,14 @@ FAMILY = Family(
                   "face_locator.pth, from Hugging Face: BadToBest/EchoMimic"},
     part_files=PartFiles(parts=PARTS, resolve=_resolve, claims=_claims),
     variants={ACC: "EchoMimic v1's distilled *_acc.pth files (6 steps, no CFG)"},
+    # BadToBest/EchoMimic at the root: the four parts (+ the distilled _acc pair) and whisper-tiny in audio_processor/
+    downloads=(
+        *(HubFile(ORIGINAL_WEIGHTS, name, "emo", f"echomimic/{name}") for name, _ in PARTS.values()),
+        *(HubFile(ORIGINAL_WEIGHTS, name, "emo", f"echomimic/{name}", optional="the distilled 'acc' variant (variant acc)")
+          for name in ("denoising_unet_acc.pth", "motion_module_acc.pth")),
+        *SD_VAE,
+        HubFile(ORIGINAL_WEIGHTS, "audio_processor/whisper_tiny.pt", "audio_encoders", "whisper_tiny.pt"),
+    ),
     parity=ParityHarness(
         script="echomimic_original.py",
         src_flag="--echo-src",

@@ -60,7 +60,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import Family, OriginalCode, PartFiles, SpeechEmotionFiles
+from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
 
 ORIGINAL = OriginalCode(
     repo="memoavatar/memo",
@@ -213,4 +213,17 @@ FAMILY = Family(
     quoted_configs={"memo": "MEMO"},
     emotions=EMOTIONS,
     speech_emotion=SPEECH_EMOTION,
+    downloads=(
+        *(HubFile("memoavatar/memo", f"{sub}{name}", "emo", f"memo/{sub}{name}")
+          for sub, _ in PARTS.values() for name in ("config.json", "diffusion_pytorch_model.safetensors")),
+        *SD_VAE,
+        *WAV2VEC2_BASE,
+        # the audio-emotion classifier (emotion 'auto'): MEMO's own in misc/, emotion2vec from its own repository
+        *(HubFile("memoavatar/memo", f"{SPEECH_EMOTION.classifier[0]}/{name}", "emo", f"memo/{SPEECH_EMOTION.classifier[0]}/{name}",
+                  optional="the emotion classified from the audio (emotion auto)")
+          for name in ("config.json", "diffusion_pytorch_model.safetensors")),
+        *(HubFile("emotion2vec/emotion2vec_plus_large", name, "emo", f"memo/{SPEECH_EMOTION.encoder[0]}/{name}",
+                  optional="the emotion classified from the audio (emotion auto)")
+          for name in ("config.yaml", "model.pt")),
+    ),
 )

@@ -1,0 +1,365 @@
+"""``emo download`` and Load EMO Model's "download missing files" switch, against a loopback stand-in for the Hub.
+
+The stand-in (``FakeHub``) answers what huggingface_hub asks: ``POST /api/models/<repo>/paths-info/<rev>`` (sizes,
+git blob ids, LFS sha256) and ``HEAD`` / ``GET /<repo>/resolve/<rev>/<path>`` with ETag, X-Repo-Commit,
+X-Linked-Size / X-Linked-Etag and Range. ``HF_ENDPOINT`` points at it, and every other connection is refused
+(``no_network``): nothing here touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlparse
+
+import pytest
+import torch
+from comfy_harness import load_pack, tiny_wav2vec2_folder
+from conftest import tiny_vae
+
+from emo_model import hub
+from emo_model.cli import main
+from emo_model.families import get_family
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+LFS_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".onnx")
+
+
+def blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()  # noqa: S324 - git's object id
+
+
+class FakeHub:
+    """Files by (repo, path); ``served`` may differ from ``files`` (a corrupted transfer); every request is logged."""
+
+    def __init__(self):
+        self.files: dict[tuple[str, str], bytes] = {}
+        self.served: dict[tuple[str, str], bytes] = {}
+        self.requests: list[tuple[str, str, dict]] = []
+        hub_ = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _record(self):
+                hub_.requests.append((self.command, unquote(urlparse(self.path).path), dict(self.headers)))
+
+            def _json(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):  # noqa: N802
+                self._record()
+                path = unquote(urlparse(self.path).path)
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0))).decode()
+                if not path.startswith("/api/models/") or "/paths-info/" not in path:
+                    return self._json(404, {"error": "not found"})
+                repo = path.removeprefix("/api/models/").split("/paths-info/")[0]
+                if not any(r == repo for r, _ in hub_.files):
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "RepoNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                if self.headers.get("Content-Type", "").startswith("application/json"):
+                    paths = json.loads(body)["paths"]
+                else:
+                    paths = parse_qs(body).get("paths", [])
+                out = []
+                for p in paths:
+                    data = hub_.files.get((repo, p))
+                    if data is None:
+                        continue
+                    entry = {"type": "file", "path": p, "size": len(data), "oid": blob_id(data)}
+                    if p.endswith(LFS_SUFFIXES):
+                        entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+                    out.append(entry)
+                return self._json(200, out)
+
+            def _resolve(self, send_body: bool):
+                self._record()
+                path = unquote(urlparse(self.path).path).lstrip("/")
+                if "/resolve/" not in path:
+                    return self._json(404, {"error": "not found"})
+                repo, rest = path.split("/resolve/", 1)
+                file = rest.split("/", 1)[1]
+                if (repo, file) not in hub_.files:
+                    self.send_response(404)
+                    self.send_header("X-Error-Code", "EntryNotFound")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
+                real = hub_.files[(repo, file)]
+                data = hub_.served.get((repo, file), real)
+                etag = hashlib.sha256(real).hexdigest() if file.endswith(LFS_SUFFIXES) else blob_id(real)
+                start = 0
+                rng = self.headers.get("Range")
+                if rng and rng.startswith("bytes="):
+                    start = int(rng.removeprefix("bytes=").split("-")[0])
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Accept-Ranges", "bytes")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.send_header("ETag", f'"{etag}"')
+                self.send_header("X-Repo-Commit", COMMIT)
+                if file.endswith(LFS_SUFFIXES):
+                    self.send_header("X-Linked-Size", str(len(real)))
+                    self.send_header("X-Linked-Etag", f'"{etag}"')
+                self.end_headers()
+                if send_body:
+                    self.wfile.write(data[start:])
+                return None
+
+            def do_HEAD(self):  # noqa: N802
+                self._resolve(send_body=False)
+
+            def do_GET(self):  # noqa: N802
+                self._resolve(send_body=True)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def gets(self) -> list[tuple[str, dict]]:
+        return [(path, headers) for method, path, headers in self.requests if method == "GET"]
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection to somewhere other than this machine fails the test."""
+    real = socket.socket.connect
+
+    def connect(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "localhost", "::1") and not str(host).startswith("/"):
+            raise AssertionError(f"a test tried to reach {address}")
+        return real(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, no_network):
+    server = FakeHub()
+    server.thread.start()
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # in case the machine runs the suite offline
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def publish(server: FakeHub, family: str, *, optional: bool = False, size: int = 3000) -> dict:
+    """Random content for each file the family downloads; returns {(folder, dest): bytes}."""
+    gen = torch.Generator().manual_seed(0)
+    out = {}
+    for i, f in enumerate(get_family(family).downloads):
+        data = bytes(torch.randint(0, 256, (size + 7 * i,), generator=gen, dtype=torch.uint8).tolist())
+        server.files.setdefault((f.repo, f.path), data)
+        if optional or not f.optional:
+            out[(f.folder, f.dest)] = server.files[(f.repo, f.path)]
+    return out
+
+
+def test_every_published_family_names_where_its_files_go():
+    from emo_model.families import FAMILIES
+
+    published = [fam for fam in FAMILIES if fam.downloads]
+    assert {fam.name for fam in published} == {"hallo", "hallo2", "echomimic-v1", "memo"}
+    for fam in published:
+        folders = {f.folder for f in fam.downloads if not f.optional}
+        assert folders == {"emo", "vae", "audio_encoders"}, fam.name  # the model, its VAE and its audio encoder
+        assert all(f.repo.count("/") == 1 and not f.dest.startswith("/") and ".." not in f.dest for f in fam.downloads)
+    dests = {fam.name: {f.dest for f in fam.downloads} for fam in published}
+    assert "hallo/net.pth" in dests["hallo"] and "hallo2/net.pth" in dests["hallo2"]  # the folder name selects Hallo2
+    assert {"echomimic/denoising_unet.pth", "whisper_tiny.pt"} <= dests["echomimic-v1"]
+    assert "memo/diffusion_net/diffusion_pytorch_model.safetensors" in dests["memo"]
+
+
+def test_download_announces_sizes_and_puts_each_file_in_its_folder(fake_hub, tmp_path, capsys):
+    expected = publish(fake_hub, "hallo")
+    assert main(["download", "hallo", "--models", str(tmp_path / "models")]) == 0
+    out = capsys.readouterr().out
+    net = expected[("emo", "hallo/net.pth")]
+    assert f"emo/hallo/net.pth" in out and hub.size_text(len(net)) in out
+    assert f"to download: {hub.size_text(sum(len(v) for v in expected.values()))}" in out
+    assert out.index("to download") < out.index("fetching")  # announced before anything is fetched
+    for (folder, dest), data in expected.items():
+        assert (tmp_path / "models" / folder / dest).read_bytes() == data
+    assert (tmp_path / "models" / "vae" / "sd-vae-ft-mse" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (tmp_path / "models" / "audio_encoders" / "wav2vec2-base-960h" / "model.safetensors").is_file()
+    assert not list((tmp_path / "models").rglob("*" + hub.INCOMPLETE))
+    # a second run finds every file there and verified: nothing is fetched again
+    before = len(fake_hub.gets())
+    assert main(["download", "hallo", "--models", str(tmp_path / "models")]) == 0
+    assert len(fake_hub.gets()) == before and "there, verified" in capsys.readouterr().out
+
+
+def test_dry_run_announces_and_fetches_nothing(fake_hub, tmp_path, capsys):
+    publish(fake_hub, "memo", optional=True)
+    assert main(["download", "memo", "--models", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "optional, --optional" in out and "emotion2vec_plus_large/model.pt" in out
+    assert not fake_hub.gets() and not any(tmp_path.iterdir())
+
+
+def test_an_interrupted_download_resumes_where_it_stopped(fake_hub, tmp_path):
+    expected = publish(fake_hub, "hallo", size=20000)
+    net = expected[("emo", "hallo/net.pth")]
+    target = tmp_path / "emo" / "hallo" / "net.pth"
+    target.parent.mkdir(parents=True)
+    target.with_name("net.pth" + hub.INCOMPLETE).write_bytes(net[:12345])
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 0
+    assert target.read_bytes() == net
+    ranges = [h.get("Range") for path, h in fake_hub.gets() if path.endswith("/hallo/net.pth")]
+    assert ranges == ["bytes=12345-"]  # only the rest was asked for
+
+
+def test_a_corrupted_transfer_fails_the_checksum_in_one_line(fake_hub, tmp_path, capsys):
+    expected = publish(fake_hub, "hallo")
+    real = fake_hub.files[("fudan-generative-ai/hallo", "hallo/net.pth")]
+    fake_hub.served[("fudan-generative-ai/hallo", "hallo/net.pth")] = bytes([real[0] ^ 1]) + real[1:]
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: emo/hallo/net.pth: the downloaded file does not match the sha256") and "\n" not in err, err
+    target = tmp_path / "emo" / "hallo" / "net.pth"
+    assert not target.exists() and not target.with_name("net.pth" + hub.INCOMPLETE).exists()
+    assert expected
+
+
+def test_a_users_different_file_is_never_replaced_unasked(fake_hub, tmp_path, capsys):
+    expected = publish(fake_hub, "hallo")
+    mine = tmp_path / "vae" / "sd-vae-ft-mse" / "config.json"
+    mine.parent.mkdir(parents=True)
+    mine.write_text('{"mine": true}')
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: vae/sd-vae-ft-mse/config.json differs from the published files") and "--overwrite" in err
+    assert mine.read_text() == '{"mine": true}'
+    assert (tmp_path / "emo" / "hallo" / "net.pth").read_bytes() == expected[("emo", "hallo/net.pth")]  # the rest came
+    assert main(["download", "hallo", "--models", str(tmp_path), "--overwrite"]) == 0
+    assert mine.read_bytes() == expected[("vae", "sd-vae-ft-mse/config.json")]
+
+
+@pytest.mark.parametrize("argv, expect", [
+    (["download"], "error: name the family to download: hallo, hallo2, echomimic-v1, memo"),
+    (["download", "halo"], "error: unknown family 'halo'; choose one of: hallo, hallo2, echomimic-v1, memo"),
+    (["download", "emo"], "error: EMO has no published weights to download"),
+])
+def test_a_wrong_family_is_one_line_listing_the_choices(fake_hub, tmp_path, capsys, argv, expect):
+    assert main(argv + ["--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expect) and "\n" not in err, err
+    assert not fake_hub.requests
+
+
+def test_a_family_prefix_or_label_is_enough(fake_hub, tmp_path):
+    publish(fake_hub, "echomimic-v1")
+    assert main(["download", "echomimic", "--models", str(tmp_path)]) == 0
+    assert (tmp_path / "emo" / "echomimic" / "face_locator.pth").is_file()
+    assert (tmp_path / "audio_encoders" / "whisper_tiny.pt").is_file()
+    assert not (tmp_path / "emo" / "echomimic" / "motion_module_acc.pth").exists()  # optional: only with --optional
+
+
+def test_an_unreachable_hub_is_one_line(monkeypatch, no_network, tmp_path, capsys):
+    with socket.socket() as s:  # a free port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: fudan-generative-ai/hallo: could not download from http://127.0.0.1:") and "\n" not in err, err
+
+
+# ---- the node --------------------------------------------------------------------------------------------------
+
+NO_VAE = "(bundled with the model / not needed)"
+
+
+@pytest.fixture
+def comfy_models(tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    models.mkdir()
+    monkeypatch.setenv("EMO_MODELS_DIR", str(models))
+    return models
+
+
+def publish_tiny_hallo(server: FakeHub, source: Path) -> None:
+    """The Hallo download as loadable tiny files: a tiny-hallo net.pth, a tiny VAE and a tiny wav2vec2 folder."""
+    from conftest import perturb_zero_inits
+
+    from emo_model.model import EMOModel
+
+    torch.manual_seed(1)
+    hallo = perturb_zero_inits(EMOModel("tiny-hallo").eval())
+    torch.save({k: v.clone() for k, v in hallo.state_dict().items()}, source / "net.pth")
+    tiny_vae().save_pretrained(source / "vae")
+    tiny_wav2vec2_folder(source / "wav2vec2")
+    (source / "wav2vec2" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True, "sampling_rate": 16000}))
+    for f in get_family("hallo").downloads:
+        local = {"emo": source / "net.pth", "vae": source / "vae" / Path(f.dest).name,
+                 "audio_encoders": source / "wav2vec2" / Path(f.dest).name}[f.folder]
+        server.files[(f.repo, f.path)] = local.read_bytes()
+
+
+def test_the_node_downloads_only_when_switched_on(fake_hub, comfy_models, tmp_path):
+    pack = load_pack()
+    loader_cls = pack.NODE_CLASS_MAPPINGS["LoadEMOModel"]
+    spec = loader_cls.INPUT_TYPES()["optional"]["download_missing"]
+    assert spec[0] == "BOOLEAN" and spec[1]["default"] is False and spec[1]["tooltip"]
+    source = tmp_path / "source"
+    source.mkdir()
+    publish_tiny_hallo(fake_hub, source)
+    entries = ("hallo/net.pth", "sd-vae-ft-mse/", "wav2vec2-base-960h/")
+    # default: refused when queued (saying where each goes), nothing fetched
+    message = loader_cls.VALIDATE_INPUTS(*entries)
+    assert "put it at" in message and "download_missing" in message
+    with pytest.raises(FileNotFoundError):
+        loader_cls().load(*entries, "fp32", "standard")
+    assert not fake_hub.requests and not any(comfy_models.rglob("*.*"))
+    # switched on: accepted when queued, fetched and loaded
+    assert loader_cls.VALIDATE_INPUTS(*entries, download_missing=True) is True
+    out = loader_cls().load(*entries, "fp32", "standard", download_missing=True)
+    session = out["result"][0]
+    assert session.config.family == "hallo"
+    assert (comfy_models / "emo" / "hallo" / "net.pth").read_bytes() == (source / "net.pth").read_bytes()
+    assert (comfy_models / "vae" / "sd-vae-ft-mse" / "config.json").is_file()
+    assert (comfy_models / "audio_encoders" / "wav2vec2-base-960h" / "model.safetensors").is_file()
+    # everything there: nothing asked of the hub again
+    before = len(fake_hub.requests)
+    loader_cls().load(*entries, "fp32", "standard", download_missing=True)
+    assert len(fake_hub.requests) == before
+
+
+def test_a_missing_vae_or_audio_encoder_says_where_it_goes_and_where_it_comes_from(comfy_models):
+    loader_cls = load_pack().NODE_CLASS_MAPPINGS["LoadEMOModel"]
+    demo = "emo-tiny-demo (built in, CPU)"
+    message = loader_cls.VALIDATE_INPUTS(demo, "sd-vae-ft-mse/", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)")
+    assert message.startswith(f"the VAE 'sd-vae-ft-mse/' is not in models/vae: put it at {(comfy_models / 'vae' / 'sd-vae-ft-mse').as_posix()}/ ")
+    assert "from Hugging Face: stabilityai/sd-vae-ft-mse" in message and "\n" not in message
+    message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "whisper_tiny.pt")
+    assert message.startswith("the audio encoder 'whisper_tiny.pt' is not in models/audio_encoders: put it at ")
+    assert "audio_processor/whisper_tiny.pt, from Hugging Face: BadToBest/EchoMimic" in message
+    message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "wav2vec2-base-960h/")
+    assert "from Hugging Face: facebook/wav2vec2-base-960h" in message
+    assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "my_encoder.safetensors").startswith("the audio encoder 'my_encoder.safetensors'")
+    assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, None) is True  # linked / not sent: not checked here
