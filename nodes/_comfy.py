@@ -225,6 +225,17 @@ class _Networks(torch.nn.Module):
             self.audio_encoder = encoder
 
 
+def networks_of(session) -> _Networks:
+    """The session's networks as a module whose class is named "EMO <family label>": ComfyUI's log names a model by
+    its class ("Requested to load EMO <family label>")."""
+    from ..emo_model.families import family_of
+
+    fam = family_of(session.config)
+    label = fam.label if fam is not None else session.config.name
+    name = label if label.startswith("EMO") else f"EMO {label}"
+    return type(name, (_Networks,), {"__module__": __name__})(session)
+
+
 def comfy_patcher(session):
     """The ``ModelPatcher`` that registers this session's networks with ``comfy.model_management`` (one per
     EMO model, shared by sessions that reuse it); None outside ComfyUI."""
@@ -234,7 +245,7 @@ def comfy_patcher(session):
     if patcher is None:
         import comfy.model_patcher  # type: ignore
 
-        patcher = comfy.model_patcher.ModelPatcher(_Networks(session), load_device=torch_device(), offload_device=offload_device())
+        patcher = comfy.model_patcher.ModelPatcher(networks_of(session), load_device=torch_device(), offload_device=offload_device())
         session.model.__dict__["_emo_comfy_patcher"] = patcher
     return patcher
 

@@ -52,17 +52,99 @@ def _source(value: str) -> str | None:
     return owner.sources[name] if owner else None
 
 
+def hub_files(folder: str, value: str) -> list:
+    """The published files (families' ``downloads``, optional extras left out) a list entry of a model folder stands
+    for: the file itself, or every file under a folder entry ("sd-vae-ft-mse/")."""
+    name = value.rstrip("/")
+    found = [f for fam in FAMILIES for f in fam.downloads
+             if f.folder == folder and not f.optional and (f.dest == value or f.dest.startswith(name + "/"))]
+    return list(dict.fromkeys(found))
+
+
+def hub_source(folder: str, value: str) -> str | None:
+    """'config.json + diffusion_pytorch_model.safetensors, from Hugging Face: stabilityai/sd-vae-ft-mse' for an entry
+    whose files some family downloads (None if none)."""
+    files = hub_files(folder, value)
+    if not files:
+        return None
+    repos = {}
+    for f in files:
+        repos.setdefault(f.repo, []).append(f.path)
+    return "; ".join(f"{' + '.join(paths)}, from Hugging Face: {repo}" for repo, paths in repos.items())
+
+
+def _place(folder: str, value: str) -> str:
+    roots = _comfy.folder_paths_for(folder)
+    default = _comfy.models_dir() / folder  # ComfyUI/models/<folder> first, then extra folders (extra_model_paths.yaml)
+    roots.sort(key=lambda root: root != default)
+    return (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/{folder}/{value}"
+
+
+DOWNLOAD_HINT = "or switch on download_missing to fetch it"
+
+
 def missing_model_message(value: str) -> str:
     """One line for a model entry that is not in models/emo: the exact place it goes, and where it comes from."""
-    roots = _comfy.folder_paths_for("emo")
-    default = _comfy.models_dir() / "emo"  # ComfyUI/models/emo first, then extra folders (extra_model_paths.yaml)
-    roots.sort(key=lambda root: root != default)
-    place = (roots[0] / value).as_posix() + ("/" if value.endswith("/") else "") if roots else f"ComfyUI/models/emo/{value}"
     source = _source(value) or (FOLDER_SOURCES if value.endswith("/") and FOLDER_SOURCES else supported_files())
+    hint = f", {DOWNLOAD_HINT}" if hub_files("emo", value) else ""
     return (
-        f"the model {value!r} is not in models/emo: put it at {place} ({source}), then press R in the browser to refresh "
-        f"the list, or pick another model (the workflow's Note lists every file it needs)"
+        f"the model {value!r} is not in models/emo: put it at {_place('emo', value)} ({source}), then press R in the browser to "
+        f"refresh the list, or pick another model (the workflow's Note lists every file it needs){hint}"
     )
+
+
+def missing_file_message(what: str, folder: str, value: str, fallback: str) -> str:
+    """The same line for another model folder's entry (a VAE, an audio encoder): where it goes, where it comes from."""
+    source = hub_source(folder, value) or fallback
+    hint = f", {DOWNLOAD_HINT}" if hub_files(folder, value) else ""
+    return (
+        f"the {what} {value!r} is not in models/{folder}: put it at {_place(folder, value)} ({source}), then press R in the "
+        f"browser to refresh the list, or pick another{hint}"
+    )
+
+
+DOWNLOAD_TOOLTIP = (
+    "Off (default): nothing is downloaded. On: the files the chosen model, VAE and audio encoder entries need that are not "
+    "in ComfyUI's model folders are fetched from Hugging Face before loading (sizes in the log, ComfyUI's progress bar, "
+    "checksums verified, an interrupted download resumes). Files already there are never replaced. "
+    "The same from a terminal: emo download FAMILY --models ComfyUI/models."
+)
+
+
+def download_missing_files(model: str, vae: str, audio_encoder: str) -> list[str]:
+    """Fetch what the entries need and is not there; return the fetched files (as "folder/dest")."""
+    import logging
+
+    from ..emo_model import hub
+
+    wanted = hub_files("emo", model) + hub_files("vae", vae) + hub_files("audio_encoders", audio_encoder)
+    wanted = [f for f in dict.fromkeys(wanted) if not any((root / f.dest).exists() for root in _comfy.folder_paths_for(f.folder))]
+    if not wanted:
+        return []
+    log = logging.getLogger("ComfyUI-EMO")
+    try:
+        planned = hub.plan(wanted, _comfy.models_dir(), check="size")
+        todo = sum(p.todo for p in planned)
+        log.info("EMO: downloading %s: %s", hub.size_text(todo),
+                 ", ".join(f"{p.label} ({hub.size_text(p.size)}, {p.file.repo})" for p in planned if p.todo))
+        hub.check_space(planned)
+        bar = _comfy.Progress(max(1, todo // hub.CHUNK))
+        got = [0]
+
+        def on_bytes(n: int) -> None:
+            got[0] += n
+            bar.set(min(got[0], todo) // hub.CHUNK)
+            if _comfy.interrupted():
+                _comfy.raise_interrupt()
+
+        fetched = hub.fetch(planned, on_bytes=on_bytes, quiet=True)
+    except hub.DownloadError as exc:
+        raise RuntimeError(f"download_missing: {exc}") from None
+    differs = [p.label for p in planned if p.state == "differs"]
+    if differs:
+        log.warning("EMO: %s differ from the published files; left as they are", ", ".join(differs))
+    log.info("EMO: downloaded and verified %s", ", ".join(p.label for p in fetched))
+    return [p.label for p in fetched]
 
 
 class LoadEMOModel:
@@ -92,18 +174,32 @@ class LoadEMOModel:
             },
             "optional": {
                 "vae_override": ("VAE", {"tooltip": "A core VAE (e.g. from Load VAE) to use instead of the vae list."}),
+                "download_missing": ("BOOLEAN", {"default": False, "tooltip": DOWNLOAD_TOOLTIP}),
             },
         }
 
     @classmethod
-    def VALIDATE_INPUTS(cls, model):
-        """Refused when queued, as ComfyUI's own list check would, but saying where the missing file goes.
-        (ComfyUI then skips its list check for ``model``; vae and audio_encoder keep it.)"""
-        if model is None or model == DEMO_ENTRY or model in _comfy.list_entries("emo", folders=True):
-            return True
-        return missing_model_message(model)
+    def VALIDATE_INPUTS(cls, model, vae=None, audio_encoder=None, download_missing=None):
+        """Refused when queued, as ComfyUI's own list check would, but saying where the missing file goes and where it
+        comes from. (ComfyUI then skips its list check for these inputs.) With ``download_missing`` on, an entry whose
+        files a family publishes is accepted: the run fetches it."""
+        checks = (
+            (model, DEMO_ENTRY, "emo", lambda value: missing_model_message(value)),
+            (vae, BUNDLED_VAE, "vae", lambda value: missing_file_message("VAE", "vae", value, "sd-vae-ft-mse")),
+            (audio_encoder, NO_ENCODER, "audio_encoders",
+             lambda value: missing_file_message("audio encoder", "audio_encoders", value, _encoders_by_family())),
+        )
+        for value, builtin, folder, message in checks:
+            if value is None or value == builtin or value in _comfy.list_entries(folder, folders=True):
+                continue
+            if download_missing and hub_files(folder, value):
+                continue
+            return message(value)
+        return True
 
-    def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None):
+    def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None, download_missing=False):
+        if download_missing:
+            download_missing_files(model, BUNDLED_VAE if vae_override is not None else vae, audio_encoder)
         path = demo.model_path() if model == DEMO_ENTRY else _comfy.resolve("emo", model)
         if model == DEMO_ENTRY and not path.exists():
             raise FileNotFoundError(

@@ -363,3 +363,17 @@ def test_a_missing_vae_or_audio_encoder_says_where_it_goes_and_where_it_comes_fr
     assert "from Hugging Face: facebook/wav2vec2-base-960h" in message
     assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "my_encoder.safetensors").startswith("the audio encoder 'my_encoder.safetensors'")
     assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, None) is True  # linked / not sent: not checked here
+
+
+def test_comfyuis_log_names_the_model_emo_and_its_family():
+    """ComfyUI logs "Requested to load <class name>" for every ModelPatcher it loads: ours says EMO and the family."""
+    from types import SimpleNamespace
+
+    from emo_model.families import get_config
+
+    comfy = __import__(f"{load_pack().__name__}.nodes._comfy", fromlist=["networks_of"])
+    for config, name in (("tiny-hallo", "EMO Hallo"), ("tiny-echomimic", "EMO EchoMimic v1"), ("tiny", "EMO")):
+        session = SimpleNamespace(model=torch.nn.Linear(1, 1), codec=None, audio_encoder=None, config=get_config(config))
+        networks = comfy.networks_of(session)
+        assert type(networks).__name__ == name and isinstance(networks, torch.nn.Module)
+        assert networks.emo is session.model

@@ -1,7 +1,7 @@
 """``emo download FAMILY``: fetch the published files a family needs into ComfyUI's model folders.
 
-    emo download hallo --models ComfyUI/models          # model, VAE and audio encoder, sizes announced first
-    emo download memo --optional --dry-run              # what would come, with the optional extras, fetching nothing
+    emo download FAMILY --models ComfyUI/models         # model, VAE and audio encoder, sizes announced first
+    emo download FAMILY --optional --dry-run            # what would come, with the optional extras, fetching nothing
 
 The family module names the files (``Family.downloads``); :mod:`emo_model.hub` plans, verifies and fetches them.
 Files already in place and matching the published checksum are skipped; one that differs is left as it is unless
