@@ -11,10 +11,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 
-def bench(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def bench(*args: str, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emo_model", "bench", *args], capture_output=True, text=True, cwd=ROOT,
                           timeout=timeout, env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}, check=False)
 
@@ -56,7 +56,7 @@ def test_bad_flags_get_one_line(args, message):
 
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    r = bench(*args, timeout=120)
+    r = bench(*args)
     assert r.returncode != 0 and message in r.stderr and r.stdout == ""  # refused before the table starts
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from comfy_harness import write_portrait, write_speech
-from conftest import ROOT, perturb_zero_inits, tiny_vae
+from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 
 
-def emo(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def emo(*args: str, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run([sys.executable, "-m", "emo_model", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
 

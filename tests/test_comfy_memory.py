@@ -18,7 +18,7 @@ import types
 import pytest
 import torch
 from comfy_harness import load_pack
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 from emo_model.memory import MIB, guidance_branches, settings_memory_bytes, working_memory_bytes
 
@@ -145,5 +145,5 @@ def test_real_model_management_loads_unloads_and_reloads_the_demo(tmp_path):
         """
     )
     python = os.environ.get("COMFYUI_PYTHON", sys.executable)  # ComfyUI's Python, if it has its own venv
-    proc = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = subprocess.run([python, "-c", script], capture_output=True, text=True, timeout=HANG_GUARD_S, cwd=tmp_path)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-4000:]

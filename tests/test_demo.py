@@ -14,7 +14,7 @@ import wave
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 from emo_model import demo
 from emo_model.demo import metrics
@@ -99,7 +99,7 @@ def test_readme_main_command_writes_an_mp4_with_audio(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "emo_model", "generate", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     info = probe_video(out)

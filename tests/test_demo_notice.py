@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from comfy_harness import write_portrait, write_speech
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 from emo_model import demo
 from emo_model.demo.portrait_check import NOTICE, is_demo_portrait, match_demo_portrait, portrait_notice
@@ -82,7 +82,7 @@ def test_encoding_a_user_portrait_with_the_demo_model_carries_the_notice(demo_se
 def _generate(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     cmd = [sys.executable, "-m", "emo_model", "generate", "--steps", "1", "--device", "cpu", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=HANG_GUARD_S, env=env)
 
 
 def test_the_command_line_prints_the_notice_once_for_a_user_photo(tmp_path):

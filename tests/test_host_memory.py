@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import HANG_GUARD_S, ROOT
 
 LINUX = sys.platform.startswith("linux")
 THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
@@ -63,7 +63,8 @@ def probe(extra_env: dict[str, str] | None = None) -> dict:
 
     env = clean_env()
     env.update(extra_env or {})
-    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    r = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=HANG_GUARD_S, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -90,7 +91,8 @@ def test_opt_out_changes_nothing():
 def test_too_late_for_torch_says_so():
     code = "import torch\nfrom emo_model.host_memory import tune\nprint(tune()['huge_pages'])"
     env = clean_env()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=HANG_GUARD_S, check=False)
     assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr[-2000:]
 
 
@@ -102,7 +104,8 @@ def test_command_line_applies_them_before_torch():
         "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
     )
     env = clean_env()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
+                       timeout=HANG_GUARD_S, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     # tune() sets the switch only while torch is not loaded yet: "1" means it ran before the command imported torch
     assert r.stdout.strip().splitlines()[-1] == "1", r.stdout

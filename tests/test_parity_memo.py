@@ -177,7 +177,10 @@ def test_flow_match_euler_steps_match_memo(golden):
         latents = golden[f"clip{c}.noise"][None]
         for s, t in enumerate(sched.timesteps):
             assert float(golden[f"clip{c}.step{s}.timestep"]) == pytest.approx(float(t), abs=1e-4)
-            assert torch.equal(golden[f"clip{c}.step{s}.input"][None], latents), f"clip{c} step{s}: input"
+            if s == 0:  # the recorded noise itself
+                assert torch.equal(golden[f"clip{c}.step{s}.input"][None], latents), f"clip{c} step{s}: input"
+            else:  # this venv's diffusers stepped it: equal to the recording release's step up to float32 rounding
+                _check(f"clip{c}.step{s}.input", latents[0], golden[f"clip{c}.step{s}.input"], 1e-6)
             u, v = golden[f"clip{c}.step{s}.pred_uncond"], golden[f"clip{c}.step{s}.pred_cond"]
             guided = u + SET["cfg"] * (v - u)
             _check(f"clip{c}.step{s}.guided", guided, golden[f"clip{c}.step{s}.guided"], 1e-6)

@@ -24,7 +24,7 @@ from comfy_harness import (
     write_portrait,
     write_speech,
 )
-from conftest import ROOT, perturb_zero_inits, tiny_vae
+from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 from safetensors.torch import load_file, save_file
 
 FIX = ROOT / "tests" / "parity" / "emotion2vec"
@@ -189,7 +189,7 @@ def test_auto_on_a_model_without_emotion_classes_is_refused(files, tmp_path):
 def _emo(*args):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "emo_model", "generate", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=env, check=False)
+                          timeout=HANG_GUARD_S, env=env, check=False)
 
 
 def test_cli_emotion_auto(files):

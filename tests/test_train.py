@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, perturb_zero_inits, tiny_vae
+from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 from safetensors.torch import load_file
 
 from emo_model.configs import get_config
@@ -460,7 +460,7 @@ def test_two_processes_end_with_identical_weights(dataset, vae_dir, init_checkpo
         str(out),
         str(CONFIGS / "tiny_stage2.yaml"),
     ]
-    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
     assert all(r["type"] == "MULTI_CPU" and r["world"] == 2 for r in ranks)
