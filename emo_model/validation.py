@@ -95,6 +95,10 @@ def check(name: str, value, *, label: str | None = None, rule: Rule | None = Non
     what = f"; {hint}" if hint else ""
     if isinstance(value, bool):
         raise InputError(f"{allowed}, got {value!r}{what}")
+    if rule.integer and isinstance(value, int):  # compared exactly: float() rounds integers above 2**53 (the top seeds)
+        if not rule.lo <= value <= rule.hi or value % rule.multiple:
+            raise InputError(f"{allowed}, got {value!r}{what}")
+        return int(value)
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
