@@ -349,7 +349,9 @@ def test_api_workflow_runs_in_comfyui(server, path):
 
             wav = sf.info(str(server.input / graph[node_of(graph, "LoadAudio")]["inputs"]["audio"]))
             assert frames == num_video_frames(wav.frames, wav.samplerate, fps)
-        videos = [f for out in outputs.values() for f in out.get("images", []) if f["filename"].endswith((".mp4", ".webm"))]
+        # core's video nodes report "images", EMO Video Combine "emo_video" (its own player in web/js/emo.js)
+        videos = [f for out in outputs.values() for key in ("images", "emo_video") for f in out.get(key, [])
+                  if f["filename"].endswith((".mp4", ".webm"))]
         assert len(videos) == 1, outputs
         item = videos[0]
         written = server.output / item["subfolder"] / item["filename"]
@@ -362,7 +364,8 @@ def test_api_workflow_runs_in_comfyui(server, path):
         assert (info.width, info.height) == (round(64 * scale), round(64 * scale))
         if "EMOVideoCombine" in {n["class_type"] for n in graph.values()}:
             combine = outputs[node_of(graph, "EMOVideoCombine")]
-            assert combine["animated"] == [True] and combine["images"][0]["filename"] == item["filename"]
+            assert combine["emo_video"][0]["filename"] == item["filename"] and "images" not in combine  # no core preview too
+            assert combine["emo_summary"][0].startswith(f"{item['subfolder']}/{item['filename']} · {frames} frames")
             assert json.loads(info.metadata["prompt"])[sampler]["class_type"] == "EMOSampler"  # graph embedded
 
 
@@ -381,7 +384,7 @@ def test_our_video_output_feeds_core_video_nodes(server):
     graph["103"] = {"class_type": "SaveVideo", "inputs": {"video": ["102", 0], "filename_prefix": "EMO/core_rebuilt", "format": "auto", "codec": "auto"}}
     with server.explain():
         outputs = server.run(graph)["outputs"]
-        ours = outputs[combine]["images"][0] if combine in outputs else None
+        ours = outputs[combine]["emo_video"][0] if combine in outputs else None
         rebuilt = outputs["103"]["images"][0]
         info = probe_video(server.output / rebuilt["subfolder"] / rebuilt["filename"])
         assert len(outputs["101"]["images"]) == info.num_frames  # one preview per decoded frame

@@ -295,6 +295,18 @@ def test_video_combine_embeds_the_workflow(pack, env):
     assert json.loads(meta["workflow"]) == {"nodes": [1, 2]} and json.loads(meta["prompt"]) == {"1": {"class_type": "X"}}
 
 
+def test_video_combine_sends_its_own_player_and_a_summary(pack, env):
+    """web/js/emo.js plays "emo_video" inside the node; a core "images" entry would add core's floating preview too."""
+    combine = pack.NODE_CLASS_MAPPINGS["EMOVideoCombine"]()
+    ui = combine.combine(torch.rand(5, 48, 64, 3), 20.0, "EMO/clip", "webm", 30)["ui"]
+    assert "images" not in ui and "animated" not in ui
+    assert ui["emo_video"] == [{"filename": "clip_00001_.webm", "subfolder": "EMO", "type": "output", "format": "video/webm"}]
+    assert ui["emo_summary"] == ["EMO/clip_00001_.webm · 5 frames · 0.25 s at 20 fps · 64x48"]
+    js = (ROOT / "web" / "js" / "emo.js").read_text()
+    assert "message?.emo_video?.[0]" in js and '"EMOVideoCombine"' in js  # the extension reads that key for this node
+    json.dumps(ui)  # what the server sends to the frontend
+
+
 def test_sampler_interrupt_raises_and_returns_nothing(pack, env, monkeypatch):
     graph = tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_portrait_speech.api.json").read_text()))
     classes = {**CORE_STANDINS, **pack.NODE_CLASS_MAPPINGS}

@@ -41,6 +41,15 @@ OVERLAYS = ".workflow-tabs-container, .minimap-main-container, .p-buttongroup"
 INSPECT = r"""(overlaySel) => {
   const canvasEl = app.canvas.canvas, cr = canvasEl.getBoundingClientRect(), ds = app.canvas.ds;
   const overlays = Array.from(document.querySelectorAll(overlaySel)).map(e => e.getBoundingClientRect()).filter(r => r.width && r.height);
+  // litegraph's drawTruncatingText (frontend 1.27): the label is squeezed away first when label + gap + value do
+  // not fit in the widget (margin 15, left padding 5, right padding 20); null for widgets drawn otherwise
+  const ctx = document.createElement('canvas').getContext('2d');
+  ctx.font = app.canvas.inner_text_font;
+  const labelFits = (n, w) => {
+    if (!['combo', 'text', 'string'].includes(w.type) || typeof w.value !== 'string') return null;
+    const total = n.size[0] - 2 * 15 - 5 - 2 * 15 - 20;
+    return ctx.measureText(w.label || w.name).width + 5 + ctx.measureText(String(w.value)).width <= total;
+  };
   const hit = (b, r) => Math.min(b[2], r.right) > Math.max(b[0], r.left) && Math.min(b[3], r.bottom) > Math.max(b[1], r.top);
   return app.graph._nodes.map(n => {
     const [x, y] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT]);
@@ -53,13 +62,48 @@ INSPECT = r"""(overlaySel) => {
       size: Array.from(n.size).map(Math.round), min_size: Array.from(n.computeSize ? n.computeSize() : n.size).map(Math.round),
       missing: !(n.type in LiteGraph.registered_node_types),
       widgets: (n.widgets || []).map(w => ({name: w.name, label: w.label ?? null,
-        value: (typeof w.value === 'object' ? null : w.value),
+        value: (typeof w.value === 'object' ? null : w.value), label_fits: labelFits(n, w),
         tooltip: !!(d.inputs?.[w.name]?.tooltip || w.tooltip),
         value_in_list: Array.isArray(w.options?.values) ? w.options.values.includes(w.value) : null})),
       inputs: (n.inputs || []).map(i => ({name: i.name, tooltip: !!d.inputs?.[i.name]?.tooltip})),
       outputs: (n.outputs || []).map((o, k) => ({name: o.name, tooltip: !!d.outputs?.[k]?.tooltip}))};
   });
 }"""
+
+
+# EMO Video Combine's own player (web/js/emo.js): present, inside its node, loaded and playing
+PLAYERS = r"""() => {
+  const cr = app.canvas.canvas.getBoundingClientRect(), ds = app.canvas.ds;
+  return app.graph._nodes.filter(n => n.type === 'EMOVideoCombine').map(n => {
+    const w = n.widgets?.find(w => w.name === 'emo_video');
+    if (!w) return {id: n.id, player: false};
+    const [x, y] = ds.convertOffsetToCanvas([n.pos[0], n.pos[1]]);
+    const [x1, y1] = ds.convertOffsetToCanvas([n.pos[0] + n.size[0], n.pos[1] + n.size[1]]);
+    const r = w.video.getBoundingClientRect();
+    return {id: n.id, player: true, src: w.video.currentSrc, ready: w.video.readyState, paused: w.video.paused,
+      width: w.video.videoWidth, height: w.video.videoHeight,
+      inside: r.width > 0 && r.left >= x + cr.left - 2 && r.top >= y + cr.top - 2 && r.right <= x1 + cr.left + 2 && r.bottom <= y1 + cr.top + 2,
+      rect: [r.left, r.top, r.right, r.bottom].map(Math.round), node: [x + cr.left, y + cr.top, x1 + cr.left, y1 + cr.top].map(Math.round)};
+  });
+}"""
+
+
+def player_problems(players: list[dict], when: str, previous: dict | None = None) -> list[str]:
+    out = []
+    for p in players:
+        name = f"EMOVideoCombine #{p['id']}"
+        if not p["player"]:
+            out.append(f"{name}: no player {when}")
+            continue
+        if not p["inside"]:
+            out.append(f"{name}: the player is not inside its node {when} (player {p['rect']}, node {p['node']})")
+        if p["ready"] < 2 or not p["width"]:
+            out.append(f"{name}: the player has no picture {when} (readyState {p['ready']})")
+        if p["paused"]:
+            out.append(f"{name}: the player is paused (black until play) {when}")
+        if previous and previous.get(p["id"]) == p["src"]:
+            out.append(f"{name}: the player still shows the previous file {when}")
+    return out
 
 
 def problems_of(nodes: list[dict], when: str) -> list[str]:
@@ -72,9 +116,12 @@ def problems_of(nodes: list[dict], when: str) -> list[str]:
             out.append(f"{name}: flagged with errors")
         if not n["inside"] or n["under_overlay"]:
             out.append(f"{name}: off-screen or under the tabs/minimap/toolbar {when} ({n['box']})")
-        # after a run a video preview asks for more than the frontend gives it (core Save Video too): load only
-        if when == "at load" and (n["size"][0] + 1 < n["min_size"][0] or n["size"][1] + 1 < n["min_size"][1]):
+        # after a run core's video preview asks for more than the frontend gives it (core Save Video): ours are checked
+        # after the run too (EMO Video Combine grows to hold its own player)
+        if (when == "at load" or n["type"] in OURS) and (n["size"][0] + 1 < n["min_size"][0] or n["size"][1] + 1 < n["min_size"][1]):
             out.append(f"{name}: smaller than its content {when} ({n['size']} < {n['min_size']})")
+        out += [f"{name}.{w['name']}: its value hides its label (widen the node or shorten the value)"
+                for w in n["widgets"] if w.get("label_fits") is False]
         if n["type"] in OURS:
             for w in n["widgets"]:
                 if w["name"] not in ("control_after_generate", "emo_summary") and not w["tooltip"]:
@@ -173,7 +220,55 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
             .map(n => [n.type, n.widgets.find(w => w.name === 'emo_summary').element.textContent])""")
         rep["preset_labels_after_run"] = [w["label"] for n in grown for w in n["widgets"] if "(" in (w["label"] or "")]
         page.screenshot(path=str(out_dir / f"{name}_after_run.png"))
+        if rep["run_status"] == "success":
+            page.wait_for_timeout(2000)
+            rep["players"] = page.evaluate(PLAYERS)
+            rep["problems"] += player_problems(rep["players"], "after the run")
+            # again with only Video Combine changed (its crf): the player must show the new file, every run
+            before = set(json.load(urllib.request.urlopen(url + "/history")))
+            page.evaluate("""async () => { for (const n of app.graph._nodes) if (n.type === 'EMOVideoCombine') {
+                const w = n.widgets.find(w => w.name === 'crf'); w.value = w.value === 23 ? 24 : 23; }
+                try { await app.queuePrompt(0, 1) } catch (e) {} }""")
+            entry = wait_for_run(url, before)
+            page.wait_for_timeout(4000)
+            rep["players_second_run"] = page.evaluate(PLAYERS)
+            rep["problems"] += player_problems(
+                rep["players_second_run"], "after a second run", {p["id"]: p.get("src") for p in rep["players"]}
+            )
+            if not entry or entry["status"].get("status_str") != "success":
+                rep["problems"].append(f"second run: {(entry or {}).get('status')}")
+            page.screenshot(path=str(out_dir / f"{name}_second_run.png"))
+            rep["problems"] += cancel_check(page, url, rep)
+            page.screenshot(path=str(out_dir / f"{name}_cancelled.png"))
     return rep
+
+
+def cancel_check(page, url: str, rep: dict) -> list[str]:
+    """Queue again with a new seed, press Cancel once the sampler reports progress: the sampler must say so."""
+    if not page.evaluate("() => app.graph._nodes.some(n => n.type === 'EMOSampler')"):
+        return []
+    before = set(json.load(urllib.request.urlopen(url + "/history")))
+    page.evaluate("""async () => { window.__emoProgress = 0;
+        const { api } = await import('/scripts/api.js');
+        api.addEventListener('progress', () => { window.__emoProgress += 1; });
+        for (const n of app.graph._nodes) if (n.type === 'EMOSampler') {
+            const w = n.widgets.find(w => w.name === 'seed'); w.value = (w.value + 1) % 1000; }
+        try { await app.queuePrompt(0, 1) } catch (e) {} }""")
+    try:
+        page.wait_for_function("() => window.__emoProgress > 0", timeout=600000)
+    except Exception:
+        return ["cancel: the sampler reported no progress"]
+    page.evaluate("async () => { const { api } = await import('/scripts/api.js'); await api.interrupt(); }")
+    entry = wait_for_run(url, before, timeout=600)
+    page.wait_for_timeout(1500)
+    rep["cancel_summary"] = page.evaluate("""() => app.graph._nodes.filter(n => n.type === 'EMOSampler')
+        .map(n => n.widgets?.find(w => w.name === 'emo_summary')?.element.textContent ?? null)""")
+    out = []
+    if not entry or entry["status"].get("status_str") == "success":
+        out.append(f"cancel: the run was not interrupted ({(entry or {}).get('status')})")
+    out += [f"cancel: the sampler does not say it was cancelled ({text!r})" for text in rep["cancel_summary"]
+            if not (text or "").startswith("Cancelled")]
+    return out
 
 
 def main() -> int:
