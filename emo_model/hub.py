@@ -19,6 +19,7 @@ already there, and downloads the rest through ``huggingface_hub``:
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import shutil
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from pathlib import Path
 from .families.base import HubFile
 
 INCOMPLETE = ".incomplete"
+NETWORK_MODULES = ("huggingface_hub", "httpx", "httpx2", "httpcore", "requests", "urllib3")
 CHUNK = 1 << 20
 
 
@@ -74,15 +76,16 @@ def endpoint() -> str:
 def _network_error(exc: BaseException) -> bool:
     """An error of the Hub, of the connection or of the disk (not an interrupt, nor a bug of ours)."""
     module = type(exc).__module__ or ""
-    return isinstance(exc, OSError) or module.split(".")[0] in ("huggingface_hub", "httpx", "httpcore", "httpx2", "requests", "urllib3")
+    return isinstance(exc, OSError) or module.split(".")[0] in NETWORK_MODULES
 
 
 def _hub_error(exc: Exception, what: str) -> DownloadError:
     """A Hub / network error as one line."""
-    from huggingface_hub import errors
+    from huggingface_hub import utils as errors  # (the error classes are exported there by 0.2x and later releases)
 
     if isinstance(exc, errors.GatedRepoError):
-        return DownloadError(f"{what} is gated: accept its terms on {endpoint()}/{what} and log in (`hf auth login`), then run again")
+        return DownloadError(f"{what} is gated: accept its terms on {endpoint()}/{what} and log in (`hf auth login`), "
+                             "then run again")
     if isinstance(exc, errors.RepositoryNotFoundError):
         return DownloadError(f"{what} is not on {endpoint()} (or needs a login: `hf auth login`)")
     if isinstance(exc, errors.RevisionNotFoundError):
@@ -90,7 +93,10 @@ def _hub_error(exc: Exception, what: str) -> DownloadError:
     if isinstance(exc, errors.OfflineModeIsEnabled):
         return DownloadError(f"{what}: HF_HUB_OFFLINE is set; unset it to download")
     text = " ".join(str(exc).split()) or type(exc).__name__
-    return DownloadError(f"{what}: could not download from {endpoint()}: {text[:300]}")
+    if type(exc).__module__.split(".")[0] in ("httpx", "httpx2", "httpcore") and "Timeout" not in type(exc).__name__:
+        return DownloadError(f"{what}: could not reach {endpoint()} ({text[:200]}); check the connection (or HF_ENDPOINT), "
+                             "then run again")
+    return DownloadError(f"{what}: the download from {endpoint()} failed: {text[:300]}; run again to resume")
 
 
 def plan(files: Iterable[HubFile], models_dir: Path, *, check: str = "hash", token: str | None = None) -> list[Planned]:
@@ -119,7 +125,8 @@ def plan(files: Iterable[HubFile], models_dir: Path, *, check: str = "hash", tok
     for f in files:
         entry = info.get((f.repo, f.revision, f.path))
         if entry is None or not hasattr(entry, "size"):
-            raise DownloadError(f"{f.repo} has no file {f.path} at {f.revision} any more; this version of the pack cannot fetch it")
+            raise DownloadError(f"{f.repo} has no file {f.path} at {f.revision} any more; "
+                                "this version of the pack cannot fetch it")
         lfs = getattr(entry, "lfs", None)
         planned = Planned(f, models_dir / f.folder / f.dest, int(entry.size), lfs.sha256 if lfs else None, entry.blob_id)
         _state(planned, check)
@@ -165,7 +172,8 @@ def check_space(planned: list[Planned]) -> None:
     for root, todo in need.items():
         free = shutil.disk_usage(root).free
         if todo > free:
-            raise DownloadError(f"{size_text(todo)} to download but only {size_text(free)} free on {root}; free some space or use --models on another disk")
+            raise DownloadError(f"{size_text(todo)} to download but only {size_text(free)} free on {root}; "
+                                "free some space or use --models on another disk")
 
 
 def _progress_class(on_bytes: Callable[[int], None] | None, quiet: bool):
@@ -203,6 +211,7 @@ def fetch(
 
     headers = build_hf_headers(token=token, library_name="comfyui-emo")
     bar = _progress_class(on_bytes, quiet)
+    accepts = inspect.signature(http_get).parameters
     done = []
     for p in planned:
         if p.state == "present" or (p.state == "differs" and not overwrite):
@@ -220,8 +229,14 @@ def fetch(
         url = hf_hub_url(p.file.repo, p.file.path, revision=p.file.revision, endpoint=endpoint())
         try:
             with partial.open("ab") as fh:
-                http_get(url, fh, resume_size=resume, headers=headers, expected_size=p.size,
-                         displayed_filename=p.file.dest, tqdm_class=bar)
+                if "tqdm_class" in accepts:  # huggingface_hub 1.x / 2.x
+                    http_get(url, fh, resume_size=resume, headers=headers, expected_size=p.size,
+                             displayed_filename=p.file.dest, tqdm_class=bar)
+                elif "_tqdm_bar" in accepts:  # 0.2x (what transformers 4.x pins): the bar is handed over made
+                    with bar(total=p.size, initial=resume, unit="B", unit_scale=True, desc=p.file.dest) as progress:
+                        http_get(url, fh, resume_size=resume, headers=headers, expected_size=p.size, _tqdm_bar=progress)
+                else:
+                    http_get(url, fh, resume_size=resume, headers=headers, expected_size=p.size)
         except Exception as exc:  # the partial file stays for the next run to resume
             if not _network_error(exc):
                 raise

@@ -111,8 +111,8 @@ DOWNLOAD_TOOLTIP = (
 )
 
 
-def download_missing_files(model: str, vae: str, audio_encoder: str) -> list[str]:
-    """Fetch what the entries need and is not there; return the fetched files (as "folder/dest")."""
+def download_missing_files(model: str, vae: str, audio_encoder: str) -> str:
+    """Fetch what the entries need and is not there; return what was fetched, in a few words ("" if nothing)."""
     import logging
 
     from ..emo_model import hub
@@ -120,7 +120,7 @@ def download_missing_files(model: str, vae: str, audio_encoder: str) -> list[str
     wanted = hub_files("emo", model) + hub_files("vae", vae) + hub_files("audio_encoders", audio_encoder)
     wanted = [f for f in dict.fromkeys(wanted) if not any((root / f.dest).exists() for root in _comfy.folder_paths_for(f.folder))]
     if not wanted:
-        return []
+        return ""
     log = logging.getLogger("ComfyUI-EMO")
     try:
         planned = hub.plan(wanted, _comfy.models_dir(), check="size")
@@ -144,7 +144,9 @@ def download_missing_files(model: str, vae: str, audio_encoder: str) -> list[str
     if differs:
         log.warning("EMO: %s differ from the published files; left as they are", ", ".join(differs))
     log.info("EMO: downloaded and verified %s", ", ".join(p.label for p in fetched))
-    return [p.label for p in fetched]
+    if not fetched:
+        return ""
+    return f"downloaded {len(fetched)} files ({hub.size_text(sum(p.size for p in fetched))}), checksums verified"
 
 
 class LoadEMOModel:
@@ -198,8 +200,9 @@ class LoadEMOModel:
         return True
 
     def load(self, model, vae, audio_encoder, dtype, variant, vae_override=None, download_missing=False):
-        if download_missing:
-            download_missing_files(model, BUNDLED_VAE if vae_override is not None else vae, audio_encoder)
+        fetched = ""
+        if download_missing:  # opt-in: nothing is downloaded otherwise
+            fetched = download_missing_files(model, BUNDLED_VAE if vae_override is not None else vae, audio_encoder)
         path = demo.model_path() if model == DEMO_ENTRY else _comfy.resolve("emo", model)
         if model == DEMO_ENTRY and not path.exists():
             raise FileNotFoundError(
@@ -226,5 +229,6 @@ class LoadEMOModel:
             variant=variant,
         )
         session.info["run_device"] = str(device)
-        ui = {"emo_summary": [preset_summary(session)], "emo_preset": [resolved_preset(session)]}  # what 'preset' widgets mean
+        summary = (fetched + "\n" if fetched else "") + preset_summary(session)
+        ui = {"emo_summary": [summary], "emo_preset": [resolved_preset(session)]}  # what 'preset' widgets mean
         return {"ui": ui, "result": (session,)}

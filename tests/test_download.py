@@ -287,7 +287,7 @@ def test_an_unreachable_hub_is_one_line(monkeypatch, no_network, tmp_path, capsy
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: fudan-generative-ai/hallo: could not download from http://127.0.0.1:") and "\n" not in err, err
+    assert err.startswith("error: fudan-generative-ai/hallo: could not reach http://127.0.0.1:") and "\n" not in err, err
 
 
 # ---- the node --------------------------------------------------------------------------------------------------
@@ -341,6 +341,7 @@ def test_the_node_downloads_only_when_switched_on(fake_hub, comfy_models, tmp_pa
     out = loader_cls().load(*entries, "fp32", "standard", download_missing=True)
     session = out["result"][0]
     assert session.config.family == "hallo"
+    assert out["ui"]["emo_summary"][0].startswith("downloaded 6 files (")  # the node says what it fetched
     assert (comfy_models / "emo" / "hallo" / "net.pth").read_bytes() == (source / "net.pth").read_bytes()
     assert (comfy_models / "vae" / "sd-vae-ft-mse" / "config.json").is_file()
     assert (comfy_models / "audio_encoders" / "wav2vec2-base-960h" / "model.safetensors").is_file()
@@ -354,14 +355,16 @@ def test_a_missing_vae_or_audio_encoder_says_where_it_goes_and_where_it_comes_fr
     loader_cls = load_pack().NODE_CLASS_MAPPINGS["LoadEMOModel"]
     demo = "emo-tiny-demo (built in, CPU)"
     message = loader_cls.VALIDATE_INPUTS(demo, "sd-vae-ft-mse/", "(none: log-mel demo, or use a core AUDIO_ENCODER_OUTPUT)")
-    assert message.startswith(f"the VAE 'sd-vae-ft-mse/' is not in models/vae: put it at {(comfy_models / 'vae' / 'sd-vae-ft-mse').as_posix()}/ ")
+    place = (comfy_models / "vae" / "sd-vae-ft-mse").as_posix()
+    assert message.startswith(f"the VAE 'sd-vae-ft-mse/' is not in models/vae: put it at {place}/ ")
     assert "from Hugging Face: stabilityai/sd-vae-ft-mse" in message and "\n" not in message
     message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "whisper_tiny.pt")
     assert message.startswith("the audio encoder 'whisper_tiny.pt' is not in models/audio_encoders: put it at ")
     assert "audio_processor/whisper_tiny.pt, from Hugging Face: BadToBest/EchoMimic" in message
     message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "wav2vec2-base-960h/")
     assert "from Hugging Face: facebook/wav2vec2-base-960h" in message
-    assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "my_encoder.safetensors").startswith("the audio encoder 'my_encoder.safetensors'")
+    message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "my_encoder.safetensors")  # nobody publishes it: what the family needs
+    assert message.startswith("the audio encoder 'my_encoder.safetensors'") and "download_missing" not in message
     assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, None) is True  # linked / not sent: not checked here
 
 
@@ -377,3 +380,24 @@ def test_comfyuis_log_names_the_model_emo_and_its_family():
         networks = comfy.networks_of(session)
         assert type(networks).__name__ == name and isinstance(networks, torch.nn.Module)
         assert networks.emo is session.model
+
+
+def test_an_older_huggingface_hub_without_tqdm_class_still_shows_progress(fake_hub, tmp_path, monkeypatch):
+    """huggingface_hub 0.2x (what transformers 4.x pins) takes a ready-made bar (_tqdm_bar), not a tqdm class."""
+    import huggingface_hub.file_download as fd
+
+    real = fd.http_get
+    seen = []
+
+    def http_get(url, temp_file, *, resume_size=0, headers=None, expected_size=None, _tqdm_bar=None):
+        seen.append(_tqdm_bar)
+        return real(url, temp_file, resume_size=resume_size, headers=headers, expected_size=expected_size, _tqdm_bar=_tqdm_bar)
+
+    monkeypatch.setattr(fd, "http_get", http_get)
+    expected = publish(fake_hub, "hallo")
+    got = []
+    planned = hub.plan(get_family("hallo").downloads, tmp_path)
+    hub.fetch(planned, on_bytes=got.append, quiet=True)
+    assert len(seen) == len(expected) and all(bar is not None for bar in seen)
+    assert sum(got) == sum(len(v) for v in expected.values())  # every byte reached the progress callback
+    assert (tmp_path / "emo" / "hallo" / "net.pth").read_bytes() == expected[("emo", "hallo/net.pth")]

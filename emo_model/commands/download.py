@@ -29,7 +29,10 @@ def choices_text() -> str:
 def pick_family(name: str | None) -> Family:
     """The family a user named (its name or label, any case, or a prefix only one family's name starts with)."""
     if not name:
-        raise SystemExit(f"error: name the family to download: {choices_text()} (e.g. `emo download {downloadable()[0].name}`)")
+        from ..cli import prog_name
+
+        example = f"{prog_name()} download {downloadable()[0].name}"
+        raise SystemExit(f"error: name the family to download: {choices_text()} (e.g. `{example}`)")
     text = name.strip().lower()
     exact = [fam for fam in downloadable() if text in (fam.name, fam.label.lower())]
     prefix = [fam for fam in downloadable() if fam.name.startswith(text)]

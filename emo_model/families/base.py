@@ -74,9 +74,9 @@ class HubFile:
 
 
 # Published components several families load as they are (each repository's own files, in the folders README names).
-SD_VAE = (
-    HubFile("stabilityai/sd-vae-ft-mse", "config.json", "vae", "sd-vae-ft-mse/config.json"),
-    HubFile("stabilityai/sd-vae-ft-mse", "diffusion_pytorch_model.safetensors", "vae", "sd-vae-ft-mse/diffusion_pytorch_model.safetensors"),
+SD_VAE = tuple(
+    HubFile("stabilityai/sd-vae-ft-mse", name, "vae", f"sd-vae-ft-mse/{name}")
+    for name in ("config.json", "diffusion_pytorch_model.safetensors")
 )
 WAV2VEC2_BASE = tuple(
     HubFile("facebook/wav2vec2-base-960h", name, "audio_encoders", f"wav2vec2-base-960h/{name}")

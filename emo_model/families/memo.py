@@ -87,9 +87,9 @@ SPEECH_EMOTION = SpeechEmotionFiles(
     encoder=("emotion2vec_plus_large", "misc/emotion2vec_plus_large"),
     classifier=("misc/audio_emotion_classifier",),
     encoder_source="config.yaml + model.pt of emotion2vec_plus_large, from Hugging Face emotion2vec/emotion2vec_plus_large "
-                   "(or ModelScope iic/emotion2vec_plus_large)",
+                   "(or ModelScope iic/emotion2vec_plus_large; `emo download memo --optional` fetches it)",
     classifier_source="config.json + diffusion_pytorch_model.safetensors, from Hugging Face memoavatar/memo "
-                      "(misc/audio_emotion_classifier/)",
+                      "(misc/audio_emotion_classifier/; `emo download memo --optional` fetches it)",
 )
 
 QUIRKS = InferenceQuirks(
@@ -219,9 +219,9 @@ FAMILY = Family(
         *SD_VAE,
         *WAV2VEC2_BASE,
         # the audio-emotion classifier (emotion 'auto'): MEMO's own in misc/, emotion2vec from its own repository
-        *(HubFile("memoavatar/memo", f"{SPEECH_EMOTION.classifier[0]}/{name}", "emo", f"memo/{SPEECH_EMOTION.classifier[0]}/{name}",
+        *(HubFile("memoavatar/memo", f"{classifier}/{name}", "emo", f"memo/{classifier}/{name}",
                   optional="the emotion classified from the audio (emotion auto)")
-          for name in ("config.json", "diffusion_pytorch_model.safetensors")),
+          for classifier in SPEECH_EMOTION.classifier[:1] for name in ("config.json", "diffusion_pytorch_model.safetensors")),
         *(HubFile("emotion2vec/emotion2vec_plus_large", name, "emo", f"memo/{SPEECH_EMOTION.encoder[0]}/{name}",
                   optional="the emotion classified from the audio (emotion auto)")
           for name in ("config.yaml", "model.pt")),
