@@ -23,7 +23,7 @@ import pytest
 import torch
 from comfy_harness import demo_through_nodes, write_portrait, write_speech
 from conftest import png_header_only
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from emo_model import weights
@@ -61,24 +61,29 @@ def media(tmp_path_factory):
 
 # ---- the command line -----------------------------------------------------------------------------
 
-# each flag: values that work (None = leave it out), and hostile ones; an example sets every flag to a
-# working value and then at most one flag to a hostile value, so both outcomes are exercised
+# each flag: values that work (None = leave it out; the ends of the flag's range among them), and values outside the
+# range; an example sets every flag to a working value and then at most one flag to an outside value. The oracle is
+# strict both ways: every value in range (and a video suffix) must make a video, one value outside must be refused.
 INT_BAD = [0, -1, -7, 10**6, 2**70]
 FLOAT_BAD = [0.0, -1.0, float("nan"), float("inf"), -float("inf"), 1e6, 1e-9]
-CLI_FLAGS = {  # flag: (working values, hostile values)
+CLI_FLAGS = {  # flag: (working values, values outside the range)
     "--steps": ([1, 2], [0, -3, 1001, 10**9]),  # never None: the demo preset (20 steps) is too slow here
     "--fps": ([None, 25.0, 12.5], FLOAT_BAD),
-    "--speed": ([None, 0.5, 1.2, 3.0], FLOAT_BAD[1:] + [3.5]),
-    "--cfg": ([None, 1.0, 2.5], FLOAT_BAD[1:] + [31.0]),
-    "--audio-cfg": ([None, 1.0], FLOAT_BAD[1:]),
+    "--speed": ([None, 0.0, 0.5, 1.2, 3.0], [-1.0, float("nan"), float("inf"), -float("inf"), 1e6, 3.5]),
+    "--cfg": ([None, 0.0, 1.0, 2.5, 30.0], [-1.0, float("nan"), float("inf"), -float("inf"), 1e6, 31.0]),
+    "--audio-cfg": ([None, 0.0, 1.0, 30.0], [-1.0, float("nan"), float("inf"), -float("inf"), 1e6, 30.5]),
     "--frames-per-clip": ([None, 4, 8], INT_BAD),
-    "--motion-frames": ([None, 2, 4], INT_BAD[1:]),
+    "--motion-frames": ([None, 0, 2, 4], INT_BAD[1:]),
     "--size": ([None, 64], [1, 63, 100, 4096]),
-    "--seed": ([None, 3, 2**62], [-1, 2**70]),
-    "--loudness": ([None, -23.0], FLOAT_BAD[2:] + [5.0]),
-    "--crf": ([None, 19, 51], [-1, 64, 10**6]),
-    "--max-frames": ([None, 100], [0, -1, 2]),
+    "--seed": ([None, 0, 3, 2**62, 2**63 - 1], [-1, 2**63, 2**70]),
+    "--loudness": ([None, -23.0, -70.0, 0.0], FLOAT_BAD[2:] + [5.0, -70.5]),
+    "--crf": ([None, 0, 19, 51], [-1, 64, 10**6]),
+    "--max-frames": ([None, 100], [0, -1, 2]),  # 2: fewer than the audio's 5 frames
 }
+
+
+def in_range(flags: dict) -> bool:
+    return all(value in CLI_FLAGS[flag][0] for flag, value in flags.items())
 
 
 @st.composite
@@ -90,8 +95,14 @@ def cli_flags(draw):
     return flags
 
 
+LOW_ENDS = {"--steps": 1, "--speed": 0.0, "--cfg": 0.0, "--audio-cfg": 0.0, "--motion-frames": 0, "--seed": 0, "--loudness": -70.0, "--crf": 0}
+HIGH_ENDS = {"--steps": 1, "--speed": 3.0, "--cfg": 30.0, "--audio-cfg": 30.0, "--seed": 2**63 - 1, "--loudness": 0.0, "--crf": 51}
+
+
 @settings(FUZZ, max_examples=8)
 @given(flags=cli_flags(), suffix=st.sampled_from([".mp4", ".mp4", ".mp4", ".webm", ".avi", ""]))
+@example(flags={flag: LOW_ENDS.get(flag) for flag in CLI_FLAGS}, suffix=".webm")  # every value in range: must work
+@example(flags={flag: HIGH_ENDS.get(flag) for flag in CLI_FLAGS}, suffix=".mp4")
 def test_generate_flags_work_or_fail_in_one_line(media, capsys, flags, suffix):
     from emo_model.video_io import probe_video
 
@@ -102,7 +113,9 @@ def test_generate_flags_work_or_fail_in_one_line(media, capsys, flags, suffix):
             args.append(f"{flag}={value!r}")  # --flag=-inf: a value may start with '-'
 
     rc, stdout, err = run_cli(capsys, args)
+    valid = in_range(flags) and suffix in (".mp4", ".webm")
     try:
+        assert rc == (0 if valid else 1), f"{'valid' if valid else 'invalid'} flags {flags} {suffix!r}: exit {rc}; {err[-800:]}"
         if rc == 0:
             video = probe_video(out)
             fps = flags["--fps"] or 25.0
@@ -128,31 +141,52 @@ def _node_floats(*good):
     return st.sampled_from([*good, 0.0, -1.0, float("nan"), float("inf"), 1e6])
 
 
-NODE_INPUTS = {
-    "seed": st.sampled_from([0, 5, 2**63 - 1, -1]),
-    "steps": st.sampled_from([1, 2, -1, 1001]),  # 0 (= preset, 20 steps) is valid but too slow here
-    "cfg": _node_floats(1.0, 3.5),
-    "audio_cfg": _node_floats(2.0),
-    "sampler": st.sampled_from(["ddim", "euler"]),  # a combo: ComfyUI only sends listed values
-    "speed": _node_floats(0.3, 1.0),
-    "frames_per_clip": st.sampled_from([0, 2, 8, -1, 1000]),
-    "motion_frames": st.sampled_from([-1, 0, 2, 40, -5]),
-    "colour_match": st.sampled_from(["none", "mean", "reinhard"]),
-    "speed_curve": st.sampled_from(["", "0.2, 1.0", "0.5, nan", "1e9", "-1", "fast", ";;"]),
+NODE_BAD_FLOATS = [-1.0, float("nan"), float("inf"), 1e6]
+NODE_INPUTS = {  # input: (values in range, including each widget's "preset" value; values outside the range)
+    "seed": ([0, 5, 2**63 - 1], [-1, 2**63]),
+    "steps": ([1, 2], [-1, 1001]),  # 0 (= preset, 20 steps) is valid but too slow here
+    "cfg": ([0.0, 1.0, 3.5], NODE_BAD_FLOATS),  # 0 = the preset's
+    "audio_cfg": ([0.0, 2.0], NODE_BAD_FLOATS),  # 0 = same as cfg
+    "sampler": (["ddim", "euler"], []),  # a combo: ComfyUI only sends listed values
+    "speed": ([0.0, 0.3, 1.0, 3.0], NODE_BAD_FLOATS + [3.5]),
+    "frames_per_clip": ([0, 2, 8], [-1, 1000]),  # 0 = the preset's
+    "motion_frames": ([-1, 0, 2], [40]),  # -1 = the preset's
+    "colour_match": (["none", "mean", "reinhard"], []),
+    "speed_curve": (["", "0.2, 1.0", ";;"], ["0.5, nan", "1e9", "-1", "fast"]),  # "" / no number: the speed input
 }
 
 
+@st.composite
+def node_inputs(draw):
+    inputs = {name: draw(st.sampled_from(good)) for name, (good, _) in NODE_INPUTS.items()}
+    outside = draw(st.sampled_from([None, *(name for name, (_, bad) in NODE_INPUTS.items() if bad)]))
+    if outside is not None:
+        inputs[outside] = draw(st.sampled_from(NODE_INPUTS[outside][1]))
+    return inputs
+
+
+def node_inputs_in_range(inputs: dict) -> bool:
+    # a speed curve with numbers replaces the constant speed (the node's tooltip), which is then not read
+    ignored = {"speed"} if inputs["speed_curve"] == "0.2, 1.0" else set()
+    return all(value in NODE_INPUTS[name][0] for name, value in inputs.items() if name not in ignored)
+
+
 @FUZZ
-@given(inputs=st.fixed_dictionaries(NODE_INPUTS))
+@given(inputs=node_inputs())
+@example(inputs={"seed": 2**63 - 1, "steps": 1, "cfg": 0.0, "audio_cfg": 0.0, "sampler": "ddim", "speed": 3.0,
+                 "frames_per_clip": 8, "motion_frames": 0, "colour_match": "none", "speed_curve": ""})  # range ends: must work
 def test_sampler_node_inputs_work_or_fail_with_one_line(nodes_ready, inputs):
     nodes, session, reference, emo_audio, _ = nodes_ready
     sampler = nodes["EMOSampler"]()
+    valid = node_inputs_in_range(inputs)
     try:
         result = sampler.sample(session, reference, emo_audio, **inputs)
     except ValueError as exc:  # ComfyUI shows the message on the node
         message = str(exc)
+        assert not valid, f"inputs in range {inputs} were refused: {message}"
         assert message and "\n" not in message.strip() and len(message) < 400, message
         return
+    assert valid, f"inputs out of range {inputs} were accepted"
     video = result["result"][0]
     assert video.shape == (emo_audio.num_frames, 64, 64, 3)
     assert bool(torch.isfinite(video).all()) and 0 <= float(video.min()) and float(video.max()) <= 1
@@ -162,11 +196,15 @@ def test_sampler_node_inputs_work_or_fail_with_one_line(nodes_ready, inputs):
 @given(fps=_node_floats(25.0, 12.0, 120.0), max_frames=st.sampled_from([1, 3, 10**6]), loudness=st.sampled_from(["off", "-23 LUFS", "-16 LUFS"]))
 def test_audio_node_inputs_work_or_fail_with_one_line(nodes_ready, fps, max_frames, loudness):
     nodes, session, _, _, audio = nodes_ready
+    # in range: one of the working frame rates, and the 0.2 s of audio's frames within max_frames
+    valid = fps in (25.0, 12.0, 120.0) and math.ceil(round(0.2 * fps, 6)) <= max_frames
     try:
         result = nodes["EMOAudioEncode"]().encode(session, audio, fps, loudness, max_frames=max_frames)["result"]
     except ValueError as exc:
+        assert not valid, f"fps={fps} max_frames={max_frames} are in range but were refused: {exc}"
         assert "\n" not in str(exc).strip(), str(exc)
         return
+    assert valid, f"fps={fps} max_frames={max_frames} were accepted"
     features, _, frames, _ = result
     assert 1 <= frames <= max_frames and bool(torch.isfinite(features.features[:]).all())  # [:]: every streamed row
 
