@@ -232,7 +232,10 @@ def networks_of(session) -> _Networks:
 
     fam = family_of(session.config)
     label = fam.label if fam is not None else session.config.name
-    name = label if label.startswith("EMO") else f"EMO {label}"
+    if label.startswith("EMO"):  # the paper's own family: the config's name says which ("EMO emo-tiny-demo")
+        name = label if session.config.name.lower() == label.lower() else f"{label} {session.config.name}"
+    else:
+        name = f"EMO {label}"
     return type(name, (_Networks,), {"__module__": __name__})(session)
 
 

@@ -375,7 +375,7 @@ def test_comfyuis_log_names_the_model_emo_and_its_family():
     from emo_model.families import get_config
 
     comfy = __import__(f"{load_pack().__name__}.nodes._comfy", fromlist=["networks_of"])
-    for config, name in (("tiny-hallo", "EMO Hallo"), ("tiny-echomimic", "EMO EchoMimic v1"), ("tiny", "EMO")):
+    for config, name in (("tiny-hallo", "EMO Hallo"), ("tiny-echomimic", "EMO EchoMimic v1"), ("tiny", "EMO tiny"), ("emo", "EMO")):
         session = SimpleNamespace(model=torch.nn.Linear(1, 1), codec=None, audio_encoder=None, config=get_config(config))
         networks = comfy.networks_of(session)
         assert type(networks).__name__ == name and isinstance(networks, torch.nn.Module)
