@@ -52,19 +52,19 @@ def _source(value: str) -> str | None:
     return owner.sources[name] if owner else None
 
 
-def hub_files(folder: str, value: str) -> list:
-    """The published files (families' ``downloads``, optional extras left out) a list entry of a model folder stands
-    for: the file itself, or every file under a folder entry ("sd-vae-ft-mse/")."""
+def hub_files(folder: str, value: str, optional: bool = False) -> list:
+    """The published files (families' ``downloads``; their optional extras only with ``optional``) a list entry of a
+    model folder stands for: the file itself, or every file under a folder entry ("sd-vae-ft-mse/")."""
     name = value.rstrip("/")
     found = [f for fam in FAMILIES for f in fam.downloads
-             if f.folder == folder and not f.optional and (f.dest == value or f.dest.startswith(name + "/"))]
+             if f.folder == folder and (optional or not f.optional) and (f.dest == value or f.dest.startswith(name + "/"))]
     return list(dict.fromkeys(found))
 
 
 def hub_source(folder: str, value: str) -> str | None:
     """'config.json + diffusion_pytorch_model.safetensors, from Hugging Face: stabilityai/sd-vae-ft-mse' for an entry
-    whose files some family downloads (None if none)."""
-    files = hub_files(folder, value)
+    whose files some family downloads (None if none). Also for the optional files (e.g. models/emo's "face/...")."""
+    files = hub_files(folder, value, optional=True)
     if not files:
         return None
     repos = {}

@@ -396,8 +396,16 @@ def test_an_older_huggingface_hub_without_tqdm_class_still_shows_progress(fake_h
     monkeypatch.setattr(fd, "http_get", http_get)
     expected = publish(fake_hub, "hallo")
     got = []
-    planned = hub.plan(get_family("hallo").downloads, tmp_path)
+    planned = hub.plan([f for f in get_family("hallo").downloads if not f.optional], tmp_path)
     hub.fetch(planned, on_bytes=got.append, quiet=True)
     assert len(seen) == len(expected) and all(bar is not None for bar in seen)
     assert sum(got) == sum(len(v) for v in expected.values())  # every byte reached the progress callback
     assert (tmp_path / "emo" / "hallo" / "net.pth").read_bytes() == expected[("emo", "hallo/net.pth")]
+
+
+def test_the_optional_face_detector_has_a_source_line_too(comfy_models):
+    """models/emo/face's YuNet file: not fetched by the switch (optional), but its missing-file line names the repository."""
+    loader = __import__(f"{load_pack().__name__}.nodes.loader", fromlist=["missing_file_message"])
+    message = loader.missing_file_message("face detector", "emo", "face/face_detection_yunet_2023mar.onnx", "")
+    assert message.startswith("the face detector 'face/face_detection_yunet_2023mar.onnx' is not in models/emo: put it at ")
+    assert "from Hugging Face: opencv/face_detection_yunet" in message and "download_missing" not in message

@@ -78,6 +78,9 @@ SD_VAE = tuple(
     HubFile("stabilityai/sd-vae-ft-mse", name, "vae", f"sd-vae-ft-mse/{name}")
     for name in ("config.json", "diffusion_pytorch_model.safetensors")
 )
+# optional for any family: the YuNet face detector that Face Mask's "yunet" detector reads from models/emo/face
+YUNET_FACE = HubFile("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", "emo",
+                     "face/face_detection_yunet_2023mar.onnx", optional="the YuNet face detector (Face Mask detector yunet)")
 WAV2VEC2_BASE = tuple(
     HubFile("facebook/wav2vec2-base-960h", name, "audio_encoders", f"wav2vec2-base-960h/{name}")
     for name in ("config.json", "preprocessor_config.json", "model.safetensors")

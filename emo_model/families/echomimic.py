@@ -50,7 +50,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import SD_VAE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
+from .base import SD_VAE, YUNET_FACE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
 
 ORIGINAL = OriginalCode(
     repo="antgroup/echomimic",
@@ -248,6 +248,7 @@ FAMILY = Family(
           for name in ("denoising_unet_acc.pth", "motion_module_acc.pth")),
         *SD_VAE,
         HubFile(ORIGINAL_WEIGHTS, "audio_processor/whisper_tiny.pt", "audio_encoders", "whisper_tiny.pt"),
+        YUNET_FACE,
     ),
     parity=ParityHarness(
         script="echomimic_original.py",

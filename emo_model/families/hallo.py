@@ -52,7 +52,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 
 ORIGINAL = OriginalCode(
     repo="fudan-generative-vision/hallo",
@@ -169,5 +169,5 @@ FAMILY = Family(
     renamed_config_fields={"backbone.hallo_audio_modules": "backbone.region_audio_modules"},
     parity=_parity_harness(),
     quoted_configs={"hallo": "Hallo"},
-    downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE),
+    downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
 )

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..configs import EMOConfig, PresetConfig
-from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 from .hallo import QUIRKS as HALLO_QUIRKS
 from .hallo import hallo_config, hallo_preset, tiny_hallo_config
 
@@ -71,5 +71,5 @@ FAMILY = Family(
     },
     folder_names=("hallo2",),
     # the folder name hallo2 is what tells it from Hallo's net.pth (same tensors)
-    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE),
+    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
 )

@@ -60,7 +60,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
 
 ORIGINAL = OriginalCode(
     repo="memoavatar/memo",
@@ -225,5 +225,6 @@ FAMILY = Family(
         *(HubFile("emotion2vec/emotion2vec_plus_large", name, "emo", f"memo/{SPEECH_EMOTION.encoder[0]}/{name}",
                   optional="the emotion classified from the audio (emotion auto)")
           for name in ("config.yaml", "model.pt")),
+        YUNET_FACE,
     ),
 )
