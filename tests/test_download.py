@@ -40,6 +40,7 @@ class FakeHub:
         self.files: dict[tuple[str, str], bytes] = {}
         self.served: dict[tuple[str, str], bytes] = {}
         self.requests: list[tuple[str, str, dict]] = []
+        self.gated: set[str] = set()
         hub_ = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +65,13 @@ class FakeHub:
                 if not path.startswith("/api/models/") or "/paths-info/" not in path:
                     return self._json(404, {"error": "not found"})
                 repo = path.removeprefix("/api/models/").split("/paths-info/")[0]
+                if repo in hub_.gated:  # what the Hub answers for a gated repository without an accepted licence
+                    self.send_response(401)
+                    self.send_header("X-Error-Code", "GatedRepo")
+                    self.send_header("X-Error-Message", "Access to model is restricted.")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 if not any(r == repo for r, _ in hub_.files):
                     self.send_response(404)
                     self.send_header("X-Error-Code", "RepoNotFound")
@@ -409,3 +417,19 @@ def test_the_optional_face_detector_has_a_source_line_too(comfy_models):
     message = loader.missing_file_message("face detector", "emo", "face/face_detection_yunet_2023mar.onnx", "")
     assert message.startswith("the face detector 'face/face_detection_yunet_2023mar.onnx' is not in models/emo: put it at ")
     assert "from Hugging Face: opencv/face_detection_yunet" in message and "download_missing" not in message
+
+
+def test_a_gated_or_changed_repository_is_one_line(fake_hub, tmp_path, capsys):
+    publish(fake_hub, "hallo")
+    fake_hub.gated.add("fudan-generative-ai/hallo")
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: fudan-generative-ai/hallo is gated: accept its terms on ") and "\n" not in err, err
+    fake_hub.gated.clear()
+    del fake_hub.files[("fudan-generative-ai/hallo", "hallo/net.pth")]  # the repository moved its file
+    fake_hub.files[("fudan-generative-ai/hallo", "README.md")] = b"moved"
+    assert main(["download", "hallo", "--models", str(tmp_path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: fudan-generative-ai/hallo has no file hallo/net.pth at main any more; "
+                   "this version of the pack cannot fetch it"), err
+    assert not any(tmp_path.rglob("*.*"))  # refused before anything was fetched
