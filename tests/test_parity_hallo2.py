@@ -57,7 +57,9 @@ def model(tmp_path_factory):
     return ck.load(device="cpu")
 
 
-def test_assets_are_the_ones_the_original_ran_with():
+def test_fixture_sanity_assets_are_the_ones_the_original_ran_with():
+    """Fixture sanity (reads the fixture only; it checks the stored assets, not our code): the VAE and wav2vec2
+    weights in tests/parity are the ones the original ran with, so the other tests compare like with like."""
     digests = META["assets"]["digests"]
     common = parity_common()
     assert common.digest(load_file(ASSETS / "vae" / "diffusion_pytorch_model.safetensors")) == digests["vae"]

@@ -156,9 +156,11 @@ def test_vae_latents_and_frames_match_memo(c, codec, golden):
     _rows_ok(_vae_rows(c, codec, golden))
 
 
-def test_past_frames_are_the_previous_clips_float_frames(golden):
-    """What our pipeline must feed the ReferenceNet: clip 0 the portrait repeated, clip c the last N decoded frames
-    of clip c - 1 as floats (not quantised), scaled to [-1, 1]."""
+def test_fixture_sanity_past_frames_are_the_previous_clips_float_frames(golden):
+    """Fixture sanity (reads the fixture only; it checks the recording, not our code): MEMO's run fed its ReferenceNet
+    clip 0 the portrait repeated, clip c the last N decoded frames of clip c - 1 as floats (not quantised), scaled to
+    [-1, 1]. Our pipeline's side of it is compared in test_denoiser_outputs_and_latents_of_every_step_match_memo (the
+    denoiser's outputs of clip 1 depend on those past frames)."""
     portrait = golden["input.portrait"]
     assert torch.equal(golden["clip0.ref_pixels"], portrait.expand(1 + N, -1, -1, -1))
     for c in range(1, CLIPS):
@@ -167,22 +169,30 @@ def test_past_frames_are_the_previous_clips_float_frames(golden):
 
 def test_flow_match_euler_steps_match_memo(golden):
     """MEMO samples with diffusers' FlowMatchEulerDiscreteScheduler() (shift 1): t = 1000 * sigma, sigmas
-    linspace(1, 1/1000, steps) then 0, x <- x + (sigma_next - sigma) * v, v = u + cfg (c - u). The scheduler of
-    our venv's diffusers reproduces every recorded step of MEMO's run (made with diffusers 0.31.0)."""
-    from diffusers import FlowMatchEulerDiscreteScheduler
+    linspace(1, 1/1000, steps) then 0, x <- x + (sigma_next - sigma) * v, v = u + cfg (c - u). OUR scheduler (the one
+    ``make_scheduler`` builds for the tiny-memo preset, with our guidance weights and input scaling) reproduces every
+    recorded step of MEMO's run (made with diffusers 0.31.0), up to float32 rounding."""
+    from emo_model.families import get_config
+    from emo_model.pipeline import guidance_weights
+    from emo_model.schedulers import init_noise_sigma, make_scheduler, scale_model_input
 
+    preset = get_config("tiny-memo").preset
+    weights = guidance_weights(SET["cfg"], SET["cfg"])
+    assert set(weights) == {"uncond", "full"}  # MEMO's classic CFG: two branches
     for c in range(CLIPS):
-        sched = FlowMatchEulerDiscreteScheduler(**{k: v for k, v in META["scheduler"].items() if not k.startswith("_")})
+        sched = make_scheduler(preset.sampler, preset.scheduler)
         sched.set_timesteps(STEPS)
+        assert init_noise_sigma(sched) == 1.0
         latents = golden[f"clip{c}.noise"][None]
         for s, t in enumerate(sched.timesteps):
             assert float(golden[f"clip{c}.step{s}.timestep"]) == pytest.approx(float(t), abs=1e-4)
             if s == 0:  # the recorded noise itself
                 assert torch.equal(golden[f"clip{c}.step{s}.input"][None], latents), f"clip{c} step{s}: input"
-            else:  # this venv's diffusers stepped it: equal to the recording release's step up to float32 rounding
+            else:  # our scheduler stepped it: equal to the recording release's step up to float32 rounding
                 _check(f"clip{c}.step{s}.input", latents[0], golden[f"clip{c}.step{s}.input"], 1e-6)
-            u, v = golden[f"clip{c}.step{s}.pred_uncond"], golden[f"clip{c}.step{s}.pred_cond"]
-            guided = u + SET["cfg"] * (v - u)
+            assert torch.equal(scale_model_input(sched, latents, t), latents)  # flow matching scales no input
+            preds = {"uncond": golden[f"clip{c}.step{s}.pred_uncond"], "full": golden[f"clip{c}.step{s}.pred_cond"]}
+            guided = sum(w * preds[name] for name, w in weights.items())
             _check(f"clip{c}.step{s}.guided", guided, golden[f"clip{c}.step{s}.guided"], 1e-6)
             latents = sched.step(guided[None], t, latents).prev_sample
             _check(f"clip{c}.step{s}.latents", latents[0], golden[f"clip{c}.step{s}.latents"], 1e-6)
