@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if models.exists() and not models.is_dir():
         raise SystemExit(f"error: --models {models} is a file; give ComfyUI's models folder")
     wanted = [f for f in fam.downloads if args.optional or not f.optional]
+    there = sum((models / f.folder / f.dest).is_file() for f in fam.downloads)
+    if there:  # hashing gigabytes takes a while: say what is going on
+        print(f"checking {there} files already in {models} against the published checksums ...", flush=True)
     try:
         planned = hub.plan(fam.downloads, models)
         chosen = [p for p in planned if p.file in wanted]
