@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
 import torch
 
-from ..emo_model.face import DETECTORS, FaceWarning, prepare_portraits
+from ..emo_model.face import DETECTORS, FaceWarning, auto_detector, prepare_portraits
 from ..emo_model.families import quoted_presets
 from . import _comfy
+
+log = logging.getLogger("ComfyUI-EMO")
 
 
 class EMOFaceMask:
@@ -34,7 +37,7 @@ class EMOFaceMask:
                 "expand": ("FLOAT", {"default": 1.2, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "How much the face box is enlarged for the mask: room for head motion (the models use: " + quoted_presets(lambda c: c.preset.face_expand_ratio) + ")."}),
                 "crop": (["face", "full"], {"default": "face", "tooltip": "face: square crop around the face; full: the whole image padded to a square."}),
                 "crop_ratio": ("FLOAT", {"default": 2.0, "min": 1.0, "max": 6.0, "step": 0.1, "tooltip": "Crop side as a multiple of the face size (face mode)."}),
-                "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: the best available. haar: OpenCV's bundled cascades (always available). yunet: put face_detection_yunet_2023mar.onnx in models/emo/face. mediapipe: if installed."}),
+                "detector": (list(DETECTORS), {"default": "auto", "tooltip": "auto: the best available. haar: OpenCV 4's bundled cascades (frontal and profile; with an OpenCV 5 that another pack installed, lbp runs instead, with a note). lbp: scikit-image's frontal-face cascade (works with any OpenCV). yunet: put face_detection_yunet_2023mar.onnx in models/emo/face. mediapipe: if installed."}),
                 "fallback": (["center", "full", "error"], {"default": "center", "tooltip": "No face found: center = a centred face box, full = the whole frame as mask, error = stop with an error."}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Which face when there are several (0 = the largest)."}),
                 "union": ("BOOLEAN", {"default": False, "tooltip": "For a batch of frames: one crop and one mask covering the face in every frame (EMO's union of boxes over a clip)."}),
@@ -57,8 +60,21 @@ class EMOFaceMask:
                 detector=detector,
                 models_dir=models_dir,
             )
-        for w in caught:
-            print(f"[EMO Face Mask] warning: {w.message}")
+        notes = list(dict.fromkeys(str(w.message) for w in caught))
+        for note in notes:
+            log.warning("EMO Face Mask: %s", note)  # ComfyUI's log; the node shows it too (its summary)
         masks = torch.from_numpy(np.stack([c.mask for c in crops])).float()
         portraits = torch.from_numpy(np.stack([c.image for c in crops])).float()
-        return (masks, portraits)
+        return {"ui": {"emo_summary": [face_summary(crops, detector, fallback, models_dir, notes)]}, "result": (masks, portraits)}
+
+
+def face_summary(crops, detector: str, fallback: str, models_dir: str, notes: list[str]) -> str:
+    """The node's summary line: where a face was found, by which detector, and any fallback or warning."""
+    used = f"auto = {auto_detector(models_dir)}" if detector == "auto" else detector
+    missed = sum(1 for c in crops if c.fell_back)
+    if missed:
+        taken = {"center": "a centred face box", "full": "the whole frame"}.get(fallback, fallback)
+        summary = f"NO FACE FOUND in {missed} of {len(crops)} image(s) (detector {used}): {taken} used instead"
+    else:
+        summary = f"face found in {len(crops)} image(s) (detector {used})"
+    return " · ".join([summary, *notes])

@@ -9,13 +9,20 @@ profile) and hairline to chin.
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
+import subprocess
+import sys
+import urllib.request
 import warnings
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import HANG_GUARD_S, ROOT
 from skimage import data as skdata
 
 from emo_model import face as F
@@ -367,24 +374,78 @@ def fresh_cascade_cache():
     D._load_cascades.cache_clear()
 
 
-def test_missing_cascades_warn_with_fix_and_fall_back(astronaut, tmp_path, monkeypatch, fresh_cascade_cache):
-    """What an opencv 5 install looks like: empty cv2.data."""
+def test_missing_cascades_take_the_lbp_detector(astronaut, tmp_path, monkeypatch, fresh_cascade_cache):
+    """What an opencv 5 install looks like: empty cv2.data. Face detection still works (scikit-image's LBP cascade):
+    'auto' uses it without a word, 'haar' chosen by name uses it with a note naming the fix."""
     monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
+    assert F.available_detectors() == ["lbp"] and F.auto_detector() == "lbp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FaceWarning)
+        auto = F.detect_faces(astronaut)
+    assert len(auto) == 1 and auto[0].iou(ASTRONAUT_FACE) >= 0.5
+    with pytest.warns(FaceWarning, match=r"Used the 'lbp' detector.*opencv-python-headless>=4\.8,<5"):
+        named = F.detect_faces(astronaut, detector="haar")
+    assert named == auto
+
+
+def test_no_detector_at_all_warns_with_the_fix_and_falls_back(astronaut, tmp_path, monkeypatch, fresh_cascade_cache):
+    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
+    monkeypatch.setattr(D, "_lbp_status", lambda: "scikit-image could not be imported (test)")
     with pytest.warns(FaceWarning, match=r"opencv-python-headless>=4\.8,<5"):
         assert F.detect_faces(astronaut, detector="haar") == []
     assert F.available_detectors() == []
     with pytest.warns(FaceWarning) as rec:
         pc = F.prepare_portrait(astronaut, 256)
     msg = " ".join(str(r.message) for r in rec)
-    assert "Haar cascades" in msg and "no face found" in msg and D.YUNET_FILENAME in msg
+    assert "Haar cascades" in msg and "no face found" in msg and D.YUNET_FILENAME in msg and "LBP detector is unavailable" in msg
     _check_valid(pc, 256)
+    with pytest.raises(FaceError, match="detector='lbp' is unavailable"):
+        F.detect_faces(astronaut, detector="lbp")
 
 
 def test_missing_cascade_classifier_class(astronaut, monkeypatch, fresh_cascade_cache):
-    """opencv 5 also removed cv2.CascadeClassifier itself."""
+    """opencv 5 also removed cv2.CascadeClassifier itself: 'auto' finds the face with the LBP cascade."""
     monkeypatch.delattr(cv2, "CascadeClassifier")
-    with pytest.warns(FaceWarning, match="no cv2.CascadeClassifier"):
-        assert F.detect_faces(astronaut) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FaceWarning)
+        boxes = F.detect_faces(astronaut)
+    assert len(boxes) == 1 and boxes[0].iou(ASTRONAUT_FACE) >= 0.5
+
+
+# --------------------------------------------------------------------------
+# The LBP detector (scikit-image's cascade: no dependence on cv2's variant)
+# --------------------------------------------------------------------------
+
+
+def test_lbp_finds_the_astronaut_and_its_tilted_and_large_copies(astronaut):
+    boxes = F.detect_faces(astronaut, detector="lbp")
+    assert len(boxes) == 1 and boxes[0].iou(ASTRONAUT_FACE) >= 0.5, boxes
+    assert ASTRONAUT_FACE.contains(*boxes[0].centre) and boxes[0].score == D.LBP_SCORE
+    # a 35 degree tilt: the rotated passes find it
+    m = cv2.getRotationMatrix2D((255.5, 255.5), 35, 1.0)
+    tilted = cv2.warpAffine(astronaut, m, (512, 512), borderMode=cv2.BORDER_REPLICATE)
+    found = F.detect_faces(tilted, detector="lbp")
+    cx, cy = m @ np.array([ASTRONAUT_FACE.centre[0] - 0.5, ASTRONAUT_FACE.centre[1] - 0.5, 1.0]) + 0.5
+    assert found and math.hypot(found[0].centre[0] - cx, found[0].centre[1] - cy) < 0.25 * ASTRONAUT_FACE.width, found
+    # a 2000 px copy is searched at LBP_MAX_SIDE and the box mapped back
+    k = 2000 / 512
+    big = F.detect_faces(cv2.resize(astronaut, (2000, 2000), interpolation=cv2.INTER_LINEAR), detector="lbp")
+    assert len(big) == 1 and big[0].iou(ASTRONAUT_FACE.scaled(k)) >= 0.5, big
+
+
+@pytest.mark.parametrize("picture", ["coins", "gravel", "brick", "hubble_deep_field", "chelsea", "cartoon"])
+def test_lbp_finds_no_face_where_there_is_none(picture):
+    """Pictures without a face (the deep field gave a false face with 6 grouped hits; LBP_MIN_NEIGHBORS is 12)."""
+    image = _cartoon() if picture == "cartoon" else getattr(skdata, picture)()
+    assert F.detect_faces(image, detector="lbp") == []
+
+
+def test_lbp_finds_the_demo_portrait():
+    from emo_model import demo
+
+    portrait = cv2.cvtColor(cv2.imread(str(demo.portrait_path())), cv2.COLOR_BGR2RGB)
+    boxes = F.detect_faces(portrait, detector="lbp")
+    assert len(boxes) == 1 and boxes[0].iou(F.detect_faces(portrait, detector="haar")[0]) >= 0.7
 
 
 def test_yunet_requires_model_file(astronaut, tmp_path, astronaut_box):
@@ -534,3 +595,98 @@ def test_batch_without_union_warns_once():
     face_warnings = [r for r in rec if issubclass(r.category, FaceWarning)]
     assert len(face_warnings) == 1 and "3 of 3 frame(s)" in str(face_warnings[0].message)
     assert all(c.fell_back for c in crops)
+
+
+# --------------------------------------------------------------------------
+# Beside another pack's OpenCV 5, and what the node shows
+# --------------------------------------------------------------------------
+
+OPENCV5_PROBE = r"""
+import json, sys, warnings
+sys.path.insert(0, sys.argv[1])
+import cv2
+from skimage import data
+from emo_model import face as F
+warnings.simplefilter("always")
+with warnings.catch_warnings(record=True) as caught:
+    image = data.astronaut()
+    boxes = F.detect_faces(image)
+    crop = F.prepare_portrait(image, 256)  # the crop and masks: the other cv2 calls of the face front end
+    regions = F.region_masks(crop.face_box, 256, 256)
+print(json.dumps({"cv2": cv2.__version__, "cv2_file": cv2.__file__, "cascade": hasattr(cv2, "CascadeClassifier"),
+                  "available": F.available_detectors(), "boxes": [list(b.as_tuple()) for b in boxes], "fell_back": crop.fell_back,
+                  "crop": list(crop.image.shape), "regions": len(regions), "warnings": [str(w.message) for w in caught]}))
+"""
+
+
+@pytest.mark.skipif(os.environ.get("EMO_REGISTRY_TESTS") != "1",
+                    reason="installs opencv-python 5 from the package registry: opt-in (EMO_REGISTRY_TESTS=1; .ci/run sets it), "
+                           "as tests talk only to loopback servers otherwise")
+def test_face_found_with_opencv_5_installed_beside_the_pack(tmp_path):
+    """What ComfyUI-VideoHelperSuite does to an environment: an unpinned `opencv-python` gives 5.x beside our
+    opencv-python-headless 4.x, and `import cv2` loads 5.x (no CascadeClassifier, no cascades). Here opencv-python 5
+    goes into a folder that comes first on the path of a child python (pip --target; --no-deps: numpy is the
+    environment's), so `import cv2` loads it the same way; the face on astronaut() must still be found."""
+    target = tmp_path / "opencv5"
+    cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--timeout", "30", "--retries", "1",
+           "--no-deps", "--target", str(target), "opencv-python>=5"]
+    pip = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    if pip.returncode != 0:
+        try:
+            urllib.request.urlopen("https://pypi.org/simple/opencv-python/", timeout=20).close()
+        except Exception as exc:
+            pytest.skip(f"the package registry cannot be reached ({exc}); pip said: {pip.stderr.strip()[-300:]}")
+        pytest.fail(f"pip could not install opencv-python>=5: {pip.stderr[-2000:]}")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
+    run = subprocess.run([sys.executable, "-c", OPENCV5_PROBE, str(ROOT)], capture_output=True, text=True, env=env,
+                         timeout=HANG_GUARD_S, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out["cv2"].startswith("5.") and out["cv2_file"].startswith(str(target)), out
+    assert not out["cascade"] and out["available"] == ["lbp"], out
+    assert len(out["boxes"]) == 1 and FaceBox(*out["boxes"][0]).iou(ASTRONAUT_FACE) >= 0.5, out
+    assert not out["fell_back"] and out["crop"] == [256, 256, 3] and out["warnings"] == [], out
+
+
+@pytest.fixture(scope="module")
+def face_node():
+    from comfy_harness import load_pack
+
+    return load_pack().NODE_CLASS_MAPPINGS["EMOFaceMask"]()
+
+
+NODE_ARGS = {"size": 64, "expand": 1.2, "crop": "face", "crop_ratio": 2.0, "fallback": "center", "face_index": 0, "union": False}
+
+
+def test_face_mask_node_says_which_detector_found_the_face(face_node, astronaut):
+    out = face_node.run(torch.from_numpy(astronaut).float()[None] / 255, detector="auto", **NODE_ARGS)
+    masks, portraits = out["result"]
+    assert masks.shape == (1, 64, 64) and portraits.shape == (1, 64, 64, 3)
+    assert out["ui"]["emo_summary"] == ["face found in 1 image(s) (detector auto = haar)"]
+
+
+def test_face_mask_node_shows_a_fallback_on_the_node_and_in_the_log(face_node, caplog):
+    blank = torch.full((2, 96, 96, 3), 0.5)
+    with caplog.at_level(logging.WARNING, logger="ComfyUI-EMO"):
+        out = face_node.run(blank, detector="haar", **NODE_ARGS)
+    summary = out["ui"]["emo_summary"][0]
+    assert summary.startswith("NO FACE FOUND in 2 of 2 image(s) (detector haar): a centred face box used instead · ")
+    assert "no face found" in summary
+    assert any("EMO Face Mask: " in r.getMessage() and "no face found" in r.getMessage() for r in caplog.records)
+
+
+def test_face_mask_node_shows_the_haar_to_lbp_note(face_node, astronaut, tmp_path, monkeypatch, fresh_cascade_cache, caplog):
+    monkeypatch.setattr(cv2.data, "haarcascades", str(tmp_path) + "/")
+    with caplog.at_level(logging.WARNING, logger="ComfyUI-EMO"):
+        out = face_node.run(torch.from_numpy(astronaut).float()[None] / 255, detector="haar", **NODE_ARGS)
+    summary = out["ui"]["emo_summary"][0]
+    assert summary.startswith("face found in 1 image(s) (detector haar) · ") and "Haar face detector unavailable" in summary
+    assert "Used the 'lbp' detector" in summary
+    assert any("Used the 'lbp' detector" in r.getMessage() for r in caplog.records)
+    auto = face_node.run(torch.from_numpy(astronaut).float()[None] / 255, detector="auto", **NODE_ARGS)
+    assert auto["ui"]["emo_summary"] == ["face found in 1 image(s) (detector auto = lbp)"]
+
+
+def test_face_node_prints_nothing():
+    """Warnings go to the node and to ComfyUI's log, not to stdout (print() in nodes/ is flagged)."""
+    assert "print(" not in (ROOT / "nodes" / "face.py").read_text()

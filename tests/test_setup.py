@@ -109,7 +109,8 @@ def test_ci_runs_the_readme_test_command_exactly():
 def test_requirements_split_demo_users_get_no_test_train_or_registry_tools():
     runtime = _names(_requirements("requirements.txt"))
     assert "torch" not in runtime
-    assert not runtime & {"pytest", "scikit-image", "comfy-cli", "ruff", "tensorboard", "scenedetect", "pyyaml"}
+    assert not runtime & {"pytest", "comfy-cli", "ruff", "tensorboard", "scenedetect", "pyyaml"}
+    assert "scikit-image" in runtime  # the LBP face detector (README, "Face detection")
     assert _includes("requirements-dev.txt") == ["requirements.txt", "requirements-train.txt"]
     dev = _names(_requirements("requirements-dev.txt"))
     assert {"pytest", "scikit-image", "soundfile"} <= dev and not dev & {"comfy-cli", "ruff", "torch"}
@@ -292,6 +293,11 @@ def test_an_unreachable_cpu_index_falls_back_to_pips_default(setup_env, monkeypa
     monkeypatch.setattr(setup_env, "reachable", lambda url: seen.append(url) or False)
     assert setup_env.torch_index(Path(sys.executable)) is None
     assert seen == ["https://download.pytorch.org/whl/cpu/torch/"]
+
+
+def test_ci_runs_the_opencv_5_face_test():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "EMO_REGISTRY_TESTS=1 .venv/bin/python -m pytest -q -rs tests/test_face.py -k opencv_5" in ci
 
 
 def test_ci_sets_no_torch_override():

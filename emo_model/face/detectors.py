@@ -4,8 +4,8 @@ Detectors
 ---------
 ``detect_faces(..., detector=...)`` accepts one of :data:`DETECTORS`:
 
-``"haar"`` (always available, the default in practice)
-    OpenCV's Viola-Jones cascades that ship *inside* the ``opencv-python``
+``"haar"`` (the default with OpenCV 4.x)
+    OpenCV's Viola-Jones cascades that ship *inside* the OpenCV 4.x
     wheels (``cv2.data.haarcascades``): ``haarcascade_frontalface_alt2.xml``
     plus ``haarcascade_profileface.xml`` run on the image and on its mirror
     (the profile cascade only knows one side).  If nothing is found upright,
@@ -21,16 +21,34 @@ Detectors
     ``score`` is ``n / (n + 10)`` for ``n`` hits, a ranking heuristic rather
     than a probability.
 
-    **Why opencv is pinned below 5:** the 4.x wheels (4.8 ... 4.14 checked)
-    ship ``cv2/data/haarcascade_*.xml``.  The 5.0 wheels ship an empty
-    ``cv2/data`` *and* no longer have ``cv2.CascadeClassifier`` (it moved to
-    the contrib ``xobjdetect`` module).  A detector whose model lives inside a
-    registry package is the requirement (nothing is downloaded at run time),
-    so ``requirements.txt`` pins ``opencv-python-headless>=4.8,<5``.  If an
-    opencv 5 gets installed anyway (other packages pull ``opencv-python`` or
-    ``opencv-contrib-python`` unpinned), the Haar detector issues a
-    :class:`FaceWarning` naming the fix and reports no faces, so portraits
-    take the documented fallback instead of crashing.
+    **OpenCV 5:** the 4.x wheels (4.8 ... 4.14 checked) ship
+    ``cv2/data/haarcascade_*.xml``.  The 5.x wheels (5.0, 5.1 checked) ship an
+    empty ``cv2/data`` *and* no longer have ``cv2.CascadeClassifier`` (it moved
+    to the contrib ``xobjdetect`` module).  ``requirements.txt`` asks for
+    ``opencv-python-headless>=4.8,<5``, but another pack can still bring an
+    opencv 5: ComfyUI-VideoHelperSuite asks for an unpinned ``opencv-python``,
+    pip installs 5.x beside our headless 4.x, and ``import cv2`` then loads 5.x.
+    So when the cascades are not there, ``"haar"`` runs ``"lbp"`` instead, with
+    a :class:`FaceWarning` that says so (the node shows it).
+
+``"lbp"`` (always available: works whatever OpenCV is installed)
+    scikit-image's ``skimage.feature.Cascade`` with the frontal-face LBP
+    cascade that ships inside the scikit-image wheel
+    (``skimage.data.lbp_frontal_face_cascade_filename()``, a cascade trained
+    by OpenCV; nothing is downloaded).  It needs nothing from ``cv2`` beyond
+    colour conversion, resizing and rotation, which every OpenCV 4 and 5
+    variant has, so a foreign OpenCV cannot switch face detection off.  It
+    runs on a copy at most :data:`LBP_MAX_SIDE` (512) px on its longer side
+    (the cascade takes about a second there on a busy 2-core machine), on the
+    histogram-equalised grey image, faces from 8 % of the short side, with
+    the same +-25 degree rotated passes as Haar when nothing is upright.
+    A detection needs :data:`LBP_MIN_NEIGHBORS` (12) grouped raw hits: on
+    scikit-image's pictures ``astronaut()`` keeps its face up to 16 at 512 px
+    and 20 at 256 px, the synthetic demo portrait up to 30, while the false
+    hits (``hubble_deep_field()`` at 6, a spot on a half-size ``astronaut()``
+    at 8) were gone at 12.  It knows only frontal faces (no profile pass) and
+    gives no score (``score`` is 0.5).  Haar stays first where it exists: it
+    was tuned on these pictures and it also finds profiles.
 
 ``"yunet"`` (optional, better: a small CNN, handles pose, scale and occlusion)
     OpenCV's ``cv2.FaceDetectorYN`` with ``face_detection_yunet_2023mar.onnx``
@@ -48,7 +66,7 @@ Detectors
 
 ``"auto"``
     The best available one: yunet (model file present) > mediapipe (importable
-    and usable) > haar.  A detector that fails to load is skipped with a
+    and usable) > haar (OpenCV 4.x) > lbp.  A detector that fails to load is skipped with a
     warning; an *empty* result from the chosen detector is final (falling
     through to a weaker detector would mostly add false positives).
     Asking explicitly for ``"yunet"`` or ``"mediapipe"`` when it is not
@@ -74,11 +92,17 @@ import numpy as np
 from .boxes import FaceBox, FaceError, FaceWarning
 from .image import _check_size, _to_uint8, to_rgb_float
 
-DETECTORS = ("auto", "haar", "yunet", "mediapipe")
+DETECTORS = ("auto", "haar", "lbp", "yunet", "mediapipe")
 #: Detection runs on a copy no larger than this on its longer side.
 DETECT_MAX_SIDE = 1024
 #: Minimum number of raw cascade hits for a Haar detection (see module doc).
 HAAR_MIN_NEIGHBORS = 10
+#: The LBP detector runs on a copy no larger than this on its longer side.
+LBP_MAX_SIDE = 512
+#: Minimum number of grouped raw hits for an LBP detection (see module doc).
+LBP_MIN_NEIGHBORS = 12
+#: The score given to LBP boxes (scikit-image reports none).
+LBP_SCORE = 0.5
 #: The file name that OpenCV's model zoo uses for YuNet (preferred if present).
 YUNET_FILENAME = "face_detection_yunet_2023mar.onnx"
 
@@ -179,10 +203,24 @@ def _haar_pass(gray: np.ndarray, cascades: tuple[Any, Any]) -> list[FaceBox]:
 def _detect_haar(rgb8: np.ndarray, models_dir: Any) -> list[FaceBox]:
     status = _haar_status()
     if isinstance(status, str):
-        warnings.warn(_haar_problem_message(status, models_dir), FaceWarning, stacklevel=3)
-        return []
+        lbp = _lbp_status()
+        if isinstance(lbp, str):
+            warnings.warn(_haar_problem_message(status, models_dir) + f" The LBP detector is unavailable too: {lbp}.",
+                          FaceWarning, stacklevel=3)
+            return []
+        warnings.warn(
+            f"Haar face detector unavailable: {status}. Used the 'lbp' detector (scikit-image's frontal-face cascade) "
+            f"instead; choose detector 'lbp' or 'auto' to use it without this note, or for Haar: {_CV2_FIX}.",
+            FaceWarning, stacklevel=3,
+        )
+        return _detect_lbp(rgb8, models_dir)
     gray = cv2.equalizeHist(cv2.cvtColor(rgb8, cv2.COLOR_RGB2GRAY))
-    boxes = _haar_pass(gray, status)
+    return _with_rotations(gray, lambda g: _haar_pass(g, status))
+
+
+def _with_rotations(gray: np.ndarray, find) -> list[FaceBox]:
+    """``find(gray)``; if it finds nothing, the frame rotated by +-25 degrees (tilted heads)."""
+    boxes = find(gray)
     if boxes:
         return boxes
     # Tilted heads: try the frame rotated both ways and map the centres back
@@ -194,13 +232,63 @@ def _detect_haar(rgb8: np.ndarray, models_dir: Any) -> list[FaceBox]:
         m = cv2.getRotationMatrix2D(centre, angle, 1.0)
         rotated = cv2.warpAffine(gray, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         inv = cv2.invertAffineTransform(m)
-        for b in _haar_pass(rotated, status):
+        for b in find(rotated):
             cx, cy = b.centre
             sx, sy = inv @ np.array([cx - 0.5, cy - 0.5, 1.0])
             sx, sy = sx + 0.5, sy + 0.5
             found.append(FaceBox(sx - b.width / 2, sy - b.height / 2, sx + b.width / 2, sy + b.height / 2, b.score))
     found.sort(key=lambda b: b.score, reverse=True)
     return [b.clipped(w, h) for b in _nms(found)]
+
+
+@functools.lru_cache(maxsize=1)
+def _lbp_status() -> Any:
+    """scikit-image's frontal-face LBP cascade, or a string saying why it cannot load."""
+    try:
+        from skimage.data import lbp_frontal_face_cascade_filename
+        from skimage.feature import Cascade
+    except Exception as exc:  # scikit-image is in requirements.txt; a broken install must not stop the graph
+        return f"scikit-image could not be imported ({exc}); pip install 'scikit-image>=0.22'"
+    path = lbp_frontal_face_cascade_filename()
+    if not os.path.isfile(path):
+        return f"scikit-image has no {path}"
+    try:
+        return Cascade(path)
+    except Exception as exc:
+        return f"scikit-image could not load {path}: {exc}"
+
+
+def _lbp_pass(gray: np.ndarray, cascade: Any) -> list[FaceBox]:
+    h, w = gray.shape
+    min_side = max(24, int(round(0.08 * min(h, w))))
+    if min(h, w) < min_side:
+        return []
+    found = cascade.detect_multi_scale(
+        img=gray, scale_factor=1.1, step_ratio=1, min_size=(min_side, min_side), max_size=(min(h, w), min(h, w)),
+        min_neighbor_number=LBP_MIN_NEIGHBORS, intersection_score_threshold=0.5,
+    )
+    boxes = [FaceBox(float(d["c"]), float(d["r"]), float(d["c"] + d["width"]), float(d["r"] + d["height"]), LBP_SCORE)
+             for d in found]
+    boxes.sort(key=lambda b: b.area, reverse=True)
+    return _nms(boxes)
+
+
+def _detect_lbp(rgb8: np.ndarray, models_dir: Any) -> list[FaceBox]:
+    del models_dir  # the model ships inside scikit-image
+    cascade = _lbp_status()
+    if isinstance(cascade, str):
+        raise FaceError(f"detector='lbp' is unavailable: {cascade}")
+    h, w = rgb8.shape[:2]
+    f = min(1.0, LBP_MAX_SIDE / max(h, w))
+    small = rgb8
+    if f < 1.0:
+        small = cv2.resize(rgb8, (max(1, int(round(w * f))), max(1, int(round(h * f)))), interpolation=cv2.INTER_AREA)
+    gray = np.ascontiguousarray(cv2.equalizeHist(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)))
+    boxes = _with_rotations(gray, lambda g: _lbp_pass(g, cascade))
+    sh, sw = gray.shape
+    if (sh, sw) != (h, w):
+        boxes = [b.scaled(w / sw, h / sh).clipped(w, h) for b in boxes]
+    return boxes
 
 
 def _model_dirs(models_dir: Any) -> list[str]:
@@ -350,10 +438,12 @@ def available_detectors(models_dir: Any = None) -> list[str]:
         out.append("mediapipe")
     if not isinstance(_haar_status(), str):
         out.append("haar")
+    if not isinstance(_lbp_status(), str):
+        out.append("lbp")
     return out
 
 
-_DETECT_FN = {"haar": _detect_haar, "yunet": _detect_yunet, "mediapipe": _detect_mediapipe}
+_DETECT_FN = {"haar": _detect_haar, "lbp": _detect_lbp, "yunet": _detect_yunet, "mediapipe": _detect_mediapipe}
 
 
 def _run_detector(rgb8: np.ndarray, detector: str, models_dir: Any) -> list[FaceBox]:
@@ -362,13 +452,21 @@ def _run_detector(rgb8: np.ndarray, detector: str, models_dir: Any) -> list[Face
     if detector != "auto":
         return _DETECT_FN[detector](rgb8, models_dir)
     for name in available_detectors(models_dir):
-        if name == "haar":
+        if name in ("haar", "lbp"):
             break
         try:
             return _DETECT_FN[name](rgb8, models_dir)
         except Exception as exc:  # a broken optional detector must not stop the graph
             warnings.warn(f"face detector {name!r} failed ({exc}); trying the next one", FaceWarning, stacklevel=3)
+    if isinstance(_haar_status(), str) and not isinstance(_lbp_status(), str):
+        return _detect_lbp(rgb8, models_dir)  # OpenCV without the Haar cascades (5.x): the LBP cascade, no warning
     return _detect_haar(rgb8, models_dir)
+
+
+def auto_detector(models_dir: Any = None) -> str:
+    """The detector ``"auto"`` runs now (what the node's summary names)."""
+    available = available_detectors(models_dir)
+    return available[0] if available else "haar"
 
 
 def detect_faces(image: Any, detector: str = "auto", models_dir: str | None = None) -> list[FaceBox]:
@@ -377,8 +475,8 @@ def detect_faces(image: Any, detector: str = "auto", models_dir: str | None = No
     ``image`` is anything :func:`to_rgb_float` accepts (numpy / torch, grey,
     RGB, RGBA, uint8 / uint16 / float).  Images larger than
     :data:`DETECT_MAX_SIDE` are detected on a downscaled copy and the boxes
-    mapped back.  Returns ``[]`` when no face is found (or when the Haar
-    cascades are missing, with a :class:`FaceWarning`).
+    mapped back.  Returns ``[]`` when no face is found (or when no detector
+    can run, with a :class:`FaceWarning`).
     """
     rgb = to_rgb_float(image)
     return _detect_rgb(rgb, detector, models_dir)

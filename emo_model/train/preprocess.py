@@ -856,7 +856,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--shard-size", type=int, default=d.shard_size, help="segments per tar shard (approximate: shards hold whole files)"
     )
     parser.add_argument("--workers", type=int, default=d.workers, help="processes working on files in parallel")
-    parser.add_argument("--detector", default=d.detector, help="face detector: auto, haar, yunet, mediapipe")
+    parser.add_argument("--detector", default=d.detector, help="face detector: auto, haar, lbp, yunet, mediapipe")
     parser.add_argument("--models-dir", default=None, help="folder with optional face detector models (yunet, mediapipe)")
     parser.add_argument(
         "--detect-every", type=int, default=d.detect_every, help="detect faces on every N-th frame, interpolate between"
