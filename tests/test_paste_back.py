@@ -1,0 +1,190 @@
+"""Paste-back (issue 25): the animated square crop composited into the source picture at its own size.
+
+Synthetic pictures with a given face box (no detector) and scikit-image's astronaut placed in a wide
+16:9 canvas (the real detector).  The exact-outside checks compare pixels bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import cv2
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from emo_model.face import FaceBox, FaceError, prepare_portrait
+from emo_model.face.paste_back import MAX_SIDE, CropPlacement, PasteBack, blend_weights, check_source_size, frame_megabytes, paste_back
+
+
+def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A textured picture (gradients + noise) so that any misplaced pixel shows."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = np.stack([xx / w, yy / h, 0.5 + 0.3 * np.sin(xx / 17.0) * np.cos(yy / 23.0)], -1)
+    return np.clip(base + rng.normal(0, 0.03, (h, w, 3)), 0, 1).astype(np.float32)
+
+
+def crop_of(img: np.ndarray, box: FaceBox, size: int = 128, **kw):
+    return prepare_portrait(img, size, faces=[box], **kw)
+
+
+def noise_frames(n: int, size: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).random((n, size, size, 3), dtype=np.float32)
+
+
+def test_outside_the_blend_region_is_the_source_exactly_in_every_frame():
+    src = scene(180, 320)
+    pc = crop_of(src, FaceBox(200, 60, 240, 110))
+    pb = PasteBack(src, CropPlacement.from_crop(pc))
+    frames = noise_frames(5, 128)
+    for dtype in (np.float32, np.uint8):
+        out = pb.composite(frames, dtype=dtype)
+        assert out.shape == (5, 180, 320, 3) and out.dtype == dtype
+        ref = src if dtype == np.float32 else (src * 255 + 0.5).astype(np.uint8)
+        outside = ~pb.blended
+        for f in out:
+            assert np.array_equal(f[outside], ref[outside])
+        # the blended region is small (the face, grown) and really changed
+        assert 0 < pb.blended.mean() < 0.25
+        full = pb.weights == 1
+        assert full.any() and np.abs(out[0][full].astype(np.float32) - ref[full].astype(np.float32)).mean() > 0.05 * (255 if dtype == np.uint8 else 1)
+
+
+def test_the_crop_itself_pastes_back_onto_the_source():
+    """Frames equal to the crop (no motion) give back the source inside the region, up to resampling."""
+    src = cv2.GaussianBlur(scene(200, 360), (0, 0), 2.0)  # resampling error is small on a smooth picture
+    pc = crop_of(src, FaceBox(150, 50, 210, 130), size=256)
+    out = paste_back(np.stack([pc.image] * 2), src, pc, colour="none")
+    assert np.abs(out[0] - src).max() < 0.03
+    assert np.abs(out[1] - src).mean() < 2e-3
+
+
+def test_weights_face_one_ring_smooth_zero_outside_crop():
+    src = scene(240, 426)
+    face = FaceBox(250, 80, 300, 140)
+    pc = crop_of(src, face, crop_ratio=2.0)
+    pl = CropPlacement.from_crop(pc)
+    w = blend_weights(pl, grow=1.6, feather=0.2)
+    assert w[110, 275] == 1.0  # face centre
+    assert w[0, 0] == 0.0 and w[-1, 0] == 0.0
+    # every weight > 0 lies inside the crop box (only generated pixels are used)
+    ys, xs = np.nonzero(w > 0)
+    x0, y0, x1, y1 = pl.crop_box
+    assert xs.min() + 0.5 >= x0 and xs.max() + 0.5 <= x1 and ys.min() + 0.5 >= y0 and ys.max() + 0.5 <= y1
+    # the grown face box is inside the weight-1 region; the ring falls monotonically to the right
+    g = face.expanded(1.6)
+    assert (w[int(g.y0) + 1:int(g.y1) - 1, int(g.x0) + 1:int(g.x1) - 1] == 1).all()
+    row = w[110, 275:]
+    assert (np.diff(row) <= 0).all() and 0 < row[row < 1].max()
+    with pytest.raises(FaceError, match="grow"):
+        blend_weights(pl, grow=0)
+    with pytest.raises(FaceError, match="feather"):
+        blend_weights(pl, feather=-1)
+
+
+def test_odd_sizes_become_even_and_the_padding_is_the_source_edge():
+    src = scene(151, 201)
+    pc = crop_of(src, FaceBox(80, 40, 120, 90), size=64)
+    pb = PasteBack(src, CropPlacement.from_crop(pc))
+    out = pb.composite(noise_frames(2, 64))
+    assert out.shape == (2, 152, 202, 3)
+    assert np.array_equal(out[0, :151, :201][~pb.blended], src[~pb.blended])
+    assert np.array_equal(out[0, 151, :201], src[150]) and np.array_equal(out[0, :151, 201], src[:, 200])
+
+
+def test_size_cap_is_one_line():
+    check_source_size(2160, 3840)
+    with pytest.raises(FaceError, match=f"capped at {MAX_SIDE} px") as e:
+        check_source_size(100, MAX_SIDE + 1)
+    assert "\n" not in str(e.value) and "--frame crop" in str(e.value)
+    src = scene(100, 180)
+    pc = crop_of(src, FaceBox(80, 30, 110, 70), size=64)
+    with pytest.raises(FaceError, match="capped at 160 px"):
+        PasteBack(src, CropPlacement.from_crop(pc), max_side=160)
+    assert round(frame_megabytes(1920, 1080), 1) == 24.9 and round(frame_megabytes(1920, 1080, 1), 1) == 6.2
+
+
+def test_wrong_source_or_frames_are_one_line():
+    src = scene(100, 180)
+    pc = crop_of(src, FaceBox(80, 30, 110, 70), size=64)
+    with pytest.raises(FaceError, match="crop was made on a 180x100 picture"):
+        PasteBack(scene(100, 181), CropPlacement.from_crop(pc))
+    with pytest.raises(FaceError, match="square RGB frames"):
+        PasteBack(src, CropPlacement.from_crop(pc)).composite(np.zeros((2, 64, 32, 3), np.float32))
+    with pytest.raises(FaceError, match="colour mode"):
+        PasteBack(src, CropPlacement.from_crop(pc), colour="reinhard")
+
+
+def test_colour_match_closes_the_seam():
+    """A clip whose colours are off (too warm) shows at the seam without colour matching, much less with it."""
+    src = cv2.GaussianBlur(scene(200, 360), (0, 0), 2.0)
+    pc = crop_of(src, FaceBox(150, 50, 210, 130), size=128)
+    off = np.clip(np.stack([pc.image] * 3) + np.array([0.12, 0.04, -0.08], np.float32), 0, 1)
+
+    def seam_error(colour):
+        pb = PasteBack(src, CropPlacement.from_crop(pc), colour=colour)
+        out = pb.composite(off)
+        ring = (pb.weights > 0) & (pb.weights < 1)
+        return np.abs(out[:, ring].mean((0, 1)) - src[ring].mean(0)).max()
+
+    plain, matched = seam_error("none"), seam_error("mean")
+    assert plain > 0.03 and matched < plain / 4
+
+
+def test_frames_at_another_size_use_their_own_side():
+    """An upscaler between the sampler and paste-back: frames twice the crop size map through the same box."""
+    src = cv2.GaussianBlur(scene(200, 360), (0, 0), 2.0)
+    pc = crop_of(src, FaceBox(150, 50, 210, 130), size=128)
+    big = cv2.resize(pc.image, (256, 256), interpolation=cv2.INTER_CUBIC)
+    a = paste_back(pc.image[None], src, pc, colour="none")[0]
+    b = paste_back(big[None], src, pc, colour="none")[0]
+    assert np.abs(a - b).mean() < 2e-3
+
+
+def test_stream_yields_one_frame_at_a_time():
+    src = scene(120, 200)
+    pc = crop_of(src, FaceBox(90, 30, 130, 80), size=64)
+    it = PasteBack(src, CropPlacement.from_crop(pc)).iter_composite(noise_frames(3, 64), dtype=np.uint8)
+    first = next(it)
+    assert first.shape == (120, 200, 3) and first.dtype == np.uint8
+    assert len(list(it)) == 2
+
+
+def test_no_face_fallback_pastes_the_centred_box():
+    src = scene(180, 320)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pc = prepare_portrait(np.full((180, 320, 3), 0.5, np.float32), 64, detector="haar")
+    assert pc.fell_back
+    pl = CropPlacement.from_crop(pc)
+    assert pl.fell_back and abs(pl.face_box.centre[0] - 160) < 1 and abs(pl.face_box.centre[1] - 90) < 1
+    pb = PasteBack(src, pl)
+    out = pb.composite(noise_frames(1, 64))
+    assert np.array_equal(out[0][~pb.blended], src[~pb.blended]) and pb.blended[90, 160]
+
+
+@pytest.fixture(scope="module")
+def wide_astronaut():
+    """The astronaut (512 px) at the right third of a 16:9 1280x720 textured canvas."""
+    canvas = scene(720, 1280, seed=3)
+    canvas[100:612, 700:1212] = skdata.astronaut().astype(np.float32) / 255.0
+    return canvas
+
+
+def test_astronaut_in_a_wide_canvas(wide_astronaut):
+    pc = prepare_portrait(wide_astronaut, 128, detector="haar")
+    assert not pc.fell_back
+    pl = CropPlacement.from_crop(pc)
+    # the hand-measured face (182..270, 80..178 in the astronaut) sits at +700, +100 in the canvas
+    cx, cy = pl.face_box.centre
+    assert 700 + 182 < cx < 700 + 270 and 100 + 80 < cy < 100 + 178
+    pb = PasteBack(wide_astronaut, pl)
+    out = pb.composite(np.stack([pc.image, noise_frames(1, 128)[0]]))
+    assert out.shape == (2, 720, 1280, 3)
+    for f in out:
+        assert np.array_equal(f[~pb.blended], wide_astronaut[~pb.blended])
+    ys, xs = np.nonzero(pb.blended)
+    assert xs.min() >= 700 and xs.max() < 1212 and ys.min() >= 100 and ys.max() < 612  # the region stays on the photo
+    # the unanimated crop pastes back close to the photo
+    assert np.abs(out[0][pb.blended] - wide_astronaut[pb.blended]).mean() < 0.03
