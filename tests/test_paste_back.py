@@ -188,3 +188,70 @@ def test_astronaut_in_a_wide_canvas(wide_astronaut):
     assert xs.min() >= 700 and xs.max() < 1212 and ys.min() >= 100 and ys.max() < 612  # the region stays on the photo
     # the unanimated crop pastes back close to the photo
     assert np.abs(out[0][pb.blended] - wide_astronaut[pb.blended]).mean() < 0.03
+
+
+# ---- the command line: emo generate --frame full|crop, --face-index (the demo model, in-process) ----
+
+
+@pytest.fixture(scope="module")
+def wide_files(tmp_path_factory):
+    from comfy_harness import write_speech
+
+    base = tmp_path_factory.mktemp("paste_cli")
+    canvas = (scene(225, 400, seed=5) * 255).astype(np.uint8)
+    canvas[:, 200:] = cv2.resize(skdata.astronaut(), (200, 225))
+    cv2.imwrite(str(base / "wide.png"), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    return {"image": base / "wide.png", "picture": canvas, "audio": write_speech(base / "s.wav", seconds=0.3), "dir": base}
+
+
+def _generate(files, out, *extra):
+    from emo_model.cli import main
+
+    return main(["generate", "--image", str(files["image"]), "--audio", str(files["audio"]), "--out", str(out),
+                 "--steps", "1", "--device", "cpu", *extra])
+
+
+def test_cli_full_frame_streams_frames_at_the_picture_size(wide_files, monkeypatch, capsys):
+    from emo_model.video_io import probe_video
+    from emo_model.video_io.reader import read_video_frames
+    from emo_model.video_io.writer import VideoWriter
+
+    written = []
+    original = VideoWriter.write
+
+    def spy(self, frames):
+        written.append(tuple(np.asarray(frames).shape))
+        return original(self, frames)
+
+    monkeypatch.setattr(VideoWriter, "write", spy)
+    out = wide_files["dir"] / "full.mp4"
+    assert _generate(wide_files, out) == 0, capsys.readouterr().err  # --frame auto: a wide picture -> full
+    err = capsys.readouterr().err
+    assert "full-frame video 400x226" in err
+    video = probe_video(out)
+    assert (video.width, video.height) == (400, 226)
+    # streamed: the writer gets one full-size frame at a time, never the whole video
+    assert written and all(s == (226, 400, 3) for s in written) and len(written) == video.num_frames
+    # away from the face the video is the picture (up to H.264)
+    first = read_video_frames(out)[0].astype(np.float32)
+    assert first.shape == (226, 400, 3)
+    assert np.abs(first[:225, :150] - wide_files["picture"][:, :150]).mean() < 0.03 * 255
+
+
+def test_cli_frame_crop_is_todays_square(wide_files, capsys):
+    from emo_model.video_io import probe_video
+
+    out = wide_files["dir"] / "crop.mp4"
+    assert _generate(wide_files, out, "--frame", "crop") == 0, capsys.readouterr().err
+    video = probe_video(out)
+    assert video.width == video.height == 64
+
+
+def test_cli_face_index_is_checked_in_one_line(wide_files, capsys):
+    out = wide_files["dir"] / "never.mp4"
+    assert _generate(wide_files, out, "--face-index", "-1") == 1
+    err = capsys.readouterr().err
+    assert "--face-index must be 0 or more" in err and err.count("\n") == 1 and not out.exists()
+    assert _generate(wide_files, out, "--face-index", "7", "--face-detector", "haar") == 1
+    err = capsys.readouterr().err
+    assert "face_index=7 but only" in err and "Traceback" not in err and not out.exists()

@@ -19,6 +19,7 @@ from .. import validation
 from ..families import FAMILIES, emotion_names, supported_files
 from ..schedulers import FLOW_SAMPLERS, SAMPLERS
 
+FRAMES = ("auto", "full", "crop")
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -59,6 +60,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--colour-match", choices=["none", "mean", "reinhard"], default="none", help="match each clip's colours to the portrait")
     p.add_argument("--loudness", type=float, help="normalise the audio to this loudness in LUFS (e.g. -23)")
     p.add_argument("--face-detector", default="auto", help="auto, haar, yunet or mediapipe")
+    p.add_argument("--face-index", type=int, default=0,
+                   help="which face when the picture has several: 0 = the largest, then by decreasing area [%(default)s]")
+    p.add_argument("--frame", choices=FRAMES, default="auto",
+                   help="full: the video at the picture's own size, the animated face pasted back into it (even sides, at most "
+                   "4096 px); crop: the square face crop at the model size; auto: full for a picture that is not square, crop for "
+                   "a square one [%(default)s]")
     p.add_argument("--crf", type=int, help="video quality (lower is better; default 19)")
     p.add_argument(
         "--max-frames",
@@ -102,7 +109,34 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     from ..face import DETECTORS
 
     validation.check_choice(args.face_detector, DETECTORS, label="--face-detector")
+    if args.face_index < 0:
+        raise validation.InputError(f"--face-index must be 0 or more (0 = the largest face), got {args.face_index}")
     return out, fmt
+
+
+def pick_frame(frame: str, image: np.ndarray) -> str:
+    """--frame auto: full for a picture that is not square (a wide or tall scene), crop for a square portrait."""
+    if frame != "auto":
+        return frame
+    return "crop" if image.shape[0] == image.shape[1] else "full"
+
+
+def full_frame_note(path: str, image: np.ndarray) -> str:
+    """The size of the full-frame video, and the cap when the picture file was larger (read_portrait downscaled it)."""
+    from PIL import Image
+
+    from ..face.paste_back import MAX_SIDE, even_size
+
+    h, w = even_size(*image.shape[:2])
+    note = f"full-frame video {w}x{h}: the animated face is pasted back into the picture (--frame crop for the square crop)"
+    try:
+        with Image.open(path) as img:
+            fw, fh = img.size
+    except OSError:
+        return note
+    if max(fw, fh) > MAX_SIDE:
+        note += f"; the picture is {fw}x{fh}, above the {MAX_SIDE} px cap, so it was downscaled"
+    return note
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -180,9 +214,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {emotion_note}", file=sys.stderr)
     if emotion is not None:
         settings = dataclasses.replace(settings, emotion=emotion)
-    portrait = session.prepare_portrait(image, size=args.size, detector=args.face_detector, models_dir=args.models_dir)
+    portrait = session.prepare_portrait(image, size=args.size, detector=args.face_detector, models_dir=args.models_dir,
+                                        face_index=args.face_index)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
+    paste = None
+    if pick_frame(args.frame, image) == "full":
+        from ..face.paste_back import CropPlacement, PasteBack
+
+        paste = PasteBack(image, CropPlacement.from_crop(portrait))
+        print(f"note: {full_frame_note(image_path, image)}", file=sys.stderr)
     from ..demo.config import NAME as DEMO_NAME
 
     if session.config.name == DEMO_NAME:  # the toy says what it is when given someone's photo
@@ -199,12 +240,19 @@ def run(args: argparse.Namespace) -> int:
     bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)
     try:  # the writer removes its partial file on any error: no half-written video
         with VideoWriter(out, audio.fps, format=fmt, crf=args.crf, audio=audio.audio.as_comfy()) as writer:
+            sink = writer.write
+            if paste is not None:  # full-size frames go to the writer one by one: memory does not grow with length
+
+                def sink(frames):
+                    for frame in paste.iter_composite(frames, dtype=np.uint8):
+                        writer.write(frame)
+
             session.pipeline.generate(
                 reference,
                 audio.features,
                 num_frames=audio.num_frames,
                 settings=settings,
-                sink=writer.write,
+                sink=sink,
                 face_mask=torch.from_numpy(portrait.mask),
                 region_masks=region_masks,
                 on_step=lambda info: bar.update(1),
