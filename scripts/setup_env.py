@@ -82,7 +82,7 @@ except md.PackageNotFoundError:
 
 def installed_torch(python: Path) -> str | None:
     """The installed torch's version as pip knows it (e.g. ``2.15.0``, ``2.13.0+cpu``), or None when there is none."""
-    out = subprocess.run([str(python), "-c", _TORCH_VERSION], capture_output=True, text=True)
+    out = subprocess.run([str(python), "-c", _TORCH_VERSION], capture_output=True, text=True, check=False)
     version = out.stdout.strip() if out.returncode == 0 else ""
     if version.startswith("?"):  # importable, but pip cannot see it (no dist-info): pin its public version
         version = version[1:].split("+", 1)[0]
@@ -98,7 +98,7 @@ def torch_constraint(version: str) -> str:
 def pip_has_own_index(python: Path) -> bool:
     if os.environ.get("PIP_INDEX_URL") or os.environ.get("PIP_EXTRA_INDEX_URL"):
         return True
-    out = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True)
+    out = subprocess.run([str(python), "-m", "pip", "config", "list"], capture_output=True, text=True, check=False)
     return "index-url" in out.stdout
 
 

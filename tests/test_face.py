@@ -26,8 +26,8 @@ from conftest import HANG_GUARD_S, ROOT
 from skimage import data as skdata
 
 from emo_model import face as F
-from emo_model.face import detectors as D
 from emo_model.face import FaceBox, FaceError, FaceWarning
+from emo_model.face import detectors as D
 
 # Hand-measured: cheeks x = 182..270, hairline y = 80, chin y = 178.
 ASTRONAUT_FACE = FaceBox(182, 80, 270, 178)
@@ -630,7 +630,7 @@ def test_face_found_with_opencv_5_installed_beside_the_pack(tmp_path):
     target = tmp_path / "opencv5"
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--timeout", "30", "--retries", "1",
            "--no-deps", "--target", str(target), "opencv-python>=5"]
-    pip = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S)
+    pip = subprocess.run(cmd, capture_output=True, text=True, timeout=HANG_GUARD_S, check=False)
     if pip.returncode != 0:
         try:
             urllib.request.urlopen("https://pypi.org/simple/opencv-python/", timeout=20).close()
@@ -639,7 +639,7 @@ def test_face_found_with_opencv_5_installed_beside_the_pack(tmp_path):
         pytest.fail(f"pip could not install opencv-python>=5: {pip.stderr[-2000:]}")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])}
     run = subprocess.run([sys.executable, "-c", OPENCV5_PROBE, str(ROOT)], capture_output=True, text=True, env=env,
-                         timeout=HANG_GUARD_S, cwd=tmp_path)
+                         timeout=HANG_GUARD_S, cwd=tmp_path, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     out = json.loads(run.stdout.strip().splitlines()[-1])
     assert out["cv2"].startswith("5.") and out["cv2_file"].startswith(str(target)), out
