@@ -45,13 +45,21 @@ def test_working_memory_grows_with_branches_frames_and_size():
 
 
 def test_settings_memory_bytes_reads_the_sampling_settings():
-    from emo_model.configs import get_config
+    """Expected values worked out by hand from the module's documented formula (not from working_memory_bytes):
+    512 px in fp16 -> a 64 x 64 latent; denoiser = branches x frames x 64 x 64 x 2 x 0.01 MiB x 1.5; bank = (1 + motion
+    frames) x sum over the SD1.5 levels of (64 / down)^2 x channels x layers x K,V x 2 bytes = (1 + motion) x
+    46,202,880; decode = 8 frames x 512 x 512 x 128 channels x 6 tensors x 2 bytes = 3,221,225,472."""
     from emo_model.pipeline import SamplingSettings
 
-    preset = get_config("hallo").preset
-    settings = SamplingSettings.from_preset(preset)
-    expected = working_memory_bytes(size=512, frames_per_clip=preset.frames_per_clip, motion_frames=preset.motion_frames, branches=2, dtype_bytes=2)
-    assert settings_memory_bytes(settings, size=512, dtype_bytes=2) == expected
+    s = SamplingSettings(frames_per_clip=12, motion_frames=4, cfg=3.5, audio_cfg=2.0)  # three branches, 16 frames
+    # denoiser 3 x 16 x 4096 x 2 x 0.015 MiB = 6,184,752,906.24 > decode; + bank 5 x 46,202,880 = 231,014,400
+    assert settings_memory_bytes(s, size=512, dtype_bytes=2) == 6_415_767_306
+    # context windows: no motion frames (12 frames, bank x 1): 4,638,564,679.68 + 46,202,880
+    s.strategy = "context_windows"
+    assert settings_memory_bytes(s, size=512, dtype_bytes=2) == 4_684_767_559
+    # no guidance, one branch: the denoiser's 2,061,584,302.08 is below the decoder's 3,221,225,472, which counts
+    s.strategy, s.cfg, s.audio_cfg = "motion_frames", 1.0, 1.0
+    assert settings_memory_bytes(s, size=512, dtype_bytes=2) == 3_221_225_472 + 231_014_400
 
 
 class FakeModelManagement:

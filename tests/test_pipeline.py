@@ -10,7 +10,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import ROOT, perturb_zero_inits, tiny_vae
+from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 from emo_model.clip_planner import plan_clips, plan_windows, window_weights
 from emo_model.model import EMOModel
 from emo_model.pipeline import EMOPipeline, GenerationCancelled, SamplingSettings, fit_image, guidance_weights, speed_curve
@@ -215,7 +215,8 @@ def test_peak_memory_does_not_grow_with_audio_length(tmp_path):
     script.write_text(MEMORY_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests")))
 
     def peak(frames: int) -> int:
-        out = subprocess.run([sys.executable, str(script), str(frames), str(tmp_path / f"{frames}.mp4")], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, str(script), str(frames), str(tmp_path / f"{frames}.mp4")], capture_output=True, text=True,
+                             timeout=HANG_GUARD_S)  # a hang guard only (conftest), never a speed limit
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 
