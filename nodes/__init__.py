@@ -4,6 +4,7 @@ from .audio import EMOAudioEncode
 from .demo import EMODemoSample
 from .face import EMOFaceMask
 from .loader import LoadEMOModel
+from .paste_back import EMOPasteBack
 from .reference import EMOReferenceEncode
 from .sampler import EMOSampler
 from .video import EMOVideoCombine
@@ -16,6 +17,7 @@ NODE_CLASS_MAPPINGS = {
     "EMOSampler": EMOSampler,
     "EMOVideoCombine": EMOVideoCombine,
     "EMODemoSample": EMODemoSample,
+    "EMOPasteBack": EMOPasteBack,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -26,4 +28,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EMOSampler": "EMO Sampler",
     "EMOVideoCombine": "EMO Video Combine",
     "EMODemoSample": "EMO Demo Sample",
+    "EMOPasteBack": "EMO Paste Back",
 }

@@ -11,6 +11,7 @@ import torch
 from ..emo_model.face import DETECTORS, FaceWarning, auto_detector, prepare_portraits
 from ..emo_model.families import quoted_presets
 from . import _comfy
+from .paste_back import crop_output
 
 log = logging.getLogger("ComfyUI-EMO")
 
@@ -20,13 +21,16 @@ class EMOFaceMask:
         "Finds the face and returns (1) the face-region mask EMO's Face Locator uses: the face box enlarged to leave "
         "room for head motion (a wider box allows more head swing, a taller one more nodding, an all-white mask lets the "
         "face move anywhere), and (2) the portrait cropped square around the face at the model size, padded rather "
-        "than stretched. Any other MASK can replace it. Cartoons or faces the detector misses take the fallback with a warning."
+        "than stretched, and (3) the crop: where the square sits in the picture, for EMO Paste Back to put the "
+        "animated face back into the whole picture. Any other MASK can replace it. "
+        "Cartoons or faces the detector misses take the fallback with a warning."
     )
     CATEGORY = "EMO"
     FUNCTION = "run"
-    RETURN_TYPES = ("MASK", "IMAGE")
-    RETURN_NAMES = ("face_mask", "portrait")
-    OUTPUT_TOOLTIPS = ("Face-region mask in the crop's coordinates (1 = where the face may move).", "The model-ready portrait (square, face-centred).")
+    RETURN_TYPES = ("MASK", "IMAGE", "EMO_CROP")  # EMO_CROP appended last: saved workflows keep their links
+    RETURN_NAMES = ("face_mask", "portrait", "crop")
+    OUTPUT_TOOLTIPS = ("Face-region mask in the crop's coordinates (1 = where the face may move).", "The model-ready portrait (square, face-centred).",
+                       "Where the square crop sits in the picture (box, scale, face box, mask): connect to EMO Paste Back to get full-size frames.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -65,7 +69,8 @@ class EMOFaceMask:
             log.warning("EMO Face Mask: %s", note)  # ComfyUI's log; the node shows it too (its summary)
         masks = torch.from_numpy(np.stack([c.mask for c in crops])).float()
         portraits = torch.from_numpy(np.stack([c.image for c in crops])).float()
-        return {"ui": {"emo_summary": [face_summary(crops, detector, fallback, models_dir, notes)]}, "result": (masks, portraits)}
+        summary = face_summary(crops, detector, fallback, models_dir, notes)
+        return {"ui": {"emo_summary": [summary]}, "result": (masks, portraits, crop_output(crops))}
 
 
 def face_summary(crops, detector: str, fallback: str, models_dir: str, notes: list[str]) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from conftest import DATA, ROOT, read_gz_json_text, tiny_vae
 
 OBJECT_INFO = DATA / "comfy_object_info.json.gz"  # trimmed GET /object_info of a real ComfyUI (tests/data/README.md)
-OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE"}
+OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE", "EMO_CROP"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # combos whose options are files on the user's disk: their saved values cannot be checked
 FILE_COMBOS = {("LoadEMOModel", "model"), ("LoadEMOModel", "vae"), ("LoadEMOModel", "audio_encoder"), ("LoadImage", "image"), ("LoadAudio", "audio")}

@@ -40,7 +40,7 @@ COMFYUI_DIR = os.environ.get("COMFYUI_DIR", "")
 WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"), key=lambda p: (p.name.startswith("emo_portrait_speech"), p.name))
 PACK = "ComfyUI-EMO"
 DEMO_MODEL = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
-OUR_NODES = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample"}
+OUR_NODES = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack"}
 START_TIMEOUT = 300  # s: 2 shared cores, first start compiles nothing but imports torch, transformers, diffusers
 PROMPT_TIMEOUT = 900  # s per graph at test size
 

@@ -660,7 +660,7 @@ NODE_ARGS = {"size": 64, "expand": 1.2, "crop": "face", "crop_ratio": 2.0, "fall
 
 def test_face_mask_node_says_which_detector_found_the_face(face_node, astronaut):
     out = face_node.run(torch.from_numpy(astronaut).float()[None] / 255, detector="auto", **NODE_ARGS)
-    masks, portraits = out["result"]
+    masks, portraits = out["result"][:2]  # the third output is the crop (EMO_CROP)
     assert masks.shape == (1, 64, 64) and portraits.shape == (1, 64, 64, 3)
     assert out["ui"]["emo_summary"] == ["face found in 1 image(s) (detector auto = haar)"]
 

@@ -32,6 +32,7 @@ EXPECTED_NODES = {
     "EMOSampler": "EMO Sampler",
     "EMOVideoCombine": "EMO Video Combine",
     "EMODemoSample": "EMO Demo Sample",
+    "EMOPasteBack": "EMO Paste Back",
 }
 WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}

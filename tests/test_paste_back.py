@@ -255,3 +255,55 @@ def test_cli_face_index_is_checked_in_one_line(wide_files, capsys):
     assert _generate(wide_files, out, "--face-index", "7", "--face-detector", "haar") == 1
     err = capsys.readouterr().err
     assert "face_index=7 but only" in err and "Traceback" not in err and not out.exists()
+
+
+# ---- the nodes: EMO Face Mask's crop output and EMO Paste Back (through the pack, as ComfyUI loads it) ----
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    from comfy_harness import load_pack
+
+    return load_pack().NODE_CLASS_MAPPINGS
+
+
+FACE_NODE_ARGS = {"size": 64, "expand": 1.2, "crop": "face", "crop_ratio": 2.0, "detector": "haar", "fallback": "center", "face_index": 0,
+                  "union": False}
+
+
+def test_face_node_appends_the_crop_output_after_its_old_outputs(nodes):
+    cls = nodes["EMOFaceMask"]
+    assert cls.RETURN_TYPES[:2] == ("MASK", "IMAGE") and cls.RETURN_TYPES[2] == "EMO_CROP"  # old links keep their slots
+    assert cls.RETURN_NAMES == ("face_mask", "portrait", "crop") and len(cls.OUTPUT_TOOLTIPS) == 3
+
+
+def test_paste_back_node_returns_full_size_frames_and_the_source_outside(nodes, wide_astronaut):
+    import torch
+
+    source = torch.from_numpy(wide_astronaut)[None]
+    masks, portraits, crop = nodes["EMOFaceMask"]().run(source, **FACE_NODE_ARGS)["result"]
+    assert len(crop) == 1 and not crop[0].fell_back and crop[0].source_size == (720, 1280)
+    frames = torch.cat([portraits, torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))])
+    node = nodes["EMOPasteBack"]()
+    (out,) = node.paste(frames, source, crop, grow=1.6, feather=0.2, colour_match="mean", batch_size=2)
+    assert out.shape == (5, 720, 1280, 3) and out.dtype == torch.float32
+    outside = torch.from_numpy(~blend_weights(crop[0]).astype(bool))
+    for f in out:
+        assert torch.equal(f[outside], source[0][outside])
+    # batches only bound memory: one batch or many give the same frames
+    (whole,) = node.paste(frames, source, crop, grow=1.6, feather=0.2, colour_match="mean", batch_size=16)
+    assert torch.equal(out, whole)
+    # frames from an upscaler (twice the crop) are accepted; wrong inputs are one line
+    up = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2), scale_factor=2, mode="bilinear").permute(0, 2, 3, 1).clamp(0, 1)
+    assert node.paste(up, source, crop, 1.6, 0.2, "none", 8)[0].shape == (5, 720, 1280, 3)
+    with pytest.raises(ValueError, match="crop was made on a 1280x720 picture"):
+        node.paste(frames, source[:, :700], crop, 1.6, 0.2, "none", 8)
+    with pytest.raises(ValueError, match="EMO_CROP"):
+        node.paste(frames, source, "not a crop", 1.6, 0.2, "none", 8)
+
+
+def test_paste_back_node_says_what_a_full_size_batch_costs(nodes):
+    cls = nodes["EMOPasteBack"]
+    assert "24.9 MB per 1080p frame" in cls.DESCRIPTION and "24.9 MB per 1080p frame" in cls.OUTPUT_TOOLTIPS[0]
+    assert round(1920 * 1080 * 3 * 4 / 1e6, 1) == 24.9
+    assert "print(" not in (__import__("conftest").ROOT / "nodes" / "paste_back.py").read_text()

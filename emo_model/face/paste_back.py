@@ -11,8 +11,9 @@ generated frame back through the same box and blends it into the source picture:
   0 beyond the ring; every pixel there is copied from the source, bit for bit, in every frame.
 * **Colour match at the seam** (``colour="mean"``): the generated pixels are shifted in CIE Lab so
   that their mean over the feather ring equals the source's mean over the same ring (the
-  statistics of :func:`~emo_model.colour_match.colour_stats`).  The generated side is averaged
-  over every frame seen so far, so the correction settles instead of flickering per batch.
+  statistics of :func:`~emo_model.colour_match.colour_stats`).  The shift is measured once, on the
+  first frame, and applied to every frame: nothing flickers, and the result does not depend on how
+  the frames are batched (drift over a long video is the sampler's ``colour_match``).
 * **Size**: the output has the source's size, padded by one replicated row/column where a side is
   odd (H.264 needs even sides; the same padding the video writer uses).  Pictures larger than
   :data:`MAX_SIDE` px on a side are refused with one line (downscale them, or keep the crop).
@@ -159,8 +160,7 @@ class PasteBack:
         self._ring = (self._alpha[..., 0] > 0) & (self._alpha[..., 0] < 1)
         self._src_roi = self.source[self.roi]
         self._src_mean = colour_stats(self._src_roi[self._ring][None])[0] if self._ring.any() else None
-        self._gen_sum = np.zeros(3, np.float64)
-        self._gen_count = 0
+        self._shift: np.ndarray | None = None
 
     @property
     def blended(self) -> np.ndarray:
@@ -199,16 +199,12 @@ class PasteBack:
         return arr[..., :3]
 
     def _correct(self, warped: np.ndarray) -> np.ndarray:
-        """Shift the batch's Lab mean over the ring onto the source's (running mean over all batches)."""
+        """Shift the frames' Lab colours by (source - first frame) mean over the ring."""
         if self.colour == "none" or self._src_mean is None:
             return warped
-        ring_pixels = warped[:, self._ring]  # [N, P, 3]
-        mean = colour_stats(ring_pixels.reshape(1, -1, 3))[0]
-        n = ring_pixels.shape[0]
-        self._gen_sum += mean * n
-        self._gen_count += n
-        shift = (self._src_mean - self._gen_sum / self._gen_count).astype(np.float32)
-        lab = cv2.cvtColor(np.ascontiguousarray(warped.reshape(-1, warped.shape[2], 3)), cv2.COLOR_RGB2Lab) + shift
+        if self._shift is None:
+            self._shift = (self._src_mean - colour_stats(warped[0][self._ring][None])[0]).astype(np.float32)
+        lab = cv2.cvtColor(np.ascontiguousarray(warped.reshape(-1, warped.shape[2], 3)), cv2.COLOR_RGB2Lab) + self._shift
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0).reshape(warped.shape)
 
     def iter_composite(self, frames: Any, dtype: Any = np.float32) -> Iterator[np.ndarray]:

@@ -1,0 +1,82 @@
+"""EMO Paste Back: the animated square crop -> full-size frames of the source picture (emo_model.face.paste_back)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..emo_model.face.paste_back import COLOUR_MODES, DEFAULT_FEATHER, DEFAULT_GROW, MAX_SIDE, PasteBack, frame_megabytes
+from . import _comfy
+
+log = logging.getLogger("ComfyUI-EMO")
+
+MB_1080P = frame_megabytes(1920, 1080)  # 24.9 MB: one 1920x1080 float32 IMAGE frame
+
+
+class EMOPasteBack:
+    DESCRIPTION = (
+        "Puts the animated face back into the picture it came from: the frames (the square crop the sampler made, or the "
+        "same frames after an upscaler or face restorer) are mapped back through EMO Face Mask's crop and blended in with a "
+        "soft mask (the face grown for head motion, feathered, colours matched at the seam); every pixel outside the "
+        f"blended region is the source picture's, unchanged, in every frame. Output: frames at the picture's size (sides made "
+        f"even for H.264, at most {MAX_SIDE} px). Memory: a full-size IMAGE batch costs width x height x 3 x 4 bytes a frame "
+        f"({MB_1080P:.1f} MB per 1080p frame, {MB_1080P * 25 * 60 / 1000:.1f} GB per minute at 25 fps); frames are composited "
+        "batch_size at a time, so only the output grows with length. For long videos use the command line "
+        "(emo generate --frame full streams frames to the file) or keep the crop here."
+    )
+    CATEGORY = "EMO"
+    FUNCTION = "paste"
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("frames",)
+    OUTPUT_TOOLTIPS = (
+        f"Full-size frames at the source picture's size (even sides): {MB_1080P:.1f} MB per 1080p frame as an IMAGE batch; "
+        "connect to Video Combine.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "frames": ("IMAGE", {"tooltip": "The animated square frames (EMO Sampler's output, or after an upscaler / face restorer: any square size)."}),
+                "source": ("IMAGE", {"tooltip": "The picture EMO Face Mask cropped (its first image is used), at the same size."}),
+                "crop": ("EMO_CROP", {"tooltip": "EMO Face Mask's crop output: where the square sits in the picture (box, scale, face)."}),
+                "grow": ("FLOAT", {"default": DEFAULT_GROW, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "The pasted region is the face box grown this much about its centre: room for head motion (kept inside the crop)."}),
+                "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Width of the soft edge as a fraction of the face size (0 = a hard edge)."}),
+                "colour_match": (list(COLOUR_MODES), {"default": "mean", "tooltip": "mean: shift the frames' colours so they match the picture at the seam; none: paste as generated."}),
+                "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Frames composited at a time: bounds the working memory besides the output itself."}),
+            }
+        }
+
+    def paste(self, frames, source, crop, grow, feather, colour_match, batch_size):
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[0] == 0:
+            raise ValueError("frames must be an IMAGE batch [frames, height, width, 3] from EMO Sampler (or an upscaler after it)")
+        if not isinstance(source, torch.Tensor) or source.dim() not in (3, 4) or 0 in source.shape:
+            raise ValueError("source must be the IMAGE given to EMO Face Mask")
+        placements = crop if isinstance(crop, (list, tuple)) else [crop]
+        if not placements or not hasattr(placements[0], "crop_box"):
+            raise ValueError("crop must be EMO Face Mask's crop output (EMO_CROP)")
+        picture = (source[0] if source.dim() == 4 else source).cpu().float().numpy()
+        pb = PasteBack(picture, placements[0], grow=grow, feather=feather, colour=colour_match)
+        if placements[0].fell_back:
+            log.warning("EMO Paste Back: no face was found on the picture; the animation is pasted at EMO Face Mask's fallback box")
+        n = frames.shape[0]
+        out = torch.empty((n, pb.out_height, pb.out_width, 3), dtype=torch.float32)
+        progress = _comfy.Progress(n)
+        for start in range(0, n, batch_size):
+            if _comfy.interrupted():
+                _comfy.raise_interrupt()
+            batch = frames[start:start + batch_size].to("cpu")
+            batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+            for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy())):
+                out[start + i] = torch.from_numpy(frame)
+            progress.set(min(n, start + batch_size))
+        return (out,)
+
+
+def crop_output(crops) -> list:
+    """EMO Face Mask's EMO_CROP value: one placement per image (crop box, scale, face box, mask)."""
+    from ..emo_model.face.paste_back import CropPlacement
+
+    return [CropPlacement.from_crop(c) for c in crops]
+
