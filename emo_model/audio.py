@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,13 +110,54 @@ def _frame_to_float(frame: av.AudioFrame) -> np.ndarray:
     return data.astype(np.float32, copy=False)
 
 
-def _decode_file(path: Path) -> tuple[np.ndarray, int]:
+LengthCheck = Callable[[int, int, str], None]
+"""``check_length(samples, sample_rate, how)``: raises when that much audio is too long for the run; ``how`` says where
+the count came from: ``"declared"`` (the container's recorded length, before any decoding), ``"decoding"`` (the
+samples decoded so far: the audio is at least that long) or ``""`` (the whole audio, already in memory)."""
+
+
+def declared_samples(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(samples, sample rate) of a file's first audio track as its container records them (WAV/FLAC headers, the MP4
+    index, Ogg's last page, an estimate from the bit rate for bare MP3/AAC), read without decoding; None if unknown."""
+    try:
+        with av.open(os.fspath(path), mode="r") as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.codec_context.sample_rate or stream.sample_rate
+            if not rate:
+                return None
+            if stream.duration is not None and stream.time_base is not None and stream.duration > 0:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None and container.duration > 0:
+                seconds = container.duration / av.time_base
+            else:
+                return None
+            return round(seconds * rate), int(rate)
+    except (av.FFmpegError, OSError):
+        return None  # _decode_file says what is wrong with the file
+
+
+def _decode_file(path: Path, check_length: LengthCheck | None = None) -> tuple[np.ndarray, int, float]:
+    """(float32 [channels, samples], rate, peak) of a file, decoded frame by frame.
+
+    With ``check_length`` the container's recorded length is checked before anything is decoded, and the running
+    count after every decoded frame, so too-long audio is refused at the limit whatever its length or format (peak
+    memory: the audio up to the limit). The frames are copied into one array at the end, each one freed as it is
+    copied (the decoded audio is held once, not twice); peak and finiteness are measured frame by frame.
+    """
     if not path.is_file():
         if path.is_dir():
             raise AudioError(f"'{path}' is a folder, not an audio file; give the file in it (wav, flac, mp3, ogg, m4a or a video).")
         if path.exists():  # opening a FIFO would wait for a writer forever
             raise AudioError(f"'{path}' is not a regular file (a pipe, device or socket); give an audio file.")
         raise AudioError(f"audio file not found: '{path}'. Check the path (or pick the file in the LoadAudio node).")
+    if check_length is not None:
+        declared = declared_samples(path)
+        if declared is not None:
+            check_length(*declared, "declared")
+    chunks: list[np.ndarray] = []
+    total, peak, sample_rate = 0, 0.0, None
     try:
         with av.open(os.fspath(path), mode="r") as container:
             if not container.streams.audio:
@@ -125,10 +166,23 @@ def _decode_file(path: Path) -> tuple[np.ndarray, int]:
                     "Use an audio file (wav, flac, mp3, ogg, m4a) or a video with sound."
                 )
             stream = container.streams.audio[0]
-            chunks, sample_rate = [], None
             for frame in container.decode(stream):
-                chunks.append(_frame_to_float(frame))
+                chunk = _frame_to_float(frame)
+                if chunk.shape[1] == 0:
+                    continue
+                if chunks and chunk.shape[0] != chunks[0].shape[0]:
+                    raise AudioError(
+                        f"'{path.name}' changes its channel count mid-stream ({chunks[0].shape[0]} -> {chunk.shape[0]}); "
+                        "re-export it as wav or flac."
+                    )
+                if not np.isfinite(chunk).all():
+                    raise AudioError("the audio contains NaN or infinite samples; re-export it or fix the node that produced it.")
+                peak = max(peak, float(np.abs(chunk).max()))
+                chunks.append(chunk)
+                total += chunk.shape[1]
                 sample_rate = sample_rate or frame.sample_rate
+                if check_length is not None:
+                    check_length(total, int(sample_rate), "decoding")
     except av.FFmpegError as exc:
         raise AudioError(
             f"could not decode '{path.name}' as audio ({exc.strerror or exc}). The file is corrupt or not an "
@@ -136,9 +190,28 @@ def _decode_file(path: Path) -> tuple[np.ndarray, int]:
         ) from exc
     except OSError as exc:
         raise AudioError(f"could not read '{path}': {exc}") from exc
-    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+    if not chunks:
         raise AudioError(f"'{path.name}' contains no audio samples (zero-length audio). Use a clip with sound in it.")
-    return np.concatenate(chunks, axis=1), int(sample_rate)
+    out = np.empty((chunks[0].shape[0], total), dtype=np.float32)
+    chunks.reverse()
+    at = 0
+    while chunks:  # each frame's array is dropped as soon as it is copied
+        chunk = chunks.pop()
+        out[:, at : at + chunk.shape[1]] = chunk
+        at += chunk.shape[1]
+    return out, int(sample_rate), peak
+
+
+def _peak_and_finite(waveform: torch.Tensor) -> tuple[float, bool]:
+    """The largest magnitude and whether every sample is finite, 1 M samples at a time (no copy of the waveform)."""
+    flat, peak = waveform.reshape(-1), 0.0
+    for start in range(0, flat.numel(), 1 << 20):
+        lo, hi = torch.aminmax(flat[start : start + (1 << 20)])
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return math.nan, False
+        peak = max(peak, -lo, hi)
+    return peak, True
 
 
 def _from_comfy(audio: Mapping) -> tuple[torch.Tensor, int]:
@@ -154,6 +227,8 @@ def _from_comfy(audio: Mapping) -> tuple[torch.Tensor, int]:
         raise AudioError(f"AUDIO waveform must be a tensor [batch, channels, samples], got {shape}.")
     if waveform.shape[0] != 1:
         raise AudioError(f"AUDIO holds a batch of {waveform.shape[0]} clips; one clip drives one video. Split the batch first.")
+    if waveform.is_meta:
+        raise AudioError("AUDIO waveform is on the 'meta' device (a shape without samples: a failed upstream node); fix that node.")
     if not waveform.is_floating_point():
         raise AudioError(f"AUDIO waveform must be floating point in -1..1, got dtype {waveform.dtype}.")
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Integral) or sample_rate <= 0:
@@ -161,26 +236,31 @@ def _from_comfy(audio: Mapping) -> tuple[torch.Tensor, int]:
     return waveform[0].detach().to("cpu", torch.float32), int(sample_rate)
 
 
-def load_audio(source: str | os.PathLike | Mapping) -> tuple[torch.Tensor, int]:
+def load_audio(source: str | os.PathLike | Mapping, *, check_length: LengthCheck | None = None) -> tuple[torch.Tensor, int]:
     """Load audio as float32 ``[channels, samples]`` in -1..1, with its sample rate.
 
-    ``source`` is a file path (decoded with PyAV) or a ComfyUI AUDIO dict
+    ``source`` is a file path (decoded with PyAV, frame by frame) or a ComfyUI AUDIO dict
     ``{"waveform": [1, C, T], "sample_rate": int}``. Float sources whose peak exceeds 1 are scaled
     down to peak 1 (never clipped). Raises :class:`AudioError` for missing, corrupt, empty or
-    non-finite input.
+    non-finite input. ``check_length`` (see :data:`LengthCheck`) refuses too-long audio: a file's recorded length
+    before decoding and its running length while decoding (decoding stops there); an AUDIO dict's length at once.
     """
     if isinstance(source, (str, os.PathLike)):
-        array, sample_rate = _decode_file(Path(source))
+        array, sample_rate, peak = _decode_file(Path(source), check_length)
         waveform = torch.from_numpy(array)
     elif isinstance(source, Mapping):
         waveform, sample_rate = _from_comfy(source)
+        if check_length is not None and waveform.shape[-1]:
+            check_length(waveform.shape[-1], sample_rate, "")
+        peak = None
     else:
         raise AudioError(f"expected an audio file path or a ComfyUI AUDIO dict, got {type(source).__name__}.")
     if waveform.shape[0] == 0 or waveform.shape[1] == 0:
         raise AudioError(f"the audio is empty (shape {tuple(waveform.shape)}); use a clip with at least one sample.")
-    if not torch.isfinite(waveform).all():
-        raise AudioError("the audio contains NaN or infinite samples; re-export it or fix the node that produced it.")
-    peak = waveform.abs().max()
+    if peak is None:
+        peak, finite = _peak_and_finite(waveform)
+        if not finite:
+            raise AudioError("the audio contains NaN or infinite samples; re-export it or fix the node that produced it.")
     if peak > 1.0:
         waveform = waveform / peak
     return waveform.contiguous(), sample_rate

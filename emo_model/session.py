@@ -275,7 +275,8 @@ class Session:
         whole audio at once (``InferenceQuirks.audio_single_pass``) and ComfyUI's ``encoder_output``: a tensor.
 
         Runs of more than ``max_frames`` frames (None: :data:`~.validation.DEFAULT_MAX_FRAMES`) are
-        refused after decoding the audio, before any feature is computed.
+        refused before any feature is computed: a file by the length its container records, before decoding, or
+        else when decoding passes the limit (decoding stops there), so too-long audio costs no more memory than the limit.
         """
         from . import validation
         from .audio import load_audio, num_video_frames, prepare_audio
@@ -283,7 +284,10 @@ class Session:
         cfg = self.config.audio
         fps = float(self.config.preset.fps if fps is None else validation.check("fps", fps))
         validation.check_optional("loudness", loudness_lufs)
-        waveform, rate = load_audio(source)
+        def check_length(samples: int, rate: int, how: str) -> None:  # before decoding (recorded length) and while decoding
+            validation.check_frame_count(num_video_frames(samples, rate, fps), fps, max_frames, label=max_frames_label, how=how)
+
+        waveform, rate = load_audio(source, check_length=check_length)
         validation.check_frame_count(num_video_frames(waveform.shape[-1], rate, fps), fps, max_frames, label=max_frames_label)
         source = {"waveform": waveform[None], "sample_rate": rate}  # decoded once
         if encoder_output is not None:

@@ -177,14 +177,24 @@ def check_portrait_tensor(image: torch.Tensor, *, label: str = "image") -> None:
         raise InputError(f"{label} holds NaN or infinite values (a failed upstream node); fix the node that made it")
 
 
-def check_frame_count(num_frames: int, fps: float, max_frames: int | None, *, label: str = "--max-frames") -> None:
-    """Refuse a run of more than ``max_frames`` frames (None = :data:`DEFAULT_MAX_FRAMES`) before any work on it."""
+def check_frame_count(num_frames: int, fps: float, max_frames: int | None, *, label: str = "--max-frames", how: str = "") -> None:
+    """Refuse a run of more than ``max_frames`` frames (None = :data:`DEFAULT_MAX_FRAMES`) before any work on it.
+
+    ``how``: where ``num_frames`` came from when the audio is not decoded whole: ``"declared"`` (the file's recorded
+    length, before decoding) or ``"decoding"`` (the samples decoded so far, when decoding stops at the limit).
+    """
     limit = DEFAULT_MAX_FRAMES if max_frames is None else max_frames
-    if num_frames > limit:
-        raise InputError(
-            f"the audio makes {num_frames} frames ({num_frames / fps:.1f} s at {fps:g} fps), more than the limit of {limit} "
-            f"frames per run; raise it with {label} {num_frames} if you mean it, or use shorter audio / a lower fps"
-        )
+    if num_frames <= limit:
+        return
+    what = f"makes {num_frames} frames ({num_frames / fps:.1f} s at {fps:g} fps), more than the limit of {limit} frames per run"
+    raise_to = f"{label} {num_frames}"
+    if how == "declared":
+        what = (f"makes {num_frames} frames ({num_frames / fps:.1f} s at {fps:g} fps, by the length its file records), more than "
+                f"the limit of {limit} frames per run")
+    elif how == "decoding":
+        what = f"runs past the limit of {limit} frames per run ({limit / fps:.1f} s at {fps:g} fps; decoding stopped there)"
+        raise_to = label
+    raise InputError(f"the audio {what}; raise it with {raise_to} if you mean it, or use shorter audio / a lower fps")
 
 
 def check_output_path(

@@ -8,10 +8,13 @@ the ``EMO_MODELS_DIR`` environment variable (default ``./models``), outputs go t
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import torch
+
+from ..emo_model.validation import InputError
 
 try:  # ComfyUI present
     import folder_paths  # type: ignore
@@ -99,6 +102,161 @@ def resolve(kind: str, name: str) -> Path:
     raise FileNotFoundError(f"{name!r} is not in {where}; put the file there (or refresh the node list)")
 
 
+# ---- input checks shared by the nodes ------------------------------------------------------------------
+# ComfyUI hands a node whatever the node before it made. Each check ends in one line (InputError, which ComfyUI
+# shows on the node) or passes; none copies a whole batch (a video's IMAGE batch can be tens of GB).
+
+IMAGE_OVERSHOOT = 0.5  # float IMAGE values up to this far outside 0..1 are resampling overshoot (clamped); beyond: refused
+_IMAGE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.uint8)
+
+
+def _not_meta(tensor: torch.Tensor, label: str) -> None:
+    if tensor.is_meta:
+        raise InputError(f"{label} is on the 'meta' device: a tensor with a shape but no values (a failed or lazy upstream node); "
+                         "fix the node that made it")
+
+
+def _float_range(tensor: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of a floating-point tensor, read about 16 M values at a time along its first dimension; NaN if any is."""
+    lo, hi = math.inf, -math.inf
+    step = max(1, (1 << 24) // max(1, tensor[0].numel()))
+    for start in range(0, tensor.shape[0], step):
+        a, b = (float(v) for v in torch.aminmax(tensor[start : start + step]))
+        if math.isnan(a) or math.isnan(b):
+            return math.nan, math.nan
+        lo, hi = min(lo, a), max(hi, b)
+    return lo, hi
+
+
+def check_image(images, *, label: str = "image", channels: tuple[int, ...] = (3,)) -> torch.Tensor:
+    """An IMAGE input as ``[B, H, W, C]`` (a single ``[H, W, C]`` picture becomes a batch of one), or one line saying why not.
+
+    Refused: anything but a tensor, an empty batch or picture, C not in ``channels``, the 'meta' device, dtypes other
+    than float (0..1) and uint8 (0..255), NaN/inf, and float values more than :data:`IMAGE_OVERSHOOT` outside 0..1: a
+    0-255 picture stored as floats cannot be told from a broken one for sure, and guessing would wash the video out
+    or darken it silently, so the line says what to do. uint8 says its own scale and is read exactly (x / 255).
+    Values within the overshoot (upscalers' ringing) are clamped to 0..1 when used. On any other device (a GPU) the
+    batch is read where it is.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise InputError(f"{label} must be an IMAGE (a tensor [batch, height, width, 3]), got {type(images).__name__}")
+    _not_meta(images, label)
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise InputError(f"{label} must be an IMAGE shaped [batch, height, width, 3], got shape {list(images.shape)}")
+    if images.shape[0] == 0:
+        raise InputError(f"{label} is an empty batch (0 images): the node before it produced no picture; check that node's settings")
+    if images.shape[1] == 0 or images.shape[2] == 0:
+        raise InputError(f"{label} pictures are {images.shape[2]}x{images.shape[1]} px (empty); check the node that made them")
+    if images.shape[3] not in channels:
+        allowed = " or ".join(str(c) for c in channels)
+        raise InputError(f"{label} has {images.shape[3]} colour channels (shape {list(images.shape)}); an IMAGE has {allowed}")
+    if images.dtype not in _IMAGE_DTYPES:
+        raise InputError(f"{label} holds {str(images.dtype).removeprefix('torch.')} values; an IMAGE holds float 0..1 (or uint8 0..255)")
+    if images.dtype == torch.uint8:
+        return images
+    lo, hi = _float_range(images)
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{label} holds NaN or infinite values (a failed upstream node); fix the node that made it")
+    if lo < -IMAGE_OVERSHOOT or hi > 1 + IMAGE_OVERSHOOT:
+        looks = " (these look like 0-255 values: divide them by 255 first)" if lo >= -IMAGE_OVERSHOOT and hi <= 255.5 else ""
+        raise InputError(f"{label} values run from {lo:.4g} to {hi:.4g}, but an IMAGE holds 0..1{looks}; fix the node that made it")
+    return images
+
+
+def image_at(images: torch.Tensor, index: int = 0) -> torch.Tensor:
+    """One picture of a checked IMAGE (:func:`check_image`) as float32 ``[H, W, 3]`` 0..1 on the CPU (grey repeated, alpha dropped)."""
+    image = images[index].to("cpu")
+    image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float().clamp(0.0, 1.0)
+    if image.shape[-1] == 1:
+        image = image.expand(*image.shape[:-1], 3)
+    return image[..., :3].contiguous()
+
+
+def image_batch(images, *, label: str = "image") -> torch.Tensor:
+    """A whole IMAGE input, checked (:func:`check_image`), as float32 ``[B, H, W, 3]`` 0..1 on the CPU; for nodes that
+    read every picture of the batch (it is a copy)."""
+    images = check_image(images, label=label, channels=(1, 3, 4)).to("cpu")
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float().clamp(0.0, 1.0)
+    if images.shape[-1] == 1:
+        images = images.expand(*images.shape[:-1], 3)
+    return images[..., :3].contiguous()
+
+
+def check_mask(mask, *, label: str = "mask") -> torch.Tensor:
+    """A MASK input ``[H, W]`` or ``[B, H, W]`` in 0..1 (bool too), or one line saying why not (as :func:`check_image`)."""
+    if not isinstance(mask, torch.Tensor):
+        raise InputError(f"{label} must be a MASK (a tensor [batch, height, width]), got {type(mask).__name__}")
+    _not_meta(mask, label)
+    if mask.dim() not in (2, 3) or 0 in mask.shape:
+        raise InputError(f"{label} must be a MASK shaped [height, width] or [batch, height, width] (not empty), got {list(mask.shape)}")
+    if mask.dtype == torch.bool:
+        return mask
+    if mask.dtype not in _IMAGE_DTYPES or mask.dtype == torch.uint8:
+        raise InputError(f"{label} holds {str(mask.dtype).removeprefix('torch.')} values; a MASK holds float 0..1")
+    lo, hi = _float_range(mask.reshape(-1, *mask.shape[-2:]))
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise InputError(f"{label} holds NaN or infinite values (a failed upstream node); fix the node that made it")
+    if lo < -IMAGE_OVERSHOOT or hi > 1 + IMAGE_OVERSHOOT:
+        raise InputError(f"{label} values run from {lo:.4g} to {hi:.4g}, but a MASK holds 0..1; fix the node that made it")
+    return mask
+
+
+def check_audio(audio, *, label: str = "audio") -> None:
+    """An AUDIO input ``{"waveform": [batch, channels, samples], "sample_rate": int}``: the batch, the dtype, the device
+    and finite samples (looked at 1 M samples at a time), or one line saying why not."""
+    if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+        got = sorted(audio) if isinstance(audio, dict) else type(audio).__name__
+        raise InputError(f"{label} must be an AUDIO ({{'waveform': tensor [batch, channels, samples], 'sample_rate': int}}), got {got}")
+    waveform, rate = audio["waveform"], audio["sample_rate"]
+    if not isinstance(waveform, torch.Tensor) or waveform.dim() != 3:
+        shape = list(waveform.shape) if isinstance(waveform, torch.Tensor) else type(waveform).__name__
+        raise InputError(f"{label} waveform must be a tensor [batch, channels, samples], got {shape}")
+    _not_meta(waveform, f"{label} waveform")
+    if waveform.shape[0] == 0 or waveform.shape[1] == 0:
+        raise InputError(f"{label} holds no clip (waveform shape {list(waveform.shape)}); check the node that made it")
+    if not waveform.is_floating_point() or waveform.dtype not in _IMAGE_DTYPES:
+        raise InputError(f"{label} waveform holds {str(waveform.dtype).removeprefix('torch.')} samples; AUDIO holds float -1..1")
+    if isinstance(rate, bool) or not isinstance(rate, int) or not 1 <= rate <= 768_000:
+        raise InputError(f"{label} sample_rate must be a whole number of Hz from 1 to 768000, got {rate!r}")
+    clip = waveform[0].reshape(-1)
+    for start in range(0, clip.numel(), 1 << 20):
+        if not bool(torch.isfinite(clip[start : start + (1 << 20)]).all()):
+            raise InputError(f"{label} holds NaN or infinite samples (a failed upstream node); fix the node that made it")
+
+
+# control characters anywhere; on Windows also the characters its file names cannot hold
+_FORBIDDEN_NAME = {chr(c) for c in range(32)} | {"\x7f"} | (set('<>:"|?*') if os.name == "nt" else set())
+
+
+def check_prefix(prefix, *, default_stem: str, label: str = "filename_prefix") -> str:
+    """A ``filename_prefix`` as ComfyUI's ``get_save_image_path`` gets it, or one line saying why it cannot be one.
+
+    A trailing slash names a folder: ``'EMO/'`` becomes ``'EMO/<default_stem>'`` (core's own function would strip the
+    slash and write ``EMO_00001_`` into the output root). ``'.'`` parts are dropped. Refused: a name that is empty
+    then, ``'..'`` anywhere, an absolute path, control characters (and on Windows the characters its names cannot hold).
+    """
+    if not isinstance(prefix, str):
+        raise InputError(f"{label} must be text, got {type(prefix).__name__}")
+    text = prefix.strip()
+    example = f"e.g. 'EMO/{default_stem}' (sub-folders allowed, never '..')"
+    bad = sorted({repr(c)[1:-1] for c in text if c in _FORBIDDEN_NAME})
+    if bad:
+        raise InputError(f"{label} {prefix!r} contains {', '.join(bad)}, which a file name cannot hold; {example}")
+    parts = text.replace("\\", "/").split("/")
+    if text.startswith(("/", "\\")) or (len(parts[0]) == 2 and parts[0][1] == ":"):
+        raise InputError(f"{label} {prefix!r} is an absolute path; it is a name inside the output folder, {example}")
+    if ".." in parts:
+        raise InputError(f"{label} {prefix!r} uses '..', which may point outside the output folder; {example}")
+    if parts[-1] == "" and any(p not in ("", ".") for p in parts):  # 'EMO/': a folder; the files are named after the node
+        parts[-1] = default_stem
+    parts = [p for p in parts if p not in ("", ".")]
+    if not parts:
+        raise InputError(f"{label} {prefix!r} names no file; {example}")
+    return "/".join(parts)
+
+
 def output_directory() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.get_output_directory())
@@ -108,14 +266,16 @@ def output_directory() -> Path:
 
 
 def save_path(prefix: str, width: int, height: int) -> tuple[Path, str, int, str]:
-    """(folder, file stem, counter, subfolder) for an output; refuses prefixes that leave the output folder."""
+    """(folder, file stem, counter, subfolder) for an output; refuses prefixes that leave the output folder.
+
+    ``prefix`` has passed :func:`check_prefix`."""
     out = output_directory()
     if folder_paths is not None:
         folder, filename, counter, subfolder, _ = folder_paths.get_save_image_path(prefix, str(out), width, height)
         return Path(folder), filename, counter, subfolder
     full = (out / prefix).resolve()
     if os.path.commonpath([str(out), str(full)]) != str(out):
-        raise ValueError(f"filename_prefix {prefix!r} points outside the output folder; use a plain name or a sub-folder")
+        raise InputError(f"filename_prefix {prefix!r} points outside the output folder; use a plain name or a sub-folder")
     folder, filename = full.parent, full.name
     folder.mkdir(parents=True, exist_ok=True)
     counter = 1 + max((_counter(p.name, filename) for p in folder.iterdir()), default=0)

@@ -42,6 +42,7 @@ class EMOAudioEncode:
         }
 
     def encode(self, emo_model, audio, fps, loudness, audio_encoder_output=None, max_frames=DEFAULT_MAX_FRAMES):
+        _comfy.check_audio(audio)  # one line for an empty, NaN, integer or 'meta' AUDIO
         lufs = None if loudness == "off" else float(loudness.split()[0])
         with _comfy.running_on(emo_model):  # wav2vec2 / whisper on the model's device (features come back on the CPU)
             features = emo_model.encode_audio(

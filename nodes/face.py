@@ -49,6 +49,7 @@ class EMOFaceMask:
         }
 
     def run(self, image, size, expand, crop, crop_ratio, detector, fallback, face_index, union):
+        image = _comfy.image_batch(image, label="image")  # one line for an empty / 0-255 / NaN / 'meta' IMAGE (shared check)
         models_dir = str(_comfy.models_dir() / "emo" / "face")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FaceWarning)

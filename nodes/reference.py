@@ -50,8 +50,9 @@ class EMOReferenceEncode:
             from .vae_adapter import ComfyVAE
 
             session = type(emo_model)(emo_model.model, ComfyVAE(vae), emo_model.audio_encoder, emo_model.device, emo_model.name, emo_model.info)
+        portrait = _comfy.image_at(_comfy.check_image(image, label="image", channels=(1, 3, 4)))  # one line for an empty / 0-255 / meta batch
         with _comfy.running_on(session):
-            state = session.encode_reference(image[0], size=size or None, identity_image=image[0], models_dir=str(_comfy.models_dir()))
+            state = session.encode_reference(portrait, size=size or None, identity_image=portrait, models_dir=str(_comfy.models_dir()))
         result = (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)
         h, w = state.size
         summary = f"portrait encoded at {w}x{h}" + (" (the model's preset size)" if not size else "")

@@ -142,7 +142,7 @@ class EMOSampler:
             filled[0] += clip.shape[0]
             progress.preview(clip[-1])
 
-        mask = mask_for(face_mask)
+        mask = mask_for(None if face_mask is None else _comfy.check_mask(face_mask, label="face_mask"))
         try:
             working = settings_memory_bytes(settings, size=max(h, w), dtype_bytes=session.model.dtype.itemsize)
             with _comfy.running_on(session, memory_required=working):

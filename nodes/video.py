@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-import torch
-
 from ..emo_model.video_io import FORMATS, VideoWriter, probe_video, read_video_frames
 from . import _comfy
 
@@ -60,9 +58,9 @@ class EMOVideoCombine:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "images": ("IMAGE", {"tooltip": "The frames (e.g. from EMO Sampler, or after an upscaler / interpolator)."}),
+                "images": ("IMAGE", {"tooltip": "The frames (e.g. from EMO Sampler, or after an upscaler / interpolator): float 0..1 (or uint8 0..255)."}),
                 "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 120.0, "step": 0.01, "tooltip": "Frame rate; wire EMO Sampler's fps so sound and picture stay in sync."}),
-                "filename_prefix": ("STRING", {"default": "EMO/emo", "tooltip": "File name prefix inside the output folder; may contain sub-folders (never '..')."}),
+                "filename_prefix": ("STRING", {"default": "EMO/emo", "tooltip": "File name prefix inside the output folder; may contain sub-folders (never '..'). Ending in '/' (e.g. 'EMO/') names a folder: the files are called emo_00001_ there."}),
                 "format": (list(FORMATS), {"default": "mp4", "tooltip": "mp4: H.264 + AAC, plays everywhere. webm: VP9 + Opus."}),
                 "crf": ("INT", {"default": 19, "min": 0, "max": 63, "tooltip": "Quality: lower is better and bigger (mp4 0-51, ~17-23 typical; webm 0-63)."}),
             },
@@ -73,12 +71,13 @@ class EMOVideoCombine:
         }
 
     def combine(self, images, fps, filename_prefix, format, crf, audio=None, prompt=None, extra_pnginfo=None):
-        if images.shape[0] == 0:
-            raise ValueError("no frames to write")
-        if images.is_floating_point() and not bool(torch.isfinite(images).all()):
-            raise ValueError("the images hold NaN or infinite values (a failed upstream node); refusing to write a black video")
+        # one line for a batch that cannot make a video (empty, NaN, 0-255 floats, 'meta'), bad audio or a bad prefix, before any file
+        images = _comfy.check_image(images, label="images", channels=(1, 3, 4))
+        if audio is not None:
+            _comfy.check_audio(audio)
+        prefix = _comfy.check_prefix(filename_prefix, default_stem="emo")
         height, width = int(images.shape[1]), int(images.shape[2])
-        folder, stem, counter, subfolder = _comfy.save_path(filename_prefix, width, height)
+        folder, stem, counter, subfolder = _comfy.save_path(prefix, width, height)
         name = f"{stem}_{counter:05}_.{FORMATS[format].extension.lstrip('.')}"
         metadata = {}
         if prompt is not None:

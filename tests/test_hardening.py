@@ -240,3 +240,327 @@ def test_bench_size_is_checked_on_the_cpu_too(capsys, monkeypatch, size):
     rc, out, err = cli(capsys, "bench", "--device", "cpu", "--rows", "tiny,emo", "--config", "tiny", "--size", size)
     assert rc == 1 and f"--size must be an integer from 64 to 2048, a multiple of 64, got {size}" in error_line(err)
     assert out == ""  # refused before the table's header
+
+
+# ---- 3. node inputs -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def node_run(files):
+    from comfy_harness import demo_through_nodes
+
+    return demo_through_nodes(files["audio"])
+
+
+def one_line_input_error(excinfo) -> str:
+    """The nodes' error: the pack's InputError (a ValueError; ComfyUI shows its message on the node), one line."""
+    exc = excinfo.value
+    assert type(exc).__name__ == "InputError" and isinstance(exc, ValueError), repr(exc)
+    assert "\n" not in str(exc) and str(exc).strip(), repr(exc)
+    return str(exc)
+
+
+def written(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def combine(node_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("EMO_OUTPUT_DIR", str(tmp_path))
+    node = node_run[0]["EMOVideoCombine"]()
+    return lambda images, prefix="emo", audio=None: node.combine(images, 25.0, prefix, "mp4", 0, audio=audio)
+
+
+BAD_IMAGES = [
+    (torch.rand(0, 64, 64, 3), "empty batch (0 images)"),
+    (torch.rand(2, 0, 64, 3), "(empty)"),
+    (torch.empty(2, 64, 64, 3, device="meta"), "'meta' device"),
+    (torch.rand(2, 64, 64, 3) * 255, "look like 0-255 values: divide them by 255"),
+    (torch.rand(2, 64, 64, 3).double() * 255, "look like 0-255 values"),
+    (torch.rand(2, 64, 64, 3) * 4 - 2, "values run from"),
+    (torch.full((2, 64, 64, 3), float("inf")), "NaN or infinite"),
+    (torch.randint(0, 255, (2, 64, 64, 3), dtype=torch.int32), "int32 values"),
+    (torch.zeros(2, 64, 64, 3, dtype=torch.bool), "bool values"),
+    (torch.rand(2, 64, 64, 5), "5 colour channels"),
+    (torch.rand(64, 64), "shaped [batch, height, width, 3]"),
+]
+
+
+@pytest.mark.parametrize("images, expected", BAD_IMAGES, ids=[e for _, e in BAD_IMAGES])
+def test_video_combine_refuses_images_that_cannot_make_a_video(combine, tmp_path, images, expected):
+    with pytest.raises(ValueError) as excinfo:
+        combine(images)
+    assert expected in one_line_input_error(excinfo)
+    assert written(tmp_path) == []
+
+
+@pytest.mark.parametrize("images, expected", [b for b in BAD_IMAGES if b[0].dim() == 4 and b[0].shape[-1] != 5],
+                         ids=[e for i, e in BAD_IMAGES if i.dim() == 4 and i.shape[-1] != 5])
+def test_reference_encode_refuses_the_same_images(node_run, images, expected):
+    nodes, session = node_run[:2]
+    with pytest.raises(ValueError) as excinfo:
+        nodes["EMOReferenceEncode"]().encode(session, images, 0)
+    assert expected in one_line_input_error(excinfo)
+
+
+FACE_ARGS = {"size": 64, "expand": 1.2, "crop": "full", "crop_ratio": 2.0, "detector": "haar", "fallback": "center", "face_index": 0,
+             "union": False}
+
+
+@pytest.mark.parametrize("images, expected", [b for b in BAD_IMAGES if b[0].dim() == 4 and b[0].shape[-1] != 5],
+                         ids=[e for i, e in BAD_IMAGES if i.dim() == 4 and i.shape[-1] != 5])
+def test_face_mask_refuses_the_same_images(node_run, images, expected):
+    with pytest.raises(ValueError) as excinfo:
+        node_run[0]["EMOFaceMask"]().run(images, **FACE_ARGS)
+    assert expected in one_line_input_error(excinfo)
+
+
+def test_face_mask_reads_uint8_as_0_to_255():
+    from comfy_harness import load_pack, node_result
+
+    node = load_pack().NODE_CLASS_MAPPINGS["EMOFaceMask"]()
+    floats = torch.rand(1, 64, 64, 3)
+    as_uint8 = (floats * 255).round().to(torch.uint8)
+    _, from_uint8 = node_result(node.run(as_uint8, **FACE_ARGS))[:2]
+    _, from_float = node_result(node.run(as_uint8.float() / 255, **FACE_ARGS))[:2]
+    assert torch.allclose(from_uint8, from_float) and from_uint8.mean() < 0.9  # not clamped to white
+
+
+def test_uint8_images_are_read_as_0_to_255_not_clamped(node_run, combine, tmp_path):
+    from emo_model.video_io import read_video_frames
+
+    nodes, session = node_run[:2]
+    floats = torch.rand(1, 64, 64, 3)
+    as_uint8 = (floats * 255).round().to(torch.uint8)
+    exact = as_uint8.float() / 255
+    state = lambda image: nodes["EMOReferenceEncode"]().encode(session, image, 0)["result"][0].state
+    assert torch.equal(state(as_uint8).latent, state(exact).latent)
+    assert not torch.equal(state(as_uint8).latent, state(torch.ones(1, 64, 64, 3)).latent)  # not clamped to white
+    # the same frames as uint8 or as floats make the same video; grey [.., 1] and RGBA [.., 4] too
+    paths = [combine(frames)["result"][1] for frames in (as_uint8.expand(3, -1, -1, -1), exact.expand(3, -1, -1, -1))]
+    decoded = [read_video_frames(p).astype(int) for p in paths]
+    # (random pixels lose detail to 4:2:0 chroma, so compare the brightness: clamped 0-255 values would be all white)
+    assert np.abs(decoded[0] - decoded[1]).max() <= 1 and abs(decoded[0].mean() - float(as_uint8.float().mean())) < 3
+    assert combine(torch.cat([exact, torch.ones(1, 64, 64, 1)], -1).expand(2, -1, -1, -1))["result"][1]
+    assert combine(exact[..., :1].expand(2, -1, -1, -1))["result"][1]
+
+
+def test_resampling_overshoot_is_clamped_not_refused(combine):
+    frames = torch.rand(2, 64, 64, 3) * 1.2 - 0.1  # ringing of a lanczos upscaler
+    assert Path(combine(frames)["result"][1]).is_file()
+
+
+@pytest.mark.parametrize(
+    "waveform, rate, expected",
+    [
+        (torch.tensor([[[0.0, float("nan"), 0.1] * 1000]]), 16000, "NaN or infinite samples"),
+        (torch.tensor([[[0.0, float("inf")] * 1000]]), 16000, "NaN or infinite samples"),
+        (torch.empty(1, 1, 1000, device="meta"), 16000, "'meta' device"),
+        (torch.zeros(0, 1, 1000), 16000, "holds no clip"),
+        (torch.zeros(1, 1, 1000, dtype=torch.int16), 16000, "int16 samples"),
+        (torch.zeros(1000), 16000, "[batch, channels, samples]"),
+        (torch.zeros(1, 1, 1000), 0, "sample_rate must be a whole number of Hz"),
+        (torch.zeros(1, 1, 1000), 44100.5, "sample_rate must be a whole number of Hz"),
+    ],
+)
+def test_video_combine_and_audio_encode_refuse_bad_audio(node_run, combine, tmp_path, waveform, rate, expected):
+    nodes, session = node_run[:2]
+    audio = {"waveform": waveform, "sample_rate": rate}
+    with pytest.raises(ValueError) as excinfo:
+        combine(torch.rand(2, 64, 64, 3), audio=audio)
+    assert expected in one_line_input_error(excinfo)
+    assert written(tmp_path) == []
+    with pytest.raises(ValueError) as excinfo:
+        nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")
+    assert expected in one_line_input_error(excinfo)
+
+
+def test_the_writer_refuses_nan_audio_itself():
+    from emo_model.video_io import VideoError, VideoWriter
+
+    with pytest.raises(VideoError, match="NaN or infinite samples"):
+        VideoWriter(Path("never.mp4"), 25, audio={"waveform": torch.tensor([[[0.0, float("nan")]]]), "sample_rate": 16000})
+
+
+@pytest.mark.parametrize(
+    "prefix, expected",
+    [("", "names no file"), (".", "names no file"), ("./", "names no file"), ("  ", "names no file"), ("sub/..", "outside the output folder"),
+     ("../x", "outside the output folder"), ("a/../../x", "outside the output folder"), ("/tmp/x", "absolute path"), ("a\nb", "contains \\n"), ("a\x00b", "contains")],
+)
+def test_video_combine_refuses_prefixes_that_name_no_file(combine, tmp_path, prefix, expected):
+    with pytest.raises(ValueError) as excinfo:
+        combine(torch.rand(2, 64, 64, 3), prefix=prefix)
+    assert expected in one_line_input_error(excinfo)
+    assert written(tmp_path) == []
+
+
+def test_a_prefix_ending_in_a_slash_names_a_folder(combine, tmp_path):
+    result = combine(torch.rand(2, 64, 64, 3), prefix="EMO/")
+    assert written(tmp_path) == ["EMO/emo_00001_.mp4"]
+    preview = next(v for k, v in result["ui"].items() if k in ("images", "emo_video"))[0]  # (the key the node's preview has)
+    assert preview["subfolder"] == "EMO" and preview["filename"] == "emo_00001_.mp4"
+    combine(torch.rand(2, 64, 64, 3), prefix="./EMO/./clip")
+    assert written(tmp_path) == ["EMO/clip_00001_.mp4", "EMO/emo_00001_.mp4"]
+
+
+def test_a_folder_prefix_inside_comfyui_too(node_run, tmp_path, monkeypatch):
+    """In ComfyUI the folder comes from folder_paths.get_save_image_path, which normalises the prefix first (a trailing
+    slash is dropped: 'EMO/' alone would be the file stem 'EMO' in the output root): the node passes 'EMO/emo'."""
+    import types
+
+    pack_comfy = sys.modules[node_run[0]["EMOVideoCombine"].__module__.rsplit(".", 1)[0] + "._comfy"]
+    asked = []
+
+    def get_save_image_path(prefix, output_dir, width=0, height=0):  # the stand-in: core's split of a normalised prefix
+        asked.append(prefix)
+        subfolder, name = os.path.split(os.path.normpath(prefix))
+        folder = os.path.join(output_dir, subfolder)
+        os.makedirs(folder, exist_ok=True)
+        return folder, name, 1, subfolder, prefix
+
+    stub = types.SimpleNamespace(get_output_directory=lambda: str(tmp_path), get_save_image_path=get_save_image_path)
+    monkeypatch.setattr(pack_comfy, "folder_paths", stub)
+    node_run[0]["EMOVideoCombine"]().combine(torch.rand(2, 64, 64, 3), 25.0, "EMO/", "mp4", 0)
+    assert asked == ["EMO/emo"] and written(tmp_path) == ["EMO/emo_00001_.mp4"]
+
+
+@pytest.mark.parametrize(
+    "mask, expected",
+    [
+        (torch.empty(64, 64, device="meta"), "'meta' device"),
+        (torch.full((64, 64), float("nan")), "NaN or infinite"),
+        (torch.rand(64, 64) * 255, "values run from"),
+        (torch.rand(2, 3, 64, 64), "MASK shaped"),
+        (torch.rand(0, 64, 64), "not empty"),
+        (torch.zeros(64, 64, dtype=torch.int64), "int64 values"),
+    ],
+)
+def test_sampler_refuses_a_bad_face_mask(node_run, mask, expected):
+    nodes, session, reference, emo_audio, _ = node_run
+    args = {"seed": 0, "steps": 1, "cfg": 0.0, "audio_cfg": 0.0, "sampler": "ddim", "speed": 0.7, "frames_per_clip": 0,
+            "motion_frames": -1, "colour_match": "none"}
+    with pytest.raises(ValueError) as excinfo:
+        nodes["EMOSampler"]().sample(session, reference, emo_audio, face_mask=mask, **args)
+    assert expected in one_line_input_error(excinfo)
+
+
+# ---- 1. long audio is bounded -----------------------------------------------------------------------------
+
+
+def sparse_wav(path: Path, seconds: float, rate: int = 16000, channels: int = 1) -> Path:
+    """A real, hours-long 16-bit WAV of silence that takes no disk space: its header, then a hole (a sparse file)."""
+    import struct
+
+    data = round(seconds * rate) * channels * 2
+    header = b"RIFF" + struct.pack("<I", 36 + data) + b"WAVEfmt " + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2,
+                                                                                   channels * 2, 16) + b"data" + struct.pack("<I", data)
+    with open(path, "wb") as f:
+        f.write(header)
+        f.truncate(len(header) + data)
+    return path
+
+
+class Decoded:
+    """Counts the audio frames the decoder hands out (monkeypatched over emo_model.audio._frame_to_float)."""
+
+    def __init__(self, monkeypatch):
+        from emo_model import audio
+
+        self.samples, real = 0, audio._frame_to_float
+
+        def counting(frame):
+            self.samples += frame.samples
+            return real(frame)
+
+        monkeypatch.setattr(audio, "_frame_to_float", counting)
+
+
+def test_the_recorded_length_refuses_before_any_decoding(files, monkeypatch, tmp_path):
+    from emo_model.session import Session
+
+    session = Session.load(str(files["model"]), device="cpu")
+    decoded = Decoded(monkeypatch)
+    long = sparse_wav(tmp_path / "five_hours.wav", 5 * 3600, 48000, 2)  # 6.9 GB of float32 if it were decoded whole
+    with pytest.raises(InputError, match=r"makes 450000 frames \(18000.0 s at 25 fps, by the length its file records\)"):
+        session.encode_audio(str(long))
+    assert decoded.samples == 0
+    features = session.encode_audio(str(sparse_wav(tmp_path / "short.wav", 2.0)))  # within the limit: decoded as before
+    assert features.num_frames == 50 and decoded.samples == 32000
+
+
+def test_without_a_recorded_length_decoding_stops_at_the_limit(files, monkeypatch, tmp_path):
+    from emo_model import audio
+    from emo_model.session import Session
+
+    session = Session.load(str(files["model"]), device="cpu")
+    monkeypatch.setattr(audio, "declared_samples", lambda path: None)  # as a stream that records no length
+    decoded = Decoded(monkeypatch)
+    long = sparse_wav(tmp_path / "one_hour.wav", 3600, 16000)
+    with pytest.raises(InputError, match=r"runs past the limit of 25 frames per run \(1.0 s at 25 fps; decoding stopped there\)"):
+        session.encode_audio(str(long), max_frames=25)
+    assert 16000 < decoded.samples <= 16000 + 8192  # one second and at most one more decoder frame, not the hour
+
+
+def test_the_command_line_refuses_a_long_file_in_one_line(files, capsys, tmp_path):
+    long = sparse_wav(tmp_path / "long.wav", 3 * 3600, 44100, 2)
+    rc, _, err = cli(capsys, *generate(files, tmp_path / "never.mp4", audio=long))
+    assert rc == 1 and "by the length its file records" in error_line(err) and "--max-frames 270000" in err
+    assert not (tmp_path / "never.mp4").exists()
+
+
+def test_recorded_lengths_of_compressed_formats(tmp_path):
+    import av
+
+    from emo_model.audio import declared_samples
+
+    rate, seconds = 16000, 3.0
+    wave = (0.3 * np.sin(np.arange(int(rate * seconds)) / rate * 2 * np.pi * 220)).astype(np.float32)
+    for name, codec, fmt in (("a.flac", "flac", None), ("a.mp3", "libmp3lame", None), ("a.m4a", "aac", "ipod")):
+        with av.open(str(tmp_path / name), "w", format=fmt) as container:
+            stream = container.add_stream(codec, rate=rate, layout="mono")
+            frame = av.AudioFrame.from_ndarray(wave[None], format="flt", layout="mono")
+            frame.sample_rate = rate
+            resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate)
+            for piece in resampler.resample(frame):
+                container.mux(stream.encode(piece))
+            container.mux(stream.encode(None))
+        samples, got_rate = declared_samples(tmp_path / name)
+        assert got_rate == rate and abs(samples - wave.size) <= 0.05 * wave.size, (name, samples)  # encoder padding aside
+    assert declared_samples(tmp_path / "nope.wav") is None
+
+
+MEMORY_SCRIPT = r"""
+import resource, sys
+import torch
+from emo_model import audio
+from emo_model.audio import AudioError, load_audio
+
+def refuse_past(seconds):
+    def check(samples, rate, how):
+        if samples > seconds * rate:
+            raise AudioError(f"too long ({how})")
+    return check
+
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+for declared in (True, False):
+    if not declared:
+        audio.declared_samples = lambda path: None
+    try:
+        load_audio(sys.argv[1], check_length=refuse_past(10.0))
+    except AudioError as exc:
+        print(exc)
+print("growth_kb", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_audio_length(tmp_path):
+    """An hour of 48 kHz stereo (691 MB as 16-bit, 1.4 GB as float32) refused at a 10 s limit, with and without the length
+    its file records: the process grows by the 10 s (3.8 MB as float32) and the decoder's buffers, far below the hour.
+    The margin (150 MB) is generous: the whole hour decoded would be 1.4 GB or more."""
+    long = sparse_wav(tmp_path / "hour.wav", 3600, 48000, 2)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(long)], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[:2] == ["too long (declared)", "too long (decoding)"], res.stdout
+    assert int(lines[2].split()[1]) < 150_000, res.stdout

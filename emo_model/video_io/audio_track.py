@@ -33,6 +33,8 @@ def _normalize_audio(audio: Any) -> tuple[np.ndarray, int] | None:
                 "audio must be None, (waveform, sample_rate) or a ComfyUI AUDIO dict"
             ) from None
     if torch is not None and isinstance(wav, torch.Tensor):
+        if wav.is_meta:
+            raise VideoError("audio waveform is on the 'meta' device (a shape without samples); give real audio")
         wav = wav.detach().float().cpu().numpy()
     wav = np.asarray(wav, dtype=np.float32)
     if wav.ndim == 3:  # ComfyUI [B,C,T]: first item of the batch
@@ -53,7 +55,8 @@ def _normalize_audio(audio: Any) -> tuple[np.ndarray, int] | None:
         raise VideoError(f"audio sample_rate must be an integer, got {sr!r}") from None
     if sr <= 0:
         raise VideoError(f"audio sample_rate must be positive, got {sr}")
-    wav = np.nan_to_num(wav, nan=0.0, posinf=1.0, neginf=-1.0)
+    if not np.isfinite(wav).all():  # not silently zeroed: the node before failed, and the video would hide it
+        raise VideoError("audio holds NaN or infinite samples (a failed upstream node); fix the node that made it")
     return np.ascontiguousarray(np.clip(wav, -1.0, 1.0)), sr
 
 

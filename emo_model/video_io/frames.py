@@ -46,9 +46,16 @@ def _to_uint8_frames(frames: Any) -> np.ndarray:
     """Whole batch -> contiguous uint8 ``[N,H,W,3]`` in one vectorised step."""
     if torch is not None and isinstance(frames, torch.Tensor):
         t = frames.detach()
+        if t.is_meta:
+            raise VideoError("frames are on the 'meta' device (a shape without values); give real frames")
         if t.dtype != torch.uint8:
             if not t.is_floating_point():
-                t = t.float()
+                raise VideoError(
+                    f"integer frames must be uint8 (0..255), got {str(t.dtype).removeprefix('torch.')}; "
+                    "float frames are expected in 0..1"
+                )
+            if t.dtype != torch.float32 and t.dtype != torch.float64:
+                t = t.float()  # half / bfloat16 cannot hold x * 255 + 0.5 exactly (8 bits of mantissa in bf16)
             # round-half-up after clamping; done on the tensor's own device so
             # a GPU batch crosses the bus as uint8 (4x less than float32).
             t = (t.clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8)
