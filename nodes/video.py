@@ -89,4 +89,8 @@ class EMOVideoCombine:
                 writer.write(images[start : start + 16])
         path = str(Path(folder) / name)
         preview = {"filename": name, "subfolder": subfolder, "type": "output", "format": FORMATS[format].mime_type}
-        return {"ui": {"images": [preview], "animated": (True,)}, "result": (video_value(path), path)}
+        # "emo_video", not core's "images": web/js/emo.js shows it in a player inside the node (core's preview floats
+        # below the node in frontend 1.27); the queue panel still lists the file (any key with an .mp4/.webm)
+        seconds = images.shape[0] / fps
+        summary = f"{Path(subfolder, name).as_posix()} · {images.shape[0]} frames · {seconds:.2f} s at {fps:g} fps · {width}x{height}"
+        return {"ui": {"emo_video": [preview], "emo_summary": [summary]}, "result": (video_value(path), path)}
