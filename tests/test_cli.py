@@ -51,7 +51,9 @@ def test_generate_end_to_end_on_the_tiny_config(files):
     video = probe_video(out)
     assert video.num_frames == frames and abs(video.fps - 25.0) < 1e-6
     assert video.width == video.height == 64
-    assert video.audio_codec == "aac" and abs(video.audio_duration - frames / 25.0) <= 1 / 25.0
+    # half a frame: the writer trims the audio to the frames (one frame too many or too few fails); the declared
+    # duration is exact to the mp4 timescale's ~1 ms
+    assert video.audio_codec == "aac" and abs(video.audio_duration - frames / 25.0) <= 0.5 / 25.0
     assert "wrote" in res.stdout
 
 

@@ -94,14 +94,15 @@ def test_mp4_roundtrip_with_audio(tmp_path, sr, audio_ratio):
     assert info.audio_sample_rate == sr
     assert info.audio_channels == 1
 
-    # audio duration matches the video within one frame (what players present) ...
-    assert abs(info.audio_duration - video_seconds) <= 1 / FPS
-    # ... and independently of probe_video: decoded samples, which may carry
-    # at most one AAC frame (1024 samples) of encoder padding at the end.
+    # audio duration (what players present) matches the video within half a frame: the writer trims / pads the audio
+    # to the frames, so one frame too many or too few fails; the declared duration is exact to the mp4 timescale (~1 ms)
+    assert abs(info.audio_duration - video_seconds) <= 0.5 / FPS
+    # ... and independently of probe_video: decoded samples, which carry at most one AAC frame (1024 samples) of
+    # encoder padding at the end (the decoder ignores the edit list's end), never fewer than the video's
     decoded, dsr = decode_audio(out)
     assert dsr == sr
     decoded_seconds = decoded.shape[1] / sr
-    assert video_seconds - 1 / FPS <= decoded_seconds <= video_seconds + 1 / FPS + 1024 / sr
+    assert video_seconds - 1 / sr <= decoded_seconds <= video_seconds + 1024 / sr + 1 / sr
     # video stream's own declared duration agrees with the decoded frame count
     with av.open(str(out)) as c:
         vs = c.streams.video[0]
@@ -186,7 +187,7 @@ def test_frame_rates(tmp_path, fps, exact):
     assert info.fps == pytest.approx(float(exact), abs=1e-6)
     expected = float(n / exact)
     assert info.duration == pytest.approx(expected, abs=1e-6)
-    assert abs(info.audio_duration - expected) <= 1 / float(exact)
+    assert abs(info.audio_duration - expected) <= 0.5 / float(exact)  # half a frame: the writer trims the audio to the frames
     with av.open(out) as c:
         vs = c.streams.video[0]
         assert float(vs.duration * vs.time_base) == pytest.approx(expected, abs=1e-3)
@@ -212,8 +213,10 @@ def test_webm_vp9_opus_roundtrip(tmp_path):
     assert info.audio_channels == 2
     decoded, dsr = decode_audio(out)
     assert dsr == 48000 and decoded.shape[0] == 2
-    assert abs(decoded.shape[1] / dsr - video_seconds) <= 1 / FPS
-    assert abs(info.audio_duration - video_seconds) <= 1 / FPS
+    # Opus in WebM: the container's pre-skip / end padding are honoured by the decoder, so decoded = declared;
+    # half a frame: the writer trims the audio to the frames (one frame too many or too few fails)
+    assert abs(decoded.shape[1] / dsr - video_seconds) <= 0.5 / FPS
+    assert abs(info.audio_duration - video_seconds) <= 0.5 / FPS
     back = read_video_frames(out)
     assert np.abs(back.astype(np.float32) - frames * 255).mean() < 4.0
     # stereo kept: second channel was written at half amplitude
@@ -325,7 +328,7 @@ def test_comfy_audio_dict(tmp_path):
                       audio={"waveform": wav, "sample_rate": sr})
     info = probe_video(out)
     assert info.audio_channels == 2 and info.audio_sample_rate == sr
-    assert abs(info.audio_duration - 1.0) <= 1 / FPS
+    assert abs(info.audio_duration - 1.0) <= 0.5 / FPS  # half a frame: the writer trims the audio to the frames
 
 
 # --------------------------------------------------------------------------- failure paths
