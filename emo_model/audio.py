@@ -12,7 +12,9 @@ Everything downstream works on one representation, :class:`PreparedAudio`: a mon
   :func:`prepare_audio` pads with silence or trims to exactly that many.
 * **Decoding** uses PyAV (the FFmpeg libraries in-process; no ``ffmpeg`` subprocess): wav, flac, mp3,
   ogg, m4a/aac and the audio track of video containers. Integer PCM is scaled to -1..1 by its full
-  scale (u8, s16, s24-in-s32, s32, s64).
+  scale (u8, s16, s24-in-s32, s32, s64). Files are decoded frame by frame; a caller's length check
+  (``load_audio(check_length=...)``, the frame limit) sees the length the container records before any
+  decoding and the running length after every frame, so too-long audio costs no more than the limit.
 * **Resampling** uses ``scipy.signal.resample_poly`` (polyphase FIR, Kaiser window) for files and
   tensors alike. It handles every integer rate pair as an exact ratio (44.1 -> 16 kHz is 160/441), is deterministic,
   has no state or frame-boundary effects, and works on a whole array in one call, whereas PyAV's
