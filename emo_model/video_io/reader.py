@@ -126,4 +126,11 @@ def read_audio(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             sr = f.sample_rate or sr
     if not chunks:
         return np.zeros((1, 0), np.float32), sr
-    return np.concatenate(chunks, axis=1), sr
+    out = np.empty((chunks[0].shape[0], sum(c.shape[1] for c in chunks)), np.float32)
+    chunks.reverse()
+    at = 0
+    while chunks:  # each frame's array dropped as it is copied: the audio is held once, not twice
+        chunk = chunks.pop()
+        out[:, at : at + chunk.shape[1]] = chunk
+        at += chunk.shape[1]
+    return out, sr
