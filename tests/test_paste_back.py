@@ -307,3 +307,24 @@ def test_paste_back_node_says_what_a_full_size_batch_costs(nodes):
     assert "24.9 MB per 1080p frame" in cls.DESCRIPTION and "24.9 MB per 1080p frame" in cls.OUTPUT_TOOLTIPS[0]
     assert round(1920 * 1080 * 3 * 4 / 1e6, 1) == 24.9
     assert "print(" not in (__import__("conftest").ROOT / "nodes" / "paste_back.py").read_text()
+
+
+def test_the_measuring_tool_counts_what_it_says(tmp_path):
+    """tools/paste_back_table.py's measures on frames made here (the tool itself runs the demo model)."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("paste_back_table", ROOT / "tools" / "paste_back_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    picture = (scene(180, 320) * 255).astype(np.uint8)
+    pc = crop_of(picture, FaceBox(200, 60, 240, 110), size=64)
+    still = np.stack([pc.image] * 3)
+    moving = still.copy()
+    moving[1, :, :4] = 1.0 - moving[1, :, :4]  # motion only in the crop's left columns: outside the pasted region
+    row = tool.measure("t", picture, pc, moving)
+    assert row["outside changed"] == 0 and row["size"] == "320x180" and row["frames"] == 3
+    assert row["motion cut"] > 0.99 and row["motion in face"] < 0.01
+    assert abs(row["motion in face"] + row["motion in ring"] + row["motion cut"] - 1) < 1e-6
+    assert 0.5 < row["seam grad out/src (mean)"] < 2.0
