@@ -21,3 +21,10 @@ setup-demo:
 
 setup-test:
 	@$(PYTHON) scripts/setup_env.py test
+
+# make mutate -> mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml: the modules and
+# a fast test selection). Hours on 2 cores, so not part of `make test` or CI; the score goes in docs/testing.md.
+.PHONY: mutate
+mutate: setup-test
+	$(BIN)/python -m pip install -q "mutmut>=3.3,<4"
+	$(BIN)/mutmut run; $(BIN)/mutmut results
