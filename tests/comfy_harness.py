@@ -165,6 +165,20 @@ def write_portrait(path: Path, size: int = 160) -> Path:
     return path
 
 
+def write_scene(path: Path, width: int = 320, height: int = 180) -> Path:
+    """A wide picture (16:9 by default) with a real face right of centre, for the paste-back workflow."""
+    import cv2
+    from skimage import data
+
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    scene = np.stack([xx / width, yy / height, 0.5 + 0.3 * np.sin(xx / 9.0)], -1) * 255
+    face = cv2.resize(data.astronaut()[30:330, 80:380], (height, height))
+    x0 = width - height - width // 10
+    scene[:, x0:x0 + height] = face
+    cv2.imwrite(str(path), cv2.cvtColor(scene.astype(np.uint8), cv2.COLOR_RGB2BGR))
+    return path
+
+
 def write_speech(path: Path, seconds: float = 1.3, rate: int = 22050) -> Path:
     import soundfile as sf
 

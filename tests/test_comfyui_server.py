@@ -236,7 +236,7 @@ def files_in(folder: Path) -> set[str]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from comfy_harness import make_test_models, write_portrait, write_speech
+    from comfy_harness import make_test_models, write_portrait, write_scene, write_speech
 
     comfy_dir = Path(COMFYUI_DIR).resolve()
     base = tmp_path_factory.mktemp("comfyui_server")
@@ -273,6 +273,7 @@ def server(tmp_path_factory):
     srv.input.mkdir()
     srv.output.mkdir()
     write_portrait(srv.input / "portrait.png", size=160)
+    write_scene(srv.input / "scene.png")  # the paste-back workflow's wide picture
     write_speech(srv.input / "speech.wav", seconds=1.3)
     write_speech(srv.input / "song.wav", seconds=2.1)
     srv.entries = entries

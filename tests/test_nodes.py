@@ -20,6 +20,7 @@ from comfy_harness import (
     run_api,
     tiny_graph,
     write_portrait,
+    write_scene,
     write_speech,
 )
 from conftest import ROOT
@@ -201,6 +202,7 @@ def env(tmp_path_factory, pack):
     outputs.mkdir()
     entries = make_test_models(models)
     write_portrait(inputs / "portrait.png")
+    write_scene(inputs / "scene.png")  # the paste-back workflow's wide picture
     write_speech(inputs / "speech.wav", seconds=1.3)
     write_speech(inputs / "song.wav", seconds=2.1)
     mp = pytest.MonkeyPatch()
@@ -232,6 +234,8 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     written = sorted(env["output"].rglob("*.mp4"), key=lambda p: p.stat().st_mtime)[-1]
     video = probe_video(written)
     assert video.num_frames == frames and abs(video.fps - fps) < 1e-3
+    if "paste_back" in path.name:  # the wide scene (write_scene) at its own size, not the square crop
+        assert (video.width, video.height) == (320, 180)
     assert abs(video.audio_duration - frames / fps) <= 1 / fps
     sampler = next(nid for nid, n in graph.items() if n["class_type"] == "EMOSampler")
     summary = uis[sampler]["emo_summary"][0]
