@@ -39,7 +39,7 @@ class EMOPasteBack:
         return {
             "required": {
                 "frames": ("IMAGE", {"tooltip": "The animated square frames (EMO Sampler's output, or after an upscaler / face restorer: any square size)."}),
-                "source": ("IMAGE", {"tooltip": "The picture EMO Face Mask cropped (its first image is used), at the same size."}),
+                "source": ("IMAGE", {"tooltip": "The picture EMO Face Mask cropped. A batch (a scene video of that size) is a moving background: frame i goes into picture i (the last one held), with the same crop box in every frame (turn on union in EMO Face Mask so the box covers the face in all of them; no per-frame tracking)."}),
                 "crop": ("EMO_CROP", {"tooltip": "EMO Face Mask's crop output: where the square sits in the picture (box, scale, face)."}),
                 "grow": ("FLOAT", {"default": DEFAULT_GROW, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "The pasted region is the face box grown this much about its centre: room for head motion (kept inside the crop)."}),
                 "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Width of the soft edge as a fraction of the face size (0 = a hard edge)."}),
@@ -56,7 +56,9 @@ class EMOPasteBack:
         placements = crop if isinstance(crop, (list, tuple)) else [crop]
         if not placements or not hasattr(placements[0], "crop_box"):
             raise ValueError("crop must be EMO Face Mask's crop output (EMO_CROP)")
-        picture = (source[0] if source.dim() == 4 else source).cpu().float().numpy()
+        if source.dim() == 3:
+            source = source[None]
+        picture = source[0].cpu().float().numpy()
         pb = PasteBack(picture, placements[0], grow=grow, feather=feather, colour=colour_match)
         if placements[0].fell_back:
             log.warning("EMO Paste Back: no face was found on the picture; the animation is pasted at EMO Face Mask's fallback box")
@@ -68,7 +70,11 @@ class EMOPasteBack:
                 _comfy.raise_interrupt()
             batch = frames[start:start + batch_size].to("cpu")
             batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-            for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy())):
+            backgrounds = None
+            if source.shape[0] > 1:  # a scene video: picture i behind frame i, the last one held
+                index = [min(i, source.shape[0] - 1) for i in range(start, start + batch.shape[0])]
+                backgrounds = source[index].cpu().float().numpy()
+            for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy(), backgrounds=backgrounds)):
                 out[start + i] = torch.from_numpy(frame)
             progress.set(min(n, start + batch_size))
         return (out,)

@@ -328,3 +328,19 @@ def test_the_measuring_tool_counts_what_it_says(tmp_path):
     assert row["motion cut"] > 0.99 and row["motion in face"] < 0.01
     assert abs(row["motion in face"] + row["motion in ring"] + row["motion cut"] - 1) < 1e-6
     assert 0.5 < row["seam grad out/src (mean)"] < 2.0
+
+
+def test_a_scene_video_as_the_background(nodes):
+    """A source batch is a moving background: frame i goes into picture i (the last held); outside is that picture's."""
+    import torch
+
+    pictures = torch.from_numpy(np.stack([scene(180, 320, seed=s) for s in range(3)]))
+    pc = crop_of(pictures[0].numpy(), FaceBox(200, 60, 240, 110), size=64)
+    crop = [CropPlacement.from_crop(pc)]
+    frames = torch.from_numpy(noise_frames(5, 64))
+    (out,) = nodes["EMOPasteBack"]().paste(frames, pictures, crop, 1.6, 0.2, "mean", 2)
+    outside = torch.from_numpy(~blend_weights(crop[0]).astype(bool))
+    for i, f in enumerate(out):
+        assert torch.equal(f[outside], pictures[min(i, 2)][outside])
+    with pytest.raises(FaceError, match="background picture is 321x180"):
+        list(PasteBack(pictures[0].numpy(), crop[0]).iter_composite(noise_frames(1, 64), backgrounds=[scene(180, 321)]))

@@ -207,8 +207,19 @@ class PasteBack:
         lab = cv2.cvtColor(np.ascontiguousarray(warped.reshape(-1, warped.shape[2], 3)), cv2.COLOR_RGB2Lab) + self._shift
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB), 0.0, 1.0).reshape(warped.shape)
 
-    def iter_composite(self, frames: Any, dtype: Any = np.float32) -> Iterator[np.ndarray]:
-        """Full-size frames, one at a time (``[H', W', 3]``, float32 0..1 or uint8)."""
+    def _background(self, picture: Any) -> np.ndarray:
+        rgb = to_rgb_float(picture)
+        if rgb.shape[:2] != (self.height, self.width):
+            raise FaceError(f"a background picture is {rgb.shape[1]}x{rgb.shape[0]}, the source is {self.width}x{self.height}; "
+                            "a background video must have the source's size")
+        return np.pad(rgb, ((0, self.out_height - self.height), (0, self.out_width - self.width), (0, 0)), mode="edge")
+
+    def iter_composite(self, frames: Any, dtype: Any = np.float32, backgrounds: Any = None) -> Iterator[np.ndarray]:
+        """Full-size frames, one at a time (``[H', W', 3]``, float32 0..1 or uint8).
+
+        ``backgrounds``: pictures of the source's size, one per frame (a scene video): frame ``i`` is pasted
+        into ``backgrounds[i]`` instead of the source (the same crop box in every frame: no tracking).
+        """
         arr = self._frames(frames)
         if not len(arr):
             return
@@ -217,15 +228,21 @@ class PasteBack:
         else:
             warped = self._correct(np.stack([self._warp(f) for f in arr]))
         u8 = np.dtype(dtype) == np.uint8
-        for roi in warped:
-            blended = self._src_roi + self._alpha * (roi - self._src_roi)
+        for i, roi in enumerate(warped):
+            if backgrounds is None:
+                source, source_u8 = self.source, self._source_u8
+            else:
+                source = self._background(backgrounds[i])
+                source_u8 = np.clip(source * 255.0 + 0.5, 0, 255).astype(np.uint8) if u8 else None
+            src_roi = source[self.roi]
+            blended = src_roi + self._alpha * (roi - src_roi)
             if u8:
-                out = self._source_u8.copy()
+                out = source_u8.copy()
                 out[self.roi] = np.clip(blended * 255.0 + 0.5, 0, 255).astype(np.uint8)
                 # the weight-0 pixels of the box are the source's exactly (no float round trip)
-                out[self.roi][self._alpha[..., 0] == 0] = self._source_u8[self.roi][self._alpha[..., 0] == 0]
+                out[self.roi][self._alpha[..., 0] == 0] = source_u8[self.roi][self._alpha[..., 0] == 0]
             else:
-                out = self.source.copy()
+                out = source.copy()
                 out[self.roi] = blended
             yield out
 
