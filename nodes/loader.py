@@ -73,6 +73,15 @@ def hub_source(folder: str, value: str) -> str | None:
     return "; ".join(f"{' + '.join(paths)}, from Hugging Face: {repo}" for repo, paths in repos.items())
 
 
+def published_entries(folder: str) -> str:
+    """Every entry of a model folder that some family publishes, with where it comes from, e.g. "sd-vae-ft-mse/
+    (config.json + diffusion_pytorch_model.safetensors, from Hugging Face: stabilityai/sd-vae-ft-mse)": the fallback
+    of a missing-file line whose entry no family names."""
+    entries = dict.fromkeys(f.dest.split("/", 1)[0] + ("/" if "/" in f.dest else "")
+                            for fam in FAMILIES for f in fam.downloads if f.folder == folder and not f.optional)
+    return "; or ".join(f"{entry} ({hub_source(folder, entry)})" for entry in entries)
+
+
 def _place(folder: str, value: str) -> str:
     roots = _comfy.folder_paths_for(folder)
     default = _comfy.models_dir() / folder  # ComfyUI/models/<folder> first, then extra folders (extra_model_paths.yaml)
@@ -187,9 +196,10 @@ class LoadEMOModel:
         files a family publishes is accepted: the run fetches it."""
         checks = (
             (model, DEMO_ENTRY, "emo", lambda value: missing_model_message(value)),
-            (vae, BUNDLED_VAE, "vae", lambda value: missing_file_message("VAE", "vae", value, "sd-vae-ft-mse")),
+            (vae, BUNDLED_VAE, "vae", lambda value: missing_file_message("VAE", "vae", value, published_entries("vae") or "sd-vae-ft-mse")),
             (audio_encoder, NO_ENCODER, "audio_encoders",
-             lambda value: missing_file_message("audio encoder", "audio_encoders", value, _encoders_by_family())),
+             lambda value: missing_file_message("audio encoder", "audio_encoders", value,
+                                                f"{_encoders_by_family()}: {published_entries('audio_encoders')}")),
         )
         for value, builtin, folder, message in checks:
             if value is None or value == builtin or value in _comfy.list_entries(folder, folders=True):

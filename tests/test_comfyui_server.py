@@ -535,10 +535,27 @@ def test_a_model_that_is_not_there_is_refused_at_queue_time(server):
         code, answer = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
         assert code == 400, answer
         errors = answer["node_errors"][loader]["errors"]
-        # our VALIDATE_INPUTS replaces ComfyUI's list check for this one input: same refusal, plus where the file goes
-        assert [e["type"] for e in errors] == ["custom_validation_failed"], errors
-        details = errors[0]["details"]
-        assert details.startswith("model - the model 'missing.safetensors' is not in models/emo: put it at ") and "/models/emo/missing.safetensors " in details, details
+        # our VALIDATE_INPUTS replaces ComfyUI's list check for the model, VAE and encoder: same refusal, plus where the
+        # file goes. ComfyUI 0.3.64 files its message once per input VALIDATE_INPUTS takes, so the same line comes
+        # under each of those inputs.
+        assert {e["type"] for e in errors} == {"custom_validation_failed"}, errors
+        assert {e["extra_info"]["input_name"] for e in errors} == {"model", "vae", "audio_encoder", "download_missing"}, errors
+        messages = {e["details"].split(" - ", 1)[1] for e in errors}
+        assert len(messages) == 1, messages
+        (details,) = messages
+        assert details.startswith("the model 'missing.safetensors' is not in models/emo: put it at ") and "/models/emo/missing.safetensors " in details, details
+
+
+def test_a_vae_that_is_not_there_is_refused_at_queue_time(server):
+    graph = _speech_graph()
+    loader = node_of(graph, "LoadEMOModel")
+    graph[loader]["inputs"]["vae"] = "sd-vae-ft-mse.safetensors"
+    with server.explain():
+        code, answer = server.post("/prompt", {"prompt": graph, "client_id": server.client_id})
+        assert code == 400, answer
+        details = {e["details"].split(" - ", 1)[1] for e in answer["node_errors"][loader]["errors"]}
+        assert len(details) == 1 and next(iter(details)).startswith("the VAE 'sd-vae-ft-mse.safetensors' is not in models/vae: put it at "), details
+        assert "stabilityai/sd-vae-ft-mse" in next(iter(details)), details  # where it comes from
 
 
 @pytest.mark.parametrize(

@@ -373,6 +373,9 @@ def test_a_missing_vae_or_audio_encoder_says_where_it_goes_and_where_it_comes_fr
     assert "from Hugging Face: facebook/wav2vec2-base-960h" in message
     message = loader_cls.VALIDATE_INPUTS(demo, NO_VAE, "my_encoder.safetensors")  # nobody publishes it: what the family needs
     assert message.startswith("the audio encoder 'my_encoder.safetensors'") and "download_missing" not in message
+    assert "wav2vec2-base-960h/ (" in message and "from Hugging Face: facebook/wav2vec2-base-960h" in message  # what is published
+    message = loader_cls.VALIDATE_INPUTS(demo, "my_vae.safetensors", None)  # a name nobody publishes: the published VAE, and its source
+    assert "sd-vae-ft-mse/ (" in message and "from Hugging Face: stabilityai/sd-vae-ft-mse" in message, message
     assert loader_cls.VALIDATE_INPUTS(demo, NO_VAE, None) is True  # linked / not sent: not checked here
 
 
