@@ -173,8 +173,8 @@ def test_inspect_and_convert_read_fp8_checkpoints(files, capsys):
 
 
 def test_inspect_finds_nan_in_fp8_tensors(files, capsys):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     model = weights.load_emo_model(files["model"])
     fp8 = files["dir"] / "fp8_nan.safetensors"
