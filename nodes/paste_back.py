@@ -43,7 +43,7 @@ class EMOPasteBack:
                 "crop": ("EMO_CROP", {"tooltip": "EMO Face Mask's crop output: where the square sits in the picture (box, scale, face)."}),
                 "grow": ("FLOAT", {"default": DEFAULT_GROW, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "The pasted region is the face box grown this much about its centre: room for head motion (kept inside the crop)."}),
                 "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Width of the soft edge as a fraction of the face size (0 = a hard edge)."}),
-                "colour_match": (list(COLOUR_MODES), {"default": "mean", "tooltip": "mean: shift the frames' colours so they match the picture at the seam; none: paste as generated."}),
+                "colour_match": (list(COLOUR_MODES), {"default": "local", "tooltip": "local: the frames' colours meet the picture's where they touch it, place by place (measured on the first frame); mean: one colour shift so the seam's average matches; none: paste as generated."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Frames composited at a time: bounds the working memory besides the output itself."}),
             }
         }

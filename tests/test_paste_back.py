@@ -128,8 +128,8 @@ def test_colour_match_closes_the_seam():
         ring = (pb.weights > 0) & (pb.weights < 1)
         return np.abs(out[:, ring].mean((0, 1)) - src[ring].mean(0)).max()
 
-    plain, matched = seam_error("none"), seam_error("mean")
-    assert plain > 0.03 and matched < plain / 4
+    plain, matched, local = seam_error("none"), seam_error("mean"), seam_error("local")
+    assert plain > 0.03 and matched < plain / 4 and local < plain / 4
 
 
 def test_frames_at_another_size_use_their_own_side():
@@ -344,3 +344,21 @@ def test_a_scene_video_as_the_background(nodes):
         assert torch.equal(f[outside], pictures[min(i, 2)][outside])
     with pytest.raises(FaceError, match="background picture is 321x180"):
         list(PasteBack(pictures[0].numpy(), crop[0]).iter_composite(noise_frames(1, 64), backgrounds=[scene(180, 321)]))
+
+
+def test_local_colour_match_follows_a_cast_that_varies_across_the_face():
+    """A cast that changes from left to right (light from one side): one mean shift cannot match both sides of
+    the seam, the local offset field can."""
+    src = cv2.GaussianBlur(scene(200, 360), (0, 0), 2.0)
+    pc = crop_of(src, FaceBox(150, 50, 210, 130), size=128)
+    ramp = np.linspace(-0.15, 0.15, 128, dtype=np.float32)[None, :, None]
+    off = np.clip(np.stack([pc.image] * 2) + ramp, 0, 1)
+
+    def ring_error(colour):
+        pb = PasteBack(src, CropPlacement.from_crop(pc), colour=colour)
+        out = pb.composite(off)
+        ring = (pb.weights > 0) & (pb.weights < 1)
+        return np.abs(out[:, ring] - src[ring]).mean()
+
+    none, mean, local = ring_error("none"), ring_error("mean"), ring_error("local")
+    assert local < mean / 2 and local < none / 2, (none, mean, local)

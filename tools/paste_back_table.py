@@ -15,7 +15,7 @@ Columns (all on the composited frames, before video encoding, which is lossy):
 * ``seam grad out/src``: mean luminance gradient across the blend ring (Sobel, the component along the
   ring's normal, over the pixels with 0 < weight < 1) of the output frames, over the same on the source
   picture; 1.0 = the ring changes across as much as the picture does there, above 1 = a visible edge.
-  Given with the colour match off and on.
+  Given for each colour match: none, mean (one Lab shift) and local (the default: an offset field).
 * ``outside changed``: pixels outside the blend region that differ from the source, over all frames (uint8
   frames as written to the video); must be 0.
 * ``motion in face / ring / cut``: of the frame-to-frame change in the generated square crop, the share that
@@ -90,7 +90,7 @@ def measure(name: str, picture: np.ndarray, portrait, frames: np.ndarray) -> dic
     src = picture.astype(np.float32) / 255.0
     row: dict = {"scene": name, "size": f"{picture.shape[1]}x{picture.shape[0]}", "frames": len(frames),
                  "face": "fallback" if portrait.fell_back else "found"}
-    for colour in ("none", "mean"):
+    for colour in ("none", "mean", "local"):
         pb = PasteBack(picture, placement, colour=colour)
         ring = (pb.weights > 0) & (pb.weights < 1)
         wy, wx = np.gradient(pb.weights.astype(np.float64))
@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         portrait, frames = animate(session, picture, args.seconds, args.steps)
         print(f"{name}: measuring {len(frames)} frames ...", file=sys.stderr, flush=True)
         rows.append(measure(name, picture, portrait, frames))
-    cols = ["scene", "size", "frames", "face", "blend region", "seam grad out/src (none)", "seam grad out/src (mean)", "outside changed",
+    cols = ["scene", "size", "frames", "face", "blend region", "seam grad out/src (none)", "seam grad out/src (mean)",
+            "seam grad out/src (local)", "outside changed",
             "motion in face", "motion in ring", "motion cut"]
     print("| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))

@@ -9,11 +9,17 @@ generated frame back through the same box and blends it into the source picture:
   the weight is 1 inside, falls smoothly (smoothstep of the distance) to exactly 0 at ``feather``
   x the face's larger side outside it.  The weight is computed analytically, so it is *exactly*
   0 beyond the ring; every pixel there is copied from the source, bit for bit, in every frame.
-* **Colour match at the seam** (``colour="mean"``): the generated pixels are shifted in CIE Lab so
-  that their mean over the feather ring equals the source's mean over the same ring (the
-  statistics of :func:`~emo_model.colour_match.colour_stats`).  The shift is measured once, on the
-  first frame, and applied to every frame: nothing flickers, and the result does not depend on how
-  the frames are batched (drift over a long video is the sampler's ``colour_match``).
+* **Colour match at the seam**, measured once on the first frame and applied to every frame, so nothing
+  flickers and the result does not depend on how the frames are batched (drift over a long video is the
+  sampler's ``colour_match``):
+
+  - ``colour="local"`` (default): an offset field, source minus generated over the feather ring, spread
+    inwards by normalised Gaussian averaging (sigma :data:`LOCAL_SIGMA` x the pasted box's larger side)
+    and falling back to the ring's mean offset far from it; so the colours meet the source where they
+    touch it, place by place.
+  - ``colour="mean"``: one shift in CIE Lab, so that the mean over the ring equals the source's (the
+    statistics of :func:`~emo_model.colour_match.colour_stats`).
+  - ``colour="none"``: pasted as generated.
 * **Size**: the output has the source's size, padded by one replicated row/column where a side is
   odd (H.264 needs even sides; the same padding the video writer uses).  Pictures larger than
   :data:`MAX_SIDE` px on a side are refused with one line (downscale them, or keep the crop).
@@ -42,7 +48,8 @@ from .image import to_rgb_float
 
 #: Largest source side paste-back accepts (the video is written at the source's size).
 MAX_SIDE = 4096
-COLOUR_MODES = ("mean", "none")
+COLOUR_MODES = ("local", "mean", "none")
+LOCAL_SIGMA = 0.05
 DEFAULT_GROW = 1.6
 DEFAULT_FEATHER = 0.2
 
@@ -135,7 +142,7 @@ class PasteBack:
     """
 
     def __init__(self, source: Any, placement: CropPlacement, *, grow: float = DEFAULT_GROW, feather: float = DEFAULT_FEATHER,
-                 colour: str = "mean", max_side: int = MAX_SIDE) -> None:
+                 colour: str = "local", max_side: int = MAX_SIDE) -> None:
         if colour not in COLOUR_MODES:
             raise FaceError(f"unknown colour mode {colour!r}; choose one of {', '.join(COLOUR_MODES)}")
         rgb = to_rgb_float(source)
@@ -161,6 +168,7 @@ class PasteBack:
         self._src_roi = self.source[self.roi]
         self._src_mean = colour_stats(self._src_roi[self._ring][None])[0] if self._ring.any() else None
         self._shift: np.ndarray | None = None
+        self._field: np.ndarray | None = None
 
     @property
     def blended(self) -> np.ndarray:
@@ -199,9 +207,20 @@ class PasteBack:
         return arr[..., :3]
 
     def _correct(self, warped: np.ndarray) -> np.ndarray:
-        """Shift the frames' Lab colours by (source - first frame) mean over the ring."""
+        """Correct the frames' colours towards the source at the ring (measured on the first frame)."""
         if self.colour == "none" or self._src_mean is None:
             return warped
+        if self.colour == "local":
+            if self._field is None:
+                ring = self._ring.astype(np.float32)
+                diff = (self._src_roi - warped[0]) * ring[..., None]
+                sigma = max(1.0, LOCAL_SIGMA * max(ring.shape))
+                spread = cv2.GaussianBlur(diff, (0, 0), sigma)
+                weight = cv2.GaussianBlur(ring, (0, 0), sigma)[..., None]
+                mean = diff.sum((0, 1)) / max(float(ring.sum()), 1.0)
+                eps = 1e-2  # where the ring is far, the field falls back to its mean offset
+                self._field = ((spread + eps * mean) / (weight + eps)).astype(np.float32)
+            return np.clip(warped + self._field, 0.0, 1.0)
         if self._shift is None:
             self._shift = (self._src_mean - colour_stats(warped[0][self._ring][None])[0]).astype(np.float32)
         lab = cv2.cvtColor(np.ascontiguousarray(warped.reshape(-1, warped.shape[2], 3)), cv2.COLOR_RGB2Lab) + self._shift
