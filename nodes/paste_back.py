@@ -30,8 +30,8 @@ class EMOPasteBack:
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("frames",)
     OUTPUT_TOOLTIPS = (
-        f"Full-size frames at the source picture's size (even sides): {MB_1080P:.1f} MB per 1080p frame as an IMAGE batch; "
-        "connect to Video Combine.",
+        (f"Full-size frames at the source picture's size (even sides): {MB_1080P:.1f} MB per 1080p frame as an IMAGE batch; "
+         "connect to Video Combine."),
     )
 
     @classmethod

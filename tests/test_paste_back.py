@@ -14,7 +14,15 @@ import pytest
 from skimage import data as skdata
 
 from emo_model.face import FaceBox, FaceError, prepare_portrait
-from emo_model.face.paste_back import MAX_SIDE, CropPlacement, PasteBack, blend_weights, check_source_size, frame_megabytes, paste_back
+from emo_model.face.paste_back import (
+    MAX_SIDE,
+    CropPlacement,
+    PasteBack,
+    blend_weights,
+    check_source_size,
+    frame_megabytes,
+    paste_back,
+)
 
 
 def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -281,7 +289,7 @@ def test_paste_back_node_returns_full_size_frames_and_the_source_outside(nodes, 
     import torch
 
     source = torch.from_numpy(wide_astronaut)[None]
-    masks, portraits, crop = nodes["EMOFaceMask"]().run(source, **FACE_NODE_ARGS)["result"]
+    _masks, portraits, crop = nodes["EMOFaceMask"]().run(source, **FACE_NODE_ARGS)["result"]
     assert len(crop) == 1 and not crop[0].fell_back and crop[0].source_size == (720, 1280)
     frames = torch.cat([portraits, torch.rand(4, 64, 64, 3, generator=torch.Generator().manual_seed(0))])
     node = nodes["EMOPasteBack"]()

@@ -74,7 +74,7 @@ def animate(session, picture: np.ndarray, seconds: float, steps: int | None):
         warnings.simplefilter("ignore")
         portrait = session.prepare_portrait(picture)
     audio = session.encode_audio(str(demo.audio_path()))
-    frames_wanted = max(2, int(round(seconds * audio.fps)))
+    frames_wanted = max(2, round(seconds * audio.fps))
     settings = session.settings(steps=steps, seed=0)
     reference = session.encode_reference(portrait.image, identity_image=portrait.image)
     frames: list = []

@@ -182,7 +182,7 @@ class PasteBack:
         s = side / (cx1 - cx0)  # frame px per source px
         if s >= 2.0:  # shrink by an integer factor with area averaging first (anti-aliasing)
             k = int(s)
-            small = max(1, int(round(side / k)))
+            small = max(1, round(side / k))
             frame = cv2.resize(frame, (small, small), interpolation=cv2.INTER_AREA)
             s = s * small / side
         ry, rx = self.roi
