@@ -27,7 +27,7 @@ TITLE = 30  # canvas units of title bar above a node's pos
 # canvas units a node grows by when a run shows its summary / preview (LoadEMOModel's 3-line preset summary,
 # the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack
 GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 60, "EMOReferenceEncode": 125, "EMOSampler": 285,
-                   "EMOVideoCombine": 295, "SaveVideo": 150, "EMOFaceMask": 60}  # Face Mask: its 1-2 line detector summary
+                   "EMOVideoCombine": 295, "SaveVideo": 150, "EMOFaceMask": 95}  # Face Mask: its 1-2 line detector summary (measured with the crop output)
 # and by more where the summary is longer: MEMO's sampler says how the emotion was chosen (2 more lines)
 MORE_GROWTH = {("emo_memo_speech.json", "EMOSampler"): 60}
 TITLE_CHAR = 7.5  # canvas units per title character (upper bound of the 14 px title font); + 30 for the dot and padding

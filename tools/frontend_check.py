@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-OURS = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample"}
+OURS = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack"}
 FLAGS = [
     "--headless",
     "--no-sandbox",
