@@ -92,6 +92,24 @@ def test_generate_replaces_an_existing_file_only_with_force(files, clip, capsys)
     assert out.read_bytes()[4:8] == b"ftyp"  # now the new mp4
 
 
+def test_without_out_a_rerun_writes_the_next_free_name(files, capsys, monkeypatch):
+    """`make demo` twice: the first video is kept and the second goes next to it, never an error or a replaced file."""
+    folder = files["dir"] / "rerun"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    args = [str(a) for a in generate(files, "x")]
+    args = args[: args.index("--out")] + args[args.index("--out") + 2 :]  # no --out
+    (folder / "emo_output.mp4").write_bytes(b"the first run's video")
+    (folder / "emo_output_2.mp4").write_bytes(b"the second run's video")
+    rc, _, err = cli(capsys, *args)
+    assert rc == 0 and "emo_output.mp4 exists and is kept; writing emo_output_3.mp4" in err, err
+    assert (folder / "emo_output.mp4").read_bytes() == b"the first run's video"
+    assert (folder / "emo_output_2.mp4").read_bytes() == b"the second run's video"
+    assert (folder / "emo_output_3.mp4").read_bytes()[4:8] == b"ftyp"
+    rc, _, err = cli(capsys, *args, "--force")  # asked: the default name is replaced
+    assert rc == 0 and (folder / "emo_output.mp4").read_bytes()[4:8] == b"ftyp" and not (folder / "emo_output_4.mp4").exists()
+
+
 def test_a_failed_forced_run_leaves_the_existing_file_as_it_was(files, capsys, monkeypatch):
     from emo_model.pipeline import EMOPipeline
 

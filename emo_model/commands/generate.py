@@ -20,15 +20,17 @@ from ..families import FAMILIES, emotion_names, supported_files
 from ..schedulers import FLOW_SAMPLERS, SAMPLERS
 
 FRAMES = ("auto", "full", "crop")
+DEFAULT_OUT = "emo_output.mp4"
 DTYPES = {"auto": None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", help="portrait image (png/jpg/webp); default: the demo portrait")
     p.add_argument("--audio", help="speech or song (wav/flac/mp3/ogg/m4a, or a video's audio track); default: the demo clip")
-    p.add_argument("--out", default="emo_output.mp4",
-                   help="output video file (.mp4 or .webm; its folder must exist; a folder is refused; an existing file only with "
-                   "--force; never one of the inputs) [%(default)s]")
+    p.add_argument("--out",
+                   help=f"output video file (.mp4 or .webm; its folder must exist; a folder is refused; an existing file only with "
+                   f"--force; never one of the inputs) [{DEFAULT_OUT}, or {DEFAULT_OUT.replace('.mp4', '_2.mp4')} and on when it "
+                   f"exists: a rerun never replaces an earlier video unasked]")
     p.add_argument("--force", action="store_true", help="overwrite --out if it exists (a failed run still leaves it as it was)")
     p.add_argument("--model", help="EMO-family checkpoint: " + supported_files() + "; default: the demo model")
     p.add_argument("--family", choices=[fam.name for fam in FAMILIES],
@@ -94,6 +96,8 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     for name, flag in FLAGS.items():
         validation.check_optional(name, getattr(args, name), label=flag)
     inputs = {"--image": args.image, "--audio": args.audio, "--model": args.model, "--vae": args.vae, "--audio-encoder": args.audio_encoder}
+    if args.out is None:  # no --out: the default name, or the next free one (`make demo` twice keeps both videos)
+        args.out = free_default_out(Path.cwd(), force=args.force)
     # the output's shape first, then the inputs, then whether --out is one of them (by any name), then --force
     validation.check_output_path(args.out, label="--out")
     for flag, path in inputs.items():
@@ -112,6 +116,19 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     if args.face_index < 0:
         raise validation.InputError(f"--face-index must be 0 or more (0 = the largest face), got {args.face_index}")
     return out, fmt
+
+
+def free_default_out(folder: Path, *, force: bool) -> str:
+    """``emo_output.mp4`` when it is free (or --force replaces it), else the first free ``emo_output_N.mp4``, N >= 2."""
+    stem, suffix = DEFAULT_OUT.rsplit(".", 1)
+    if force or not (folder / DEFAULT_OUT).exists():
+        return DEFAULT_OUT
+    n = 2
+    while (folder / f"{stem}_{n}.{suffix}").exists():
+        n += 1
+    name = f"{stem}_{n}.{suffix}"
+    print(f"note: {DEFAULT_OUT} exists and is kept; writing {name} (--out names the file, --force replaces {DEFAULT_OUT})", file=sys.stderr)
+    return name
 
 
 def pick_frame(frame: str, image: np.ndarray) -> str:
