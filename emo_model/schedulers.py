@@ -44,8 +44,12 @@ def make_scheduler(sampler: str, cfg: SchedulerConfig):
     table = FLOW_SAMPLERS if flow else SAMPLERS
     if sampler not in table:
         other = SAMPLERS if flow else FLOW_SAMPLERS
-        why = (f"this model predicts flow velocities, which only {', '.join(table)} sample" if sampler in other
-               else f"unknown sampler {sampler!r}")
+        if sampler not in other:
+            why = f"unknown sampler {sampler!r}"
+        elif flow:
+            why = f"this model predicts flow velocities, which only {', '.join(table)} sample"
+        else:
+            why = f"{sampler} samples rectified-flow models only, and this model is not one"
         raise ValueError(f"{why}; choose one of {', '.join(table)}")
     cls, extra = table[sampler]
     if flow:
