@@ -34,7 +34,7 @@ def named_schedules() -> list:
     out = [(name, get_config(name).preset.scheduler) for name in CONFIGS]
     flows = [cfg for _, cfg in out if cfg.flow_shift is not None]
     if flows:
-        out.append(("flow-shift-3", dataclasses.replace(flows[0], flow_shift=3.0)))
+        out.append(("flow-shift-3", dataclasses.replace(flows[0], flow_shift=3.0, num_train_timesteps=500)))
     # the other values of the fields the families use (Stable Diffusion's own schedule)
     out.append(("epsilon-scaled-linear", SchedulerConfig(prediction_type="epsilon", rescale_betas_zero_snr=False,
                                                          beta_schedule="scaled_linear")))
@@ -142,3 +142,20 @@ def test_a_perfect_denoiser_is_led_to_its_sample(name, cfg, sampler):
     if sampler == "ddim" and not cfg.set_alpha_to_one:  # DDIM's last step goes to alpha-bar[0], not to 1
         want = abar[0].sqrt().float() * x0 + (1 - abar[0]).sqrt().float() * last_eps
     torch.testing.assert_close(sample, want, atol=2e-3, rtol=0)
+
+
+def test_each_schedule_gets_its_own_samplers_and_a_wrong_one_is_refused_in_one_line():
+    """The samplers of a DDPM-family schedule and of a rectified-flow one (the README's list), and one line naming
+    the right ones when a sampler of the other kind, or an unknown one, is asked for."""
+    ddpm, flow = SchedulerConfig(), SchedulerConfig(flow_shift=1.0)
+    assert samplers_for(ddpm) == ("ddim", "dpmpp_2m", "euler", "euler_ancestral", "unipc", "lcm")
+    assert samplers_for(flow) == ("flow_euler",)
+    with pytest.raises(ValueError) as info:
+        make_scheduler("ddim", flow)
+    assert str(info.value) == "this model predicts flow velocities, which only flow_euler sample; choose one of flow_euler"
+    with pytest.raises(ValueError) as info:
+        make_scheduler("flow_euler", ddpm)
+    assert str(info.value) == ("flow_euler samples rectified-flow models only, and this model is not one; "
+                               "choose one of ddim, dpmpp_2m, euler, euler_ancestral, unipc, lcm")
+    with pytest.raises(ValueError, match=r"^unknown sampler 'heun'; choose one of flow_euler$"):
+        make_scheduler("heun", flow)

@@ -50,11 +50,24 @@ def test_both_ends_are_accepted_as_given(name):
         got = check(name, value)
         assert got == value and type(got) is (int if rule.integer else float), (name, value, got)
         # the same value as a string (how a CLI flag arrives before argparse's type) or, for an integer rule, as a
-        # float without a fraction (a JSON number, a FLOAT widget) is accepted too
+        # float without a fraction (a JSON number, a FLOAT widget) is accepted too, and comes back as the rule's type
         if rule.integer and abs(value) < 2**53:
-            assert check(name, float(value)) == value, (name, value)
+            assert check(name, float(value)) == value and type(check(name, float(value))) is int, (name, value)
         if not rule.integer:
             assert check(name, repr(value)) == value, (name, value)
+            if value == int(value):  # an int for a real-valued rule comes back as a float
+                assert type(check(name, int(value))) is float, (name, value)
+
+
+def expected_message(label: str, rule, value, hint: str) -> str:
+    """The refusal, spelled out from the rule's fields (not from Rule.describe)."""
+    if rule.integer:
+        allowed = f"an integer from {int(rule.lo)} to {int(rule.hi)}"
+    else:
+        allowed = f"a number from {rule.lo:g} to {rule.hi:g}"
+    if rule.multiple > 1:
+        allowed += f", a multiple of {rule.multiple}"
+    return f"{label} must be {allowed}, got {value!r}" + (f"; {hint}" if hint else "")
 
 
 @pytest.mark.parametrize("name", sorted(RULES))
@@ -64,5 +77,12 @@ def test_just_outside_each_end_is_refused_in_one_line(name):
         with pytest.raises(InputError) as info:
             check(name, value, label=f"--{name}")
         message = str(info.value)
-        assert "\n" not in message and message.startswith(f"--{name} must be "), message
-        assert rule.describe() in message and repr(value) in message, message
+        assert "\n" not in message and message == expected_message(f"--{name}", rule, value, rule.hint), message
+        assert rule.describe() in message, message
+    # a caller's own advice replaces the rule's; an empty one leaves none
+    value = just_outside(rule)[1]
+    with pytest.raises(InputError, match=r"; use the preset$"):
+        check(name, value, hint="use the preset")
+    with pytest.raises(InputError) as info:
+        check(name, value, hint="")
+    assert str(info.value) == expected_message(name, rule, value, "")
