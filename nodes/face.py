@@ -8,12 +8,13 @@ import warnings
 import numpy as np
 import torch
 
-from ..emo_model.face import DETECTORS, FaceWarning, auto_detector, prepare_portraits
+from ..emo_model.face import DETECTORS, FaceWarning, auto_detector, find_yunet_model, prepare_portraits
 from ..emo_model.families import quoted_presets
 from . import _comfy
 from .paste_back import crop_output
 
 log = logging.getLogger("ComfyUI-EMO")
+YUNET_ENTRY = "face/face_detection_yunet_2023mar.onnx"  # in models/emo, where detector 'yunet' reads it
 
 
 class EMOFaceMask:
@@ -51,6 +52,11 @@ class EMOFaceMask:
     def run(self, image, size, expand, crop, crop_ratio, detector, fallback, face_index, union):
         image = _comfy.image_batch(image, label="image")  # one line for an empty / 0-255 / NaN / 'meta' IMAGE (shared check)
         models_dir = str(_comfy.models_dir() / "emo" / "face")
+        if detector == "yunet" and find_yunet_model(models_dir) is None:  # asked for by name: where its file goes and comes from
+            from ..emo_model.validation import InputError
+            from .loader import missing_file_message
+
+            raise InputError(missing_file_message("face detector", "emo", YUNET_ENTRY, "from the OpenCV model zoo") + " (or detector auto)")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", FaceWarning)
             crops = prepare_portraits(

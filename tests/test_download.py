@@ -420,6 +420,14 @@ def test_the_optional_face_detector_has_a_source_line_too(comfy_models):
     message = loader.missing_file_message("face detector", "emo", "face/face_detection_yunet_2023mar.onnx", "")
     assert message.startswith("the face detector 'face/face_detection_yunet_2023mar.onnx' is not in models/emo: put it at ")
     assert "from Hugging Face: opencv/face_detection_yunet" in message and "download_missing" not in message
+    # and EMO Face Mask asked for detector yunet without the file says just that, before any work
+    pack = load_pack()
+    face = pack.NODE_CLASS_MAPPINGS["EMOFaceMask"]()
+    with pytest.raises(Exception) as excinfo:
+        face.run(torch.rand(1, 64, 64, 3), 64, 1.2, "face", 2.0, "yunet", "center", 0, False)
+    text = str(excinfo.value)
+    assert text.startswith("the face detector 'face/face_detection_yunet_2023mar.onnx' is not in models/emo: put it at "), text
+    assert f"{(comfy_models / 'emo' / 'face').as_posix()}/face_detection_yunet_2023mar.onnx" in text and "\n" not in text, text
 
 
 def test_a_gated_or_changed_repository_is_one_line(fake_hub, tmp_path, capsys):
