@@ -86,3 +86,14 @@ def test_just_outside_each_end_is_refused_in_one_line(name):
     with pytest.raises(InputError) as info:
         check(name, value, hint="")
     assert str(info.value) == expected_message(name, rule, value, "")
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_values_that_are_not_numbers_are_refused_with_the_same_line(name):
+    """A bool (a checkbox wired into a number), text, NaN and infinity: refused with the rule's line, never
+    compared with the bounds (True would pass 0..1 as 1)."""
+    rule = RULES[name]
+    for value in (True, False, "many", None, math.nan, math.inf, -math.inf):
+        with pytest.raises(InputError) as info:
+            check(name, value, label=f"--{name}")
+        assert str(info.value) == expected_message(f"--{name}", rule, value, rule.hint)
