@@ -79,7 +79,9 @@ def test_inspect_and_convert_from_the_command_line(files):
 
 
 # the commands the README's command table documents, written out (an expected value independent of cli.COMMANDS)
-DOCUMENTED_COMMANDS = ["generate", "bench", "inspect", "convert", "download", "preprocess", "train", "eval-sync", "eval-fast", "make-demo"]
+DOCUMENTED_COMMANDS = [
+    "generate", "bench", "inspect", "convert", "download", "preprocess", "train", "eval-sync", "eval-fast", "make-demo",
+]
 
 
 def test_help_lists_every_command():

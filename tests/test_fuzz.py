@@ -95,8 +95,10 @@ def cli_flags(draw):
     return flags
 
 
-LOW_ENDS = {"--steps": 1, "--speed": 0.0, "--cfg": 0.0, "--audio-cfg": 0.0, "--motion-frames": 0, "--seed": 0, "--loudness": -70.0, "--crf": 0}
-HIGH_ENDS = {"--steps": 1, "--speed": 3.0, "--cfg": 30.0, "--audio-cfg": 30.0, "--seed": 2**63 - 1, "--loudness": 0.0, "--crf": 51}
+LOW_ENDS = {"--steps": 1, "--speed": 0.0, "--cfg": 0.0, "--audio-cfg": 0.0, "--motion-frames": 0, "--seed": 0,
+            "--loudness": -70.0, "--crf": 0}
+HIGH_ENDS = {"--steps": 1, "--speed": 3.0, "--cfg": 30.0, "--audio-cfg": 30.0, "--seed": 2**63 - 1, "--loudness": 0.0,
+             "--crf": 51}
 
 
 @settings(FUZZ, max_examples=8)

@@ -215,8 +215,9 @@ def test_peak_memory_does_not_grow_with_audio_length(tmp_path):
     script.write_text(MEMORY_SCRIPT.format(root=str(ROOT), tests=str(ROOT / "tests")))
 
     def peak(frames: int) -> int:
-        out = subprocess.run([sys.executable, str(script), str(frames), str(tmp_path / f"{frames}.mp4")], capture_output=True, text=True,
-                             timeout=HANG_GUARD_S)  # a hang guard only (conftest), never a speed limit
+        # HANG_GUARD_S: a hang guard only (conftest), never a speed limit
+        out = subprocess.run([sys.executable, str(script), str(frames), str(tmp_path / f"{frames}.mp4")],
+                             capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert out.returncode == 0, out.stderr[-2000:]
         return json.loads(out.stdout.strip().splitlines()[-1])
 

@@ -41,7 +41,8 @@ def named_schedules() -> list:
     return out
 
 
-CASES = [pytest.param(name, cfg, sampler, id=f"{name}-{sampler}") for name, cfg in named_schedules() for sampler in samplers_for(cfg)]
+CASES = [pytest.param(name, cfg, sampler, id=f"{name}-{sampler}")
+         for name, cfg in named_schedules() for sampler in samplers_for(cfg)]
 
 
 def hand_alphas_cumprod(cfg: SchedulerConfig) -> torch.Tensor:
