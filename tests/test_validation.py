@@ -407,7 +407,7 @@ def _other_cases():
         ("pre max seconds", lambda f, o: pre(f, o, "--max-seconds", "inf"), "--max-seconds must be a number from 0.5 to 600"),
         ("pre shard", lambda f, o: pre(f, o, "--shard-size", "0"), "--shard-size must be an integer from 1"),
         ("pre workers", lambda f, o: pre(f, o, "--workers", "-1"), "--workers must be an integer from 0 to 256"),
-        ("pre detector", lambda f, o: pre(f, o, "--detector", "foo"), "--detector must be one of auto, haar, yunet, mediapipe"),
+        ("pre detector", lambda f, o: pre(f, o, "--detector", "foo"), "--detector must be one of auto, haar, lbp, yunet, mediapipe"),
         ("pre detect every", lambda f, o: pre(f, o, "--detect-every", "0"), "--detect-every must be an integer from 1"),
         ("pre detect size", lambda f, o: pre(f, o, "--detect-size", "0"), "--detect-size must be an integer from 16"),
         ("pre face fraction", lambda f, o: pre(f, o, "--min-face-fraction", "inf"), "--min-face-fraction must be a number from 0 to 1"),
