@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from ..emo_model.pipeline import ReferenceState
 from ..emo_model.families import quoted_presets
+from ..emo_model.pipeline import ReferenceState
 from . import _comfy
 from .presets import resolved_preset
 
@@ -57,6 +58,6 @@ class EMOReferenceEncode:
         h, w = state.size
         summary = f"portrait encoded at {w}x{h}" + (" (the model's preset size)" if not size else "")
         if state.note:
-            print(f"[EMO] {state.note}")
+            logging.getLogger("ComfyUI-EMO").info("EMO Reference Encode: %s", state.note)  # the node shows it too
             summary = f"{summary} · {state.note}"
         return {"ui": {"emo_summary": [summary], "emo_preset": [resolved_preset(emo_model)]}, "result": result}

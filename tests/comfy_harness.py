@@ -330,3 +330,41 @@ def demo_through_nodes(audio_file):
     emo_audio = nodes["EMOAudioEncode"]().encode(session, audio, 0.0, "off")["result"][0]
     (reference,) = node_result(nodes["EMOReferenceEncode"]().encode(session, torch.rand(1, 64, 64, 3), 0))
     return nodes, session, reference, emo_audio, audio
+
+
+# ---- the command line, as the CLI tests drive it ---------------------------------------------------------
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``emo ARGS`` in this process: (exit status, stdout, stderr)."""
+    from emo_model.cli import main
+
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def error_line(err: str) -> str:
+    """The one error line of a failed run (progress-bar noise on stderr aside)."""
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("EMO:")]
+    assert "Traceback" not in err, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def tiny_cli_files(base: Path) -> dict:
+    """A tiny native checkpoint (with its VAE), a 96 px portrait and 0.4 s of speech in ``base``, for CLI runs."""
+    from conftest import perturb_zero_inits, tiny_vae
+
+    from emo_model import weights
+    from emo_model.model import EMOModel
+
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny").eval())
+    weights.save_native(model, base / "tiny.safetensors", vae=tiny_vae())
+    return {
+        "dir": base,
+        "model": base / "tiny.safetensors",
+        "image": write_portrait(base / "face.png", size=96),
+        "audio": write_speech(base / "speech.wav", seconds=0.4),
+    }

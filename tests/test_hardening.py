@@ -16,41 +16,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_harness import load_pack, write_portrait, write_speech
-from conftest import ROOT, perturb_zero_inits, tiny_vae
+from comfy_harness import cli, error_line, load_pack, tiny_cli_files
+from conftest import ROOT
 
 from emo_model import weights
 from emo_model.cli import main
-from emo_model.model import EMOModel
 from emo_model.validation import InputError
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def error_line(err: str) -> str:
-    """The one error line of a failed run (progress-bar noise on stderr aside)."""
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("EMO:")]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    base = tmp_path_factory.mktemp("hardening")
-    torch.manual_seed(0)
-    model = perturb_zero_inits(EMOModel("tiny").eval())
-    weights.save_native(model, base / "tiny.safetensors", vae=tiny_vae())
-    return {
-        "dir": base,
-        "model": base / "tiny.safetensors",
-        "image": write_portrait(base / "face.png", size=96),
-        "audio": write_speech(base / "speech.wav", seconds=0.4),
-    }
+    return tiny_cli_files(tmp_path_factory.mktemp("hardening"))
 
 
 def generate(files, out, *extra, image=None, audio=None):
@@ -334,7 +310,7 @@ def test_face_mask_refuses_the_same_images(node_run, images, expected):
 
 
 def test_face_mask_reads_uint8_as_0_to_255():
-    from comfy_harness import load_pack, node_result
+    from comfy_harness import node_result
 
     node = load_pack().NODE_CLASS_MAPPINGS["EMOFaceMask"]()
     floats = torch.rand(1, 64, 64, 3)

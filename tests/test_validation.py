@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from comfy_harness import demo_through_nodes, write_portrait, write_speech
+from comfy_harness import cli, demo_through_nodes, error_line, tiny_cli_files, write_portrait
 from conftest import perturb_zero_inits, png_header_only, tiny_vae
 
 from emo_model import weights
@@ -20,32 +20,9 @@ from emo_model.cli import main
 from emo_model.model import EMOModel
 
 
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    rc = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def error_line(err: str) -> str:
-    """The one error line of a failed run (progress-bar noise on stderr aside)."""
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("EMO:")]
-    assert "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    return lines[0]
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    base = tmp_path_factory.mktemp("validation")
-    torch.manual_seed(0)
-    model = perturb_zero_inits(EMOModel("tiny").eval())
-    weights.save_native(model, base / "tiny.safetensors", vae=tiny_vae())
-    return {
-        "dir": base,
-        "model": base / "tiny.safetensors",
-        "image": write_portrait(base / "face.png", size=96),
-        "audio": write_speech(base / "speech.wav", seconds=0.4),
-    }
+    return tiny_cli_files(tmp_path_factory.mktemp("validation"))
 
 
 def generate_args(files, out, *extra):
