@@ -438,8 +438,15 @@ def test_the_web_extension_labels_the_same_widgets(pack):
     literal = js.split("/* PRESET_WIDGETS */", 1)[1].split("/* END PRESET_WIDGETS */", 1)[0]
     assert json.loads(literal) == _presets_module(pack).PRESET_WIDGETS
     summary_nodes = js.split("SUMMARY_NODES", 1)[1].split(";", 1)[0]
+    video_nodes = js.split("VIDEO_NODES", 1)[1].split(";", 1)[0]
     for node in ("LoadEMOModel", "EMOAudioEncode", "EMOReferenceEncode", "EMOSampler"):  # show a summary, send the preset
         assert f'"{node}"' in summary_nodes, node
+    # every node that sends a summary line is one the extension shows it for (EMO Face Mask's once was not)
+    import inspect
+
+    for node, cls in pack.NODE_CLASS_MAPPINGS.items():
+        if '"emo_summary"' in inspect.getsource(cls) or '"emo_summary"' in inspect.getsource(getattr(cls, cls.FUNCTION)):
+            assert f'"{node}"' in summary_nodes or f'"{node}"' in video_nodes, f"{node} sends emo_summary that the page never shows"
 
 
 @pytest.mark.skipif(not (ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors").is_file(), reason="the demo model is not built")
