@@ -498,3 +498,23 @@ def test_sampler_fast_option_runs_the_fast_mode_and_says_so(pack, env):
     assert "· 8 dpmpp_2m steps" in summary and "fast (deep features reused, full denoiser every 2 steps)" in summary, summary
     images = outputs["6"][0]
     assert images.shape[0] == outputs["4"][2] and bool(torch.isfinite(images).all()) and float(images.std()) > 0.05
+
+
+def test_every_widget_value_the_node_offers_passes_its_validation_rule(pack):
+    """A number widget named after a validation rule offers nothing the rule refuses (its ends inside the rule's; a
+    preset-backed widget's sentinel aside), so no value an artist can set is refused when queued."""
+    from emo_model.validation import RULES
+
+    checked = []
+    for node, cls in pack.NODE_CLASS_MAPPINGS.items():
+        for name, (kind, *rest) in _inputs(cls).items():
+            if kind not in ("INT", "FLOAT") or name not in RULES:
+                continue
+            options, rule = rest[0], RULES[name]
+            lo = options["min"]
+            if (node, name) in PRESET_BACKED and lo == PRESET_BACKED[(node, name)]:
+                lo = options["min"] + (options.get("step", 1) if kind == "INT" else 0)  # the sentinel means "preset"
+                lo = max(lo, rule.lo) if kind == "FLOAT" else lo
+            assert rule.lo <= lo and options["max"] <= rule.hi, f"{node}.{name}: widget {options['min']}..{options['max']}, rule {rule.lo:g}..{rule.hi:g}"
+            checked.append((node, name))
+    assert len(checked) >= 8, checked  # steps, cfg, audio_cfg, fps, speed, frames_per_clip, motion_frames, seed, size, crf, ...
