@@ -62,6 +62,7 @@ RULES: dict[str, Rule] = {
     "loudness": Rule(-70, 0, hint="-23 LUFS is broadcast speech"),
     "crf": Rule(0, 63, integer=True, hint="lower is better; mp4 0-51, webm 0-63"),
     "max_frames": Rule(1, 10_000_000, integer=True, hint="a limit on the frames of one run"),
+    "face_index": Rule(0, 64, integer=True, hint="0 = the largest face, then by decreasing area"),
     # the other commands (training, preprocessing, evaluation); the sampling rules above serve them too
     "threads": Rule(1, 1024, integer=True, hint="torch threads; more than the CPU cores does not help"),
     "workers": Rule(0, 256, integer=True, hint="parallel worker processes (0 or 1: none)"),

@@ -259,7 +259,7 @@ def test_cli_face_index_is_checked_in_one_line(wide_files, capsys):
     out = wide_files["dir"] / "never.mp4"
     assert _generate(wide_files, out, "--face-index", "-1") == 1
     err = capsys.readouterr().err
-    assert "--face-index must be 0 or more" in err and err.count("\n") == 1 and not out.exists()
+    assert "--face-index must be an integer from 0 to 64, got -1" in err and err.count("\n") == 1 and not out.exists()
     assert _generate(wide_files, out, "--face-index", "7", "--face-detector", "haar") == 1
     err = capsys.readouterr().err
     assert "face_index=7 but only" in err and "Traceback" not in err and not out.exists()

@@ -113,8 +113,7 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     from ..face import DETECTORS
 
     validation.check_choice(args.face_detector, DETECTORS, label="--face-detector")
-    if args.face_index < 0:
-        raise validation.InputError(f"--face-index must be 0 or more (0 = the largest face), got {args.face_index}")
+    validation.check("face_index", args.face_index, label="--face-index")
     return out, fmt
 
 
