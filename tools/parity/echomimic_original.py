@@ -16,15 +16,23 @@ tensors of the .pth files: the motion modules' sinusoid tables), vae/ (diffusers
 whisper parameters are not stored (22 MB at this size): they come from ``hashed_state_dict`` in
 common.py, which the test runs again to write the same files, checked against the recorded sha256.
 
-usage: python tools/parity/echomimic_original.py --echo-src /work/parity/echomimic \
-           --out tests/parity/echomimic [--work /tmp/echo-work] [--bank-fp16]
+usage: python tools/parity/floor.py -- python tools/parity/echomimic_original.py --echo-src /work/parity/echomimic \
+           --out tests/parity/echomimic [--work /tmp/echo-work] [--bank-fp16] [--dtype fp16] [--no-acc] [--no-long-audio]
+(floor.py runs it with 2 then 1 threads and writes OUT/floor.json, the original's own noise; the harness uses
+OMP_NUM_THREADS torch threads, 2 when it is not set.)
+
+``--dtype fp16`` runs the original as infer_audio2vid.py runs it by default (configs/prompts/animation.yaml:
+``weight_dtype: 'fp16'``): the four networks, the VAE and the pipeline cast to half after loading (the files stay
+fp32), the face mask in half, the reference bank in half (the original's own cast), the initial noise drawn in
+half; whisper in half as its ``transcribe`` runs on a GPU (on a CPU it would fall back to fp32: patched below).
 
 Deliberate changes to the original's run, all for an fp32 CPU comparison (documented in docs/parity.md):
 * ``ReferenceAttentionControl.update`` keeps the bank in fp32 (its default casts to fp16), unless
   ``--bank-fp16``;
 * ``register_reference_hooks`` builds its CFG mask on the CPU (its default device is cuda);
 * the waveform is handed to ``audio2feat`` as an array (whisper's ``transcribe`` accepts one), so no
-  ffmpeg decode is involved; whisper runs in fp32 (as ``transcribe`` does on a CPU).
+  ffmpeg decode is involved; whisper runs in fp32 (as ``transcribe`` does on a CPU), or with ``--dtype fp16``
+  in half (as it does on a GPU: ``transcribe`` is shown a ``torch`` whose ``device("cpu")`` matches no model).
 """
 from __future__ import annotations
 
@@ -61,15 +69,24 @@ p.add_argument("--bank-fp16", action="store_true", help="keep the original's fp1
 p.add_argument("--full", action="store_true", help="full-size (SD1.5 / whisper-tiny) shapes; the .pth files go to OUT/checkpoint "
                "(~9 GB; ~10 GB RAM); use --size 128 on a CPU")
 p.add_argument("--no-acc", action="store_true", help="skip the second (_acc, no CFG) run")
+p.add_argument("--no-long-audio", action="store_true", help="skip the 31.5 s audio front-end check (a second fixture of the "
+               "same weights needs it once)")
+p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+               help="fp16: run as infer_audio2vid.py does with configs/prompts/animation.yaml's weight_dtype 'fp16' (every "
+                    "module, the pipeline, the face mask and the reference bank in half; whisper in half as transcribe runs "
+                    "it on a GPU); implies --no-acc --no-long-audio")
 p.add_argument("--bench", type=int, default=0, metavar="R",
                help="time R runs of the main pipeline instead of recording stages (nothing written, the original's own "
                     "fp16 bank cast, torch's default threads); prints one JSON line")
 args = p.parse_args()
 BENCH = args.bench > 0
+DTYPE = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+if DTYPE == torch.float16:
+    args.bank_fp16, args.no_acc, args.no_long_audio = True, True, True  # the bank: the original's own fp16 cast
 if BENCH:
     args.bank_fp16, args.no_acc = True, True
-else:
-    torch.set_num_threads(2)
+else:  # tools/parity/floor.py sets OMP_NUM_THREADS for its two runs; 2 otherwise (the fixtures' count)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 out_dir = os.path.abspath(args.out)
 work = os.path.abspath(args.work or (os.path.join(out_dir, "checkpoint") if args.full else os.path.join(tempfile.gettempdir(), "echomimic-parity-work")))
 os.makedirs(out_dir, exist_ok=True)
@@ -102,6 +119,20 @@ if not args.bank_fp16:
         return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=torch.float32)
 
     ReferenceAttentionControl.update = update_fp32
+if DTYPE == torch.float16:
+    class _NotOnTheCpu:
+        """whisper's ``transcribe`` as its module sees ``torch``, except that ``torch.device("cpu")`` matches no model:
+        it then keeps its default fp16 (``decode_options fp16=True``), as on the GPU that infer_audio2vid.py uses,
+        instead of falling back to fp32 on a CPU."""
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def device(*a, **kw):
+            return "not-the-cpu"
+
+    sys.modules["src.models.whisper.whisper.transcribe"].torch = _NotOnTheCpu()  # the module (its package exports the function)
 
 # ---- tiny modules built with the original classes ------------------------------------------------------
 t0 = time.time()
@@ -168,6 +199,8 @@ for module, _ in parts.values():
 if not BENCH:
     save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
     vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+for m in (reference_unet, denoising_unet, face_locator, vae):  # the files stay fp32; infer_audio2vid.py casts on load
+    m.to(dtype=DTYPE)
 
 # whisper (EchoMimic's copy of openai-whisper): width 384 as whisper-tiny (audio2feature reshapes to 384), 2 blocks
 dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6 if args.full else 2,
@@ -205,7 +238,8 @@ rec: dict[str, torch.Tensor] = {
     "input.waveform": waveform,
 }
 latent_shape = (1, 4, args.frames, S // 8, S // 8)
-rec["input.noise"] = torch.randn(latent_shape, generator=torch.Generator().manual_seed(420 + args.seed))
+# what prepare_latents draws (randn_tensor in the run's dtype: fp16 gives fp32's draw rounded to half)
+rec["input.noise"] = torch.randn(latent_shape, generator=torch.Generator().manual_seed(420 + args.seed)).to(DTYPE).float()
 
 
 # ---- recording hooks --------------------------------------------------------------------------------------------
@@ -316,7 +350,7 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
     global R
     R = Recorder(prefix)
     pipe = pipeline_cls(vae=vae, reference_unet=reference_unet, denoising_unet=denoising_unet, audio_guider=audio_processor,
-                        face_locator=face_locator, scheduler=make_scheduler()).to("cpu", dtype=torch.float32)
+                        face_locator=face_locator, scheduler=make_scheduler()).to("cpu", dtype=DTYPE)
     _prepare, _decode = pipe.prepare_latents, pipe.decode_latents
 
     def prepare_latents(*a, **kw):
@@ -338,7 +372,7 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
             fh.write("5")  # reset VmHWM: the peak from here on is the generation's (weights included)
     t1 = time.time()
     video = pipe(
-        Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None], S, S, args.frames, args.steps, cfg,
+        Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None].to(DTYPE), S, S, args.frames, args.steps, cfg,
         generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
     ).videos
     seconds = time.time() - t1
@@ -363,11 +397,12 @@ if not args.no_acc:
 # Long audio (31.5 s: two of whisper's 30 s segments, the second one short): the original's audio2feat +
 # feature2chunks on common.synthetic_speech; rows around the segment boundary (frame 720) and the clamped end.
 long_frames = int(31.5 * args.fps)
-long_wave = synthetic_speech(round(long_frames * 16000 / args.fps))
-long_chunks = torch.from_numpy(_chunks(feature_array=_audio2feat(long_wave), fps=args.fps))
-long_rows = [0, 1, 2, 100, 400] + list(range(args.fps * 30 - 6, args.fps * 30 + 6)) + list(range(long_frames - 4, long_frames))
-rec["audio_long.rows"] = torch.tensor(long_rows)
-rec["audio_long.chunks"] = long_chunks[long_rows].float().contiguous()
+if not args.no_long_audio:
+    long_wave = synthetic_speech(round(long_frames * 16000 / args.fps))
+    long_chunks = torch.from_numpy(_chunks(feature_array=_audio2feat(long_wave), fps=args.fps))
+    long_rows = [0, 1, 2, 100, 400] + list(range(args.fps * 30 - 6, args.fps * 30 + 6)) + list(range(long_frames - 4, long_frames))
+    rec["audio_long.rows"] = torch.tensor(long_rows)
+    rec["audio_long.chunks"] = long_chunks[long_rows].float().contiguous()
 for h in handles:
     h.remove()
 
@@ -397,9 +432,10 @@ meta = {
     "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_original.py " + " ".join(sys.argv[1:]),
-    "audio_long": {"frames": long_frames, "waveform": "tools/parity/common.py synthetic_speech(round(frames * 16000 / fps))"},
+    "audio_long": None if args.no_long_audio else {"frames": long_frames, "waveform": "tools/parity/common.py synthetic_speech(round(frames * 16000 / fps))"},
     "settings": {"full": args.full, "frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
                  "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed, "bank_fp16": args.bank_fp16,
+                 "dtype": args.dtype,
                  "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
     "runs": runs,
     "whisper": {"dims": dataclasses.asdict(dims), "seed": whisper_seed, "spec": spec, "sha256": digest(whisper_sd),
