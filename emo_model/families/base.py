@@ -131,6 +131,8 @@ class Family:
     speech_emotion: SpeechEmotionFiles | None = None
     # the published files ``emo download <name>`` fetches (model, VAE, audio encoder, optional extras); () : none published
     downloads: tuple[HubFile, ...] = ()
+    # how its original prepares the portrait (emo_model.face.front_ends.FaceFrontEnd; None: our face front end only)
+    face_front_end: Any = None
 
     def config(self, name: str | None = None) -> EMOConfig:
         return self.configs[name or next(iter(self.configs))]()

@@ -50,6 +50,8 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..face.box_crop import BoxCropRecipe
+from ..face.front_ends import FaceFrontEnd
 from .base import SD_VAE, YUNET_FACE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
 
 ORIGINAL = OriginalCode(
@@ -68,6 +70,17 @@ PARTS = {
     "face_locator": ("face_locator.pth", "face_locator."),
 }
 ACC = "acc"
+
+# The face preprocessing of infer_audio2vid.py main(): facenet_pytorch MTCNN (built as there) on the picture read by
+# cv2.imread (BGR), select_face (probability > 0.8, the largest), the mask grown by --facemusk_dilation_ratio 0.1 and
+# the crop by --facecrop_dilation_ratio 0.5, src/utils/util.py crop_and_pad, cv2.resize to -W x -H.
+FACE_FRONT_END = FaceFrontEnd(
+    label="EchoMimic's",
+    mirrors="infer_audio2vid.py main() + select_face, src/utils/util.py crop_and_pad (a53e9704)",
+    box_crop=BoxCropRecipe(min_prob=0.8, mask_dilation=0.1, crop_dilation=0.5, mirrors="infer_audio2vid.py (a53e9704)"),
+    detector_options=(("image_size", 320), ("margin", 0), ("min_face_size", 20), ("thresholds", [0.6, 0.7, 0.7]),
+                      ("factor", 0.709), ("post_process", True)),
+)
 
 
 def echomimic_v1_config(acc: bool = False) -> EMOConfig:
@@ -261,4 +274,5 @@ FAMILY = Family(
         audio_timed=True,
     ),
     quoted_configs={"echomimic-v1": "EchoMimic", "echomimic-v1-acc": "acc"},
+    face_front_end=FACE_FRONT_END,
 )

@@ -52,6 +52,8 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..face.front_ends import FaceFrontEnd
+from ..face.landmark_masks import LandmarkMaskRecipe
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 
 ORIGINAL = OriginalCode(
@@ -67,6 +69,21 @@ QUIRKS = InferenceQuirks(
     reference_rows_tiled=True,
     audio_padded_to_clips=True,
     audio_single_pass=True,
+)
+
+
+# The face preprocessing of scripts/inference.py: hallo/datasets/image_processor.py ImageProcessor.preprocess (insightface
+# FaceAnalysis: the largest face's raw embedding; the picture and the face region resized by torchvision to 512 x 512)
+# and hallo/utils/util.py get_mask (MediaPipe FaceLandmarker points: get_face_mask with face_expand_ratio 1.2 from
+# configs/inference/default.yaml, get_lip_mask at its default 2.0, expand_region, blur_mask at 64 x 64 with kernels 51
+# and 31, get_background_mask, get_sep_face_mask), resized to 512 / 8, 16, 32, 64 (attn_transform_64 ... _8).
+FACE_FRONT_END = FaceFrontEnd(
+    label="Hallo's",
+    mirrors="hallo/datasets/image_processor.py ImageProcessor.preprocess + hallo/utils/util.py get_mask (8fd7c572)",
+    identity=True,
+    squash_resize=True,
+    landmarks=LandmarkMaskRecipe(face_expand=1.2, lip_expand=2.0, blur_size=64, face_kernel=51, lip_kernel=31,
+                                 level_divisors=(8, 16, 32, 64), mirrors="hallo/utils/util.py get_mask (8fd7c572)"),
 )
 
 
@@ -169,5 +186,6 @@ FAMILY = Family(
     renamed_config_fields={"backbone.hallo_audio_modules": "backbone.region_audio_modules"},
     parity=_parity_harness(),
     quoted_configs={"hallo": "Hallo"},
+    face_front_end=FACE_FRONT_END,
     downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
 )

@@ -33,6 +33,7 @@ import dataclasses
 
 from ..configs import EMOConfig, PresetConfig
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
+from .hallo import FACE_FRONT_END as HALLO_FACE
 from .hallo import QUIRKS as HALLO_QUIRKS
 from .hallo import hallo_config, hallo_preset, tiny_hallo_config
 
@@ -43,6 +44,14 @@ ORIGINAL = OriginalCode(
 )
 
 QUIRKS = dataclasses.replace(HALLO_QUIRKS, motion_frame_pixel_drop=0.25, audio_segment_seconds=60.0)
+
+
+# scripts/inference_long.py runs Hallo's ImageProcessor; hallo/datasets/image_processor.py and the mask functions of
+# hallo/utils/util.py are Hallo's at 58a9aa6c (same code, same face_expand_ratio 1.2 in configs/inference/long.yaml).
+FACE_FRONT_END = dataclasses.replace(
+    HALLO_FACE, label="Hallo2's",
+    mirrors="scripts/inference_long.py + hallo/datasets/image_processor.py + hallo/utils/util.py get_mask (58a9aa6c)",
+)
 
 
 def hallo2_preset(**changes) -> PresetConfig:
@@ -70,6 +79,7 @@ FAMILY = Family(
         "(keep it in a folder named hallo2, or choose the Hallo2 family)"
     },
     folder_names=("hallo2",),
+    face_front_end=FACE_FRONT_END,
     # the folder name hallo2 is what tells it from Hallo's net.pth (same tensors)
     downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
 )

@@ -60,6 +60,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..face.front_ends import FaceFrontEnd
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
 
 ORIGINAL = OriginalCode(
@@ -99,6 +100,12 @@ QUIRKS = InferenceQuirks(
     audio_padded_to_clips=True,
     audio_single_pass=True,
 )
+
+
+# The face preprocessing of inference.py: memo/utils/vision_utils.py preprocess_image (the picture resized by
+# torchvision to 512 x 512 without a crop; insightface FaceAnalysis: the largest face's raw embedding, zeros without one).
+FACE_FRONT_END = FaceFrontEnd(label="MEMO's", mirrors="memo/utils/vision_utils.py preprocess_image (a5aee301)",
+                              identity=True, squash_resize=True)
 
 
 def memo_preset(**changes) -> PresetConfig:
@@ -213,6 +220,7 @@ FAMILY = Family(
     quoted_configs={"memo": "MEMO"},
     emotions=EMOTIONS,
     speech_emotion=SPEECH_EMOTION,
+    face_front_end=FACE_FRONT_END,
     downloads=(
         *(HubFile("memoavatar/memo", f"{sub}{name}", "emo", f"memo/{sub}{name}")
           for sub, _ in PARTS.values() for name in ("config.json", "diffusion_pytorch_model.safetensors")),
