@@ -22,8 +22,10 @@ class EMOPasteBack:
         f"blended region is the source picture's, unchanged, in every frame. Output: frames at the picture's size (sides made "
         f"even for H.264, at most {MAX_SIDE} px). Memory: a full-size IMAGE batch costs width x height x 3 x 4 bytes a frame "
         f"({MB_1080P:.1f} MB per 1080p frame, {MB_1080P * 25 * 60 / 1000:.1f} GB per minute at 25 fps); frames are composited "
-        "batch_size at a time, so only the output grows with length. For long videos use the command line "
-        "(emo generate --frame full streams frames to the file) or keep the crop here."
+        "batch_size at a time, so only the output grows with length. To keep long videos bounded, wire VideoHelperSuite's "
+        "Meta Batch Manager into meta_batch here and into VHS Video Combine: each run returns the next frames_per_batch "
+        "full-size frames and the workflow is queued again until the last one is written to the same file (or use the "
+        "command line: emo generate --frame full streams frames to the file)."
     )
     CATEGORY = "EMO"
     FUNCTION = "paste"
@@ -45,10 +47,14 @@ class EMOPasteBack:
                 "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Width of the soft edge as a fraction of the face size (0 = a hard edge)."}),
                 "colour_match": (list(COLOUR_MODES), {"default": "local", "tooltip": "local: the frames' colours meet the picture's where they touch it, place by place (measured on the first frame); mean: one colour shift so the seam's average matches; none: paste as generated."}),
                 "batch_size": ("INT", {"default": 16, "min": 1, "max": 1024, "tooltip": "Frames composited at a time: bounds the working memory besides the output itself."}),
-            }
+            },
+            "optional": {
+                "meta_batch": ("VHS_BatchManager", {"tooltip": "Optional: VideoHelperSuite's Meta Batch Manager (also wired into VHS Video Combine's meta_batch). Each run then returns only the next frames_per_batch full-size frames, and VideoHelperSuite queues the workflow again until the last one is in the file: memory stays at one batch however long the video. The sampler's output is reused from ComfyUI's cache between runs (keep the seed fixed)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
-    def paste(self, frames, source, crop, grow, feather, colour_match, batch_size):
+    def paste(self, frames, source, crop, grow, feather, colour_match, batch_size, meta_batch=None, unique_id=None):
         if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[0] == 0:
             raise ValueError("frames must be an IMAGE batch [frames, height, width, 3] from EMO Sampler (or an upscaler after it)")
         if not isinstance(source, torch.Tensor) or source.dim() not in (3, 4) or 0 in source.shape:
@@ -58,26 +64,73 @@ class EMOPasteBack:
             raise ValueError("crop must be EMO Face Mask's crop output (EMO_CROP)")
         if source.dim() == 3:
             source = source[None]
-        picture = source[0].cpu().float().numpy()
-        pb = PasteBack(picture, placements[0], grow=grow, feather=feather, colour=colour_match)
-        if placements[0].fell_back:
-            log.warning("EMO Paste Back: no face was found on the picture; the animation is pasted at EMO Face Mask's fallback box")
         n = frames.shape[0]
-        out = torch.empty((n, pb.out_height, pb.out_width, 3), dtype=torch.float32)
-        progress = _comfy.Progress(n)
-        for start in range(0, n, batch_size):
-            if _comfy.interrupted():
-                _comfy.raise_interrupt()
-            batch = frames[start:start + batch_size].to("cpu")
-            batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-            backgrounds = None
-            if source.shape[0] > 1:  # a scene video: picture i behind frame i, the last one held
-                index = [min(i, source.shape[0] - 1) for i in range(start, start + batch.shape[0])]
-                backgrounds = source[index].cpu().float().numpy()
-            for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy(), backgrounds=backgrounds)):
-                out[start + i] = torch.from_numpy(frame)
-            progress.set(min(n, start + batch_size))
-        return (out,)
+
+        def paster() -> PasteBack:
+            pb = PasteBack(source[0].cpu().float().numpy(), placements[0], grow=grow, feather=feather, colour=colour_match)
+            if placements[0].fell_back:
+                log.warning("EMO Paste Back: no face was found on the picture; the animation is pasted at EMO Face Mask's fallback box")
+            return pb
+
+        if meta_batch is None:
+            return (_composite(paster(), frames, source, 0, n, batch_size),)
+        return (_meta_batch_step(meta_batch, str(unique_id), paster, frames, source, batch_size),)
+
+
+def _composite(pb: PasteBack, frames: torch.Tensor, source: torch.Tensor, first: int, stop: int, batch_size: int) -> torch.Tensor:
+    """Frames ``first..stop-1`` pasted into the picture (or into picture i of a scene video, the last one held)."""
+    out = torch.empty((stop - first, pb.out_height, pb.out_width, 3), dtype=torch.float32)
+    progress = _comfy.Progress(stop - first)
+    for start in range(first, stop, batch_size):
+        if _comfy.interrupted():
+            _comfy.raise_interrupt()
+        batch = frames[start:min(stop, start + batch_size)].to("cpu")
+        batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+        backgrounds = None
+        if source.shape[0] > 1:  # a scene video: picture i behind frame i, the last one held
+            index = [min(i, source.shape[0] - 1) for i in range(start, start + batch.shape[0])]
+            backgrounds = source[index].cpu().float().numpy()
+        for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy(), backgrounds=backgrounds)):
+            out[start - first + i] = torch.from_numpy(frame)
+        progress.set(min(stop, start + batch_size) - first)
+    return out
+
+
+def _ranges(n: int, step: int):
+    """(start, stop) of each meta batch; stops early when VideoHelperSuite closes it (``send`` of a value)."""
+    for start in range(0, n, step):
+        if (yield start, min(n, start + step)) is not None:
+            return
+
+
+def _meta_batch_step(manager, key: str, paster, frames: torch.Tensor, source: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """One run under VideoHelperSuite's Meta Batch Manager, the way its video loaders take part (duck-typed: the
+    manager's ``frames_per_batch``, ``inputs``, ``total_frames`` and ``has_closed_inputs``): the first run registers
+    this node's batches (the paster too, so the colour match is measured once, on frame 0, as without batches), each
+    run returns the next one, and the last closes this input so VHS Video Combine finishes the file and stops requeueing."""
+    per_batch = getattr(manager, "frames_per_batch", None)
+    inputs = getattr(manager, "inputs", None)
+    if not isinstance(per_batch, int) or per_batch < 1 or not isinstance(inputs, dict):
+        raise ValueError("meta_batch must be VideoHelperSuite's Meta Batch Manager output (VHS_BatchManager), or left unconnected")
+    n = frames.shape[0]
+    state = inputs.get(key)
+    if state is None or state[0] != n:
+        ranges = _ranges(n, per_batch)
+        state = (n, paster(), ranges)
+        inputs[key] = state
+        manager.total_frames = min(getattr(manager, "total_frames", n), n)
+    _, pb, ranges = state
+    try:
+        first, stop = next(ranges)
+    except StopIteration:  # closed by VideoHelperSuite (reset): start over
+        inputs.pop(key, None)
+        return _meta_batch_step(manager, key, paster, frames, source, batch_size)
+    out = _composite(pb, frames, source, first, stop, batch_size)
+    if stop >= n:
+        inputs.pop(key, None)
+        manager.has_closed_inputs = True
+    log.info("EMO Paste Back: meta batch frames %d-%d of %d", first, stop - 1, n)
+    return out
 
 
 def crop_output(crops) -> list:

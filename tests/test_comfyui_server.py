@@ -344,6 +344,46 @@ def test_beside_other_packs(server):
         assert summary.startswith("face found in 1 image"), summary
 
 
+def test_paste_back_in_pieces_under_vhs_meta_batch_into_vhs_video_combine(server):
+    """Long videos on the node path with memory bounded by one batch: VideoHelperSuite's Meta Batch Manager drives
+    EMO Paste Back (each run: the next frames_per_batch full-size frames) and VHS Video Combine writes every run into
+    one file; VHS requeues the workflow until EMO Paste Back closes its input (the sampler is reused from the cache)."""
+    from emo_model.video_io import probe_video
+
+    if "VHS_BatchManager" not in server.get("/object_info/VHS_BatchManager"):
+        pytest.skip("ComfyUI-VideoHelperSuite is not installed beside the pack (COMFYUI_EXTRA_NODES)")
+    graph = tiny_graph(json.loads((ROOT / "workflows" / "api" / "emo_paste_back_wide_scene.api.json").read_text()))
+    sampler, paste = node_of(graph, "EMOSampler"), node_of(graph, "EMOPasteBack")
+    del graph[node_of(graph, "EMOVideoCombine")]
+    graph["90"] = {"class_type": "VHS_BatchManager", "inputs": {"frames_per_batch": 4}}
+    graph[paste]["inputs"]["meta_batch"] = ["90", 0]
+    graph["91"] = {"class_type": "VHS_VideoCombine", "inputs": {
+        "images": [paste, 0], "frame_rate": [sampler, 1], "loop_count": 0, "filename_prefix": "EMO/meta_batch",
+        "format": "video/h264-mp4", "pix_fmt": "yuv420p", "crf": 19, "save_metadata": True, "trim_to_audio": False,
+        "pingpong": False, "save_output": True, "audio": [sampler, 2], "meta_batch": ["90", 0]}}
+    with server.explain():
+        before = files_in(server.output)
+        entry = server.run(graph)
+        summary = entry["outputs"][node_of(graph, "EMOAudioEncode")]["emo_summary"][0]
+        frames = int(re.match(r"(\d+) frames", summary).group(1))
+        assert frames > 4, summary  # more than one batch, so VHS had to requeue
+        deadline = time.monotonic() + PROMPT_TIMEOUT
+        while time.monotonic() < deadline:  # the requeued runs are new prompts: wait for the queue to empty
+            queue = server.get("/queue")
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                break
+            time.sleep(0.5)
+        new = sorted(f for f in files_in(server.output) - before if f.startswith("EMO/meta_batch") and f.endswith(".mp4"))
+        assert len(new) == 1, (new, server.log_tail())
+        info = probe_video(server.output / new[0])
+        scene = graph[node_of(graph, "LoadImage")]["inputs"]["image"]
+        from PIL import Image
+
+        width, height = Image.open(server.input / scene).size
+        assert info.num_frames == frames and (info.width, info.height) == (width, height), (info, frames)
+        assert f"meta batch frames {frames - (frames - 1) % 4 - 1}-{frames - 1} of {frames}" in server.log_text()
+
+
 def test_web_extension_is_served_and_its_imports_resolve(server):
     with server.explain():
         scripts = [s for s in server.get("/extensions") if s.startswith(f"/extensions/{PACK}/")]

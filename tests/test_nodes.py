@@ -12,6 +12,7 @@ import torch
 from comfy_harness import (
     CORE_STANDINS,
     FILE_COMBOS,
+    OTHER_PACK_TYPES,
     OUR_TYPES,
     core_object_info,
     core_types,
@@ -81,6 +82,8 @@ def test_node_contract(pack, info, node_id):
                 assert params[name].default is None or params[name].default == options.get("default"), name
             if isinstance(kind, list):
                 assert kind and options.get("default", kind[0]) in kind
+            elif kind in OTHER_PACK_TYPES:
+                assert group == "optional", f"{node_id}.{name}: another pack's type {kind} can only be optional"
             else:
                 assert kind in known, f"{node_id}.{name}: unknown type {kind}"
                 if kind in ("INT", "FLOAT") and "default" in options:

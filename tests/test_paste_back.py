@@ -370,3 +370,50 @@ def test_local_colour_match_follows_a_cast_that_varies_across_the_face():
 
     none, mean, local = ring_error("none"), ring_error("mean"), ring_error("local")
     assert local < mean / 2 and local < none / 2, (none, mean, local)
+
+
+class _MetaBatchManager:
+    """What VideoHelperSuite's Meta Batch Manager (videohelpersuite/nodes.py ``BatchManager``, 4ee72c06) gives the
+    nodes it drives: ``frames_per_batch``, ``inputs`` (per node: a tuple whose last item is a generator it may close
+    with ``send(1)``), ``total_frames`` and ``has_closed_inputs``; ``reset`` is what it does on a fresh queue."""
+
+    def __init__(self, frames_per_batch):
+        self.frames_per_batch, self.inputs, self.outputs = frames_per_batch, {}, {}
+        self.has_closed_inputs, self.total_frames = False, float("inf")
+
+    def reset(self):
+        for value in self.inputs.values():
+            if getattr(value[-1], "gi_suspended", False):
+                with pytest.raises(StopIteration):
+                    value[-1].send(1)
+        self.__init__(self.frames_per_batch)
+
+
+@pytest.mark.parametrize("colour", ["local", "mean"])
+def test_paste_back_under_a_vhs_meta_batch_manager_returns_the_video_in_pieces(nodes, colour):
+    """Each run returns the next frames_per_batch full-size frames; joined, they are the one-run video bit for bit
+    (the colour match is measured once, on frame 0); the last run closes the input so VHS stops requeueing."""
+    import torch
+
+    pictures = torch.from_numpy(np.stack([scene(180, 320, seed=s) for s in range(2)]))
+    crop = [CropPlacement.from_crop(crop_of(pictures[0].numpy(), FaceBox(200, 60, 240, 110), size=64))]
+    frames = torch.from_numpy(noise_frames(7, 64))
+    node = nodes["EMOPasteBack"]()
+    (whole,) = node.paste(frames, pictures, crop, 1.6, 0.2, colour, 4)
+    manager = _MetaBatchManager(3)
+    pieces = []
+    for _run in range(3):
+        assert not manager.has_closed_inputs
+        (piece,) = node.paste(frames, pictures, crop, 1.6, 0.2, colour, 2, meta_batch=manager, unique_id="8")
+        pieces.append(piece)
+    assert [p.shape[0] for p in pieces] == [3, 3, 1] and manager.has_closed_inputs and manager.inputs == {}
+    assert manager.total_frames == 7
+    assert torch.equal(torch.cat(pieces), whole)
+    # a new queue (VHS resets its manager) starts from frame 0; a half-done one is closed through its generator
+    manager.reset()
+    (first,) = node.paste(frames, pictures, crop, 1.6, 0.2, colour, 2, meta_batch=manager, unique_id="8")
+    assert torch.equal(first, whole[:3]) and "8" in manager.inputs
+    manager.reset()
+    assert manager.inputs == {}
+    with pytest.raises(ValueError, match="Meta Batch Manager"):
+        node.paste(frames, pictures, crop, 1.6, 0.2, colour, 2, meta_batch="not a manager", unique_id="8")
