@@ -5,7 +5,9 @@ The fixture (tests/parity/hallo) was written by tools/parity/hallo_original.py i
 ``scripts/inference.py`` run for 2 clips of 4 frames + 2 motion frames, 3 DDIM steps, CFG 3.5, fp32.
 The weights are not stored: they are regenerated from meta.json's key/shape list with the same counter-hash
 generator (tools/parity/common.py) and checked against the digest the harness recorded, then written as
-Hallo's ``net.pth`` and opened with our loader. Every recorded stage is compared: rel err < 1e-4.
+Hallo's ``net.pth`` and opened with our loader. Every recorded stage is compared against the standard
+(tests/parity_floor.py): rel err <= max(1e-4, 3 x the original's own 2- vs 1-thread difference at that stage, which
+``floor.json`` in the fixture records); a fixture without floor.json, or a stage it does not cover, fails.
 """
 
 from __future__ import annotations
@@ -19,13 +21,19 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_floor import tolerance
 from tests.parity_record import recording
 
 FIX = ROOT / "tests" / "parity" / "hallo"
 META = json.loads((FIX / "meta.json").read_text())
 SET = META["settings"]
 F, N, CLIPS, STEPS = SET["frames_per_clip"], SET["motion_frames"], SET["clips"], SET["steps"]
-TOL = 1e-4
+TOL = 1e-4  # the standard's base (tests/parity_floor.BASE); each stage's tolerance is _tol(stage)
+
+
+def _tol(stage: str, fix: Path = FIX) -> float:
+    """max(1e-4, 3 x the original's own thread-count noise at ``stage``) from ``fix``/floor.json."""
+    return tolerance(fix, stage)
 
 
 _common, _rel = parity_common, rel_err
@@ -56,8 +64,9 @@ def ours(model, golden) -> dict[str, torch.Tensor]:
     return _run_ours(model, golden)
 
 
-def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
-    """Our stages, named like the golden ones (``fix``: the fixture folder; ``overrides``: SamplingSettings)."""
+def _run_ours(model, golden, fix=FIX, assets=None, **overrides) -> dict[str, torch.Tensor]:
+    """Our stages, named like the golden ones (``fix``: the fixture folder; ``assets``: the folder of its tiny VAE and
+    wav2vec2, default ``fix``; ``overrides``: SamplingSettings). The VAE runs in the model's dtype, as Session loads it."""
     from diffusers import AutoencoderKL
 
     from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
@@ -69,14 +78,15 @@ def _run_ours(model, golden, fix=FIX, **overrides) -> dict[str, torch.Tensor]:
     st = json.loads((fix / "meta.json").read_text())["settings"]
     F, N, CLIPS, STEPS = st["frames_per_clip"], st["motion_frames"], st["clips"], st["steps"]
     out: dict[str, torch.Tensor] = {}
-    encoder = Wav2Vec2AudioEncoder.from_checkpoint(fix / "wav2vec2", cfg.audio)
+    assets = fix if assets is None else assets
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(assets / "wav2vec2", cfg.audio)
     # the family's front end as Session.encode_audio applies it, at this run's clip length
     audio = encode_audio(_source(golden["input.waveform"]), cfg.audio, encoder, st["fps"], **audio_front_end(cfg, F))
     features = audio.features
     out["audio.windows"] = features
     out["audio.features"] = features[:, cfg.audio.margin]
 
-    codec = DiffusersVAE(AutoencoderKL.from_pretrained(fix / "vae").eval())
+    codec = DiffusersVAE(AutoencoderKL.from_pretrained(assets / "vae").to(model.dtype).eval())
     pipe = EMOPipeline(model, codec, device="cpu")
     image = ((golden["input.ref_pixels"] + 1) / 2).permute(1, 2, 0)
     emb = golden["input.face_emb"]
@@ -112,6 +122,14 @@ def _golden_stage_names(meta=META) -> list[str]:
     return [k for k in meta["stages"] if not any(s in k for s in skip)]
 
 
+def test_fixture_is_a_hard_case_with_its_floor():
+    """Issue 24's hard case: 3 or more clips under CFG >= 4 (where the original's own thread-count noise reaches 5e-4);
+    floor.json is the original's 2- vs 1-thread runs of this very fixture."""
+    assert CLIPS >= 3 and SET["cfg"] >= 4, SET
+    data = json.loads((FIX / "floor.json").read_text())
+    assert data["threads"] == [2, 1] and "--clips" in data["command"] and set(data["files"]["stages.safetensors"]) == set(META["stages"])
+
+
 @pytest.mark.parametrize("stage", _golden_stage_names())
 def test_stage_matches_hallo(stage, golden, ours):
     assert stage in ours, f"{stage}: not computed on our side"
@@ -119,7 +137,8 @@ def test_stage_matches_hallo(stage, golden, ours):
     if stage.endswith(".frames"):  # Hallo's clips include the frames that pad the audio; we emit the real ones
         gold = gold[: ours[stage].shape[0]]
     mx, rel = _rel(ours[stage], gold)
-    assert rel < TOL, f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}) vs the original Hallo"
+    tol = _tol(stage)
+    assert rel <= tol, f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}) vs the original Hallo; allowed {tol:.3e}"
 
 
 @pytest.mark.parametrize("c", range(CLIPS))
@@ -127,10 +146,11 @@ def test_vae_latents_of_portrait_and_motion_frames_match_hallo(c, golden, ours):
     """Hallo encodes [portrait, motion frames] with the VAE each clip; we encode the portrait once and the
     motion frames (decoded frames of the clip before, or the portrait repeated) per clip."""
     g = golden[f"clip{c}.ref_latents"]
+    tol = _tol(f"clip{c}.ref_latents")
     mx, rel = _rel(ours["ref_latent"][0], g[0])
-    assert rel < TOL, f"clip{c} portrait latent: rel err {rel:.3e} (max abs {mx:.3e})"
+    assert rel <= tol, f"clip{c} portrait latent: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
     mx, rel = _rel(ours[f"clip{c}.motion_latents"], g[1:])
-    assert rel < TOL, f"clip{c} motion-frame latents: rel err {rel:.3e} (max abs {mx:.3e})"
+    assert rel <= tol, f"clip{c} motion-frame latents: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 @pytest.mark.parametrize("c", range(CLIPS))
@@ -141,12 +161,13 @@ def test_reference_bank_matches_hallo(c, golden, ours):
     assert blocks
     for block in blocks:
         g = golden[f"clip{c}.bank.{block}"]
+        tol = _tol(f"clip{c}.bank.{block}")
         mx, rel = _rel(ours["ref_bank"][block][0], g[N + 1])
-        assert rel < TOL, f"clip{c} bank {block} portrait (conditional branch): rel err {rel:.3e} (max abs {mx:.3e})"
+        assert rel <= tol, f"clip{c} bank {block} portrait (conditional branch): rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
         motion = ours[f"clip{c}.motion.{block}"]  # [branches (uncond, full), n, L, C]
         for b, first in ((0, 1), (1, N + 2)):
             mx, rel = _rel(motion[b], g[first : first + N])
-            assert rel < TOL, f"clip{c} bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e})"
+            assert rel <= tol, f"clip{c} bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 def test_audio_that_is_not_whole_clips_is_padded_as_hallo_pads_it(model, golden):
@@ -161,7 +182,8 @@ def test_audio_that_is_not_whole_clips_is_padded_as_hallo_pads_it(model, golden)
     gold = golden["audio_ragged.features"]
     assert audio.num_frames == SET["ragged_audio_frames"] and audio.features.shape[0] == gold.shape[0] == 2 * F
     mx, rel = _rel(audio.features[:, cfg.margin], gold)
-    assert rel < TOL, f"ragged audio features: rel err {rel:.3e} (max abs {mx:.3e})"
+    tol = _tol("audio_ragged.features")
+    assert rel <= tol, f"ragged audio features: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 def test_long_audio_is_encoded_in_one_pass_as_hallo_does(model, golden):
@@ -182,7 +204,8 @@ def test_long_audio_is_encoded_in_one_pass_as_hallo_does(model, golden):
         assert audio.num_frames == long["frames"] and audio.features.shape[0] == gold.shape[0]
         runs[single] = _rel(audio.features[:, cfg.margin], gold)
     mx, rel = runs[True]
-    assert rel < TOL, f"long audio features: rel err {rel:.3e} (max abs {mx:.3e})"
+    tol = _tol("audio_long.features")
+    assert rel <= tol, f"long audio features: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
     assert runs[False][1] > 10 * TOL, "20 s pieces should differ from one pass (else this test proves nothing)"
 
 
@@ -190,24 +213,18 @@ def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, 
     """The other execution paths (one forward per branch; ReferenceNet on every step) follow the same rules."""
     other = _run_ours(model, golden, batch_guidance=False, reference_every_step=True)
     mx, rel = _rel(other["video"], golden["video"])
-    assert rel < TOL, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e})"
+    tol = _tol("video")
+    assert rel <= tol, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 OTHER = os.environ.get("EMO_PARITY_HALLO_DIR")
 
 
-def _tolerance(stage: str) -> float:
-    """1e-4 for the conditions and the first denoiser call, 1e-3 for everything after."""
-    first = stage.startswith(("audio.", "clip0.step0.pred")) or stage.split(".")[-1] in (
-        "audio_tokens", "identity_cond", "identity_uncond", "face_locator")
-    return TOL if first else 1e-3
-
-
 @pytest.mark.skipif(not OTHER, reason="opt-in: EMO_PARITY_HALLO_DIR=<a folder written by tools/parity/hallo_original.py>")
 def test_other_hallo_fixture_matches(tmp_path):
-    """Any other fixture of the same harness (``--full`` SD1.5 sizes, or other frame / motion counts).
-    Weights: ``net.pth`` in the folder (``--full`` writes it) or regenerated from meta.json. Tolerance:
-    1e-4 up to the first denoiser call, 1e-3 after (fp32 rounding compounds over steps at full size)."""
+    """Any other fixture of the same harness (``--full`` SD1.5 sizes, or other frame / motion counts), made through
+    tools/parity/floor.py. Weights: ``net.pth`` in the folder (``--full`` writes it) or regenerated from meta.json.
+    Tolerance: the standard, max(1e-4, 3 x the folder's floor.json) per stage."""
     from emo_model.weights import inspect_checkpoint
 
     fix = Path(OTHER)
@@ -226,7 +243,7 @@ def test_other_hallo_fixture_matches(tmp_path):
     bad = []
     for stage in _golden_stage_names(meta):
         mx, rel = _rel(out[stage], golden_other[stage])
-        tol = _tolerance(stage)
-        if rel >= tol:
+        tol = _tol(stage, fix)
+        if rel > tol:
             bad.append(f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
     assert not bad, "stages differ from the original:\n" + "\n".join(bad)

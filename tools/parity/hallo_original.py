@@ -62,6 +62,12 @@ p.add_argument("--audio-frames", type=float, default=None,
                     "last clip with one silent frame and the video is one frame shorter than the clips)")
 p.add_argument("--cfg", type=float, default=3.5)
 p.add_argument("--seed", type=int, default=7, help="weights / inputs seed")
+p.add_argument("--weight-dtype", choices=("fp32", "fp16"), default="fp32",
+               help="Hallo's weight_dtype (its default.yaml: fp16). fp16: every module but wav2vec2 in half precision and the "
+                    "bank cast as Hallo casts it; the bank, ragged and long-audio stages are not recorded (fp32 audio, same as "
+                    "the fp32 fixture's)")
+p.add_argument("--assets", default=None,
+               help="read the tiny 'vae' and 'wav2vec2' from this folder (e.g. tests/parity/hallo) instead of writing them to --out")
 p.add_argument("--full", action="store_true",
                help="Hallo's real shapes (SD1.5 UNets, wav2vec2-base, 768-wide tokens) instead of tiny-hallo's; writes "
                     "net.pth (~9 GB) into --out; use e.g. --size 128; needs ~10 GB RAM")
@@ -69,10 +75,11 @@ p.add_argument("--bench", type=int, default=0, metavar="R",
                help="time R runs of the generation instead of recording stages (reuses --work's weights; prints JSON)")
 args = p.parse_args()
 BENCH = args.bench > 0
+HALF = args.weight_dtype != "fp32"
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
 if not BENCH:  # a benchmark uses torch's default (every core), as our side does
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))  # floor.py sets it
 t0 = time.time()
 
 stub_xformers()
@@ -83,7 +90,7 @@ sys.path.insert(0, HALLO)
 
 from diffusers import AutoencoderKL  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
 from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model  # noqa: E402
 
 import hallo.datasets.audio_processor as hallo_audio  # noqa: E402
@@ -122,20 +129,21 @@ if not (BENCH and os.path.isdir(os.path.join(sd_dir, "unet"))):  # base weights 
     UNet2DConditionModel.from_config(sd_unet_cfg).save_pretrained(os.path.join(sd_dir, "unet"))
 
 # tiny VAE, committed with the fixture (SD's interface: 4 latent channels, /8, scaling 0.18215)
-vae_dir = os.path.join(args.out, "vae")
-torch.manual_seed(args.seed)
-AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
-              up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
-              sample_size=S, scaling_factor=0.18215).save_pretrained(vae_dir)
+vae_dir = os.path.join(args.assets or args.out, "vae")
+w2v_dir = os.path.join(args.assets or args.out, "wav2vec2")
+if not args.assets:
+    torch.manual_seed(args.seed)
+    AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
+                  sample_size=S, scaling_factor=0.18215).save_pretrained(vae_dir)
 
-# tiny random wav2vec2 (wav2vec2-base-960h's structure: conv stack with strides 320, group norm, post-LN encoder)
-w2v_dir = os.path.join(args.out, "wav2vec2")
-torch.manual_seed(args.seed + 1)
-w2v_cfg = Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=AUDIO_LAYERS, feat_extract_norm="group",
-                         do_stable_layer_norm=False, vocab_size=32, **W2V)
-Wav2Vec2Model(w2v_cfg).save_pretrained(w2v_dir)
-Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
-                         return_attention_mask=False).save_pretrained(w2v_dir)
+    # tiny random wav2vec2 (wav2vec2-base-960h's structure: conv stack with strides 320, group norm, post-LN encoder)
+    torch.manual_seed(args.seed + 1)
+    w2v_cfg = Wav2Vec2Config(hidden_size=AUDIO_DIM, num_hidden_layers=AUDIO_LAYERS, feat_extract_norm="group",
+                             do_stable_layer_norm=False, vocab_size=32, **W2V)
+    Wav2Vec2Model(w2v_cfg).save_pretrained(w2v_dir)
+    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=SR, padding_value=0.0, do_normalize=True,
+                             return_attention_mask=False).save_pretrained(w2v_dir)
 
 # ---- the config: Hallo's default.yaml with tiny sizes -----------------------------------------------------
 cfg = OmegaConf.load(os.path.join(HALLO, "configs/inference/default.yaml"))
@@ -143,7 +151,7 @@ net_dir = os.path.join(args.work, "ckpt")
 os.makedirs(net_dir, exist_ok=True)
 cfg.merge_with({
     "source_image": os.path.join(args.work, "portrait.png"), "driving_audio": os.path.join(args.work, "speech.npy"),
-    "weight_dtype": "fp32",
+    "weight_dtype": args.weight_dtype,
     "data": {"n_motion_frames": n, "n_sample_frames": f, "source_image": {"width": S, "height": S}, "export_video": {"fps": FPS}},
     "inference_steps": args.steps, "cfg_scale": args.cfg, "audio_ckpt_dir": net_dir, "base_model_path": sd_dir,
     "motion_module_path": os.path.join(args.work, "no-motion-module.ckpt"),  # absent: from_pretrained_2d skips it
@@ -372,7 +380,10 @@ orig_update = ReferenceAttentionControl.update
 
 
 def update(self, writer, dtype=torch.float16):
-    # Deliberate: keep Hallo's bank in fp32 (its default casts to fp16) so an fp32 comparison is meaningful.
+    # Deliberate in fp32: keep Hallo's bank in fp32 (its default casts to fp16) so an fp32 comparison is meaningful.
+    # --weight-dtype fp16: Hallo's own cast (the bank is not recorded: it keeps the fixture small).
+    if HALF:
+        return orig_update(self, writer, dtype=dtype)
     for k, m in writer.unet.named_modules():
         if getattr(m, "bank", None):
             block = k.rsplit(".transformer_blocks", 1)[0]
@@ -393,19 +404,22 @@ with torch.no_grad():
 put("audio.features", audio_runs[0][0])
 put("video", video_out[0].transpose(0, 1))  # [F, 3, H, W] in [0, 1]
 
-# the same audio code on a waveform whose length is not a whole number of clips
-with torch.no_grad():
-    emb, length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(ragged_path, f)
-put("audio_ragged.features", emb)
-with torch.no_grad():
-    emb, long_length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(long_path, f)
-put("audio_long.features", emb)
+# the same audio code on a waveform whose length is not a whole number of clips (fp32 in any weight_dtype)
+length = long_length = None
+if not HALF:
+    with torch.no_grad():
+        emb, length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(ragged_path, f)
+    put("audio_ragged.features", emb)
+    with torch.no_grad():
+        emb, long_length = AudioProcessorWithoutSeparator(SR, FPS, w2v_dir, False).preprocess(long_path, f)
+    put("audio_long.features", emb)
 
 inputs = {
-    "input.waveform": torch.from_numpy(waveform), "input.waveform_ragged": torch.from_numpy(ragged),
-    "input.ref_pixels": ref_pixels, "input.face_region": face_region, "input.face_emb": torch.from_numpy(face_emb),
-    "input.region_masks": region,
+    "input.waveform": torch.from_numpy(waveform), "input.ref_pixels": ref_pixels, "input.face_region": face_region,
+    "input.face_emb": torch.from_numpy(face_emb), "input.region_masks": region,
 }
+if not HALF:
+    inputs["input.waveform_ragged"] = torch.from_numpy(ragged)
 for k, v in inputs.items():
     put(k, v)
 save_file(rec, os.path.join(args.out, "stages.safetensors"))
@@ -416,11 +430,16 @@ meta = {
     "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
     "packages": package_versions("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "accelerate"),
     "stubbed_packages": stubbed,
+    "assets": None if not args.assets else {
+        "folder": os.path.relpath(os.path.abspath(args.assets), os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
+        "digests": {"vae": digest(load_file(os.path.join(vae_dir, "diffusion_pytorch_model.safetensors"))),
+                    "wav2vec2": digest(load_file(os.path.join(w2v_dir, "model.safetensors")))}},
     "settings": {"full": args.full, "frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
-                 "fps": FPS, "sample_rate": SR, "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo default fp16)",
+                 "fps": FPS, "sample_rate": SR, "weight_dtype": args.weight_dtype,
+                 "bank_dtype": "fp16 (Hallo's cast)" if HALF else "fp32 (Hallo default fp16)", "torch_threads": torch.get_num_threads(),
                  "audio_frames": audio_frames, "video_frames": int(rec["video"].shape[0]), "ragged_audio_frames": length,
-                 "audio_long": {"seconds": LONG_SECONDS, "frames": long_length,
-                                "waveform": "tools/parity/common.py synthetic_speech(round(seconds * 16000))"}},
+                 "audio_long": None if HALF else {"seconds": LONG_SECONDS, "frames": long_length,
+                                                 "waveform": "tools/parity/common.py synthetic_speech(round(seconds * 16000))"}},
     "weights": {"format": "Hallo net.pth (torch.save of Net.state_dict())", "generator": "common.hashed_state_dict",
                 "seed": args.seed, "digest": weights_digest, "spec": weight_spec},
     "scheduler": dict(OmegaConf.to_container(cfg.noise_scheduler_kwargs), enable_zero_snr=bool(cfg.enable_zero_snr)),
