@@ -374,8 +374,11 @@ def test_paste_back_in_pieces_under_vhs_meta_batch_into_vhs_video_combine(server
                 break
             time.sleep(0.5)
         new = sorted(f for f in files_in(server.output) - before if f.startswith("EMO/meta_batch") and f.endswith(".mp4"))
-        assert len(new) == 1, (new, server.log_tail())
+        # VHS writes the video, and with audio given a second file with the sound muxed in ("-audio")
+        assert len(new) == 2 and new[0].endswith("-audio.mp4"), (new, server.log_tail())
         info = probe_video(server.output / new[0])
+        assert probe_video(server.output / new[1]).num_frames == frames
+        assert info.audio_duration is not None and abs(info.audio_duration - frames / info.fps) <= 2 / info.fps
         scene = graph[node_of(graph, "LoadImage")]["inputs"]["image"]
         from PIL import Image
 
