@@ -87,6 +87,9 @@ class AudioFeatures:
     num_frames: int
     audio: PreparedAudio
     kind: str
+    # the separated vocals that drove the features (the family's vocal separation ran; ``audio`` is then the whole mix)
+    vocals: PreparedAudio | None = None
+    note: str = ""  # one line for the user about the audio front end ('' when there is nothing to say)
 
 
 class AudioEncoder(ABC):

@@ -212,6 +212,10 @@ class InferenceQuirks:
     # piece is padded, and only when its own frame count is not whole clips, by the frames the whole run lacks to
     # whole clips (a whole clip when it lacks none). None: no pieces of this kind.
     audio_segment_seconds: float | None = None
+    # How the driving audio is decoded and resampled to 16 kHz mono (emo_model/audio_decode.py): "pyav" (ours),
+    # "librosa" (librosa.load), "ffmpeg-wav+librosa" (the ffmpeg program to a 16 kHz wav, then librosa.load),
+    # "ffmpeg-s16-mono" (the ffmpeg program to 16-bit mono 16 kHz).
+    audio_loader: str = "pyav"
 
 
 @dataclass
@@ -329,6 +333,9 @@ class EMOConfig:
             raise ValueError(f"preset.strategy must be motion_frames or context_windows, got {self.preset.strategy!r}")
         if self.preset.quirks.context_schedule not in ("ramp", "uniform"):
             raise ValueError(f"preset.quirks.context_schedule must be ramp or uniform, got {self.preset.quirks.context_schedule!r}")
+        if self.preset.quirks.audio_loader not in ("pyav", "librosa", "ffmpeg-wav+librosa", "ffmpeg-s16-mono"):
+            raise ValueError(f"preset.quirks.audio_loader must be pyav/librosa/ffmpeg-wav+librosa/ffmpeg-s16-mono, "
+                             f"got {self.preset.quirks.audio_loader!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
         sch = self.preset.scheduler

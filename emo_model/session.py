@@ -289,7 +289,8 @@ class Session:
 
         waveform, rate = load_audio(source, check_length=check_length)
         validation.check_frame_count(num_video_frames(waveform.shape[-1], rate, fps), fps, max_frames, label=max_frames_label)
-        source = {"waveform": waveform[None], "sample_rate": rate}  # decoded once
+        taken = self._take_audio(source, encoder_output is None)  # the family's original's loader / vocal separation
+        source = {"waveform": waveform[None], "sample_rate": rate} if taken is None else taken.drive  # decoded once (ours)
         if encoder_output is not None:
             audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs)
             feats = features_from_comfy_encoder_output(encoder_output, cfg, audio.num_frames, fps)
@@ -303,7 +304,23 @@ class Session:
             )
         from .audio_stream import stream_audio  # computed per clip where the encoder allows it (single-pass families: whole)
 
-        return stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
+        features = stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
+        if taken is not None:
+            features.note = taken.note
+            if taken.vocals is not None:  # the vocals drove the mouth; the video keeps the whole mix
+                features.vocals = features.audio
+                features.audio = prepare_audio(taken.mix, fps, loudness_lufs=loudness_lufs, num_frames=features.num_frames)
+        return features
+
+    def _take_audio(self, source, separate: bool):
+        """The driving audio as this family's original takes it (emo_model/audio_front.py), or None for ours."""
+        from .audio_front import take_audio, uses_original_front_end
+        from .families import family_of
+
+        family = family_of(self.config)
+        if not uses_original_front_end(self.config, family):
+            return None
+        return take_audio(source, self.config, family, self.info.get("path"), separate=separate)
 
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
         """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""

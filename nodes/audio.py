@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from ..emo_model.audio import SUGGESTED_LUFS
 from ..emo_model.families import quoted_presets
 from ..emo_model.validation import DEFAULT_MAX_FRAMES
@@ -13,17 +15,21 @@ class EMOAudioEncode:
     DESCRIPTION = (
         "Turns speech or singing into EMO's per-video-frame audio features. The audio is mixed to mono, resampled to "
         "16 kHz, optionally loudness-normalised and padded to a whole number of frames; that exact audio, the frame "
-        "count and the fps are returned too, so the video and its sound always have the same length downstream."
+        "count and the fps are returned too, so the video and its sound always have the same length downstream. Where the "
+        "model's original separates the vocals from the music first, so does this node when the separator's model file "
+        "is in the model folder; the vocals output lets you hear what drives the mouth."
     )
     CATEGORY = "EMO"
     FUNCTION = "encode"
-    RETURN_TYPES = ("EMO_AUDIO", "AUDIO", "INT", "FLOAT")
-    RETURN_NAMES = ("emo_audio", "audio", "frames", "fps")
+    RETURN_TYPES = ("EMO_AUDIO", "AUDIO", "INT", "FLOAT", "AUDIO")
+    RETURN_NAMES = ("emo_audio", "audio", "frames", "fps", "vocals")
     OUTPUT_TOOLTIPS = (
         "Per-frame audio features for EMO Sampler.",
         "The audio actually used (mono, 16 kHz, exactly frames / fps long): wire it to the video.",
         "Number of video frames the audio makes.",
         "Frames per second of the video.",
+        "The audio that drives the mouth (mono, 16 kHz): the separated vocals when the model's original separates them "
+        "(its separator model file is in the model folder), else the same audio as 'audio'. Listen to it to check the separation.",
     )
 
     @classmethod
@@ -49,6 +55,12 @@ class EMOAudioEncode:
                 audio, fps=fps or None, loudness_lufs=lufs, encoder_output=audio_encoder_output, max_frames=max_frames
             )
         summary = f"{features.num_frames} frames · {features.audio.duration:.2f} s at {features.fps:g} fps · {features.kind} features"
-        result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps))
+        if features.vocals is not None:
+            summary += " · from the separated vocals"
+        if features.note:  # e.g. the vocal separator's file is missing: the page shows it, and ComfyUI's log
+            logging.getLogger("ComfyUI-EMO").warning("EMO Audio Encode: %s", features.note)
+            summary = f"{summary} · {features.note}"
+        drive = features.vocals if features.vocals is not None else features.audio
+        result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps), drive.as_comfy())
         # the preset too: when Load EMO Model is cached (not run), this still resolves the "(preset)" labels
         return {"ui": {"emo_summary": [summary], "emo_preset": [resolved_preset(emo_model)]}, "result": result}

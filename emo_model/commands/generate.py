@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
     audio = session.encode_audio(  # an AudioError is one line from the CLI, the traceback with --debug
         audio_path, fps=args.fps, loudness_lufs=args.loudness, max_frames=args.max_frames, max_frames_label="--max-frames"
     )
+    if audio.note:  # the audio front end's one line (e.g. the vocal separator's file is missing)
+        print(f"note: {audio.note}", file=sys.stderr)
     emotion_bar = []  # a progress bar while the audio's emotion is classified (only when it is)
 
     def classifying(done: int, total: int) -> None:

@@ -18,6 +18,8 @@ from ..configs import EMOConfig
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
+    from ..vocal_separation import SeparatorSettings
+
 
 @dataclass(frozen=True)
 class OriginalCode:
@@ -133,6 +135,8 @@ class Family:
     downloads: tuple[HubFile, ...] = ()
     # how its original prepares the portrait (emo_model.face.front_ends.FaceFrontEnd; None: our face front end only)
     face_front_end: Any = None
+    # vocal separation its original runs before the audio encoder (emo_model/vocal_separation.py; None: none)
+    vocal_separator: SeparatorSettings | None = None
 
     def config(self, name: str | None = None) -> EMOConfig:
         return self.configs[name or next(iter(self.configs))]()

@@ -29,6 +29,8 @@ What makes it EchoMimic v1:
   - Audio: whisper's 30 s windows, centre ``int(i * 50 / fps)``, window centre-4 .. centre+5, clamped,
     flattened to tokens (src/models/whisper/audio2feature.py ``get_sliced_feature``); short windows padded with
     zeros in log-mel space.
+  - ``audio_loader = "ffmpeg-s16-mono"``: src/models/whisper/whisper/audio.py ``load_audio`` (the ffmpeg program:
+    ``-f s16le -ac 1 -ar 16000``; reproduced with PyAV, emo_model/audio_decode.py).
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def echomimic_v1_config(acc: bool = False) -> EMOConfig:
             face_expand_ratio=1.5,
             scheduler=SchedulerConfig(set_alpha_to_one=True),
             quirks=InferenceQuirks(
-                audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5
+                audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5,
+                # src/models/whisper/whisper/audio.py load_audio: the ffmpeg program to s16le mono 16 kHz
+                audio_loader="ffmpeg-s16-mono",
             ),
         ),
     ).validate()

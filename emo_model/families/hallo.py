@@ -29,6 +29,9 @@ What makes it Hallo:
     ``seq_len % clip_length`` padding) and scripts/inference.py (``audio_emb`` sliced per clip,
     ``tensor_result[:, :audio_length]``).
   - ``audio_single_pass``: hallo/datasets/audio_processor.py (one ``audio_encoder(...)`` call).
+  - ``audio_loader = "librosa"`` and :data:`VOCAL_SEPARATOR` (``Family.vocal_separator``):
+    hallo/datasets/audio_processor.py ``AudioProcessor.preprocess`` (audio-separator 0.17.2 with Kim_Vocal_2.onnx, the
+    ffmpeg program's ``-ar 16000`` in hallo/utils/util.py ``resample_audio``, ``librosa.load(sr=16000)``).
   - ``SchedulerConfig.set_alpha_to_one = True``: scripts/inference.py builds
     ``DDIMScheduler(**noise_scheduler_kwargs)`` without it, so diffusers' default applies.
 """
@@ -52,6 +55,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..vocal_separation import SeparatorSettings
 from ..face.front_ends import FaceFrontEnd
 from ..face.landmark_masks import LandmarkMaskRecipe
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
@@ -69,8 +73,20 @@ QUIRKS = InferenceQuirks(
     reference_rows_tiled=True,
     audio_padded_to_clips=True,
     audio_single_pass=True,
+    # hallo/datasets/audio_processor.py (AudioProcessor.preprocess): librosa.load(file, sr=16000) (librosa 0.10.2.post1)
+    audio_loader="librosa",
 )
 
+# hallo/datasets/audio_processor.py (AudioProcessor.__init__ / preprocess) and scripts/inference.py (the model file in
+# configs/inference/default.yaml): audio-separator 0.17.2, Separator(output_single_stem="vocals") with its defaults,
+# Kim_Vocal_2.onnx; the vocals resampled by the ffmpeg program to 16 kHz, then librosa.load
+VOCAL_SEPARATOR = SeparatorSettings(
+    source="Hallo's download (Hugging Face fudan-generative-ai/hallo: audio_separator/Kim_Vocal_2.onnx; "
+           "`emo download hallo --optional` fetches it)",
+    version="0.17.2",
+)
+KIM_VOCAL_2 = HubFile("fudan-generative-ai/hallo", "audio_separator/Kim_Vocal_2.onnx", "emo", "audio_separator/Kim_Vocal_2.onnx",
+                      optional="vocal separation (Kim_Vocal_2): the voice, not the music, drives the mouth")
 
 # The face preprocessing of scripts/inference.py: hallo/datasets/image_processor.py ImageProcessor.preprocess (insightface
 # FaceAnalysis: the largest face's raw embedding; the picture and the face region resized by torchvision to 512 x 512)
@@ -187,5 +203,7 @@ FAMILY = Family(
     parity=_parity_harness(),
     quoted_configs={"hallo": "Hallo"},
     face_front_end=FACE_FRONT_END,
-    downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
+    downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE,
+               KIM_VOCAL_2),
+    vocal_separator=VOCAL_SEPARATOR,
 )

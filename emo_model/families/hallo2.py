@@ -35,6 +35,8 @@ from ..configs import EMOConfig, PresetConfig
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 from .hallo import FACE_FRONT_END as HALLO_FACE
 from .hallo import QUIRKS as HALLO_QUIRKS
+from .hallo import KIM_VOCAL_2 as HALLO_KIM_VOCAL_2
+from .hallo import VOCAL_SEPARATOR as HALLO_SEPARATOR
 from .hallo import hallo_config, hallo_preset, tiny_hallo_config
 
 ORIGINAL = OriginalCode(
@@ -81,5 +83,10 @@ FAMILY = Family(
     folder_names=("hallo2",),
     face_front_end=FACE_FRONT_END,
     # the folder name hallo2 is what tells it from Hallo's net.pth (same tensors)
-    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE),
+    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE,
+               dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2")),
+    # scripts/inference_long.py: Hallo's AudioProcessor (audio-separator 0.17.2, requirements.txt) on every 60 s piece
+    vocal_separator=dataclasses.replace(
+        HALLO_SEPARATOR, source="Hallo2's download (Hugging Face fudan-generative-ai/hallo2: audio_separator/Kim_Vocal_2.onnx; "
+                                "`emo download hallo2 --optional` fetches it)"),
 )

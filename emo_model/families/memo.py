@@ -40,8 +40,10 @@ What makes it MEMO (every rule at commit a5aee301, file:line there):
     (memo/utils/audio_utils.py:149-236, memo/models/emotion_classifier.py; ours: emo_model/speech_emotion.py) run on
     the un-separated 16 kHz audio, when their files are in the model folder (:data:`SPEECH_EMOTION`); without them
     the emotion is a fixed choice (:data:`EMOTIONS`, neutral by default).
-  - Not reproduced: the vocal separation before wav2vec2 (Kim_Vocal_2; the features are computed on the given
-    audio), bf16 weights (we run the preset dtype the user picks).
+  - Audio: ``audio_loader = "ffmpeg-wav+librosa"`` (inference.py:118 ``resample_audio``, audio_utils.py:109
+    ``librosa.load``) and :data:`VOCAL_SEPARATOR` (audio_utils.py:80-103: audio-separator 0.24.1, Kim_Vocal_2), when the
+    user has the model file; the emotion is classified on the un-separated 16 kHz audio, as inference.py:133 does.
+  - Not reproduced: bf16 weights (we run the preset dtype the user picks).
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..vocal_separation import SeparatorSettings
 from ..face.front_ends import FaceFrontEnd
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
 
@@ -99,8 +102,19 @@ QUIRKS = InferenceQuirks(
     motion_frames_from_pixels=True,
     audio_padded_to_clips=True,
     audio_single_pass=True,
+    # inference.py:118-121 resample_audio (the ffmpeg program, -ar 16000), then memo/utils/audio_utils.py:109 librosa.load
+    audio_loader="ffmpeg-wav+librosa",
 )
 
+# memo/utils/audio_utils.py:80-103 (preprocess_audio): audio-separator 0.24.1 (pyproject.toml),
+# Separator(output_single_stem="vocals") with that version's defaults (normalization 0.9, amplification 0.6),
+# misc/vocal_separator/Kim_Vocal_2.onnx (inference.py:85); the vocals resampled by the ffmpeg program, then librosa.load
+VOCAL_SEPARATOR = SeparatorSettings(
+    source="MEMO's download (Hugging Face memoavatar/memo: misc/vocal_separator/Kim_Vocal_2.onnx; "
+           "`emo download memo --optional` fetches it)",
+    version="0.24.1",
+    amplification_threshold=0.6,
+)
 
 # The face preprocessing of inference.py: memo/utils/vision_utils.py preprocess_image (the picture resized by
 # torchvision to 512 x 512 without a crop; insightface FaceAnalysis: the largest face's raw embedding, zeros without one).
@@ -234,5 +248,8 @@ FAMILY = Family(
                   optional="the emotion classified from the audio (emotion auto)")
           for name in ("config.yaml", "model.pt")),
         YUNET_FACE,
+        HubFile("memoavatar/memo", "misc/vocal_separator/Kim_Vocal_2.onnx", "emo", "memo/misc/vocal_separator/Kim_Vocal_2.onnx",
+                optional="vocal separation (Kim_Vocal_2): the voice, not the music, drives the mouth"),
     ),
+    vocal_separator=VOCAL_SEPARATOR,
 )
