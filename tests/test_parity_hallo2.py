@@ -6,7 +6,9 @@ classes are Hallo's) run by Hallo2's ``scripts/inference_long.py`` for 2 clips o
 3 DDIM steps, CFG 3.5, fp32, with its motion-frame pixel drop (``use_mask``, ``mask_rate`` 0.25) and its 60 s audio
 pieces (``use_cut``). The weights are those of the Hallo fixture (same key/shape list and seed; regenerated and
 checked against the digest), written as ``hallo2/net.pth`` and opened with our loader, which must name Hallo2 by
-the folder. The VAE and wav2vec2 are the Hallo fixture's (digests checked). Every stage: rel err < 1e-4.
+the folder. The VAE and wav2vec2 are the Hallo fixture's (digests checked). Every stage is held to the standard
+(tests/parity_floor.py): rel err <= max(1e-4, 3 x the original's own 2- vs 1-thread difference at that stage, recorded
+in the fixture's ``floor.json``); a missing floor.json, or a stage it does not cover, fails.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_floor import tolerance
 from tests.parity_record import recording
 
 FIX = ROOT / "tests" / "parity" / "hallo2"
@@ -28,7 +31,12 @@ ASSETS = ROOT / "tests" / "parity" / "hallo"  # the tiny VAE, wav2vec2 and net.p
 META = json.loads((FIX / "meta.json").read_text())
 SET = META["settings"]
 F, N, CLIPS, STEPS = SET["frames_per_clip"], SET["motion_frames"], SET["clips"], SET["steps"]
-TOL = 1e-4
+TOL = 1e-4  # the standard's base (tests/parity_floor.BASE); each stage's tolerance is _tol(stage)
+
+
+def _tol(stage: str, fix: Path = FIX) -> float:
+    """max(1e-4, 3 x the original's own thread-count noise at ``stage``) from ``fix``/floor.json."""
+    return tolerance(fix, stage)
 
 
 @pytest.fixture(scope="module")
@@ -149,11 +157,20 @@ def _golden_stage_names(meta=META) -> list[str]:
     return [k for k in meta["stages"] if not any(s in k for s in skip)]
 
 
+def test_fixture_is_a_hard_case_with_its_floor():
+    """Issue 24's hard case: 3 or more clips under CFG >= 4; floor.json is the original's 2- vs 1-thread runs of this
+    very fixture and covers every recorded stage."""
+    assert CLIPS >= 3 and SET["cfg"] >= 4, SET
+    data = json.loads((FIX / "floor.json").read_text())
+    assert data["threads"] == [2, 1] and "--clips" in data["command"] and set(data["files"]["stages.safetensors"]) == set(META["stages"])
+
+
 @pytest.mark.parametrize("stage", _golden_stage_names())
 def test_stage_matches_hallo2(stage, golden, ours):
     assert stage in ours, f"{stage}: not computed on our side"
     mx, rel = rel_err(ours[stage], golden[stage])
-    assert rel < TOL, f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}) vs the original Hallo2"
+    tol = _tol(stage)
+    assert rel <= tol, f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}) vs the original Hallo2; allowed {tol:.3e}"
 
 
 @pytest.mark.parametrize("c", range(CLIPS))
@@ -161,25 +178,30 @@ def test_vae_latents_of_portrait_and_dropped_motion_frames_match_hallo2(c, golde
     """Hallo2 encodes [portrait, motion frames with the pixel drop] each clip (the first clip's motion frames are
     the portrait with the drop, so they are not the portrait's latent)."""
     g = golden[f"clip{c}.ref_latents"]
+    tol = _tol(f"clip{c}.ref_latents")
     mx, rel = rel_err(ours["ref_latent"][0], g[0])
-    assert rel < TOL, f"clip{c} portrait latent: rel err {rel:.3e} (max abs {mx:.3e})"
+    assert rel <= tol, f"clip{c} portrait latent: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
     mx, rel = rel_err(ours[f"clip{c}.motion_latents"], g[1:])
-    assert rel < TOL, f"clip{c} motion-frame latents: rel err {rel:.3e} (max abs {mx:.3e})"
+    assert rel <= tol, f"clip{c} motion-frame latents: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
     assert rel_err(g[1], g[0])[1] > 0.01, "the pixel drop should change the first clip's motion frames"
 
 
 def test_reference_bank_matches_hallo2(golden, ours):
-    """Stored bank rows: clip 0's conditional portrait row; clip 1's motion rows [uncond m1..mn, cond m1..mn]."""
+    """Stored bank rows: clip 0's conditional portrait row; each later clip's motion rows [uncond m1..mn, cond m1..mn]."""
     blocks = [k.split(".bank.", 1)[1] for k in META["stages"] if k.startswith("clip1.bank.")]
     assert blocks
     for block in blocks:
+        tol = _tol(f"clip0.bank.{block}")
         mx, rel = rel_err(ours["ref_bank"][block][0], golden[f"clip0.bank.{block}"][0])
-        assert rel < TOL, f"bank {block} portrait (conditional branch): rel err {rel:.3e} (max abs {mx:.3e})"
-        motion = ours[f"clip1.motion.{block}"]  # [branches (uncond, full), n, L, C]
-        g = golden[f"clip1.bank.{block}"]
-        for b in range(2):
-            mx, rel = rel_err(motion[b], g[b * N : (b + 1) * N])
-            assert rel < TOL, f"clip1 bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e})"
+        assert rel <= tol, f"bank {block} portrait (conditional branch): rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
+        for c in range(1, CLIPS):
+            motion = ours[f"clip{c}.motion.{block}"]  # [branches (uncond, full), n, L, C]
+            g = golden[f"clip{c}.bank.{block}"]
+            tol = _tol(f"clip{c}.bank.{block}")
+            for b in range(2):
+                mx, rel = rel_err(motion[b], g[b * N : (b + 1) * N])
+                assert rel <= tol, (f"clip{c} bank {block} motion frames, branch {b}: rel err {rel:.3e} (max abs {mx:.3e}); "
+                                    f"allowed {tol:.3e}")
 
 
 @pytest.mark.parametrize("case", sorted(SET["audio_long"]))
@@ -199,7 +221,8 @@ def test_long_audio_is_encoded_in_60_s_pieces_as_hallo2_does(case, model, golden
     audio = encode_audio({"waveform": wave, "sample_rate": 16000}, cfg, encoder, SET["fps"], **options)
     assert (audio.features.shape[0], audio.num_frames) == (long["rows"], long["frames"])
     mx, rel = rel_err(audio.features[long["stored_rows"], cfg.margin], gold)
-    assert rel < TOL, f"{case}: rel err {rel:.3e} (max abs {mx:.3e})"
+    tol = _tol(f"audio_long_{case}.rows")
+    assert rel <= tol, f"{case}: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
     if case == "padded":  # one pass over everything (Hallo's front end) is another function past 60 s
         one = encode_audio(
             {"waveform": wave, "sample_rate": 16000},
@@ -232,7 +255,8 @@ def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, 
     """The other execution paths (one forward per branch; ReferenceNet on every step) follow the same rules."""
     other = _run_ours(model, golden, batch_guidance=False, reference_every_step=True)
     mx, rel = rel_err(other["video"], golden["video"])
-    assert rel < TOL, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e})"
+    tol = _tol("video")
+    assert rel <= tol, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 def test_bad_motion_drop_draws_are_refused_in_one_line(model, golden):
@@ -260,21 +284,11 @@ def test_bad_motion_drop_draws_are_refused_in_one_line(model, golden):
 OTHER = os.environ.get("EMO_PARITY_HALLO2_DIR")
 
 
-def _tolerance(stage: str) -> float:
-    """1e-4 for the conditions and the first denoiser call, 1e-3 for everything after."""
-    first = stage.startswith(("audio.", "clip0.step0.pred")) or stage.split(".")[-1] in (
-        "audio_tokens",
-        "identity_cond",
-        "identity_uncond",
-        "face_locator",
-    )
-    return TOL if first else 1e-3
-
-
 @pytest.mark.skipif(not OTHER, reason="opt-in: EMO_PARITY_HALLO2_DIR=<a folder written by tools/parity/hallo2_original.py>")
 def test_other_hallo2_fixture_matches():
     """Any other fixture of the same harness (``--full``: SD1.5 sizes, with the Hallo ``--full`` folder it names as
-    assets, whose ``net.pth`` is loaded as Hallo2). Tolerance: 1e-4 up to the first denoiser call, 1e-3 after."""
+    assets, whose ``net.pth`` is loaded as Hallo2), made through tools/parity/floor.py. Tolerance: the standard,
+    max(1e-4, 3 x the folder's floor.json) per stage."""
     from emo_model.weights import inspect_checkpoint
 
     fix = Path(OTHER)
@@ -288,13 +302,14 @@ def test_other_hallo2_fixture_matches():
     bad = []
     for stage in _golden_stage_names(meta):
         mx, rel = rel_err(out[stage], golden_other[stage])
-        tol = _tolerance(stage)
-        if rel >= tol:
+        tol = _tol(stage, fix)
+        if rel > tol:
             bad.append(f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
     for c in range(meta["settings"]["clips"]):
         mx, rel = rel_err(out[f"clip{c}.motion_latents"], golden_other[f"clip{c}.ref_latents"][1:])
-        if rel >= 1e-3:
-            bad.append(f"clip{c} motion latents: rel err {rel:.3e} (max abs {mx:.3e})")
+        tol = _tol(f"clip{c}.ref_latents", fix)
+        if rel > tol:
+            bad.append(f"clip{c} motion latents: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
     from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
     from emo_model.session import audio_front_end
 
@@ -309,6 +324,7 @@ def test_other_hallo2_fixture_matches():
             **audio_front_end(ck.config, long["clip_length"]),
         )
         mx, rel = rel_err(audio.features[long["stored_rows"], ck.config.audio.margin], golden_other[f"audio_long_{case}.rows"])
-        if rel >= TOL:
-            bad.append(f"long audio {case}: rel err {rel:.3e} (max abs {mx:.3e})")
+        tol = _tol(f"audio_long_{case}.rows", fix)
+        if rel > tol:
+            bad.append(f"long audio {case}: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
     assert not bad, "stages differ from the original:\n" + "\n".join(bad)

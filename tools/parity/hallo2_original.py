@@ -74,7 +74,7 @@ p.add_argument("--full", action="store_true",
 args = p.parse_args()
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))  # floor.py sets it
 t0 = time.time()
 
 stub_xformers()
