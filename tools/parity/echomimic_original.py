@@ -71,6 +71,9 @@ p.add_argument("--full", action="store_true", help="full-size (SD1.5 / whisper-t
 p.add_argument("--no-acc", action="store_true", help="skip the second (_acc, no CFG) run")
 p.add_argument("--no-long-audio", action="store_true", help="skip the 31.5 s audio front-end check (a second fixture of the "
                "same weights needs it once)")
+p.add_argument("--assets", default=None, metavar="FIXTURE",
+               help="another fixture of the same --seed (e.g. tests/parity/echomimic): its buffers.safetensors and vae/ "
+                    "are checked to be what this run would write and are used instead of a second copy")
 p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                help="fp16: run as infer_audio2vid.py does with configs/prompts/animation.yaml's weight_dtype 'fp16' (every "
                     "module, the pipeline, the face mask and the reference bank in half; whisper in half as transcribe runs "
@@ -196,7 +199,15 @@ for i, (fname, (module, keep)) in enumerate(parts.items()):  # one file at a tim
     del sd, values, state
 for module, _ in parts.values():
     assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
-if not BENCH:
+if args.assets and not BENCH:  # the same tensors as ASSETS's (same seed), or stop: a shared file must not drift
+    from safetensors.torch import load_file
+
+    theirs = load_file(os.path.join(args.assets, "buffers.safetensors"))
+    vae_theirs = AutoencoderKL.from_pretrained(os.path.join(args.assets, "vae")).state_dict()
+    if set(theirs) != set(buffers) or any(not torch.equal(theirs[k], buffers[k]) for k in buffers) or any(
+            not torch.equal(v, vae_theirs[k]) for k, v in vae.state_dict().items()):
+        raise SystemExit(f"--assets {args.assets}: its buffers / vae differ from this run's (another --seed?)")
+elif not BENCH:
     save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
     vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
 for m in (reference_unet, denoising_unet, face_locator, vae):  # the files stay fp32; infer_audio2vid.py casts on load
@@ -410,6 +421,10 @@ bad = [k for k, v in rec.items() if v.is_floating_point() and not torch.isfinite
 if bad:
     raise SystemExit(f"non-finite values in {bad}")
 assert torch.equal(rec["initial_latents"], rec["input.noise"].clamp(-1.5, 1.5)), "the pipeline drew other noise"
+if DTYPE != torch.float32:  # the recorded stages are half values (kept as float32 while recording): stored in half
+    for k, v in rec.items():
+        if not k.startswith("input.") and v.is_floating_point() and torch.equal(v.to(DTYPE).float(), v):
+            rec[k] = v.to(DTYPE)
 save_file(rec, os.path.join(out_dir, "stages.safetensors"))
 
 
@@ -444,6 +459,7 @@ meta = {
                    "hashed_state_dict(keys marked 'hash', seed); 'buffer' keys from buffers.safetensors ('<file>:<key>')",
                    "files": file_specs},
     "vae": "vae/ (diffusers AutoencoderKL folder), weights tools/parity/common.py randomize_(vae, seed*100 + 13)",
+    "assets": None if not args.assets else os.path.basename(os.path.normpath(args.assets)),  # vae/ + buffers live there
     "stages": {k: list(v.shape) for k, v in rec.items()},
 }
 with open(os.path.join(out_dir, "meta.json"), "w") as fh:
