@@ -6,7 +6,15 @@ import logging
 
 import torch
 
-from ..emo_model.face.paste_back import COLOUR_MODES, DEFAULT_FEATHER, DEFAULT_GROW, MAX_SIDE, PasteBack, frame_megabytes
+from ..emo_model.face.paste_back import (
+    COLOUR_MODES,
+    DEFAULT_FEATHER,
+    DEFAULT_GROW,
+    MAX_SIDE,
+    PasteBack,
+    frame_megabytes,
+    track_placements,
+)
 from . import _comfy
 
 log = logging.getLogger("ComfyUI-EMO")
@@ -41,7 +49,7 @@ class EMOPasteBack:
         return {
             "required": {
                 "frames": ("IMAGE", {"tooltip": "The animated square frames (EMO Sampler's output, or after an upscaler / face restorer: any square size)."}),
-                "source": ("IMAGE", {"tooltip": "The picture EMO Face Mask cropped. A batch (a scene video of that size) is a moving background: frame i goes into picture i (the last one held), with the same crop box in every frame (turn on union in EMO Face Mask so the box covers the face in all of them; no per-frame tracking)."}),
+                "source": ("IMAGE", {"tooltip": "The picture EMO Face Mask cropped. A batch (a scene video of that size) is a moving background: frame i goes into picture i (the last one held). Run EMO Face Mask on the whole scene batch (union off) and the face is tracked: frame i is pasted at picture i's own box, smoothed over 5 frames (feed the sampler's reference from the first crop); with union on, or one picture cropped, one box serves every frame."}),
                 "crop": ("EMO_CROP", {"tooltip": "EMO Face Mask's crop output: where the square sits in the picture (box, scale, face)."}),
                 "grow": ("FLOAT", {"default": DEFAULT_GROW, "min": 1.0, "max": 4.0, "step": 0.05, "tooltip": "The pasted region is the face box grown this much about its centre: room for head motion (kept inside the crop)."}),
                 "feather": ("FLOAT", {"default": DEFAULT_FEATHER, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Width of the soft edge as a fraction of the face size (0 = a hard edge)."}),
@@ -65,32 +73,65 @@ class EMOPasteBack:
         if source.dim() == 3:
             source = source[None]
         n = frames.shape[0]
-
-        def paster() -> PasteBack:
-            pb = PasteBack(source[0].cpu().float().numpy(), placements[0], grow=grow, feather=feather, colour=colour_match)
-            if placements[0].fell_back:
-                log.warning("EMO Paste Back: no face was found on the picture; the animation is pasted at EMO Face Mask's fallback box")
-            return pb
-
+        if len(placements) > 1 and len(placements) != source.shape[0]:
+            raise ValueError(f"crop holds {len(placements)} boxes but source has {source.shape[0]} pictures: give EMO Paste Back "
+                             "the same picture batch EMO Face Mask cropped (or one picture)")
+        if any(p.fell_back for p in placements):
+            some = "on some pictures (their boxes follow the nearest frame with a face)" if len(placements) > 1 and not all(
+                p.fell_back for p in placements) else "on the picture; the animation is pasted at EMO Face Mask's fallback box"
+            log.warning("EMO Paste Back: no face was found %s", some)
+        pasters = _Pasters(source, placements, dict(grow=grow, feather=feather, colour=colour_match))
         if meta_batch is None:
-            return (_composite(paster(), frames, source, 0, n, batch_size),)
-        return (_meta_batch_step(meta_batch, str(unique_id), paster, frames, source, batch_size),)
+            return (_composite(pasters, frames, 0, n, batch_size),)
+        return (_meta_batch_step(meta_batch, str(unique_id), pasters, frames, batch_size),)
 
 
-def _composite(pb: PasteBack, frames: torch.Tensor, source: torch.Tensor, first: int, stop: int, batch_size: int) -> torch.Tensor:
-    """Frames ``first..stop-1`` pasted into the picture (or into picture i of a scene video, the last one held)."""
-    out = torch.empty((stop - first, pb.out_height, pb.out_width, 3), dtype=torch.float32)
+class _Pasters:
+    """Which PasteBack, and which background, each frame uses. One placement: one PasteBack on the first picture,
+    frame i pasted into picture i of a scene video (the last held). One placement per picture (EMO Face Mask run on
+    the scene video): the face is tracked, frame i pasted at its own smoothed box into picture i."""
+
+    def __init__(self, source: torch.Tensor, placements: list, options: dict) -> None:
+        self.source, self.options = source, options
+        # one box for all (one picture, or EMO Face Mask's union): no tracking; the colour match measured on frame 0
+        self.tracked = len({(tuple(p.crop_box), p.face_box.as_tuple()) for p in placements}) > 1
+        self.placements = track_placements(list(placements)) if self.tracked else list(placements)
+        self._cache: tuple[int, PasteBack] | None = None
+        first = self.paster(0)
+        self.out_height, self.out_width = first.out_height, first.out_width
+
+    def _picture(self, i: int):
+        return self.source[min(i, self.source.shape[0] - 1)].cpu().float().numpy()
+
+    def paster(self, i: int) -> PasteBack:
+        key = min(i, len(self.placements) - 1) if self.tracked else 0
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, PasteBack(self._picture(key), self.placements[key], **self.options))
+        return self._cache[1]
+
+    def frames(self, start: int, batch: torch.Tensor):
+        """Full-size frames for ``batch`` (frames start, start + 1, ...)."""
+        arr = batch.clamp(0.0, 1.0).numpy()
+        if self.tracked:
+            for i in range(len(arr)):  # past the last picture: its box and picture held
+                yield from self.paster(start + i).iter_composite(arr[i:i + 1])
+        elif self.source.shape[0] > 1:  # a scene video: picture i behind frame i, the last one held
+            backgrounds = [self._picture(i) for i in range(start, start + len(arr))]
+            yield from self.paster(0).iter_composite(arr, backgrounds=backgrounds)
+        else:
+            yield from self.paster(0).iter_composite(arr)
+
+
+def _composite(pasters: _Pasters, frames: torch.Tensor, first: int, stop: int, batch_size: int) -> torch.Tensor:
+    """Frames ``first..stop-1`` at the picture's size."""
+    out = torch.empty((stop - first, pasters.out_height, pasters.out_width, 3), dtype=torch.float32)
     progress = _comfy.Progress(stop - first)
     for start in range(first, stop, batch_size):
         if _comfy.interrupted():
             _comfy.raise_interrupt()
         batch = frames[start:min(stop, start + batch_size)].to("cpu")
         batch = batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
-        backgrounds = None
-        if source.shape[0] > 1:  # a scene video: picture i behind frame i, the last one held
-            index = [min(i, source.shape[0] - 1) for i in range(start, start + batch.shape[0])]
-            backgrounds = source[index].cpu().float().numpy()
-        for i, frame in enumerate(pb.iter_composite(batch.clamp(0.0, 1.0).numpy(), backgrounds=backgrounds)):
+        for i, frame in enumerate(pasters.frames(start, batch)):
             out[start - first + i] = torch.from_numpy(frame)
         progress.set(min(stop, start + batch_size) - first)
     return out
@@ -103,10 +144,10 @@ def _ranges(n: int, step: int):
             return
 
 
-def _meta_batch_step(manager, key: str, paster, frames: torch.Tensor, source: torch.Tensor, batch_size: int) -> torch.Tensor:
+def _meta_batch_step(manager, key: str, pasters: _Pasters, frames: torch.Tensor, batch_size: int) -> torch.Tensor:
     """One run under VideoHelperSuite's Meta Batch Manager, the way its video loaders take part (duck-typed: the
     manager's ``frames_per_batch``, ``inputs``, ``total_frames`` and ``has_closed_inputs``): the first run registers
-    this node's batches (the paster too, so the colour match is measured once, on frame 0, as without batches), each
+    this node's batches (its pasters too, so the colour match is measured once, on frame 0, as without batches), each
     run returns the next one, and the last closes this input so VHS Video Combine finishes the file and stops requeueing."""
     per_batch = getattr(manager, "frames_per_batch", None)
     inputs = getattr(manager, "inputs", None)
@@ -115,17 +156,16 @@ def _meta_batch_step(manager, key: str, paster, frames: torch.Tensor, source: to
     n = frames.shape[0]
     state = inputs.get(key)
     if state is None or state[0] != n:
-        ranges = _ranges(n, per_batch)
-        state = (n, paster(), ranges)
+        state = (n, pasters, _ranges(n, per_batch))
         inputs[key] = state
         manager.total_frames = min(getattr(manager, "total_frames", n), n)
-    _, pb, ranges = state
+    _, kept, ranges = state
     try:
         first, stop = next(ranges)
     except StopIteration:  # closed by VideoHelperSuite (reset): start over
         inputs.pop(key, None)
-        return _meta_batch_step(manager, key, paster, frames, source, batch_size)
-    out = _composite(pb, frames, source, first, stop, batch_size)
+        return _meta_batch_step(manager, key, pasters, frames, batch_size)
+    out = _composite(kept, frames, first, stop, batch_size)
     if stop >= n:
         inputs.pop(key, None)
         manager.has_closed_inputs = True
@@ -138,4 +178,3 @@ def crop_output(crops) -> list:
     from ..emo_model.face.paste_back import CropPlacement
 
     return [CropPlacement.from_crop(c) for c in crops]
-

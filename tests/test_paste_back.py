@@ -417,3 +417,63 @@ def test_paste_back_under_a_vhs_meta_batch_manager_returns_the_video_in_pieces(n
     assert manager.inputs == {}
     with pytest.raises(ValueError, match="Meta Batch Manager"):
         node.paste(frames, pictures, crop, 1.6, 0.2, colour, 2, meta_batch="not a manager", unique_id="8")
+
+
+def _moving_scene(n=6, height=180, width=320):
+    """A scene video whose face (a bright disc on the scene) moves right 6 px a frame, with its placements as the
+    face step makes them on each frame (boxes jittered by +-1 px as a detector's are)."""
+    pictures, placements = [], []
+    for i in range(n):
+        pic = scene(height, width, seed=i)
+        cx, cy = 120 + 6 * i, 85
+        yy, xx = np.mgrid[0:height, 0:width]
+        pic[(yy - cy) ** 2 + (xx - cx) ** 2 < 20 ** 2] = (0.9, 0.7, 0.6)
+        jitter = (-1) ** i
+        box = FaceBox(cx - 20 + jitter, cy - 25, cx + 20 + jitter, cy + 25)
+        pictures.append(pic)
+        placements.append(CropPlacement.from_crop(crop_of(pic, box, size=64)))
+    return np.stack(pictures), placements
+
+
+def test_tracked_placements_fill_missing_faces_and_smooth_the_jitter():
+    from emo_model.face.paste_back import track_placements
+
+    _pictures, placements = _moving_scene()
+    tracked = track_placements(placements)
+    centres = np.array([(p.crop_box[0] + p.crop_box[2]) / 2 for p in tracked])
+    raw = np.array([(p.crop_box[0] + p.crop_box[2]) / 2 for p in placements])
+    assert np.abs(np.diff(raw, 2)).max() == 4  # the detector's jitter (+-1 px on a 2x crop)
+    assert np.abs(np.diff(centres, 2)).max() < 2  # smoothed
+    assert centres[0] == raw[0] and abs((centres[-1] - centres[0]) - (raw[-1] - raw[0])) < 2.5  # no pull to the middle
+    assert all(abs(p.scale - p.size / (p.crop_box[2] - p.crop_box[0])) < 1e-9 for p in tracked)
+    # a frame with no face takes its nearest found neighbour's box before smoothing; all missing: kept as is
+    missing = list(placements)
+    missing[2] = CropPlacement((0.0, 0.0, 180.0, 180.0), 64 / 180, FaceBox(60, 60, 120, 120), (180, 320), 64, True)
+    filled = track_placements(missing, window=1)
+    assert filled[2].crop_box == placements[1].crop_box and filled[2].fell_back
+    assert track_placements([missing[2]] * 3) == [missing[2]] * 3
+
+
+def test_a_scene_video_with_a_moving_face_is_tracked(nodes):
+    """EMO Face Mask run on every frame of the scene -> one crop per picture: frame i is pasted at picture i's own
+    (smoothed) box, outside it the picture i exactly; one box (union) pastes everywhere at the same place."""
+    import torch
+
+    from emo_model.face.paste_back import track_placements
+
+    pictures, placements = _moving_scene()
+    frames = torch.from_numpy(noise_frames(8, 64))  # two more frames than pictures: the last box and picture held
+    (out,) = nodes["EMOPasteBack"]().paste(frames, torch.from_numpy(pictures), placements, 1.6, 0.2, "none", 3)
+    tracked = track_placements(placements)
+    for i, f in enumerate(out):
+        j = min(i, len(pictures) - 1)
+        inside = torch.from_numpy(blend_weights(tracked[j]) >= 1)
+        outside = ~torch.from_numpy(blend_weights(tracked[j]).astype(bool))
+        assert torch.equal(f[outside], torch.from_numpy(pictures[j])[outside])
+        expected = PasteBack(pictures[j], tracked[j], colour="none").composite(frames[i:i + 1].numpy())[0]
+        assert np.allclose(f[inside].numpy(), expected[inside.numpy()], atol=1e-6)
+    # where the pasted face sits moves with the face: the weight's centre of mass follows the tracked boxes
+    xs = [np.nonzero(blend_weights(p))[1].mean() for p in tracked]
+    assert xs[-1] - xs[0] > 20
+    with pytest.raises(ValueError, match="crop holds 6 boxes but source has 5 pictures"):
+        nodes["EMOPasteBack"]().paste(frames, torch.from_numpy(pictures[:5]), placements, 1.6, 0.2, "none", 3)

@@ -27,6 +27,12 @@ generated frame back through the same box and blends it into the source picture:
   then by decreasing area); with the no-face fallback the fallback box (a centred square of
   40 % of the short side, or the whole picture for ``fallback="full"``) is the face.
 
+**A scene video as the background, tracked**: with one placement per background picture (the face step run
+on each frame of the scene), :func:`track_placements` fills frames where no face was found from the nearest
+found one and smooths the boxes over time (a centred moving average of centre and side, so detector jitter does
+not shake the pasted face); frame ``i`` is then pasted at its own box into picture ``i``, the colour match
+measured on each frame's own seam (the scene's light may change).
+
 Frames may come at any square size (an upscaler may run between the sampler and paste-back); the
 mapping uses the frame's own side.  Memory: only the blend region's bounding box is resampled;
 a full-size float32 frame costs ``H * W * 3 * 4`` bytes (24.9 MB at 1920x1080), uint8 a quarter.
@@ -271,6 +277,45 @@ class PasteBack:
         if not outs:
             return np.zeros((0, self.out_height, self.out_width, 3), np.dtype(dtype))
         return np.stack(outs)
+
+
+TRACK_WINDOW = 5  # frames in the moving average of the tracked boxes (centred; 5 = +-2 frames)
+
+
+def _smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Centred moving average along axis 0; near the ends the window shrinks symmetrically (frame 0 is its own
+    average), so a face moving at constant speed is not pulled towards the middle of the video."""
+    if window <= 1 or len(values) < 3:
+        return values.copy()
+    csum = np.concatenate([np.zeros((1,) + values.shape[1:]), np.cumsum(values, axis=0)])
+    idx = np.arange(len(values))
+    half = np.minimum(np.minimum(idx, len(values) - 1 - idx), window // 2)
+    lo, hi = idx - half, idx + half + 1
+    return (csum[hi] - csum[lo]) / (hi - lo)[:, None]
+
+
+def track_placements(placements: list[CropPlacement], window: int = TRACK_WINDOW) -> list[CropPlacement]:
+    """One placement per frame of a scene video -> the tracked ones: frames where no face was found take the
+    nearest frame's box that found one (all kept as they are when none did), then crop and face boxes are smoothed
+    over ``window`` frames (centre and side of the square crop, each corner of the face box); ``scale`` follows
+    the smoothed side."""
+    if not placements:
+        return []
+    found = [i for i, p in enumerate(placements) if not p.fell_back]
+    if not found:
+        return list(placements)
+    filled = [placements[min(found, key=lambda j, i=i: (abs(j - i), j))] for i in range(len(placements))]
+    crops = np.array([p.crop_box for p in filled], np.float64)
+    centre = (crops[:, :2] + crops[:, 2:]) / 2.0
+    side = crops[:, 2] - crops[:, 0]
+    faces = np.array([p.face_box.as_tuple()[:4] for p in filled], np.float64)
+    centre, side, faces = _smooth(centre, window), _smooth(side[:, None], window)[:, 0], _smooth(faces, window)
+    out = []
+    for p, c, sd, f, original in zip(filled, centre, side, faces, placements):
+        box = (c[0] - sd / 2.0, c[1] - sd / 2.0, c[0] + sd / 2.0, c[1] + sd / 2.0)
+        out.append(CropPlacement(tuple(float(v) for v in box), float(p.size / sd), FaceBox(*(float(v) for v in f)),  # type: ignore[arg-type]
+                                 tuple(p.source_size), p.size, bool(original.fell_back), p.mask))  # type: ignore[arg-type]
+    return out
 
 
 def paste_back(frames: Any, source: Any, crop: PortraitCrop | CropPlacement, **options: Any) -> np.ndarray:
