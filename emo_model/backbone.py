@@ -101,7 +101,9 @@ class Backbone(UNetBase):
             reference_enabled=None if reference_enabled is None else reference_enabled.cpu().repeat_interleave(f),
             cross_context=per_frame_tokens(cross_context, b, f),
             audio_context=per_frame_tokens(audio_context, b, f),
-            region_masks=None if region_masks is None else region_masks.expand(b, -1, -1, -1),
+            region_masks=None if region_masks is None else (
+                {k: v.expand(b, -1, -1, -1) for k, v in region_masks.items()} if isinstance(region_masks, dict)
+                else region_masks.expand(b, -1, -1, -1)),
             motion_scale=motion_scale,
             speed_tokens=speed_tokens,
             temporal=temporal,

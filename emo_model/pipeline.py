@@ -303,7 +303,9 @@ class _Run:
         if mask.shape != (h, w):
             mask = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         self.face = self.model.face_features(mask[None].to(self.device, self.dtype))
-        self.region = None if region_masks is None else region_masks[None].to(self.device, self.dtype)
+        self.region = None if region_masks is None else (  # a dict: masks per feature-map size {(h, w): [3, h, w]}
+            {k: v[None].to(self.device, self.dtype) for k, v in region_masks.items()} if isinstance(region_masks, dict)
+            else region_masks[None].to(self.device, self.dtype))
         self.reference_kv: dict[str, KV] | None = None
         if not s.reference_every_step:
             self.reference_kv = self.model.denoising_unet.project_reference(ref.bank)

@@ -325,7 +325,12 @@ class Session:
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
         """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""
         options = {"expand_ratio": self.config.preset.face_expand_ratio, **face_options}
-        return prepare_portrait(image, size or self.config.preset.resolution, **options)
+        portrait = prepare_portrait(image, size or self.config.preset.resolution, **options)
+        from .face.front_ends import as_original  # the family's original preprocessing, where it can run here
+        from .families import family_of
+
+        family = family_of(self.config)
+        return as_original(family and family.face_front_end, image, portrait, face_options.get("models_dir"))
 
     def encode_reference(
         self, image: torch.Tensor | np.ndarray, *, size: int | None = None, identity_image=None, models_dir: str | None = None
@@ -397,6 +402,8 @@ class Session:
         """The (full, face, lip) masks of the region audio modules for the crop; None for configs without them."""
         if not self.config.backbone.region_audio_modules:
             return None
+        if getattr(portrait, "region_masks", None) is not None:  # the original's, per feature-map size {(h, w): [3, h, w]}
+            return {size: torch.from_numpy(m) for size, m in portrait.region_masks.items()}
         h, w = portrait.image.shape[:2]
         return torch.from_numpy(region_masks(portrait.face_box, h, w))
 

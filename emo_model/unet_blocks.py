@@ -45,7 +45,8 @@ class ForwardContext:
     reference_enabled: torch.Tensor | None = None  # bool [B]: rows without reference-attention (uncond)
     cross_context: torch.Tensor | None = None  # attn2 tokens, [B*F, T, D]
     audio_context: torch.Tensor | None = None  # region audio-module tokens, [B*F, T, D]
-    region_masks: torch.Tensor | None = None  # (full, face, lip) masks, [B, 3, H, W]
+    # (full, face, lip) masks, [B, 3, H, W]; or {(h, w): [B, 3, h, w]}: given per feature-map size (the others pooled)
+    region_masks: torch.Tensor | dict | None = None
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     speed_tokens: torch.Tensor | None = None  # [B or 1, n + F, l]
     temporal: bool = True
@@ -95,7 +96,11 @@ class ForwardContext:
         if self.region_masks is None:
             return None
         if (h, w) not in self._masks:
-            m = F.interpolate(self.region_masks.float(), size=(h, w), mode="area").flatten(2)
+            given = self.region_masks if isinstance(self.region_masks, dict) else {None: self.region_masks}
+            m = given.get((h, w))  # masks made at this size (an original's own resizing) are used as they are
+            if m is None:
+                m = F.interpolate(max(given.values(), key=lambda t: t.shape[-1]).float(), size=(h, w), mode="area")
+            m = m.float().flatten(2)
             self._masks[(h, w)] = m.repeat_interleave(self.frames, dim=0).to(dtype)
         return self._masks[(h, w)]
 

@@ -46,10 +46,13 @@ class EMOFaceMask:
                 "fallback": (["center", "full", "error"], {"default": "center", "tooltip": "No face found: center = a centred face box, full = the whole frame as mask, error = stop with an error."}),
                 "face_index": ("INT", {"default": 0, "min": 0, "max": 64, "tooltip": "Which face when there are several (0 = the largest)."}),
                 "union": ("BOOLEAN", {"default": False, "tooltip": "For a batch of frames: one crop and one mask covering the face in every frame (EMO's union of boxes over a clip)."}),
-            }
+            },
+            "optional": {
+                "emo_model": ("EMO_MODEL", {"tooltip": "Optional: the model from Load EMO Model. Connected, the face is prepared the way the model's original code prepares it (" + face_front_ends() + ") when its detector packages and files are installed; the summary says which preprocessing ran."}),
+            },
         }
 
-    def run(self, image, size, expand, crop, crop_ratio, detector, fallback, face_index, union):
+    def run(self, image, size, expand, crop, crop_ratio, detector, fallback, face_index, union, emo_model=None):
         image = _comfy.image_batch(image, label="image")  # one line for an empty / 0-255 / NaN / 'meta' IMAGE (shared check)
         models_dir = str(_comfy.models_dir() / "emo" / "face")
         if detector == "yunet" and find_yunet_model(models_dir) is None:  # asked for by name: where its file goes and comes from
@@ -72,12 +75,48 @@ class EMOFaceMask:
                 models_dir=models_dir,
             )
         notes = list(dict.fromkeys(str(w.message) for w in caught))
+        if emo_model is not None:  # the family's original preprocessing where it can run (emo_model/face/front_ends.py)
+            crops = original_front_end(emo_model, image, crops, union, [str(_comfy.models_dir()), models_dir])
+            notes += list(dict.fromkeys(c.front_end for c in crops if c.front_end))
         for note in notes:
             log.warning("EMO Face Mask: %s", note)  # ComfyUI's log; the node shows it too (its summary)
         masks = torch.from_numpy(np.stack([c.mask for c in crops])).float()
         portraits = torch.from_numpy(np.stack([c.image for c in crops])).float()
         summary = face_summary(crops, detector, fallback, models_dir, notes)
         return {"ui": {"emo_summary": [summary]}, "result": (masks, portraits, crop_output(crops))}
+
+
+def face_front_ends() -> str:
+    """The families whose original face preprocessing the node can run, and what each needs (for the tooltip)."""
+    from ..emo_model.families import FAMILIES
+
+    parts = []
+    for fam in FAMILIES:
+        fe = fam.face_front_end
+        if fe is None:
+            continue
+        what = ["MediaPipe face-landmarker masks (mediapipe + its .task file in models/face_analysis/models)"] if fe.landmarks else []
+        what += ["MTCNN crop and mask (facenet_pytorch)"] if fe.box_crop else []
+        what += ["insightface identity (EMO Reference Encode)"] if fe.identity else []
+        parts.append(f"{fam.label}: {', '.join(what)}")
+    return "; ".join(parts)
+
+
+def original_front_end(emo_model, image, crops, union: bool, models_dirs: list[str]):
+    """Each crop with the model family's original preprocessing applied (not with union: one crop for many frames)."""
+    from ..emo_model.face.front_ends import as_original
+    from ..emo_model.families import family_of
+
+    family = family_of(emo_model.config)
+    front_end = family and family.face_front_end
+    if front_end is None:
+        return crops
+    if union and len(crops) > 1:
+        for c in crops:
+            c.front_end = f"{front_end.label} face preprocessing not run with union (it prepares one picture): ours used"
+        return crops
+    pictures = image.cpu().numpy()
+    return [as_original(front_end, pictures[i], c, models_dirs) for i, c in enumerate(crops)]
 
 
 def face_summary(crops, detector: str, fallback: str, models_dir: str, notes: list[str]) -> str:

@@ -690,3 +690,109 @@ def test_face_mask_node_shows_the_haar_to_lbp_note(face_node, astronaut, tmp_pat
 def test_face_node_prints_nothing():
     """Warnings go to the node and to ComfyUI's log, not to stdout (print() in nodes/ is flagged)."""
     assert "print(" not in (ROOT / "nodes" / "face.py").read_text()
+
+
+# ---- the originals' face preprocessing at run time (emo_model/face/front_ends.py; geometry: test_parity_faces.py) ----
+
+def _front_end(family: str):
+    from emo_model.families import get_family
+
+    return get_family(family).face_front_end
+
+
+def _ours(astronaut, size=64):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return F.prepare_portrait(astronaut, size, faces=[ASTRONAUT_FACE])
+
+
+def test_original_front_end_without_its_packages_keeps_ours_and_says_why(astronaut, monkeypatch):
+    from emo_model.face import front_ends
+
+    monkeypatch.setattr(front_ends, "_installed", lambda module: False)
+    ours = _ours(astronaut)
+    for family, needs in (("hallo", ("mediapipe", "face_landmarker_v2_with_blendshapes.task")), ("echomimic-v1", ("facenet_pytorch",))):
+        got = front_ends.as_original(_front_end(family), astronaut, _ours(astronaut), None)
+        assert np.array_equal(got.image, ours.image) and np.array_equal(got.mask, ours.mask) and got.region_masks is None
+        assert "face preprocessing not run (needs " in got.front_end and all(n in got.front_end for n in needs), got.front_end
+    assert front_ends.as_original(None, astronaut, ours, None) is ours and ours.front_end == ""
+
+
+def test_landmark_front_end_gives_the_originals_face_mask_and_region_masks(astronaut, monkeypatch):
+    from emo_model.face import front_ends
+    from emo_model.face.landmark_masks import FACE_OVAL_VERTICES, OUTER_LIP_VERTICES, landmark_masks
+
+    ours = _ours(astronaut)
+    points = np.zeros((478, 2))
+    t = np.linspace(0, 2 * np.pi, 478)
+    points[:] = np.stack([32 + 5 * np.cos(t), 30 + 5 * np.sin(t)], 1)
+    points[list(FACE_OVAL_VERTICES)] = np.stack([32 + 12 * np.cos(t[:36]), 30 + 15 * np.sin(t[:36])], 1)
+    points[list(OUTER_LIP_VERTICES)] = np.stack([32 + 5 * np.cos(t[:20]), 40 + 2 * np.sin(t[:20])], 1)
+    seen = []
+    monkeypatch.setattr(front_ends, "missing", lambda fe, dirs: [])
+    monkeypatch.setattr(front_ends, "find_landmarker", lambda dirs: "face_landmarker.task")
+    monkeypatch.setattr(front_ends, "detect_landmarks", lambda rgb8, task: seen.append(rgb8.shape) or points)
+    fe = _front_end("hallo")
+    got = front_ends.as_original(fe, astronaut, ours, "models")
+    want = landmark_masks(points, 64, 64, 64, fe.landmarks)
+    assert seen == [(64, 64, 3)]  # the landmarker runs on the square portrait the model gets
+    assert np.array_equal(got.mask, want.face_region) and not np.array_equal(got.mask, _ours(astronaut).mask)
+    assert sorted(got.region_masks) == [(1, 1), (2, 2), (4, 4), (8, 8)]  # 64 / 8, 16, 32, 64
+    for (h, w), m in got.region_masks.items():
+        i = (8, 4, 2, 1).index(h)
+        assert m.shape == (3, h, w) and all(np.array_equal(m[c], want.levels[n][i]) for c, n in enumerate(("full", "face", "lip")))
+    assert np.array_equal(got.image, ours.image) and "Hallo's face preprocessing ran" in got.front_end
+    monkeypatch.setattr(front_ends, "detect_landmarks", lambda rgb8, task: None)
+    none = front_ends.as_original(fe, astronaut, _ours(astronaut), "models")
+    assert none.region_masks is None and "found no single face" in none.front_end
+
+
+def test_box_crop_front_end_replaces_our_crop_and_maps_back(astronaut, monkeypatch):
+    from emo_model.face import front_ends
+    from emo_model.face.box_crop import box_crop
+
+    box = np.array([[182.87753, 62.663696, 269.12137, 173.24072]], np.float32)
+    given = []
+    monkeypatch.setattr(front_ends, "missing", lambda fe, dirs: [])
+    monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: given.append((bgr, dict(options))) or (box, np.array([0.99])))
+    fe = _front_end("echomimic-v1")
+    got = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
+    bgr, options = given[0]
+    assert np.array_equal(bgr, astronaut[..., ::-1]) and options["thresholds"] == [0.6, 0.7, 0.7]  # BGR, as cv2.imread
+    want = box_crop(astronaut[..., ::-1], box, [0.99], 128, fe.box_crop)
+    assert got.crop_box == tuple(float(v) for v in want.square) == (140.0, 32.0, 312.0, 204.0)
+    assert np.array_equal(np.rint(got.image * 255).astype(np.uint8), want.image[..., ::-1])
+    assert np.array_equal(np.rint(got.mask * 255).astype(np.uint8), want.mask) and got.detector == "mtcnn"
+    x0, y0 = got.to_source(0, 0)
+    assert (x0, y0) == (140.0, 32.0) and got.scale == 128 / 172 and got.face_box.iou(got.box_to_crop(FaceBox(183, 63, 269, 173))) > 0.999
+    assert "EchoMimic's face preprocessing ran (MTCNN crop and mask)" == got.front_end
+    monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: (None, None))
+    nothing = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
+    assert nothing.fell_back and np.all(nothing.mask == 1) and nothing.mask.shape == (128, 128) and "no face" in nothing.front_end
+    monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: 1 / 0)
+    broken = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
+    assert broken.crop_box == _ours(astronaut, 128).crop_box and "face preprocessing failed (division by zero)" in broken.front_end
+
+
+def test_face_mask_node_runs_the_models_original_preprocessing(face_node, astronaut, monkeypatch):
+    from types import SimpleNamespace
+
+    from emo_model.families import get_config
+
+    # the pack's own copy of the module (the node imports emo_model through the pack's package)
+    modules = [m for name, m in list(sys.modules.items()) if name.endswith("emo_model.face.front_ends")]
+    for m in modules:
+        monkeypatch.setattr(m, "_installed", lambda module: False)
+    picture = torch.from_numpy(astronaut).float()[None] / 255
+    model = SimpleNamespace(config=get_config("tiny-echomimic"))
+    out = face_node.run(picture, detector="auto", emo_model=model, **NODE_ARGS)
+    assert out["ui"]["emo_summary"][0].startswith("face found in 1 image(s) (detector auto = ")
+    assert "EchoMimic's face preprocessing not run (needs facenet_pytorch" in out["ui"]["emo_summary"][0]
+    for m in modules:
+        monkeypatch.setattr(m, "missing", lambda fe, dirs: [])
+        monkeypatch.setattr(m, "detect_boxes", lambda bgr, options: (np.array([[182.9, 62.7, 269.1, 173.2]]), [0.99]))
+    ran = face_node.run(picture, detector="auto", emo_model=model, **NODE_ARGS)
+    assert ran["ui"]["emo_summary"][0].endswith(" · EchoMimic's face preprocessing ran (MTCNN crop and mask)")
+    assert ran["result"][2] is not None and ran["result"][1].shape == (1, 64, 64, 3)
+    plain = face_node.run(picture, detector="auto", **NODE_ARGS)  # no model: ours, no note
+    assert "face preprocessing" not in plain["ui"]["emo_summary"][0]

@@ -158,3 +158,38 @@ def test_every_face_front_end_names_its_original():
             continue
         assert fam.original is not None and fam.original.commit[:8] in fe.mirrors, fam.name
         assert fe.label and (fe.landmarks or fe.box_crop or fe.squash_resize or fe.identity)
+
+
+def test_region_masks_per_feature_map_size_reach_the_audio_modules():
+    """The original's masks, resized by it per feature-map size, are read as given (Session.region_masks hands the
+    pipeline a dict {(h, w): [3, h, w]}); sizes it lacks are area-pooled from the largest, as a plain tensor is."""
+    import torch.nn.functional as F
+    from conftest import perturb_zero_inits, tiny_vae
+
+    from emo_model.model import EMOModel
+    from emo_model.pipeline import SamplingSettings
+    from emo_model.session import Session
+    from emo_model.vae import DiffusersVAE
+
+    torch.manual_seed(0)
+    model = perturb_zero_inits(EMOModel("tiny-hallo").eval())
+    session = Session(model, DiffusersVAE(tiny_vae()), None, torch.device("cpu"))
+    pic = torch.from_numpy(_harness().pictures()["astronaut"]).float() / 255
+    state = session.encode_reference(pic, size=64)
+    masks = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))
+    feats = torch.randn(4, 5, 2, 32, generator=torch.Generator().manual_seed(0))
+
+    def frames(region):
+        out = []
+        settings = SamplingSettings.from_preset(model.config.preset, steps=1, frames_per_clip=4)
+        session.pipeline.generate(state, feats, settings=settings, sink=out.append, region_masks=region,
+                                  noise=torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(2)))
+        return torch.cat(out)
+
+    pooled = {(s, s): F.interpolate(masks[None], size=(s, s), mode="area")[0] for s in (8, 4, 2, 1)}
+    plain = frames(masks)
+    assert torch.equal(frames(pooled), plain)
+    assert torch.equal(frames({(8, 8): masks}), plain)  # the missing sizes pooled from the largest
+    other = dict(pooled)
+    other[(4, 4)] = torch.flip(pooled[(4, 4)], dims=(0,))  # one level's masks changed: the video changes
+    assert not torch.equal(frames(other), plain)

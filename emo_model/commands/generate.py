@@ -236,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
                                         face_index=args.face_index)
     if portrait.warning:
         print(f"warning: {portrait.warning}", file=sys.stderr)
+    if portrait.front_end:  # which face preprocessing ran: the family's original's, or ours and why
+        print(f"note: {portrait.front_end}", file=sys.stderr)
     paste = None
     if pick_frame(args.frame, image) == "full":
         from ..face.paste_back import CropPlacement, PasteBack
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"note: {notice}", file=sys.stderr)
     reference = session.encode_reference(portrait.image, size=args.size, identity_image=portrait.image, models_dir=args.models_dir)
     region_masks = session.region_masks(portrait)
-    if region_masks is not None:
+    if region_masks is not None and portrait.region_masks is None:
         print("note: audio region masks (full / face / lips) made from the face box of the portrait crop", file=sys.stderr)
     total = settings.steps * session.count_units(audio.num_frames, settings)
     bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)

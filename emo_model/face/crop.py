@@ -96,6 +96,10 @@ class PortraitCrop:
     detector: str = "auto"
     source_size: tuple[int, int] = (0, 0)  # (height, width)
     pad_mode: str = "edge"
+    # set by the family's original preprocessing (emo_model/face/front_ends.py): what ran, in words, and its
+    # (full, face, lip) region masks per feature-map size {(h, w): [3, h, w]} when it makes them
+    front_end: str = ""
+    region_masks: dict | None = None
 
     @property
     def size(self) -> int:

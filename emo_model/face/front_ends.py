@@ -109,12 +109,13 @@ def detect_boxes(bgr8: np.ndarray, options) -> tuple[Any, Any]:
 
 @dataclass
 class FrontEndResult:
-    """What ran and what it changed (``crop``: a PortraitCrop to use instead of ours; ``region_masks``: [3, s, s])."""
+    """What ran and what it changed (``crop``: a PortraitCrop to use instead of ours; ``region_masks``: the
+    (full, face, lip) masks per feature-map size, {(h, w): [3, h, w]})."""
 
     ran: bool
     note: str
     crop: Any = None
-    region_masks: np.ndarray | None = None
+    region_masks: dict | None = None
 
 
 def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours, models_dirs) -> FrontEndResult:
@@ -123,8 +124,9 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
     if front_end is None:
         return FrontEndResult(False, "")
     if front_end.landmarks is None and front_end.box_crop is None:
-        return FrontEndResult(True, f"{front_end.label} face preprocessing: our crop, resized as the original resizes "
-                                    "(identity embedding when the portrait is encoded)")
+        return FrontEndResult(True, f"{front_end.label} face preprocessing: it has no crop (it resizes the whole picture), "
+                                    "so our square face crop is the picture it gets; its insightface identity runs when the "
+                                    "portrait is encoded")
     lacking = missing(front_end, models_dirs)
     if lacking:
         return FrontEndResult(False, f"{front_end.label} face preprocessing not run (needs {', '.join(lacking)}): "
@@ -135,6 +137,20 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
         return _run_landmarks(front_end, ours, find_landmarker(models_dirs))
     except Exception as exc:  # a broken optional package must not stop the graph
         return FrontEndResult(False, f"{front_end.label} face preprocessing failed ({str(exc)[:200]}): our detector and crop used")
+
+
+def as_original(front_end: FaceFrontEnd | None, image: Any, ours, models_dirs):
+    """``ours`` (our PortraitCrop of ``image``) with the family's original preprocessing applied where it can run
+    here; its ``front_end`` says in words what ran (empty for a family with none)."""
+    if front_end is None:
+        return ours
+    from .image import to_rgb_float
+
+    result = apply_front_end(front_end, to_rgb_float(image), ours, models_dirs)
+    crop = result.crop if result.crop is not None else ours
+    crop.front_end = result.note
+    crop.region_masks = result.region_masks
+    return crop
 
 
 def _uint8(rgb: np.ndarray) -> np.ndarray:
@@ -153,7 +169,7 @@ def _run_landmarks(front_end: FaceFrontEnd, ours, task_file: str) -> FrontEndRes
     crop = replace(ours, mask=masks.face_region.astype(np.float32), detector="face landmarker")
     crop.face_box = FaceBox(x0, y0, max(x0, x1), max(y0, y1))
     return FrontEndResult(True, f"{front_end.label} face preprocessing ran (face landmarker masks)", crop,
-                          masks.region_masks())
+                          masks.region_levels())
 
 
 def _run_box_crop(front_end: FaceFrontEnd, source_rgb: np.ndarray, ours) -> FrontEndResult:

@@ -62,6 +62,13 @@ class LandmarkMasks:
     face_region: np.ndarray  # [h, w] the face rectangle at the model size
     levels: dict[str, list[np.ndarray]] = field(default_factory=dict)  # name -> [h/d, w/d] per divisor
 
+    def region_levels(self) -> dict[tuple[int, int], np.ndarray]:
+        """{(h, w): [3, h, w]} float32 (full, face, lip) at every feature-map size, as the model reads them."""
+        out = {}
+        for i, full in enumerate(self.levels["full"]):
+            out[tuple(int(v) for v in full.shape)] = np.stack([self.levels[n][i] for n in ("full", "face", "lip")])
+        return out
+
     def region_masks(self) -> np.ndarray:
         """[3, s, s] float32 (full, face, lip) at blur_size: what the region audio modules read at the finest level."""
         return self.blurred.astype(np.float32) / np.float32(255.0)
