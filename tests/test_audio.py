@@ -835,3 +835,163 @@ def test_each_family_gets_its_original_audio_front_end():
     assert audio_front_end(get_config("hallo"), 4) == {"single_pass": True, "whole_clips_of": 4}
     assert audio_front_end(get_config("emo")) == {"single_pass": False}
     assert audio_front_end(get_config("echomimic-v1")) == {} == audio_front_end(get_config("tiny"))
+
+
+# ---- the originals' audio front ends: loaders and vocal separation (emo_model/audio_front.py) ----------------------
+# Parity with the originals' own code: tests/test_parity_audio.py. These check the plumbing around it.
+
+
+def _song(seconds: float = 0.5, rate: int = 44100) -> dict:
+    t = np.arange(int(seconds * rate)) / rate
+    left = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 2500 * t)
+    right = 0.3 * np.sin(2 * np.pi * 180 * t) + 0.1 * np.sin(2 * np.pi * 660 * t)
+    return {"waveform": torch.tensor(np.stack([left, right])[None], dtype=torch.float32), "sample_rate": rate}
+
+
+def _standin_separator(monkeypatch):
+    """onnxruntime 'installed' and the model file read as a per-bin gain (a stand-in of Kim_Vocal_2's signature)."""
+    from emo_model import vocal_separation
+
+    monkeypatch.setattr(vocal_separation, "runtime_available", lambda: True)
+    gain = torch.linspace(0.2, 1.0, 3072).reshape(1, 1, -1, 1).numpy()
+    monkeypatch.setattr(vocal_separation, "onnx_model", lambda path, settings: (lambda spec: spec * gain))
+
+
+def test_without_the_separator_file_the_mix_drives_and_one_line_says_what_is_missing(tmp_path):
+    from emo_model.audio_front import take_audio
+    from emo_model.families import hallo, memo
+
+    (tmp_path / "hallo").mkdir()
+    taken = take_audio(_song(), hallo.tiny_hallo_config(), hallo.FAMILY, tmp_path / "hallo" / "net.pth")
+    assert taken.vocals is None and taken.drive is taken.mix
+    assert "Kim_Vocal_2.onnx not found" in taken.note and "audio_separator/" in taken.note and "\n" not in taken.note
+    assert "fudan-generative-ai/hallo" in taken.note  # where the file comes from
+    taken = take_audio(_song(), memo.tiny_memo_config(), memo.FAMILY, tmp_path)
+    assert "memoavatar/memo" in taken.note and taken.vocals is None
+
+
+@pytest.mark.parametrize("layout", ["hallo", "memo"])
+def test_with_the_separator_file_beside_the_model_the_vocals_drive_and_the_mix_is_kept(tmp_path, monkeypatch, layout):
+    from emo_model.audio_front import take_audio
+    from emo_model.families import hallo, memo
+
+    _standin_separator(monkeypatch)
+    if layout == "hallo":  # pretrained_models/{hallo/net.pth, audio_separator/Kim_Vocal_2.onnx}, as Hallo's download
+        (tmp_path / "hallo").mkdir()
+        (tmp_path / "audio_separator").mkdir()
+        (tmp_path / "audio_separator" / "Kim_Vocal_2.onnx").write_bytes(b"stand-in")
+        config, family, model = hallo.tiny_hallo_config(), hallo.FAMILY, tmp_path / "hallo" / "net.pth"
+    else:  # MEMO's folder with misc/vocal_separator/Kim_Vocal_2.onnx
+        (tmp_path / "misc" / "vocal_separator").mkdir(parents=True)
+        (tmp_path / "misc" / "vocal_separator" / "Kim_Vocal_2.onnx").write_bytes(b"stand-in")
+        config, family, model = memo.tiny_memo_config(), memo.FAMILY, tmp_path
+    taken = take_audio(_song(), config, family, model)
+    assert taken.vocals is taken.drive and taken.mix is not taken.drive
+    assert "Kim_Vocal_2" not in taken.note
+    vocals, mix = taken.vocals["waveform"], taken.mix["waveform"]
+    assert vocals.shape[:2] == mix.shape[:2] == (1, 1) and taken.vocals["sample_rate"] == 16000
+    assert abs(vocals.shape[-1] - 8000) <= 1 and abs(mix.shape[-1] - 8000) <= 1
+    assert not torch.allclose(vocals[..., :7900], mix[..., :7900], atol=1e-3)  # the stand-in changed the sound
+    assert float(vocals.abs().max()) <= 0.9 + 1e-4  # audio-separator's normalisation (0.9 peak)
+    # without separation (the AUDIO_ENCODER_OUTPUT path) the mix drives
+    plain = take_audio(_song(), config, family, model, separate=False)
+    assert plain.vocals is None and torch.equal(plain.drive["waveform"], taken.mix["waveform"])
+
+
+def test_the_separator_reads_the_model_data_beside_the_file_as_audio_separator_does(tmp_path):
+    import hashlib
+
+    from emo_model.families import hallo
+    from emo_model.vocal_separation import model_data
+
+    model = tmp_path / "Kim_Vocal_2.onnx"
+    model.write_bytes(b"not really a model")
+    settings = hallo.FAMILY.vocal_separator
+    assert model_data(settings, model) == settings  # no JSON: the family's data
+    entry = {"compensate": 1.5, "mdx_dim_f_set": 2048, "mdx_dim_t_set": 7, "mdx_n_fft_scale_set": 6144, "primary_stem": "Vocals"}
+    (tmp_path / "mdx_model_data.json").write_text(json.dumps({hashlib.md5(model.read_bytes()).hexdigest(): entry}))
+    got = model_data(settings, model)
+    assert (got.n_fft, got.dim_f, got.dim_t, got.compensate) == (6144, 2048, 128, 1.5)
+
+
+def test_separating_silence_is_one_line():
+    from emo_model.audio import AudioError
+    from emo_model.families import hallo
+    from emo_model.vocal_separation import MDXSeparator
+
+    separator = MDXSeparator(hallo.FAMILY.vocal_separator, lambda spec: spec)
+    with pytest.raises(AudioError, match="silent"):
+        separator.separate(np.zeros((2, 4410), np.float32))
+    with pytest.raises(AudioError, match="found no vocals"):
+        MDXSeparator(hallo.FAMILY.vocal_separator, lambda spec: spec * 0).separate(np.full((2, 4410), 0.1, np.float32))
+
+
+def test_a_long_mix_is_separated_in_overlapping_chunks_that_add_up():
+    """With an identity model the MDX path gives the mix back (times compensate, inside the kept bins): the Hann-weighted
+    chunks and their divider add up over a mix of several chunks (10 s: 3 chunks of 5.9 s every 4.4 s)."""
+    from emo_model.families import hallo
+    from emo_model.vocal_separation import MDXSeparator
+
+    settings = hallo.FAMILY.vocal_separator
+    t = np.arange(10 * 44100) / 44100
+    mix = np.stack([0.5 * np.sin(2 * np.pi * 440 * t), 0.5 * np.sin(2 * np.pi * 300 * t)]).astype(np.float32)
+    source = MDXSeparator(settings, lambda spec: spec).demix(mix.copy())
+    assert source.shape == mix.shape and np.isfinite(source).all()
+    rel = np.linalg.norm(source / settings.compensate - mix) / np.linalg.norm(mix)
+    assert rel < 1e-2, rel  # 1e-3: the zeroed lowest bins and Hann leakage at the ends; a wrong divider or offset is O(1)
+
+
+def test_hallo2_loads_and_separates_each_60_s_piece_on_its_own(monkeypatch):
+    from emo_model import audio_front
+    from emo_model.families import hallo2
+
+    calls = []
+    real = audio_front.audio_decode.load
+    monkeypatch.setattr(audio_front.audio_decode, "load",
+                        lambda piece, loader: calls.append(piece.samples.shape[1]) or real(piece, loader))
+    wave = torch.from_numpy(np.tile(tone(1.0, 16000)[:, 0], 61))[None, None]
+    taken = audio_front.take_audio({"waveform": wave, "sample_rate": 16000}, hallo2.tiny_hallo2_config(), hallo2.FAMILY, None)
+    assert calls == [960000, 16000]  # pydub's 60 000 ms pieces (scripts/inference_long.py cut_audio)
+    assert taken.drive["waveform"].shape[-1] == 61 * 16000
+
+
+def test_audio_encode_node_returns_the_vocals_last_and_shows_the_note(caplog):
+    import logging
+
+    from comfy_harness import load_pack
+
+    from emo_model.audio import PreparedAudio
+    from emo_model.audio_encoders import AudioFeatures
+    from emo_model.families import hallo
+
+    pack = load_pack()
+    node = pack.NODE_CLASS_MAPPINGS["EMOAudioEncode"]
+    assert node.RETURN_NAMES[-1] == "vocals" and node.RETURN_TYPES[-1] == "AUDIO"
+    assert node.RETURN_NAMES[:4] == ("emo_audio", "audio", "frames", "fps")  # saved workflows keep their links
+    mix = PreparedAudio(torch.full((640,), 0.1), num_frames=1, fps=25)
+    vocals = PreparedAudio(torch.full((640,), 0.2), num_frames=1, fps=25)
+
+    class FakeSession:
+        device = torch.device("cpu")
+        config = hallo.tiny_hallo_config()
+
+        def __init__(self, features):
+            self.features = features
+
+        def to(self, device):
+            return self
+
+        def encode_audio(self, audio, **kwargs):
+            return self.features
+
+    separated = AudioFeatures(torch.zeros(1, 5, 2, 32), 25.0, 1, mix, "wav2vec2", vocals=vocals)
+    out = node().encode(FakeSession(separated), _song(), 0.0, "off")
+    assert torch.equal(out["result"][1]["waveform"], mix.as_comfy()["waveform"])
+    assert torch.equal(out["result"][4]["waveform"], vocals.as_comfy()["waveform"])
+    assert "separated vocals" in out["ui"]["emo_summary"][0]
+    missing = AudioFeatures(torch.zeros(1, 5, 2, 32), 25.0, 1, mix, "wav2vec2", note="vocal separation off: X not found")
+    with caplog.at_level(logging.WARNING, logger="ComfyUI-EMO"):
+        out = node().encode(FakeSession(missing), _song(), 0.0, "off")
+    assert torch.equal(out["result"][4]["waveform"], mix.as_comfy()["waveform"])  # no separation: the mix drove
+    assert "vocal separation off" in out["ui"]["emo_summary"][0]
+    assert any("vocal separation off" in r.getMessage() for r in caplog.records)
