@@ -333,7 +333,8 @@ def call(self, *a, **kw):
     clip["i"] += 1
     clip["step"] = 0
     c = clip["i"]
-    put(f"clip{c}.ref_pixels", kw["ref_image"][0])  # [1+n, 3, H, W] portrait + motion frames, [-1, 1]
+    if not HALF:  # (half: not recorded, the fixture stays small; the decoded frames are)
+        put(f"clip{c}.ref_pixels", kw["ref_image"][0])  # [1+n, 3, H, W] portrait + motion frames, [-1, 1]
     put(f"clip{c}.audio_tokens", kw["audio_tensor"][0])
     out = orig_call(self, *a, **kw)
     put(f"clip{c}.frames", out.videos[0].transpose(0, 1))  # [f, 3, H, W] in [0, 1]
@@ -358,7 +359,8 @@ wrap(FaceLocator, "forward", lambda out, self, x: put(f"clip{clip['i']}.face_loc
 
 def after_unet(out, self, sample, t, *a, **kw):
     s = clip["step"]
-    put(f"clip{clip['i']}.step{s}.model_input", sample)
+    if not HALF:  # (half: the latents of the step before)
+        put(f"clip{clip['i']}.step{s}.model_input", sample)
     put(f"clip{clip['i']}.step{s}.pred_uncond", out[0][0])
     put(f"clip{clip['i']}.step{s}.pred_cond", out[0][1])
     put(f"clip{clip['i']}.step{s}.timestep", torch.as_tensor(t).reshape(1))
@@ -424,6 +426,13 @@ for k, v in inputs.items():
     put(k, v)
 save_file(rec, os.path.join(args.out, "stages.safetensors"))
 
+# with --assets: a pointer to that fixture's key/shape list when it is the same (same Net), else the list itself
+assets_meta = os.path.join(args.assets, "meta.json") if args.assets else None
+spec_entry = weight_spec
+if assets_meta and os.path.isfile(assets_meta):
+    with open(assets_meta) as fh:
+        if [tuple(x) for x in json.load(fh)["weights"]["spec"]] == [(k, s) for k, s in weight_spec]:
+            spec_entry = f"{os.path.relpath(os.path.abspath(assets_meta), os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))} weights.spec"
 meta = {
     "original": {"repo": "https://github.com/fudan-generative-vision/hallo",
                  "commit": os.popen(f"git -C {shlex.quote(HALLO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},
@@ -441,7 +450,7 @@ meta = {
                  "audio_long": None if HALF else {"seconds": LONG_SECONDS, "frames": long_length,
                                                  "waveform": "tools/parity/common.py synthetic_speech(round(seconds * 16000))"}},
     "weights": {"format": "Hallo net.pth (torch.save of Net.state_dict())", "generator": "common.hashed_state_dict",
-                "seed": args.seed, "digest": weights_digest, "spec": weight_spec},
+                "seed": args.seed, "digest": weights_digest, "spec": spec_entry},
     "scheduler": dict(OmegaConf.to_container(cfg.noise_scheduler_kwargs), enable_zero_snr=bool(cfg.enable_zero_snr)),
     "stages": {k: list(v.shape) for k, v in rec.items()},
 }
