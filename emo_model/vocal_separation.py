@@ -80,12 +80,10 @@ def missing_reason(settings: SeparatorSettings, model_path: str | Path | None) -
     """'' when separation can run, else one line: what is missing and what to do."""
     found = find_model(settings, model_path)
     if found is None:
-        where = f"{settings.folders[0]}/ beside the model" if model_path is not None else "the model folder"
-        return (f"vocal separation off: {settings.model_file} not found (put it in {where}; it comes from {settings.source}), "
-                "so the whole mix drives the mouth")
+        return (f"vocal separation off: no {settings.model_file} in {settings.folders[0]}/ beside the model "
+                f"({settings.source}); the whole mix drives the mouth")
     if not runtime_available():
-        return ("vocal separation off: the onnxruntime package is not installed (pip install onnxruntime), "
-                "so the whole mix drives the mouth")
+        return "vocal separation off: onnxruntime is not installed (pip install onnxruntime); the whole mix drives the mouth"
     return ""
 
 

@@ -864,10 +864,10 @@ def test_without_the_separator_file_the_mix_drives_and_one_line_says_what_is_mis
     (tmp_path / "hallo").mkdir()
     taken = take_audio(_song(), hallo.tiny_hallo_config(), hallo.FAMILY, tmp_path / "hallo" / "net.pth")
     assert taken.vocals is None and taken.drive is taken.mix
-    assert "Kim_Vocal_2.onnx not found" in taken.note and "audio_separator/" in taken.note and "\n" not in taken.note
+    assert "no Kim_Vocal_2.onnx in audio_separator/" in taken.note and "\n" not in taken.note
     assert "fudan-generative-ai/hallo" in taken.note  # where the file comes from
     taken = take_audio(_song(), memo.tiny_memo_config(), memo.FAMILY, tmp_path)
-    assert "memoavatar/memo" in taken.note and taken.vocals is None
+    assert "memoavatar/memo" in taken.note and "misc/vocal_separator/" in taken.note and taken.vocals is None
 
 
 @pytest.mark.parametrize("layout", ["hallo", "memo"])

@@ -75,14 +75,16 @@ QUIRKS = InferenceQuirks(
     audio_single_pass=True,
     # hallo/datasets/audio_processor.py (AudioProcessor.preprocess): librosa.load(file, sr=16000) (librosa 0.10.2.post1)
     audio_loader="librosa",
+    # scripts/inference.py:289 generator = torch.manual_seed(42) (always 42: --seed 42 gives Hallo's noise), one stream:
+    # hallo/animate/face_animate.py prepare_latents randn_tensor([1, 4, 16, h, w], generator) at every clip
+    seed_stream="single",
 )
 
 # hallo/datasets/audio_processor.py (AudioProcessor.__init__ / preprocess) and scripts/inference.py (the model file in
 # configs/inference/default.yaml): audio-separator 0.17.2, Separator(output_single_stem="vocals") with its defaults,
 # Kim_Vocal_2.onnx; the vocals resampled by the ffmpeg program to 16 kHz, then librosa.load
 VOCAL_SEPARATOR = SeparatorSettings(
-    source="Hallo's download (Hugging Face fudan-generative-ai/hallo: audio_separator/Kim_Vocal_2.onnx; "
-           "`emo download hallo --optional` fetches it)",
+    source="HF fudan-generative-ai/hallo; `emo download hallo --optional`",
     version="0.17.2",
 )
 KIM_VOCAL_2 = HubFile("fudan-generative-ai/hallo", "audio_separator/Kim_Vocal_2.onnx", "emo", "audio_separator/Kim_Vocal_2.onnx",

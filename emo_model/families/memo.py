@@ -104,14 +104,17 @@ QUIRKS = InferenceQuirks(
     audio_single_pass=True,
     # inference.py:118-121 resample_audio (the ffmpeg program, -ar 16000), then memo/utils/audio_utils.py:109 librosa.load
     audio_loader="ffmpeg-wav+librosa",
+    # seed_stream stays ours ("per_clip"): inference.py:55 seeds the GLOBAL generator (torch.manual_seed(args.seed)), and
+    # model loading between that line and the clips (funasr's emotion2vec built with random init, ...) draws from it,
+    # so MEMO's noise for a seed depends on package versions; the parity harness draws other noise than a fresh stream
 )
 
 # memo/utils/audio_utils.py:80-103 (preprocess_audio): audio-separator 0.24.1 (pyproject.toml),
 # Separator(output_single_stem="vocals") with that version's defaults (normalization 0.9, amplification 0.6),
 # misc/vocal_separator/Kim_Vocal_2.onnx (inference.py:85); the vocals resampled by the ffmpeg program, then librosa.load
 VOCAL_SEPARATOR = SeparatorSettings(
-    source="MEMO's download (Hugging Face memoavatar/memo: misc/vocal_separator/Kim_Vocal_2.onnx; "
-           "`emo download memo --optional` fetches it)",
+    source="HF memoavatar/memo; `emo download memo --optional`",
+    folders=("misc/vocal_separator", "vocal_separator", "audio_separator", "../audio_separator"),
     version="0.24.1",
     amplification_threshold=0.6,
 )
