@@ -356,6 +356,14 @@ class Session:
         state = self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
         if self.config.backbone.region_audio_modules:
             state.region_masks, state.note = self._detected_region_masks(image, state.image.shape[0], models_dir)
+            from .face.front_ends import region_masks_as_original  # the family's original masks, where they can be made
+            from .families import family_of
+
+            family = family_of(self.config)
+            original, how = region_masks_as_original(family and family.face_front_end, state.image.numpy(), models_dir)
+            if original is not None:
+                state.region_masks = {size: torch.from_numpy(m) for size, m in original.items()}
+            state.note = how if original is not None else " · ".join(n for n in (state.note, how) if n)
         if self.config.name == DEMO_NAME:  # the toy says so when given a portrait it was not made for
             from .demo.portrait_check import portrait_notice
 
@@ -407,8 +415,11 @@ class Session:
         h, w = portrait.image.shape[:2]
         return torch.from_numpy(region_masks(portrait.face_box, h, w))
 
-    def region_masks_from_mask(self, mask: torch.Tensor | None, size: tuple[int, int]) -> torch.Tensor | None:
-        """The region masks from a face-region mask: its box, shrunk back by the preset's expansion."""
+    def region_masks_from_mask(self, mask: torch.Tensor | None, size: tuple[int, int], reference=None):
+        """The region masks from a face-region mask: its box, shrunk back by the preset's expansion; the reference's
+        own when the family's original preprocessing made them (a dict per feature-map size)."""
+        if reference is not None and isinstance(reference.region_masks, dict):
+            return reference.region_masks
         if not self.config.backbone.region_audio_modules or mask is None:
             return None
         from .face import FaceBox

@@ -153,7 +153,7 @@ class EMOSampler:
                     settings=settings,
                     sink=sink,
                     face_mask=mask,
-                    region_masks=session.region_masks_from_mask(mask, emo_reference.state.size),
+                    region_masks=session.region_masks_from_mask(mask, emo_reference.state.size, emo_reference.state),
                     on_step=lambda info: progress.set(info.done),
                     should_cancel=_comfy.interrupted,
                 )

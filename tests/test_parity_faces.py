@@ -160,20 +160,49 @@ def test_every_face_front_end_names_its_original():
         assert fe.label and (fe.landmarks or fe.box_crop or fe.squash_resize or fe.identity)
 
 
-def test_region_masks_per_feature_map_size_reach_the_audio_modules():
-    """The original's masks, resized by it per feature-map size, are read as given (Session.region_masks hands the
-    pipeline a dict {(h, w): [3, h, w]}); sizes it lacks are area-pooled from the largest, as a plain tensor is."""
-    import torch.nn.functional as F
+@pytest.fixture(scope="module")
+def tiny_hallo():
     from conftest import perturb_zero_inits, tiny_vae
 
     from emo_model.model import EMOModel
-    from emo_model.pipeline import SamplingSettings
     from emo_model.session import Session
     from emo_model.vae import DiffusersVAE
 
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny-hallo").eval())
-    session = Session(model, DiffusersVAE(tiny_vae()), None, torch.device("cpu"))
+    return Session(model, DiffusersVAE(tiny_vae()), None, torch.device("cpu"))
+
+
+def test_reference_encode_makes_the_originals_region_masks_and_the_sampler_keeps_them(tiny_hallo, golden, monkeypatch):
+    from emo_model.face import front_ends
+
+    meta, stages, harness, pics = golden
+    pic = torch.from_numpy(pics["astronaut"]).float() / 255
+    monkeypatch.setattr(front_ends, "_installed", lambda module: False)
+    plain = tiny_hallo.encode_reference(pic, size=64)
+    assert isinstance(plain.region_masks, torch.Tensor) and "Hallo's face preprocessing not run (needs mediapipe" in plain.note
+    points = stages["input.landmarks.astronaut"].numpy() / 8  # the stand-in landmarks on the 64 px portrait
+    monkeypatch.setattr(front_ends, "missing", lambda fe, dirs: [])
+    monkeypatch.setattr(front_ends, "find_landmarker", lambda dirs: "face_landmarker.task")
+    monkeypatch.setattr(front_ends, "detect_landmarks", lambda rgb8, task: points)
+    state = tiny_hallo.encode_reference(pic, size=64, models_dir="models")
+    want = landmark_masks(points, 64, 64, 64, _front_end("hallo").landmarks).region_levels()
+    assert sorted(state.region_masks) == sorted(want) and "made by Hallo's face preprocessing" in state.note
+    assert all(torch.equal(state.region_masks[k], torch.from_numpy(v)) for k, v in want.items())
+    mask = torch.zeros(64, 64)
+    mask[10:40, 20:50] = 1
+    assert tiny_hallo.region_masks_from_mask(mask, (64, 64), state) is state.region_masks  # the sampler keeps them
+    assert isinstance(tiny_hallo.region_masks_from_mask(mask, (64, 64), plain), torch.Tensor)  # ours: from the mask
+
+
+def test_region_masks_per_feature_map_size_reach_the_audio_modules(tiny_hallo):
+    """The original's masks, resized by it per feature-map size, are read as given (Session.region_masks hands the
+    pipeline a dict {(h, w): [3, h, w]}); sizes it lacks are area-pooled from the largest, as a plain tensor is."""
+    import torch.nn.functional as F
+
+    from emo_model.pipeline import SamplingSettings
+
+    session, model = tiny_hallo, tiny_hallo.model
     pic = torch.from_numpy(_harness().pictures()["astronaut"]).float() / 255
     state = session.encode_reference(pic, size=64)
     masks = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -153,6 +153,28 @@ def as_original(front_end: FaceFrontEnd | None, image: Any, ours, models_dirs):
     return crop
 
 
+def region_masks_as_original(front_end: FaceFrontEnd | None, portrait: Any, models_dirs) -> tuple[dict | None, str]:
+    """The original's (full, face, lip) region masks per feature-map size {(h, w): [3, h, w]} from face landmarks on
+    ``portrait`` (the square image the model gets, float 0..1 [H, W, 3]), and a note; (None, why) where it cannot
+    run, (None, "") for a family whose original makes none."""
+    if front_end is None or front_end.landmarks is None:
+        return None, ""
+    lacking = missing(replace(front_end, box_crop=None), models_dirs)
+    if lacking:
+        return None, f"{front_end.label} face preprocessing not run (needs {', '.join(lacking)})"
+    rgb8 = _uint8(portrait)
+    try:
+        points = detect_landmarks(rgb8, find_landmarker(models_dirs))
+    except Exception as exc:  # a broken optional package must not stop the graph
+        return None, f"{front_end.label} face preprocessing failed ({str(exc)[:200]})"
+    if points is None:
+        return None, f"{front_end.label} face preprocessing: the face landmarker found no single face"
+    h, w = rgb8.shape[:2]
+    masks = landmark_masks(points, h, w, (h, w), front_end.landmarks)
+    return masks.region_levels(), (f"audio region masks (full / face / lips) made by {front_end.label} face preprocessing "
+                                   "(face landmarker on the portrait); used even when the sampler gets a face mask")
+
+
 def _uint8(rgb: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(rgb, np.float32) * 255.0), 0, 255).astype(np.uint8)
 
