@@ -15,9 +15,8 @@ What makes it Hallo2:
   - ``motion_frame_pixel_drop = 0.25``: scripts/inference_long.py ``inference_process`` lines 402-418 with
     long.yaml ``use_mask: true``, ``mask_rate: 0.25``: every clip, the first included, ``rand_mask = torch.rand(h, w)``,
     ``mask = (rand_mask > mask_rate) | source_image_face_region.bool()`` and ``pixel_motion_values * mask`` on the
-    [-1, 1] motion frames before ``FaceAnimatePipeline`` encodes them. Hallo2 draws it from the same global
-    generator as the initial noise (``torch.manual_seed(42)`` at line 374), and so do we (Hallo's
-    ``seed_stream = "single"``): per clip, the pixel-drop draws, then the clip's noise.
+    [-1, 1] motion frames before ``FaceAnimatePipeline`` encodes them. (Hallo2 draws it from the same global
+    generator as the initial noise, ``torch.manual_seed(42)`` at line 374; we draw it per clip from the run's seed.)
   - ``audio_segment_seconds = 60``: scripts/inference_long.py ``cut_audio`` (lines 141-161, ``length=60``) and
     lines 228-253 with long.yaml ``use_cut: true``: each 60 s piece is a separate
     hallo/datasets/audio_processor.py ``AudioProcessor.preprocess`` call (normalised and encoded on its own, lines
