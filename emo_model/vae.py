@@ -41,7 +41,10 @@ class DiffusersVAE:
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, self.dtype).permute(0, 3, 1, 2) * 2 - 1
+        # [-1, 1] in the pixels' precision, then the VAE's dtype: one rounding in a half VAE, as diffusers'
+        # VaeImageProcessor + ``.to(dtype)`` (the originals) do; scaling after the cast rounds twice
+        x = images.to(self.device, images.dtype if images.is_floating_point() else torch.float32)
+        x = (x.permute(0, 3, 1, 2) * 2 - 1).to(self.dtype)
         return self.vae.encode(x).latent_dist.mean * self.scaling
 
     @torch.no_grad()

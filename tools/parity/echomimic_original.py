@@ -383,7 +383,8 @@ def run(pipeline_cls, prefix: str, cfg: float) -> dict:
             fh.write("5")  # reset VmHWM: the peak from here on is the generation's (weights included)
     t1 = time.time()
     video = pipe(
-        Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None].to(DTYPE), S, S, args.frames, args.steps, cfg,
+        Image.fromarray(portrait.numpy()), waveform.numpy(), face_mask[None, None, None].to(DTYPE), S, S, args.frames,
+        args.steps, cfg,
         generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
     ).videos
     seconds = time.time() - t1
@@ -447,7 +448,8 @@ meta = {
     "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_original.py " + " ".join(sys.argv[1:]),
-    "audio_long": None if args.no_long_audio else {"frames": long_frames, "waveform": "tools/parity/common.py synthetic_speech(round(frames * 16000 / fps))"},
+    "audio_long": None if args.no_long_audio else {
+        "frames": long_frames, "waveform": "tools/parity/common.py synthetic_speech(round(frames * 16000 / fps))"},
     "settings": {"full": args.full, "frames": args.frames, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
                  "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed, "bank_fp16": args.bank_fp16,
                  "dtype": args.dtype,
