@@ -19,7 +19,8 @@ common.py, which the test runs again to write the same files, checked against th
 usage: python tools/parity/floor.py -- python tools/parity/echomimic_original.py --echo-src /work/parity/echomimic \
            --out tests/parity/echomimic [--work /tmp/echo-work] [--bank-fp16] [--dtype fp16] [--no-acc] [--no-long-audio]
 (floor.py runs it with 2 then 1 threads and writes OUT/floor.json, the original's own noise; the harness uses
-OMP_NUM_THREADS torch threads, 2 when it is not set.)
+OMP_NUM_THREADS torch threads, 2 when it is not set.) ``--assets FIXTURE``: a second fixture of the same weights
+(same --seed) reuses FIXTURE's buffers.safetensors and vae/ (checked tensor by tensor) and names it in meta.json.
 
 ``--dtype fp16`` runs the original as infer_audio2vid.py runs it by default (configs/prompts/animation.yaml:
 ``weight_dtype: 'fp16'``): the four networks, the VAE and the pipeline cast to half after loading (the files stay
