@@ -22,6 +22,14 @@ What it does:
 4. records every stage with wrappers/hooks and writes ``stages.safetensors`` + ``meta.json`` (+ the VAE and
    wav2vec2 folders) to ``--out``.
 
+The CI fixture is made through ``tools/parity/floor.py`` (two runs, ``OMP_NUM_THREADS`` 2 then 1, which this script
+honours; ``floor.json`` records the original's own noise per stage) with ``--clips 3 --cfg 4.5`` (the hard case).
+
+``--weight-dtype fp16``: Hallo's own default (``default.yaml``): every module but wav2vec2 in half (``pipeline.to``), the
+bank cast to fp16 by Hallo's ``update`` (not patched), the latents, guidance and DDIM step in fp16 as the script runs
+them. The bank, the pixel inputs, the denoiser inputs and the (fp32) ragged / long audio runs are not recorded, to keep
+the fixture small; ``--assets tests/parity/hallo`` reads the fp32 fixture's VAE and wav2vec2 instead of writing them.
+
 ``--bench R`` (used by ``python -m emo_model bench --against-original hallo``): the same script run R times with
 nothing recorded and Hallo's own fp16 bank cast, reusing the UNet folder and ``net.pth`` already in ``--work``;
 prints one JSON line with the seconds of each run's generation (every ``FaceAnimatePipeline.__call__``: portrait
