@@ -711,7 +711,8 @@ def test_original_front_end_without_its_packages_keeps_ours_and_says_why(astrona
 
     monkeypatch.setattr(front_ends, "_installed", lambda module: False)
     ours = _ours(astronaut)
-    for family, needs in (("hallo", ("mediapipe", "face_landmarker_v2_with_blendshapes.task")), ("echomimic-v1", ("facenet_pytorch",))):
+    needs_of = {"hallo": ("mediapipe", "face_landmarker_v2_with_blendshapes.task"), "echomimic-v1": ("facenet_pytorch",)}
+    for family, needs in needs_of.items():
         got = front_ends.as_original(_front_end(family), astronaut, _ours(astronaut), None)
         assert np.array_equal(got.image, ours.image) and np.array_equal(got.mask, ours.mask) and got.region_masks is None
         assert "face preprocessing not run (needs " in got.front_end and all(n in got.front_end for n in needs), got.front_end
@@ -740,7 +741,8 @@ def test_landmark_front_end_gives_the_originals_face_mask_and_region_masks(astro
     assert sorted(got.region_masks) == [(1, 1), (2, 2), (4, 4), (8, 8)]  # 64 / 8, 16, 32, 64
     for (h, w), m in got.region_masks.items():
         i = (8, 4, 2, 1).index(h)
-        assert m.shape == (3, h, w) and all(np.array_equal(m[c], want.levels[n][i]) for c, n in enumerate(("full", "face", "lip")))
+        assert m.shape == (3, h, w)
+        assert all(np.array_equal(m[c], want.levels[n][i]) for c, n in enumerate(("full", "face", "lip")))
     assert np.array_equal(got.image, ours.image) and "Hallo's face preprocessing ran" in got.front_end
     monkeypatch.setattr(front_ends, "detect_landmarks", lambda rgb8, task: None)
     none = front_ends.as_original(fe, astronaut, _ours(astronaut), "models")
@@ -754,7 +756,8 @@ def test_box_crop_front_end_replaces_our_crop_and_maps_back(astronaut, monkeypat
     box = np.array([[182.87753, 62.663696, 269.12137, 173.24072]], np.float32)
     given = []
     monkeypatch.setattr(front_ends, "missing", lambda fe, dirs: [])
-    monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: given.append((bgr, dict(options))) or (box, np.array([0.99])))
+    monkeypatch.setattr(front_ends, "detect_boxes",
+                        lambda bgr, options: given.append((bgr, dict(options))) or (box, np.array([0.99])))
     fe = _front_end("echomimic-v1")
     got = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
     bgr, options = given[0]
@@ -764,14 +767,16 @@ def test_box_crop_front_end_replaces_our_crop_and_maps_back(astronaut, monkeypat
     assert np.array_equal(np.rint(got.image * 255).astype(np.uint8), want.image[..., ::-1])
     assert np.array_equal(np.rint(got.mask * 255).astype(np.uint8), want.mask) and got.detector == "mtcnn"
     x0, y0 = got.to_source(0, 0)
-    assert (x0, y0) == (140.0, 32.0) and got.scale == 128 / 172 and got.face_box.iou(got.box_to_crop(FaceBox(183, 63, 269, 173))) > 0.999
+    assert (x0, y0) == (140.0, 32.0) and got.scale == 128 / 172
+    assert got.face_box.iou(got.box_to_crop(FaceBox(183, 63, 269, 173))) > 0.999
     assert "EchoMimic's face preprocessing ran (MTCNN crop and mask)" == got.front_end
     monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: (None, None))
     nothing = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
     assert nothing.fell_back and np.all(nothing.mask == 1) and nothing.mask.shape == (128, 128) and "no face" in nothing.front_end
     monkeypatch.setattr(front_ends, "detect_boxes", lambda bgr, options: 1 / 0)
     broken = front_ends.as_original(fe, astronaut, _ours(astronaut, 128), None)
-    assert broken.crop_box == _ours(astronaut, 128).crop_box and "face preprocessing failed (division by zero)" in broken.front_end
+    assert broken.crop_box == _ours(astronaut, 128).crop_box
+    assert "face preprocessing failed (division by zero)" in broken.front_end
 
 
 def test_face_mask_node_runs_the_models_original_preprocessing(face_node, astronaut, monkeypatch):

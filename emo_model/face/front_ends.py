@@ -136,7 +136,8 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
             return _run_box_crop(front_end, source_rgb, ours)
         return _run_landmarks(front_end, ours, find_landmarker(models_dirs))
     except Exception as exc:  # a broken optional package must not stop the graph
-        return FrontEndResult(False, f"{front_end.label} face preprocessing failed ({str(exc)[:200]}): our detector and crop used")
+        return FrontEndResult(False, f"{front_end.label} face preprocessing failed ({str(exc)[:200]}): "
+                                     "our detector and crop used")
 
 
 def as_original(front_end: FaceFrontEnd | None, image: Any, ours, models_dirs):

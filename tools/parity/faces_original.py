@@ -216,7 +216,8 @@ def _echo_face_block(src: str):
     block = ast.Module(body=body[start:end + 1], type_ignores=[])
     text = ast.unparse(block).replace('device="cuda"', 'device="cpu"').replace("device='cuda'", "device='cpu'")
     select = ast.Module(body=[funcs["select_face"]], type_ignores=[])
-    return compile(ast.unparse(select), "infer_audio2vid.py:select_face", "exec"), compile(text, "infer_audio2vid.py:main", "exec")
+    select_code = compile(ast.unparse(select), "infer_audio2vid.py:select_face", "exec")
+    return select_code, compile(text, "infer_audio2vid.py:main", "exec")
 
 
 def run_echo(pics, tmp) -> dict[str, torch.Tensor]:
@@ -248,6 +249,13 @@ def run_echo(pics, tmp) -> dict[str, torch.Tensor]:
     return out
 
 
+def _commit(src: str) -> str:
+    import subprocess
+
+    run = subprocess.run(["git", "-C", src, "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    return run.stdout.strip() or "unknown"
+
+
 def main() -> None:
     from safetensors.torch import save_file
 
@@ -273,6 +281,9 @@ def main() -> None:
         "offsets": OFFSETS,
         "sizes": {"hallo": HALLO_SIZE, "memo": MEMO_SIZE, "echomimic": ECHO_SIZE},
         "hallo_face_expand_ratio": 1.2,
+        "commits": {name: _commit(src) for name, src in (("hallo", args.hallo_src), ("memo", args.memo_src),
+                                                         ("echomimic", args.echo_src))},
+        "command": ["tools/parity/faces_original.py", *sys.argv[1:]],
         "packages": package_versions("torch", "torchvision", "pillow", "opencv-python-headless", "opencv-contrib-python",
                                      "numpy", "scikit-image", "mediapipe", "insightface", "facenet_pytorch"),
         "stages": sorted(stages),
