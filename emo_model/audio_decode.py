@@ -189,8 +189,8 @@ def ffmpeg_resample(audio: Decoded, rate: int, layout: str | None = None) -> Dec
 # librosa.load
 
 
-SOXR_MISSING = ("the soxr package (librosa's resampler, which this model's original uses) is not installed, so the audio "
-                "was resampled with scipy instead (slightly different); pip install soxr")
+SOXR_MISSING = ("soxr is not installed; the audio was resampled with scipy, not libsoxr as this model's original does "
+                "(slightly different). pip install soxr")
 
 
 def soxr_available() -> bool:

@@ -77,13 +77,14 @@ def find_model(settings: SeparatorSettings, model_path: str | Path | None) -> Pa
 
 
 def missing_reason(settings: SeparatorSettings, model_path: str | Path | None) -> str:
-    """'' when separation can run, else one line: what is missing and what to do."""
+    """'' when separation can run, else one line: what is missing; what to do (the part before ';' is the short form
+    a node's summary shows)."""
     found = find_model(settings, model_path)
     if found is None:
-        return (f"vocal separation off: no {settings.model_file} in {settings.folders[0]}/ beside the model "
-                f"({settings.source}); the whole mix drives the mouth")
+        return (f"vocal separation off: no {settings.model_file} in {settings.folders[0]}/ beside the model; the whole mix "
+                f"drives the mouth. {settings.source}")
     if not runtime_available():
-        return "vocal separation off: onnxruntime is not installed (pip install onnxruntime); the whole mix drives the mouth"
+        return "vocal separation off: onnxruntime is not installed; the whole mix drives the mouth. pip install onnxruntime"
     return ""
 
 

@@ -81,7 +81,7 @@ QUIRKS = InferenceQuirks(
 # configs/inference/default.yaml): audio-separator 0.17.2, Separator(output_single_stem="vocals") with its defaults,
 # Kim_Vocal_2.onnx; the vocals resampled by the ffmpeg program to 16 kHz, then librosa.load
 VOCAL_SEPARATOR = SeparatorSettings(
-    source="HF fudan-generative-ai/hallo; `emo download hallo --optional`",
+    source="`emo download hallo --optional` fetches it (HF fudan-generative-ai/hallo)",
     version="0.17.2",
 )
 KIM_VOCAL_2 = HubFile("fudan-generative-ai/hallo", "audio_separator/Kim_Vocal_2.onnx", "emo", "audio_separator/Kim_Vocal_2.onnx",

@@ -87,5 +87,5 @@ FAMILY = Family(
                dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2")),
     # scripts/inference_long.py: Hallo's AudioProcessor (audio-separator 0.17.2, requirements.txt) on every 60 s piece
     vocal_separator=dataclasses.replace(
-        HALLO_SEPARATOR, source="HF fudan-generative-ai/hallo2; `emo download hallo2 --optional`"),
+        HALLO_SEPARATOR, source="`emo download hallo2 --optional` fetches it (HF fudan-generative-ai/hallo2)"),
 )

@@ -110,7 +110,7 @@ QUIRKS = InferenceQuirks(
 # Separator(output_single_stem="vocals") with that version's defaults (normalization 0.9, amplification 0.6),
 # misc/vocal_separator/Kim_Vocal_2.onnx (inference.py:85); the vocals resampled by the ffmpeg program, then librosa.load
 VOCAL_SEPARATOR = SeparatorSettings(
-    source="HF memoavatar/memo; `emo download memo --optional`",
+    source="`emo download memo --optional` fetches it (HF memoavatar/memo)",
     folders=("misc/vocal_separator", "vocal_separator", "audio_separator", "../audio_separator"),
     version="0.24.1",
     amplification_threshold=0.6,
