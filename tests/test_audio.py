@@ -995,3 +995,33 @@ def test_audio_encode_node_returns_the_vocals_last_and_shows_the_note(caplog):
     assert torch.equal(out["result"][4]["waveform"], mix.as_comfy()["waveform"])  # no separation: the mix drove
     assert "vocal separation off: no X" in out["ui"]["emo_summary"][0] and "fetch X" not in out["ui"]["emo_summary"][0]
     assert any("vocal separation off: no X; fetch X" in r.getMessage() for r in caplog.records)
+
+
+def test_the_session_drives_the_features_with_the_vocals_and_keeps_the_mix_for_the_video(tmp_path, monkeypatch):
+    from comfy_harness import tiny_wav2vec2_folder
+
+    from emo_model.audio_encoders import build_audio_encoder
+    from emo_model.model import EMOModel
+    from emo_model.session import Session
+
+    _standin_separator(monkeypatch)
+    model = EMOModel("tiny-hallo").eval()
+    encoder = build_audio_encoder(model.config.audio, tiny_wav2vec2_folder(tmp_path / "wav2vec2"))
+    (tmp_path / "hallo").mkdir()
+    session = Session(model, None, encoder, torch.device("cpu"), info={"path": str(tmp_path / "hallo" / "net.pth")})
+    plain = session.encode_audio(_song(1.0), fps=25)  # no separator file yet: the mix drives, one line says why
+    assert plain.vocals is None and "no Kim_Vocal_2.onnx" in plain.note
+    (tmp_path / "audio_separator").mkdir()
+    (tmp_path / "audio_separator" / "Kim_Vocal_2.onnx").write_bytes(b"stand-in")
+    separated = session.encode_audio(_song(1.0), fps=25)
+    assert separated.vocals is not None and separated.note in ("", audio_decode_soxr_note())
+    assert separated.num_frames == plain.num_frames == 25
+    assert torch.equal(separated.audio.waveform, plain.audio.waveform)  # the video keeps the whole mix
+    assert separated.vocals.waveform.shape == separated.audio.waveform.shape
+    assert not torch.allclose(separated.features[:], plain.features[:], atol=1e-4)  # the vocals drove the features
+
+
+def audio_decode_soxr_note() -> str:
+    from emo_model import audio_decode
+
+    return "" if audio_decode.soxr_available() else audio_decode.SOXR_MISSING
