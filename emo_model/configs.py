@@ -193,6 +193,10 @@ class InferenceQuirks:
     context_shift_per_step: int = 0
     # Clamp of the initial Gaussian noise to [-v, v] before the scheduler scale (None: no clamp).
     initial_noise_clamp: float | None = None
+    # Which random numbers the seed gives (emo_model/seed_stream.py): "per_clip" (EMO's own: a generator per clip) or
+    # "single" (the originals': one torch.manual_seed(seed) stream drawn in the script's order, so the same seed starts
+    # from the original's very noise).
+    seed_stream: str = "per_clip"
     # The audio front end pads to a whole number of clips (of the preset's ``frames_per_clip``) before the encoder:
     # the wav2vec2 input is the source's own samples normalised on their own, then zeros (silence after the
     # normalisation) for the missing frames; the conv features are interpolated over the padded frame count, and the
@@ -333,6 +337,8 @@ class EMOConfig:
             raise ValueError(f"preset.strategy must be motion_frames or context_windows, got {self.preset.strategy!r}")
         if self.preset.quirks.context_schedule not in ("ramp", "uniform"):
             raise ValueError(f"preset.quirks.context_schedule must be ramp or uniform, got {self.preset.quirks.context_schedule!r}")
+        if self.preset.quirks.seed_stream not in ("per_clip", "single"):
+            raise ValueError(f"preset.quirks.seed_stream must be per_clip or single, got {self.preset.quirks.seed_stream!r}")
         if self.preset.quirks.audio_loader not in ("pyav", "librosa", "ffmpeg-wav+librosa", "ffmpeg-s16-mono"):
             raise ValueError(f"preset.quirks.audio_loader must be pyav/librosa/ffmpeg-wav+librosa/ffmpeg-s16-mono, "
                              f"got {self.preset.quirks.audio_loader!r}")

@@ -39,6 +39,7 @@ from .model import Conditioning, EMOModel
 from .unet_blocks import DeepFeatureCache
 from .motion_frames import first_clip_motion
 from .schedulers import init_noise_sigma, make_scheduler, scale_model_input
+from .seed_stream import SeedStream, clip_seed  # noqa: F401  (clip_seed: where it always was, for callers)
 from .validation import check_finite
 from .vae import LatentCodec
 
@@ -151,11 +152,6 @@ def speed_curve(speed: float | Sequence[float] | torch.Tensor, num_frames: int) 
     if values.numel() == num_frames:
         return values
     return F.interpolate(values[None, None], size=num_frames, mode="linear", align_corners=True)[0, 0]
-
-
-def clip_seed(seed: int, index: int) -> int:
-    """Independent, reproducible seed of clip ``index`` from the run's seed."""
-    return (int(seed) * 1_000_003 + index * 7_919) % (2**63 - 1)
 
 
 def fit_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -325,6 +321,8 @@ class _Run:
         self.pixel_drop = float(self.quirks.motion_frame_pixel_drop) if self.quirks.motion_frames_from_pixels else 0.0
         self.face_pixels = mask > 0  # [H, W]
         self.drop_draws = None if drop_draws is None else self._checked_draws(drop_draws)
+        # which draws the seed gives, in what order (InferenceQuirks.seed_stream: ours per clip, or the original's one stream)
+        self.stream = SeedStream(s.seed, self.quirks.seed_stream, self.dtype)
         # portrait rows [block 0, block 1] of the original's guidance batch (InferenceQuirks.reference_rows_tiled)
         self.row_bank = self._row_bank(ref.bank) if self.quirks.reference_rows_tiled and self.per_branch_motion else None
         if self.row_bank is not None and self.reference_kv is not None:
@@ -375,22 +373,28 @@ class _Run:
         if self.drop_draws is not None:
             draws = self.drop_draws[index]
         else:
-            g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index) ^ 0xD209)
-            draws = torch.rand(self.ref.size, generator=g)
+            draws = self.stream.clip(index)[0]
         keep = (draws > self.pixel_drop) | self.face_pixels
         return torch.where(keep[None, :, :, None], frames, torch.full((), 0.5, dtype=frames.dtype))
 
-    def _noise(self, frames: int, index: int, start: int = 0) -> tuple[torch.Tensor, torch.Generator]:
-        g = torch.Generator("cpu").manual_seed(clip_seed(self.s.seed, index))
+    def _clip_draws(self, index: int, frames: int) -> None:
+        """Draw clip ``index``'s random numbers at its start, in the order the seed layout gives them (pixel-drop
+        draws, then the initial noise); :meth:`_drop_pixels` and :meth:`_noise` read them."""
         shape = (1, self.model.config.latent_channels, frames, *self.latent_hw)
+        self.stream.clip(index, shape, self.ref.size if self.pixel_drop and self.drop_draws is None else None)
+
+    def _noise(self, frames: int, index: int, start: int = 0) -> tuple[torch.Tensor, torch.Generator]:
         if self.initial_noise is not None:
             noise = self.initial_noise[:, start : start + frames].unsqueeze(0).to(self.device)
         else:
-            noise = torch.randn(shape, generator=g, dtype=torch.float32).to(self.device)
+            self._clip_draws(index, frames)
+            noise = self.stream.clip(index)[1].to(self.device)
+        return self._scaled_noise(noise), self.stream.step_generator(index, self.device)
+
+    def _scaled_noise(self, noise: torch.Tensor) -> torch.Tensor:
         if self.quirks.initial_noise_clamp is not None:
             noise = noise.clamp(-self.quirks.initial_noise_clamp, self.quirks.initial_noise_clamp)
-        step_gen = torch.Generator(self.device).manual_seed(clip_seed(self.s.seed, index) ^ 0x5EED)
-        return noise * init_noise_sigma(self.scheduler), step_gen
+        return noise * init_noise_sigma(self.scheduler)
 
     def _clip_emotion(self, index: torch.Tensor) -> int | None:
         """The emotion class of the frames ``index`` (emotion audio modules), or None for models without them."""
@@ -549,6 +553,8 @@ class _Run:
         frames_before: torch.Tensor | None = None  # with a pixel drop: the last n decoded frames, [n, H, W, 3]
         for clip in clips:
             self._cancel_point()
+            if self.initial_noise is None:
+                self._clip_draws(clip.index, clip.generate)
             if n == 0:
                 motion, motion_latents = None, None
             elif self.pixel_drop and (frames_before is not None or s.first_clip_motion == "reference"):
@@ -594,9 +600,12 @@ class _Run:
         size, n_frames = s.frames_per_clip, self.num_frames
         q = self.quirks
         plan = context_schedule(n_frames, size, s.context_overlap, schedule=q.context_schedule, shift_per_step=q.context_shift_per_step)
-        chunks = [self._noise(min(size, n_frames - start), k, start) for k, start in enumerate(range(0, n_frames, size))]
-        latents = torch.cat([c[0] for c in chunks], dim=2)
-        generator = chunks[0][1]
+        if self.initial_noise is not None:
+            latents = self._scaled_noise(self.initial_noise[:, :n_frames].unsqueeze(0).to(self.device))
+        else:  # the whole sequence at once (the single layout: as the original draws it)
+            shape = (1, self.model.config.latent_channels, n_frames, *self.latent_hw)
+            latents = self._scaled_noise(self.stream.video(shape, size).to(self.device))
+        generator = self.stream.step_generator(0, self.device)
         motion = None
         self.scheduler.set_timesteps(s.steps, device=self.device)
         speed_tokens = self.model.speed_tokens(self.speeds[None])

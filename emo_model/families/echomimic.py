@@ -110,6 +110,9 @@ def echomimic_v1_config(acc: bool = False) -> EMOConfig:
                 audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5,
                 # src/models/whisper/whisper/audio.py load_audio: the ffmpeg program to s16le mono 16 kHz
                 audio_loader="ffmpeg-s16-mono",
+                # infer_audio2vid.py:188 generator = torch.manual_seed(args.seed); src/pipelines/pipeline_echo_mimic.py
+                # prepare_latents: one randn_tensor([1, 4, frames, h, w], generator) for the whole video
+                seed_stream="single",
             ),
         ),
     ).validate()

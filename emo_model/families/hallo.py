@@ -75,6 +75,9 @@ QUIRKS = InferenceQuirks(
     audio_single_pass=True,
     # hallo/datasets/audio_processor.py (AudioProcessor.preprocess): librosa.load(file, sr=16000) (librosa 0.10.2.post1)
     audio_loader="librosa",
+    # scripts/inference.py:289 generator = torch.manual_seed(42) (always 42: --seed 42 gives Hallo's noise), one stream:
+    # hallo/animate/face_animate.py prepare_latents randn_tensor([1, 4, 16, h, w], generator) at every clip
+    seed_stream="single",
 )
 
 # hallo/datasets/audio_processor.py (AudioProcessor.__init__ / preprocess) and scripts/inference.py (the model file in

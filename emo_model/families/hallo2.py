@@ -15,8 +15,9 @@ What makes it Hallo2:
   - ``motion_frame_pixel_drop = 0.25``: scripts/inference_long.py ``inference_process`` lines 402-418 with
     long.yaml ``use_mask: true``, ``mask_rate: 0.25``: every clip, the first included, ``rand_mask = torch.rand(h, w)``,
     ``mask = (rand_mask > mask_rate) | source_image_face_region.bool()`` and ``pixel_motion_values * mask`` on the
-    [-1, 1] motion frames before ``FaceAnimatePipeline`` encodes them. (Hallo2 draws it from the same global
-    generator as the initial noise, ``torch.manual_seed(42)`` at line 374; we draw it per clip from the run's seed.)
+    [-1, 1] motion frames before ``FaceAnimatePipeline`` encodes them. Hallo2 draws it from the same global
+    generator as the initial noise (``torch.manual_seed(42)`` at line 374), and so do we (Hallo's
+    ``seed_stream = "single"``): per clip, the pixel-drop draws, then the clip's noise.
   - ``audio_segment_seconds = 60``: scripts/inference_long.py ``cut_audio`` (lines 141-161, ``length=60``) and
     lines 228-253 with long.yaml ``use_cut: true``: each 60 s piece is a separate
     hallo/datasets/audio_processor.py ``AudioProcessor.preprocess`` call (normalised and encoded on its own, lines
@@ -46,8 +47,6 @@ ORIGINAL = OriginalCode(
 )
 
 QUIRKS = dataclasses.replace(HALLO_QUIRKS, motion_frame_pixel_drop=0.25, audio_segment_seconds=60.0)
-
-
 # scripts/inference_long.py runs Hallo's ImageProcessor; hallo/datasets/image_processor.py and the mask functions of
 # hallo/utils/util.py are Hallo's at 58a9aa6c (same code, same face_expand_ratio 1.2 in configs/inference/long.yaml).
 FACE_FRONT_END = dataclasses.replace(

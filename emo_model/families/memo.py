@@ -104,6 +104,9 @@ QUIRKS = InferenceQuirks(
     audio_single_pass=True,
     # inference.py:118-121 resample_audio (the ffmpeg program, -ar 16000), then memo/utils/audio_utils.py:109 librosa.load
     audio_loader="ffmpeg-wav+librosa",
+    # seed_stream stays ours ("per_clip"): inference.py:55 seeds the GLOBAL generator (torch.manual_seed(args.seed)), and
+    # model loading between that line and the clips (funasr's emotion2vec built with random init, ...) draws from it,
+    # so MEMO's noise for a seed depends on package versions; the parity harness draws other noise than a fresh stream
 )
 
 # memo/utils/audio_utils.py:80-103 (preprocess_audio): audio-separator 0.24.1 (pyproject.toml),
