@@ -162,7 +162,8 @@ def test_fixture_is_a_hard_case_with_its_floor():
     very fixture and covers every recorded stage."""
     assert CLIPS >= 3 and SET["cfg"] >= 4, SET
     data = json.loads((FIX / "floor.json").read_text())
-    assert data["threads"] == [2, 1] and "--clips" in data["command"] and set(data["files"]["stages.safetensors"]) == set(META["stages"])
+    assert data["threads"] == [2, 1] and "--clips" in data["command"]
+    assert set(data["files"]["stages.safetensors"]) == set(META["stages"])
 
 
 @pytest.mark.parametrize("stage", _golden_stage_names())
@@ -256,7 +257,8 @@ def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, 
     other = _run_ours(model, golden, batch_guidance=False, reference_every_step=True)
     mx, rel = rel_err(other["video"], golden["video"])
     tol = _tol("video")
-    assert rel <= tol, f"video (unbatched guidance, reference every step): rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
+    what = "video (unbatched guidance, reference every step)"
+    assert rel <= tol, f"{what}: rel err {rel:.3e} (max abs {mx:.3e}); allowed {tol:.3e}"
 
 
 def test_bad_motion_drop_draws_are_refused_in_one_line(model, golden):
