@@ -298,7 +298,9 @@ def main() -> None:
     p.add_argument("--part", choices=("hallo", "memo", "echomimic"))
     p.add_argument("--work")
     p.add_argument("--separator")
+    p.add_argument("--seconds", type=float, default=SECONDS, help="input length (0.4: CI fixture; 7: several chunks)")
     args = p.parse_args()
+    globals()["SECONDS"] = args.seconds  # make_inputs / meta read it
     if args.part:
         return part(args)
     out = Path(args.out)
@@ -312,7 +314,7 @@ def main() -> None:
         work = Path(tmp)
         folder = separator_folder(work, out / "standin_Kim_Vocal_2.onnx")
         base = [sys.executable, __file__, "--hallo-src", args.hallo_src, "--memo-src", args.memo_src, "--echo-src", args.echo_src,
-                "--separator-024", args.separator_024, "--out", str(out), "--work", str(work)]
+                "--separator-024", args.separator_024, "--out", str(out), "--work", str(work), "--seconds", str(args.seconds)]
         runs = [["--part", "hallo"], ["--part", "memo"], ["--part", "echomimic"],
                 ["--part", "hallo", "--separator", str(folder)], ["--part", "memo", "--separator", str(folder)]]
         versions = {}
