@@ -29,7 +29,8 @@ class EMOAudioEncode:
         "Number of video frames the audio makes.",
         "Frames per second of the video.",
         "The audio that drives the mouth (mono, 16 kHz): the separated vocals when the model's original separates them "
-        "(its separator model file is in the model folder), else the same audio as 'audio'. Listen to it to check the separation.",
+        "(its separator model file is in the model folder), else the same audio as 'audio'. Listen to it to check the "
+        "separation.",
     )
 
     @classmethod

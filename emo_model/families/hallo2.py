@@ -82,8 +82,8 @@ FAMILY = Family(
     folder_names=("hallo2",),
     face_front_end=FACE_FRONT_END,
     # the folder name hallo2 is what tells it from Hallo's net.pth (same tensors)
-    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE,
-               dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2")),
+    downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE,
+               YUNET_FACE, dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2")),
     # scripts/inference_long.py: Hallo's AudioProcessor (audio-separator 0.17.2, requirements.txt) on every 60 s piece
     vocal_separator=dataclasses.replace(
         HALLO_SEPARATOR, source="`emo download hallo2 --optional` fetches it (HF fudan-generative-ai/hallo2)"),
