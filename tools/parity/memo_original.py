@@ -72,9 +72,17 @@ p.add_argument("--size", type=int, default=None, help="--pipeline pixels (height
 p.add_argument("--frames", type=int, default=None, help="--pipeline frames per clip (default 4; MEMO: 16)")
 p.add_argument("--past", type=int, default=None, help="--pipeline past frames (default 4; MEMO: 16)")
 p.add_argument("--steps", type=int, default=None, help="--pipeline FlowMatch Euler steps (default 3; MEMO: 20)")
+p.add_argument("--clips", type=int, default=None, help="--pipeline clips (default 2; the CI fixture: 3)")
+p.add_argument("--cfg", type=float, default=None, help="--pipeline guidance scale (default 3.5, MEMO's; the CI fixture: 4.5)")
+p.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32",
+               help="--pipeline weight_dtype (MEMO's inference.yaml: bf16); other than fp32 writes the pipeline stages only "
+                    "(no modules.safetensors: the module comparison is fp32)")
 args = p.parse_args()
 if args.full and not args.pipeline:
     p.error("--full is a mode of --pipeline: give --pipeline WORK too")
+if args.dtype != "fp32" and not args.pipeline:
+    p.error("--dtype is a mode of --pipeline: give --pipeline WORK too")
+MODULES = args.dtype == "fp32"  # parts 1 and 2 (fp32 module comparison); a half-precision fixture holds the pipeline only
 if args.full:
     w2v_config = os.path.join(args.hallo_fixture, "wav2vec2", "config.json")
     w2v = {}
@@ -125,7 +133,7 @@ decays = {type(m.processor).__name__: m.processor.decay for m in temporal.module
 assert decays == {"MemoryLinearAttnProcessor": DECAY}, decays
 
 with torch.no_grad():
-    for clip in range(CLIPS):
+    for clip in range(CLIPS if MODULES else 0):
         past = torch.randn(B, C, N, H, W, generator=g)  # MEMO's layout: b c f h w
         rec[f"temporal.clip{clip}.past"] = past
         for step in range(STEPS):
@@ -149,7 +157,7 @@ hashed("audio_b", audio_b, args.seed + 2)
 with torch.no_grad():
     tokens = torch.randn(B, AF, TOKENS, ADIM, generator=g)  # bs f margin dim, as audio_proj hands it on
     rec["audio.tokens"] = tokens
-    for case, labels in enumerate(([CLASSES, 4], [CLASSES, 0])):
+    for case, labels in enumerate(([CLASSES, 4], [CLASSES, 0]) if MODULES else ()):
         emotion = torch.tensor(labels, dtype=torch.int32)  # the pipeline's dtype (torch.int)
         xa = torch.randn(B, AC, AF, AH, AW, generator=g)
         xb = torch.randn(B, AC, AF, AH, AW, generator=g)
@@ -161,13 +169,18 @@ with torch.no_grad():
         rec[f"audio.case{case}.b.x"], rec[f"audio.case{case}.b.out"] = xb, yb
 
 rec = {k: v.contiguous() for k, v in rec.items()}
-save_file(rec, os.path.join(args.out, "modules.safetensors"))
+if MODULES:
+    save_file(rec, os.path.join(args.out, "modules.safetensors"))
+else:  # only the pipeline's stages in a half-precision fixture
+    rec.clear()
+    weights.clear()
 pipeline_meta = None
 if args.pipeline:
     from memo_pipeline import run_pipeline  # tools/parity/memo_pipeline.py (part 3)
 
     pipeline_meta = run_pipeline(MEMO, os.path.abspath(args.pipeline), os.path.abspath(args.hallo_fixture), args.out, args.seed,
-                                 full=args.full, size=args.size, frames=args.frames, past=args.past, steps=args.steps)
+                                 full=args.full, size=args.size, frames=args.frames, past=args.past, steps=args.steps,
+                                 clips=args.clips, cfg=args.cfg, dtype=args.dtype)
 meta = {
     "original": {"repo": "https://github.com/memoavatar/memo",
                  "commit": os.popen(f"git -C {shlex.quote(MEMO)} rev-parse HEAD 2>/dev/null").read().strip() or "unknown"},
@@ -186,8 +199,11 @@ meta = {
     "weights": {"generator": "common.hashed_state_dict", **weights},
     "records": {k: list(v.shape) for k, v in rec.items()},
 }
+if not MODULES:
+    for key in ("temporal", "audio", "weights", "records"):
+        del meta[key]
 if pipeline_meta is not None:
     meta["pipeline"] = pipeline_meta
 with open(os.path.join(args.out, "meta.json"), "w") as fh:
     json.dump(meta, fh, indent=1)
-print(f"wrote {len(rec)} tensors to {args.out}")
+print(f"wrote {len(rec)} module tensors{' and the pipeline stages' if args.pipeline else ''} to {args.out}")

@@ -103,17 +103,22 @@ def _write_full_size_folder(folder: str, cls, config: dict, seed: int) -> dict:
 
 
 def run_pipeline(memo_src: str, work: str, hallo_fixture: str, out: str, seed: int, full: bool = False,
-                 size: int | None = None, frames: int | None = None, past: int | None = None, steps: int | None = None) -> dict:
+                 size: int | None = None, frames: int | None = None, past: int | None = None, steps: int | None = None,
+                 clips: int | None = None, cfg: float | None = None, dtype: str = "fp32") -> dict:
     """``full``: MEMO's real shapes (``FULL_SIZES``); the four folders are then written to ``out/checkpoint`` (kept: the
     full-size test loads them; rewritten only when their key/shape lists, seeds or digests differ) and the projections
     are built by MEMO's own ``from_pretrained`` from an empty config.json (class defaults), as published.
-    ``size``: pixels (height = width; default 64); ``frames`` per clip, ``past`` frames, ``steps`` (default 4, 4, 3; the
-    audio is then 1.6 frames short of 2 clips, the frame labels repeat clip 0's / clip 1's 4-frame patterns)."""
+    ``size``: pixels (height = width; default 64); ``frames`` per clip, ``past`` frames, ``steps``, ``clips`` (default 4, 4,
+    3, 2; the audio is then 1.6 frames short of whole clips, the frame labels alternate clip 0's / clip 1's 4-frame
+    patterns), ``cfg`` (default 3.5, MEMO's); ``dtype``: MEMO's ``weight_dtype`` (its inference.yaml: bf16; default fp32).
+    Every stage is stored as float32 (a bf16 / fp16 value converts exactly)."""
     global WIDTHS, HEADS, GROUPS, CROSS, LAYERS, ID_DIM, ID_TOKENS, AUDIO_TOKENS, AUDIO_HIDDEN
     SETTINGS["full"] = full
-    for key, value in (("size", size), ("frames_per_clip", frames), ("past_frames", past), ("steps", steps)):
+    for key, value in (("size", size), ("frames_per_clip", frames), ("past_frames", past), ("steps", steps), ("clips", clips),
+                       ("cfg", cfg)):
         if value:
             SETTINGS[key] = value
+    SETTINGS["weight_dtype"] = dtype
     SETTINGS["audio_frames"] = round(SETTINGS["clips"] * SETTINGS["frames_per_clip"] - 1.6, 6)
     if full:
         WIDTHS, HEADS, GROUPS, CROSS, LAYERS = (FULL_SIZES[k] for k in ("WIDTHS", "HEADS", "GROUPS", "CROSS", "LAYERS"))
