@@ -316,7 +316,10 @@ def test_other_hallo_fixture_matches(tmp_path):
     out = _run_ours(ck.load(device="cpu"), golden_other, fix=fix)
     bad = []
     for stage in _golden_stage_names(meta):
-        mx, rel = _rel(out[stage], golden_other[stage])
+        gold = golden_other[stage]
+        if stage.endswith(".frames"):  # Hallo's last clip includes the frames that pad the audio; we emit the real ones
+            gold = gold[: out[stage].shape[0]]
+        mx, rel = _rel(out[stage], gold)
         tol = _tol(stage, fix)
         if rel > tol:
             bad.append(f"{stage}: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
