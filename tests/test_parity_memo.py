@@ -514,3 +514,92 @@ def test_full_size_matches_memo():
     _assert_memory_and_emotion_visible(ablation, fix, clips)
     for stage, rel in untiled.items():
         _visible(rel, stage, "the face-token tiling (full size)", fix)
+
+
+# ---- half precision: MEMO's own weight_dtype (its configs/inference.yaml: bf16) -----------------------------------
+
+FIX16 = ROOT / "tests" / "parity" / "memo_bf16"
+HALF_AUDIO_TOKENS = 2.0**-7  # two bf16 roundings: MEMO projects the audio in float32 (see _half_rows), we in bf16
+
+
+@pytest.fixture(scope="module")
+def half():
+    """MEMO's bf16 run (``memo_original.py --pipeline WORK --dtype bf16``) and ours on the same four folders, with our
+    model and VAE loaded in bf16 (what ``--dtype bf16`` / the loader's dtype gives) and in float64 (the exact result
+    of the same arithmetic; the fp32 fixture shows it is MEMO's within the standard)."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    meta = json.loads((FIX16 / "meta.json").read_text())["pipeline"]
+    golden = load_file(FIX16 / "stages.safetensors")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for sub in PARTS:
+            (folder / sub).mkdir()
+            (folder / sub / "config.json").write_text("{}")
+            save_file(_weights(sub, meta), str(folder / sub / "diffusion_pytorch_model.safetensors"))
+        for name, dtype in (("bf16", torch.bfloat16), ("exact", torch.float64)):
+            model = _load(folder, "tiny-memo", dtype)
+            assert model.dtype == dtype
+            rows[name] = _half_rows(model, _codec(meta, dtype), golden, meta)
+    return meta, golden, rows
+
+
+def _half_rows(model, codec, golden, meta) -> dict[str, torch.Tensor]:
+    st = meta["settings"]
+    f, n = st["frames_per_clip"], st["steps"]
+    out = {}
+    with torch.no_grad():
+        for c in range(st["clips"]):
+            out[f"clip{c}.audio_tokens"] = model.audio_tokens(golden["audio.windows"][c * f : (c + 1) * f])[0]
+            emb = golden["input.face_emb"][None]
+            out[f"clip{c}.identity_cond"] = model.identity_tokens(emb)[0]
+            out[f"clip{c}.identity_uncond"] = model.identity_tokens(torch.zeros_like(emb))[0]
+            out[f"clip{c}.ref_latents"] = codec.encode(((golden[f"clip{c}.ref_pixels"] + 1) / 2).permute(0, 2, 3, 1))
+            final = golden[f"clip{c}.step{n - 1}.latents"].transpose(0, 1)
+            out[f"clip{c}.frames"] = codec.decode(final).permute(0, 3, 1, 2)
+    calls, steps, video, _ = _generate(model, codec, golden, meta)
+    for c in range(st["clips"]):
+        for s in range(n):
+            (x, pred), (guided, latents) = calls[c * n + s], steps[c * n + s]
+            out.update({f"clip{c}.step{s}.input": x, f"clip{c}.step{s}.pred_uncond": pred[0],
+                        f"clip{c}.step{s}.pred_cond": pred[1], f"clip{c}.step{s}.guided": guided,
+                        f"clip{c}.step{s}.latents": latents})
+    out["video"] = video.permute(0, 3, 1, 2)
+    return {k: v.double() for k, v in out.items()}
+
+
+def test_half_precision_fixture_is_memos_dtype_with_its_floor(half):
+    meta, golden, _ = half
+    assert meta["settings"]["weight_dtype"] == "bf16"  # configs/inference.yaml of the pinned commit
+    floor = load_floor(FIX16)
+    assert not sorted(set(golden) - set(floor["files"]["stages.safetensors"])), "regenerate memo_bf16 with tools/parity/floor.py"
+
+
+def test_half_precision_matches_memo_within_its_own_rounding(half):
+    """Our bf16 run against MEMO's bf16 run, every stage (``pytest -s`` prints the table of docs/parity.md).
+
+    MEMO's bf16 CPU run does not move when its thread count changes (floor.json: 0 at every bf16 stage), so the
+    standard would ask for bit-equality with another implementation's bf16 roundings. The noise of a bf16 run is its
+    distance from the exact result instead: a stage passes when ours is within max(standard, MEMO's own bf16 error
+    there), i.e. our half run is no further from MEMO's than MEMO's half run is from the exact one (measured: 0 to 0.8
+    of it). Our float32 run in place of the bf16 one fails it (at clip0.step0.guided: 1.07e-1 against 1.06e-1), but at
+    this size bf16's own noise is 7 to 37 % of a denoiser output, so only mistakes larger than that show here; the
+    structure is compared by the fp32 tests above. The audio tokens are the exception: MEMO's audio projection stays
+    float32 (it is not part of the pipeline its ``.to(weight_dtype)`` casts), ours runs in the model's dtype, so they
+    differ by bf16 rounding (bound: 2^-7)."""
+    _, golden, rows = half
+    table, bad = [], []
+    for stage, ours in rows["bf16"].items():
+        gold = golden[stage].double()
+        own = rel_err(gold, rows["exact"][stage])[1]  # MEMO's bf16 run against the exact result
+        mx, rel = rel_err(ours, gold)
+        allowed = HALF_AUDIO_TOKENS if stage.endswith("audio_tokens") else max(tolerance(FIX16, stage), own)
+        table.append(f"| {stage} | {rel:.1e} | {own:.1e} | {rel_err(ours, rows['exact'][stage])[1]:.1e} |")
+        if not rel <= allowed:
+            bad.append(f"{stage}: rel err {rel:.2e} (max abs {mx:.2e}), allowed {allowed:.2e}")
+    print("\n| stage | ours bf16 vs MEMO bf16 | MEMO bf16 vs exact | ours bf16 vs exact |\n|---|---|---|---|")
+    print("\n".join(table))
+    assert not bad, "our bf16 run differs from MEMO's bf16 run:\n" + "\n".join(bad)
