@@ -29,6 +29,10 @@ one by one (``use_cut``). This script:
    length of 16) and stops it once the audio is encoded;
 5. records every stage (``torch.rand`` of the pixel drop is recorded through a proxy of the script's ``torch``)
    and writes ``stages.safetensors`` + ``meta.json`` to ``--out``.
+
+The CI fixture is made through ``tools/parity/floor.py`` (``OMP_NUM_THREADS`` 2 then 1, honoured here) with
+``--clips 3 --cfg 4.5``. ``--weight-dtype fp16`` is long.yaml's published precision (``pipeline.to(fp16)``, Hallo2's own
+fp16 bank cast; wav2vec2 stays fp32); it records no bank and skips the fp32 long-audio runs.
 """
 from __future__ import annotations
 
@@ -67,11 +71,15 @@ p.add_argument("--audio-frames", type=float, default=None,
                     "silent padding frame)")
 p.add_argument("--cfg", type=float, default=3.5)
 p.add_argument("--seed", type=int, default=7, help="weights / inputs seed (7 = the Hallo fixture's net.pth)")
+p.add_argument("--weight-dtype", choices=("fp32", "fp16"), default="fp32",
+               help="long.yaml's weight_dtype (published: fp16). fp16: every module but wav2vec2 in half and the bank cast as "
+                    "Hallo2 casts it; the bank and the (fp32) long-audio runs are not recorded")
 p.add_argument("--full", action="store_true",
                help="Hallo's real shapes (SD1.5 UNets, wav2vec2-base, 768-wide tokens); --assets must then be a folder written "
                     "by hallo_original.py --full (its vae, wav2vec2, meta.json and net.pth are used); use e.g. --size 128; "
                     "needs ~10 GB RAM")
 args = p.parse_args()
+HALF = args.weight_dtype != "fp32"
 os.makedirs(args.work, exist_ok=True)
 os.makedirs(args.out, exist_ok=True)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or min(2, os.cpu_count() or 1)))  # floor.py sets it
@@ -139,7 +147,7 @@ os.makedirs(net_dir, exist_ok=True)
 published = {k: cfg[k] for k in ("use_mask", "mask_rate", "use_cut")}
 cfg.merge_with({
     "source_image": os.path.join(args.work, "portrait.png"), "driving_audio": os.path.join(args.work, "speech.wav"),
-    "weight_dtype": "fp32",
+    "weight_dtype": args.weight_dtype,
     "data": {"n_motion_frames": n, "n_sample_frames": f, "source_image": {"width": S, "height": S}, "export_video": {"fps": FPS}},
     "inference_steps": args.steps, "cfg_scale": args.cfg, "audio_ckpt_dir": net_dir, "base_model_path": sd_dir,
     "motion_module_path": os.path.join(args.work, "no-motion-module.ckpt"),  # absent: from_pretrained_2d skips it
@@ -373,7 +381,10 @@ orig_update = ReferenceAttentionControl.update
 
 
 def update(self, writer, dtype=torch.float16):
-    # Deliberate: keep the bank in fp32 (Hallo2 casts it to fp16) so an fp32 comparison is meaningful.
+    # Deliberate in fp32: keep the bank in fp32 (Hallo2 casts it to fp16) so an fp32 comparison is meaningful.
+    # --weight-dtype fp16: Hallo2's own cast (the bank is not recorded).
+    if HALF:
+        return orig_update(self, writer, dtype=dtype)
     for k, m in writer.unet.named_modules():
         if getattr(m, "bank", None):
             block = k.rsplit(".transformer_blocks", 1)[0]
@@ -414,7 +425,7 @@ def stop_after_audio(**kw):
 long_meta = {}
 real_scheduler = script.DDIMScheduler
 script.DDIMScheduler = stop_after_audio  # first thing after the audio in inference_process
-for name, seconds in LONG.items():
+for name, seconds in ({} if HALF else LONG).items():  # (fp32 in any weight_dtype: the fp32 fixture has them)
     audio_runs.clear()
     ns.driving_audio = os.path.join(args.work, f"long_{name}.wav")
     ns.config = long_cfg_path
@@ -449,7 +460,8 @@ meta = {
     "stubbed_packages": stubbed,
     "assets": {"folder": os.path.relpath(os.path.abspath(args.assets), ROOT), "digests": asset_digests},
     "settings": {"full": args.full, "frames_per_clip": f, "motion_frames": n, "clips": clips, "size": S, "steps": args.steps, "cfg": args.cfg,
-                 "fps": FPS, "sample_rate": SR, "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo2 default fp16)",
+                 "fps": FPS, "sample_rate": SR, "weight_dtype": args.weight_dtype,
+                 "bank_dtype": "fp16 (Hallo2's cast)" if HALF else "fp32 (Hallo2 default fp16)", "torch_threads": torch.get_num_threads(),
                  "published": OmegaConf.to_container(OmegaConf.create(published)),
                  "face_box": "rows [S/4, 3S/4), columns [S/4 + 2, 3S/4 - 2), all 3 channels",
                  "audio_frames": audio_frames, "video_frames": int(rec["video"].shape[0]), "audio_long": long_meta},
