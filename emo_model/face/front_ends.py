@@ -125,8 +125,8 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
         return FrontEndResult(False, "")
     if front_end.landmarks is None and front_end.box_crop is None:
         return FrontEndResult(True, f"{front_end.label} face preprocessing: it has no crop (it resizes the whole picture), "
-                                    "so our square face crop is the picture it gets; its insightface identity runs when the "
-                                    "portrait is encoded")
+                                    "so our square face crop is the picture it gets; its insightface identity is computed "
+                                    "when the portrait is encoded, if insightface and its models are installed")
     lacking = missing(front_end, models_dirs)
     if lacking:
         return FrontEndResult(False, f"{front_end.label} face preprocessing not run (needs {', '.join(lacking)}): "
