@@ -4,6 +4,9 @@ Runs in MEMO's venv (see tools/parity/README.md), never in ours, and imports MEM
 
     venv-memo/bin/python tools/parity/memo_original.py --memo-src /work/parity/memo --out tests/parity/memo
 
+(the fixtures are made through tools/parity/floor.py, which runs this twice with different thread counts and writes
+``floor.json``; the exact commands are in tools/parity/README.md).
+
 What it builds and runs (MEMO's own classes, every parameter from ``common.hashed_state_dict``, so the test
 regenerates the weights instead of storing them):
 
@@ -32,7 +35,8 @@ the weight key/shape lists, seeds and digests) to ``--out``.
    ``preprocess_image`` returns the given portrait and face embedding (no insightface), ``resample_audio`` is the
    identity and ``librosa.load`` returns the given 16 kHz samples, no vocal separator, the per-frame emotion labels
    are given (no emotion2vec; clip 1 has a tie so ``torch.mode``'s choice is exercised), ``tensor_to_video`` keeps the
-   tensor. xformers is off (CPU); the memory-guided temporal layers get ``MemoryLinearAttnProcessor`` as enabling
+   tensor. ``--clips N`` / ``--cfg X`` change the clip count and guidance (the CI fixture: 3 clips, CFG 4.5, issue 24's
+   hard case); ``--dtype bf16`` runs MEMO in its inference.yaml precision (pipeline stages only). xformers is off (CPU); the memory-guided temporal layers get ``MemoryLinearAttnProcessor`` as enabling
    xformers gives them (the other attentions keep SDPA, the same math as xformers). Writes ``stages.safetensors``
    (every stage: audio windows, per clip the reference pixels and latents, every ReferenceNet feature, noise, per
    step the denoiser input / both branch outputs / guided velocity / latents, decoded frames; the video) and a
