@@ -133,7 +133,8 @@ def test_memory_temporal_fails_without_carry_over(temporal, golden):
             x = _frames_first(golden[f"temporal.clip{clip}.step0.x"])
             y = _channels_first(temporal(x, t["frames"], past, memory, update_memory=True), t["videos"])
             rel = rel_err(y, golden[f"temporal.clip{clip}.step0.out"])[1]
-            assert rel > 10 * _tol(f"temporal.clip{clip}.step0.out"), f"clip {clip}: carry-over of the memory not visible (rel err {rel:.2e})"
+            assert rel > 10 * _tol(f"temporal.clip{clip}.step0.out"), (
+                f"clip {clip}: carry-over of the memory not visible (rel err {rel:.2e})")
 
 
 # ---- emotion-conditioned joint audio modules --------------------------------------------------------------
@@ -180,7 +181,8 @@ def test_emotion_audio_fails_with_another_emotion(audio_modules, golden):
     for emotion in (golden["audio.case1.emotion"].long(), torch.tensor([9, 9])):
         ours = _run_audio(audio_modules, golden, 0, emotion=emotion)
         rel = rel_err(ours["audio.case0.a.out"], golden["audio.case0.a.out"])[1]
-        assert rel > 10 * _tol("audio.case0.a.out"), f"emotion {emotion.tolist()}: the modulation is not visible (rel err {rel:.2e})"
+        assert rel > 10 * _tol("audio.case0.a.out"), (
+            f"emotion {emotion.tolist()}: the modulation is not visible (rel err {rel:.2e})")
 
 
 def test_emotion_audio_rejects_mismatched_rows(audio_modules, golden):

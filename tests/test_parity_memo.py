@@ -9,8 +9,8 @@ wav2vec2 of the Hallo fixture. Weights are regenerated from meta.json's key/shap
 own noise at every stage: the same run with 2 threads and with 1.
 
 Compared here, each stage against the standard (tests/parity_floor.py: rel err <= max(1e-4, 3 x the original's floor
-at that stage); a stage floor.json does not cover fails): the wav2vec2 front end at 30 fps padded to whole clips, the audio and identity
-projections, the VAE latents of the reference input and the decoded frames, the FlowMatch Euler steps of the
+at that stage); a stage floor.json does not cover fails): the wav2vec2 front end at 30 fps padded to whole clips, the
+audio and identity projections, the VAE latents of the reference input and the decoded frames, the FlowMatch Euler steps of the
 diffusers scheduler in our venv, our ReferenceNet's features of every slot (norm1 of every spatial transformer with
 MEMO's tiled face tokens, the resnet outputs of the levels without attention), and the whole 3-clip generation of our
 pipeline on the tiny-memo model loaded from MEMO's four folders: the denoiser's output of both guidance branches at
@@ -170,7 +170,8 @@ def _vae_rows(c: int, codec, golden, steps: int = STEPS) -> list[tuple[str, floa
     latents = codec.encode(((pixels + 1) / 2).permute(0, 2, 3, 1))
     final = golden[f"clip{c}.step{steps - 1}.latents"].transpose(0, 1)  # [f, 4, h, w]
     return [_row(f"clip{c}.ref_latents", latents, golden[f"clip{c}.ref_latents"]),
-            _row(f"clip{c}.frames", codec.decode(final).permute(0, 3, 1, 2), golden[f"clip{c}.frames"])]  # MEMO's final latents decoded
+            # MEMO's final latents decoded
+            _row(f"clip{c}.frames", codec.decode(final).permute(0, 3, 1, 2), golden[f"clip{c}.frames"])]
 
 
 @pytest.mark.parametrize("c", range(CLIPS))
@@ -294,7 +295,7 @@ def _face_tokens(golden, c: int, rows: int, tiled: bool) -> torch.Tensor:
     return torch.stack([(u, cond)[j % 2 if tiled else j // per_copy] for j in range(rows)])
 
 
-def _reference_rows(c: int, reference_net, golden, meta: dict = META) -> tuple[list[tuple[str, float, float]], dict[str, float]]:
+def _reference_rows(c: int, reference_net, golden, meta: dict = META) -> tuple[list[tuple[str, float, float]], dict]:
     """Every ReferenceNet slot of clip ``c`` with MEMO's tiled face tokens, and the rel err of two slots (stage -> rel)
     with each copy's own tokens instead (which must be far off)."""
     attention, resnet = _reference_slots(meta)
@@ -306,7 +307,8 @@ def _reference_rows(c: int, reference_net, golden, meta: dict = META) -> tuple[l
             rows.append(_row(f"clip{c}.reference.{slot}", bank[key], golden[f"clip{c}.reference.{slot}"]))
         del bank
         untiled = reference_net(latents, _face_tokens(golden, c, latents.shape[0], tiled=False))
-    untiled_rel = {f"clip{c}.reference.{s}": rel_err(untiled[attention[s]], golden[f"clip{c}.reference.{s}"])[1] for s in ("mid.0.0", "up.1.0")}
+    untiled_rel = {f"clip{c}.reference.{s}": rel_err(untiled[attention[s]], golden[f"clip{c}.reference.{s}"])[1]
+                   for s in ("mid.0.0", "up.1.0")}
     return rows, untiled_rel
 
 
@@ -575,7 +577,8 @@ def test_half_precision_fixture_is_memos_dtype_with_its_floor(half):
     meta, golden, _ = half
     assert meta["settings"]["weight_dtype"] == "bf16"  # configs/inference.yaml of the pinned commit
     floor = load_floor(FIX16)
-    assert not sorted(set(golden) - set(floor["files"]["stages.safetensors"])), "regenerate memo_bf16 with tools/parity/floor.py"
+    missing = sorted(set(golden) - set(floor["files"]["stages.safetensors"]))
+    assert not missing, f"floor.json has no floor for {missing[:5]}: regenerate memo_bf16 with tools/parity/floor.py"
 
 
 def test_half_precision_matches_memo_within_its_own_rounding(half):
