@@ -17,10 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.conftest import ROOT, parity_common, rel_err
+from tests.parity_floor import tolerance
 
 FIX = ROOT / "tests" / "parity" / "emotion2vec"
 META = json.loads((FIX / "meta.json").read_text())
-TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +67,11 @@ def model_a(tmp_path_factory, golden):
     return SpeechEmotionClassifier.from_folders(_encoder_folder(tmp, "a", wrap=True), _classifier_folder(tmp, golden))
 
 
-def _check(name, ours, gold, tol=TOL):
+def _check(name, ours, gold, key):
+    """The standard (tests/parity_floor.py): within max(1e-4, 3 x the original's own 2- vs 1-thread noise at ``key``)."""
     mx, rel = rel_err(ours, gold)
-    assert rel < tol, f"{name}: rel err {rel:.2e} (max abs {mx:.2e}) vs the original"
+    tol = tolerance(FIX, key, file="emotion.safetensors")
+    assert rel <= tol, f"{name}: rel err {rel:.2e} (max abs {mx:.2e}) vs the original; allowed {tol:.2e}"
 
 
 def test_encoder_features_match_emotion2vec(model_a, golden):
@@ -79,7 +81,7 @@ def test_encoder_features_match_emotion2vec(model_a, golden):
     with torch.no_grad():
         feats = model_a.encoder(x)[0]
     assert feats.shape[0] == META["a"]["window0_steps"] == model_a.encoder.cfg.frames(seg.shape[0])
-    _check("window0.x", feats[:32], golden["a.window0.x"])
+    _check("window0.x", feats[:32], golden["a.window0.x"], "a.window0.x")
 
 
 def test_window_features_probabilities_and_labels_match_memo(model_a, golden):
@@ -89,12 +91,12 @@ def test_window_features_probabilities_and_labels_match_memo(model_a, golden):
     windows = segment_windows(wave.shape[0])
     assert [b - a for _, _, a, b in windows] == META["a"]["window_inputs"]
     feats = torch.stack([model_a.utterance_features(wave[a:b]) for _, _, a, b in windows])
-    _check("window means", feats, golden["a.window_means"])
+    _check("window means", feats, golden["a.window_means"], "a.window_means")
     # the original's classifier output (its softmax); ours: the logits' softmax
     p = next(model_a.classifier.parameters())
     with torch.no_grad():
         probs = torch.softmax(model_a.classifier(feats.to(p.dtype)), dim=-1)
-    _check("classifier softmax", probs, golden["a.window_probs"])
+    _check("classifier softmax", probs, golden["a.window_probs"], "a.window_probs")
     assert probs.argmax(dim=-1).tolist() == META["a"]["window_labels"]
     assert len(set(META["a"]["window_labels"])) > 2, "the fixture should exercise several classes"
 
@@ -119,8 +121,8 @@ def test_other_architecture_switches_match_emotion2vec(tmp_path, golden):
     with torch.no_grad():
         x = enc(torch.nn.functional.layer_norm(seg, seg.shape)[None])[0]
     assert x.shape[0] == META["b"]["steps"]
-    _check("b.x", x[:24], golden["b.x"])
-    _check("b.x_mean", x.mean(dim=0), golden["b.x_mean"])
+    _check("b.x", x[:24], golden["b.x"], "b.x")
+    _check("b.x_mean", x.mean(dim=0), golden["b.x_mean"], "b.x_mean")
 
 
 @pytest.mark.parametrize("case", META["c"], ids=lambda c: f"{c['samples']}samples-{c['frames']}frames")
