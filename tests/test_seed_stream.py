@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vae
 from safetensors.torch import load_file
 
-from conftest import tiny_vae
 from emo_model import pipeline as pipeline_module
 from emo_model.model import EMOModel
 from emo_model.pipeline import EMOPipeline, SamplingSettings

@@ -55,9 +55,9 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
-from ..vocal_separation import SeparatorSettings
 from ..face.front_ends import FaceFrontEnd
 from ..face.landmark_masks import LandmarkMaskRecipe
+from ..vocal_separation import SeparatorSettings
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 
 ORIGINAL = OriginalCode(

@@ -35,8 +35,8 @@ import dataclasses
 from ..configs import EMOConfig, PresetConfig
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
 from .hallo import FACE_FRONT_END as HALLO_FACE
-from .hallo import QUIRKS as HALLO_QUIRKS
 from .hallo import KIM_VOCAL_2 as HALLO_KIM_VOCAL_2
+from .hallo import QUIRKS as HALLO_QUIRKS
 from .hallo import VOCAL_SEPARATOR as HALLO_SEPARATOR
 from .hallo import hallo_config, hallo_preset, tiny_hallo_config
 
