@@ -199,7 +199,8 @@ def test_sampler_node_inputs_work_or_fail_with_one_line(nodes_ready, inputs):
 def test_audio_node_inputs_work_or_fail_with_one_line(nodes_ready, fps, max_frames, loudness):
     nodes, session, _, _, audio = nodes_ready
     # in range: one of the working frame rates, and the 0.2 s of audio's frames within max_frames
-    valid = fps in (25.0, 12.0, 120.0) and math.ceil(round(0.2 * fps, 6)) <= max_frames
+    used = session.config.preset.fps if fps == 0.0 else fps  # 0 = the model's preset
+    valid = fps in (25.0, 12.0, 120.0, 0.0) and math.ceil(round(0.2 * used, 6)) <= max_frames
     try:
         result = nodes["EMOAudioEncode"]().encode(session, audio, fps, loudness, max_frames=max_frames)["result"]
     except ValueError as exc:
@@ -207,7 +208,8 @@ def test_audio_node_inputs_work_or_fail_with_one_line(nodes_ready, fps, max_fram
         assert "\n" not in str(exc).strip(), str(exc)
         return
     assert valid, f"fps={fps} max_frames={max_frames} were accepted"
-    features, _, frames, _ = result
+    features, _, frames, _, drive = result
+    assert drive["sample_rate"] == 16000 and drive["waveform"].shape[-1] == features.audio.waveform.shape[-1]  # what drives the mouth
     assert 1 <= frames <= max_frames and bool(torch.isfinite(features.features[:]).all())  # [:]: every streamed row
 
 
