@@ -32,6 +32,13 @@ MODEL_EXTENSIONS = {".safetensors", ".sft", ".pth", ".pt", ".bin", ".ckpt"}
 IN_COMFYUI = folder_paths is not None
 
 
+def summary_note(note: str) -> tuple[str, bool]:
+    """A note as a node's summary shows it: of each ' · ' part, the what (up to its first '; '); the rest, what to
+    do, is for ComfyUI's log. Returns (short, whether anything was left out)."""
+    short = " · ".join(part.split("; ")[0] for part in note.split(" · "))
+    return short, short != note
+
+
 def models_dir() -> Path:
     if folder_paths is not None:
         return Path(folder_paths.models_dir)

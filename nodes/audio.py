@@ -60,7 +60,8 @@ class EMOAudioEncode:
             summary += " · from the separated vocals"
         if features.note:  # e.g. the vocal separator's file is missing: the summary says what (short), the log what to do
             logging.getLogger("ComfyUI-EMO").warning("EMO Audio Encode: %s", features.note)
-            summary = f"{summary} · {features.note.split(';')[0]} (see the log)"
+            short, cut = _comfy.summary_note(features.note)
+            summary = f"{summary} · {short}" + (" (see the log)" if cut else "")
         drive = features.vocals if features.vocals is not None else features.audio
         result = (features, features.audio.as_comfy(), features.num_frames, float(features.fps), drive.as_comfy())
         # the preset too: when Load EMO Model is cached (not run), this still resolves the "(preset)" labels

@@ -128,4 +128,5 @@ def face_summary(crops, detector: str, fallback: str, models_dir: str, notes: li
         summary = f"NO FACE FOUND in {missed} of {len(crops)} image(s) (detector {used}): {taken} used instead"
     else:
         summary = f"face found in {len(crops)} image(s) (detector {used})"
-    return " · ".join([summary, *notes])
+    shown = [_comfy.summary_note(n) for n in notes]  # the what; the log has what to do (run() logs every note whole)
+    return " · ".join([summary, *(short + (" (see the log)" if cut else "") for short, cut in shown)])

@@ -57,7 +57,8 @@ class EMOReferenceEncode:
         result = (EMOReference(state.to("cpu"), id(emo_model.model), emo_model.name),)
         h, w = state.size
         summary = f"portrait encoded at {w}x{h}" + (" (the model's preset size)" if not size else "")
-        if state.note:
-            logging.getLogger("ComfyUI-EMO").info("EMO Reference Encode: %s", state.note)  # the node shows it too
-            summary = f"{summary} · {state.note}"
+        if state.note:  # the node shows the what; ComfyUI's log the whole line (what to do too)
+            short, cut = _comfy.summary_note(state.note)
+            logging.getLogger("ComfyUI-EMO").log(logging.WARNING if cut else logging.INFO, "EMO Reference Encode: %s", state.note)
+            summary = f"{summary} · {short}" + (" (see the log)" if cut else "")
         return {"ui": {"emo_summary": [summary], "emo_preset": [resolved_preset(emo_model)]}, "result": result}

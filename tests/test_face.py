@@ -715,7 +715,8 @@ def test_original_front_end_without_its_packages_keeps_ours_and_says_why(astrona
     for family, needs in needs_of.items():
         got = front_ends.as_original(_front_end(family), astronaut, _ours(astronaut), None)
         assert np.array_equal(got.image, ours.image) and np.array_equal(got.mask, ours.mask) and got.region_masks is None
-        assert "face preprocessing not run (needs " in got.front_end and all(n in got.front_end for n in needs), got.front_end
+        assert "face preprocessing not run, our detector and crop used; it needs " in got.front_end, got.front_end
+        assert all(n in got.front_end for n in needs), got.front_end
     assert front_ends.as_original(None, astronaut, ours, None) is ours and ours.front_end == ""
 
 
@@ -792,7 +793,8 @@ def test_face_mask_node_runs_the_models_original_preprocessing(face_node, astron
     model = SimpleNamespace(config=get_config("tiny-echomimic"))
     out = face_node.run(picture, detector="auto", emo_model=model, **NODE_ARGS)
     assert out["ui"]["emo_summary"][0].startswith("face found in 1 image(s) (detector auto = ")
-    assert "EchoMimic's face preprocessing not run (needs facenet_pytorch" in out["ui"]["emo_summary"][0]
+    # the node shows the what, ComfyUI's log the whole line with what to do
+    assert "EchoMimic's face preprocessing not run, our detector and crop used (see the log)" in out["ui"]["emo_summary"][0]
     for m in modules:
         monkeypatch.setattr(m, "missing", lambda fe, dirs: [])
         monkeypatch.setattr(m, "detect_boxes", lambda bgr, options: (np.array([[182.9, 62.7, 269.1, 173.2]]), [0.99]))

@@ -180,7 +180,7 @@ def test_reference_encode_makes_the_originals_region_masks_and_the_sampler_keeps
     pic = torch.from_numpy(pics["astronaut"]).float() / 255
     monkeypatch.setattr(front_ends, "_installed", lambda module: False)
     plain = tiny_hallo.encode_reference(pic, size=64)
-    assert isinstance(plain.region_masks, torch.Tensor) and "Hallo's face preprocessing not run (needs mediapipe" in plain.note
+    assert isinstance(plain.region_masks, torch.Tensor) and "Hallo's face preprocessing not run; it needs mediapipe" in plain.note
     points = stages["input.landmarks.astronaut"].numpy() / 8  # the stand-in landmarks on the 64 px portrait
     monkeypatch.setattr(front_ends, "missing", lambda fe, dirs: [])
     monkeypatch.setattr(front_ends, "find_landmarker", lambda dirs: "face_landmarker.task")

@@ -215,6 +215,7 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
             rep["problems"].append(f"run: {rep['run_status']} {rep['node_errors'] or (entry or {}).get('status')}")
         page.wait_for_timeout(2500)
         grown = page.evaluate(INSPECT, OVERLAYS)
+        rep["sizes_after_run"] = {f"{n['type']} #{n['id']}": n["size"] for n in grown}  # for GROWS_AFTER_RUN (tests)
         rep["problems"] += [p for p in problems_of(grown, "after the run") if "tooltip" not in p and "not in its list" not in p]
         rep["summaries"] = page.evaluate("""() => app.graph._nodes.filter(n => n.widgets?.some(w => w.name === 'emo_summary'))
             .map(n => [n.type, n.widgets.find(w => w.name === 'emo_summary').element.textContent])""")

@@ -129,8 +129,8 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
                                     "when the portrait is encoded, if insightface and its models are installed")
     lacking = missing(front_end, models_dirs)
     if lacking:
-        return FrontEndResult(False, f"{front_end.label} face preprocessing not run (needs {', '.join(lacking)}): "
-                                     "our detector and crop used")
+        return FrontEndResult(False, f"{front_end.label} face preprocessing not run, our detector and crop used; "
+                                     f"it needs {', '.join(lacking)}")
     try:
         if front_end.box_crop is not None:
             return _run_box_crop(front_end, source_rgb, ours)
@@ -162,7 +162,7 @@ def region_masks_as_original(front_end: FaceFrontEnd | None, portrait: Any, mode
         return None, ""
     lacking = missing(replace(front_end, box_crop=None), models_dirs)
     if lacking:
-        return None, f"{front_end.label} face preprocessing not run (needs {', '.join(lacking)})"
+        return None, f"{front_end.label} face preprocessing not run; it needs {', '.join(lacking)}"
     rgb8 = _uint8(portrait)
     try:
         points = detect_landmarks(rgb8, find_landmarker(models_dirs))
