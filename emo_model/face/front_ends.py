@@ -124,9 +124,9 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
     if front_end is None:
         return FrontEndResult(False, "")
     if front_end.landmarks is None and front_end.box_crop is None:
-        return FrontEndResult(True, f"{front_end.label} face preprocessing has no crop: ours used; it resizes the whole picture, so our "
-                                    "square face crop is the picture it gets; its insightface identity is computed when the "
-                                    "portrait is encoded, if insightface and its models are installed")
+        return FrontEndResult(True, f"{front_end.label} face preprocessing has no crop: ours used; it resizes the whole "
+                                    "picture, so our square face crop is the picture it gets; its insightface identity is "
+                                    "computed when the portrait is encoded, if insightface and its models are installed")
     lacking = missing(front_end, models_dirs)
     if lacking:
         return FrontEndResult(False, f"{front_end.label} face preprocessing not run, our detector and crop used; "
