@@ -553,8 +553,7 @@ class _Run:
         frames_before: torch.Tensor | None = None  # with a pixel drop: the last n decoded frames, [n, H, W, 3]
         for clip in clips:
             self._cancel_point()
-            if self.initial_noise is None:
-                self._clip_draws(clip.index, clip.generate)
+            self._clip_draws(clip.index, clip.generate)  # in the seed layout's order (used where nothing is injected)
             if n == 0:
                 motion, motion_latents = None, None
             elif self.pixel_drop and (frames_before is not None or s.first_clip_motion == "reference"):

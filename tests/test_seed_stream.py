@@ -140,3 +140,21 @@ def test_the_pipeline_draws_from_the_families_stream():
     assert torch.equal(captured[0], torch.randn(tuple(captured[0].shape), generator=torch.Generator().manual_seed(420)))
     captured, settings, model = _run_and_capture("tiny", 5, 9)
     assert torch.equal(captured[0], torch.randn(tuple(captured[0].shape), generator=torch.Generator().manual_seed(clip_seed(5, 0))))
+
+
+def test_injected_noise_without_drop_draws_still_drops_pixels_from_the_seed():
+    """Noise given (e.g. to reproduce another run) but no pixel-drop draws: the drop draws still come from the seed."""
+    torch.manual_seed(0)
+    model = EMOModel("tiny-hallo2").eval()
+    pipe = EMOPipeline(model, DiffusersVAE(tiny_vae()))
+    g = torch.Generator().manual_seed(3)
+    ref = pipe.encode_reference(torch.rand(64, 64, 3, generator=g), identity_embedding=torch.randn(model.imageproj.cfg.embed_dim, generator=g))
+    proj = model.audioproj.cfg
+    feats = torch.randn(9, proj.seq_len, proj.blocks, proj.channels, generator=torch.Generator().manual_seed(1))
+    mask = torch.zeros(64, 64)
+    mask[16:48, 16:48] = 1
+    settings = SamplingSettings.from_preset(model.config.preset, steps=1, seed=42)
+    noise = torch.randn(model.config.latent_channels, 16, 8, 8, generator=torch.Generator().manual_seed(9))
+    frames = pipe.generate_frames(ref, feats, settings=settings, face_mask=mask, noise=noise,
+                                  region_masks=torch.stack([torch.ones(64, 64), mask, mask]))
+    assert frames is not None
