@@ -216,8 +216,7 @@ def _echo_face_block(src: str):
     block = ast.Module(body=body[start:end + 1], type_ignores=[])
     text = ast.unparse(block).replace('device="cuda"', 'device="cpu"').replace("device='cuda'", "device='cpu'")
     select = ast.Module(body=[funcs["select_face"]], type_ignores=[])
-    select_code = compile(ast.unparse(select), "infer_audio2vid.py:select_face", "exec")
-    return select_code, compile(text, "infer_audio2vid.py:main", "exec")
+    return ast.unparse(select) + "\n\n" + text + "\n"
 
 
 def run_echo(pics, tmp) -> dict[str, torch.Tensor]:
@@ -225,7 +224,11 @@ def run_echo(pics, tmp) -> dict[str, torch.Tensor]:
     from PIL import Image
 
     util = _load("echo_util", os.path.join(args.echo_src, "src", "utils", "util.py"))
-    select_code, block_code = _echo_face_block(args.echo_src)
+    import runpy
+
+    block_file = os.path.join(tmp, "echo_face_block.py")  # the original's statements, run as a script (runpy)
+    with open(block_file, "w", encoding="utf-8") as f:
+        f.write(_echo_face_block(args.echo_src))
     out = {}
     for case, pic in pics.items():
         StubMTCNN.offset = OFFSETS[case]
@@ -235,8 +238,7 @@ def run_echo(pics, tmp) -> dict[str, torch.Tensor]:
               "face_detector": StubMTCNN(), "ref_image_path": path, "weight_dtype": torch.float32,
               "args": types.SimpleNamespace(W=ECHO_SIZE, H=ECHO_SIZE, facemusk_dilation_ratio=0.1,
                                             facecrop_dilation_ratio=0.5)}
-        exec(select_code, ns)
-        exec(block_code, ns)
+        ns = runpy.run_path(block_file, init_globals=ns)
         out[f"echo.{case}.image_bgr"] = torch.from_numpy(np.ascontiguousarray(ns["face_img"]))
         mask = ns["face_mask_tensor"].reshape(ns["face_mask_tensor"].shape[-2:])
         mask8 = torch.round(mask * 255)
