@@ -38,7 +38,7 @@ class SeedStream:
         self.seed, self.layout = int(seed), layout
         self.dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
         self._single = torch.Generator("cpu").manual_seed(self.seed) if layout == "single" else None
-        self._clips: dict[int, tuple[torch.Tensor | None, torch.Tensor]] = {}
+        self._clips: dict[int, tuple[torch.Tensor | None, torch.Tensor] | None] = {}
 
     def _randn(self, shape, generator: torch.Generator) -> torch.Tensor:
         if self.layout == "single":  # the original's dtype: half draws are not always float draws rounded
@@ -63,6 +63,10 @@ class SeedStream:
                 if drop_hw is not None:
                     drop = torch.rand(drop_hw, generator=torch.Generator("cpu").manual_seed(clip_seed(self.seed, index) ^ 0xD209))
                 self._clips[index] = (drop, noise)
+            for done in [i for i in self._clips if i < index]:  # only the current clip's draws are kept: memory does
+                self._clips[done] = None  # not grow with the video (a single stream remembers which clips it drew)
+        if self._clips[index] is None:
+            raise RuntimeError(f"clip {index}'s draws were released: a later clip was already drawn")
         return self._clips[index]
 
     def video(self, shape: tuple[int, ...], chunk: int) -> torch.Tensor:

@@ -44,7 +44,7 @@ def test_single_layout_is_one_manual_seed_stream_in_the_scripts_order():
     for i, (drop, noise) in enumerate(expected):
         got = s.clip(i, (1, 4, 3, 8, 8), (16, 16))
         assert torch.equal(got[0], drop) and torch.equal(got[1], noise)
-    assert s.clip(1)[1] is s.clip(1)[1]  # drawn once, read again
+    assert s.clip(2)[1] is s.clip(2)[1]  # the current clip: drawn once, read again
     with pytest.raises(RuntimeError, match="out of order"):
         SeedStream(1, "single").clip(1, (1, 4, 1, 8, 8))
     with pytest.raises(ValueError, match="per_clip, single"):
@@ -158,3 +158,13 @@ def test_injected_noise_without_drop_draws_still_drops_pixels_from_the_seed():
     frames = pipe.generate_frames(ref, feats, settings=settings, face_mask=mask, noise=noise,
                                   region_masks=torch.stack([torch.ones(64, 64), mask, mask]))
     assert frames is not None
+
+
+def test_only_the_current_clips_draws_are_held():
+    """Memory does not grow with the video: drawing clip i releases the draws of the clips before it."""
+    s = SeedStream(3, "single")
+    for i in range(5):
+        s.clip(i, (1, 4, 2, 8, 8), (16, 16))
+    assert sum(v is not None for v in s._clips.values()) == 1
+    with pytest.raises(RuntimeError, match="released"):
+        s.clip(2)
