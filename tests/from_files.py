@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import io
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ class Generated:
 class _CapturingWriter:
     """Stands in for VideoWriter: same constructor and context-manager use; keeps the frames instead of encoding."""
 
-    runs: list[_CapturingWriter] = []
+    runs: ClassVar[list[_CapturingWriter]] = []
 
     def __init__(self, path, fps, *, audio=None, **kwargs):
         self.path, self.fps, self.audio, self.kwargs = path, float(fps), audio, kwargs
@@ -65,7 +65,7 @@ class _CapturingWriter:
 def run_generate(argv: list[str], monkeypatch=None) -> Generated:
     """``python -m emo_model generate *argv`` in this process, the writer replaced (``monkeypatch``: pytest's, to undo
     the replacement with the test; without it the writer is restored on return)."""
-    import emo_model.video_io as video_io
+    from emo_model import video_io
     from emo_model.cli import main
 
     _CapturingWriter.runs = []

@@ -7,7 +7,6 @@ import numpy as np
 import torch
 
 from emo_model.video_io import write_video
-
 from tests.conftest import ROOT
 from tests.from_files import run_generate
 
