@@ -324,6 +324,8 @@ def publish_tiny_hallo(server: FakeHub, source: Path) -> None:
     tiny_wav2vec2_folder(source / "wav2vec2")
     (source / "wav2vec2" / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True, "sampling_rate": 16000}))
     for f in get_family("hallo").downloads:
+        if f.optional:  # the node fetches what the model needs; the extras only with `emo download --optional`
+            continue
         local = {"emo": source / "net.pth", "vae": source / "vae" / Path(f.dest).name,
                  "audio_encoders": source / "wav2vec2" / Path(f.dest).name}[f.folder]
         server.files[(f.repo, f.path)] = local.read_bytes()
@@ -444,3 +446,24 @@ def test_a_gated_or_changed_repository_is_one_line(fake_hub, tmp_path, capsys):
     assert err == ("error: fudan-generative-ai/hallo has no file hallo/net.pth at main any more; "
                    "this version of the pack cannot fetch it"), err
     assert not any(tmp_path.rglob("*.*"))  # refused before anything was fetched
+
+
+@pytest.mark.parametrize("family", ["hallo", "hallo2", "memo"])
+def test_face_analysis_files_land_where_the_face_front_end_looks(family, tmp_path):
+    """`emo download FAMILY --optional` puts the original's insightface pack and MediaPipe landmarker where
+    identity.py and face/front_ends.py find them under ComfyUI's models folder (as the nodes search it)."""
+    from emo_model.face.front_ends import find_landmarker
+    from emo_model.families import get_family
+    from emo_model.identity import find_insightface_pack
+
+    files = [f for f in get_family(family).downloads if f.folder == "face_analysis"]
+    assert {Path(f.dest).name for f in files} >= {"face_landmarker_v2_with_blendshapes.task", "glintr100.onnx",
+                                                  "scrfd_10g_bnkps.onnx"}
+    assert all(f.optional for f in files)
+    models = tmp_path / "models"
+    assert find_landmarker([str(models)]) is None and find_insightface_pack(models) is None
+    for f in files:
+        (models / f.folder / f.dest).parent.mkdir(parents=True, exist_ok=True)
+        (models / f.folder / f.dest).write_bytes(b"x")
+    assert find_landmarker([str(models)]) == str(models / "face_analysis" / "models" / "face_landmarker_v2_with_blendshapes.task")
+    assert find_insightface_pack(models) == models / "face_analysis" / "models"

@@ -80,6 +80,21 @@ SD_VAE = tuple(
     HubFile("stabilityai/sd-vae-ft-mse", name, "vae", f"sd-vae-ft-mse/{name}")
     for name in ("config.json", "diffusion_pytorch_model.safetensors")
 )
+# The face-analysis files the originals' face preprocessing runs on (insightface's detector + ArcFace pack, MediaPipe's
+# landmarker), as Hallo, Hallo2 and MEMO publish them in their downloads; they go to ComfyUI/models/face_analysis/models,
+# where emo_model/identity.py and emo_model/face/front_ends.py look (the packages themselves: pip install insightface
+# onnxruntime mediapipe)
+FACE_ANALYSIS_FILES = ("1k3d68.onnx", "2d106det.onnx", "face_landmarker_v2_with_blendshapes.task", "genderage.onnx",
+                       "glintr100.onnx", "scrfd_10g_bnkps.onnx")
+
+
+def face_analysis(repo: str, prefix: str = "") -> tuple[HubFile, ...]:
+    """The face-analysis files of ``repo`` (under ``prefix`` there) for ComfyUI/models/face_analysis/models."""
+    return tuple(HubFile(repo, f"{prefix}face_analysis/models/{name}", "face_analysis", f"models/{name}",
+                         optional="the original's face preprocessing (insightface identity, MediaPipe face / lip masks)")
+                 for name in FACE_ANALYSIS_FILES)
+
+
 # optional for any family: the YuNet face detector that Face Mask's "yunet" detector reads from models/emo/face
 YUNET_FACE = HubFile("opencv/face_detection_yunet", "face_detection_yunet_2023mar.onnx", "emo",
                      "face/face_detection_yunet_2023mar.onnx", optional="the YuNet face detector (Face Mask detector yunet)")

@@ -58,7 +58,7 @@ from ..configs import (
 from ..face.front_ends import FaceFrontEnd
 from ..face.landmark_masks import LandmarkMaskRecipe
 from ..vocal_separation import SeparatorSettings
-from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, face_analysis
 
 ORIGINAL = OriginalCode(
     repo="fudan-generative-vision/hallo",
@@ -206,6 +206,6 @@ FAMILY = Family(
     quoted_configs={"hallo": "Hallo"},
     face_front_end=FACE_FRONT_END,
     downloads=(HubFile("fudan-generative-ai/hallo", "hallo/net.pth", "emo", "hallo/net.pth"), *SD_VAE, *WAV2VEC2_BASE, YUNET_FACE,
-               KIM_VOCAL_2),
+               KIM_VOCAL_2, *face_analysis("fudan-generative-ai/hallo")),
     vocal_separator=VOCAL_SEPARATOR,
 )

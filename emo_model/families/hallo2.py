@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..configs import EMOConfig, PresetConfig
-from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, face_analysis
 from .hallo import FACE_FRONT_END as HALLO_FACE
 from .hallo import KIM_VOCAL_2 as HALLO_KIM_VOCAL_2
 from .hallo import QUIRKS as HALLO_QUIRKS
@@ -83,7 +83,8 @@ FAMILY = Family(
     face_front_end=FACE_FRONT_END,
     # the folder name hallo2 is what tells it from Hallo's net.pth (same tensors)
     downloads=(HubFile("fudan-generative-ai/hallo2", "hallo2/net.pth", "emo", "hallo2/net.pth"), *SD_VAE, *WAV2VEC2_BASE,
-               YUNET_FACE, dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2")),
+               YUNET_FACE, dataclasses.replace(HALLO_KIM_VOCAL_2, repo="fudan-generative-ai/hallo2"),
+               *face_analysis("fudan-generative-ai/hallo2")),
     # scripts/inference_long.py: Hallo's AudioProcessor (audio-separator 0.17.2, requirements.txt) on every 60 s piece
     vocal_separator=dataclasses.replace(
         HALLO_SEPARATOR, source="`emo download hallo2 --optional` fetches it (HF fudan-generative-ai/hallo2)"),

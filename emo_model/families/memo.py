@@ -64,7 +64,7 @@ from ..configs import (
 )
 from ..face.front_ends import FaceFrontEnd
 from ..vocal_separation import SeparatorSettings
-from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles
+from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles, face_analysis
 
 ORIGINAL = OriginalCode(
     repo="memoavatar/memo",
@@ -253,6 +253,7 @@ FAMILY = Family(
         YUNET_FACE,
         HubFile("memoavatar/memo", "misc/vocal_separator/Kim_Vocal_2.onnx", "emo", "memo/misc/vocal_separator/Kim_Vocal_2.onnx",
                 optional="vocal separation (Kim_Vocal_2): the voice, not the music, drives the mouth"),
+        *face_analysis("memoavatar/memo", "misc/"),
     ),
     vocal_separator=VOCAL_SEPARATOR,
 )
