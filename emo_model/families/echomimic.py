@@ -12,7 +12,8 @@ What makes it EchoMimic v1:
 * Architecture: attn2 of the backbone reads whisper-tiny tokens of width 384 (no projection), a ReferenceNet
   without cross-attention, a 1-channel face locator (16, 32, 96, 256), no identity tokens, no speed layers.
 * Preset: ``infer_audio2vid.py``'s defaults: 24 fps, context windows of 12 frames with overlap 3, 30 DDIM
-  steps, CFG 2.5 (acc: 6 steps, CFG 1.0); the face box expanded 1.5x.
+  steps, CFG 2.5 (acc: 6 steps, CFG 1.0); the face mask is the face box + 10 % per side (1.2x, its
+  ``--facemusk_dilation_ratio 0.1``) when our detector stands in for MTCNN.
 * Quirks (all at commit a53e9704; measured effects in docs/parity.md):
 
   - ``audio_attention_scale = 3.0``: src/models/mutual_self_attention.py
@@ -104,7 +105,9 @@ def echomimic_v1_config(acc: bool = False) -> EMOConfig:
             steps=6 if acc else 30,
             cfg=1.0 if acc else 2.5,
             audio_cfg=1.0 if acc else 2.5,
-            face_expand_ratio=1.5,
+            # infer_audio2vid.py --facemusk_dilation_ratio 0.1: the MTCNN box + 10 % per side, so 1.2x (for our
+            # detector's box when facenet_pytorch is not installed; FACE_FRONT_END's box crop applies it itself)
+            face_expand_ratio=1 + 2 * FACE_FRONT_END.box_crop.mask_dilation,
             scheduler=SchedulerConfig(set_alpha_to_one=True),
             quirks=InferenceQuirks(
                 audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=2, initial_noise_clamp=1.5,
