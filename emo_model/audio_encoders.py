@@ -465,7 +465,7 @@ class WhisperAudioEncoder(AudioEncoder):
         computed in pieces of :attr:`mel_piece` frames (the same values; the floor is applied once the peak is
         known), so the whole clip's spectrogram never exists at once."""
         extractor = self.feature_extractor
-        # the source's own samples, not the silence padding them to the frame count (EchoMimic's whisper reads the file)
+        # the source's own samples, not the silence padding them to the frame count (the original reads the file)
         waveform, hop, n_fft = audio.waveform[: audio.real_samples], extractor.hop_length, extractor.n_fft
         frames = waveform.shape[0] // hop  # the extractor drops the STFT's last frame
         if frames <= self.mel_piece or waveform.shape[0] <= n_fft // 2 or extractor.dither != 0.0:
