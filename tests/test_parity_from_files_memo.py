@@ -7,7 +7,7 @@ from scikit-image and checked by sha256) and ``tests/parity/audio/song44k.wav`` 
 noise: 3 clips), with a MEMO folder as the download has it (tiny weights regenerated here from meta.json's key/shape
 lists, the stand-in ``Kim_Vocal_2.onnx``, emotion2vec and MEMO's emotion classifier at the tiny size). MEMO ran its
 own picture resize, ffmpeg resampling, audio-separator 0.24.1, librosa, wav2vec2, emotion classification and clip
-loop; insightface's FaceAnalysis was a stand-in with fixed boxes (tools/parity/memo_from_files.py ``BOXES``).
+loop; insightface's FaceAnalysis was a stand-in with fixed boxes (tools/parity/memo_from_files.py ``face_boxes``).
 
 Our side is the command a user types, run in-process (tests/from_files.py): ``emo generate --image portrait.png
 --audio song44k.wav --model <memo folder> --vae --audio-encoder --models-dir --seed 42 --steps 3 --size 128``, the
@@ -42,6 +42,7 @@ FIX = Path(os.environ["EMO_PARITY_MEMO_FILES_DIR"]) if os.environ.get("EMO_PARIT
 META = json.loads((FIX / "meta.json").read_text())
 SET = META["settings"]
 CLIPS, F = SET["clips"], SET["frames_per_clip"]
+PICTURE = META.get("picture", "face128")
 AUDIO = ROOT / "tests" / "parity" / "audio" / next(k for k in META["inputs"] if k.startswith("song"))
 VISIBLE = 100  # what a stage would be off by without the step under test, in tolerances
 ASSETS = ROOT / "tests" / "parity" / "hallo"
@@ -74,7 +75,7 @@ def files(tmp_path_factory):
     harness = _harness()
     tmp = tmp_path_factory.mktemp("memo_files")
     image = tmp / "portrait.png"
-    image.write_bytes(harness.portrait_png())
+    image.write_bytes(harness.portrait_png(harness.portrait_pixels(PICTURE)))
     assert hashlib.sha256(image.read_bytes()).hexdigest() == META["inputs"]["portrait.png"], (
         "portrait.png differs from the file MEMO ran on (scikit-image's astronaut changed?)")
     assert hashlib.sha256(AUDIO.read_bytes()).hexdigest() == META["inputs"][AUDIO.name]
@@ -96,13 +97,13 @@ def _stand_ins(monkeypatch, harness) -> dict:
     from emo_model.face.boxes import FaceBox
 
     app = types.ModuleType("insightface.app")
-    app.FaceAnalysis = harness.tiny_face_analysis()
+    app.FaceAnalysis = harness.tiny_face_analysis(PICTURE)
     package = types.ModuleType("insightface")
     package.app = app
     monkeypatch.setitem(sys.modules, "insightface", package)
     monkeypatch.setitem(sys.modules, "insightface.app", app)
     identity._face_analysis.cache_clear()
-    boxes = [FaceBox(*b) for b in harness.BOXES]
+    boxes = [FaceBox(*b) for b in harness.face_boxes(PICTURE)]
     monkeypatch.setattr(crop, "_detect_rgb", lambda rgb, detector, models_dir: list(boxes))
     if not vocal_separation.runtime_available():
         from tests.test_parity_audio import standin_run
@@ -157,11 +158,15 @@ def _check(stage: str, mine, gold: torch.Tensor) -> float:
     return rel
 
 
-def test_the_run_is_a_users_run(ours):
+def test_the_run_is_a_users_run(ours, golden):
+    """Our video has a frame per 1/30 s of audio, MEMO's clips cover it (MEMO hands its writer the frames of the audio
+    padded to whole clips; its writer cuts the video at the audio's duration)."""
     result, rec = ours
-    assert result.fps == SET["fps"] and result.frames.shape == (SET["frames"], SET["size"], SET["size"], 3)
-    assert "vocal separation" not in result.notes or "off" not in result.notes, result.notes
-    assert rec["vocals"] is not None
+    audio_frames = -(-golden["audio.vocals_16k"].numel() * SET["fps"] // 16000)  # MEMO's audio_length before padding
+    assert result.fps == SET["fps"] and result.frames.shape == (audio_frames, SET["size"], SET["size"], 3)
+    assert (CLIPS - 1) * F < audio_frames <= SET["frames"] == CLIPS * F
+    assert "emotion from the audio" in result.notes, result.notes
+    assert rec["vocals"] is not None  # the separator ran
 
 
 def test_portrait_pixels_match_memo(ours, golden):
@@ -212,4 +217,4 @@ def test_emotion_labels_match_memo(ours, golden):
 @pytest.mark.parametrize("c", range(CLIPS))
 def test_frames_handed_to_the_writer_match_memo(c, ours, golden):
     frames = torch.from_numpy(ours[0].frames[c * F:(c + 1) * F]).permute(0, 3, 1, 2)
-    _check(f"clip{c}.frames", frames, golden[f"clip{c}.frames"])
+    _check(f"clip{c}.frames", frames, golden[f"clip{c}.frames"][: frames.shape[0]])  # the last clip: the audio's frames

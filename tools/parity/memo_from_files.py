@@ -9,8 +9,10 @@ Runs in MEMO's venv (tools/parity/README.md, "MEMO from files"), never in ours:
 What runs is MEMO's own entry point, ``inference.py`` ``main()``, with the arguments and config a user gives it
 (``configs/inference.yaml`` with paths, resolution 128, 4 frames per clip with 4 past frames, 3 steps, fp32), on:
 
-* the picture FILE ``portrait.png`` (:func:`portrait_png`: a 256 px square of ``skimage.data.astronaut()`` around the
-  face, averaged 2 x 2 to 128 px, written by a stored-block PNG writer, so the test makes the same bytes again);
+* the picture FILE ``portrait.png`` (:func:`portrait_png`, ``--picture``): ``face128``, a 256 px square of
+  ``skimage.data.astronaut()`` around the face averaged 2 x 2 to 128 px (the model size: MEMO's resize is the identity),
+  or ``astronaut``, the whole 512 px picture (MEMO resizes it to 128 and embeds the face from the 512 px picture); written
+  by a stored-block PNG writer, so the test makes the same bytes again;
 * the song FILE ``tests/parity/audio/song44k.wav`` (0.4 s of 44.1 kHz stereo: a voice, a chord and noise; 12 frames at
   30 fps: 3 clips);
 * a MEMO folder written as the memoavatar/memo download has it (:func:`write_memo_folder`): the four diffusers folders
@@ -24,7 +26,7 @@ MEMO's own code runs every step: torchvision's resize of the picture, the ffmpeg
 classifier, the clip loop, its seed (``--seed 42``). Injected, because it cannot be reached here:
 
 * insightface's ``FaceAnalysis``: :class:`TinyFaceAnalysis`, faces_original.StubFaceAnalysis's fixed boxes in this
-  picture's coordinates (:data:`BOXES`) and embedding (the first :data:`ID_DIM` values: the tiny identity projection);
+  picture's coordinates (:data:`PICTURES`) and embedding (the first :data:`ID_DIM` values: the tiny identity projection);
 * torchaudio (no wheel for torch 2.13): ``torchaudio.load`` reads the wav with soundfile (float32, [channels, n]);
 * the Hugging Face hub: ``HF_HUB_OFFLINE`` with a local cache holding ``memoavatar/memo``'s emotion classifier (MEMO
   names that repository in code); xformers (CPU): the memory-guided layers get ``MemoryLinearAttnProcessor`` as
@@ -55,6 +57,8 @@ sys.path.insert(0, str(HERE))
 
 SIZE, FRAMES, PAST, STEPS, FPS, SEED = 128, 4, 4, 3, 30, 42
 ID_DIM = 16  # the tiny identity projection's input (tiny-memo: 16 -> 2 tokens of 32)
+# the stand-in detections per picture (source pixels): face128's face box is centred with a side of half the picture, so
+# our face crop (twice the box) is the whole picture; astronaut's are faces_original.FACE_BOXES
 BOXES = np.array([[36.0, 32.0, 92.0, 96.0], [100.0, 104.0, 116.0, 124.0]], np.float32)  # the face, a smaller one
 AUDIO = ROOT / "tests" / "parity" / "audio" / "song44k.wav"
 STANDIN = ROOT / "tests" / "parity" / "audio" / "standin_Kim_Vocal_2.onnx"
@@ -63,10 +67,13 @@ ASSETS = ROOT / "tests" / "parity" / "hallo"  # the tiny VAE and wav2vec2
 PARTS = ("reference_net", "diffusion_net", "image_proj", "audio_proj")
 
 
-def portrait_pixels() -> np.ndarray:
-    """uint8 [128, 128, 3]: astronaut's rows 0..255, columns 98..353 (the face centred), 2 x 2 means rounded."""
+def portrait_pixels(picture: str = "face128") -> np.ndarray:
+    """``face128``: uint8 [128, 128, 3], astronaut's rows 0..255, columns 98..353 (the face centred), 2 x 2 means
+    rounded; ``astronaut``: the whole picture, [512, 512, 3]."""
     from skimage.data import astronaut
 
+    if picture == "astronaut":
+        return astronaut()
     square = astronaut()[0:256, 98:354].astype(np.uint16)
     return ((square[0::2, 0::2] + square[1::2, 0::2] + square[0::2, 1::2] + square[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
@@ -84,15 +91,24 @@ def portrait_png(pixels: np.ndarray | None = None) -> bytes:
             + chunk(b"IDAT", zlib.compress(raw, 0)) + chunk(b"IEND", b""))
 
 
-def tiny_face_analysis():
-    """faces_original.StubFaceAnalysis with :data:`BOXES` and the first ID_DIM values of its embedding."""
+def face_boxes(picture: str = "face128") -> np.ndarray:
+    """The stand-in detector's boxes for ``picture`` (x0, y0, x1, y1 in its pixels; the face first)."""
+    from faces_original import FACE_BOXES
+
+    return FACE_BOXES.copy() if picture == "astronaut" else BOXES.copy()
+
+
+def tiny_face_analysis(picture: str = "face128"):
+    """faces_original.StubFaceAnalysis with :func:`face_boxes` and the first ID_DIM values of its embedding."""
     from faces_original import StubFaceAnalysis, stub_embedding
+
+    boxes = face_boxes(picture)
 
     class TinyFaceAnalysis(StubFaceAnalysis):
         models = {"detection": None, "recognition": None}
 
         def get(self, image_bgr):
-            return [{"bbox": b.copy(), "embedding": stub_embedding(image_bgr, b)[:ID_DIM]} for b in BOXES[::-1]]
+            return [{"bbox": b.copy(), "embedding": stub_embedding(image_bgr, b)[:ID_DIM]} for b in boxes[::-1]]
 
     return TinyFaceAnalysis
 
@@ -158,6 +174,7 @@ def main() -> None:
                    "scikit-image, pydub (pip install --target; README)")
     p.add_argument("--work", required=True, help="scratch folder (the MEMO folder, the files, MEMO's output folder)")
     p.add_argument("--out", required=True, help="fixture folder (tests/parity/memo_files)")
+    p.add_argument("--picture", choices=("face128", "astronaut"), default="face128", help="the picture file (see above)")
     p.add_argument("--audio", default=str(AUDIO), help="the song file (default tests/parity/audio/song44k.wav)")
     args = p.parse_args()
     work, out = Path(args.work).resolve(), Path(args.out)
@@ -229,7 +246,7 @@ def main() -> None:
     (snapshot.parent.parent / "refs").mkdir()
     (snapshot.parent.parent / "refs" / "main").write_text("0" * 40)
     image = work / "portrait.png"
-    image.write_bytes(portrait_png())
+    image.write_bytes(portrait_png(portrait_pixels(args.picture)))
     audio = work / Path(args.audio).name
     shutil.copy(args.audio, audio)
 
@@ -248,7 +265,7 @@ def main() -> None:
     spec = importlib.util.spec_from_file_location("memo_inference_script", os.path.join(args.memo_src, "inference.py"))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    vision_utils.FaceAnalysis = tiny_face_analysis()
+    vision_utils.FaceAnalysis = tiny_face_analysis(args.picture)
     rec: dict[str, torch.Tensor] = {}
 
     def put(name, t):
@@ -350,14 +367,14 @@ def main() -> None:
                                      "onnxruntime", "onnx", "onnx2torch", "opencv-python-headless", "torchvision", "pillow",
                                      "scikit-image", "pydub", "omegaconf", "huggingface-hub"),
         "ffmpeg": ffmpeg,
-        "inputs": {"portrait.png": sha256(image), "portrait.pixels": hashlib.sha256(portrait_pixels().tobytes()).hexdigest(),
+        "inputs": {"portrait.png": sha256(image), "portrait.pixels": hashlib.sha256(portrait_pixels(args.picture).tobytes()).hexdigest(),
                    Path(args.audio).name: sha256(audio), "standin_Kim_Vocal_2.onnx": sha256(STANDIN)},
         "argv": ["--config", "inference.yaml", "--input_image", "portrait.png", "--input_audio", audio.name,
                  "--output_dir", "outputs", "--seed", str(SEED)],
         "config": {k: v for k, v in OmegaConf.to_container(cfg).items()},
         "settings": {"size": SIZE, "frames_per_clip": FRAMES, "past_frames": PAST, "steps": STEPS, "fps": FPS, "seed": SEED,
                      "cfg": float(cfg.cfg_scale), "weight_dtype": "fp32", "clips": clip["i"] + 1, "frames": int(video.shape[0])},
-        "face_boxes": BOXES.tolist(), "id_dim": ID_DIM,
+        "picture": args.picture, "face_boxes": face_boxes(args.picture).tolist(), "id_dim": ID_DIM,
         "configs": configs, "weights": {"generator": "common.hashed_state_dict", **weights},
         "scheduler": {k: v for k, v in FlowMatchEulerDiscreteScheduler().config.items() if not k.startswith("_")},
         "injected": ["insightface FaceAnalysis (TinyFaceAnalysis: fixed boxes, faces_original.stub_embedding[:16])",
