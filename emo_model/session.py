@@ -323,14 +323,17 @@ class Session:
         return take_audio(source, self.config, family, self.info.get("path"), separate=separate)
 
     def prepare_portrait(self, image, *, size: int | None = None, **face_options) -> PortraitCrop:
-        """Any portrait -> the square, face-centred crop at the model size and its face-region mask."""
-        options = {"expand_ratio": self.config.preset.face_expand_ratio, **face_options}
-        portrait = prepare_portrait(image, size or self.config.preset.resolution, **options)
-        from .face.front_ends import as_original  # the family's original preprocessing, where it can run here
+        """Any portrait -> the square, face-centred crop at the model size and its face-region mask (a square picture
+        whole, resized as the original does, for a family whose original resizes the whole picture: face/front_ends.py)."""
+        from .face.front_ends import as_original, framing_options  # the family's original preprocessing, where it can run here
         from .families import family_of
 
         family = family_of(self.config)
-        return as_original(family and family.face_front_end, image, portrait, face_options.get("models_dir"))
+        front_end = family and family.face_front_end
+        framing = framing_options(front_end, image, face_options.get("face_index") or 0)  # the original's, where it applies
+        options = {"expand_ratio": self.config.preset.face_expand_ratio, **framing, **face_options}
+        portrait = prepare_portrait(image, size or self.config.preset.resolution, **options)
+        return as_original(front_end, image, portrait, face_options.get("models_dir"))
 
     def encode_reference(
         self, image: torch.Tensor | np.ndarray, *, size: int | None = None, identity_image=None, models_dir: str | None = None
@@ -351,7 +354,9 @@ class Session:
         if self.model.imageproj is not None and identity_image is not None:
             from .identity import face_identity_embedding
 
-            arr = (torch.as_tensor(np.asarray(identity_image)).float().clamp(0, 1) * 255).byte().cpu().numpy()
+            arr = np.asarray(identity_image)  # uint8 as read (PortraitCrop.original_picture), or float 0..1
+            if arr.dtype != np.uint8:
+                arr = (torch.as_tensor(arr).float().clamp(0, 1) * 255).byte().cpu().numpy()
             embedding = face_identity_embedding(arr, models_dir)
         state = self.pipeline.encode_reference(image, size=size or self.config.preset.resolution, identity_embedding=embedding)
         if self.config.backbone.region_audio_modules:

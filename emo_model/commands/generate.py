@@ -252,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         notice = portrait_notice(portrait.image)
         if notice:
             print(f"note: {notice}", file=sys.stderr)
-    reference = session.encode_reference(portrait.image, size=args.size, identity_image=portrait.image, models_dir=args.models_dir)
+    identity = portrait.original_picture if portrait.original_picture is not None else portrait.image  # as the original embeds
+    reference = session.encode_reference(portrait.image, size=args.size, identity_image=identity, models_dir=args.models_dir)
     region_masks = session.region_masks(portrait)
     if region_masks is not None and portrait.region_masks is None:
         print("note: audio region masks (full / face / lips) made from the face box of the portrait crop", file=sys.stderr)

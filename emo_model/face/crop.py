@@ -100,6 +100,9 @@ class PortraitCrop:
     # (full, face, lip) region masks per feature-map size {(h, w): [3, h, w]} when it makes them
     front_end: str = ""
     region_masks: dict | None = None
+    # the whole picture (uint8 RGB) when the original's own framing is used (front_ends.whole_picture): its landmarks and
+    # identity embedding are computed on it, as the original computes them
+    original_picture: np.ndarray | None = None
 
     @property
     def size(self) -> int:

@@ -5,15 +5,20 @@ the original file + commit it mirrors are in the family module). It runs when th
 runs on; else our detector and crop run as always and the note says why:
 
 * ``landmarks`` (:mod:`.landmark_masks`): MediaPipe's FaceLandmarker (``pip install mediapipe``) with the
-  ``.task`` model from the original's download (:data:`LANDMARKER_PLACES`). It runs on the square portrait
-  our crop makes (the picture the original expects its user to give it: square, face-centred) and replaces the
-  face-region mask with the original's and adds its (full, face, lip) region masks;
+  ``.task`` model from the original's download (:data:`LANDMARKER_PLACES`). It runs on the whole picture when the
+  original's framing is used (below), else on the square portrait our crop makes, and replaces the face-region
+  mask with the original's and adds its (full, face, lip) region masks;
 * ``box_crop`` (:mod:`.box_crop`): facenet_pytorch's MTCNN (``pip install facenet-pytorch``; its weights ship
   in the package), run on the picture as given (BGR, as the original reads it with OpenCV); its square crop and
   mask replace ours;
 * ``identity``: insightface's embedding of the largest face (:mod:`emo_model.identity`; it runs where the
-  portrait is encoded) and ``squash_resize``: the picture resized to the model size without a crop (our crop
-  makes it square first; at the model size the resize is the identity).
+  portrait is encoded) and ``squash_resize``: the picture resized to the model size without a crop.
+
+The original's framing (:func:`whole_picture`): for a family whose original resizes the whole picture
+(``squash_resize``) and a square picture (what those originals ask their users for), the portrait is the whole
+picture resized as the original resizes it (PIL bilinear), the landmarks are found on the whole picture and the
+identity is embedded from it (``PortraitCrop.original_picture``), so a square picture gives the original's own
+preprocessing. A picture that is not square keeps our square face crop: the original would stretch it.
 
 mediapipe, facenet_pytorch and insightface are optional imports: nothing here needs them installed.
 """
@@ -30,7 +35,7 @@ import numpy as np
 
 from .box_crop import BoxCropRecipe, box_crop
 from .boxes import FaceBox
-from .landmark_masks import LandmarkMaskRecipe, landmark_masks
+from .landmark_masks import LandmarkMaskRecipe, landmark_masks, resized_portrait
 
 # Where the face landmarker's .task file is looked for, under each models folder given (first found wins).
 LANDMARKER_PLACES = ("face_analysis/models", "emo/face", "face", "mediapipe", ".")
@@ -49,6 +54,22 @@ class FaceFrontEnd:
     box_crop: BoxCropRecipe | None = None
     # keyword arguments of the box detector (MTCNN) as the original builds it
     detector_options: tuple[tuple[str, Any], ...] = field(default_factory=tuple)
+
+
+def whole_picture(front_end: FaceFrontEnd | None, image: Any) -> bool:
+    """Whether the original's own framing is used for ``image`` (see the module docstring): the family's original
+    resizes the whole picture and the picture is square."""
+    if front_end is None or not front_end.squash_resize:
+        return False
+    shape = np.shape(image)
+    h, w = (shape[-3], shape[-2]) if len(shape) >= 3 and shape[-1] in (1, 3, 4) else shape[-2:]
+    return h == w
+
+
+def framing_options(front_end: FaceFrontEnd | None, image: Any, face_index: int = 0) -> dict:
+    """prepare_portrait options for the original's framing: the whole picture (``crop="full"``) when it applies and the
+    largest face is wanted (the original takes the largest; another face keeps our crop around it)."""
+    return {"crop": "full"} if face_index == 0 and whole_picture(front_end, image) else {}
 
 
 def find_landmarker(models_dirs) -> str | None:
@@ -124,8 +145,13 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
     if front_end is None:
         return FrontEndResult(False, "")
     if front_end.landmarks is None and front_end.box_crop is None:
+        if ours.original_picture is not None:
+            return FrontEndResult(True, f"{front_end.label} framing: the whole square picture resized as the original "
+                                        "does; its insightface identity is computed on the whole picture when the portrait "
+                                        "is encoded, if insightface and its models are installed")
         return FrontEndResult(True, f"{front_end.label} face preprocessing has no crop: ours used; it resizes the whole "
-                                    "picture, so our square face crop is the picture it gets; its insightface identity is "
+                                    "picture, so our square face crop is the picture it gets (the original would stretch a "
+                                    "picture that is not square); its insightface identity is "
                                     "computed when the portrait is encoded, if insightface and its models are installed")
     lacking = missing(front_end, models_dirs)
     if lacking:
@@ -147,7 +173,11 @@ def as_original(front_end: FaceFrontEnd | None, image: Any, ours, models_dirs):
         return ours
     from .image import to_rgb_float
 
-    result = apply_front_end(front_end, to_rgb_float(image), ours, models_dirs)
+    rgb = to_rgb_float(image)
+    if whole_picture(front_end, rgb) and ours.crop_box == (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])):
+        picture = _uint8(rgb)
+        ours = replace(ours, image=resized_portrait(picture, ours.size), original_picture=picture)
+    result = apply_front_end(front_end, rgb, ours, models_dirs)
     crop = result.crop if result.crop is not None else ours
     crop.front_end = result.note
     crop.region_masks = result.region_masks
@@ -181,17 +211,21 @@ def _uint8(rgb: np.ndarray) -> np.ndarray:
 
 
 def _run_landmarks(front_end: FaceFrontEnd, ours, task_file: str) -> FrontEndResult:
-    portrait = _uint8(ours.image)
-    points = detect_landmarks(portrait, task_file)
+    """The landmarks on the whole picture (the original's framing) or on our square crop; the masks at the model size."""
+    whole = ours.original_picture is not None
+    picture = ours.original_picture if whole else _uint8(ours.image)
+    points = detect_landmarks(picture, task_file)
     if points is None:
         return FrontEndResult(False, f"{front_end.label} face preprocessing: the face landmarker found no single face; "
                                      "our face mask used")
-    size = portrait.shape[0]
-    masks = landmark_masks(points, size, size, size, front_end.landmarks)
-    x0, x1, y0, y1 = masks.face_box
+    h, w = picture.shape[:2]
+    size = ours.size
+    masks = landmark_masks(points, h, w, size, front_end.landmarks)
+    x0, x1, y0, y1 = (v * size / s for v, s in zip(masks.face_box, (w, w, h, h)))  # source pixels -> the model's
     crop = replace(ours, mask=masks.face_region.astype(np.float32), detector="face landmarker")
     crop.face_box = FaceBox(x0, y0, max(x0, x1), max(y0, y1))
-    return FrontEndResult(True, f"{front_end.label} face preprocessing ran (face landmarker masks)", crop,
+    how = "the whole square picture, resized as the original does" if whole else "our square face crop"
+    return FrontEndResult(True, f"{front_end.label} face preprocessing ran (face landmarker masks on {how})", crop,
                           masks.region_levels())
 
 

@@ -6,8 +6,9 @@ preprocessing imports: audio-separator 0.17.2, onnxruntime, librosa, OpenCV, tor
     venv-hallo-files/bin/python tools/parity/hallo_from_files.py --hallo-src $P/hallo --out tests/parity/hallo_files
 
 What runs is ``scripts/inference.py``'s ``inference_process`` on a config that is ``configs/inference/default.yaml`` as a
-user edits it (file paths; size 64, 3 steps; ``weight_dtype: fp32``: half precision is item 4's fixtures; the preset's
-16 frames per clip and 2 motion frames, CFG 3.5, Hallo's fixed seed 42), from
+user edits it (file paths; size 64, 3 steps; ``weight_dtype: fp32``: half precision is item 4's fixtures; 8 frames per
+clip, the clip length of our ``tiny-hallo`` preset, so that the 10 frames of audio make 2 clips and the second one
+reads the first one's motion frames; 2 motion frames, CFG 3.5 and Hallo's fixed seed 42 as published), from
 
 * ``portrait.png``: a square, face-centred 240 x 240 cut of ``skimage.data.astronaut()`` (:func:`picture`), written
   as an uncompressed PNG (:func:`png_bytes`: the same bytes in any Python; its sha256 is in meta.json);
@@ -155,11 +156,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hallo-src", required=True, help="checkout of fudan-generative-vision/hallo at the pinned commit")
     p.add_argument("--out", required=True, help="fixture folder (tests/parity/hallo_files)")
-    p.add_argument("--assets", default=str(ROOT / "tests/parity/hallo"), help="folder with the tiny vae/, wav2vec2/ and meta.json")
+    p.add_argument("--assets", default=str(ROOT / "tests/parity/hallo"),
+                   help="folder with the tiny vae/, wav2vec2/ and meta.json")
     p.add_argument("--audio", default=str(ROOT / "tests/parity/audio/song44k.wav"), help="the driving audio file")
     p.add_argument("--standin", default=str(ROOT / "tests/parity/audio/standin_Kim_Vocal_2.onnx"))
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--frames", type=int, default=8, help="n_sample_frames (default.yaml: 16; tiny-hallo's preset: 8)")
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
     args = p.parse_args()
     t0 = time.time()
@@ -231,9 +234,10 @@ def main() -> None:
         cfg = OmegaConf.load(os.path.join(hallo, "configs/inference/default.yaml"))
         cfg.merge_with({
             "source_image": str(image_path), "driving_audio": str(audio_path), "weight_dtype": "fp32",
-            "data": {"source_image": {"width": args.size, "height": args.size}}, "inference_steps": args.steps,
+            "data": {"source_image": {"width": args.size, "height": args.size}, "n_sample_frames": args.frames},
+            "inference_steps": args.steps,
             "audio_ckpt_dir": str(models / "hallo"), "base_model_path": str(sd_dir),
-            "motion_module_path": str(models / "no-motion-module.ckpt"),  # absent: from_pretrained_2d skips it (weights in net.pth)
+            "motion_module_path": str(models / "no-motion-module.ckpt"),  # absent: skipped (the weights are in net.pth)
             "face_analysis": {"model_path": str(models / "face_analysis")},
             "wav2vec": {"model_path": str(assets / "wav2vec2")}, "vae": {"model_path": str(assets / "vae")},
             "audio_separator": {"model_path": str(separator / "Kim_Vocal_2.onnx")}, "save_path": str(work / "cache"),
@@ -252,7 +256,8 @@ def main() -> None:
         script.ImageProjModel = tiny(ImageProjModel, cross_attention_dim=sizes.cross, clip_embeddings_dim=sizes.id_dim,
                                      clip_extra_context_tokens=sizes.id_tokens)
         script.AudioProjModel = tiny(AudioProjModel, seq_len=5, blocks=sizes.audio_layers, channels=sizes.audio_dim,
-                                     intermediate_dim=sizes.audio_hidden, output_dim=sizes.cross, context_tokens=sizes.audio_tokens)
+                                     intermediate_dim=sizes.audio_hidden, output_dim=sizes.cross,
+                                     context_tokens=sizes.audio_tokens)
         rec: dict[str, torch.Tensor] = {}
 
         def put(name, t):
@@ -332,12 +337,14 @@ def main() -> None:
             "command": ["tools/parity/hallo_from_files.py", *sys.argv[1:]],
             "inputs": {"portrait.png": {"sha256": sha256(image_path.read_bytes()), "pixels_sha256": sha256(pic.tobytes()),
                                         "shape": list(pic.shape), "astronaut_crop_rows_cols": list(CROP)},
-                       "audio": {"file": os.path.relpath(os.path.abspath(args.audio), ROOT), "sha256": sha256(audio_path.read_bytes())},
+                       "audio": {"file": os.path.relpath(os.path.abspath(args.audio), ROOT),
+                                 "sha256": sha256(audio_path.read_bytes())},
                        "separator_model": {"file": os.path.relpath(os.path.abspath(args.standin), ROOT),
                                            "sha256": sha256(Path(args.standin).read_bytes())},
                        "face_boxes": FACE_BOXES.tolist(), "face_offset": list(PICTURE_OFFSET),
                        "landmarks": "faces_original.landmarks_astronaut() + face_offset"},
-            "weights": {"assets": os.path.relpath(os.path.abspath(assets), ROOT), "digest": weights["digest"], "seed": weights["seed"]},
+            "weights": {"assets": os.path.relpath(os.path.abspath(assets), ROOT), "digest": weights["digest"],
+                        "seed": weights["seed"]},
             "settings": {"size": args.size, "steps": args.steps, "cfg": float(cfg.cfg_scale), "seed": 42,
                          "frames_per_clip": int(cfg.data.n_sample_frames), "motion_frames": int(cfg.data.n_motion_frames),
                          "fps": int(cfg.data.export_video.fps), "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo: fp16)",
