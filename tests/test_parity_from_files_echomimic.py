@@ -70,10 +70,10 @@ def files(tmp_path_factory):
     model.mkdir()
     paths = harness.write_weights(str(ROOT / meta["weights"]["assets"]), str(model))
     whisper = Path(paths.pop("whisper_tiny.pt")).rename(tmp / "whisper_tiny.pt")
-    for name, path in {**paths, "whisper_tiny.pt": whisper, "astronaut.png": image, "song44k.wav": AUDIO}.items():
-        want = meta["weights"]["files"].get(name) or next(v["sha256"] for v in meta["inputs"].values()
-                                                          if Path(v["file"]).name == name)
-        assert harness.sha256_file(str(path)) == want, f"{name} is not the file the original was given"
+    # the weights are checked tensor by tensor (write_weights: the digests of the original's run); their files' bytes
+    # are torch.save's and may change with torch, so only the picture and the sound are compared byte for byte
+    for key, path in (("image", image), ("audio", AUDIO)):
+        assert harness.sha256_file(str(path)) == meta["inputs"][key]["sha256"], f"{path.name} is not the file the original read"
     vae = ROOT / meta["weights"]["assets"] / "vae"
     argv = ["--image", str(image), "--audio", str(AUDIO), "--model", str(model), "--vae", str(vae),
             "--audio-encoder", str(whisper), "--seed", "420", "--steps", "3", "--size", "64", "--out", str(tmp / "out.mp4")]
