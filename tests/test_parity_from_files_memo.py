@@ -2,8 +2,8 @@
 
 The fixture (tests/parity/memo_files/) was written by tools/parity/memo_from_files.py in MEMO's venv through
 tools/parity/floor.py: MEMO's own ``inference.py`` ``main()`` with a user's config (128 px, 4 frames per clip with 4
-past frames, 3 steps, CFG 3.5 as published, fp32, seed 42) on ``portrait.png`` (astronaut's face, made again here
-from scikit-image and checked by sha256) and ``tests/parity/audio/song44k.wav`` (0.4 s of a voice, a chord and
+past frames, 3 steps, CFG 3.5 as published, fp32, seed 42) on ``portrait.png`` (``skimage.data.astronaut()``, 512 px,
+made again here and checked by sha256) and ``tests/parity/audio/song44k.wav`` (0.4 s of a voice, a chord and
 noise: 3 clips), with a MEMO folder as the download has it (tiny weights regenerated here from meta.json's key/shape
 lists, the stand-in ``Kim_Vocal_2.onnx``, emotion2vec and MEMO's emotion classifier at the tiny size). MEMO ran its
 own picture resize, ffmpeg resampling, audio-separator 0.24.1, librosa, wav2vec2, emotion classification and clip
@@ -12,11 +12,11 @@ loop; insightface's FaceAnalysis was a stand-in with fixed boxes (tools/parity/m
 Our side is the command a user types, run in-process (tests/from_files.py): ``emo generate --image portrait.png
 --audio song44k.wav --model <memo folder> --vae --audio-encoder --models-dir --seed 42 --steps 3 --size 128``, the
 tiny-memo preset otherwise. The same stand-ins are made importable here: insightface (the same fixed boxes and
-embedding), our face detector (the same boxes), and, when onnxruntime is not installed, the stand-in separator as
-torch ops (tests/test_parity_audio.py shows both agree). One thing is given to our side that our ``--seed`` cannot
-reproduce: MEMO's initial noise (MEMO draws it from the global generator after its model loading has drawn from it;
-docs/parity.md, "Seeds"). Every stage is judged by the standard (tests/parity_floor.py): rel err <= max(1e-4, 3 x the
-original's own 2- vs 1-thread floor).
+embedding) and, when onnxruntime is not installed, the stand-in separator as torch ops (tests/test_parity_audio.py
+shows both agree); our own face detector runs (a square picture is framed whole, as MEMO frames it). One thing is
+given to our side that our ``--seed`` cannot reproduce: MEMO's initial noise (MEMO draws it from the global generator
+after its model loading has drawn from it; docs/parity.md, "Seeds"). Every stage is judged by the standard
+(tests/parity_floor.py): rel err <= max(1e-4, 3 x the original's own 2- vs 1-thread floor).
 """
 
 from __future__ import annotations
@@ -88,13 +88,11 @@ def files(tmp_path_factory):
 
 
 def _stand_ins(monkeypatch, harness) -> dict:
-    """insightface and our face detector return the fixture's boxes; the separator model is the stand-in's torch ops
-    where onnxruntime is missing; every diagnostic stage of our run is recorded."""
+    """insightface returns the fixture's boxes; the separator model is the stand-in's torch ops where onnxruntime is
+    missing; MEMO's noise is handed to our pipeline; every diagnostic stage of our run is recorded."""
     import types
 
     from emo_model import identity, pipeline, session, vocal_separation
-    from emo_model.face import crop
-    from emo_model.face.boxes import FaceBox
 
     app = types.ModuleType("insightface.app")
     app.FaceAnalysis = harness.tiny_face_analysis(PICTURE)
@@ -103,8 +101,6 @@ def _stand_ins(monkeypatch, harness) -> dict:
     monkeypatch.setitem(sys.modules, "insightface", package)
     monkeypatch.setitem(sys.modules, "insightface.app", app)
     identity._face_analysis.cache_clear()
-    boxes = [FaceBox(*b) for b in harness.face_boxes(PICTURE)]
-    monkeypatch.setattr(crop, "_detect_rgb", lambda rgb, detector, models_dir: list(boxes))
     if not vocal_separation.runtime_available():
         from tests.test_parity_audio import standin_run
 

@@ -9,10 +9,10 @@ Runs in MEMO's venv (tools/parity/README.md, "MEMO from files"), never in ours:
 What runs is MEMO's own entry point, ``inference.py`` ``main()``, with the arguments and config a user gives it
 (``configs/inference.yaml`` with paths, resolution 128, 4 frames per clip with 4 past frames, 3 steps, fp32), on:
 
-* the picture FILE ``portrait.png`` (:func:`portrait_png`, ``--picture``): ``face128``, a 256 px square of
-  ``skimage.data.astronaut()`` around the face averaged 2 x 2 to 128 px (the model size: MEMO's resize is the identity),
-  or ``astronaut``, the whole 512 px picture (MEMO resizes it to 128 and embeds the face from the 512 px picture); written
-  by a stored-block PNG writer, so the test makes the same bytes again;
+* the picture FILE ``portrait.png`` (:func:`portrait_png`, ``--picture``): ``astronaut`` (the default),
+  ``skimage.data.astronaut()`` itself, 512 px square (MEMO resizes the whole picture to 128 and embeds the face from the
+  512 px picture), or ``face128``, a 256 px square around the face averaged 2 x 2 to the model size; written by a
+  stored-block PNG writer, so the test makes the same bytes again;
 * the song FILE ``tests/parity/audio/song44k.wav`` (0.4 s of 44.1 kHz stereo: a voice, a chord and noise; 12 frames at
   30 fps: 3 clips);
 * a MEMO folder written as the memoavatar/memo download has it (:func:`write_memo_folder`): the four diffusers folders
@@ -25,8 +25,8 @@ MEMO's own code runs every step: torchvision's resize of the picture, the ffmpeg
 0.24.1 (from ``--separator-024``, onnxruntime) on the stand-in model, librosa, wav2vec2, funasr's emotion2vec and MEMO's
 classifier, the clip loop, its seed (``--seed 42``). Injected, because it cannot be reached here:
 
-* insightface's ``FaceAnalysis``: :class:`TinyFaceAnalysis`, faces_original.StubFaceAnalysis's fixed boxes in this
-  picture's coordinates (:data:`PICTURES`) and embedding (the first :data:`ID_DIM` values: the tiny identity projection);
+* insightface's ``FaceAnalysis``: :func:`tiny_face_analysis`, faces_original.StubFaceAnalysis's fixed boxes in this
+  picture's coordinates (:func:`face_boxes`) and embedding (the first :data:`ID_DIM` values: the tiny identity projection);
 * torchaudio (no wheel for torch 2.13): ``torchaudio.load`` reads the wav with soundfile (float32, [channels, n]);
 * the Hugging Face hub: ``HF_HUB_OFFLINE`` with a local cache holding ``memoavatar/memo``'s emotion classifier (MEMO
   names that repository in code); xformers (CPU): the memory-guided layers get ``MemoryLinearAttnProcessor`` as
@@ -154,8 +154,9 @@ def write_memo_folder(folder: Path, weights: dict, configs: dict | None = None) 
     encoder.mkdir(parents=True, exist_ok=True)
     (encoder / "config.yaml").write_text(yaml.safe_dump({"model": "Emotion2vec", "model_conf": emotion["model_conf"]}))
     # ModelScope's layout of emotion2vec_plus_large, which funasr's download_model reads from a local folder
+    metas = {"init_param": "model.pt", "config": "config.yaml"}
     (encoder / "configuration.json").write_text(json.dumps({"framework": "pytorch", "task": "emotion-recognition",
-                                                            "file_path_metas": {"init_param": "model.pt", "config": "config.yaml"}}))
+                                                            "file_path_metas": metas}))
     torch.save({"model": emotion["encoder"]}, encoder / "model.pt")
 
 
@@ -174,7 +175,7 @@ def main() -> None:
                    "scikit-image, pydub (pip install --target; README)")
     p.add_argument("--work", required=True, help="scratch folder (the MEMO folder, the files, MEMO's output folder)")
     p.add_argument("--out", required=True, help="fixture folder (tests/parity/memo_files)")
-    p.add_argument("--picture", choices=("face128", "astronaut"), default="face128", help="the picture file (see above)")
+    p.add_argument("--picture", choices=("astronaut", "face128"), default="astronaut", help="the picture file (see above)")
     p.add_argument("--audio", default=str(AUDIO), help="the song file (default tests/parity/audio/song44k.wav)")
     args = p.parse_args()
     work, out = Path(args.work).resolve(), Path(args.out)
@@ -367,7 +368,8 @@ def main() -> None:
                                      "onnxruntime", "onnx", "onnx2torch", "opencv-python-headless", "torchvision", "pillow",
                                      "scikit-image", "pydub", "omegaconf", "huggingface-hub"),
         "ffmpeg": ffmpeg,
-        "inputs": {"portrait.png": sha256(image), "portrait.pixels": hashlib.sha256(portrait_pixels(args.picture).tobytes()).hexdigest(),
+        "inputs": {"portrait.png": sha256(image),
+                   "portrait.pixels": hashlib.sha256(portrait_pixels(args.picture).tobytes()).hexdigest(),
                    Path(args.audio).name: sha256(audio), "standin_Kim_Vocal_2.onnx": sha256(STANDIN)},
         "argv": ["--config", "inference.yaml", "--input_image", "portrait.png", "--input_audio", audio.name,
                  "--output_dir", "outputs", "--seed", str(SEED)],
