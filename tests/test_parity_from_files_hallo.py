@@ -81,9 +81,9 @@ def _standins(mp, harness, picture):
             lambda spec: torch.nn.functional.conv2d(torch.from_numpy(spec) * gain, mix).numpy()))
 
 
-def _files(tmp: Path, harness, audio_original):
+def _files(tmp: Path, harness, audio_original, meta: dict, family: str):
     """The user's files and models folder, each checked against what the original was given."""
-    inputs = META["inputs"]
+    inputs = meta["inputs"]
     picture = harness.picture()
     assert _sha(picture.tobytes()) == inputs["portrait.png"]["pixels_sha256"], "skimage's astronaut changed"
     image = tmp / "portrait.png"
@@ -100,23 +100,22 @@ def _files(tmp: Path, harness, audio_original):
     landmarker.parent.mkdir(parents=True)
     landmarker.write_bytes(b"stand-in")  # found by the front end; the stand-in landmarker never reads it
     common = parity_common()
-    weights = json.loads((ROOT / META["weights"]["assets"] / "meta.json").read_text())["weights"]
+    weights = json.loads((ROOT / meta["weights"]["assets"] / "meta.json").read_text())["weights"]
     state = common.hashed_state_dict([(k, s) for k, s in weights["spec"]], weights["seed"])
-    assert common.digest(state) == META["weights"]["digest"]
-    (models / "hallo").mkdir()
-    torch.save(state, models / "hallo" / "net.pth")
+    assert common.digest(state) == meta["weights"]["digest"]
+    (models / family).mkdir()
+    torch.save(state, models / family / "net.pth")
     return picture, image, audio, models
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """One `emo generate` run, and what our code computed on the way (recorded where it is returned)."""
+def generate_from_files(tmp: Path, meta: dict, family: str, extra: tuple[str, ...] = ()):
+    """One `emo generate` run on the fixture's files (``extra``: more flags a user types), and what our code computed
+    on the way (recorded where it is returned); a generator: the stand-ins stay in place until it is closed."""
     from emo_model import identity, vocal_separation
     from emo_model.session import Session
 
     harness, audio_original = _harness()
-    tmp = tmp_path_factory.mktemp("hallo_files")
-    picture, image, audio, models = _files(tmp, harness, audio_original)
+    picture, image, audio, models = _files(tmp, harness, audio_original, meta, family)
     seen: dict = {}
 
     def recorder(owner, name, key):
@@ -129,8 +128,8 @@ def run(tmp_path_factory):
 
         return wrapper
 
-    assets = ROOT / META["weights"]["assets"]
-    argv = ["--image", str(image), "--audio", str(audio), "--model", str(models / "hallo" / "net.pth"),
+    assets = ROOT / meta["weights"]["assets"]
+    argv = ["--image", str(image), "--audio", str(audio), "--model", str(models / family / "net.pth"), *extra,
             "--vae", str(assets / "vae"), "--audio-encoder", str(assets / "wav2vec2"), "--models-dir", str(models),
             "--seed", "42", "--steps", "3", "--size", "64", "--out", str(tmp / "out.mp4")]
     with pytest.MonkeyPatch.context() as mp:
@@ -141,9 +140,13 @@ def run(tmp_path_factory):
                                  (identity, "face_identity_embedding", "face_emb"), (vocal_separation, "separate", "vocals")):
             mp.setattr(owner, name, recorder(owner, name, key))
         result = run_generate(argv, monkeypatch=mp)
-        seen["result"] = result
-        seen["picture"] = picture
+        seen.update(result=result, picture=picture, fix=ROOT / "tests" / "parity" / f"{family}_files", meta=meta)
         yield seen
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    yield from generate_from_files(tmp_path_factory.mktemp("hallo_files"), META, "hallo")
 
 
 @pytest.fixture(scope="module")
@@ -151,10 +154,10 @@ def golden():
     return load_file(FIX / "stages.safetensors")
 
 
-def _check(ours, golden, stage):
+def _check(ours, golden, stage, fix=FIX):
     ours = torch.as_tensor(np.asarray(ours) if not isinstance(ours, torch.Tensor) else ours)
     _, rel = rel_err(ours, golden[stage])
-    check(rel, FIX, stage, what="Hallo's own run from the same files")
+    check(rel, fix, stage, what=f"the original's own run from the same files ({fix.name})")
     print(f"{stage}: rel err {rel:.2e}")  # -s shows the numbers docs/parity.md records
     return rel
 
@@ -162,7 +165,7 @@ def _check(ours, golden, stage):
 def test_generate_runs_hallos_preprocessing(run):
     result = run["result"]
     assert result.status == 0
-    assert "Hallo's face preprocessing ran (face landmarker masks on the whole square picture" in result.notes
+    assert "'s face preprocessing ran (face landmarker masks on the whole square picture" in result.notes
     assert "vocal separation off" not in result.notes
 
 
@@ -170,43 +173,43 @@ def test_frames_are_hallos(run, golden):
     """The frames each side hands its video writer (10 frames: 2 clips of 8, the second on the first's motion frames)."""
     frames = run["result"].frames
     assert frames.shape == tuple(golden["frames"].shape) == (10, 64, 64, 3)
-    _check(frames, golden, "frames")
+    _check(frames, golden, "frames", run["fix"])
 
 
 def test_portrait_and_masks_are_hallos(run, golden):
     portrait = run["portrait"]
-    _check(torch.from_numpy(portrait.image) * 2 - 1, golden, "portrait")
-    _check(portrait.mask, golden, "face_region")
+    _check(torch.from_numpy(portrait.image) * 2 - 1, golden, "portrait", run["fix"])
+    _check(portrait.mask, golden, "face_region", run["fix"])
     levels = sorted(portrait.region_masks.items(), key=lambda kv: -kv[0][0])  # model size / 8, 16, 32, 64
     for i, (_, masks) in enumerate(levels):
         for k, name in enumerate(("full", "face", "lip")):
-            _check(masks[k].reshape(-1), golden, f"mask.{name}.{i}")
+            _check(masks[k].reshape(-1), golden, f"mask.{name}.{i}", run["fix"])
 
 
 def test_identity_is_embedded_from_the_whole_picture_as_hallo_does(run, golden):
     assert run["portrait"].original_picture.shape == run["picture"].shape
-    _check(run["face_emb"], golden, "face_emb")
+    _check(run["face_emb"], golden, "face_emb", run["fix"])
 
 
 def test_vocals_are_hallos(run, golden):
     vocals, stem = run["vocals"]
     assert stem.dtype == np.int16 and stem.shape == tuple(golden["vocals_stem"].shape)
     assert np.abs(stem.astype(np.int32) - golden["vocals_stem"].numpy()).max() <= 1  # 1 LSB: test_parity_audio.py
-    _check(stem.astype(np.float32), {"vocals_stem": golden["vocals_stem"].float()}, "vocals_stem")
-    _check(vocals, golden, "vocals_16k")
+    _check(stem.astype(np.float32), {"vocals_stem": golden["vocals_stem"].float()}, "vocals_stem", run["fix"])
+    _check(vocals, golden, "vocals_16k", run["fix"])
 
 
 def test_audio_features_and_tokens_are_hallos(run, golden):
     session, audio = run["session"], run["audio"]
     features = audio.features[:] if not isinstance(audio.features, torch.Tensor) else audio.features
     margin = session.config.audio.margin
-    _check(features[:, margin], golden, "audio_emb")
-    f = META["settings"]["frames_per_clip"]
-    assert session.config.preset.frames_per_clip == f  # tiny-hallo's preset, no flag
-    for c in range(META["settings"]["clips"]):
+    _check(features[:, margin], golden, "audio_emb", run["fix"])
+    f = run["meta"]["settings"]["frames_per_clip"]
+    assert session.config.preset.frames_per_clip == f  # the tiny preset's, no flag
+    for c in range(run["meta"]["settings"]["clips"]):
         with torch.no_grad():
             tokens = session.model.audio_tokens(features[c * f : (c + 1) * f])[0]
-        _check(tokens, golden, f"clip{c}.audio_tokens")
+        _check(tokens, golden, f"clip{c}.audio_tokens", run["fix"])
 
 
 def test_the_comparison_can_fail(run, golden):

@@ -152,10 +152,18 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def main() -> None:
+HALLO = types.SimpleNamespace(
+    name="hallo", repo="https://github.com/fudan-generative-vision/hallo", script="scripts/inference.py",
+    config="configs/inference/default.yaml", writer="tensor_to_video", config_changes={}, stubs=("av", "moviepy"),
+    packages=(), patch=None, output_flag=True)
+
+
+def main(argv: list[str] | None = None, variant: types.SimpleNamespace = HALLO) -> None:
+    """Run ``variant`` (Hallo's, or hallo2_from_files.py's) entry point from the files (module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--hallo-src", required=True, help="checkout of fudan-generative-vision/hallo at the pinned commit")
-    p.add_argument("--out", required=True, help="fixture folder (tests/parity/hallo_files)")
+    p.add_argument(f"--{variant.name}-src", dest="src", required=True,
+                   help=f"checkout of {variant.repo.split('github.com/')[1]} at the pinned commit")
+    p.add_argument("--out", required=True, help=f"fixture folder (tests/parity/{variant.name}_files)")
     p.add_argument("--assets", default=str(ROOT / "tests/parity/hallo"),
                    help="folder with the tiny vae/, wav2vec2/ and meta.json")
     p.add_argument("--audio", default=str(ROOT / "tests/parity/audio/song44k.wav"), help="the driving audio file")
@@ -164,7 +172,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--frames", type=int, default=8, help="n_sample_frames (default.yaml: 16; tiny-hallo's preset: 8)")
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     t0 = time.time()
     import torch
 
@@ -184,8 +192,8 @@ def main() -> None:
     insightface.app = types.ModuleType("insightface.app")
     insightface.app.FaceAnalysis = PictureFaceAnalysis
     sys.modules.update({"insightface": insightface, "insightface.app": insightface.app})
-    stubbed = stub_packages("av", "moviepy")
-    hallo = os.path.abspath(args.hallo_src)
+    stubbed = stub_packages(*variant.stubs)
+    hallo = os.path.abspath(args.src)
     sys.path.insert(0, hallo)
 
     import importlib.util
@@ -202,7 +210,7 @@ def main() -> None:
     from hallo.models.mutual_self_attention import ReferenceAttentionControl
     from hallo.models.unet_2d_condition import UNet2DConditionModel
 
-    spec = importlib.util.spec_from_file_location("hallo_inference_script", os.path.join(hallo, "scripts", "inference.py"))
+    spec = importlib.util.spec_from_file_location("hallo_inference_script", os.path.join(hallo, variant.script))
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
 
@@ -226,23 +234,24 @@ def main() -> None:
         weights = json.loads((assets / "meta.json").read_text())["weights"]
         state = hashed_state_dict([(k, s) for k, s in weights["spec"]], weights["seed"])
         assert digest(state) == weights["digest"], "regenerated weights differ from tests/parity/hallo's"
-        (models / "hallo").mkdir()
-        torch.save(state, models / "hallo" / "net.pth")
+        (models / variant.name).mkdir()
+        torch.save(state, models / variant.name / "net.pth")
         del state
 
         # ---- the config, as a user edits default.yaml ------------------------------------------------------------
-        cfg = OmegaConf.load(os.path.join(hallo, "configs/inference/default.yaml"))
+        cfg = OmegaConf.load(os.path.join(hallo, variant.config))
         cfg.merge_with({
             "source_image": str(image_path), "driving_audio": str(audio_path), "weight_dtype": "fp32",
             "data": {"source_image": {"width": args.size, "height": args.size}, "n_sample_frames": args.frames},
             "inference_steps": args.steps,
-            "audio_ckpt_dir": str(models / "hallo"), "base_model_path": str(sd_dir),
+            "audio_ckpt_dir": str(models / variant.name), "base_model_path": str(sd_dir),
             "motion_module_path": str(models / "no-motion-module.ckpt"),  # absent: skipped (the weights are in net.pth)
             "face_analysis": {"model_path": str(models / "face_analysis")},
             "wav2vec": {"model_path": str(assets / "wav2vec2")}, "vae": {"model_path": str(assets / "vae")},
             "audio_separator": {"model_path": str(separator / "Kim_Vocal_2.onnx")}, "save_path": str(work / "cache"),
             "unet_additional_kwargs": {"audio_attention_dim": sizes.cross,
                                        "motion_module_kwargs": {"num_attention_heads": sizes.heads}},
+            **variant.config_changes,
         })
         cfg_path = work / "inference.yaml"
         OmegaConf.save(cfg, cfg_path)
@@ -316,25 +325,30 @@ def main() -> None:
         FaceAnimatePipeline.prepare_latents = prepare_latents
         update = ReferenceAttentionControl.update
         ReferenceAttentionControl.update = lambda self, writer, dtype=torch.float16: update(self, writer, dtype=torch.float32)
-        script.tensor_to_video = lambda tensor, output, audio: put("frames", tensor.permute(1, 2, 3, 0).float())
+        setattr(script, variant.writer, lambda tensor, *a, **kw: put("frames", tensor.permute(1, 2, 3, 0).float()))
+        if variant.patch:
+            variant.patch(script, put)
 
         # ---- Hallo's entry point -------------------------------------------------------------------------------------
-        ns = argparse.Namespace(config=str(cfg_path), source_image=None, driving_audio=None, output=str(work / "out.mp4"),
-                                pose_weight=None, face_weight=None, lip_weight=None, face_expand_ratio=None, audio_ckpt_dir=None)
+        ns = argparse.Namespace(config=str(cfg_path), source_image=None, driving_audio=None, pose_weight=None, face_weight=None,
+                                lip_weight=None, face_expand_ratio=None, audio_ckpt_dir=None)
+        if variant.output_flag:  # inference.py's --output (its default .cache/output.mp4; never written here)
+            ns.output = str(work / "out.mp4")
         with torch.no_grad():
             script.inference_process(ns)
         import wave
 
-        stems = [f for f in (work / "cache" / "audio_preprocess").iterdir() if f.suffix == ".wav" and not f.stem.endswith("-16k")]
+        stems = [f for f in (work / "cache").rglob("*.wav")
+                 if f.parent.name == "audio_preprocess" and not f.stem.endswith("-16k")]
         assert len(stems) == 1, stems
         with wave.open(str(stems[0])) as w:
             stem = np.frombuffer(w.readframes(w.getnframes()), "<i2").reshape(-1, w.getnchannels()).T
         put("vocals_stem", torch.from_numpy(np.ascontiguousarray(stem)))
         save_file(rec, str(out / "stages.safetensors"))
         meta = {
-            "original": {"repo": "https://github.com/fudan-generative-vision/hallo",
+            "original": {"repo": variant.repo,
                          "commit": os.popen(f"git -C '{hallo}' rev-parse HEAD").read().strip()},
-            "command": ["tools/parity/hallo_from_files.py", *sys.argv[1:]],
+            "command": [os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]],
             "inputs": {"portrait.png": {"sha256": sha256(image_path.read_bytes()), "pixels_sha256": sha256(pic.tobytes()),
                                         "shape": list(pic.shape), "astronaut_crop_rows_cols": list(CROP)},
                        "audio": {"file": os.path.relpath(os.path.abspath(args.audio), ROOT),
@@ -351,7 +365,8 @@ def main() -> None:
                          "face_expand_ratio": float(cfg.face_expand_ratio), "clips": clip["i"] + 1,
                          "torch_threads": torch.get_num_threads()},
             "packages": package_versions("torch", "torchvision", "diffusers", "transformers", "numpy", "audio-separator",
-                                         "onnxruntime", "librosa", "soundfile", "soxr", "opencv-python-headless", "pillow"),
+                                         "onnxruntime", "librosa", "soundfile", "soxr", "opencv-python-headless", "pillow",
+                                         *variant.packages),
             "stubbed_packages": stubbed + ["insightface (StubFaceAnalysis)", "mediapipe (fake_mediapipe)"],
             "stages": {k: list(v.shape) for k, v in rec.items()},
         }
