@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None, variant: types.SimpleNamespace = HALLO) 
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--frames", type=int, default=8, help="n_sample_frames (default.yaml: 16; tiny-hallo's preset: 8)")
     p.add_argument("--work", help="scratch folder (default: a temporary one, removed)")
+    p.add_argument("--bank-fp16", action="store_true",
+                   help="keep Hallo's fp16 bank cast (what its fp32 run does; the fixture keeps the bank in fp32)")
     args = p.parse_args(argv)
     t0 = time.time()
     import torch
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None, variant: types.SimpleNamespace = HALLO) 
 
         FaceAnimatePipeline.prepare_latents = prepare_latents
         update = ReferenceAttentionControl.update
-        ReferenceAttentionControl.update = lambda self, writer, dtype=torch.float16: update(self, writer, dtype=torch.float32)
+        if not args.bank_fp16:
+            ReferenceAttentionControl.update = lambda self, writer, dtype=torch.float16: update(self, writer, dtype=torch.float32)
         setattr(script, variant.writer, lambda tensor, *a, **kw: put("frames", tensor.permute(1, 2, 3, 0).float()))
         if variant.patch:
             variant.patch(script, put)
@@ -361,7 +364,7 @@ def main(argv: list[str] | None = None, variant: types.SimpleNamespace = HALLO) 
                         "seed": weights["seed"]},
             "settings": {"size": args.size, "steps": args.steps, "cfg": float(cfg.cfg_scale), "seed": 42,
                          "frames_per_clip": int(cfg.data.n_sample_frames), "motion_frames": int(cfg.data.n_motion_frames),
-                         "fps": int(cfg.data.export_video.fps), "weight_dtype": "fp32", "bank_dtype": "fp32 (Hallo: fp16)",
+                         "fps": int(cfg.data.export_video.fps), "weight_dtype": "fp32", "bank_dtype": "fp16" if args.bank_fp16 else "fp32 (Hallo: fp16)",
                          "face_expand_ratio": float(cfg.face_expand_ratio), "clips": clip["i"] + 1,
                          "torch_threads": torch.get_num_threads()},
             "packages": package_versions("torch", "torchvision", "diffusers", "transformers", "numpy", "audio-separator",
