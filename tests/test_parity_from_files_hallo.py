@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib.machinery
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -34,7 +35,8 @@ from tests.conftest import ROOT, parity_common, rel_err
 from tests.from_files import run_generate
 from tests.parity_floor import check
 
-FIX = ROOT / "tests" / "parity" / "hallo_files"
+# EMO_PARITY_HALLO_FILES_DIR: another fixture of the same harness (e.g. from song.mp3; tools/parity/README.md)
+FIX = Path(os.environ.get("EMO_PARITY_HALLO_FILES_DIR") or ROOT / "tests" / "parity" / "hallo_files")
 AUDIO_FIX = ROOT / "tests" / "parity" / "audio"
 META = json.loads((FIX / "meta.json").read_text())
 
@@ -89,7 +91,7 @@ def _files(tmp: Path, harness, audio_original, meta: dict, family: str):
     image = tmp / "portrait.png"
     image.write_bytes(harness.png_bytes(picture))
     assert _sha(image.read_bytes()) == inputs["portrait.png"]["sha256"]
-    audio = tmp / "song44k.wav"
+    audio = tmp / Path(inputs["audio"]["file"]).name
     shutil.copy(ROOT / inputs["audio"]["file"], audio)
     assert _sha(audio.read_bytes()) == inputs["audio"]["sha256"]
     models = tmp / "models"
@@ -140,13 +142,14 @@ def generate_from_files(tmp: Path, meta: dict, family: str, extra: tuple[str, ..
                                  (identity, "face_identity_embedding", "face_emb"), (vocal_separation, "separate", "vocals")):
             mp.setattr(owner, name, recorder(owner, name, key))
         result = run_generate(argv, monkeypatch=mp)
-        seen.update(result=result, picture=picture, fix=ROOT / "tests" / "parity" / f"{family}_files", meta=meta)
+        seen.update(result=result, picture=picture, meta=meta)
         yield seen
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    yield from generate_from_files(tmp_path_factory.mktemp("hallo_files"), META, "hallo")
+    for seen in generate_from_files(tmp_path_factory.mktemp("hallo_files"), META, "hallo"):
+        yield {**seen, "fix": FIX}
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ the family) and the tiny-hallo2 preset. Judged by the standard (tests/parity_flo
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
@@ -18,13 +20,14 @@ from safetensors.torch import load_file
 import tests.test_parity_from_files_hallo as hallo
 from tests.conftest import ROOT
 
-FIX = ROOT / "tests" / "parity" / "hallo2_files"
+FIX = Path(os.environ.get("EMO_PARITY_HALLO2_FILES_DIR") or ROOT / "tests" / "parity" / "hallo2_files")  # or another fixture
 META = json.loads((FIX / "meta.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    yield from hallo.generate_from_files(tmp_path_factory.mktemp("hallo2_files"), META, "hallo2", ("--family", "hallo2"))
+    for seen in hallo.generate_from_files(tmp_path_factory.mktemp("hallo2_files"), META, "hallo2", ("--family", "hallo2")):
+        yield {**seen, "fix": FIX}
 
 
 @pytest.fixture(scope="module")
