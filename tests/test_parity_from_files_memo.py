@@ -142,7 +142,12 @@ def ours(files):
         argv = ["--image", str(files["image"]), "--audio", str(AUDIO), "--model", str(files["memo"]),
                 "--vae", str(ASSETS / "vae"), "--audio-encoder", str(ASSETS / "wav2vec2"), "--models-dir", str(files["models"]),
                 "--seed", str(SET["seed"]), "--steps", str(SET["steps"]), "--size", str(SET["size"]), "--out", str(files["out"])]
-        result = run_generate(argv, monkeypatch=mp)
+        try:
+            result = run_generate(argv, monkeypatch=mp)
+        finally:
+            from emo_model import identity
+
+            identity._face_analysis.cache_clear()  # no stand-in insightface app outlives the run
     assert result.status == 0, result.notes
     return result, rec
 
