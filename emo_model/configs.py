@@ -4,7 +4,7 @@ Every config is a dataclass tree that round-trips through JSON (``to_dict`` / ``
 checkpoint can carry the exact architecture it was trained with in its metadata.
 
 The named configs (``emo``, ``tiny`` and each open family's) live in :mod:`emo_model.families`, one module
-per family; :func:`get_config` looks them up there.
+per family; :func:`emo_model.families.get_config` looks them up there.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TemporalConfig:
     mid_block: bool = True
     norm_num_groups: int = 32
     # None: softmax attention over the clip's frames (with motion frames prepended). A number: memory-guided
-    # linear attention (emo_model/memory_temporal.py) whose memory of already generated frames decays by this
+    # linear attention (emo_model/network/memory_temporal.py) whose memory of already generated frames decays by this
     # factor per frame; the past frames are folded into the memory instead of being prepended.
     memory_decay: float | None = None
 
@@ -90,7 +90,7 @@ class FaceLocatorConfig:
 
 @dataclass
 class AudioProjConfig:
-    """The audio projection: a window of per-frame audio features -> ``context_tokens`` tokens (emo_model/audio_projection.py)."""
+    """The audio projection: a window of per-frame audio features -> ``context_tokens`` tokens (emo_model/network/audio_projection.py)."""
 
     seq_len: int = 5
     blocks: int = 12
@@ -102,7 +102,7 @@ class AudioProjConfig:
 
 @dataclass
 class ImageProjConfig:
-    """The image projection: a face-identity embedding -> ``tokens`` tokens for ``attn2`` (emo_model/identity.py)."""
+    """The image projection: a face-identity embedding -> ``tokens`` tokens for ``attn2`` (emo_model/network/identity.py)."""
 
     embed_dim: int = 512
     cross_attention_dim: int = 768
@@ -193,7 +193,7 @@ class InferenceQuirks:
     context_shift_per_step: int = 0
     # Clamp of the initial Gaussian noise to [-v, v] before the scheduler scale (None: no clamp).
     initial_noise_clamp: float | None = None
-    # Which random numbers the seed gives (emo_model/seed_stream.py): "per_clip" (EMO's own: a generator per clip) or
+    # Which random numbers the seed gives (emo_model/sampling/seed_stream.py): "per_clip" (EMO's own: a generator per clip) or
     # "single" (the originals': one torch.manual_seed(seed) stream drawn in the script's order, so the same seed starts
     # from the original's very noise).
     seed_stream: str = "per_clip"
@@ -216,7 +216,7 @@ class InferenceQuirks:
     # piece is padded, and only when its own frame count is not whole clips, by the frames the whole run lacks to
     # whole clips (a whole clip when it lacks none). None: no pieces of this kind.
     audio_segment_seconds: float | None = None
-    # How the driving audio is decoded and resampled to 16 kHz mono (emo_model/audio_decode.py): "pyav" (ours),
+    # How the driving audio is decoded and resampled to 16 kHz mono (emo_model/audio/decode.py): "pyav" (ours),
     # "librosa" (librosa.load), "ffmpeg-wav+librosa" (the ffmpeg program to a 16 kHz wav, then librosa.load),
     # "ffmpeg-s16-mono" (the ffmpeg program to 16-bit mono 16 kHz).
     audio_loader: str = "pyav"
@@ -266,10 +266,10 @@ class BackboneConfig:
     # from the image projection) or "none".
     cross_attention_input: str = "audio"
     # Separate audio modules after each spatial transformer, three branches masked to the full frame, the
-    # face and the lips (emo_model/audio_layers.py).
+    # face and the lips (emo_model/network/audio_layers.py).
     region_audio_modules: bool = False
     audio_module_dim: int = 768
-    # Emotion-conditioned joint audio modules after each spatial transformer (emo_model/emotion_audio_layers.py):
+    # Emotion-conditioned joint audio modules after each spatial transformer (emo_model/network/emotion_audio_layers.py):
     # the audio tokens are a second stream updated by every module and handed to the next one, the norms are
     # driven by one of ``emotion_classes`` emotion classes (plus a "no emotion" class for the unconditional branch).
     emotion_audio_modules: bool = False
@@ -415,10 +415,3 @@ def tiny_unet(cross_attention_dim: int | None) -> UNetConfig:
         layers_per_block=1,
         cross_attention_dim=cross_attention_dim,
     )
-
-
-def get_config(name: str) -> EMOConfig:
-    """A named config of any family (:data:`emo_model.families.CONFIGS`)."""
-    from .families import get_config as named
-
-    return named(name)

@@ -145,7 +145,7 @@ def check_settings(settings, config, *, labels: dict[str, str] | None = None) ->
     for name in ("steps", "cfg", "audio_cfg", "frames_per_clip", "motion_frames", "seed"):
         check(name, getattr(settings, name), label=label(name))
     check_speed(settings.speed, label=label("speed"))
-    from .schedulers import samplers_for
+    from .sampling.schedulers import samplers_for
 
     allowed = samplers_for(config.preset.scheduler)
     if settings.sampler not in allowed:

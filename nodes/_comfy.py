@@ -424,7 +424,7 @@ class running_on:
     """Context manager: the session's networks on the run device for the block.
 
     In ComfyUI they are a ``ModelPatcher`` loaded with ``model_management.load_models_gpu``, asking for
-    ``memory_required`` bytes of working memory on top of the weights (see ``emo_model.memory``): ComfyUI
+    ``memory_required`` bytes of working memory on top of the weights (see ``emo_model.sampling.memory``): ComfyUI
     unloads other models until both fit, keeps EMO loaded between runs while memory allows (model cache),
     and "Unload models" / ``--lowvram`` pressure moves it back to the offload device; the next node call
     loads it again. The networks are always loaded whole (``force_full_load``): their layers are plain

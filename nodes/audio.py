@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ..emo_model.audio import SUGGESTED_LUFS
+from ..emo_model.audio.signal import SUGGESTED_LUFS
 from ..emo_model.families import quoted_presets
 from ..emo_model.validation import DEFAULT_MAX_FRAMES
 from . import _comfy

@@ -26,7 +26,7 @@ class EMODemoSample:
     def load(self):
         import cv2
 
-        from ..emo_model.audio import load_audio
+        from ..emo_model.audio.signal import load_audio
 
         bgr = cv2.imread(str(demo.portrait_path()), cv2.IMREAD_COLOR)
         if bgr is None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from ..emo_model import demo
+from ..emo_model.app.session import Session
 from ..emo_model.families import FAMILIES, published_labels, supported_files
-from ..emo_model.session import Session
-from ..emo_model.weights import variants
+from ..emo_model.weights.checkpoints import variants
 from . import _comfy
 from .presets import preset_summary, resolved_preset
 
@@ -124,7 +124,7 @@ def download_missing_files(model: str, vae: str, audio_encoder: str) -> str:
     """Fetch what the entries need and is not there; return what was fetched, in a few words ("" if nothing)."""
     import logging
 
-    from ..emo_model import hub
+    from ..emo_model.weights import hub
 
     wanted = hub_files("emo", model) + hub_files("vae", vae) + hub_files("audio_encoders", audio_encoder)
     wanted = [f for f in dict.fromkeys(wanted) if not any((root / f.dest).exists() for root in _comfy.folder_paths_for(f.folder))]

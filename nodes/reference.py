@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from ..emo_model.families import quoted_presets
-from ..emo_model.pipeline import ReferenceState
+from ..emo_model.sampling.reference_state import ReferenceState
 from . import _comfy
 from .presets import resolved_preset
 

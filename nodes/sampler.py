@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..emo_model.colour_match import MODES as COLOUR_MODES
 from ..emo_model.families import AUTO_EMOTION, emotion_names, quoted_presets
-from ..emo_model.memory import settings_memory_bytes
-from ..emo_model.pipeline import GenerationCancelled, fast_settings
-from ..emo_model.schedulers import FLOW_SAMPLERS, SAMPLERS
+from ..emo_model.sampling.colour_match import MODES as COLOUR_MODES
+from ..emo_model.sampling.memory import settings_memory_bytes
+from ..emo_model.sampling.settings import GenerationCancelled, fast_settings
+from ..emo_model.sampling.schedulers import FLOW_SAMPLERS, SAMPLERS
 from ..emo_model.validation import InputError, check_speed
 from . import _comfy
 from .presets import resolved_preset

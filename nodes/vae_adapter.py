@@ -1,4 +1,4 @@
-"""A core ComfyUI ``VAE`` as an EMO latent codec (see ``emo_model.vae.LatentCodec``).
+"""A core ComfyUI ``VAE`` as an EMO latent codec (see ``emo_model.network.vae.LatentCodec``).
 
 Core's VAE works on IMAGE tensors ([N, H, W, 3], 0..1) and returns latents *without* the SD scaling
 factor (ComfyUI applies it in the diffusion model's latent format instead); EMO works in scaled

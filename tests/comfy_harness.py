@@ -77,7 +77,7 @@ class LoadAudio:
     FUNCTION = "load"
 
     def load(self, audio):
-        from emo_model.audio import load_audio
+        from emo_model.audio.signal import load_audio
 
         wave, rate = load_audio(str(self.input_dir / audio))
         return ({"waveform": wave[None], "sample_rate": rate},)
@@ -285,8 +285,8 @@ def make_test_models(models: Path) -> dict[str, str]:
     """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
     from conftest import perturb_zero_inits
 
+    from emo_model.network.model import EMOModel
     from emo_model import weights
-    from emo_model.model import EMOModel
 
     (models / "emo" / "hallo").mkdir(parents=True)
     (models / "emo" / "emo").mkdir(parents=True)
@@ -339,7 +339,7 @@ def demo_through_nodes(audio_file):
 
 def cli(capsys, *args) -> tuple[int, str, str]:
     """``emo ARGS`` in this process: (exit status, stdout, stderr)."""
-    from emo_model.cli import main
+    from emo_model.app.cli import main
 
     rc = main([str(a) for a in args])
     out, err = capsys.readouterr()
@@ -358,8 +358,8 @@ def tiny_cli_files(base: Path) -> dict:
     """A tiny native checkpoint (with its VAE), a 96 px portrait and 0.4 s of speech in ``base``, for CLI runs."""
     from conftest import perturb_zero_inits, tiny_vae
 
+    from emo_model.network.model import EMOModel
     from emo_model import weights
-    from emo_model.model import EMOModel
 
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny").eval())

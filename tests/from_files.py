@@ -66,7 +66,7 @@ def run_generate(argv: list[str], monkeypatch=None) -> Generated:
     """``python -m emo_model generate *argv`` in this process, the writer replaced (``monkeypatch``: pytest's, to undo
     the replacement with the test; without it the writer is restored on return)."""
     from emo_model import video_io
-    from emo_model.cli import main
+    from emo_model.app.cli import main
 
     _CapturingWriter.runs = []
     out, err = io.StringIO(), io.StringIO()

@@ -51,7 +51,7 @@ def recording(model, out: dict[str, torch.Tensor]):
 @contextmanager
 def scheduler_steps(on_step):
     """While the block runs, ``on_step(model_output, result)`` after every step of the schedulers the pipeline makes."""
-    from emo_model import pipeline as pipeline_module
+    from emo_model.sampling import clip_loop as pipeline_module  # where the clip loop builds its scheduler
 
     real_make = pipeline_module.make_scheduler
 

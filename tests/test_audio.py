@@ -33,7 +33,9 @@ from transformers import (
 from transformers.audio_utils import mel_filter_bank
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-from emo_model.audio import (
+from emo_model.audio.encoder_base import WAV2VEC2_CONFIG_DIR, AudioFeatures
+from emo_model.audio.encoders import LogMelAudioEncoder, build_audio_encoder, encode_audio, features_from_comfy_encoder_output
+from emo_model.audio.signal import (
     SAMPLE_RATE,
     AudioError,
     PreparedAudio,
@@ -42,19 +44,8 @@ from emo_model.audio import (
     prepare_audio,
     window_frames,
 )
-from emo_model.audio_encoders import (
-    WAV2VEC2_CONFIG_DIR,
-    WHISPER_CONFIG_DIR,
-    AudioFeatures,
-    LogMelAudioEncoder,
-    Wav2Vec2AudioEncoder,
-    WhisperAudioEncoder,
-    build_audio_encoder,
-    convert_wav2vec2_state_dict,
-    convert_whisper_state_dict,
-    encode_audio,
-    features_from_comfy_encoder_output,
-)
+from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder, convert_wav2vec2_state_dict
+from emo_model.audio.whisper import WHISPER_CONFIG_DIR, WhisperAudioEncoder, convert_whisper_state_dict
 from emo_model.configs import AudioFeatureConfig
 
 LOGMEL = AudioFeatureConfig(kind="logmel", layers=1, dim=32, margin=2)
@@ -828,8 +819,8 @@ def test_entry_point_errors(reference_ctc):
 def test_each_family_gets_its_original_audio_front_end():
     """Hallo pads to whole clips of its 16 frames and runs wav2vec2 once (hallo/datasets/audio_processor.py);
     EMO keeps 20 s pieces and the last frame repeated; whisper (EchoMimic) and log-mel take no options."""
-    from emo_model.configs import get_config
-    from emo_model.session import audio_front_end
+    from emo_model.app.session import audio_front_end
+    from emo_model.families import get_config
 
     assert audio_front_end(get_config("hallo")) == {"single_pass": True, "whole_clips_of": 16}
     assert audio_front_end(get_config("hallo"), 4) == {"single_pass": True, "whole_clips_of": 4}
@@ -837,7 +828,7 @@ def test_each_family_gets_its_original_audio_front_end():
     assert audio_front_end(get_config("echomimic-v1")) == {} == audio_front_end(get_config("tiny"))
 
 
-# ---- the originals' audio front ends: loaders and vocal separation (emo_model/audio_front.py) ----------------------
+# ---- the originals' audio front ends: loaders and vocal separation (emo_model/audio/front.py) ----------------------
 # Parity with the originals' own code: tests/test_parity_audio.py. These check the plumbing around it.
 
 
@@ -850,7 +841,7 @@ def _song(seconds: float = 0.5, rate: int = 44100) -> dict:
 
 def _standin_separator(monkeypatch):
     """onnxruntime 'installed' and the model file read as a per-bin gain (a stand-in of Kim_Vocal_2's signature)."""
-    from emo_model import vocal_separation
+    from emo_model.audio import vocal_separation
 
     monkeypatch.setattr(vocal_separation, "runtime_available", lambda: True)
     gain = torch.linspace(0.2, 1.0, 3072).reshape(1, 1, -1, 1).numpy()
@@ -858,7 +849,7 @@ def _standin_separator(monkeypatch):
 
 
 def test_without_the_separator_file_the_mix_drives_and_one_line_says_what_is_missing(tmp_path):
-    from emo_model.audio_front import take_audio
+    from emo_model.audio.front import take_audio
     from emo_model.families import hallo, memo
 
     (tmp_path / "hallo").mkdir()
@@ -872,7 +863,7 @@ def test_without_the_separator_file_the_mix_drives_and_one_line_says_what_is_mis
 
 @pytest.mark.parametrize("layout", ["hallo", "memo"])
 def test_with_the_separator_file_beside_the_model_the_vocals_drive_and_the_mix_is_kept(tmp_path, monkeypatch, layout):
-    from emo_model.audio_front import take_audio
+    from emo_model.audio.front import take_audio
     from emo_model.families import hallo, memo
 
     _standin_separator(monkeypatch)
@@ -901,8 +892,8 @@ def test_with_the_separator_file_beside_the_model_the_vocals_drive_and_the_mix_i
 def test_the_separator_reads_the_model_data_beside_the_file_as_audio_separator_does(tmp_path):
     import hashlib
 
+    from emo_model.audio.vocal_separation import model_data
     from emo_model.families import hallo
-    from emo_model.vocal_separation import model_data
 
     model = tmp_path / "Kim_Vocal_2.onnx"
     model.write_bytes(b"not really a model")
@@ -915,9 +906,9 @@ def test_the_separator_reads_the_model_data_beside_the_file_as_audio_separator_d
 
 
 def test_separating_silence_is_one_line():
-    from emo_model.audio import AudioError
+    from emo_model.audio.signal import AudioError
+    from emo_model.audio.vocal_separation import MDXSeparator
     from emo_model.families import hallo
-    from emo_model.vocal_separation import MDXSeparator
 
     separator = MDXSeparator(hallo.FAMILY.vocal_separator, lambda spec: spec)
     with pytest.raises(AudioError, match="silent"):
@@ -929,8 +920,8 @@ def test_separating_silence_is_one_line():
 def test_a_long_mix_is_separated_in_overlapping_chunks_that_add_up():
     """With an identity model the MDX path gives the mix back (times compensate, inside the kept bins): the Hann-weighted
     chunks and their divider add up over a mix of several chunks (10 s: 3 chunks of 5.9 s every 4.4 s)."""
+    from emo_model.audio.vocal_separation import MDXSeparator
     from emo_model.families import hallo
-    from emo_model.vocal_separation import MDXSeparator
 
     settings = hallo.FAMILY.vocal_separator
     t = np.arange(10 * 44100) / 44100
@@ -942,7 +933,7 @@ def test_a_long_mix_is_separated_in_overlapping_chunks_that_add_up():
 
 
 def test_hallo2_loads_and_separates_each_60_s_piece_on_its_own(monkeypatch):
-    from emo_model import audio_front
+    from emo_model.audio import front as audio_front
     from emo_model.families import hallo2
 
     calls = []
@@ -960,8 +951,8 @@ def test_audio_encode_node_returns_the_vocals_last_and_shows_the_note(caplog):
 
     from comfy_harness import load_pack
 
-    from emo_model.audio import PreparedAudio
-    from emo_model.audio_encoders import AudioFeatures
+    from emo_model.audio.encoder_base import AudioFeatures
+    from emo_model.audio.signal import PreparedAudio
     from emo_model.families import hallo
 
     pack = load_pack()
@@ -1000,9 +991,9 @@ def test_audio_encode_node_returns_the_vocals_last_and_shows_the_note(caplog):
 def test_the_session_drives_the_features_with_the_vocals_and_keeps_the_mix_for_the_video(tmp_path, monkeypatch):
     from comfy_harness import tiny_wav2vec2_folder
 
-    from emo_model.audio_encoders import build_audio_encoder
-    from emo_model.model import EMOModel
-    from emo_model.session import Session
+    from emo_model.app.session import Session
+    from emo_model.audio.encoders import build_audio_encoder
+    from emo_model.network.model import EMOModel
 
     _standin_separator(monkeypatch)
     model = EMOModel("tiny-hallo").eval()
@@ -1022,6 +1013,6 @@ def test_the_session_drives_the_features_with_the_vocals_and_keeps_the_mix_for_t
 
 
 def audio_decode_soxr_note() -> str:
-    from emo_model import audio_decode
+    from emo_model.audio import decode as audio_decode
 
     return "" if audio_decode.soxr_available() else audio_decode.SOXR_MISSING

@@ -1,4 +1,4 @@
-"""Audio features streamed per clip (emo_model.audio_stream): bit-identical to the one-go features, computed
+"""Audio features streamed per clip (emo_model.audio.stream): bit-identical to the one-go features, computed
 lazily piece by piece with a bounded number of pieces held; single-pass encoders keep the one-go path."""
 
 from __future__ import annotations
@@ -8,9 +8,10 @@ import pytest
 import torch
 from test_audio import LOGMEL, TINY_DIMS, W2V, WHISPER, comfy, openai_whisper_state_dict, reference_ctc, tone  # noqa: F401
 
-from emo_model.audio import prepare_audio
-from emo_model.audio_encoders import LogMelAudioEncoder, Wav2Vec2AudioEncoder, build_audio_encoder, encode_audio
-from emo_model.audio_stream import StreamedFeatures, stream_audio, stream_features
+from emo_model.audio.encoders import LogMelAudioEncoder, build_audio_encoder, encode_audio
+from emo_model.audio.signal import prepare_audio
+from emo_model.audio.stream import StreamedFeatures, stream_audio, stream_features
+from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -149,7 +150,7 @@ def test_stream_audio_streams_only_where_the_encoder_allows_it(wav2vec2):
 
 def test_demo_generation_with_streamed_features_is_identical():
     from emo_model import demo
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     session = Session.load(demo.model_path(), device="cpu", dtype=torch.float32)
     source = comfy(speechlike(1.3, seed=3), 16000)

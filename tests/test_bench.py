@@ -72,7 +72,7 @@ def test_against_original_table_keeps_each_sides_best_run_and_prints_the_ratios(
     """The table's arithmetic on canned results of both sides (the two processes are not run here)."""
     import argparse
 
-    from emo_model.commands import bench_original as bo
+    from emo_model.app.commands import bench_original as bo
 
     gib = 2**30
     canned = {

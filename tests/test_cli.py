@@ -9,7 +9,6 @@ import sys
 
 import pytest
 import torch
-
 from comfy_harness import write_portrait, write_speech
 from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 
@@ -21,8 +20,8 @@ def emo(*args: str, timeout: int = HANG_GUARD_S) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
+    from emo_model.network.model import EMOModel
     from emo_model import weights
-    from emo_model.model import EMOModel
 
     base = tmp_path_factory.mktemp("cli")
     torch.manual_seed(0)
@@ -39,7 +38,7 @@ def files(tmp_path_factory):
 def test_generate_end_to_end_on_the_tiny_config(files):
     import soundfile as sf
 
-    from emo_model.audio import num_video_frames
+    from emo_model.audio.signal import num_video_frames
     from emo_model.video_io import probe_video
 
     out = files["dir"] / "out.mp4"
@@ -73,7 +72,7 @@ def test_inspect_and_convert_from_the_command_line(files):
     out = files["dir"] / "converted.safetensors"
     res = emo("convert", str(files["model"]), "--out", str(out), "--dtype", "fp16")
     assert res.returncode == 0, res.stderr
-    from emo_model.weights import load_emo_model
+    from emo_model.weights.checkpoints import load_emo_model
 
     assert load_emo_model(out).dtype == torch.float16
 

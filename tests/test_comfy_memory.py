@@ -20,7 +20,7 @@ import torch
 from comfy_harness import load_pack
 from conftest import HANG_GUARD_S, ROOT
 
-from emo_model.memory import MIB, guidance_branches, settings_memory_bytes, working_memory_bytes
+from emo_model.sampling.memory import MIB, guidance_branches, settings_memory_bytes, working_memory_bytes
 
 DEMO = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
 
@@ -49,7 +49,7 @@ def test_settings_memory_bytes_reads_the_sampling_settings():
     512 px in fp16 -> a 64 x 64 latent; denoiser = branches x frames x 64 x 64 x 2 x 0.01 MiB x 1.5; bank = (1 + motion
     frames) x sum over the SD1.5 levels of (64 / down)^2 x channels x layers x K,V x 2 bytes = (1 + motion) x
     46,202,880; decode = 8 frames x 512 x 512 x 128 channels x 6 tensors x 2 bytes = 3,221,225,472."""
-    from emo_model.pipeline import SamplingSettings
+    from emo_model.sampling.settings import SamplingSettings
 
     s = SamplingSettings(frames_per_clip=12, motion_frames=4, cfg=3.5, audio_cfg=2.0)  # three branches, 16 frames
     # denoiser 3 x 16 x 4096 x 2 x 0.015 MiB = 6,184,752,906.24 > decode; + bank 5 x 46,202,880 = 231,014,400
@@ -100,7 +100,7 @@ def fake_comfy(monkeypatch):
 
 @pytest.mark.skipif(not DEMO.is_file(), reason="the demo model is not built")
 def test_running_on_registers_one_patcher_per_model_and_leaves_unloading_to_comfyui(fake_comfy):
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     comfy, mm = fake_comfy
     session = Session.load(DEMO)

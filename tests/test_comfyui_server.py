@@ -254,7 +254,7 @@ def server(tmp_path_factory):
     broken.mkdir()
     import torch
 
-    from emo_model.model import EMOModel
+    from emo_model.network.model import EMOModel
 
     with torch.device("meta"):
         echomimic = EMOModel("tiny-echomimic")
@@ -414,7 +414,7 @@ def test_workflow_templates_list_the_ui_workflows_only(server):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name.removesuffix(".api.json"))
 def test_api_workflow_runs_in_comfyui(server, path):
-    from emo_model.audio import num_video_frames
+    from emo_model.audio.signal import num_video_frames
     from emo_model.video_io import probe_video
 
     graph = tiny_graph(json.loads(path.read_text()))

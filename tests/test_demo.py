@@ -65,9 +65,9 @@ def test_measure_on_ground_truth_frames():
 
 @needs_model
 def test_shipped_assets_are_small_and_self_contained():
-    from emo_model import weights
     from emo_model.face import prepare_portrait
     from emo_model.video_io import probe_video  # noqa: F401  (the README command's reader)
+    from emo_model import weights
 
     total = sum(f.stat().st_size for f in demo.ASSETS.iterdir() if f.is_file())
     assert total < ASSETS_LIMIT_MB * 1e6, f"demo_assets holds {total / 1e6:.1f} MB"
@@ -92,7 +92,7 @@ def test_shipped_assets_are_small_and_self_contained():
 
 @needs_model
 def test_readme_main_command_writes_an_mp4_with_audio(tmp_path):
-    from emo_model.audio import num_video_frames
+    from emo_model.audio.signal import num_video_frames
     from emo_model.video_io import probe_video
 
     out = tmp_path / "demo.mp4"
@@ -116,7 +116,7 @@ def test_readme_main_command_writes_an_mp4_with_audio(tmp_path):
 
 @needs_model
 def test_demo_model_lip_syncs_a_held_out_clip():
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     session = Session.load(demo.model_path(), device="cpu", dtype=torch.float32)
     held = metrics.prepare_held_out(HELDOUT_SEED, 4.0)
@@ -134,8 +134,8 @@ def test_make_demo_recipe_runs_end_to_end_at_toy_scale(tmp_path, capsys):
 
     from safetensors import safe_open
 
+    from emo_model.app.cli import main
     from emo_model import weights
-    from emo_model.cli import main
 
     out = tmp_path / "demo"
     args = ["make-demo", "--out", str(out), "--clips", "3", "--seconds", "3.5", "--vae-steps", "3",

@@ -50,7 +50,7 @@ def test_other_photos_and_other_synthetic_faces_get_the_notice():
     from skimage import data
 
     from emo_model.demo.config import HELDOUT_SEED
-    from emo_model.demo.synthetic import Renderer, random_look
+    from emo_model.demo.render import Renderer, random_look
 
     others = [data.astronaut(), data.chelsea(), data.coffee(), np.repeat(data.camera()[..., None], 3, axis=2)]
     for seed in range(HELDOUT_SEED, HELDOUT_SEED + 3):
@@ -65,7 +65,7 @@ def test_other_photos_and_other_synthetic_faces_get_the_notice():
 
 @pytest.fixture(scope="module")
 def demo_session():
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     return Session.load(demo.model_path())
 

@@ -21,9 +21,9 @@ import torch
 from comfy_harness import load_pack, tiny_wav2vec2_folder
 from conftest import tiny_vae
 
-from emo_model import hub
-from emo_model.cli import main
+from emo_model.app.cli import main
 from emo_model.families import get_family
+from emo_model.weights import hub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 LFS_SUFFIXES = (".pth", ".pt", ".safetensors", ".bin", ".onnx")
@@ -205,7 +205,7 @@ def test_download_announces_sizes_and_puts_each_file_in_its_folder(fake_hub, tmp
     assert main(["download", "hallo", "--models", str(tmp_path / "models")]) == 0
     out = capsys.readouterr().out
     net = expected[("emo", "hallo/net.pth")]
-    assert f"emo/hallo/net.pth" in out and hub.size_text(len(net)) in out
+    assert "emo/hallo/net.pth" in out and hub.size_text(len(net)) in out
     assert f"to download: {hub.size_text(sum(len(v) for v in expected.values()))}" in out
     assert out.index("to download") < out.index("fetching")  # announced before anything is fetched
     for (folder, dest), data in expected.items():
@@ -315,7 +315,7 @@ def publish_tiny_hallo(server: FakeHub, source: Path) -> None:
     """The Hallo download as loadable tiny files: a tiny-hallo net.pth, a tiny VAE and a tiny wav2vec2 folder."""
     from conftest import perturb_zero_inits
 
-    from emo_model.model import EMOModel
+    from emo_model.network.model import EMOModel
 
     torch.manual_seed(1)
     hallo = perturb_zero_inits(EMOModel("tiny-hallo").eval())
@@ -454,7 +454,7 @@ def test_face_analysis_files_land_where_the_face_front_end_looks(family, tmp_pat
     identity.py and face/front_ends.py find them under ComfyUI's models folder (as the nodes search it)."""
     from emo_model.face.front_ends import find_landmarker
     from emo_model.families import get_family
-    from emo_model.identity import find_insightface_pack
+    from emo_model.network.identity import find_insightface_pack
 
     files = [f for f in get_family(family).downloads if f.folder == "face_analysis"]
     assert {Path(f.dest).name for f in files} >= {"face_landmarker_v2_with_blendshapes.task", "glintr100.onnx",

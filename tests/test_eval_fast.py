@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import ROOT
 
 DEMO = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
@@ -13,7 +12,7 @@ DEMO = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
 def test_eval_fast_counts_denoiser_work_and_measures_quality(capsys):
     import torch
 
-    from emo_model.commands.eval_fast import evaluate, print_table
+    from emo_model.app.commands.eval_fast import evaluate, print_table
 
     torch.set_num_threads(2)
     results = evaluate(clips=1, seconds=0.6, only=["dpmpp_2m 1/2 steps", "deep cache 2", "fast"], log=lambda *a: None)

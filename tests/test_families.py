@@ -14,8 +14,9 @@ from emo_model import families
 from emo_model.configs import EMOConfig
 from emo_model.families import CONFIGS, FAMILIES, Family, get_config, get_family, quoted_presets, upgrade_config_dict
 from emo_model.families.hallo import tiny_hallo_config
-from emo_model.model import EMOModel
-from emo_model.weights import WeightsError, inspect_checkpoint
+from emo_model.network.model import EMOModel
+from emo_model.weights.checkpoints import inspect_checkpoint
+from emo_model.weights.files import WeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,11 +140,10 @@ def test_an_explicit_family_that_does_not_run_the_network_is_one_line(tmp_path, 
 
 def test_generate_and_the_session_take_the_family(tmp_path, twin, capsys):
     from comfy_harness import write_portrait, write_speech
-
-    from emo_model.cli import main
-    from emo_model.session import Session
-
     from conftest import tiny_vae
+
+    from emo_model.app.cli import main
+    from emo_model.app.session import Session
 
     net = _net(tmp_path / "models" / "net.pth")
     vae = tmp_path / "vae"
@@ -152,7 +152,7 @@ def test_generate_and_the_session_take_the_family(tmp_path, twin, capsys):
     assert Session.load(net, vae=vae).config.family == "hallo"
     # a native file names its own family: asking for another is one line, nothing written
     native = tmp_path / "tiny.safetensors"
-    from emo_model.weights import save_native
+    from emo_model.weights.native import save_native
 
     save_native(EMOModel(get_config("tiny")), native)
     out = tmp_path / "never.mp4"

@@ -27,7 +27,7 @@ def test_caught_frames_are_what_the_writer_encodes(tmp_path):
     assert sum(caught.batches) == 10 and caught.audio is not None
     assert 0.0 <= caught.frames.min() and caught.frames.max() <= 1.0
 
-    from emo_model.cli import main
+    from emo_model.app.cli import main
 
     out = tmp_path / "real.mp4"
     assert main(["generate", "--audio", SONG, "--out", str(out), "--seed", "3"]) == 0

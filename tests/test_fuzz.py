@@ -26,8 +26,8 @@ from conftest import png_header_only
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
+from emo_model.app.cli import main
 from emo_model import weights
-from emo_model.cli import main
 
 # no shrinking: each failing example is printed as drawn (shrinking re-runs generation, minutes here)
 FUZZ = settings(max_examples=10, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck),
@@ -373,7 +373,7 @@ def other_command(draw):
 def test_other_command_flags_are_refused_in_one_line_or_sane(media, capsys, monkeypatch, drawn):
     import accelerate
 
-    from emo_model import session
+    from emo_model.app import session
     from emo_model.demo import synthetic
     from emo_model.train import CONFIG_DIR
     from emo_model.train import preprocess as preprocess_module

@@ -96,7 +96,7 @@ def audios():
 
 def user_error_names() -> set[str]:
     """The user-error classes (one line, no traceback) of the command line, which the nodes raise too."""
-    from emo_model.cli import user_errors
+    from emo_model.app.cli import user_errors
 
     return {cls.__name__ for cls in user_errors()}
 

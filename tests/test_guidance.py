@@ -6,7 +6,7 @@ of one term per condition the row carries,
     out = C0 + C_REF * (reference-attention on) + C_FACE * (Face Locator features non-zero)
              + C_ID * (the portrait's identity tokens, not the neutral ones) + C_AUDIO * (audio non-zero)
 
-so the three branches the pipeline documents (module docstring of ``emo_model.pipeline``: uncond = no reference,
+so the three branches the pipeline documents (module docstring of ``emo_model.sampling.pipeline``: uncond = no reference,
 no audio, no face, neutral identity; reference = portrait on, audio off; full = everything on) predict, by hand,
 
     U = C0,   R = C0 + C_REF + C_FACE + C_ID,   A = R + C_AUDIO,
@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import perturb_zero_inits, tiny_vae
-from emo_model import pipeline as pipeline_module
-from emo_model.model import EMOModel
-from emo_model.pipeline import EMOPipeline, SamplingSettings
-from emo_model.vae import DiffusersVAE
+
+from emo_model.network.model import EMOModel
+from emo_model.network.vae import DiffusersVAE
+from emo_model.sampling import pipeline as pipeline_module
+from emo_model.sampling.pipeline import EMOPipeline
+from emo_model.sampling.settings import SamplingSettings
 
 C0, C_REF, C_FACE, C_ID, C_AUDIO = 0.125, 0.5, 0.0625, 0.25, 2.0  # binary fractions: the sums are exact in float32
 

@@ -1,7 +1,7 @@
 """Issue 26 (hardening, round 3): the user's files are never replaced, node inputs are checked, files and flags
 end in one line, long audio is bounded.
 
-The command line runs in-process (``emo_model.cli.main``) as in tests/test_validation.py; the nodes are called
+The command line runs in-process (``emo_model.app.cli.main``) as in tests/test_validation.py; the nodes are called
 directly (ComfyUI shows their ``InputError`` on the node as one line).
 """
 
@@ -20,8 +20,9 @@ from comfy_harness import cli, error_line, load_pack, tiny_cli_files
 from conftest import ROOT
 
 from emo_model import weights
-from emo_model.cli import main
+from emo_model.app.cli import main
 from emo_model.validation import InputError
+from emo_model.weights import native
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_without_out_a_rerun_writes_the_next_free_name(files, capsys, monkeypatc
 
 
 def test_a_failed_forced_run_leaves_the_existing_file_as_it_was(files, capsys, monkeypatch):
-    from emo_model.pipeline import EMOPipeline
+    from emo_model.sampling.pipeline import EMOPipeline
 
     out = files["dir"] / "kept.mp4"
     out.write_bytes(b"the user's own video")
@@ -129,7 +130,7 @@ def test_a_folder_or_a_fifo_as_input_is_named_as_such(files, capsys):
 
 
 def test_the_audio_and_video_readers_name_a_folder_and_a_fifo(files):
-    from emo_model.audio import AudioError, load_audio
+    from emo_model.audio.signal import AudioError, load_audio
     from emo_model.video_io import VideoError, probe_video
 
     fifo = files["dir"] / "reader_fifo.wav"
@@ -201,7 +202,7 @@ def test_convert_onto_a_full_disk_is_one_line_and_leaves_no_file(files, capsys, 
         raise failure()
 
     monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
-    monkeypatch.setattr(weights, "save_file", full_disk)
+    monkeypatch.setattr(native, "save_file", full_disk)  # the native format's writer
     out = files["dir"] / "full" / "converted.safetensors"
     out.parent.mkdir(exist_ok=True)
     existing = files["dir"] / "full" / "existing.safetensors"
@@ -228,7 +229,7 @@ def test_train_with_a_config_that_is_not_utf8_is_one_line(files, capsys, suffix)
 
 @pytest.mark.parametrize("size", ["0", "100", "-64", "4096"])
 def test_bench_size_is_checked_on_the_cpu_too(capsys, monkeypatch, size):
-    from emo_model.commands import bench
+    from emo_model.app.commands import bench
 
     monkeypatch.setattr(bench, "_spawn", lambda spec: pytest.fail("a benchmark row ran"))
     rc, out, err = cli(capsys, "bench", "--device", "cpu", "--rows", "tiny,emo", "--config", "tiny", "--size", size)
@@ -455,10 +456,10 @@ def sparse_wav(path: Path, seconds: float, rate: int = 16000, channels: int = 1)
 
 
 class Decoded:
-    """Counts the audio frames the decoder hands out (monkeypatched over emo_model.audio._frame_to_float)."""
+    """Counts the audio frames the decoder hands out (monkeypatched over emo_model.audio.signal._frame_to_float)."""
 
     def __init__(self, monkeypatch):
-        from emo_model import audio
+        from emo_model.audio import signal as audio
 
         self.samples, real = 0, audio._frame_to_float
 
@@ -470,7 +471,7 @@ class Decoded:
 
 
 def test_the_recorded_length_refuses_before_any_decoding(files, monkeypatch, tmp_path):
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     session = Session.load(str(files["model"]), device="cpu")
     decoded = Decoded(monkeypatch)
@@ -483,8 +484,8 @@ def test_the_recorded_length_refuses_before_any_decoding(files, monkeypatch, tmp
 
 
 def test_without_a_recorded_length_decoding_stops_at_the_limit(files, monkeypatch, tmp_path):
-    from emo_model import audio
-    from emo_model.session import Session
+    from emo_model.app.session import Session
+    from emo_model.audio import signal as audio
 
     session = Session.load(str(files["model"]), device="cpu")
     monkeypatch.setattr(audio, "declared_samples", lambda path: None)  # as a stream that records no length
@@ -505,7 +506,7 @@ def test_the_command_line_refuses_a_long_file_in_one_line(files, capsys, tmp_pat
 def test_recorded_lengths_of_compressed_formats(tmp_path):
     import av
 
-    from emo_model.audio import declared_samples
+    from emo_model.audio.signal import declared_samples
 
     rate, seconds = 16000, 3.0
     wave = (0.3 * np.sin(np.arange(int(rate * seconds)) / rate * 2 * np.pi * 220)).astype(np.float32)
@@ -526,8 +527,8 @@ def test_recorded_lengths_of_compressed_formats(tmp_path):
 MEMORY_SCRIPT = r"""
 import resource, sys
 import torch
-from emo_model import audio
-from emo_model.audio import AudioError, load_audio
+from emo_model.audio import signal as audio
+from emo_model.audio.signal import AudioError, load_audio
 
 def refuse_past(seconds):
     def check(samples, rate, how):

@@ -1,4 +1,4 @@
-"""The command line's host-allocator settings (emo_model/host_memory.py), checked in fresh processes.
+"""The command line's host-allocator settings (emo_model/app/host_memory.py), checked in fresh processes.
 
 The speed they buy is measured by the benchmark (docs/performance.md), not here; these tests check that
 the settings reach torch (its large tensors land on transparent huge pages), that glibc accepts them,
@@ -22,7 +22,7 @@ THP = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 # prints tune()'s result, then how many kB of a fresh 64 MiB torch tensor's mapping are huge pages
 PROBE = """
 import ctypes, json, sys
-from emo_model.host_memory import tune
+from emo_model.app.host_memory import tune
 result = tune()
 mmapped = None  # is a fresh 4 MiB malloc its own mmap (glibc's default threshold) or heap memory (ours)?
 try:
@@ -89,7 +89,7 @@ def test_opt_out_changes_nothing():
 
 
 def test_too_late_for_torch_says_so():
-    code = "import torch\nfrom emo_model.host_memory import tune\nprint(tune()['huge_pages'])"
+    code = "import torch\nfrom emo_model.app.host_memory import tune\nprint(tune()['huge_pages'])"
     env = clean_env()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env,
                        timeout=HANG_GUARD_S, check=False)
@@ -99,7 +99,7 @@ def test_too_late_for_torch_says_so():
 def test_command_line_applies_them_before_torch():
     code = (
         "import os, sys\n"
-        "from emo_model import cli\n"
+        "from emo_model.app import cli\n"
         "try:\n    cli.main(['inspect', '--help'])\nexcept SystemExit:\n    pass\n"
         "print(os.environ.get('THP_MEM_ALLOC_ENABLE'))\n"
     )

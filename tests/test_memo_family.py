@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from emo_model.configs import get_config
-from emo_model.model import EMOModel
-from emo_model.weights import TensorFile, WeightsError, inspect_checkpoint, load_emo_model
+from emo_model.families import get_config
+from emo_model.network.model import EMOModel
+from emo_model.weights.checkpoints import inspect_checkpoint, load_emo_model
+from emo_model.weights.files import TensorFile, WeightsError
 from tests.conftest import perturb_zero_inits
 
 # published sub-folder -> (layout JSON in tests/data/checkpoint_layouts, EMOModel prefix)
@@ -109,7 +110,7 @@ def test_partial_memo_folder_is_refused_naming_the_missing_folder(tmp_path, tiny
 
 
 def test_inspect_and_convert_cli_on_a_memo_folder(tmp_path, tiny_memo, capsys):
-    from emo_model.cli import main
+    from emo_model.app.cli import main
 
     folder = _save_folder(tiny_memo, tmp_path / "memo")
     assert main(["inspect", str(folder)]) == 0
@@ -140,7 +141,7 @@ def test_fixed_emotion_choice_by_name_or_index():
 
 
 def test_settings_of_a_flow_model_are_checked_in_one_line():
-    from emo_model.pipeline import SamplingSettings
+    from emo_model.sampling.settings import SamplingSettings
     from emo_model.validation import InputError, check_settings
 
     memo = get_config("memo")
@@ -158,8 +159,8 @@ def test_settings_of_a_flow_model_are_checked_in_one_line():
 def test_flow_sampler_and_fast_mode_keep_the_flow_schedule():
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from emo_model.pipeline import fast_settings
-    from emo_model.schedulers import init_noise_sigma, make_scheduler, scale_model_input
+    from emo_model.sampling.settings import fast_settings
+    from emo_model.sampling.schedulers import init_noise_sigma, make_scheduler, scale_model_input
 
     preset = get_config("memo").preset
     sched = make_scheduler(preset.sampler, preset.scheduler)

@@ -1,6 +1,6 @@
 """MEMO's two new building blocks against the ORIGINAL code: the memory-guided linear-attention temporal module
-(:mod:`emo_model.memory_temporal`) and the emotion-conditioned joint audio module
-(:mod:`emo_model.emotion_audio_layers`).
+(:mod:`emo_model.network.memory_temporal`) and the emotion-conditioned joint audio module
+(:mod:`emo_model.network.emotion_audio_layers`).
 
 The fixture (tests/parity/memo) was written by tools/parity/memo_original.py in MEMO's own venv (memoavatar/memo
 at the commit in meta.json): MEMO's classes at a tiny size, weights from the counter-hash recipe of
@@ -69,7 +69,7 @@ def _channels_first(x: torch.Tensor, b: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def temporal():
     from emo_model.configs import TemporalConfig
-    from emo_model.memory_temporal import MemoryTemporalModule
+    from emo_model.network.memory_temporal import MemoryTemporalModule
 
     t = META["temporal"]
     cfg = TemporalConfig(heads=t["heads"], num_blocks=t["blocks"], attention_blocks=2, max_len=t["max_len"])
@@ -142,7 +142,7 @@ def test_memory_temporal_fails_without_carry_over(temporal, golden):
 
 @pytest.fixture(scope="module")
 def audio_modules():
-    from emo_model.emotion_audio_layers import EmotionAudioModule
+    from emo_model.network.emotion_audio_layers import EmotionAudioModule
 
     a = META["audio"]
     width = a["heads"] * a["head_dim"]

@@ -7,14 +7,15 @@ import math
 
 import pytest
 import torch
-
 from conftest import perturb_zero_inits
-from emo_model.attention import Attention, ReferenceBank, reference_attention
-from emo_model.configs import EMOConfig, get_config
-from emo_model.families import CONFIGS
-from emo_model.model import Conditioning, EMOModel
-from emo_model.motion_frames import first_clip_motion
-from emo_model.speed_layers import SpeedEncoder, speed_buckets
+
+from emo_model.configs import EMOConfig
+from emo_model.families import CONFIGS, get_config
+from emo_model.network.attention import Attention, reference_attention
+from emo_model.network.context import ReferenceBank
+from emo_model.network.model import Conditioning, EMOModel
+from emo_model.network.motion_frames import first_clip_motion
+from emo_model.network.speed_layers import SpeedEncoder, speed_buckets
 
 
 def _layout(layouts_dir, name: str) -> dict[str, tuple[int, ...]]:
@@ -389,7 +390,7 @@ def test_temporal_modules_of_plain_levels_run_only_where_the_family_runs_them(na
 
 
 def test_audio_attention_scale_multiplies_the_attn2_output_of_the_backbone():
-    from emo_model.unet_blocks import ForwardContext
+    from emo_model.network.context import ForwardContext
 
     model = _tiny("tiny-echomimic")
     assert model.config.preset.quirks.audio_attention_scale == 3.0
@@ -409,7 +410,7 @@ def test_audio_attention_scale_multiplies_the_attn2_output_of_the_backbone():
 
 
 def test_native_files_without_quirks_take_their_named_configs_quirks():
-    from emo_model.weights import _with_named_quirks
+    from emo_model.weights.checkpoints import _with_named_quirks
 
     cfg = get_config("tiny-hallo")
     data = cfg.to_dict()

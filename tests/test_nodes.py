@@ -220,7 +220,7 @@ def env(tmp_path_factory, pack):
 
 @pytest.mark.parametrize("path", [p for p in WORKFLOWS if "demo" not in p.name], ids=lambda p: p.name)
 def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
-    from emo_model.audio import num_video_frames
+    from emo_model.audio.signal import num_video_frames
     from emo_model.video_io import probe_video
 
     graph = tiny_graph(json.loads(path.read_text()))
@@ -260,7 +260,7 @@ def test_demo_workflow_runs_as_shipped(pack, env):
     import soundfile as sf
 
     from emo_model import demo
-    from emo_model.audio import num_video_frames
+    from emo_model.audio.signal import num_video_frames
     from emo_model.video_io import probe_video
 
     graph = json.loads((ROOT / "workflows" / "api" / "emo_demo_cpu.api.json").read_text())
@@ -370,7 +370,7 @@ def test_model_lists_show_multi_file_checkpoints_once(pack, env):
 def test_loader_names_the_files_a_family_needs(pack, env):
     folder = env["models"] / "emo" / "broken_echomimic"
     folder.mkdir()
-    from emo_model.model import EMOModel
+    from emo_model.network.model import EMOModel
 
     with torch.device("meta"):
         model = EMOModel("tiny-echomimic")

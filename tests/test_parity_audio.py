@@ -6,7 +6,7 @@ inference steps (the ffmpeg program, then librosa.load) and EchoMimic's whisper 
 hand to their audio encoders, and the same through audio-separator (Hallo: 0.17.2, MEMO: 0.24.1) with a stand-in
 separator model of Kim_Vocal_2's signature (``standin_Kim_Vocal_2.onnx``, 12 KB: a per-bin gain and a 4x4 channel mix).
 
-Ours: :mod:`emo_model.audio_decode` (PyAV in-process, libsoxr through soxr) and :mod:`emo_model.vocal_separation`, with
+Ours: :mod:`emo_model.audio.decode` (PyAV in-process, libsoxr through soxr) and :mod:`emo_model.audio.vocal_separation`, with
 each family's own ``audio_loader`` / ``vocal_separator`` settings. The stand-in runs here as the same two torch ops
 (its numbers are in the fixture), so the separation plumbing is checked without onnxruntime; with onnxruntime
 installed the .onnx file itself runs through our loader too.
@@ -27,7 +27,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emo_model import audio_decode, vocal_separation
+from emo_model.audio import decode as audio_decode
+from emo_model.audio import vocal_separation
 from emo_model.families import echomimic, hallo, hallo2, memo
 from tests.conftest import ROOT
 from tests.parity_floor import tolerance

@@ -31,11 +31,13 @@ import torch
 from conftest import parity_common, rel_err
 from safetensors.torch import load_file
 
-from emo_model.audio import PreparedAudio
-from emo_model.audio_encoders import WhisperAudioEncoder
-from emo_model.pipeline import EMOPipeline, SamplingSettings, _Run
-from emo_model.vae import DiffusersVAE
-from emo_model.weights import inspect_checkpoint
+from emo_model.audio.signal import PreparedAudio
+from emo_model.audio.whisper import WhisperAudioEncoder
+from emo_model.network.vae import DiffusersVAE
+from emo_model.sampling.pipeline import EMOPipeline
+from emo_model.sampling.clip_loop import _Run
+from emo_model.sampling.settings import SamplingSettings
+from emo_model.weights.checkpoints import inspect_checkpoint
 from tests import parity_floor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,7 +319,7 @@ def test_fixture_sanity_hard_case_and_half_precision():
 @pytest.mark.parametrize("folder", CI_FIXTURES, ids=lambda f: f.name)
 def test_context_windows_are_the_ones_echomimic_ran(folder):
     """Every denoiser call's frames, as the original harness read them off the latents, from our schedule."""
-    from emo_model.clip_planner import context_schedule
+    from emo_model.sampling.clip_planner import context_schedule
 
     meta, _ = load_golden(folder)
     s, q = meta["settings"], _tiny_quirks()
@@ -329,8 +331,8 @@ def test_context_windows_are_the_ones_echomimic_ran(folder):
 
 
 def test_context_schedules_ramp_is_unchanged_and_unknown_names_are_refused():
-    from emo_model.clip_planner import context_schedule, plan_windows, window_weights
-    from emo_model.configs import get_config
+    from emo_model.families import get_config
+    from emo_model.sampling.clip_planner import context_schedule, plan_windows, window_weights
 
     plan = context_schedule(20, 8, 3)  # the default: fixed windows with ramps, no shift
     for step in (0, 5):
@@ -348,7 +350,7 @@ def test_context_schedules_ramp_is_unchanged_and_unknown_names_are_refused():
 
 
 def _tiny_quirks():
-    from emo_model.configs import get_config
+    from emo_model.families import get_config
 
     return get_config("tiny-echomimic").preset.quirks
 

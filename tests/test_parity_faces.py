@@ -25,10 +25,10 @@ from conftest import rel_err
 from parity_floor import check
 from safetensors.torch import load_file
 
-from emo_model import identity
 from emo_model.face.box_crop import box_crop
 from emo_model.face.landmark_masks import landmark_masks, resized_portrait
 from emo_model.families import FAMILIES, get_family
+from emo_model.network import identity
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "parity" / "faces"
@@ -62,7 +62,7 @@ def _front_end(family: str):
 
 
 def _embedding(harness, pic, offset, monkeypatch):
-    """Our identity embedding (emo_model.identity) with the same insightface stand-in the original got."""
+    """Our identity embedding (emo_model.network.identity) with the same insightface stand-in the original got."""
     app = harness.StubFaceAnalysis()
     harness.StubFaceAnalysis.offset = offset
     monkeypatch.setattr(identity, "find_insightface_pack", lambda models_dir: Path("pack"))
@@ -164,9 +164,9 @@ def test_every_face_front_end_names_its_original():
 def tiny_hallo():
     from conftest import perturb_zero_inits, tiny_vae
 
-    from emo_model.model import EMOModel
-    from emo_model.session import Session
-    from emo_model.vae import DiffusersVAE
+    from emo_model.app.session import Session
+    from emo_model.network.model import EMOModel
+    from emo_model.network.vae import DiffusersVAE
 
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny-hallo").eval())
@@ -200,7 +200,7 @@ def test_region_masks_per_feature_map_size_reach_the_audio_modules(tiny_hallo):
     pipeline a dict {(h, w): [3, h, w]}); sizes it lacks are area-pooled from the largest, as a plain tensor is."""
     import torch.nn.functional as F
 
-    from emo_model.pipeline import SamplingSettings
+    from emo_model.sampling.settings import SamplingSettings
 
     session, model = tiny_hallo, tiny_hallo.model
     pic = torch.from_numpy(_harness().pictures()["astronaut"]).float() / 255

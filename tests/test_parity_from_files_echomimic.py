@@ -27,10 +27,10 @@ import torch
 from conftest import rel_err
 from safetensors.torch import load_file
 
-from emo_model import audio_decode
+from emo_model.app.session import Session
+from emo_model.audio import decode as audio_decode
 from emo_model.families import echomimic
-from emo_model.pipeline import _Run
-from emo_model.session import Session
+from emo_model.sampling.clip_loop import _Run
 from tests import parity_floor
 from tests.from_files import run_generate
 
@@ -186,7 +186,7 @@ def test_without_facenet_our_crop_and_mask_differ_the_test_can_fail(files, golde
     preprocessing ran. Measured: docs/parity.md."""
     from emo_model.face.crop import prepare_portrait
     from emo_model.face.front_ends import as_original
-    from emo_model.image_io import read_portrait
+    from emo_model.video_io.image_io import read_portrait
 
     _, _, argv = files
     image = read_portrait(argv[argv.index("--image") + 1])
@@ -208,8 +208,8 @@ def test_whisper_reads_the_file_not_the_silence_padding_it_to_the_frames(files, 
     """0.4 s of sound is 9.6 frames at 24 fps: the prepared waveform is padded with 267 zeros to 10 frames. EchoMimic's
     whisper reads the file's 6400 samples; ours did read the padded 6667 (every feature 4e-3 off, the last step's 0.6),
     because whisper's encoder attends over the whole window. Ours now reads ``waveform[:real_samples]``."""
-    from emo_model.audio import prepare_audio
-    from emo_model.audio_encoders import WhisperAudioEncoder
+    from emo_model.audio.signal import prepare_audio
+    from emo_model.audio.whisper import WhisperAudioEncoder
 
     _, _, argv = files
     encoder = WhisperAudioEncoder.from_checkpoint(argv[argv.index("--audio-encoder") + 1],

@@ -55,9 +55,10 @@ def _sha(data: bytes) -> str:
 
 def _standins(mp, harness, picture):
     """The stand-ins of the module docstring, on our side."""
-    from emo_model import identity, vocal_separation
+    from emo_model.audio import vocal_separation
     from emo_model.face import crop, detectors
     from emo_model.face.boxes import FaceBox
+    from emo_model.network import identity
 
     fake = harness.fake_mediapipe(harness.picture_landmarks(), picture.shape[:2])
     fake.__spec__ = importlib.machinery.ModuleSpec("mediapipe", None)
@@ -113,8 +114,9 @@ def _files(tmp: Path, harness, audio_original, meta: dict, family: str):
 def generate_from_files(tmp: Path, meta: dict, family: str, extra: tuple[str, ...] = ()):
     """One `emo generate` run on the fixture's files (``extra``: more flags a user types), and what our code computed
     on the way (recorded where it is returned); a generator: the stand-ins stay in place until it is closed."""
-    from emo_model import identity, vocal_separation
-    from emo_model.session import Session
+    from emo_model.app.session import Session
+    from emo_model.audio import vocal_separation
+    from emo_model.network import identity
 
     harness, audio_original = _harness()
     picture, image, audio, models = _files(tmp, harness, audio_original, meta, family)

@@ -92,7 +92,10 @@ def _stand_ins(monkeypatch, harness) -> dict:
     missing; MEMO's noise is handed to our pipeline; every diagnostic stage of our run is recorded."""
     import types
 
-    from emo_model import identity, pipeline, session, vocal_separation
+    from emo_model.app import session
+    from emo_model.audio import vocal_separation
+    from emo_model.network import identity
+    from emo_model.sampling import pipeline
 
     app = types.ModuleType("insightface.app")
     app.FaceAnalysis = harness.tiny_face_analysis(PICTURE)
@@ -145,7 +148,7 @@ def ours(files):
         try:
             result = run_generate(argv, monkeypatch=mp)
         finally:
-            from emo_model import identity
+            from emo_model.network import identity
 
             identity._face_analysis.cache_clear()  # no stand-in insightface app outlives the run
     assert result.status == 0, result.notes
@@ -188,7 +191,7 @@ def test_separated_vocals_match_memo(ours, golden):
 
 def test_the_separation_is_visible_in_the_comparison(golden):
     """Without the separator (the whole mix, loaded as MEMO loads it) the vocals stage would fail by far."""
-    from emo_model import audio_decode
+    from emo_model.audio import decode as audio_decode
     from emo_model.families import memo
 
     mix = audio_decode.load(audio_decode.decode_file(AUDIO), memo.FAMILY.config().preset.quirks.audio_loader)
@@ -199,7 +202,7 @@ def test_the_separation_is_visible_in_the_comparison(golden):
 def test_memos_noise_is_not_our_seeds(golden):
     """MEMO's noise comes from its global generator after model loading drew from it (docs/parity.md, "Seeds"), so our
     run is handed it; our own seed gives other noise (were it the same, the injection would hide nothing)."""
-    from emo_model.seed_stream import SeedStream
+    from emo_model.sampling.seed_stream import SeedStream
 
     noise = golden["clip0.noise"]
     ours = SeedStream(SET["seed"]).clip(0, (1, *noise.shape))[1][0]

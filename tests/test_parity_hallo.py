@@ -57,7 +57,7 @@ def net_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(net_path):
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     ck = inspect_checkpoint(net_path)
     assert (ck.format, ck.family, ck.config.name, ck.complete) == ("state-dict", "hallo", "tiny-hallo", True), ck.problem()
@@ -74,10 +74,12 @@ def _run_ours(model, golden, fix=FIX, assets=None, **overrides) -> dict[str, tor
     wav2vec2, default ``fix``; ``overrides``: SamplingSettings). The VAE runs in the model's dtype, as Session loads it."""
     from diffusers import AutoencoderKL
 
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
-    from emo_model.session import audio_front_end
-    from emo_model.vae import DiffusersVAE
+    from emo_model.app.session import audio_front_end
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
+    from emo_model.network.vae import DiffusersVAE
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.settings import SamplingSettings
 
     cfg = model.config
     st = json.loads((fix / "meta.json").read_text())["settings"]
@@ -182,7 +184,8 @@ def test_reference_bank_matches_hallo(c, golden, ours):
 def test_audio_that_is_not_whole_clips_is_padded_as_hallo_pads_it(model, golden):
     """The whole run's audio is ragged (meta.json ``audio_frames``: the last clip has a silent padding frame and
     the video is one frame short of the clips); ``audio_ragged`` is a shorter case: 4.3 frames -> 5 -> 2 clips."""
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
     assert golden["video"].shape[0] == META["settings"]["video_frames"] < CLIPS * F
     cfg = model.config.audio
@@ -198,7 +201,8 @@ def test_audio_that_is_not_whole_clips_is_padded_as_hallo_pads_it(model, golden)
 def test_long_audio_is_encoded_in_one_pass_as_hallo_does(model, golden):
     """31.3 s (meta.json ``audio_long``): longer than our 20 s pieces, which Hallo's preset turns off
     (InferenceQuirks.audio_single_pass); the chunked encoding is a different function past 20 s."""
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
     cfg = model.config.audio
     quirks = model.config.preset.quirks
@@ -243,7 +247,7 @@ def half_golden() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def ours_half(net_path, half_golden) -> dict[str, torch.Tensor]:
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     model = inspect_checkpoint(net_path).load(device="cpu", dtype=torch.float16)
     assert model.dtype == torch.float16
@@ -299,7 +303,7 @@ def test_other_hallo_fixture_matches(tmp_path):
     """Any other fixture of the same harness (``--full`` SD1.5 sizes, or other frame / motion counts), made through
     tools/parity/floor.py. Weights: ``net.pth`` in the folder (``--full`` writes it) or regenerated from meta.json.
     Tolerance: the standard, max(1e-4, 3 x the folder's floor.json) per stage."""
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     fix = Path(OTHER)
     meta = json.loads((fix / "meta.json").read_text())

@@ -63,7 +63,7 @@ def net_path(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(net_path):
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     path = net_path
     ck = inspect_checkpoint(path)
@@ -81,7 +81,7 @@ def test_fixture_sanity_assets_are_the_ones_the_original_ran_with():
 
 
 def test_net_pth_is_hallo2_by_folder_or_by_choice_and_hallo_otherwise(tmp_path):
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     plain = tmp_path / "models" / "net.pth"
     plain.parent.mkdir()
@@ -106,10 +106,12 @@ def _run_ours(model, golden, meta=META, assets=ASSETS, **overrides) -> dict[str,
     """Our stages, named like the golden ones (``meta``/``assets``: another fixture; ``overrides``: SamplingSettings)."""
     from diffusers import AutoencoderKL
 
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
-    from emo_model.session import audio_front_end
-    from emo_model.vae import DiffusersVAE
+    from emo_model.app.session import audio_front_end
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
+    from emo_model.network.vae import DiffusersVAE
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.settings import SamplingSettings
 
     cfg = model.config
     st = meta["settings"]
@@ -215,8 +217,9 @@ def test_reference_bank_matches_hallo2(golden, ours):
 def test_long_audio_is_encoded_in_60_s_pieces_as_hallo2_does(case, model, golden):
     """61.3 / 61.28 / 60.8 s at clip length 16 (meta.json ``audio_long``): two pieces, the last one padded by 3 frames,
     not padded (its own 32 frames are whole clips although the 1532 of the run are not), padded by a whole clip."""
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
-    from emo_model.session import audio_front_end
+    from emo_model.app.session import audio_front_end
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
     cfg = model.config.audio
     long = SET["audio_long"][case]
@@ -270,8 +273,9 @@ def test_unbatched_guidance_and_reference_every_step_give_the_same_video(model, 
 def test_bad_motion_drop_draws_are_refused_in_one_line(model, golden):
     from diffusers import AutoencoderKL
 
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
-    from emo_model.vae import DiffusersVAE
+    from emo_model.network.vae import DiffusersVAE
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.settings import SamplingSettings
 
     pipe = EMOPipeline(model, DiffusersVAE(AutoencoderKL.from_pretrained(ASSETS / "vae").eval()), device="cpu")
     image = ((golden["input.ref_pixels"] + 1) / 2).permute(1, 2, 0)
@@ -304,7 +308,7 @@ def half_golden() -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="module")
 def ours_half(net_path, half_golden) -> dict[str, torch.Tensor]:
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     model = inspect_checkpoint(net_path).load(device="cpu", dtype=torch.float16)
     assert (model.config.name, model.dtype) == ("tiny-hallo2", torch.float16)
@@ -351,7 +355,7 @@ def test_other_hallo2_fixture_matches():
     """Any other fixture of the same harness (``--full``: SD1.5 sizes, with the Hallo ``--full`` folder it names as
     assets, whose ``net.pth`` is loaded as Hallo2), made through tools/parity/floor.py. Tolerance: the standard,
     max(1e-4, 3 x the folder's floor.json) per stage."""
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     fix = Path(OTHER)
     meta = json.loads((fix / "meta.json").read_text())
@@ -372,8 +376,9 @@ def test_other_hallo2_fixture_matches():
         tol = _tol(f"clip{c}.ref_latents", fix)
         if rel > tol:
             bad.append(f"clip{c} motion latents: rel err {rel:.3e} (max abs {mx:.3e}, tolerance {tol:g})")
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
-    from emo_model.session import audio_front_end
+    from emo_model.app.session import audio_front_end
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
     encoder = Wav2Vec2AudioEncoder.from_checkpoint(assets / "wav2vec2", ck.config.audio)
     for case, long in meta["settings"]["audio_long"].items():

@@ -104,7 +104,8 @@ def _audio_cfg(meta: dict = META):
 
 
 def _encode_audio(golden, meta: dict = META):
-    from emo_model.audio_encoders import Wav2Vec2AudioEncoder, encode_audio
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 
     cfg, st = _audio_cfg(meta), meta["settings"]
     encoder = Wav2Vec2AudioEncoder.from_checkpoint(_reused(meta, "wav2vec2"), cfg)
@@ -126,8 +127,8 @@ def test_audio_front_end_at_30_fps_matches_memo(audio_features, golden):
 
 @pytest.mark.parametrize("c", range(CLIPS))
 def test_audio_tokens_match_memo(c, audio_features, golden):
-    from emo_model.audio_projection import AudioProjection
     from emo_model.configs import AudioProjConfig
+    from emo_model.network.audio_projection import AudioProjection
 
     cfg = META["configs"]["audio_proj"]
     proj = AudioProjection(AudioProjConfig(**{k: v for k, v in cfg.items() if not k.startswith("_")}))
@@ -140,7 +141,7 @@ def test_audio_tokens_match_memo(c, audio_features, golden):
 def test_identity_tokens_match_memo(golden):
     """Conditional: the face embedding; unconditional: the projection of a zero embedding (not zero tokens)."""
     from emo_model.configs import ImageProjConfig
-    from emo_model.identity import IdentityProjection
+    from emo_model.network.identity import IdentityProjection
 
     cfg = META["configs"]["image_proj"]
     proj = IdentityProjection(ImageProjConfig(embed_dim=cfg["clip_embeddings_dim"], cross_attention_dim=cfg["cross_attention_dim"],
@@ -156,7 +157,7 @@ def test_identity_tokens_match_memo(golden):
 def _codec(meta: dict = META, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL
 
-    from emo_model.vae import DiffusersVAE
+    from emo_model.network.vae import DiffusersVAE
 
     return DiffusersVAE(AutoencoderKL.from_pretrained(_reused(meta, "vae")).to(dtype).eval())
 
@@ -200,8 +201,8 @@ def test_flow_match_euler_steps_match_memo(golden):
     ``make_scheduler`` builds for the tiny-memo preset, with our guidance weights and input scaling) reproduces every
     recorded step of MEMO's run (made with diffusers 0.31.0), up to float32 rounding."""
     from emo_model.families import get_config
-    from emo_model.pipeline import guidance_weights
-    from emo_model.schedulers import init_noise_sigma, make_scheduler, scale_model_input
+    from emo_model.sampling.settings import guidance_weights
+    from emo_model.sampling.schedulers import init_noise_sigma, make_scheduler, scale_model_input
 
     preset = get_config("tiny-memo").preset
     weights = guidance_weights(SET["cfg"], SET["cfg"])
@@ -273,7 +274,7 @@ def memo_folder(tmp_path_factory):
 
 
 def _load(folder: Path, config_name: str, dtype: torch.dtype = torch.float32):
-    from emo_model.weights import inspect_checkpoint
+    from emo_model.weights.checkpoints import inspect_checkpoint
 
     ckpt = inspect_checkpoint(folder)
     assert (ckpt.format, ckpt.config.name) == ("memo", config_name) and ckpt.complete
@@ -331,7 +332,8 @@ def _generate(model, codec, golden, meta: dict = META, audio_windows: torch.Tens
     """Our pipeline's whole generation with MEMO's preset (the run's clip length, past frames and steps), MEMO's
     initial noise and frame emotion labels, on ``audio_windows`` (default: MEMO's). Records the denoiser's input and
     output (both branches) at every call, and the guided velocity and latents of every scheduler step."""
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.settings import SamplingSettings
 
     st = meta["settings"]
     pipe = EMOPipeline(model, codec)

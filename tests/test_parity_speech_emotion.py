@@ -1,4 +1,4 @@
-"""Speech emotion (emo_model/speech_emotion.py) against MEMO's own labelling with funasr's emotion2vec.
+"""Speech emotion (emo_model/audio/speech_emotion.py) against MEMO's own labelling with funasr's emotion2vec.
 
 The fixture (tests/parity/emotion2vec) was written by tools/parity/emotion2vec_original.py in MEMO's venv:
 A. MEMO's ``extract_audio_emotion_labels`` end to end (tiny emotion2vec 1024 wide, MEMO's 5-layer classifier) on
@@ -61,7 +61,7 @@ def _classifier_folder(tmp_path, golden):
 
 @pytest.fixture(scope="module")
 def model_a(tmp_path_factory, golden):
-    from emo_model.speech_emotion import SpeechEmotionClassifier
+    from emo_model.audio.speech_emotion import SpeechEmotionClassifier
 
     tmp = tmp_path_factory.mktemp("e2v")
     return SpeechEmotionClassifier.from_folders(_encoder_folder(tmp, "a", wrap=True), _classifier_folder(tmp, golden))
@@ -85,7 +85,7 @@ def test_encoder_features_match_emotion2vec(model_a, golden):
 
 
 def test_window_features_probabilities_and_labels_match_memo(model_a, golden):
-    from emo_model.speech_emotion import segment_windows
+    from emo_model.audio.speech_emotion import segment_windows
 
     wave = golden["a.waveform"]
     windows = segment_windows(wave.shape[0])
@@ -110,7 +110,7 @@ def test_frame_labels_match_memo_exactly(model_a, golden):
 def test_other_architecture_switches_match_emotion2vec(tmp_path, golden):
     """Group-norm conv stack, pre-norm blocks, LayerNorm before the positional convolutions, per-layer ALiBi scales on
     12 of 16 heads, no extra tokens, odd positional kernel; weights from a .safetensors file."""
-    from emo_model.speech_emotion import load_encoder
+    from emo_model.audio.speech_emotion import load_encoder
 
     enc = load_encoder(_encoder_folder(tmp_path, "b", wrap=False))
     cfg = enc.cfg
@@ -128,7 +128,7 @@ def test_other_architecture_switches_match_emotion2vec(tmp_path, golden):
 @pytest.mark.parametrize("case", META["c"], ids=lambda c: f"{c['samples']}samples-{c['frames']}frames")
 def test_labelling_rule_matches_memo(case):
     """Window k's label is k (mod 9) on both sides: the window lengths and the per-frame labels must be MEMO's."""
-    from emo_model.speech_emotion import frame_labels, segment_windows
+    from emo_model.audio.speech_emotion import frame_labels, segment_windows
 
     windows = segment_windows(case["samples"])
     assert [b - a for _, _, a, b in windows] == case["window_inputs"]
@@ -140,7 +140,7 @@ def test_full_size_layout_maps_onto_our_encoder():
     """funasr's Emotion2vec at data2vec 2.0's large audio size (the presumed emotion2vec_plus_large config, 1024 wide,
     8 + 16 blocks, 10 extra tokens; built on the meta device by the harness): every tensor but the utterance head maps
     onto our encoder with its shape, and our encoder has no other tensor."""
-    from emo_model.speech_emotion import SpeechEmotionEncoder, SpeechEncoderConfig, encoder_state_from_checkpoint
+    from emo_model.audio.speech_emotion import SpeechEmotionEncoder, SpeechEncoderConfig, encoder_state_from_checkpoint
 
     full = META["d"]
     cfg = SpeechEncoderConfig.from_model_conf(full["model_conf"])

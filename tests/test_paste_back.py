@@ -213,7 +213,7 @@ def wide_files(tmp_path_factory):
 
 
 def _generate(files, out, *extra):
-    from emo_model.cli import main
+    from emo_model.app.cli import main
 
     return main(["generate", "--image", str(files["image"]), "--audio", str(files["audio"]), "--out", str(out),
                  "--steps", "1", "--device", "cpu", *extra])

@@ -9,12 +9,13 @@ import textwrap
 
 import pytest
 import torch
-
 from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
-from emo_model.clip_planner import plan_clips, plan_windows, window_weights
-from emo_model.model import EMOModel
-from emo_model.pipeline import EMOPipeline, GenerationCancelled, SamplingSettings, fit_image, guidance_weights, speed_curve
-from emo_model.vae import DiffusersVAE
+
+from emo_model.network.model import EMOModel
+from emo_model.network.vae import DiffusersVAE
+from emo_model.sampling.clip_planner import plan_clips, plan_windows, window_weights
+from emo_model.sampling.pipeline import EMOPipeline, fit_image
+from emo_model.sampling.settings import GenerationCancelled, SamplingSettings, guidance_weights, speed_curve
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +194,9 @@ MEMORY_SCRIPT = textwrap.dedent(
     sys.path[:0] = [{root!r}, {tests!r}]
     from conftest import tiny_vae
     from test_pipeline import features
-    from emo_model.model import EMOModel
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
-    from emo_model.vae import DiffusersVAE
+    from emo_model.network.model import EMOModel
+    from emo_model.sampling.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.network.vae import DiffusersVAE
     from emo_model.video_io import VideoWriter
     torch.manual_seed(0)
     frames = int(sys.argv[1])
@@ -232,7 +233,7 @@ def test_peak_memory_does_not_grow_with_audio_length(tmp_path):
 def test_reference_encode_builds_region_masks_from_the_detected_face_and_the_pipeline_needs_them():
     from skimage.data import astronaut
 
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny-hallo").eval())
@@ -266,8 +267,8 @@ def test_reference_encode_builds_region_masks_from_the_detected_face_and_the_pip
 
 
 def test_deep_feature_cache_reused_on_the_same_input_reproduces_the_whole_forward(pipe, reference):
-    from emo_model.model import Conditioning
-    from emo_model.unet_blocks import DeepFeatureCache
+    from emo_model.network.model import Conditioning
+    from emo_model.network.unet_blocks import DeepFeatureCache
 
     model = pipe.model
     g = torch.Generator().manual_seed(5)
@@ -318,8 +319,8 @@ def test_deep_cache_interval_changes_only_the_reusing_steps(pipe, reference):
 
 
 def test_fast_settings_scale_the_presets_steps_but_keep_a_floor():
-    from emo_model.configs import get_config
-    from emo_model.pipeline import fast_settings
+    from emo_model.families import get_config
+    from emo_model.sampling.settings import fast_settings
 
     steps = {name: fast_settings(get_config(name).preset)["steps"] for name in ("emo", "echomimic-v1", "echomimic-v1-acc", "tiny")}
     assert steps == {"emo": 16, "echomimic-v1": 12, "echomimic-v1-acc": 6, "tiny": 8}

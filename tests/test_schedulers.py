@@ -24,7 +24,7 @@ import torch
 
 from emo_model.configs import SchedulerConfig
 from emo_model.families import CONFIGS, get_config
-from emo_model.schedulers import make_scheduler, samplers_for, scale_model_input
+from emo_model.sampling.schedulers import make_scheduler, samplers_for, scale_model_input
 
 STEPS = 4
 

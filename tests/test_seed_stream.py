@@ -1,4 +1,4 @@
-"""Seeds like the originals (emo_model/seed_stream.py, InferenceQuirks.seed_stream): with the "single" layout the
+"""Seeds like the originals (emo_model/sampling/seed_stream.py, InferenceQuirks.seed_stream): with the "single" layout the
 seed gives the very noise (and Hallo2's pixel-drop draws) the original's script draws from torch.manual_seed(seed),
 checked against what the originals recorded in the parity fixtures; EMO's own per-clip layout is unchanged."""
 
@@ -12,11 +12,12 @@ import torch
 from conftest import tiny_vae
 from safetensors.torch import load_file
 
-from emo_model import pipeline as pipeline_module
-from emo_model.model import EMOModel
-from emo_model.pipeline import EMOPipeline, SamplingSettings
-from emo_model.seed_stream import SeedStream, clip_seed
-from emo_model.vae import DiffusersVAE
+from emo_model.network.model import EMOModel
+from emo_model.network.vae import DiffusersVAE
+from emo_model.sampling import pipeline as pipeline_module
+from emo_model.sampling.pipeline import EMOPipeline
+from emo_model.sampling.settings import SamplingSettings
+from emo_model.sampling.seed_stream import SeedStream, clip_seed
 
 FIXTURES = Path(__file__).resolve().parent / "parity"
 

@@ -134,14 +134,14 @@ def test_pyproject_is_a_registry_entry_and_an_installable_package_with_the_emo_c
     assert comfy["PublisherId"] and comfy["DisplayName"] and comfy["Icon"].startswith("https://")
     assert meta["build-system"]["build-backend"] == "setuptools.build_meta"
     module, func = project["scripts"]["emo"].split(":")
-    assert module == "emo_model.cli"
-    from emo_model import cli
+    assert module == "emo_model.app.cli"
+    from emo_model.app import cli
 
     assert callable(getattr(cli, func))
 
 
 def test_cli_names_itself_as_called(monkeypatch):
-    from emo_model import cli
+    from emo_model.app import cli
 
     monkeypatch.setattr(sys, "argv", ["/somewhere/.venv/bin/emo", "generate"])
     assert cli.prog_name() == "emo" and cli.build_parser().prog == "emo"

@@ -52,7 +52,7 @@ def add_speech_emotion_files(memo: os.PathLike, state: dict, classifier: dict) -
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    from emo_model.model import EMOModel
+    from emo_model.network.model import EMOModel
 
     base = tmp_path_factory.mktemp("speech_emotion")
     models = base / "models"
@@ -85,13 +85,13 @@ def _fixture_speech(path):
 
 
 def _session(files, folder):
-    from emo_model.session import Session
+    from emo_model.app.session import Session
 
     return Session.load(folder, vae=files["vae"], audio_encoder=files["w2v"])
 
 
 def test_conv_stack_spec_is_parsed_not_evaluated():
-    from emo_model.speech_emotion import SpeechEmotionError, parse_conv_stack
+    from emo_model.audio.speech_emotion import SpeechEmotionError, parse_conv_stack
 
     assert parse_conv_stack("[(512, 10, 5)] + [(512, 3, 2)] * 4 + [(512,2,2)] + [(512,2,2)]") == (
         (512, 10, 5), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 3, 2), (512, 2, 2), (512, 2, 2))
@@ -102,7 +102,7 @@ def test_conv_stack_spec_is_parsed_not_evaluated():
 
 
 def test_missing_or_unsafe_files_are_one_line(tmp_path):
-    from emo_model.speech_emotion import SpeechEmotionError, load_classifier, load_encoder
+    from emo_model.audio.speech_emotion import SpeechEmotionError, load_classifier, load_encoder
 
     (tmp_path / "e2v").mkdir()
     (tmp_path / "e2v" / "model.pt").write_bytes(b"")
@@ -125,7 +125,7 @@ def test_missing_or_unsafe_files_are_one_line(tmp_path):
 
 
 def test_session_emotion_choices(files):
-    from emo_model.speech_emotion import SpeechEmotionClassifier
+    from emo_model.audio.speech_emotion import SpeechEmotionClassifier
     from emo_model.validation import InputError
 
     plain = _session(files, files["plain"])
@@ -156,7 +156,7 @@ def test_session_emotion_choices(files):
 
 
 def test_classification_reports_progress_and_stops_when_asked(files):
-    from emo_model.pipeline import GenerationCancelled
+    from emo_model.sampling.settings import GenerationCancelled
 
     session = _session(files, files["full"])
     audio = session.encode_audio(str(files["audio"]))
@@ -172,10 +172,10 @@ def test_classification_reports_progress_and_stops_when_asked(files):
 
 
 def test_auto_on_a_model_without_emotion_classes_is_refused(files, tmp_path):
-    from emo_model import weights
-    from emo_model.model import EMOModel
-    from emo_model.session import Session
+    from emo_model.app.session import Session
+    from emo_model.network.model import EMOModel
     from emo_model.validation import InputError
+    from emo_model import weights
 
     torch.manual_seed(0)
     path = tmp_path / "tiny.safetensors"
@@ -207,7 +207,7 @@ def test_cli_emotion_auto(files):
 
 def test_sampler_node_auto_and_preset(files, monkeypatch):
     pack = load_pack()
-    EMOPipeline = sys.modules[pack.__name__ + ".emo_model.pipeline"].EMOPipeline  # the pack's own copy, as ComfyUI imports it
+    EMOPipeline = sys.modules[pack.__name__ + ".emo_model.sampling.pipeline"].EMOPipeline  # the pack's own copy, as ComfyUI imports it
     seen = []
     original = EMOPipeline.generate
 

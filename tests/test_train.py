@@ -24,11 +24,12 @@ import torch
 from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 from safetensors.torch import load_file
 
-from emo_model.configs import get_config
-from emo_model.model import EMOModel
+from emo_model.families import get_config
+from emo_model.network.model import EMOModel
 from emo_model.train.dataset import EMODataset, SegmentStore
 from emo_model.train.head_pose import BoxMotionEstimator, FlowRotationEstimator, get_estimator
-from emo_model.train.preprocess import Options, preprocess
+from emo_model.train.preprocess import preprocess
+from emo_model.train.preprocess_options import Options
 from emo_model.train.trainer import GROUPS, STAGE_TRAINABLE, TrainConfig, Trainer, TrainError, load_train_config, parameter_group
 from emo_model.video_io import VideoWriter
 
@@ -112,7 +113,7 @@ def vae_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def init_checkpoint(tmp_path_factory) -> Path:
     """A tiny model whose zero-initialised layers are perturbed, so every group affects the output."""
-    from emo_model.weights import save_native
+    from emo_model.weights.native import save_native
 
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny"))
@@ -362,10 +363,12 @@ def test_resume_is_exact(dataset, vae_dir, init_checkpoint, tmp_path):
 
 
 def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint, tmp_path, monkeypatch):
-    from emo_model.pipeline import EMOPipeline, SamplingSettings
+    from emo_model.network.vae import DiffusersVAE
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.settings import SamplingSettings
     from emo_model.train.dataset import segment_audio_features
-    from emo_model.vae import DiffusersVAE
-    from emo_model.weights import load_emo_model, load_vae
+    from emo_model.weights.checkpoints import load_emo_model
+    from emo_model.weights.vae_files import load_vae
 
     cfg = _config(3, max_steps=1, sample_every=1, sample_steps=2)
     trainer = _trainer(cfg, tmp_path / "run", dataset, vae_dir, init=init_checkpoint)

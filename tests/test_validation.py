@@ -1,6 +1,6 @@
 """Issue 16: every user mistake gives one clear line before any work; no silent garbage; bounded work.
 
-The command line runs in-process (``emo_model.cli.main``), as a user calls it; each case checks the exit
+The command line runs in-process (``emo_model.app.cli.main``), as a user calls it; each case checks the exit
 status, that stderr is one ``error:`` line without a traceback, and that no output file appears.
 """
 
@@ -15,9 +15,9 @@ import torch
 from comfy_harness import cli, demo_through_nodes, error_line, tiny_cli_files, write_portrait
 from conftest import perturb_zero_inits, png_header_only, tiny_vae
 
+from emo_model.app.cli import main
+from emo_model.network.model import EMOModel
 from emo_model import weights
-from emo_model.cli import main
-from emo_model.model import EMOModel
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +59,7 @@ def test_generate_rejects_bad_values_in_one_line_and_writes_nothing(files, capsy
 
 
 def test_output_path_is_checked_before_any_model_work(files, capsys, monkeypatch):
-    from emo_model import session
+    from emo_model.app import session
 
     monkeypatch.setattr(session.Session, "load", classmethod(lambda *a, **k: pytest.fail("the model was loaded")))
     folder = files["dir"] / "a_folder"
@@ -199,7 +199,7 @@ def test_sd15_unet_is_not_called_an_echomimic_part(files, capsys):
 def test_exif_orientation_is_applied(tmp_path):
     from PIL import Image
 
-    from emo_model.image_io import read_portrait
+    from emo_model.video_io.image_io import read_portrait
 
     img = np.zeros((80, 120, 3), np.uint8)
     img[:, :60] = (255, 0, 0)  # left half red, as stored
@@ -214,8 +214,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_huge_and_damaged_images_are_one_line_before_decoding(tmp_path):
-    from emo_model.image_io import read_portrait
     from emo_model.validation import InputError
+    from emo_model.video_io.image_io import read_portrait
 
     with pytest.raises(InputError, match=r"is 100000x100000 \(10000 MP\), above the limit of 50 MP"):
         read_portrait(png_header_only(tmp_path / "bomb.png", 100_000, 100_000))
@@ -229,7 +229,7 @@ def test_huge_and_damaged_images_are_one_line_before_decoding(tmp_path):
 def test_big_jpeg_is_decoded_reduced(tmp_path):
     from PIL import Image
 
-    from emo_model.image_io import read_portrait
+    from emo_model.video_io.image_io import read_portrait
 
     Image.new("RGB", (4000, 3000), (90, 120, 200)).save(tmp_path / "big.jpg", quality=80)
     # 12 MP is above a 5 MP limit, but the JPEG is decoded at 1/4 scale first, so it is accepted
@@ -318,8 +318,8 @@ def no_work(monkeypatch):
     """Every command's first piece of real work raises _WorkStarted (model loads, accelerate, checkpoint reads, videos)."""
     import accelerate
 
-    from emo_model import session
-    from emo_model.commands import weights as weights_command
+    from emo_model.app import session
+    from emo_model.app.commands import weights as weights_command
     from emo_model.demo import synthetic
     from emo_model.train import preprocess as preprocess_module
     from emo_model.train.trainer import Trainer

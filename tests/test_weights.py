@@ -21,25 +21,18 @@ from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from emo_model import identity
-from emo_model.cli import main
-from emo_model.configs import EMOConfig, get_config
-from emo_model.families import CONFIGS
-from emo_model.model import Conditioning, EMOModel
-from emo_model.weights import (
-    MODEL_CONFIGS,
-    TensorFile,
-    WeightsError,
-    inspect_checkpoint,
-    load_animatediff_motion_module,
-    load_bundled_vae,
-    load_emo_model,
-    load_sd15_unet_weights,
-    load_vae,
-    model_shapes,
-    read_state_dict,
-    save_native,
-)
+from emo_model.app.cli import main
+from emo_model.configs import EMOConfig
+from emo_model.families import CONFIGS, get_config
+from emo_model.network import identity
+from emo_model.network.model import Conditioning, EMOModel
+from emo_model.weights.checkpoints import inspect_checkpoint, load_emo_model
+from emo_model.weights.training_init import MODEL_CONFIGS
+from emo_model.weights.vae_files import load_bundled_vae, load_vae
+from emo_model.weights.training_init import load_animatediff_motion_module, load_sd15_unet_weights
+from emo_model.weights.shapes import model_shapes
+from emo_model.weights.native import save_native
+from emo_model.weights.files import TensorFile, WeightsError, read_state_dict
 
 ECHOMIMIC_LAYOUTS = {
     "denoising_unet": "echomimic_denoising_unet.json",

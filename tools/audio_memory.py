@@ -56,13 +56,10 @@ def _encoder(kind: str):
     from transformers import Wav2Vec2Config, Wav2Vec2Model, WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-    from emo_model.audio_encoders import (
-        WAV2VEC2_CONFIG_DIR,
-        WHISPER_CONFIG_DIR,
-        LogMelAudioEncoder,
-        Wav2Vec2AudioEncoder,
-        WhisperAudioEncoder,
-    )
+    from emo_model.audio.encoder_base import WAV2VEC2_CONFIG_DIR
+    from emo_model.audio.encoders import LogMelAudioEncoder
+    from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
+    from emo_model.audio.whisper import WHISPER_CONFIG_DIR, WhisperAudioEncoder
     from emo_model.configs import AudioFeatureConfig
 
     torch.manual_seed(0)
@@ -81,8 +78,8 @@ def _encoder(kind: str):
 def worker(kind: str, minutes: float, mode: str) -> dict:
     import torch
 
-    from emo_model.audio_encoders import encode_audio
-    from emo_model.audio_stream import stream_audio
+    from emo_model.audio.encoders import encode_audio
+    from emo_model.audio.stream import stream_audio
 
     torch.set_num_threads(1)
     fps, clip = ENCODERS[kind]

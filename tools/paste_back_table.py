@@ -128,8 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from emo_model import demo
-    from emo_model.image_io import read_portrait
-    from emo_model.session import Session
+    from emo_model.app.session import Session
+    from emo_model.video_io.image_io import read_portrait
 
     torch.manual_seed(0)
     session = Session.load(str(demo.model_path()), device=torch.device("cpu"), dtype=torch.float32)

@@ -16,7 +16,7 @@ checkpoints)::
    and the demo's EMOConfig (:func:`emo_model.demo.config.demo_config`), each stage initialised from
    the previous one's final weights, the tiny VAE as ``--vae``.
 5. **export**: the stage-3 weights in fp16 with the VAE bundled
-   (:func:`emo_model.weights.save_native` with ``vae=``), plus the sample portrait and speech clip
+   (:func:`emo_model.weights.checkpoints.save_native` with ``vae=``), plus the sample portrait and speech clip
    (held-out seed :data:`~emo_model.demo.config.SAMPLE_SEED`), in ``OUT/demo_assets``.
 6. **eval**: :mod:`emo_model.demo.metrics` on held-out clips (``OUT/eval.json``; the same table as
    ``python -m emo_model eval-sync``).
@@ -69,7 +69,7 @@ class Timer:
 
 
 def preprocess_options(config_json: Path):
-    from ..train.preprocess import Options
+    from ..train.preprocess_options import Options
 
     return Options(
         fps=25.0,
@@ -116,7 +116,8 @@ def write_samples(folder: Path) -> tuple[Path, Path]:
     import cv2
 
     from .config import SAMPLE_SEED
-    from .synthetic import SAMPLE_RATE, Renderer, make_clip
+    from .render import Renderer
+    from .synthetic import SAMPLE_RATE, make_clip
 
     clip = make_clip(SAMPLE_SEED, SAMPLE_SECONDS, render=False)
     portrait = Renderer(clip.look, PORTRAIT_SIZE).frame(mouth=0.0)
@@ -246,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     timer.path.write_text(json.dumps(timer.data, indent=2))
 
     if args.eval_clips > 0:
-        from ..commands.eval_sync import evaluate, print_table
+        from ..app.commands.eval_sync import evaluate, print_table
 
         results = timer.run("eval", lambda: evaluate(assets / "emo-tiny-demo.safetensors", clips=args.eval_clips))
         (out / "eval.json").write_text(json.dumps(results, indent=2))
@@ -265,12 +266,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _done_files(dataset: Path) -> int:
-    from ..train.preprocess import read_journal
+    from ..train.shards import read_journal
 
     return sum(len(r["files"]) for r in read_journal(dataset)) if dataset.is_dir() else -1
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from ..cli import main
+    from ..app.cli import main
 
     sys.exit(main(["make-demo", *sys.argv[1:]]))

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..configs import EMOConfig, UNetConfig, get_config
+from ..configs import EMOConfig, UNetConfig
+from ..families import get_config
 
 NAME = "emo-tiny-demo"
 WIDTHS = (32, 32, 48, 48)

@@ -1,6 +1,6 @@
 """Measures of the demo model on held-out synthetic clips: lip sync, speed control, clip boundaries.
 
-All three run the real sampling path (:class:`emo_model.session.Session`, the model's preset unless
+All three run the real sampling path (:class:`emo_model.app.session.Session`, the model's preset unless
 told otherwise) on clips made by :func:`emo_model.demo.synthetic.make_clip` from seeds at or above
 :data:`emo_model.demo.config.HELDOUT_SEED`: faces, voices and sentences the model never saw.
 

@@ -9,7 +9,7 @@ distribution the diffusion model can sample from. Horizontal flips double the fa
 with a cosine decay. Batches are drawn from a generator seeded by (seed, step), and the state is
 checkpointed, so a run resumes exactly.
 
-After training, ``scaling_factor`` (the diffusers config entry that :class:`~emo_model.vae.DiffusersVAE`
+After training, ``scaling_factor`` (the diffusers config entry that :class:`~emo_model.network.vae.DiffusersVAE`
 multiplies the latents by) is set to ``1 / std`` of the posterior means over the training frames,
 as SD's 0.18215 was, so the EMO model sees unit-variance latents.
 """
@@ -81,7 +81,7 @@ def train_vae(
     out.mkdir(parents=True, exist_ok=True)
     final = out / "vae"
     if (final / "config.json").is_file():
-        from ..weights import load_vae
+        from ..weights.vae_files import load_vae
 
         log(f"vae: {final} exists, reusing it")
         return load_vae(final)

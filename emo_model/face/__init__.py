@@ -18,7 +18,15 @@ from __future__ import annotations
 
 from .boxes import FaceBox, FaceError, FaceWarning, union_box
 from .crop import CROP_MODES, FALLBACKS, PAD_MODES, PortraitCrop, prepare_portrait, prepare_portraits
-from .detectors import DETECT_MAX_SIDE, DETECTORS, HAAR_MIN_NEIGHBORS, auto_detector, available_detectors, detect_faces, find_yunet_model
+from .detectors import (
+    DETECT_MAX_SIDE,
+    DETECTORS,
+    HAAR_MIN_NEIGHBORS,
+    auto_detector,
+    available_detectors,
+    detect_faces,
+    find_yunet_model,
+)
 from .image import MIN_IMAGE_SIDE, to_rgb_float
 from .masks import face_region_mask, region_masks
 

@@ -11,7 +11,7 @@ runs on; else our detector and crop run as always and the note says why:
 * ``box_crop`` (:mod:`.box_crop`): facenet_pytorch's MTCNN (``pip install facenet-pytorch``; its weights ship
   in the package), run on the picture as given (BGR, as the original reads it with OpenCV); its square crop and
   mask replace ours;
-* ``identity``: insightface's embedding of the largest face (:mod:`emo_model.identity`; it runs where the
+* ``identity``: insightface's embedding of the largest face (:mod:`emo_model.network.identity`; it runs where the
   portrait is encoded) and ``squash_resize``: the picture resized to the model size without a crop.
 
 The original's framing (:func:`whole_picture`): for a family whose original resizes the whole picture

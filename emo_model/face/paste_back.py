@@ -18,7 +18,7 @@ generated frame back through the same box and blends it into the source picture:
     and falling back to the ring's mean offset far from it; so the colours meet the source where they
     touch it, place by place.
   - ``colour="mean"``: one shift in CIE Lab, so that the mean over the ring equals the source's (the
-    statistics of :func:`~emo_model.colour_match.colour_stats`).
+    statistics of :func:`~emo_model.sampling.colour_match.colour_stats`).
   - ``colour="none"``: pasted as generated.
 * **Size**: the output has the source's size, padded by one replicated row/column where a side is
   odd (H.264 needs even sides; the same padding the video writer uses).  Pictures larger than
@@ -47,7 +47,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ..colour_match import colour_stats
+from ..sampling.colour_match import colour_stats
 from .boxes import FaceBox, FaceError
 from .crop import PortraitCrop
 from .image import to_rgb_float

@@ -3,7 +3,7 @@
 A family module (``emo_model/families/<name>.py``) builds one :class:`Family` and holds everything that
 makes that family itself: its architecture switches and preset (named configs), the quirks of its original
 inference code with the file and commit each one mirrors, how its checkpoint files are recognised and
-mapped onto :class:`~emo_model.model.EMOModel` names, and which original the parity harness runs.
+mapped onto :class:`~emo_model.network.model.EMOModel` names, and which original the parity harness runs.
 Generic code (loading, the networks, the sampler, the nodes) only reads these fields.
 """
 
@@ -18,7 +18,7 @@ from ..configs import EMOConfig
 if TYPE_CHECKING:  # pragma: no cover
     from pathlib import Path
 
-    from ..vocal_separation import SeparatorSettings
+    from ..audio.vocal_separation import SeparatorSettings
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,9 @@ class PartFiles:
     """A family published as several files, each holding one part of the model.
 
     ``parts``: role -> (canonical file name, prefix of its keys in EMOModel). ``resolve`` turns the files
-    found per role into a :class:`~emo_model.weights.Checkpoint` (called as
-    ``resolve(family, parts, variant, ignored)``); ``claims(parts)`` says whether a set of part roles is
+    found per role into a :class:`~emo_model.weights.checkpoints.Checkpoint` (called as
+    ``resolve(family, parts, variant, ignored, toolkit)``, the toolkit being the
+    weights module, handed in so that a family module never imports the weights code that imports the families); ``claims(parts)`` says whether a set of part roles is
     this family's (the first family that claims them resolves them).
 
     ``subfolders``: role -> sub-folder name, for a family published as diffusers model folders (each holding
@@ -53,7 +54,7 @@ class PartFiles:
 @dataclass(frozen=True)
 class SpeechEmotionFiles:
     """The audio-emotion classifier a family's original runs on the driving audio to pick its emotion classes
-    (emo_model/speech_emotion.py): the sub-folders of the model folder where each part is looked for (first found
+    (emo_model/audio/speech_emotion.py): the sub-folders of the model folder where each part is looked for (first found
     wins) and, for messages, what each folder holds and where it comes from."""
 
     encoder: tuple[str, ...]  # emotion2vec folders: config.yaml + model.pt
@@ -82,7 +83,7 @@ SD_VAE = tuple(
 )
 # The face-analysis files the originals' face preprocessing runs on (insightface's detector + ArcFace pack, MediaPipe's
 # landmarker), as Hallo, Hallo2 and MEMO publish them in their downloads; they go to ComfyUI/models/face_analysis/models,
-# where emo_model/identity.py and emo_model/face/front_ends.py look (the packages themselves: pip install insightface
+# where emo_model/network/identity.py and emo_model/face/front_ends.py look (the packages themselves: pip install insightface
 # onnxruntime mediapipe)
 FACE_ANALYSIS_FILES = ("1k3d68.onnx", "2d106det.onnx", "face_landmarker_v2_with_blendshapes.task", "genderage.onnx",
                        "glintr100.onnx", "scrfd_10g_bnkps.onnx")
@@ -150,7 +151,7 @@ class Family:
     downloads: tuple[HubFile, ...] = ()
     # how its original prepares the portrait (emo_model.face.front_ends.FaceFrontEnd; None: our face front end only)
     face_front_end: Any = None
-    # vocal separation its original runs before the audio encoder (emo_model/vocal_separation.py; None: none)
+    # vocal separation its original runs before the audio encoder (emo_model/audio/vocal_separation.py; None: none)
     vocal_separator: SeparatorSettings | None = None
 
     def config(self, name: str | None = None) -> EMOConfig:

@@ -31,7 +31,7 @@ What makes it EchoMimic v1:
     flattened to tokens (src/models/whisper/audio2feature.py ``get_sliced_feature``); short windows padded with
     zeros in log-mel space.
   - ``audio_loader = "ffmpeg-s16-mono"``: src/models/whisper/whisper/audio.py ``load_audio`` (the ffmpeg program:
-    ``-f s16le -ac 1 -ar 16000``; reproduced with PyAV, emo_model/audio_decode.py).
+    ``-f s16le -ac 1 -ar 16000``; reproduced with PyAV, emo_model/audio/decode.py).
 """
 
 from __future__ import annotations
@@ -158,8 +158,8 @@ def _claims(parts: Mapping[str, list]) -> bool:
     return set(parts) <= set(PARTS)
 
 
-def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str]):
-    from .. import weights as W
+def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str], W):
+    """``W``: the weights toolkit (emo_model.weights.checkpoints._toolkit), handed in by the caller (no import cycle)."""
 
     chosen: dict = {}
     for role, candidates in parts.items():
@@ -170,7 +170,7 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
             else:
                 usable.append(file)
         if usable:
-            chosen[role] = _pick_variant(role, usable, variant, ignored)
+            chosen[role] = _pick_variant(role, usable, variant, ignored, W)
     if not chosen:
         raise W.WeightsError(f"{', '.join(p.name for p in ignored)}: EchoMimic's pose-driven files are not supported")
 
@@ -189,7 +189,7 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
     found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
     name, report = W.closest_config(found)
     W.require_known_layout(list(chosen.values()), name, report)
-    _require_audio_unet(chosen, name, report)
+    _require_audio_unet(chosen, name, report, W)
 
     config = W.get_config(name)
     if any(acc.values()):
@@ -202,13 +202,11 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
     )
 
 
-def _require_audio_unet(chosen: Mapping, name: str, report) -> None:
+def _require_audio_unet(chosen: Mapping, name: str, report, W) -> None:
     """A UNet file is an EchoMimic denoising UNet only if its cross-attention takes EchoMimic's audio tokens.
 
     A plain diffusers UNet (Stable Diffusion 1.5: text cross-attention) has the same key names.
     """
-    from .. import weights as W
-
     unet = chosen.get("denoising_unet")
     if unet is None:
         return
@@ -221,8 +219,7 @@ def _require_audio_unet(chosen: Mapping, name: str, report) -> None:
     )
 
 
-def _pick_variant(role: str, files: list, variant: str, ignored: dict[Path, str]):
-    from .. import weights as W
+def _pick_variant(role: str, files: list, variant: str, ignored: dict[Path, str], W):
 
     acc = [f for f in files if ACC in _name_tags(f.path)]
     standard = [f for f in files if f not in acc]

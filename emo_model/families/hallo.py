@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from ..audio.vocal_separation import SeparatorSettings
 from ..configs import (
     AudioFeatureConfig,
     AudioProjConfig,
@@ -57,7 +58,6 @@ from ..configs import (
 )
 from ..face.front_ends import FaceFrontEnd
 from ..face.landmark_masks import LandmarkMaskRecipe
-from ..vocal_separation import SeparatorSettings
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, face_analysis
 
 ORIGINAL = OriginalCode(

@@ -37,7 +37,7 @@ What makes it MEMO (every rule at commit a5aee301, file:line there):
     tokens, the "no emotion" class 9, no reference in attn1 (``uc_mask``).
   - Emotion: one class per clip, the mode of the clip's frame labels (the smallest on ties, torch.mode on CPU;
     video_pipeline.py:240-248). The labels come from emotion2vec_plus_large + MEMO's classifier
-    (memo/utils/audio_utils.py:149-236, memo/models/emotion_classifier.py; ours: emo_model/speech_emotion.py) run on
+    (memo/utils/audio_utils.py:149-236, memo/models/emotion_classifier.py; ours: emo_model/audio/speech_emotion.py) run on
     the un-separated 16 kHz audio, when their files are in the model folder (:data:`SPEECH_EMOTION`); without them
     the emotion is a fixed choice (:data:`EMOTIONS`, neutral by default).
   - Audio: ``audio_loader = "ffmpeg-wav+librosa"`` (inference.py:118 ``resample_audio``, audio_utils.py:109
@@ -48,6 +48,7 @@ What makes it MEMO (every rule at commit a5aee301, file:line there):
 
 from __future__ import annotations
 
+from ..audio.vocal_separation import SeparatorSettings
 from ..configs import (
     AudioFeatureConfig,
     AudioProjConfig,
@@ -63,7 +64,6 @@ from ..configs import (
     tiny_unet,
 )
 from ..face.front_ends import FaceFrontEnd
-from ..vocal_separation import SeparatorSettings
 from .base import SD_VAE, WAV2VEC2_BASE, YUNET_FACE, Family, HubFile, OriginalCode, PartFiles, SpeechEmotionFiles, face_analysis
 
 ORIGINAL = OriginalCode(
@@ -198,11 +198,11 @@ def _claims(parts) -> bool:
     return set(parts) <= set(PARTS) and bool({"image_proj", "audio_proj"} & set(parts))
 
 
-def _resolve(family: Family, parts: dict, variant: str, ignored: dict):
-    from .. import weights as W
+def _resolve(family: Family, parts: dict, variant: str, ignored: dict, W):
+    """``W``: the weights toolkit (emo_model.weights.checkpoints._toolkit), handed in by the caller (no import cycle)."""
 
     if variant != "standard":
-        raise W.WeightsError(f"MEMO is published in one variant; variant {variant!r} selects {W._variant_owner(variant)}")
+        raise W.WeightsError(f"MEMO is published in one variant; variant {variant!r} selects {W.variant_owner(variant)}")
     chosen = {}
     for role, files in parts.items():
         if len(files) > 1:

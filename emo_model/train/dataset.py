@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from torch.utils.data import Dataset, Sampler
 
-from ..audio import window_frames
+from ..audio.signal import window_frames
 from ..configs import AudioFeatureConfig
 from ..validation import InputError
 

@@ -11,7 +11,7 @@ identity attn2), ``face_locator``.
 from __future__ import annotations
 
 from ..configs import EMOConfig
-from ..model import EMOModel
+from ..network.model import EMOModel
 from .train_config import GROUPS, STAGE_TRAINABLE, TrainError  # noqa: F401 (STAGE_TRAINABLE: the stage defaults)
 
 

@@ -22,7 +22,7 @@ What happens to every video (paper §4.1 and supplement B.2, where EMO describes
    resized to ``--resolution`` (area filter when shrinking).
 6. **Face-region mask** (the Face Locator's input): the union box in crop coordinates, expanded by the
    config's ``preset.face_expand_ratio`` (1.2), as a 0/1 mask.
-7. **Audio**: the track mixed to mono and resampled to 16 kHz (:mod:`emo_model.audio`), cut to exactly
+7. **Audio**: the track mixed to mono and resampled to 16 kHz (:mod:`emo_model.audio.signal`), cut to exactly
    the segment's frames, and its features cached for the config's audio kind (logmel: no weights;
    wav2vec2 / whisper: ``--audio-encoder``). Features are stored per frame *without* the ±m window
    (the dataset windows them at load time with the real neighbours of the segment), in float16.
@@ -60,306 +60,48 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
-import io
 import json
 import math
-import os
 import re
 import shutil
 import sys
-import tarfile
 import time
 import traceback
 from collections import Counter
-from collections.abc import Iterator
 from concurrent import futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
-FORMAT_VERSION = 1
-
-
-class SkipFile(Exception):
-    """A source file that cannot be used; the message is the reason written to the report."""
-
+from .face_track import _detect, crop_frame, crop_square, fill_boxes
+from .preprocess_options import (
+    FORMAT_VERSION,
+    VIDEO_SUFFIXES,
+    FileResult,
+    Options,
+    SegmentResult,
+    SkipFile,
+    _first_line,
+    _load_model_config,
+)
+from .shards import ShardWriter, read_journal, write_index_and_report
+from .video_decode import _open, detect_scenes, resampled_frames, split_scene
 
 # --------------------------------------------------------------------------------------------------
 # Options
-
-
-@dataclass
-class Options:
-    fps: float = 30.0
-    resolution: int = 512
-    min_seconds: float = 3.0
-    max_seconds: float = 12.0
-    config: str = "emo"
-    audio_encoder: str | None = None
-    shard_size: int = 64
-    workers: int = 1
-    detector: str = "auto"
-    models_dir: str | None = None
-    detect_every: int = 1
-    detect_size: int = 640
-    min_face_fraction: float = 0.5
-    crop_ratio: float = 2.0
-    speed_estimator: str = "flow"
-    scene_detector: str = "content"  # "content" (PySceneDetect) or "none" (whole video = one scene)
-    scene_threshold: float = 27.0
-    crf: int = 15
-
-    def validate(self) -> Options:
-        """Every option against the shared rules (:mod:`emo_model.validation`): an InputError naming the flag."""
-        from .. import validation as v
-        from ..face import DETECTORS
-        from ..video_io import FORMATS
-
-        positive = dataclasses.replace(v.RULES["count"], lo=1)
-        v.check("fps", self.fps, label="--fps", hint="the paper's is 30")
-        v.check("size", self.resolution, label="--resolution", hint="the side of the square crops (VAE /8 and three UNet downsamplings); the paper's is 512")
-        v.check("segment_seconds", self.min_seconds, label="--min-seconds")
-        v.check("segment_seconds", self.max_seconds, label="--max-seconds")
-        if self.min_seconds > self.max_seconds:
-            raise v.InputError(
-                f"--min-seconds {self.min_seconds:g} is above --max-seconds {self.max_seconds:g}; lower the first or raise the second"
-            )
-        v.check("count", self.shard_size, label="--shard-size", rule=positive, hint="segments per tar shard; 64 is the default")
-        v.check("workers", self.workers, label="--workers")
-        v.check_choice(self.detector, DETECTORS, label="--detector")
-        v.check("count", self.detect_every, label="--detect-every", rule=positive, hint="1 detects faces on every frame")
-        v.check("pixels", self.detect_size, label="--detect-size", hint="the longest side faces are detected at; 640 is the default")
-        v.check("fraction", self.min_face_fraction, label="--min-face-fraction")
-        v.check("crop_ratio", self.crop_ratio, label="--crop-ratio")
-        v.check_choice(self.scene_detector, ("content", "none"), label="--scene-detector")
-        v.check("scene_threshold", self.scene_threshold, label="--scene-threshold")
-        lo, hi = FORMATS["mp4"].crf_range
-        v.check("crf", self.crf, label="--crf", rule=v.Rule(lo, hi, integer=True), hint="x264 quality of the stored crops: lower is better, 0 lossless")
-        from .head_pose import get_estimator
-
-        try:
-            get_estimator(self.speed_estimator)
-        except (KeyError, TypeError, ImportError, AttributeError, ValueError) as exc:
-            raise v.InputError(f"--speed-estimator: {v.first_line(exc.args[0] if exc.args else exc)}") from exc
-        return self
-
-
-def _load_model_config(spec: str):
-    from ..configs import EMOConfig, get_config
-
-    path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
-        return EMOConfig.from_json(path.read_text()).validate()
-    return get_config(spec)
 
 
 # --------------------------------------------------------------------------------------------------
 # Results
 
 
-@dataclass
-class SegmentResult:
-    key: str
-    meta: dict
-    files: dict[str, str]  # member extension -> path of the file in the work folder
-
-
-@dataclass
-class FileResult:
-    source: str  # path relative to the input folder
-    size: int
-    mtime: float
-    segments: list[SegmentResult] = field(default_factory=list)
-    skipped: str | None = None  # reason the whole file was skipped
-    dropped: dict[str, int] = field(default_factory=dict)  # reason -> number of scenes/segments dropped
-    seconds: float = 0.0  # duration of the source
-    elapsed: float = 0.0
-
-
 # --------------------------------------------------------------------------------------------------
 # Decoding
 
 
-def _open(path: Path):
-    import av
-
-    try:
-        container = av.open(str(path), mode="r")
-    except Exception as exc:  # av.FFmpegError, OSError, ...
-        raise SkipFile(f"cannot open as a video: {_first_line(exc)}") from None
-    if not container.streams.video:
-        container.close()
-        raise SkipFile("no video stream")
-    if not container.streams.audio:
-        container.close()
-        raise SkipFile("no audio track (training needs the speech / singing that drives the face)")
-    return container
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _frame_times(container) -> Iterator[tuple[float, object]]:
-    """(seconds since the stream's first frame, av.VideoFrame) in decode order (monotonic pts)."""
-    stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    first = None
-    last = -math.inf
-    for frame in container.decode(stream):
-        if frame.pts is None:
-            continue
-        t = float(frame.pts * frame.time_base)
-        if first is None:
-            first = t
-        t -= first
-        if t <= last:  # duplicated / reordered timestamps: keep the first
-            continue
-        last = t
-        yield t, frame
-
-
-def resampled_frames(container, fps: float, first: int = 0, stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-    """Target frames ``k`` (``first <= k < stop``) at ``fps``: the source frame shown at time ``k / fps``.
-
-    Yields (k, RGB uint8 [H, W, 3]); a source frame that covers several target frames is converted
-    once. Ends with the source: the last source frame covers one source-frame duration.
-    """
-    k = first
-    prev, prev_rgb, prev_t, step = None, None, 0.0, 1.0 / fps
-    eps = 1e-6
-    for t, frame in _frame_times(container):
-        while (stop is None or k < stop) and t > k / fps + eps:
-            if prev is not None:
-                if prev_rgb is None:
-                    prev_rgb = prev.to_ndarray(format="rgb24")
-                yield k, prev_rgb
-            k += 1
-        if stop is not None and k >= stop:
-            return
-        if prev is not None:
-            step = max(t - prev_t, 1e-3)
-        prev, prev_rgb, prev_t = frame, None, t
-    while prev is not None and (stop is None or k < stop) and k / fps < prev_t + step - eps:
-        if prev_rgb is None:
-            prev_rgb = prev.to_ndarray(format="rgb24")
-        yield k, prev_rgb
-        k += 1
-
-
-def detect_scenes(path: Path, opts: Options) -> list[tuple[float, float]] | None:
-    """Scenes as (start, end) seconds from the first frame; None = scene detection turned off."""
-    if opts.scene_detector == "none":
-        return None
-    try:
-        from scenedetect import ContentDetector, SceneManager
-        from scenedetect.backends.pyav import VideoStreamAv
-    except ImportError:
-        raise RuntimeError(
-            "scene detection needs PySceneDetect: pip install 'scenedetect>=0.6.4,!=0.6.7.1,<0.7' "
-            "(or pass --scene-detector none to treat every video as one scene)"
-        ) from None
-    try:
-        # suppress_output keeps PySceneDetect from turning FFmpeg's console logging back on
-        video = VideoStreamAv(str(path), threading_mode="NONE", suppress_output=True)
-        manager = SceneManager()
-        manager.auto_downscale = True
-        manager.add_detector(ContentDetector(threshold=opts.scene_threshold))
-        manager.detect_scenes(video=video, show_progress=False)
-        scenes = manager.get_scene_list(start_in_scene=True)
-    except Exception as exc:
-        raise SkipFile(f"scene detection failed: {_first_line(exc)}") from None
-    return [(s.get_seconds(), e.get_seconds()) for s, e in scenes]
-
-
-def split_scene(first: int, stop: int, min_frames: int, max_frames: int) -> list[tuple[int, int]]:
-    """Frame ranges of min..max frames covering a scene [first, stop): equal parts, or none if too short."""
-    total = stop - first
-    if total < min_frames:
-        return []
-    parts = math.ceil(total / max_frames)
-    size = total // parts
-    if size >= min_frames:
-        bounds = [first + round(i * total / parts) for i in range(parts + 1)]
-        return list(zip(bounds[:-1], bounds[1:], strict=True))
-    out = [(s, min(s + max_frames, stop)) for s in range(first, stop, max_frames)]
-    return [(a, b) for a, b in out if b - a >= min_frames]
-
-
 # --------------------------------------------------------------------------------------------------
 # Faces and crops
-
-
-def _detect(frame: np.ndarray, opts: Options, previous: np.ndarray | None) -> np.ndarray | None:
-    """The face box [x0, y0, x1, y1] in frame pixels, or None."""
-    import cv2
-
-    from ..face import detect_faces
-
-    h, w = frame.shape[:2]
-    scale = min(1.0, opts.detect_size / max(h, w))
-    small = (
-        cv2.resize(frame, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        if scale < 1
-        else frame
-    )
-    try:
-        boxes = detect_faces(small, detector=opts.detector, models_dir=opts.models_dir)
-    except Exception:
-        return None
-    if not boxes:
-        return None
-    cands = [np.array(b.as_tuple()) / scale for b in boxes]
-    if previous is not None:
-        overlapping = [c for c in cands if _iou(c, previous) > 0.3]
-        if overlapping:
-            return overlapping[0]  # largest first
-    return cands[0]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def fill_boxes(boxes: np.ndarray, found: np.ndarray) -> np.ndarray:
-    """Linear interpolation of the boxes of frames without a detection (edges hold the nearest)."""
-    idx = np.flatnonzero(found)
-    out = boxes.copy()
-    frames = np.arange(len(boxes))
-    for c in range(4):
-        out[:, c] = np.interp(frames, idx, boxes[idx, c])
-    return out
-
-
-def crop_square(boxes: np.ndarray, crop_ratio: float) -> tuple[float, float, float]:
-    """(x0, y0, side) of the static square crop of a segment, in source pixels."""
-    union = np.array([boxes[:, 0].min(), boxes[:, 1].min(), boxes[:, 2].max(), boxes[:, 3].max()])
-    face = float(np.median(np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])))
-    side = max(crop_ratio * face, 1.1 * max(union[2] - union[0], union[3] - union[1]), 8.0)
-    cx, cy = (union[0] + union[2]) / 2, (union[1] + union[3]) / 2
-    return cx - side / 2, cy - side / 2, side
-
-
-def crop_frame(frame: np.ndarray, x0: float, y0: float, side: float, size: int) -> np.ndarray:
-    """The square [x0, x0+side) x [y0, y0+side) of ``frame`` at size x size (edge padding outside)."""
-    import cv2
-
-    s = size / side
-    src, f = frame, 1.0
-    if s < 0.5:  # anti-alias: shrink by an integer factor with area averaging first
-        k = int(1.0 / s)
-        h, w = frame.shape[:2]
-        src = cv2.resize(frame, (max(1, w // k), max(1, h // k)), interpolation=cv2.INTER_AREA)
-        f = src.shape[1] / w
-    m = np.array([[s / f, 0.0, s * (0.5 / f - x0) - 0.5], [0.0, s / f, s * (0.5 / f - y0) - 0.5]])
-    return cv2.warpAffine(src, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -370,7 +112,7 @@ _ENCODERS: dict = {}
 
 
 def _audio_encoder(opts: Options):
-    from ..audio_encoders import build_audio_encoder
+    from ..audio.encoders import build_audio_encoder
 
     key = (opts.config, opts.audio_encoder)
     if key not in _ENCODERS:
@@ -381,7 +123,7 @@ def _audio_encoder(opts: Options):
 
 def _load_track(path: Path, container) -> tuple[np.ndarray, float]:
     """Mono 16 kHz audio of the file and its start relative to the first video frame (seconds)."""
-    from ..audio import SAMPLE_RATE, AudioError, load_audio, resample
+    from ..audio.signal import SAMPLE_RATE, AudioError, load_audio, resample
 
     try:
         waveform, rate = load_audio(path)
@@ -417,7 +159,7 @@ def process_file(path: Path, source: str, opts: Options, work: Path) -> FileResu
 
 
 def _process(path: Path, opts: Options, work: Path, result: FileResult) -> None:
-    from ..audio import SAMPLE_RATE
+    from ..audio.signal import SAMPLE_RATE
 
     container = _open(path)
     with container:
@@ -517,7 +259,7 @@ def _write_segment(
     import torch
     from safetensors.torch import save as save_tensors
 
-    from ..audio import SAMPLE_RATE, PreparedAudio, frame_samples
+    from ..audio.signal import SAMPLE_RATE, PreparedAudio, frame_samples
     from ..face import FaceBox, face_region_mask
     from ..video_io import VideoWriter
 
@@ -592,158 +334,6 @@ def _write_segment(
 
 # --------------------------------------------------------------------------------------------------
 # Shards, journal, index, report
-
-
-class ShardWriter:
-    """Tar shards of whole files; the journal line for a shard is written after its rename."""
-
-    def __init__(self, out: Path, shard_size: int):
-        self.out, self.shard_size = out, shard_size
-        for partial in out.glob(".shard-*.tar.partial"):
-            partial.unlink()
-        numbers = [int(p.stem.split("-")[1]) for p in out.glob("shard-*.tar")]
-        self.next_number = max(numbers, default=-1) + 1
-        self.tar: tarfile.TarFile | None = None
-        self.name = ""
-        self.count = 0
-        self.pending: list[dict] = []
-
-    def add(self, result: FileResult) -> None:
-        record = {
-            "source": result.source,
-            "size": result.size,
-            "mtime": result.mtime,
-            "seconds": result.seconds,
-            "skipped": result.skipped,
-            "dropped": result.dropped,
-            "elapsed": round(result.elapsed, 2),
-            "segments": [],
-        }
-        for seg in result.segments:
-            if self.tar is None:
-                self.name = f"shard-{self.next_number:06d}.tar"
-                self.next_number += 1
-                self.tar = tarfile.open(self.out / f".{self.name}.partial", "w", format=tarfile.PAX_FORMAT)
-            members = {}
-            for ext in ("json", "safetensors", "mp4"):
-                data = Path(seg.files[ext]).read_bytes()
-                info = tarfile.TarInfo(f"{seg.key}.{ext}")
-                info.size, info.mtime = len(data), int(time.time())
-                self.tar.addfile(info, io.BytesIO(data))
-                # addfile leaves the stream at the end of the data's 512-byte blocks
-                members[ext] = [self.tar.offset - tarfile.BLOCKSIZE * -(-len(data) // tarfile.BLOCKSIZE), len(data)]
-            entry = {
-                k: seg.meta[k]
-                for k in (
-                    "key",
-                    "source",
-                    "source_start",
-                    "source_end",
-                    "frames",
-                    "fps",
-                    "resolution",
-                    "speed_mean",
-                    "speed_estimator",
-                )
-            }
-            entry.update(shard=self.name, members=members, audio_kind=seg.meta["audio"]["kind"])
-            record["segments"].append(entry)
-            self.count += 1
-        self.pending.append(record)
-        if self.count >= self.shard_size:
-            self.flush()
-
-    def flush(self) -> None:
-        shard = None
-        if self.tar is not None:
-            self.tar.close()
-            os.replace(self.out / f".{self.name}.partial", self.out / self.name)
-            shard = self.name
-        if self.pending:
-            line = json.dumps({"shard": shard, "files": self.pending}, sort_keys=True)
-            with open(self.out / "journal.jsonl", "a") as fh:
-                fh.write(line + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-        self.tar, self.count, self.pending = None, 0, []
-
-
-def read_journal(out: Path) -> list[dict]:
-    path = out / "journal.jsonl"
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # a torn last line from a crash: that shard's files are redone
-            continue
-    return [r for r in records if r["shard"] is None or (out / r["shard"]).is_file()]
-
-
-def write_index_and_report(out: Path, opts: Options, listed: int) -> dict:
-    files = [f for record in read_journal(out) for f in record["files"]]
-    latest = {f["source"]: f for f in files}  # a re-done file replaces its older record
-    segments = [s for f in latest.values() for s in f["segments"]]
-    segments.sort(key=lambda s: s["key"])
-    tmp = out / ".index.jsonl.partial"
-    tmp.write_text("".join(json.dumps(s, sort_keys=True) + "\n" for s in segments))
-    os.replace(tmp, out / "index.jsonl")
-    frames = sum(s["frames"] for s in segments)
-    dropped = Counter()
-    for f in latest.values():
-        dropped.update(f["dropped"])
-    speeds = [s["speed_mean"] for s in segments]
-    report = {
-        "format_version": FORMAT_VERSION,
-        "options": dataclasses.asdict(opts),
-        "files_listed": listed,
-        "files_done": len(latest),
-        "files_used": sum(1 for f in latest.values() if f["segments"]),
-        "files_skipped": {f["source"]: f["skipped"] for f in latest.values() if f["skipped"]},
-        "segments": len(segments),
-        "frames": frames,
-        "hours": frames / opts.fps / 3600,
-        "source_hours": sum(f["seconds"] for f in latest.values()) / 3600,
-        "shards": sorted({s["shard"] for s in segments}),
-        "dropped": dict(dropped),
-        "segment_speed_mean": {
-            "mean": float(np.mean(speeds)) if speeds else None,
-            "p5": float(np.percentile(speeds, 5)) if speeds else None,
-            "p50": float(np.percentile(speeds, 50)) if speeds else None,
-            "p95": float(np.percentile(speeds, 95)) if speeds else None,
-        },
-    }
-    (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-    kind = _load_model_config(opts.config).audio.kind
-    lines = [
-        f"EMO training dataset: {out}",
-        (
-            f"  {report['segments']} segments, {frames} frames, {report['hours']:.3f} h at {opts.fps:g} fps, "
-            f"{opts.resolution}x{opts.resolution}, audio features: {kind}"
-        ),
-        (
-            f"  from {report['files_used']} of {listed} files ({report['source_hours']:.3f} h of source video), "
-            f"{len(report['shards'])} shards"
-        ),
-    ]
-    if speeds:
-        sm = report["segment_speed_mean"]
-        lines.append(
-            f"  head speed per segment ({opts.speed_estimator}, deg/frame): "
-            f"p5 {sm['p5']:.3f}, median {sm['p50']:.3f}, p95 {sm['p95']:.3f}"
-        )
-    if report["files_skipped"]:
-        lines.append(f"  skipped files ({len(report['files_skipped'])}):")
-        lines += [f"    {src}: {why}" for src, why in sorted(report["files_skipped"].items())]
-    if dropped:
-        lines.append("  dropped scenes / segments:")
-        lines += [f"    {n} x {why}" for why, n in sorted(dropped.items())]
-    (out / "report.txt").write_text("\n".join(lines) + "\n")
-    return report
 
 
 def list_videos(root: Path) -> list[Path]:

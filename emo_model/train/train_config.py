@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..configs import EMOConfig, get_config
+from ..configs import EMOConfig
+from ..families import get_config
 from ..validation import InputError
 
 GROUPS = ("reference_net", "backbone", "temporal", "speed", "audio", "identity", "face_locator")

@@ -24,7 +24,7 @@ The recipe (paper §3.3 and §4.1; what the paper leaves open follows the open r
 
 Shared by all stages: lr 1e-5 (AdamW, or 8-bit AdamW with bitsandbytes), gradient clipping 1.0,
 condition dropout for classifier-free guidance per sample (the unconditional branch of
-:mod:`emo_model.pipeline`: reference dropped = ``reference_enabled`` False + zero Face Locator features;
+:mod:`emo_model.sampling.pipeline`: reference dropped = ``reference_enabled`` False + zero Face Locator features;
 audio dropped = zero audio tokens; both; 5 % each by default, as the published setups), optional noise offset and
 min-SNR-gamma loss weighting, epsilon or v-prediction from the config's :class:`SchedulerConfig`
 (a diffusers ``DDPMScheduler`` with the same betas and zero-SNR rescale the sampler uses), mixed
@@ -38,7 +38,7 @@ Checkpoints and exact resume
 Every ``checkpoint_every`` steps ``OUTPUT/checkpoints/step-NNNNNNN/`` receives accelerate's state
 (model, optimiser, LR schedule, EMA, RNG states, via ``save_state``), ``trainer_state.json`` (step,
 epoch and the number of batches this epoch already used) and the weights in our native format
-(``emo-stageS-stepN.safetensors``, :func:`emo_model.weights.save_native`, the EMA weights when EMA is
+(``emo-stageS-stepN.safetensors``, :func:`emo_model.weights.checkpoints.save_native`, the EMA weights when EMA is
 on), which the LoadEMOModel node opens directly. The final weights also go to
 ``OUTPUT/emo-stageS-final.safetensors``. ``--resume latest`` (or a checkpoint folder) restores all
 of it; the per-step randomness (timesteps, noise, dropout) is drawn from generators seeded by
@@ -53,7 +53,6 @@ Samples: every ``sample_every`` steps, on the main process, a held-out segment (
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -66,8 +65,10 @@ import torch
 import torch.nn.functional as F
 
 from ..configs import EMOConfig
-from ..model import Conditioning, EMOModel
+from ..network.model import EMOModel
+from .checkpointing import export_native, latest_checkpoint, load_extra_state, rotate, save_extra_state
 from .parameter_groups import GROUPS, STAGE_TRAINABLE, parameter_group, set_trainable  # noqa: F401 (also the public names of this module)
+from .samples import sample_images, sample_video
 from .train_config import (  # noqa: F401
     TrainConfig,
     TrainError,
@@ -101,11 +102,6 @@ class Paths:
 def step_generator(seed: int, step: int, rank: int, micro: int = 0) -> torch.Generator:
     """The generator for one micro-batch: a function of (seed, step, rank, micro) only."""
     return torch.Generator().manual_seed((seed * 1_000_003 + step * 7_919 + rank * 104_729 + micro * 31) % (2**63 - 1))
-
-
-def latest_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
 
 
 class Trainer:
@@ -308,7 +304,7 @@ class Trainer:
 
     def _setup_vae(self) -> None:
         from .. import weights
-        from ..vae import DiffusersVAE
+        from ..network.vae import DiffusersVAE
 
         if self.vae_path is None:
             raise TrainError("--vae is required (a diffusers AutoencoderKL folder or an SD VAE file, e.g. sd-vae-ft-mse)")
@@ -542,69 +538,15 @@ class Trainer:
                 "train_config": self.cfg.to_dict(),
             }
             (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-            self._save_extra_state(folder)
-            self._rotate()
+            save_extra_state(self, folder)
+            rotate(self)
             self.log(f"checkpoint: {folder}")
         acc.wait_for_everyone()
         return folder
 
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """The model (EMA weights where EMA is on) as a native safetensors file."""
-        from ..weights import save_native
-
-        if state is None:
-            state = self.accelerator.get_state_dict(self.net)
-        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        if self.ema is not None:
-            names = [n for n, p in self.accelerator.unwrap_model(self.net).model.named_parameters() if p.requires_grad]
-            for name, shadow in zip(names, self.ema.shadow_params, strict=True):
-                state[name] = shadow
-        with torch.device("meta"):
-            export = EMOModel(self.config)
-        export.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in state.items()}, strict=True, assign=True)
-        metadata = {
-            "emo_training_stage": str(self.cfg.stage),
-            "emo_training_step": str(self.global_step),
-            "emo_ema": str(self.ema is not None),
-        }
-        return save_native(export, path, metadata=metadata)
-
-    # The LR schedule and the EMA are saved as JSON + safetensors rather than through accelerate's
-    # register_for_checkpointing, whose files are pickles loaded with weights_only=False.
-    def _save_extra_state(self, folder: Path) -> None:
-        from safetensors.torch import save_file
-
-        schedule = {k: v for k, v in self.lr_scheduler.state_dict().items() if k != "lr_lambdas"}
-        (folder / "lr_scheduler.json").write_text(json.dumps(schedule))
-        if self.ema is not None:
-            state = self.ema.state_dict()
-            shadow = state.pop("shadow_params")
-            save_file(
-                {f"shadow.{i}": t.detach().cpu().contiguous() for i, t in enumerate(shadow)}, str(folder / "ema.safetensors")
-            )
-            (folder / "ema.json").write_text(json.dumps(state))
-
-    def _load_extra_state(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        schedule = json.loads((folder / "lr_scheduler.json").read_text())
-        self.lr_scheduler.load_state_dict({**self.lr_scheduler.state_dict(), **schedule})
-        if self.ema is not None:
-            if not (folder / "ema.safetensors").is_file():
-                raise TrainError(f"{folder} has no EMA state; it was trained without EMA (set ema.enabled: false to resume it)")
-            tensors = load_file(str(folder / "ema.safetensors"))
-            state = json.loads((folder / "ema.json").read_text())
-            state["shadow_params"] = [tensors[f"shadow.{i}"] for i in range(len(tensors))]
-            self.ema.load_state_dict(state)
-            self.ema.to(self.accelerator.device)
-
-    def _rotate(self) -> None:
-        keep = self.cfg.keep_checkpoints
-        if keep <= 0:
-            return
-        found = sorted((p for p in self.paths.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
-        for old in found[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        return export_native(self, path, state)
 
     def _load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / "trainer_state.json").read_text())
@@ -619,7 +561,7 @@ class Trainer:
                 "the data order after resuming differs from an uninterrupted run"
             )
         self.accelerator.load_state(str(folder))
-        self._load_extra_state(folder)
+        load_extra_state(self, folder)
         self.global_step, self.epoch, self.batches_in_epoch = state["global_step"], state["epoch"], state["batches_in_epoch"]
         if self.batches_in_epoch >= self.sampler.batches_per_epoch():
             self.epoch, self.batches_in_epoch = self.epoch + 1, 0
@@ -642,90 +584,13 @@ class Trainer:
             model.eval()
             try:
                 with acc.autocast():
-                    path = self._sample_images(model) if self.cfg.stage == 1 else self._sample_video(model)
+                    path = sample_images(self, model) if self.cfg.stage == 1 else sample_video(self, model)
                 self.log(f"sample: {path}")
             finally:
                 model.train()
                 if self.ema is not None:
                     self.ema.restore(params)
         acc.wait_for_everyone()
-        return path
-
-    def _held_out(self):
-        entry = self.store.entries[self.holdout[0]]
-        return entry, self.store.tensors(entry)
-
-    def _sample_images(self, model: EMOModel) -> Path:
-        """Stage 1: independent frames from the reference (temporal off, no audio), with reference CFG."""
-        import cv2
-        import numpy as np
-
-        from ..schedulers import make_scheduler
-
-        entry, tensors = self._held_out()
-        total = entry["frames"]
-        picks = [0, total // 3, 2 * total // 3]
-        pixels = self.store.frames(entry, picks)
-        device = self.accelerator.device
-        ref_latent = self.encode(torch.from_numpy(pixels[:1]))
-        bank = model.encode_reference(ref_latent, model.identity_tokens(None))
-        face = model.face_features(tensors["mask"].float()[None].to(device))
-        scheduler = make_scheduler("ddim", self.config.preset.scheduler)
-        scheduler.set_timesteps(self.cfg.sample_steps, device=device)
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        shape = (2, self.config.latent_channels, 1, *ref_latent.shape[-2:])
-        x = (torch.randn(shape, generator=g) * scheduler.init_noise_sigma).to(device)
-        cond = Conditioning(
-            reference=bank,
-            reference_enabled=torch.tensor([True, False], device=device),  # conditional, unconditional
-            face_features=torch.cat([face, torch.zeros_like(face)]),
-            identity_tokens=model.identity_tokens(None, 2),
-            temporal=False,
-        )
-        scale = self.config.preset.cfg
-        for t in scheduler.timesteps:
-            outs = []
-            for i in range(2):  # each sample with its conditional and unconditional branch
-                xi = scheduler.scale_model_input(x[i : i + 1], t).expand(2, -1, -1, -1, -1)
-                out = model(xi, t, cond).float()
-                outs.append(out[1:] + scale * (out[:1] - out[1:]))
-            x = scheduler.step(torch.cat(outs), t, x).prev_sample
-        images = self.codec.decode(x[:, :, 0]).cpu().numpy()
-        row = [pixels[0]] + [(im * 255).round().astype(np.uint8) for im in images] + [pixels[1]]
-        path = self.paths.samples / f"stage1-step{self.global_step:07d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(row, axis=1), cv2.COLOR_RGB2BGR))
-        return path
-
-    def _sample_video(self, model: EMOModel) -> Path:
-        """Stages 2-3: the held-out segment's audio through the sampling pipeline (generated | ground truth)."""
-        import numpy as np
-
-        from ..pipeline import EMOPipeline, SamplingSettings
-        from ..video_io import VideoWriter
-        from .dataset import segment_audio_features
-
-        entry, tensors = self._held_out()
-        frames = min(entry["frames"], self.frames * self.cfg.sample_clips)
-        truth = self.store.frames(entry, list(range(frames)))
-        features = segment_audio_features(tensors["audio_features"], self.config.audio, 0, frames)
-        pipe = EMOPipeline(model, self.codec, device=self.accelerator.device)
-        reference = pipe.encode_reference(torch.from_numpy(truth[0]).float() / 255.0, size=truth.shape[1])
-        settings = SamplingSettings.from_preset(
-            self.config.preset,
-            steps=self.cfg.sample_steps,
-            seed=self.cfg.seed,
-            frames_per_clip=self.frames,
-            motion_frames=self.motion_frames,
-            speed=float(tensors["speed"][:frames].mean()),
-        )
-        generated = pipe.generate_frames(reference, features, settings=settings, face_mask=tensors["mask"].float())
-        video = np.concatenate([(generated.numpy() * 255).round().astype(np.uint8), truth], axis=2)
-        audio = tensors["audio"][: round(frames * 16000 / entry["fps"])].numpy()
-        path = self.paths.samples / f"stage{self.cfg.stage}-step{self.global_step:07d}.mp4"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with VideoWriter(path, entry["fps"], audio=(audio, 16000)) as writer:
-            writer.write(video)
         return path
 
 
@@ -755,61 +620,3 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict:
 # CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True, help="1 image, 2 video + audio, 3 speed layers")
-    parser.add_argument(
-        "--config", required=True, help="training config (JSON or YAML), e.g. emo_model/train/configs/emo_stage1.yaml"
-    )
-    parser.add_argument("--data", default=None, help="dataset folder from `preprocess` (overrides data.dir)")
-    parser.add_argument("--output", default=None, help="run folder (default: runs/stageN)")
-    parser.add_argument(
-        "--resume",
-        nargs="?",
-        const="latest",
-        default=None,
-        help="resume: 'latest' (default when given alone) or a checkpoint folder",
-    )
-    parser.add_argument(
-        "--init", default=None, help="start from a checkpoint (native .safetensors of the previous stage, a family's whole-model file, ...)"
-    )
-    parser.add_argument(
-        "--sd15", default=None, help="SD1.5 UNet (diffusers folder or single file) to initialise both UNets (stage 1)"
-    )
-    parser.add_argument(
-        "--animatediff", default=None, help="AnimateDiff v2 motion module (mm_sd_v15_v2.ckpt) for the temporal modules (stage 2)"
-    )
-    parser.add_argument("--vae", default=None, help="SD VAE (diffusers folder or single file), e.g. sd-vae-ft-mse")
-    parser.add_argument("--max-steps", type=int, default=None, help="override max_steps")
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config entry, e.g. optim.lr=1e-4 (repeatable)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Every flag and config value is checked (one line naming it; ``--debug`` for the traceback) before model work."""
-    from .. import validation
-
-    if args.max_steps is not None:
-        validation.check("train_steps", args.max_steps, label="--max-steps")
-    validation.check_input_path(args.config, label="--config", kind="file")
-    cfg = load_train_config(args.config, args.set)
-    cfg.stage = args.stage
-    if args.data:
-        cfg.data.dir = args.data
-    if args.max_steps is not None:
-        cfg.max_steps = args.max_steps
-    output = args.output or f"runs/stage{args.stage}"
-    trainer = Trainer(cfg, output, vae=args.vae, init=args.init, sd15=args.sd15, animatediff=args.animatediff, resume=args.resume)
-    trainer.check_inputs()  # setup() checks again; here it runs before accelerate starts
-    try:
-        trainer.setup()
-    except KeyError as exc:  # an unknown name in the config (scheduler, config name)
-        raise TrainError(_message(exc)) from exc
-    summary = trainer.train()
-    if trainer.accelerator.is_main_process:
-        print(f"done: {summary['steps']} steps, weights in {summary['final']}")
-    return 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..model import Conditioning, EMOModel
+from ..network.model import Conditioning, EMOModel
 
 
 class TrainingNet(nn.Module):

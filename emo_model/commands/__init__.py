@@ -1,1 +1,0 @@
-"""Implementations of ``python -m emo_model`` commands (see :mod:`emo_model.cli`)."""
