@@ -220,6 +220,10 @@ class InferenceQuirks:
     # "librosa" (librosa.load), "ffmpeg-wav+librosa" (the ffmpeg program to a 16 kHz wav, then librosa.load),
     # "ffmpeg-s16-mono" (the ffmpeg program to 16-bit mono 16 kHz).
     audio_loader: str = "pyav"
+    # Which audio the audio-emotion classifier hears: "mix" (the mono 16 kHz mix the video keeps) or "first" (the
+    # first channel of the 16 kHz audio the loader makes before it mixes down, e.g. of the ffmpeg program's wav with
+    # "ffmpeg-wav+librosa"; the whole file, un-separated; a mono file's one channel).
+    emotion_channel: str = "mix"
 
 
 @dataclass
@@ -342,6 +346,8 @@ class EMOConfig:
         if self.preset.quirks.audio_loader not in ("pyav", "librosa", "ffmpeg-wav+librosa", "ffmpeg-s16-mono"):
             raise ValueError(f"preset.quirks.audio_loader must be pyav/librosa/ffmpeg-wav+librosa/ffmpeg-s16-mono, "
                              f"got {self.preset.quirks.audio_loader!r}")
+        if self.preset.quirks.emotion_channel not in ("mix", "first"):
+            raise ValueError(f"preset.quirks.emotion_channel must be mix/first, got {self.preset.quirks.emotion_channel!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
         sch = self.preset.scheduler

@@ -240,8 +240,9 @@ class Session:
             if should_cancel is not None and should_cancel():
                 raise GenerationCancelled("cancelled while classifying the audio's emotion")
 
-        prepared = audio.audio
-        wave = prepared.waveform[: prepared.real_samples]
+        prepared = audio.audio  # the mix, or what the family's original classifies (InferenceQuirks.emotion_channel)
+        heard = getattr(audio, "emotion_audio", None)
+        wave = prepared.waveform[: prepared.real_samples] if heard is None else heard
         rows = int(audio.features.shape[0])  # the feature rows (the frames padded to whole clips, if the family pads)
         key = (rows, wave.shape[0], float(wave.double().sum()), float(wave.double().abs().sum()), str(encoder_dir), str(classifier_dir))
         if key not in self._emotion_labels:
@@ -294,10 +295,11 @@ class Session:
         validation.check_frame_count(num_video_frames(waveform.shape[-1], rate, fps), fps, max_frames, label=max_frames_label)
         taken = self._take_audio(source, encoder_output is None)  # the family's original's loader / vocal separation
         source = {"waveform": waveform[None], "sample_rate": rate} if taken is None else taken.drive  # decoded once (ours)
+        emotion_audio = None if taken is None else taken.emotion  # what the emotion classifier hears (None: the mix)
         if encoder_output is not None:
             audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs)
             feats = features_from_comfy_encoder_output(encoder_output, cfg, audio.num_frames, fps)
-            return AudioFeatures(feats, fps, audio.num_frames, audio, cfg.kind)
+            return AudioFeatures(feats, fps, audio.num_frames, audio, cfg.kind, emotion_audio=emotion_audio)
         if self.audio_encoder is None:
             from ..audio.signal import AudioError
 
@@ -309,7 +311,7 @@ class Session:
 
         features = stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
         if taken is not None:
-            features.note = taken.note
+            features.note, features.emotion_audio = taken.note, emotion_audio
             if taken.vocals is not None:  # the vocals drove the mouth; the video keeps the whole mix
                 features.vocals = features.audio
                 features.audio = prepare_audio(taken.mix, fps, loudness_lufs=loudness_lufs, num_frames=features.num_frames)

@@ -37,6 +37,8 @@ class AudioFeatures:
     # the separated vocals that drove the features (the family's vocal separation ran; ``audio`` is then the whole mix)
     vocals: PreparedAudio | None = None
     note: str = ""  # one line for the user about the audio front end ('' when there is nothing to say)
+    # the 16 kHz float32 waveform [samples] the audio-emotion classifier hears (InferenceQuirks.emotion_channel; None: audio)
+    emotion_audio: torch.Tensor | None = None
 
 
 class AudioEncoder(ABC):

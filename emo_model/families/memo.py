@@ -38,8 +38,8 @@ What makes it MEMO (every rule at commit a5aee301, file:line there):
   - Emotion: one class per clip, the mode of the clip's frame labels (the smallest on ties, torch.mode on CPU;
     video_pipeline.py:240-248). The labels come from emotion2vec_plus_large + MEMO's classifier
     (memo/utils/audio_utils.py:149-236, memo/models/emotion_classifier.py; ours: emo_model/audio/speech_emotion.py) run on
-    the un-separated 16 kHz audio, when their files are in the model folder (:data:`SPEECH_EMOTION`); without them
-    the emotion is a fixed choice (:data:`EMOTIONS`, neutral by default).
+    the first channel of the un-separated 16 kHz wav (``emotion_channel = "first"``), when their files are in the model
+    folder (:data:`SPEECH_EMOTION`); without them the emotion is a fixed choice (:data:`EMOTIONS`, neutral by default).
   - Audio: ``audio_loader = "ffmpeg-wav+librosa"`` (inference.py:118 ``resample_audio``, audio_utils.py:109
     ``librosa.load``) and :data:`VOCAL_SEPARATOR` (audio_utils.py:80-103: audio-separator 0.24.1, Kim_Vocal_2), when the
     user has the model file; the emotion is classified on the un-separated 16 kHz audio, as inference.py:133 does.
@@ -104,6 +104,9 @@ QUIRKS = InferenceQuirks(
     audio_single_pass=True,
     # inference.py:118-121 resample_audio (the ffmpeg program, -ar 16000), then memo/utils/audio_utils.py:109 librosa.load
     audio_loader="ffmpeg-wav+librosa",
+    # inference.py:133-139 classifies the emotion on that un-separated 16 kHz wav, and memo/utils/audio_utils.py:197-199
+    # reads it with torchaudio.load (int16 / 32768, [channels, n]) and keeps wav[0]: the first channel (a5aee301)
+    emotion_channel="first",
     # seed_stream stays ours ("per_clip"): inference.py:55 seeds the GLOBAL generator (torch.manual_seed(args.seed)), and
     # model loading between that line and the clips (funasr's emotion2vec built with random init, ...) draws from it,
     # so MEMO's noise for a seed depends on package versions; the parity harness draws other noise than a fresh stream
