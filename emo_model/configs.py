@@ -86,6 +86,9 @@ class FaceLocatorConfig:
     in_channels: int = 1
     block_out_channels: tuple[int, ...] = (16, 32, 96, 256)
     out_channels: int = 320
+    # What the locator reads: "face_mask" (one face-region mask for the whole video) or "pose_frames" (a pose
+    # guider: one drawn pose image per video frame, windowed with the latents; EMOPipeline.generate(pose_frames=...)).
+    reads: str = "face_mask"
 
 
 @dataclass
@@ -348,6 +351,8 @@ class EMOConfig:
                              f"got {self.preset.quirks.audio_loader!r}")
         if self.preset.quirks.emotion_channel not in ("mix", "first"):
             raise ValueError(f"preset.quirks.emotion_channel must be mix/first, got {self.preset.quirks.emotion_channel!r}")
+        if self.face_locator is not None and self.face_locator.reads not in ("face_mask", "pose_frames"):
+            raise ValueError(f"face_locator.reads must be face_mask/pose_frames, got {self.face_locator.reads!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
         sch = self.preset.scheduler

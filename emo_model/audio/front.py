@@ -57,7 +57,8 @@ def _pieces(audio: audio_decode.Decoded, seconds: float | None) -> list[audio_de
 def uses_original_front_end(config, family) -> bool:
     """Whether this model's audio goes through :func:`take_audio` (its original's loader, separation or emotion input)."""
     quirks = config.preset.quirks
-    return quirks.audio_loader != "pyav" or quirks.emotion_channel != "mix" or getattr(family, "vocal_separator", None) is not None
+    separator = getattr(family, "vocal_separator", None)
+    return quirks.audio_loader != "pyav" or quirks.emotion_channel != "mix" or separator is not None
 
 
 def first_channel(audio: audio_decode.Decoded, loader: str) -> torch.Tensor:

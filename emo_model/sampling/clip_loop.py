@@ -17,6 +17,7 @@ from ..network.unet_blocks import DeepFeatureCache
 from ..validation import check_finite
 from .clip_planner import context_schedule, frame_indices, plan_clips
 from .colour_match import match_colours
+from .pose_sequence import checked_pose_frames, pose_rows
 from .reference_state import ReferenceState
 from .schedulers import init_noise_sigma, make_scheduler, scale_model_input
 from .seed_stream import SeedStream
@@ -26,7 +27,7 @@ from .settings import GenerationCancelled, SamplingSettings, StepInfo, guidance_
 class _Run:
     """State of one :meth:`EMOPipeline.generate` call (``pipe``: that pipeline; not imported here, it imports this)."""
 
-    def __init__(self, pipe: Any, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None, num_frames=None, drop_draws=None):
+    def __init__(self, pipe: Any, ref: ReferenceState, features, s: SamplingSettings, sink, face_mask, region_masks, on_step, should_cancel, noise=None, num_frames=None, drop_draws=None, pose_frames=None):
         self.pipe, self.model, self.ref, self.s, self.sink = pipe, pipe.model, ref, s, sink
         self.on_step, self.should_cancel = on_step, should_cancel
         self.device, self.dtype = pipe.device, pipe.model.dtype
@@ -45,6 +46,8 @@ class _Run:
         if mask.shape != (h, w):
             mask = F.interpolate(mask[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         self.face = self.model.face_features(mask[None].to(self.device, self.dtype))
+        # a pose guider (FaceLocatorConfig.reads "pose_frames"): one pose image per frame, encoded per window (_pose_window)
+        self.pose = None if pose_frames is None else checked_pose_frames(pose_frames, (h, w))
         self.region = None if region_masks is None else (  # a dict: masks per feature-map size {(h, w): [3, h, w]}
             {k: v[None].to(self.device, self.dtype) for k, v in region_masks.items()} if isinstance(region_masks, dict)
             else region_masks[None].to(self.device, self.dtype))
@@ -286,6 +289,12 @@ class _Run:
         self.sink(match_colours(frames, self.ref.colour, self.s.colour_match))
         return kept
 
+    def _pose_window(self, index: torch.Tensor) -> None:
+        """With pose frames: the pose guider's features of the frames ``index`` ([1, C0, F, h, w]) become ``self.face``."""
+        if self.pose is not None:
+            poses = self.pose[pose_rows(index.cpu(), self.pose.shape[0])].to(self.device, self.dtype)
+            self.face = self.model.face_features(poses).transpose(0, 1).unsqueeze(0)
+
     def _audio_tokens(self, index: torch.Tensor) -> torch.Tensor:
         return self.model.audio_tokens(self.features[index].to(self.device))
 
@@ -314,6 +323,7 @@ class _Run:
                 motion = self._encode_motion(motion_latents)
             index = frame_indices(clip.start, clip.generate, self.feature_rows)
             speed_index = frame_indices(clip.start - n, n + clip.generate, self.num_frames).clamp(min=0)
+            self._pose_window(index)
             phase = self._phases(
                 self._audio_tokens(index), model.speed_tokens(self.speeds[speed_index][None]), motion, self._clip_emotion(index)
             )
@@ -363,6 +373,7 @@ class _Run:
                 self._cancel_point()
                 index = torch.tensor(frames)
                 spd = None if speed_tokens is None else speed_tokens[:, index.to(speed_tokens.device)]
+                self._pose_window(index)
                 groups, weights, key = self._phases(self._audio_tokens(index), spd, motion, self._clip_emotion(index))(i)
                 groups = self._with_cache(groups, caches, (key, frames[0]))
                 pred = self._predict(latents[:, :, index.to(self.device)], t, groups, None, weights)

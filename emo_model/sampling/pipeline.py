@@ -101,6 +101,7 @@ class EMOPipeline:
         noise: torch.Tensor | None = None,
         num_frames: int | None = None,
         motion_drop_draws: torch.Tensor | None = None,
+        pose_frames: torch.Tensor | None = None,
     ) -> int:
         """Generate one frame per row of ``audio_features`` ([F, ...], EMO_AUDIO layout) into ``sink``.
 
@@ -117,9 +118,18 @@ class EMOPipeline:
 
         ``face_mask``: [H, W] face-region mask in 0..1 at any size (None = the whole frame, which lets
         the face move anywhere). ``region_masks``: the [3, H, W] (full, face, lip) masks of the region audio modules.
+        ``pose_frames``: [N, C, H, W] pose images in 0..1, one per video frame, for a model whose Face Locator is a pose
+        guider (``FaceLocatorConfig.reads == "pose_frames"``; required there, refused elsewhere); fewer than the frames
+        are mirrored back and forth (emo_model/sampling/pose_sequence.py).
         Returns the number of frames handed to the sink.
         """
         self._check(settings)
+        locator = self.config.face_locator
+        wants_pose = locator is not None and locator.reads == "pose_frames"
+        if wants_pose and pose_frames is None:
+            raise ValueError("this model's Face Locator is a pose guider: pass pose_frames (one pose image per frame)")
+        if pose_frames is not None and not wants_pose:
+            raise ValueError("pose_frames given, but this model has no pose guider (its Face Locator reads the face mask)")
         if region_masks is None:
             region_masks = reference.region_masks
         if region_masks is None and self.config.backbone.region_audio_modules:
@@ -133,7 +143,8 @@ class EMOPipeline:
             num_frames = rows
         if isinstance(num_frames, bool) or not isinstance(num_frames, int) or not 1 <= num_frames <= rows:
             raise ValueError(f"num_frames must be 1..{rows} (the audio feature rows), got {num_frames!r}")
-        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise, num_frames, motion_drop_draws)
+        run = _Run(self, reference, audio_features, settings, sink, face_mask, region_masks, on_step, should_cancel, noise, num_frames, motion_drop_draws,
+                   pose_frames)
         if settings.strategy == "context_windows":
             return run.context_windows()
         return run.motion_frames()
