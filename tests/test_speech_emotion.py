@@ -257,3 +257,59 @@ def test_unknown_emotion_is_one_line_in_the_callers_spelling(files):
         session.check_emotion("joy", label="--emotion")
     with pytest.raises(InputError, match=r"^emotion 9 is not one of"):
         session.check_emotion(9)
+
+
+def _stereo_emotion_file(path):
+    """tools/parity/memo_from_files.py's stereo_emotion_wav: the file MEMO classified in the fixture's part E."""
+    import hashlib
+    import importlib.util
+
+    sys.path.insert(0, str(ROOT / "tools" / "parity"))
+    spec = importlib.util.spec_from_file_location("memo_from_files", ROOT / "tools" / "parity" / "memo_from_files.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.stereo_emotion_wav(path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == META["e"]["file"]["sha256"], "not the file MEMO classified"
+    return path
+
+
+def test_memo_classifies_the_first_channel_of_its_16k_wav_as_memo_does(files, tmp_path):
+    """InferenceQuirks.emotion_channel = "first" (MEMO inference.py:118-139, audio_utils.py:197-199): the emotion of a
+    stereo file whose channels differ is MEMO's own (fixture part E: MEMO's resample_audio with the ffmpeg program, its
+    extract_audio_emotion_labels), through encode_audio -> resolve_emotion from a file and from a ComfyUI AUDIO dict;
+    the mix, which the audio encoder and the video get, would give other labels."""
+    import soundfile as sf
+
+    from emo_model.audio.speech_emotion import SpeechEmotionClassifier, segment_windows
+    from tests.conftest import rel_err
+    from tests.parity_floor import tolerance
+
+    golden = load_file(FIX / "emotion.safetensors")
+    path = _stereo_emotion_file(tmp_path / META["e"]["file"]["name"])
+    session = _session(files, files["full"])
+    assert session.config.preset.quirks.emotion_channel == "first"
+    audio = session.encode_audio(str(path))
+    heard = audio.emotion_audio
+    assert heard is not None and heard.shape == (META["e"]["samples_16k"],)
+    _, rel = rel_err(heard * 32768, golden["e.first_16k"].float())  # the ffmpeg program's first channel
+    assert rel <= tolerance(FIX, "e.first_16k", file="emotion.safetensors"), rel
+    rows = audio.features.shape[0]
+    assert rows == META["e"]["audio_length"]  # 96 frames: whole clips of 4, as MEMO's 96 are of 16
+    model = SpeechEmotionClassifier.from_folders(files["full"] / "emotion2vec_plus_large",
+                                                 files["full"] / "misc" / "audio_emotion_classifier")
+    feats = torch.stack([model.utterance_features(heard[a:b]) for _, _, a, b in segment_windows(heard.shape[0])])
+    p = next(model.classifier.parameters())
+    with torch.no_grad():
+        probs = torch.softmax(model.classifier(feats.to(p.dtype)), dim=-1)
+    _, rel = rel_err(probs, golden["e.window_probs"])
+    assert rel <= tolerance(FIX, "e.window_probs", file="emotion.safetensors"), rel
+    value, note = session.resolve_emotion("auto", audio)
+    assert value == golden["e.frame_labels"].tolist() and note.startswith("emotion from the audio ("), note
+    mix = model.classify(audio.audio.waveform[: audio.audio.real_samples], rows)
+    assert mix.labels.tolist() != value and mix.window_labels != META["e"]["window_labels"], "the mix should be told apart"
+    # ComfyUI's AUDIO (Load Audio: float32 [1, channels, n]) carries both channels: the same first channel, MEMO's labels
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    comfy = session.encode_audio({"waveform": torch.from_numpy(data.T.copy())[None], "sample_rate": rate})
+    assert torch.equal(comfy.emotion_audio, heard)
+    session._emotion_labels.clear()  # classified again, not read from the cache
+    assert session.resolve_emotion("auto", comfy)[0] == value

@@ -13,6 +13,10 @@ A. ``memo.utils.audio_utils.extract_audio_emotion_labels`` itself (MEMO a5aee301
 B. ``Emotion2vec.extract_features`` on one 1.1 s segment with the other switches: group-norm conv stack, pre-norm
    blocks (``layer_norm_first``), a LayerNorm before the positional convolutions, ALiBi scales per layer and per head
    on 12 of 16 heads, no extra tokens, an odd positional kernel.
+E. MEMO's emotion input from a FILE: ``memo_from_files.stereo_emotion_wav`` (3.2 s of 24 kHz 16-bit stereo, speech left,
+   a tone right) through MEMO's own ``resample_audio`` (the ffmpeg program, channels kept) and
+   ``extract_audio_emotion_labels(wav_path=...)`` with A's weights (torchaudio.load: soundfile, int16 / 32768); MEMO
+   classifies the first channel. Recorded: that channel (int16), the window probabilities, the per-frame labels.
 C. The labelling rule alone: MEMO's function with a stand-in encoder/classifier whose label is the window's index
    (mod 9), for several audio lengths and frame counts: the window lengths and the per-frame labels.
 
@@ -105,7 +109,8 @@ out_tensors: dict[str, torch.Tensor] = {}
 meta: dict = {
     "memo_commit": subprocess.run(["git", "-C", args.memo_src, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip(),
     "packages": package_versions("torch", "funasr", "diffusers", "omegaconf"),
-    "stubbed_packages": ["torchaudio (load returns the given samples)", "audio_separator", "librosa", "xformers"],
+    "stubbed_packages": ["torchaudio (load returns the given samples in A and C; reads the wav with soundfile in E)",
+                         "audio_separator", "librosa", "xformers"],
 }
 
 # ---- A: MEMO's extract_audio_emotion_labels end to end -------------------------------------------------------------
@@ -174,6 +179,47 @@ meta["a"] = {
     "window_inputs": rec["inputs"], "window_labels": [int(p.argmax()) for p in rec["probs"]],
 }
 print("A: windows", rec["inputs"], "labels", meta["a"]["window_labels"], "frames", labels.tolist())
+
+# ---- E: MEMO's emotion input from a FILE: the ffmpeg program's 16 kHz wav, torchaudio.load, the first channel --------
+# inference.py:118-121 resample_audio (MEMO's own function: the ffmpeg program, -ar 16000, channels kept) on a stereo
+# 24 kHz file whose channels differ, then extract_audio_emotion_labels(wav_path=that wav) with the tiny weights of A;
+# torchaudio.load reads the wav as its soundfile backend does (int16 / 32768, [channels, n]; no wheel for this torch).
+import hashlib
+from pathlib import Path
+
+import soundfile
+from memo_from_files import EMOTION_RATE, EMOTION_SECONDS, stereo_emotion_wav
+
+stereo = stereo_emotion_wav(Path(args.work) / "stereo_emotion.wav")
+wav16k = os.path.join(args.work, "stereo_emotion-16k.wav")
+au.resample_audio(str(stereo), wav16k)
+read = {}
+
+
+def torchaudio_load(path):
+    data, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    read["wav"] = torch.from_numpy(data.T.copy())
+    return read["wav"].clone(), rate
+
+
+au.torchaudio = types.SimpleNamespace(load=torchaudio_load)
+rec.update(inputs=[], x=[], probs=[])
+AUDIO_LENGTH_E = 96  # ceil(3.2 s * 30 fps) = 96 frames: 6 whole clips of 16
+labels_e, _ = au.extract_audio_emotion_labels(model=cls_dir, wav_path=wav16k, emotion2vec_model="tiny",
+                                              audio_length=AUDIO_LENGTH_E, device="cpu")
+assert read["wav"].shape[0] == 2, "the ffmpeg program's wav should keep both channels"
+out_tensors["e.first_16k"] = torch.round(read["wav"][0] * 32768).to(torch.int16)  # the channel MEMO classified
+out_tensors["e.window_probs"] = torch.stack(rec["probs"])
+out_tensors["e.frame_labels"] = labels_e.to(torch.int64)
+meta["e"] = {
+    "file": {"name": stereo.name, "sha256": hashlib.sha256(stereo.read_bytes()).hexdigest(), "rate": EMOTION_RATE,
+             "seconds": EMOTION_SECONDS, "channels": 2, "made_by": "tools/parity/memo_from_files.py stereo_emotion_wav"},
+    "memo": "inference.py:118 resample_audio (ffmpeg -ar 16000) -> audio_utils.py:197-199 torchaudio.load, wav[0]",
+    "wav_16k_channels": int(read["wav"].shape[0]), "samples_16k": int(read["wav"].shape[1]),
+    "audio_length": AUDIO_LENGTH_E, "window_inputs": rec["inputs"], "window_labels": [int(p.argmax()) for p in rec["probs"]],
+    "ffmpeg": subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.splitlines()[0],
+}
+print("E: windows", rec["inputs"], "labels", meta["e"]["window_labels"])
 
 # ---- B: the other switches, one segment ------------------------------------------------------------------------------
 conf_b = model_conf(extractor_mode="default", conv_pos_pre_ln=True, conv_pos_width=9, conv_pos_depth=3,

@@ -78,6 +78,32 @@ def portrait_pixels(picture: str = "face128") -> np.ndarray:
     return ((square[0::2, 0::2] + square[1::2, 0::2] + square[0::2, 1::2] + square[1::2, 1::2] + 2) // 4).astype(np.uint8)
 
 
+EMOTION_RATE, EMOTION_SECONDS = 24000, 3.2  # the stereo emotion file (:func:`stereo_emotion_wav`)
+
+
+def stereo_emotion_wav(path: Path) -> Path:
+    """A 16-bit stereo wav at 24 kHz, 3.2 s, whose channels differ: closed-form speech on the left
+    (common.synthetic_speech), a gliding square-ish tone with bursts on the right. No random generator, so a test makes
+    the same bytes again (meta.json records their sha256). With the tiny emotion classifier its first channel and its
+    channel mix get different labels: what tells MEMO's emotion input (the first channel) from the mix."""
+    import wave
+
+    from common import synthetic_speech
+
+    n = int(round(EMOTION_SECONDS * EMOTION_RATE))
+    t = np.arange(n, dtype=np.float64) / EMOTION_RATE
+    left = synthetic_speech(n, EMOTION_RATE).astype(np.float64)
+    right = (0.5 * np.tanh(4 * np.sin(2 * np.pi * (300 + 200 * t) * t))
+             + 0.3 * np.sin(2 * np.pi * 2500 * t) * (np.sin(2 * np.pi * 1.3 * t) > 0.6))
+    samples = np.clip(np.round(np.stack([left, right], axis=1) * 32767), -32768, 32767).astype("<i2")
+    with wave.open(str(path), "wb") as fh:
+        fh.setnchannels(2)
+        fh.setsampwidth(2)
+        fh.setframerate(EMOTION_RATE)
+        fh.writeframes(samples.tobytes())
+    return Path(path)
+
+
 def portrait_png(pixels: np.ndarray | None = None) -> bytes:
     """An RGB PNG of ``pixels`` with stored (uncompressed) zlib blocks: the same bytes from any zlib."""
     pixels = portrait_pixels() if pixels is None else pixels
