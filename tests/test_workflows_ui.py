@@ -80,6 +80,31 @@ def test_note_names_every_file_its_folder_and_where_it_comes_from(path):
             assert re.search(r"From (Hugging Face: \S+/\S+|your own)", line), f"{value}: the Note does not say where it comes from"
 
 
+GENERIC_NAMES = {"config.json", "config.yaml", "model.pt", "model.safetensors", "diffusion_pytorch_model.safetensors"}
+
+
+@pytest.mark.parametrize("path", UI_WORKFLOWS, ids=lambda p: p.name)
+def test_note_names_every_file_the_family_publishes_optional_ones_too(path):
+    """The family's downloads (emo_model/families/<family>.py): every file, optional extras included (the vocal
+    separator, the face analysis models, the _acc variant, the emotion classifier), is named in the Note with where
+    it goes (a file with a generic name by its folder)."""
+    from emo_model.families import FAMILIES
+
+    wf = _load(path)
+    model = next(n["widgets_values"][0] for n in wf["nodes"] if n["type"] == "LoadEMOModel")
+    family = next((f for f in FAMILIES if f.downloads and model.split("/")[0] in {d.dest.split("/")[0] for d in f.downloads
+                                                                                  if d.folder == "emo" and not d.optional}), None)
+    if family is None:  # the demo and the EMO checkpoint: nothing published
+        return
+    note = _note(wf)
+    for d in family.downloads:
+        name = Path(d.dest)
+        needle = name.parent.name if name.name in GENERIC_NAMES and d.optional else (name.name if d.optional else d.dest.split("/")[0])
+        assert needle in note, f"{path.name}: the Note does not name {d.folder}/{d.dest} ({d.optional or 'needed'})"
+        if d.folder == "face_analysis":
+            assert "ComfyUI/models/face_analysis/models/" in note
+
+
 def _intersects(a, b) -> bool:
     return min(a[2], b[2]) > max(a[0], b[0]) and min(a[3], b[3]) > max(a[1], b[1])
 
