@@ -37,6 +37,10 @@ class UNetConfig:
     norm_eps: float = 1e-5
     # Width of the tokens the ordinary cross-attention (``attn2``) reads; None removes attn2/norm2.
     cross_attention_dim: int | None = 768
+    # How the backbone's blocks read the reference tokens: "joint" (appended to the self-attention's keys/values) or
+    # "separate" (a second attention with its own weights, ``norm1_5``/``attn1_5``, after the self-attention, whose
+    # keys/values are the reference tokens only).
+    reference_attention: str = "joint"
 
     @property
     def time_embed_dim(self) -> int:
@@ -101,6 +105,14 @@ class AudioProjConfig:
     intermediate_dim: int = 512
     output_dim: int = 768
     context_tokens: int = 32
+    # "mlp" (the 3-layer MLP above) or "perceiver" (emo_model/network/perceiver_projection.py: seq_len x blocks rows of
+    # ``channels`` values, ``context_tokens`` learned queries of width ``intermediate_dim``, ``depth`` layers of
+    # ``heads`` x ``head_dim`` attention and a feed-forward ``ff_mult`` wide).
+    kind: str = "mlp"
+    depth: int = 4
+    heads: int = 12
+    head_dim: int = 64
+    ff_mult: int = 4
 
 
 @dataclass
@@ -132,10 +144,20 @@ class AudioFeatureConfig:
     interpolate_conv: bool = True
     whisper_window: tuple[int, int] = (-4, 5)
     sample_rate: int = 16000
+    # wav2vec2: "all" hidden layers (``layers`` of them per frame) or only the "last" one, linearly interpolated over
+    # the whole audio to ``samples_per_frame`` rows per video frame; a frame's window then holds the rows of frames
+    # f-m .. f+m with rows of zeros beyond the ends (not clamped). Per-frame features: [window, feature_rows, dim].
+    hidden_states: str = "all"
+    samples_per_frame: int = 1
 
     @property
     def window(self) -> int:
         return 2 * self.margin + 1
+
+    @property
+    def feature_rows(self) -> int:
+        """Rows of ``dim`` values per window frame: the hidden layers, or the interpolated samples of the last one."""
+        return self.layers if self.hidden_states == "all" else self.samples_per_frame
 
 
 @dataclass
@@ -223,6 +245,11 @@ class InferenceQuirks:
     # "librosa" (librosa.load), "ffmpeg-wav+librosa" (the ffmpeg program to a 16 kHz wav, then librosa.load),
     # "ffmpeg-s16-mono" (the ffmpeg program to 16-bit mono 16 kHz).
     audio_loader: str = "pyav"
+    # Factor on the output of a separate reference attention (``UNetConfig.reference_attention = "separate"``).
+    reference_attention_scale: float = 1.0
+    # Under classifier-free guidance, what the unconditional rows of a separate reference attention read: "none" (no
+    # reference: the attention is skipped) or "zeros" (a bank of zeros: the attention gives its output bias).
+    unconditional_reference: str = "none"
     # Which audio the audio-emotion classifier hears: "mix" (the mono 16 kHz mix the video keeps) or "first" (the
     # first channel of the 16 kHz audio the loader makes before it mixes down, e.g. of the ffmpeg program's wav with
     # "ffmpeg-wav+librosa"; the whole file, un-separated; a mono file's one channel).
@@ -264,6 +291,11 @@ class ReferenceNetConfig:
     # The last spatial transformer keeps only norm, proj_in and transformer_blocks.0.norm1: the reference pass
     # only banks its norm1 output, nothing after it is used (checkpoints that drop the unused layers).
     last_transformer_norm1_only: bool = False
+    # The bank holds each block's norm2(x) after its self-attention (the input of attn2) instead of norm1(x).
+    bank_after_self_attention: bool = False
+    # With no identity tokens, attn2 reads one token of zeros (its output is then attn2's output bias) instead of
+    # being skipped.
+    cross_attention_zero_token: bool = False
 
 
 @dataclass
@@ -353,6 +385,14 @@ class EMOConfig:
             raise ValueError(f"preset.quirks.emotion_channel must be mix/first, got {self.preset.quirks.emotion_channel!r}")
         if self.face_locator is not None and self.face_locator.reads not in ("face_mask", "pose_frames"):
             raise ValueError(f"face_locator.reads must be face_mask/pose_frames, got {self.face_locator.reads!r}")
+        if self.backbone.unet.reference_attention not in ("joint", "separate"):
+            raise ValueError(f"backbone.unet.reference_attention must be joint or separate, got {self.backbone.unet.reference_attention!r}")
+        if self.preset.quirks.unconditional_reference not in ("none", "zeros"):
+            raise ValueError(f"preset.quirks.unconditional_reference must be none or zeros, got {self.preset.quirks.unconditional_reference!r}")
+        if self.audio_proj is not None and self.audio_proj.kind not in ("mlp", "perceiver"):
+            raise ValueError(f"audio_proj.kind must be mlp or perceiver, got {self.audio_proj.kind!r}")
+        if self.audio.hidden_states not in ("all", "last"):
+            raise ValueError(f"audio.hidden_states must be all or last, got {self.audio.hidden_states!r}")
         if self.audio.kind not in ("wav2vec2", "whisper", "logmel"):
             raise ValueError(f"audio.kind must be wav2vec2, whisper or logmel, got {self.audio.kind!r}")
         sch = self.preset.scheduler
@@ -360,7 +400,7 @@ class EMOConfig:
             raise ValueError("a zero-terminal-SNR schedule needs v-prediction (epsilon is undefined at the last step)")
         if self.audio_proj is not None:
             got = (self.audio_proj.seq_len, self.audio_proj.blocks, self.audio_proj.channels)
-            want = (self.audio.window, self.audio.layers, self.audio.dim)
+            want = (self.audio.window, self.audio.feature_rows, self.audio.dim)
             if got != want:
                 raise ValueError(f"audio_proj expects (window, layers, dim) = {got} but the audio features are {want}")
         if bb.region_audio_modules and bb.emotion_audio_modules:

@@ -20,7 +20,7 @@ from .base import Family, OriginalCode, ParityHarness, PartFiles, SpeechEmotionF
 AUTO_EMOTION = "auto"
 
 # Order matters where two families share a network (the first one's name is what the tensors alone say).
-MODULES = ("emo", "hallo", "hallo2", "echomimic_v2", "echomimic", "memo")
+MODULES = ("emo", "hallo", "hallo2", "v_express", "echomimic_v2", "echomimic", "memo")
 
 __all__ = ["AUTO_EMOTION", "CONFIGS", "FAMILIES", "Family", "OriginalCode", "ParityHarness", "PartFiles", "SpeechEmotionFiles",
            "emotion_class", "emotion_names",

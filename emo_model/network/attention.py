@@ -118,16 +118,52 @@ def reference_attention(
     return out
 
 
-class TransformerBlock(nn.Module):
-    """SD1.5's BasicTransformerBlock: reference-attention, cross-attention (audio / identity), GEGLU FF."""
+def separate_reference_attention(
+    attn: Attention, h: torch.Tensor, reference_kv: KV | None, enabled: torch.Tensor | None, zeros_unconditional: bool
+) -> torch.Tensor:
+    """An attention whose keys/values are the banked reference tokens only (queries: ``h`` [B, L, C]).
 
-    def __init__(self, dim: int, heads: int, context_dim: int | None, norm1_only: bool = False):
+    Rows where ``enabled`` (CPU bool [B]) is False get no reference: 0, or with ``zeros_unconditional`` what a bank of
+    zeros gives (uniform weights over zero values: the output projection's bias). With no bank at all every row is
+    such a row."""
+    if reference_kv is not None and (enabled is None or bool(enabled.all())):
+        rows = None
+    else:
+        rows = None if reference_kv is None else enabled.nonzero().squeeze(1)
+    if rows is None and reference_kv is not None:
+        q = attn._heads(attn.to_q(h))
+        k, v = reference_kv
+        return attn.attend(q, k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1))
+    bias = attn.to_out[0].bias
+    out = bias.to(h.dtype).expand_as(h).clone() if zeros_unconditional else torch.zeros_like(h)
+    if reference_kv is None or rows.numel() == 0:
+        return out
+    k, v = reference_kv
+    if k.shape[0] != 1:
+        k, v = k[rows.to(k.device)], v[rows.to(k.device)]
+    q = attn._heads(attn.to_q(h[rows.to(h.device)]))
+    out[rows.to(h.device)] = attn.attend(q, k.expand(q.shape[0], -1, -1, -1), v.expand(q.shape[0], -1, -1, -1))
+    return out
+
+
+class TransformerBlock(nn.Module):
+    """SD1.5's BasicTransformerBlock: reference-attention, cross-attention (audio / identity), GEGLU FF.
+
+    ``separate_reference``: the reference tokens are read by a second attention with its own weights
+    (``norm1_5``/``attn1_5``) after a plain self-attention, instead of joining the self-attention's keys/values."""
+
+    def __init__(self, dim: int, heads: int, context_dim: int | None, norm1_only: bool = False, separate_reference: bool = False):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.norm1_only = norm1_only
         if norm1_only:  # a reference pass's last block: only its norm1 output is banked
             return
         self.attn1 = Attention(dim, None, heads, dim // heads)
+        if separate_reference:
+            self.norm1_5 = nn.LayerNorm(dim)
+            self.attn1_5 = Attention(dim, None, heads, dim // heads)
+        else:
+            self.norm1_5 = self.attn1_5 = None
         if context_dim is not None:
             self.norm2 = nn.LayerNorm(dim)
             self.attn2 = Attention(dim, context_dim, heads, dim // heads)
@@ -138,26 +174,40 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, key: str, ctx: ForwardContext) -> torch.Tensor:
         h = self.norm1(x)
-        if ctx.bank is not None:  # ReferenceNet: write mode
+        if ctx.bank is not None and not ctx.bank_after_self_attention:  # ReferenceNet: write mode
             ctx.bank[key] = h
         if self.norm1_only:
             return x
-        x = x + reference_attention(self.attn1, h, ctx.reference_kv(key, self.attn1), ctx.reference_enabled)
-        if self.attn2 is not None and ctx.cross_context is not None:
-            y = self.attn2(self.norm2(x), ctx.cross_context)
-            x = x + (y if ctx.cross_attention_scale == 1.0 else ctx.cross_attention_scale * y)
+        if self.attn1_5 is None:
+            x = x + reference_attention(self.attn1, h, ctx.reference_kv(key, self.attn1), ctx.reference_enabled)
+        else:
+            x = x + self.attn1(h)
+            y = separate_reference_attention(
+                self.attn1_5, self.norm1_5(x), ctx.reference_kv(key, self.attn1_5), ctx.reference_enabled,
+                ctx.unconditional_reference_zeros,
+            )
+            x = x + (y if ctx.reference_attention_scale == 1.0 else ctx.reference_attention_scale * y)
+        if self.attn2 is not None and (ctx.cross_context is not None or ctx.bank_after_self_attention):
+            h2 = self.norm2(x)
+            if ctx.bank is not None and ctx.bank_after_self_attention:  # ReferenceNet: the input of attn2 is banked
+                ctx.bank[key] = h2
+            if ctx.cross_context is not None:
+                y = self.attn2(h2, ctx.cross_context)
+                x = x + (y if ctx.cross_attention_scale == 1.0 else ctx.cross_attention_scale * y)
         return x + self.ff(self.norm3(x))
 
 
 class SpatialTransformer(nn.Module):
     """SD1.5's Transformer2DModel (conv projections), applied to every frame of a clip."""
 
-    def __init__(self, channels: int, heads: int, context_dim: int | None, groups: int, norm1_only: bool = False):
+    def __init__(
+        self, channels: int, heads: int, context_dim: int | None, groups: int, norm1_only: bool = False, separate_reference: bool = False
+    ):
         super().__init__()
         self.key = ""  # set by the owning UNet to this module's path; names its bank entry
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, channels, 1)
-        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim, norm1_only)])
+        self.transformer_blocks = nn.ModuleList([TransformerBlock(channels, heads, context_dim, norm1_only, separate_reference)])
         # norm1_only: the block banks its norm1 output and changes nothing (a reference pass's unused last block)
         self.proj_out = None if norm1_only else nn.Conv2d(channels, channels, 1)
 

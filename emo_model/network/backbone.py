@@ -110,6 +110,8 @@ class Backbone(UNetBase):
             temporal=temporal,
             temporal_in_plain_blocks=quirks.temporal_in_plain_blocks,
             cross_attention_scale=quirks.audio_attention_scale,
+            reference_attention_scale=quirks.reference_attention_scale,
+            unconditional_reference_zeros=quirks.unconditional_reference == "zeros",
             memory=memory,
             update_memory=update_memory,
         )

@@ -58,6 +58,9 @@ class ForwardContext:
     temporal: bool = True
     temporal_in_plain_blocks: bool = True  # InferenceQuirks: temporal modules in levels without attention
     cross_attention_scale: float = 1.0  # InferenceQuirks.audio_attention_scale (backbone attn2 output)
+    reference_attention_scale: float = 1.0  # InferenceQuirks.reference_attention_scale (a separate reference attention)
+    unconditional_reference_zeros: bool = False  # InferenceQuirks.unconditional_reference == "zeros"
+    bank_after_self_attention: bool = False  # ReferenceNet (write mode): bank norm2(x) after the self-attention
     bank_plain_blocks: bool = False  # ReferenceNet (write mode): also bank the resnet outputs of levels without attention
     audio_stream: torch.Tensor | None = None  # emotion audio modules: the audio tokens handed from module to module
     emotion: torch.Tensor | None = None  # long [B]: emotion class per video (emotion audio modules)

@@ -17,6 +17,7 @@ from torch import nn
 from ..configs import EMOConfig
 from ..families import get_config
 from .audio_projection import AudioProjection
+from .perceiver_projection import PerceiverAudioProjection
 from .backbone import Backbone
 from .context import KV, ReferenceBank
 from .face_locator import FaceLocator
@@ -55,7 +56,9 @@ class EMOModel(nn.Module):
         self.reference_unet = ReferenceNet(cfg.reference_net)
         self.denoising_unet = Backbone(cfg.backbone, cfg.speed)
         self.face_locator = FaceLocator(cfg.face_locator) if cfg.face_locator is not None else None
-        self.audioproj = AudioProjection(cfg.audio_proj) if cfg.audio_proj is not None else None
+        self.audioproj = None if cfg.audio_proj is None else (
+            PerceiverAudioProjection(cfg.audio_proj) if cfg.audio_proj.kind == "perceiver" else AudioProjection(cfg.audio_proj)
+        )
         self.imageproj = IdentityProjection(cfg.image_proj) if cfg.image_proj is not None else None
         self.speed_encoder = SpeedEncoder(cfg.speed) if (cfg.speed is not None and cfg.backbone.speed_layers) else None
 

@@ -26,6 +26,8 @@ from .unet_blocks import UNetBase
 class ReferenceNet(UNetBase):
     def __init__(self, cfg: ReferenceNetConfig):
         super().__init__(cfg.unet, output_head=cfg.output_head, last_transformer_norm1_only=cfg.last_transformer_norm1_only)
+        self.bank_after_self_attention = cfg.bank_after_self_attention
+        self.cross_attention_zero_token = cfg.cross_attention_zero_token
 
     def forward(self, latents: torch.Tensor, context: torch.Tensor | None = None, plain_blocks: bool = False) -> dict[str, torch.Tensor]:
         """Clean latents [B, C, H, W] (+ optional attn2 tokens [B, T, D]) -> {block path: [B, H*W, C]}.
@@ -35,9 +37,13 @@ class ReferenceNet(UNetBase):
         bank: dict[str, torch.Tensor] = {}
         if self.cfg.cross_attention_dim is None:
             context = None
+        elif context is None and self.cross_attention_zero_token:
+            context = torch.zeros(latents.shape[0], 1, self.cfg.cross_attention_dim, device=latents.device, dtype=self.dtype)
         elif context is not None and context.shape[0] != latents.shape[0]:
             context = context.expand(latents.shape[0], -1, -1)
-        ctx = ForwardContext(frames=1, bank=bank, cross_context=context, bank_plain_blocks=plain_blocks)
+        ctx = ForwardContext(
+            frames=1, bank=bank, cross_context=context, bank_plain_blocks=plain_blocks, bank_after_self_attention=self.bank_after_self_attention
+        )
         x = self.conv_in(latents.to(self.dtype))
         self.run(x, self.time_embed(0, latents.shape[0], 1, latents.device), ctx)
         return bank

@@ -101,7 +101,9 @@ def _layer_modules(
     audio_module_dim: int | None,
     emotion_classes: int | None = None,
 ):
-    attn = SpatialTransformer(width, cfg.attention_heads, cfg.cross_attention_dim, cfg.norm_num_groups) if attention else None
+    attn = SpatialTransformer(
+        width, cfg.attention_heads, cfg.cross_attention_dim, cfg.norm_num_groups, separate_reference=cfg.reference_attention == "separate"
+    ) if attention else None
     audio = None
     if attention and audio_module_dim is not None:
         audio_dim = audio_module_width(cfg.attention_heads, audio_width)

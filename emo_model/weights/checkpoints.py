@@ -357,6 +357,8 @@ def _role(tensors: Mapping[str, torch.Tensor]) -> str | None:
         return "image_proj"
     if "proj1" in tops and tops <= {"proj1", "proj2", "proj3", "norm"}:  # audio projection (feature windows -> tokens)
         return "audio_proj"
+    if "latents" in tops and tops <= {"pos_emb", "latents", "proj_in", "proj_out", "norm_out", "layers"}:  # perceiver audio projection
+        return "audio_proj"
     return None
 
 
