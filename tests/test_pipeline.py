@@ -13,7 +13,7 @@ from conftest import HANG_GUARD_S, ROOT, perturb_zero_inits, tiny_vae
 
 from emo_model.network.model import EMOModel
 from emo_model.network.vae import DiffusersVAE
-from emo_model.sampling.clip_planner import plan_clips, plan_windows, window_weights
+from emo_model.sampling.clip_planner import Clip, plan_clips, plan_windows, window_weights
 from emo_model.sampling.pipeline import EMOPipeline, fit_image
 from emo_model.sampling.settings import GenerationCancelled, SamplingSettings, guidance_weights, speed_curve
 
@@ -63,6 +63,25 @@ def test_windows_cover_every_frame_and_have_full_size(frames, size, overlap):
         assert a.stop - b.start >= overlap  # consecutive windows overlap at least as asked
     weights = window_weights(size, overlap)
     assert weights.max() == 1 and weights[0] < weights[overlap] and torch.equal(weights, weights.flip(0))
+
+
+def test_planning_bounds_one_frame_is_enough_none_is_refused_in_words():
+    """The boundaries of the planners (found by mutation testing): one frame plans one clip / window; no frames, no
+    clip length, or an overlap as long as the window is refused with the exact line the user sees."""
+    assert plan_clips(1, 8) == [Clip(0, 0, 1, 8)] and plan_windows(1, 12, 3) == [range(0, 1)]
+    for call in (lambda: plan_clips(0, 8), lambda: plan_windows(0, 12, 3)):
+        with pytest.raises(ValueError) as exc:
+            call()
+        assert str(exc.value) == "nothing to generate: the audio has no frames"
+    with pytest.raises(ValueError) as exc:
+        plan_clips(5, 0)
+    assert str(exc.value) == "frames_per_clip must be at least 1, got 0"
+    assert plan_windows(30, 12, 11)[:2] == [range(0, 12), range(1, 13)]  # the largest overlap: stride 1
+    assert plan_windows(30, 12, 0)[:2] == [range(0, 12), range(12, 24)]  # no overlap
+    for overlap in (12, -1):
+        with pytest.raises(ValueError) as exc:
+            plan_windows(30, 12, overlap)
+        assert str(exc.value) == f"context overlap must be in [0, 11], got {overlap}"
 
 
 def test_guidance_weights_reduce_to_classic_cfg():
