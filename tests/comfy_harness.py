@@ -23,7 +23,8 @@ from conftest import DATA, ROOT, read_gz_json_text, tiny_vae
 OBJECT_INFO = DATA / "comfy_object_info.json.gz"  # trimmed GET /object_info of a real ComfyUI (tests/data/README.md)
 OUR_TYPES = {"EMO_MODEL", "EMO_AUDIO", "EMO_REFERENCE", "EMO_CROP"}
 # other packs' types an optional input of ours takes (the link only forms where that pack is installed)
-OTHER_PACK_TYPES = {"VHS_BatchManager"}  # VideoHelperSuite's Meta Batch Manager -> EMO Paste Back
+# VideoHelperSuite's Meta Batch Manager -> EMO Paste Back; comfyui_controlnet_aux's DWPose Estimator -> EMO Sampler's pose
+OTHER_PACK_TYPES = {"VHS_BatchManager", "POSE_KEYPOINT"}
 PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 # combos whose options are files on the user's disk: their saved values cannot be checked
 FILE_COMBOS = {("LoadEMOModel", "model"), ("LoadEMOModel", "vae"), ("LoadEMOModel", "audio_encoder"), ("LoadImage", "image"), ("LoadAudio", "audio")}

@@ -82,3 +82,51 @@ def test_the_idle_sway_moves_gently_and_is_the_same_every_time():
     assert poses.amax() > 0.5 and not torch.equal(poses[0], poses[24])
     assert torch.equal(poses, idle_sway(200, 64, fps=24.0))
     assert idle_sway(5, 64).shape[0] == 5
+
+
+def test_a_model_without_a_pose_guider_refuses_a_pose_and_a_pose_guided_one_sways_by_default(tmp_path):
+    from emo_model.app.pose_input import pose_frames_for
+    from emo_model.families import get_config
+    from emo_model.validation import InputError
+
+    assert pose_frames_for(get_config("tiny-echomimic"), None, 10, 64, 24.0) == (None, "")
+    with pytest.raises(InputError, match="no pose guider"):
+        pose_frames_for(get_config("tiny-echomimic"), str(tmp_path), 10, 64, 24.0, label="--pose")
+    v2 = get_config("tiny-echomimic-v2")
+    frames, note = pose_frames_for(v2, None, 10, 64, 24.0)
+    assert frames.shape == (10, 3, 64, 64) and "idle sway" in note
+    with pytest.raises(InputError, match=r"^--pose: pose folder .* does not exist"):
+        pose_frames_for(v2, str(tmp_path / "nowhere"), 10, 64, 24.0, label="--pose")
+
+
+def test_emo_generate_takes_a_pose_folder(tmp_path, drawn, capsys):
+    """The CLI end to end on a tiny EchoMimic v2 model: --pose with a short template folder (mirrored), one line for a bad one."""
+    import json
+
+    from comfy_harness import write_portrait, write_speech
+    from conftest import parity_common, tiny_vae
+
+    from emo_model.app.cli import main
+    from emo_model.network.model import EMOModel
+    from emo_model.weights.native import save_native
+
+    hands, scores, original = drawn
+    pose_dir = tmp_path / "pose"
+    pose_dir.mkdir()
+    for i in range(3):
+        np.save(pose_dir / f"{i}.npy", {"hands": hands[i], "hands_score": scores[i], "draw_pose_params": [64, 64, 0, 64, 0, 64]})
+    torch.manual_seed(0)
+    save_native(EMOModel("tiny-echomimic-v2"), tmp_path / "v2.safetensors")
+    tiny_vae().save_pretrained(tmp_path / "vae")
+    w = json.loads((FIXTURE / "meta.json").read_text())["whisper"]
+    torch.save({"dims": w["dims"], "model_state_dict": parity_common().hashed_state_dict([tuple(x) for x in w["spec"]], w["seed"])},
+               tmp_path / "whisper.pt")
+    base = ["generate", "--model", str(tmp_path / "v2.safetensors"), "--vae", str(tmp_path / "vae"), "--audio-encoder",
+            str(tmp_path / "whisper.pt"), "--image", str(write_portrait(tmp_path / "f.png", size=96)), "--audio",
+            str(write_speech(tmp_path / "s.wav", seconds=0.3)), "--steps", "1", "--size", "64", "--device", "cpu"]
+    assert main(base + ["--out", str(tmp_path / "a.mp4"), "--pose", str(pose_dir)]) == 0
+    err = capsys.readouterr().err
+    assert "pose: pose/ (3 pose templates), mirrored back and forth" in err and (tmp_path / "a.mp4").stat().st_size > 0
+    rc = main(base + ["--out", str(tmp_path / "b.mp4"), "--pose", str(tmp_path / "missing")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "--pose: pose folder" in err and "Traceback" not in err and not (tmp_path / "b.mp4").exists()

@@ -51,6 +51,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "the family's audio-emotion classifier, whose files must be in the model folder), or a class for the whole video: "
                    + ", ".join(emotion_names()) + " (or a class index); default: auto when the classifier's files are there, "
                    "else the model's preset")
+    p.add_argument("--pose", help="pose-guided models only: a folder of the original's pose templates (0.npy, 1.npy, ..; "
+                   "e.g. its assets/halfbody_demo/pose/01), or 'sway' (the built-in idle sway, the default); a sequence "
+                   "shorter than the audio is mirrored back and forth")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -257,6 +260,13 @@ def run(args: argparse.Namespace) -> int:
     region_masks = session.region_masks(portrait)
     if region_masks is not None and portrait.region_masks is None:
         print("note: audio region masks (full / face / lips) made from the face box of the portrait crop", file=sys.stderr)
+    from ..pose_input import pose_frames_for
+
+    with validation.user_input():
+        pose_frames, pose_note = pose_frames_for(session.config, args.pose, audio.num_frames, reference.size[0], audio.fps,
+                                                 label="--pose")
+    if pose_note:
+        print(f"note: {pose_note}", file=sys.stderr)
     total = settings.steps * session.count_units(audio.num_frames, settings)
     bar = tqdm(total=total, unit="step", desc="EMO", dynamic_ncols=True)
     try:  # the writer removes its partial file on any error: no half-written video
@@ -277,6 +287,7 @@ def run(args: argparse.Namespace) -> int:
                 face_mask=torch.from_numpy(portrait.mask),
                 region_masks=region_masks,
                 on_step=lambda info: bar.update(1),
+                pose_frames=pose_frames,
             )
     finally:
         bar.close()  # an error line then starts on its own line
