@@ -52,6 +52,7 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..face.front_ends import FaceFrontEnd
 from .base import SD_VAE, Family, HubFile, OriginalCode, PartFiles
 from .echomimic import ACC, _name_tags, _pick_variant
 
@@ -73,6 +74,12 @@ PARTS = {
 }
 FOLDER_NAMES = ("echomimic_v2", "echomimicv2", "echomimic-v2")
 POSE_CHANNELS = 3
+
+# infer.py:178: no face detection, no crop: the whole picture resized to -W x -H (a half-body picture). A square picture
+# is framed so (PIL bilinear here; the original's Image.resize default is bicubic: not mirrored); another shape gets our
+# face crop, so give EchoMimic v2 a square half-body picture.
+FACE_FRONT_END = FaceFrontEnd(label="EchoMimic v2's", mirrors="infer.py:178 Image.open(...).resize((W, H)) (a312dec0)",
+                              squash_resize=True)
 
 QUIRKS = InferenceQuirks(
     audio_attention_scale=3.0, context_schedule="uniform", context_shift_per_step=3, initial_noise_clamp=1.5,
@@ -212,4 +219,5 @@ FAMILY = Family(
         HubFile("BadToBest/EchoMimic", "audio_processor/whisper_tiny.pt", "audio_encoders", "whisper_tiny.pt"),
     ),
     quoted_configs={"echomimic-v2": "EchoMimic v2", "echomimic-v2-acc": "acc"},
+    face_front_end=FACE_FRONT_END,
 )
