@@ -212,7 +212,8 @@ class InferenceQuirks:
     # How context windows are laid out (strategy "context_windows"). "ramp": fixed windows (stride size -
     # overlap, the last one aligned to the end), blended with linear ramps over the overlap. "uniform": the
     # AnimateAnyone-style schedule (step 0, stride 1, closed loop): windows start at 0, size - overlap, ... and
-    # wrap around the end, every frame's predictions averaged with equal weights.
+    # wrap around the end, every frame's predictions averaged with equal weights. "uniform-open": the same without the
+    # closed loop (starts below frames - overlap; indices past the end reflected back), emo_model/sampling/clip_planner.py.
     context_schedule: str = "ramp"
     # Frames every context window moves forward per denoising step, wrapping around the sequence.
     context_shift_per_step: int = 0
@@ -374,8 +375,9 @@ class EMOConfig:
             raise ValueError("backbone.speed_layers is set but the config has no speed section")
         if self.preset.strategy not in ("motion_frames", "context_windows"):
             raise ValueError(f"preset.strategy must be motion_frames or context_windows, got {self.preset.strategy!r}")
-        if self.preset.quirks.context_schedule not in ("ramp", "uniform"):
-            raise ValueError(f"preset.quirks.context_schedule must be ramp or uniform, got {self.preset.quirks.context_schedule!r}")
+        if self.preset.quirks.context_schedule not in ("ramp", "uniform", "uniform-open"):
+            raise ValueError(f"preset.quirks.context_schedule must be ramp, uniform or uniform-open, "
+                             f"got {self.preset.quirks.context_schedule!r}")
         if self.preset.quirks.seed_stream not in ("per_clip", "single"):
             raise ValueError(f"preset.quirks.seed_stream must be per_clip or single, got {self.preset.quirks.seed_stream!r}")
         if self.preset.quirks.audio_loader not in ("pyav", "librosa", "ffmpeg-wav+librosa", "ffmpeg-s16-mono"):

@@ -4,7 +4,7 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
 
 * Files (``model_ckpts/v-express/`` as its README moves them from Hugging Face tk93/V-Express): ``denoising_unet.bin``
   (the whole 3D UNet, motion modules included, with a second attention ``attn1_5``/``norm1_5`` in every transformer
-  block), ``reference_net.bin`` (a whole SD1.5 2D UNet, output head included), ``motion_module.bin`` (every key under
+  block), ``reference_net.bin`` (a whole SD1.5 2D UNet with ``conv_out`` but no ``conv_norm_out``, which our ReferenceNet does not load), ``motion_module.bin`` (every key under
   ``motion_modules``), ``v_kps_guider.bin`` (a conv stack: ``conv_in``, ``blocks``, ``conv_out``) and
   ``audio_projection.bin`` (a perceiver: ``pos_emb``, ``latents``, ``layers``, ...), each recognised from its keys:
   the UNet with ``attn1_5`` keys is the denoising UNet, the other one the ReferenceNet.
@@ -31,14 +31,17 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
     at timestep 0 with ``encoder_hidden_states = zeros(1, 1, 768)``).
   - ``AudioFeatureConfig(hidden_states="last", samples_per_frame=2)``: v_express_pipeline.py:374-401 (``last_hidden_state``
     of the whole audio, linear interpolation to 2 x frames, 2 x 2 rows of zeros on each side, 10 rows per frame).
+  - ``context_schedule = "uniform-open"``: v_express_pipeline.py:486-496 calls pipelines/context.py ``uniform()`` with
+    ``closed_loop=False`` (no window starting in the last ``overlap`` frames; indices past the end reflected), no shift
+    per step, every window's guided prediction divided by the frame's window count (:552-560).
   - ``SchedulerConfig(beta_schedule="scaled_linear", set_alpha_to_one=True)``: inference_v2.yaml:24-33 passed as
     ``DDIMScheduler(**kwargs)`` (inference.py:132-136), so diffusers' default ``set_alpha_to_one`` applies.
   - ``seed_stream = "single"``: inference.py:216 ``torch.manual_seed(seed)``; one randn_tensor for the whole video
     (v_express_pipeline.py:514-523).
 
   Not mirrored yet (docs/parity.md, V-Express): the frame count cut to whole windows with the fps stretched
-  (inference.py:255-264), the open-ended uniform schedule (pipelines/context.py:22-53, ``closed_loop=False``), the
-  3x3x3 median filter of the written frames (pipelines/utils.py:46-70), the keypoint images and retargeting
+  (inference.py:255-264), a frame twice in one reflected window (counted once, stepped twice:
+  v_express_pipeline.py:498-572; inference.py's frame count never makes one), the 3x3x3 median filter of the written frames (pipelines/utils.py:46-70), the keypoint images and retargeting
   (inference.py:266-294, pipelines/utils.py:145-182, datasets/utils.py:15-38).
 """
 
@@ -99,7 +102,7 @@ def _preset(**changes) -> PresetConfig:
             audio_attention_scale=3.0,
             reference_attention_scale=0.95,
             unconditional_reference="zeros",
-            context_schedule="uniform",
+            context_schedule="uniform-open",
             seed_stream="single",
             audio_single_pass=True,
         ),
@@ -108,7 +111,7 @@ def _preset(**changes) -> PresetConfig:
 
 
 def _reference_net(unet) -> ReferenceNetConfig:
-    return ReferenceNetConfig(unet=unet, output_head=True, bank_after_self_attention=True, cross_attention_zero_token=True)
+    return ReferenceNetConfig(unet=unet, output_head=False, bank_after_self_attention=True, cross_attention_zero_token=True)
 
 
 def v_express_config() -> EMOConfig:
@@ -122,7 +125,7 @@ def v_express_config() -> EMOConfig:
             temporal=TemporalConfig(heads=8, max_len=32),
             speed_layers=False,
         ),
-        face_locator=FaceLocatorConfig(in_channels=3, block_out_channels=(16, 32, 96, 256), out_channels=320),
+        face_locator=FaceLocatorConfig(in_channels=3, block_out_channels=(16, 32, 96, 256), out_channels=320, reads="pose_frames"),
         audio_proj=AudioProjConfig(
             kind="perceiver", seq_len=5, blocks=2, channels=768, intermediate_dim=768, output_dim=768, context_tokens=5,
             depth=4, heads=12, head_dim=64, ff_mult=4,
@@ -149,7 +152,7 @@ def tiny_v_express_config() -> EMOConfig:
             temporal=TemporalConfig(heads=2, norm_num_groups=32),
             speed_layers=False,
         ),
-        face_locator=FaceLocatorConfig(in_channels=3, block_out_channels=(8, 8, 16, 16), out_channels=32),
+        face_locator=FaceLocatorConfig(in_channels=3, block_out_channels=(8, 8, 16, 16), out_channels=32, reads="pose_frames"),
         audio_proj=AudioProjConfig(
             kind="perceiver", seq_len=5, blocks=2, channels=32, intermediate_dim=32, output_dim=32, context_tokens=5,
             depth=2, heads=2, head_dim=16, ff_mult=4,
@@ -193,6 +196,9 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
         for key in file.tensors:
             # denoising_unet.bin holds the motion modules too: motion_module.bin's copies are the ones loaded
             if role == "denoising_unet" and "motion_module" in chosen and ".motion_modules." in key:
+                continue
+            # the ReferenceNet's conv_out (its class drops conv_norm_out: modules/unet_2d_condition.py:650) is never used
+            if role == "reference_unet" and key.startswith("conv_out."):
                 continue
             if prefix + key in sources:
                 raise W.WeightsError(f"{file.name} and {sources[prefix + key][0].name} both hold {prefix + key}")

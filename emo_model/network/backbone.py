@@ -45,7 +45,9 @@ class Backbone(UNetBase):
         cache = {}
         for module in self.modules():
             if isinstance(module, SpatialTransformer) and module.key in bank.tokens:
-                cache[module.key] = module.transformer_blocks[0].attn1.project_kv(bank.tokens[module.key].to(self.dtype))
+                block = module.transformer_blocks[0]
+                reader = block.attn1 if block.attn1_5 is None else block.attn1_5  # the attention that reads the reference
+                cache[module.key] = reader.project_kv(bank.tokens[module.key].to(self.dtype))
         return cache
 
     def forward(

@@ -81,21 +81,36 @@ def uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]
     return [[(s + k) % num_frames for k in range(size)] for s in range(0, num_frames, size - overlap)]
 
 
+def open_uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]:
+    """The same ``uniform()`` schedule without the closed loop: windows start at 0, ``size - overlap``, ... while the
+    start is below ``num_frames - overlap``; a frame index past the end is reflected to ``num_frames - 2 - e % num_frames``.
+    When ``num_frames`` is a whole number of windows ((k - 1) x (size - overlap) + size) they tile it exactly."""
+    if num_frames < 1:
+        raise ValueError("nothing to generate: the audio has no frames")
+    if not 0 <= overlap < size:
+        raise ValueError(f"context overlap must be in [0, {size - 1}], got {overlap}")
+    if num_frames <= size:
+        return [list(range(num_frames))]
+    return [[e if e < num_frames else num_frames - 2 - e % num_frames for e in range(s, s + size)]
+            for s in range(0, num_frames - overlap, size - overlap)]
+
+
 def context_schedule(num_frames: int, size: int, overlap: int, *, schedule: str = "ramp", shift_per_step: int = 0):
     """The context windows of every denoising step: ``plan(step) -> [(frame indices, blend weights), ...]``.
 
-    ``schedule``: "ramp" (:func:`plan_windows` blended with :func:`window_weights`) or "uniform"
-    (:func:`uniform_windows`, equal weights). Every window moves ``shift_per_step`` frames forward per step,
+    ``schedule``: "ramp" (:func:`plan_windows` blended with :func:`window_weights`), "uniform"
+    (:func:`uniform_windows`, equal weights) or "uniform-open" (:func:`open_uniform_windows`, equal weights).
+    Every window moves ``shift_per_step`` frames forward per step,
     wrapping around the sequence (frame indices stay distinct within a window).
     """
-    if schedule == "uniform":
-        base = uniform_windows(num_frames, size, overlap)
+    if schedule in ("uniform", "uniform-open"):
+        base = (uniform_windows if schedule == "uniform" else open_uniform_windows)(num_frames, size, overlap)
         blends = [torch.ones(len(w)) for w in base]
     elif schedule == "ramp":
         base = [list(w) for w in plan_windows(num_frames, size, overlap)]
         blends = [window_weights(len(w), overlap if len(base) > 1 else 0) for w in base]
     else:
-        raise ValueError(f"context schedule must be ramp or uniform, got {schedule!r}")
+        raise ValueError(f"context schedule must be ramp, uniform or uniform-open, got {schedule!r}")
 
     def plan(step: int) -> list[tuple[list[int], torch.Tensor]]:
         shift = step * shift_per_step

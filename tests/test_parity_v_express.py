@@ -1,0 +1,179 @@
+"""Family parity, V-Express: our network and pipeline against stages recorded from the ORIGINAL code.
+
+The fixture ``parity/v_express/`` was made by ``tools/parity/floor.py -- ... tools/parity/v_express_original.py`` (the
+command, commit and package versions are in meta.json; floor.json holds the original's own noise: the same run with 2
+and 1 threads): V-Express's own classes at the shapes of ``tiny-v-express``, hashed random weights, its
+``VExpressPipeline`` as inference.py calls it: 0.7 s of audio at 30 fps -> 21 frames cut to 20 (3 context windows of 8,
+overlap 2), 13 driving keypoint frames stretched to 20 and drawn by its ``draw_kps_image``, 4 DDIM steps, CFG 4.5,
+reference / audio attention weights 0.95 / 3.0, fp32. The VAE and wav2vec2 are tests/parity/hallo's.
+
+Here the weights are written again as V-Express's .bin files, recognised and loaded by our loader (strict), and every
+stage is compared: rel err = ||ours - original|| / ||original|| <= max(1e-4, 3 x the original's floor at that stage).
+Every quirk of the family, switched off, breaks the first denoiser call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import parity_common, rel_err
+from safetensors.torch import load_file
+
+from emo_model.network.model import Conditioning
+from emo_model.network.vae import DiffusersVAE
+from emo_model.sampling.clip_loop import _Run
+from emo_model.sampling.pipeline import EMOPipeline
+from emo_model.sampling.settings import SamplingSettings
+from emo_model.weights.checkpoints import inspect_checkpoint
+from tests import parity_floor
+
+FIXTURE = Path(__file__).parent / "parity" / "v_express"
+FILES = {"denoising_unet": "denoising_unet.bin", "reference_net": "reference_net.bin", "v_kps_guider": "v_kps_guider.bin",
+         "audio_projection": "audio_projection.bin"}
+
+
+@pytest.fixture(scope="module")
+def golden():
+    return json.loads((FIXTURE / "meta.json").read_text()), load_file(FIXTURE / "stages.safetensors")
+
+
+@pytest.fixture(scope="module")
+def model(golden, tmp_path_factory):
+    meta, _ = golden
+    common = parity_common()
+    out = tmp_path_factory.mktemp("v_express")
+    buffers = load_file(FIXTURE / "buffers.safetensors")
+    for name, w in meta["weights"].items():
+        state = common.hashed_state_dict([(k, s) for k, s in w["spec"]], w["seed"])
+        assert common.digest(state) == w["digest"], f"{name}: regenerated weights differ from the original run's"
+        state.update({k.split(".", 1)[1]: v for k, v in buffers.items() if k.startswith(name + ".")})
+        torch.save(state, out / FILES[name])
+    ck = inspect_checkpoint(out)
+    assert (ck.family, ck.config.name) == ("vexpress", "tiny-v-express") and ck.problem() is None, ck.problem()
+    return ck.load(device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pipe(golden, model):
+    meta, _ = golden
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(FIXTURE.parent / Path(meta["assets"]).name / "vae")
+    return EMOPipeline(model, DiffusersVAE(vae.eval()))
+
+
+def _features(gold) -> torch.Tensor:
+    """The audio windows the original handed its projection ([F, 10, D]) in our layout [F, window, rows, D]."""
+    w = gold["audio.windows"]
+    return w.reshape(w.shape[0], 5, 2, w.shape[-1])
+
+
+def _kps_images(gold) -> torch.Tensor:
+    return gold["input.kps_images"].permute(0, 3, 1, 2).float() / 255.0  # [F, 3, H, W] in 0..1 (do_normalize=False)
+
+
+def _call0(model, pipe, gold) -> torch.Tensor:
+    ref = pipe.encode_reference(gold["input.portrait"].float() / 255.0, size=gold["input.portrait"].shape[0])
+    c = {k.split(".", 2)[2]: v for k, v in gold.items() if k.startswith("unet.call0.")}
+    b, _, f = c["sample"].shape[:3]
+    cond = Conditioning(
+        reference=ref.bank, reference_enabled=torch.tensor([False, True]),
+        audio_tokens=c["audio"].reshape(b, f, *c["audio"].shape[1:]), face_features=c["kps"],
+    )
+    with torch.no_grad():
+        return model(c["sample"], c["t"][0], cond)
+
+
+@pytest.fixture(scope="module")
+def ours(golden, model, pipe):
+    meta, gold = golden
+    s = meta["settings"]
+    stages = {}
+    with torch.no_grad():
+        stages["kps.features"] = model.face_features(_kps_images(gold)).transpose(0, 1)[None]
+        stages["audio.tokens"] = model.audio_tokens(_features(gold))[0]
+        ref = pipe.encode_reference(gold["input.portrait"].float() / 255.0, size=s["size"])
+    stages["reference.latents"] = ref.latent
+    stages["unet.call0.out"] = _call0(model, pipe, gold)
+
+    steps = []
+    original_step = _Run._step
+
+    def step(run, pred, t, latents, generator):
+        if not steps:
+            stages["latents.init"] = latents[None].clone() if latents.dim() == 4 else latents.clone()
+        out = original_step(run, pred, t, latents, generator)
+        steps.append(out)
+        return out
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(_Run, "_step", step)
+    try:
+        settings = SamplingSettings.from_preset(model.config.preset, steps=s["steps"], cfg=s["cfg"], audio_cfg=s["cfg"],
+                                                frames_per_clip=s["context"], context_overlap=s["overlap"])
+        frames = pipe.generate_frames(ref, _features(gold), settings=settings, pose_frames=_kps_images(gold),
+                                      noise=gold["latents.init"][0])
+    finally:
+        patch.undo()
+    last = steps[-1]
+    stages["latents.final"] = last[None] if last.dim() == 4 else last
+    stages["frames"] = frames.permute(3, 0, 1, 2)[None]
+    return stages
+
+
+STAGES = ("kps.features", "audio.tokens", "reference.latents", "unet.call0.out", "latents.init", "latents.final", "frames")
+
+
+# Open (docs/parity.md, V-Express): with every input of every denoiser call equal (checked: latents, audio tokens,
+# keypoint features of all three windows), the frames of the middle window (6-13) move by 5e-3..3e-2 after the first
+# step while windows 0 and 2 match to 4e-6; not found yet. Strict: the day they pass, this list must go.
+OPEN = {"latents.final", "frames"}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_matches_the_original(stage, golden, ours):
+    _, gold = golden
+    max_abs, rel = rel_err(ours[stage], gold[stage])
+    if stage in OPEN:
+        assert rel > parity_floor.tolerance(FIXTURE, stage), f"{stage} now matches (rel {rel:.2e}): remove it from OPEN"
+        pytest.xfail(f"the middle context window differs from the original's: rel err {rel:.2e} (open, docs/parity.md)")
+    parity_floor.check(rel, FIXTURE, stage, what=f"V-Express's original code (max abs {max_abs:.3e})")
+
+
+def test_fixture_is_a_hard_case(golden):
+    meta, gold = golden
+    s = meta["settings"]
+    assert s["windows"] >= 3 and s["cfg"] >= 4 and s["video_length"] == gold["frames"].shape[2] == 20
+    size = sum(p.stat().st_size for p in FIXTURE.iterdir())
+    assert size < 3_000_000, size
+
+
+QUIRKS_OFF = {
+    "reference_attention_scale": lambda m: _quirk(m, reference_attention_scale=1.0),
+    "audio_attention_scale": lambda m: _quirk(m, audio_attention_scale=1.0),
+    "unconditional_reference": lambda m: _quirk(m, unconditional_reference="none"),
+    "bank_after_self_attention": lambda m: setattr(m.reference_unet, "bank_after_self_attention", False),
+    "cross_attention_zero_token": lambda m: setattr(m.reference_unet, "cross_attention_zero_token", False),
+}
+
+
+def _quirk(model, **changes):
+    model.config.preset.quirks = dataclasses.replace(model.config.preset.quirks, **changes)
+
+
+@pytest.mark.parametrize("quirk", sorted(QUIRKS_OFF))
+def test_each_quirk_switched_off_breaks_the_denoiser(quirk, golden, model, pipe):
+    _, gold = golden
+    quirks = model.config.preset.quirks
+    ref_flags = (model.reference_unet.bank_after_self_attention, model.reference_unet.cross_attention_zero_token)
+    try:
+        QUIRKS_OFF[quirk](model)
+        _, rel = rel_err(_call0(model, pipe, gold), gold["unet.call0.out"])
+    finally:
+        model.config.preset.quirks = quirks
+        model.reference_unet.bank_after_self_attention, model.reference_unet.cross_attention_zero_token = ref_flags
+    assert rel > 10 * parity_floor.tolerance(FIXTURE, "unet.call0.out"), f"{quirk} off: rel err only {rel:.2e}"
