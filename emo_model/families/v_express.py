@@ -39,10 +39,12 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
   - ``seed_stream = "single"``: inference.py:216 ``torch.manual_seed(seed)``; one randn_tensor for the whole video
     (v_express_pipeline.py:514-523).
 
-  Not mirrored yet (docs/parity.md, V-Express): the frame count cut to whole windows with the fps stretched
-  (inference.py:255-264), a frame twice in one reflected window (counted once, stepped twice:
-  v_express_pipeline.py:498-572; inference.py's frame count never makes one), the 3x3x3 median filter of the written frames (pipelines/utils.py:46-70), the keypoint images and retargeting
-  (inference.py:266-294, pipelines/utils.py:145-182, datasets/utils.py:15-38).
+  Not done yet (docs/parity.md, V-Express): our wav2vec2 front end does not compute ``hidden_states="last"`` with
+  ``samples_per_frame`` (the parity test feeds the original's audio windows); no keypoint input (the pipeline asks for
+  ``pose_frames``: keypoint images as datasets/utils.py:15-38 draws them; the retarget modes, pipelines/utils.py:145-182);
+  the frame count cut to whole windows with the fps stretched (inference.py:255-264); a frame twice in one reflected
+  window (counted once, stepped twice: v_express_pipeline.py:498-572; inference.py's frame counts never make one); the
+  3x3x3 median filter of the written frames (pipelines/utils.py:46-70).
 """
 
 from __future__ import annotations
