@@ -80,8 +80,7 @@ class EMOSampler:
                 "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
                 "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says; flow-velocity models keep their own sampler) at 0.4x the preset's steps (at least 8; or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
                 "emotion": (["preset", AUTO_EMOTION, *emotion_names()], {"default": "preset", "tooltip": "Emotion of models with emotion-conditioned audio modules (" + quoted_presets(lambda c: c.preset.emotion, values=False) + "). auto: classified from the audio, second by second, by the family's own audio-emotion classifier (its files in the model folder: see the README); preset: auto when those files are there (as the original does), else neutral; the summary says which. A class name: that emotion for the whole video. The class names are presumed (emotion2vec's order; the original does not name them). Other models ignore it."}),
-                "pose": ("POSE_KEYPOINT", {"tooltip": "Pose-guided models only (" + quoted_presets(lambda c: "pose" if c.face_locator is not None and c.face_locator.reads == "pose_frames" else None, values=False) + "): the driving poses from a DWPose node (comfyui_controlnet_aux) run on a driving video; only the hands are drawn, as the original draws them. Fewer frames than the audio are mirrored back and forth. Empty: pose_folder, else the built-in idle sway. Other models refuse it."}),
-                "pose_folder": ("STRING", {"default": "", "multiline": False, "tooltip": "Pose-guided models only: a folder of the original's pose templates (0.npy, 1.npy, ..; e.g. its assets/halfbody_demo/pose/01), used when no pose is wired. Empty: the built-in idle sway (two relaxed hands swaying gently). Fewer frames than the audio are mirrored back and forth."}),
+                "pose": ("POSE_KEYPOINT", {"tooltip": "Pose-guided models only (" + quoted_presets(lambda c: "pose" if c.face_locator is not None and c.face_locator.reads == "pose_frames" else None, values=False) + "): the driving poses from a DWPose node (comfyui_controlnet_aux) run on a driving video; only the hands are drawn, as the original draws them. Fewer frames than the audio are mirrored back and forth. Not wired: the built-in idle sway (two relaxed hands swaying gently); the original's pose template folders: emo generate --pose. Other models refuse it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -97,8 +96,7 @@ class EMOSampler:
         return True
 
     def sample(self, emo_model, emo_reference, emo_audio, seed, steps, cfg, audio_cfg, sampler, speed, frames_per_clip, motion_frames,
-               colour_match, face_mask=None, speed_curve="", fast=False, emotion="preset", pose=None, pose_folder="",
-               unique_id=None):
+               colour_match, face_mask=None, speed_curve="", fast=False, emotion="preset", pose=None, unique_id=None):
         session = emo_model
         if emo_reference.model_id != id(session.model):
             raise ValueError(
@@ -147,9 +145,7 @@ class EMOSampler:
             progress.preview(clip[-1])
 
         mask = mask_for(None if face_mask is None else _comfy.check_mask(face_mask, label="face_mask"))
-        pose_frames, pose_note = pose_frames_for(session.config, pose if pose is not None else (pose_folder.strip() or None),
-                                                 emo_audio.num_frames, h, emo_audio.fps,
-                                                 label="pose" if pose is not None else "pose_folder")
+        pose_frames, pose_note = pose_frames_for(session.config, pose, emo_audio.num_frames, h, emo_audio.fps, label="pose")
         try:
             working = settings_memory_bytes(settings, size=max(h, w), dtype_bytes=session.model.dtype.itemsize)
             with _comfy.running_on(session, memory_required=working):

@@ -306,9 +306,13 @@ def make_test_models(models: Path) -> dict[str, str]:
     torch.manual_seed(2)
     echomimic_parts(perturb_zero_inits(EMOModel("tiny-echomimic").eval()), models / "emo" / "echomimic")
     tiny_whisper_pt(models / "audio_encoders" / "whisper_tiny.pt")
+    torch.manual_seed(5)  # EchoMimic v2: the pose encoder (3 input channels) under its published name
+    echomimic_parts(perturb_zero_inits(EMOModel("tiny-echomimic-v2").eval()), models / "emo" / "echomimic_v2",
+                    names={"denoising_unet": "denoising_unet.pth", "motion_module": "motion_module.pth",
+                           "reference_unet": "reference_unet.pth", "face_locator": "pose_encoder.pth"})
     torch.manual_seed(4)
     diffusers_part_folders(perturb_zero_inits(EMOModel("tiny-memo").eval()), models / "emo" / "memo", "memo")
-    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "hallo2": "hallo2/net.pth", "echomimic": "echomimic/", "memo": "memo/", "vae": "sd-vae-ft-mse/",
+    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "hallo2": "hallo2/net.pth", "echomimic": "echomimic/", "echomimic_v2": "echomimic_v2/", "memo": "memo/", "vae": "sd-vae-ft-mse/",
             "encoder": "wav2vec2-base-960h/", "whisper": "whisper_tiny.pt"}
 
 

@@ -245,11 +245,14 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     assert summary.startswith(f"{frames} frames")
     loader = next(nid for nid, n in graph.items() if n["class_type"] == "LoadEMOModel")
     family = outputs[loader][0].config.family  # the family the loader chose, by tensors or folder name
-    assert family == {"hallo2/net.pth": "hallo2", "hallo/net.pth": "hallo", "echomimic/": "echomimic-v1", "memo/": "memo"}.get(
+    assert family == {"hallo2/net.pth": "hallo2", "hallo/net.pth": "hallo", "echomimic/": "echomimic-v1", "echomimic_v2/": "echomimic-v2", "memo/": "memo"}.get(
         graph[loader]["inputs"]["model"], "emo"), family
-    # how the run was cut, in the family's own terms (EchoMimic v1: windows that move 2 frames per step)
+    # how the run was cut, in the family's own terms (EchoMimic v1: windows that move 2 frames per step; v2: 3)
     if "echomimic" in path.name:
-        assert re.search(r"\d+ context windows? of \d+ frames \(overlap \d+, moving 2 frames per step\)", summary), summary
+        shift = 3 if "echomimic_v2" in path.name else 2
+        assert re.search(rf"\d+ context windows? of \d+ frames \(overlap \d+, moving {shift} frames per step\)", summary), summary
+        if shift == 3:  # no pose wired: the built-in idle sway, said in the summary
+            assert "pose: the built-in idle sway" in summary, summary
     else:
         assert re.search(r"\d+ clips? of \d+ frames \+ \d+ motion frames", summary), summary
 
