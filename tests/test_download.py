@@ -189,7 +189,7 @@ def test_every_published_family_names_where_its_files_go():
     from emo_model.families import FAMILIES
 
     published = [fam for fam in FAMILIES if fam.downloads]
-    assert {fam.name for fam in published} == {"hallo", "hallo2", "echomimic-v1", "memo"}
+    assert {"hallo", "hallo2", "echomimic-v1", "echomimic-v2", "memo"} <= {fam.name for fam in published}
     for fam in published:
         folders = {f.folder for f in fam.downloads if not f.optional}
         assert folders == {"emo", "vae", "audio_encoders"}, fam.name  # the model, its VAE and its audio encoder
@@ -198,6 +198,7 @@ def test_every_published_family_names_where_its_files_go():
     assert "hallo/net.pth" in dests["hallo"] and "hallo2/net.pth" in dests["hallo2"]  # the folder name selects Hallo2
     assert {"echomimic/denoising_unet.pth", "whisper_tiny.pt"} <= dests["echomimic-v1"]
     assert "memo/diffusion_net/diffusion_pytorch_model.safetensors" in dests["memo"]
+    assert {"echomimic_v2/pose_encoder.pth", "whisper_tiny.pt"} <= dests["echomimic-v2"]  # its own folder, v1's whisper
 
 
 def test_download_announces_sizes_and_puts_each_file_in_its_folder(fake_hub, tmp_path, capsys):
@@ -266,8 +267,8 @@ def test_a_users_different_file_is_never_replaced_unasked(fake_hub, tmp_path, ca
 
 
 @pytest.mark.parametrize("argv, expect", [
-    (["download"], "error: name the family to download: hallo, hallo2, echomimic-v1, memo"),
-    (["download", "halo"], "error: unknown family 'halo'; choose one of: hallo, hallo2, echomimic-v1, memo"),
+    (["download"], "error: name the family to download: hallo, hallo2, "),  # then every other published family
+    (["download", "halo"], "error: unknown family 'halo'; choose one of: hallo, hallo2, "),
     (["download", "emo"], "error: EMO has no published weights to download"),
 ])
 def test_a_wrong_family_is_one_line_listing_the_choices(fake_hub, tmp_path, capsys, argv, expect):
@@ -279,7 +280,7 @@ def test_a_wrong_family_is_one_line_listing_the_choices(fake_hub, tmp_path, caps
 
 def test_a_family_prefix_or_label_is_enough(fake_hub, tmp_path):
     publish(fake_hub, "echomimic-v1")
-    assert main(["download", "echomimic", "--models", str(tmp_path)]) == 0
+    assert main(["download", "EchoMimic v1", "--models", str(tmp_path)]) == 0  # "echomimic" alone: v1 or v2
     assert (tmp_path / "emo" / "echomimic" / "face_locator.pth").is_file()
     assert (tmp_path / "audio_encoders" / "whisper_tiny.pt").is_file()
     assert not (tmp_path / "emo" / "echomimic" / "motion_module_acc.pth").exists()  # optional: only with --optional
