@@ -146,7 +146,8 @@ class AudioFeatureConfig:
     sample_rate: int = 16000
     # wav2vec2: "all" hidden layers (``layers`` of them per frame) or only the "last" one, linearly interpolated over
     # the whole audio to ``samples_per_frame`` rows per video frame; a frame's window then holds the rows of frames
-    # f-m .. f+m with rows of zeros beyond the ends (not clamped). Per-frame features: [window, feature_rows, dim].
+    # f-m .. f+m with rows of zeros beyond the ends (not clamped; emo_model/audio/wav2vec2.py). Per-frame features:
+    # [window, feature_rows, dim].
     hidden_states: str = "all"
     samples_per_frame: int = 1
 

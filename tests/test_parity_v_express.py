@@ -24,6 +24,8 @@ import torch
 from conftest import parity_common, rel_err
 from safetensors.torch import load_file
 
+from emo_model.audio.signal import PreparedAudio
+from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
 from emo_model.network.model import Conditioning
 from emo_model.network.vae import DiffusersVAE
 from emo_model.sampling.clip_loop import _Run
@@ -99,9 +101,15 @@ def ours(golden, model, pipe):
     s = meta["settings"]
     keep = s["stored_frames"]
     stages = {}
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(FIXTURE.parent / Path(meta["assets"]).name / "wav2vec2", model.config.audio)
+    # the whole audio (21 frames' worth) spread over the 20 frames cut to whole windows (inference.py:255-264): our
+    # PreparedAudio holds exactly its frames' samples, and the cut is not done yet, so the windowing is called directly
+    audio = PreparedAudio(waveform=gold["input.waveform"], num_frames=round(s["seconds"] * s["fps"]), fps=float(s["fps"]))
+    features = encoder._last_state_windows(dataclasses.replace(audio, num_frames=s["video_length"]))
+    stages["audio.windows"] = features.reshape(features.shape[0], -1, features.shape[-1])
     with torch.no_grad():
         stages["kps.features"] = model.face_features(_kps_images(gold)[keep]).transpose(0, 1)[None]
-        stages["audio.tokens"] = model.audio_tokens(_features(gold))[0]
+        stages["audio.tokens"] = model.audio_tokens(features)[0]
         ref = pipe.encode_reference(gold["input.portrait"].float() / 255.0, size=s["size"])
     stages["reference.latents"] = ref.latent
     stages["unet.call0.out"] = _call0(model, pipe, gold)
@@ -121,7 +129,7 @@ def ours(golden, model, pipe):
     try:
         settings = SamplingSettings.from_preset(model.config.preset, steps=s["steps"], cfg=s["cfg"], audio_cfg=s["cfg"],
                                                 frames_per_clip=s["context"], context_overlap=s["overlap"])
-        frames = pipe.generate_frames(ref, _features(gold), settings=settings, pose_frames=_kps_images(gold),
+        frames = pipe.generate_frames(ref, features, settings=settings, pose_frames=_kps_images(gold),
                                       noise=gold["latents.init"][0])
     finally:
         patch.undo()
@@ -131,7 +139,7 @@ def ours(golden, model, pipe):
     return stages
 
 
-STAGES = ("kps.features", "audio.tokens", "reference.latents", "unet.call0.out", "latents.init", "latents.final", "frames")
+STAGES = ("audio.windows", "kps.features", "audio.tokens", "reference.latents", "unet.call0.out", "latents.init", "latents.final", "frames")
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -129,6 +129,8 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
         ``single_pass`` (InferenceQuirks.audio_single_pass): no 20 s pieces, the whole audio at once.
         ``segment_seconds`` (InferenceQuirks.audio_segment_seconds): independent pieces of that length instead."""
         self._check(audio)
+        if self.cfg.hidden_states == "last":
+            return self._last_state_windows(audio)
         if segment_seconds:
             return window_frames(self._encode_segments(audio, segment_seconds, whole_clips_of), self.cfg.margin)
         waveform, num_frames = self.prepared_waveform(audio, whole_clips_of)
@@ -138,6 +140,22 @@ class Wav2Vec2AudioEncoder(AudioEncoder):
             hidden = self._encode_span(samples, span_end - span_start)
             pieces.append(hidden[keep_start - span_start : keep_end - span_start])
         return window_frames(torch.cat(pieces), self.cfg.margin)
+
+    def _last_state_windows(self, audio: PreparedAudio) -> torch.Tensor:
+        """``AudioFeatureConfig.hidden_states = "last"``: the last hidden state of the source's own samples (normalised
+        over all of them, one pass), linearly interpolated (align_corners=False) to ``samples_per_frame`` rows per frame,
+        ``samples_per_frame x margin`` rows of zeros on each side; frame f reads the rows of frames f-m .. f+m.
+        Returns [F, 2m+1, samples_per_frame, dim]."""
+        samples = self._normalised(audio.waveform[: audio.real_samples])
+        if samples.shape[0] < self.receptive_field:
+            samples = F.pad(samples, (0, self.receptive_field - samples.shape[0]))
+        parameter = next(self.model.parameters())
+        hidden = self.model(samples.to(device=parameter.device, dtype=parameter.dtype)[None]).last_hidden_state[0]
+        per, m, n = self.cfg.samples_per_frame, self.cfg.margin, audio.num_frames
+        rows = F.interpolate(hidden.float().T[None], size=per * n, mode="linear")[0].T  # [per * n, dim]
+        rows = F.pad(rows, (0, 0, per * m, per * m)).cpu()
+        index = torch.arange(n)[:, None] * per + torch.arange((2 * m + 1) * per)[None]
+        return rows[index].reshape(n, 2 * m + 1, per, rows.shape[-1])
 
     def _encode_segments(self, audio: PreparedAudio, seconds: float, whole_clips_of: int | None) -> torch.Tensor:
         """Per-frame layer outputs of the source's samples cut into pieces of ``seconds``, each one normalised on its

@@ -39,8 +39,7 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
   - ``seed_stream = "single"``: inference.py:216 ``torch.manual_seed(seed)``; one randn_tensor for the whole video
     (v_express_pipeline.py:514-523).
 
-  Not done yet (docs/parity.md, V-Express): our wav2vec2 front end does not compute ``hidden_states="last"`` with
-  ``samples_per_frame`` (the parity test feeds the original's audio windows); no keypoint input (the pipeline asks for
+  Not done yet (docs/parity.md, V-Express): no keypoint input (the pipeline asks for
   ``pose_frames``: keypoint images as datasets/utils.py:15-38 draws them; the retarget modes, pipelines/utils.py:145-182);
   the frame count cut to whole windows with the fps stretched (inference.py:255-264); a frame twice in one reflected
   window (counted once, stepped twice: v_express_pipeline.py:498-572; inference.py's frame counts never make one); the
