@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from emo_model.audio.signal import PreparedAudio
 from emo_model.audio.wav2vec2 import Wav2Vec2AudioEncoder
+from emo_model.face.keypoint_images import keypoint_images, stretch_sequence
 from emo_model.network.model import Conditioning
 from emo_model.network.vae import DiffusersVAE
 from emo_model.sampling.clip_loop import _Run
@@ -76,7 +77,10 @@ def _features(gold) -> torch.Tensor:
 
 
 def _kps_images(gold) -> torch.Tensor:
-    return gold["input.kps_images"].permute(0, 3, 1, 2).float() / 255.0  # [F, 3, H, W] in 0..1 (do_normalize=False)
+    """Our drawing of the driving keypoints, stretched to the frames (tests/test_keypoint_images.py: pixel for pixel the
+    original's images, ``input.kps_images``): [F, 3, H, W] in 0..1 (the original's do_normalize=False)."""
+    size, frames = gold["input.kps_images"].shape[1], gold["latents.final"].shape[2]
+    return keypoint_images(size, size, stretch_sequence(gold["input.kps_driving"].double().numpy(), frames).numpy())
 
 
 def _call0(model, pipe, gold) -> torch.Tensor:
