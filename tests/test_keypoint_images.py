@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from emo_model.face.keypoint_images import keypoint_images, retarget, stretch_sequence
+from emo_model.face.keypoint_images import keypoint_images, keypoints_from_pose_keypoint, retarget, stretch_sequence
 
 FIXTURE = Path(__file__).parent / "parity" / "v_express"
 
@@ -51,3 +51,19 @@ def test_retarget_modes():
         retarget(ref, drv, "mirror", 5)
     with pytest.raises(ValueError, match="needs driving keypoints"):
         retarget(ref, None, "naive_retarget", 5)
+
+
+def test_pose_keypoint_eyes_and_nose():
+    """DWPose's body points 14, 15, 0 (right eye, left eye, nose of the subject) in the centred square of the canvas."""
+    def frame(dx, conf=1.0):
+        body = [0.0] * 54
+        for i, (x, y) in {0: (160 + dx, 60), 14: (150 + dx, 50), 15: (170 + dx, 50)}.items():
+            body[3 * i: 3 * i + 3] = [x, y, conf]
+        return {"canvas_width": 240, "canvas_height": 120, "people": [{"pose_keypoints_2d": body}]}
+
+    kps = keypoints_from_pose_keypoint([frame(0, 0.0), frame(0), frame(4), frame(8, 0.0)], size=60)
+    assert kps.shape == (4, 3, 2)
+    assert np.allclose(kps[1], [[45, 25], [55, 25], [50, 30]])  # (x - 60) / 2: the 120 px square scaled to 60
+    assert np.allclose(kps[0], kps[1]) and np.allclose(kps[3], kps[2])  # missing: the nearest earlier (or first) face
+    with pytest.raises(ValueError, match="no face"):
+        keypoints_from_pose_keypoint([frame(0, 0.0)], size=60)

@@ -60,6 +60,37 @@ def stretch_sequence(sequence, frames: int) -> torch.Tensor:
     return seq.permute(2, 0, 1)
 
 
+# OpenPose / DWPose body keypoints (COCO 18): 14 = the subject's right eye (image left), 15 = left eye, 0 = nose
+_BODY_EYES_NOSE = (14, 15, 0)
+
+
+def keypoints_from_pose_keypoint(frames, size: int) -> np.ndarray:
+    """ComfyUI's POSE_KEYPOINT (one dict per frame: ``people[0].pose_keypoints_2d`` as x, y, confidence triples in pixels
+    or 0..1, ``canvas_width`` / ``canvas_height``) -> [F, 3, 2] pixels (image-left eye, image-right eye, nose) in the
+    largest centred square of the canvas scaled to ``size``. A frame where a point is missing (confidence 0) keeps the
+    previous frame's points; a sequence with none at all is refused."""
+    if isinstance(frames, dict):
+        frames = [frames]
+    out, last = [], None
+    for frame in frames or []:
+        width, height = float(frame.get("canvas_width") or 1), float(frame.get("canvas_height") or 1)
+        people = frame.get("people") or []
+        body = np.asarray((people[0].get("pose_keypoints_2d") or []) if people else [], dtype=np.float64).reshape(-1, 3)
+        if len(body) > max(_BODY_EYES_NOSE) and (body[list(_BODY_EYES_NOSE), 2] > 0).all():
+            xy = body[list(_BODY_EYES_NOSE), :2].copy()
+            if xy.max() <= 1.5:  # 0..1 of the canvas
+                xy *= np.array([width, height])
+            side = min(width, height)
+            last = (xy - np.array([(width - side) / 2, (height - side) / 2])) * (size / side)
+        if last is not None:
+            out.append(last)
+    if not out:
+        raise ValueError("POSE_KEYPOINT holds no face (eyes and nose of a body pose) in any frame; "
+                         "run the pose detector with body keypoints on a video showing a face")
+    first = len(frames) - len(out)  # frames before the first face take its points
+    return np.stack([out[0]] * first + out)
+
+
 def _eye_nose_ratio(p: np.ndarray) -> float:
     left, right = math.dist(p[0], p[2]), math.dist(p[1], p[2])
     return left / (right + 1e-6)
