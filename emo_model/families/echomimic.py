@@ -188,6 +188,10 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
             sources[prefix + key] = (file, key)
     found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
     name, report = W.closest_config(found)
+    if W.get_config(name).family != family.name:  # parts that fit EchoMimic v2's layout as well (no locator): v1's twin
+        twin = next((n for n, make in family.configs.items() if W.compare_shapes(found, W.model_shapes(make())).matched >= report.matched), None)
+        if twin is not None:
+            name, report = twin, W.compare_shapes(found, W.model_shapes(family.configs[twin]()))
     W.require_known_layout(list(chosen.values()), name, report)
     _require_audio_unet(chosen, name, report, W)
 
