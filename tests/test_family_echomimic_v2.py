@@ -14,8 +14,6 @@ from emo_model.sampling.pose_sequence import pose_rows
 from emo_model.sampling.settings import SamplingSettings
 from emo_model.weights import WeightsError, inspect_checkpoint
 
-PARTS = {"denoising_unet": "denoising_unet", "reference_unet": "reference_unet", "face_locator": None}
-
 
 def write_parts(folder, config: str, locator_name: str | None, acc: bool = False, seed: int = 0):
     """The tiny model's parts as the original's .pth files (motion modules inside denoising_unet.pth)."""
