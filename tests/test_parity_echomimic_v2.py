@@ -4,7 +4,7 @@
 commit a312dec0 and package versions in meta.json; floor.json: the same run with 2 and 1 threads): EchoMimic v2's own
 classes at a tiny size with hashed random weights, a pose sequence drawn by its own ``draw_pose_select_v2``, its
 ``EchoMimicV2Pipeline`` as infer.py calls it. The hard case of issue 24: 16 frames in windows of 6 with overlap 2
-(4 windows per step, one wrapping around the end, shifting 3 frames per step), 3 DDIM steps, CFG 4.5, fp32.
+(4 windows per step, one wrapping around the end, shifting 3 frames per step), 2 DDIM steps, CFG 4.5, fp32.
 
 The weights are written again in the original's four-file format, recognised and loaded by our loader (strict), and
 every recorded stage is compared on the same inputs and initial noise: rel err <= max(1e-4, 3 x the original's floor)
@@ -35,12 +35,14 @@ from tests import parity_floor
 # another fixture made the same way (e.g. a full-size or longer run outside the repository): EMO_PARITY_ECHOMIMIC_V2_DIR
 FIXTURE = Path(os.environ.get("EMO_PARITY_ECHOMIMIC_V2_DIR") or Path(__file__).parent / "parity" / "echomimic_v2")
 SKIP = ()
-# The last step's guided prediction and the latents after it: there one window's unconditional prediction (at the
-# original's own noise: its floor there is 1.6e-4, ours 2.2e-4) is weighted by 1 - cfg = -3.5, and the tiny random
-# network amplifies the first step's rounding (1e-6, both sides) by ~100 in that call; ours then lands at 1.6-5x the
-# floor measured for these combined stages (the original's 2- and 1-thread runs happened to differ little there; our
-# own 2- vs 1-thread runs differ by 1.2e-4 on the final latents). Judged at 10 x the floor, not 3 x (docs/parity.md,
-# EchoMimic v2); every denoiser call, the frames and every other stage meet the standard.
+# The last step's guided prediction and the latents after it (= final): judged at 10 x the original's floor, not 3 x
+# (docs/parity.md, EchoMimic v2). One window's unconditional call at step 1 amplifies the first step's rounding ~100x and
+# CFG 4.5 weights it by 1 - cfg = -3.5, so these stages carry the ORIGINAL's own float32 rounding, which its 2- vs
+# 1-thread floor (9.4e-5, 8.5e-5) understates: the original's float32 run is 5.6e-4 / 5.2e-4 from the same original
+# run in float64 (a run outside the repository, docs/parity.md). MEMO's remedy (our side in float64) does not bring
+# them within max(1e-4, 3 x floor): our float64 run is 3.2e-4..5.8e-4 / 3.0e-4..5.4e-4 from the fixture, depending on
+# 3e-6 in the whisper features, while it is 1.6e-5 / 1.5e-5 from the original's float64 run (our float32: 5.9e-5 /
+# 5.6e-5). Every denoiser call, the frames and every other stage meet the standard.
 CHAOTIC = {"step1.guided": 10.0, "step1.latents": 10.0, "final_latents": 10.0}
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "meta.json").is_file(), reason="no EchoMimic v2 fixture")
@@ -167,7 +169,9 @@ def test_every_stage_is_within_the_standard(setup, ours):
     for stage, rel in results.items():
         print(f"{stage}: {rel:.2e} (tolerance {parity_floor.tolerance(FIXTURE, stage):.1e})")
     def bound(stage):
-        return max(1e-4, CHAOTIC[stage] * parity_floor.floor(FIXTURE, stage)) if stage in CHAOTIC else parity_floor.tolerance(FIXTURE, stage)
+        if stage in CHAOTIC:
+            return max(1e-4, CHAOTIC[stage] * parity_floor.floor(FIXTURE, stage))
+        return parity_floor.tolerance(FIXTURE, stage)
 
     failed = {k: v for k, v in results.items() if v > bound(k)}
     assert not failed, f"stages past max(1e-4, 3 x floor) (CHAOTIC: 10 x): {failed}"
