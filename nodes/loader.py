@@ -43,9 +43,13 @@ def _source(value: str) -> str | None:
     family that publishes a file of that name."""
     parts = value.rstrip("/").split("/")
     name, folder = parts[-1], (parts[-2].lower() if len(parts) > 1 else "")
-    if value.endswith("/"):  # a family folder: the one family its name starts with ("<family>/", "<family>_weights/"), if any
-        named = [fam for fam in FAMILIES if "/" in fam.sources
-                 and (name.lower() in fam.folder_names or name.lower().startswith(fam.name.split("-")[0]))]
+    if value.endswith("/"):  # a family folder: the family it names exactly, else the one its name starts with
+        key = name.lower()
+        folders = [fam for fam in FAMILIES if "/" in fam.sources]
+        squash = lambda text: text.replace("_", "").replace("-", "")  # noqa: E731  (echomimic_v1, v-express, ...)
+        named = [fam for fam in folders if key in fam.folder_names or squash(key).startswith(squash(fam.name))
+                 or any(f.folder == "emo" and f.dest.split("/")[0] == key for f in fam.downloads)]
+        named = named or [fam for fam in folders if key.startswith(fam.name.split("-")[0])]  # "<family>_weights/"
         return named[0].sources["/"] if len(named) == 1 else None
     owners = [fam for fam in FAMILIES if name in fam.sources and name != "/"]
     owner = next((fam for fam in owners if folder in fam.folder_names), owners[0] if owners else None)

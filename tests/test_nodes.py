@@ -402,6 +402,10 @@ def test_a_missing_model_is_refused_when_queued_saying_where_it_goes(pack, env):
     assert "denoising_unet.pth" in message and "BadToBest/EchoMimic" in message and "memoavatar" not in message
     message = loader.VALIDATE_INPUTS(model="memo_weights/")  # a folder named after its family says which
     assert "diffusion_net/" in message and "memoavatar/memo" in message and "BadToBest" not in message
+    message = loader.VALIDATE_INPUTS(model="echomimic_v2_weights/")  # two families start with "echomimic": the full name decides
+    assert "pose_encoder.pth" in message and "EchoMimicV2" in message and "EchoMimic v1" not in message
+    message = loader.VALIDATE_INPUTS(model="v_express_weights/")
+    assert "v_kps_guider.bin" in message and "memoavatar" not in message
 
 
 # ---- widgets whose 0 / -1 means "the model's preset" ----------------------------------------------------

@@ -341,11 +341,11 @@ def test_context_schedules_ramp_is_unchanged_and_unknown_names_are_refused():
         assert [f for f, _ in got] == [list(w) for w in windows]
         assert all(torch.equal(b, window_weights(len(w), 3)) for (_, b), w in zip(got, windows))
     assert [f for f, _ in context_schedule(5, 8, 2, schedule="uniform", shift_per_step=2)(1)] == [[2, 3, 4, 0, 1]]
-    with pytest.raises(ValueError, match="ramp or uniform"):
+    with pytest.raises(ValueError, match="must be ramp, uniform or uniform-open, got 'sliding'"):
         context_schedule(20, 8, 3, schedule="sliding")
     cfg = get_config("tiny-echomimic")
     cfg.preset.quirks.context_schedule = "sliding"
-    with pytest.raises(ValueError, match="context_schedule must be ramp or uniform"):
+    with pytest.raises(ValueError, match="context_schedule must be ramp, uniform or uniform-open"):
         cfg.validate()
 
 

@@ -42,8 +42,10 @@ SKIP = ()
 # run in float64 (a run outside the repository, docs/parity.md). MEMO's remedy (our side in float64) does not bring
 # them within max(1e-4, 3 x floor): our float64 run is 3.2e-4..5.8e-4 / 3.0e-4..5.4e-4 from the fixture, depending on
 # 3e-6 in the whisper features, while it is 1.6e-5 / 1.5e-5 from the original's float64 run (our float32: 5.9e-5 /
-# 5.6e-5). Every denoiser call, the frames and every other stage meet the standard.
-CHAOTIC = {"step1.guided": 10.0, "step1.latents": 10.0, "final_latents": 10.0}
+# 5.6e-5). The frames are those final latents decoded, so they carry the same rounding: 1.0e-4 with torch 2.13's CPU
+# kernels, 1.4e-4 with torch 2.15's (CI), floor 4.1e-5; judged with them. Every denoiser call and every other stage
+# meets the standard.
+CHAOTIC = {"step1.guided": 10.0, "step1.latents": 10.0, "final_latents": 10.0, "frames": 10.0}
 
 pytestmark = pytest.mark.skipif(not (FIXTURE / "meta.json").is_file(), reason="no EchoMimic v2 fixture")
 
