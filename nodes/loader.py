@@ -46,7 +46,7 @@ def _source(value: str) -> str | None:
     if value.endswith("/"):  # a family folder: the family it names exactly, else the one its name starts with
         key = name.lower()
         folders = [fam for fam in FAMILIES if "/" in fam.sources]
-        squash = lambda text: text.replace("_", "").replace("-", "")  # noqa: E731  (echomimic_v1, v-express, ...)
+        squash = lambda text: text.replace("_", "").replace("-", "")  # noqa: E731  ("<family>_v1", "<family>-x", ...)
         named = [fam for fam in folders if key in fam.folder_names or squash(key).startswith(squash(fam.name))
                  or any(f.folder == "emo" and f.dest.split("/")[0] == key for f in fam.downloads)]
         named = named or [fam for fam in folders if key.startswith(fam.name.split("-")[0])]  # "<family>_weights/"
