@@ -25,8 +25,8 @@ SCREEN = (50, 85, 1390, 890)  # usable x0, y0, x1, y1 in CSS px: below the workf
 OVERLAYS = {"minimap": (1106, 634, 1356, 834), "zoom toolbar": (1077, 839, 1384, 884)}  # CSS px, over the canvas
 TITLE = 30  # canvas units of title bar above a node's pos
 # canvas units a node grows by when a run shows its summary / preview (LoadEMOModel's 3-line preset summary,
-# the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack
-GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 80, "EMOReferenceEncode": 125, "EMOSampler": 285,
+# the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack; the sampler: +35 for its optional pose input row
+GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 80, "EMOReferenceEncode": 125, "EMOSampler": 320,
                    "EMOVideoCombine": 295, "SaveVideo": 150, "EMOFaceMask": 95}  # Face Mask: its 1-2 line detector summary (measured with the crop output)
 # and by more where the summary is longer: MEMO's sampler says how the emotion was chosen (2 more lines)
 MORE_GROWTH = {("emo_memo_speech.json", "EMOSampler"): 60}
