@@ -46,7 +46,8 @@ def golden():
 
 
 @pytest.fixture(scope="module")
-def model(golden, tmp_path_factory):
+def files(golden, tmp_path_factory) -> Path:
+    """The fixture's weights written again as V-Express's .bin files."""
     meta, _ = golden
     common = parity_common()
     out = tmp_path_factory.mktemp("v_express")
@@ -56,18 +57,31 @@ def model(golden, tmp_path_factory):
         assert common.digest(state) == w["digest"], f"{name}: regenerated weights differ from the original run's"
         state.update({k.split(".", 1)[1]: v for k, v in buffers.items() if k.startswith(name + ".")})
         torch.save(state, out / FILES[name])
-    ck = inspect_checkpoint(out)
+    return out
+
+
+def _load(files: Path, dtype: torch.dtype = torch.float32):
+    ck = inspect_checkpoint(files)
     assert (ck.family, ck.config.name) == ("vexpress", "tiny-v-express") and ck.problem() is None, ck.problem()
-    return ck.load(device="cpu")
+    return ck.load(device="cpu", dtype=dtype)
+
+
+def _pipe(meta: dict, model) -> EMOPipeline:
+    """Our pipeline with the fixture's VAE in the model's dtype, as Session loads it."""
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(FIXTURE.parent / Path(meta["assets"]).name / "vae")
+    return EMOPipeline(model, DiffusersVAE(vae.to(model.dtype).eval()))
+
+
+@pytest.fixture(scope="module")
+def model(files):
+    return _load(files)
 
 
 @pytest.fixture(scope="module")
 def pipe(golden, model):
-    meta, _ = golden
-    from diffusers import AutoencoderKL
-
-    vae = AutoencoderKL.from_pretrained(FIXTURE.parent / Path(meta["assets"]).name / "vae")
-    return EMOPipeline(model, DiffusersVAE(vae.eval()))
+    return _pipe(golden[0], model)
 
 
 def _features(gold) -> torch.Tensor:
@@ -90,7 +104,7 @@ def _call0(model, pipe, gold) -> torch.Tensor:
     c = {k.split(".", 2)[2]: v for k, v in gold.items() if k.startswith("unet.call0.")}
     b, _, f = c["sample"].shape[:3]
     with torch.no_grad():
-        kps = model.face_features(_kps_images(gold)[:f]).transpose(0, 1)[None]
+        kps = model.face_features(_kps_images(gold)[:f].to(model.dtype)).transpose(0, 1)[None]
     cond = Conditioning(
         reference=ref.bank, reference_enabled=torch.tensor([False, True]),
         audio_tokens=c["audio"].reshape(b, f, *c["audio"].shape[1:]), face_features=torch.cat([torch.zeros_like(kps), kps]),
@@ -101,7 +115,12 @@ def _call0(model, pipe, gold) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def ours(golden, model, pipe):
-    meta, gold = golden
+    return _run_ours(*golden, model, pipe)
+
+
+def _run_ours(meta: dict, gold: dict, model, pipe) -> dict[str, torch.Tensor]:
+    """Every stage of ours under the original's name, on the fixture's inputs and initial noise (the audio encoder in
+    fp32 whatever the model's dtype, as Session loads it)."""
     s = meta["settings"]
     keep = s["stored_frames"]
     stages = {}
@@ -112,7 +131,7 @@ def ours(golden, model, pipe):
     features = encoder._last_state_windows(dataclasses.replace(audio, num_frames=s["video_length"]))
     stages["audio.windows"] = features.reshape(features.shape[0], -1, features.shape[-1])
     with torch.no_grad():
-        stages["kps.features"] = model.face_features(_kps_images(gold)[keep]).transpose(0, 1)[None]
+        stages["kps.features"] = model.face_features(_kps_images(gold)[keep].to(model.dtype)).transpose(0, 1)[None]
         stages["audio.tokens"] = model.audio_tokens(features)[0]
         ref = pipe.encode_reference(gold["input.portrait"].float() / 255.0, size=s["size"])
     stages["reference.latents"] = ref.latent
@@ -187,3 +206,70 @@ def test_each_quirk_switched_off_breaks_the_denoiser(quirk, golden, model, pipe)
         model.config.preset.quirks = quirks
         model.reference_unet.bank_after_self_attention, model.reference_unet.cross_attention_zero_token = ref_flags
     assert rel > 10 * parity_floor.tolerance(FIXTURE, "unet.call0.out"), f"{quirk} off: rel err only {rel:.2e}"
+
+
+# ---- half precision (inference.py's default --dtype fp16) -------------------------------------------------------------
+# tests/parity/v_express_fp16: the same run as the fp32 fixture (same weights, inputs, VAE, wav2vec2, 3 windows, CFG 4.5)
+# with V-Express's own default dtype: every module in half, wav2vec2 included, the bank, noise, latents, window sums,
+# guidance and DDIM step in half. Our side: the same files loaded with dtype=float16 and the VAE in the model's dtype,
+# as Session.load(dtype=torch.float16) does; our wav2vec2 stays fp32 and our latents, guidance and scheduler stay fp32
+# (the upcasts docs/parity.md lists for EchoMimic v1, the same code).
+HALF = FIXTURE.parent / "v_express_fp16"
+
+
+@pytest.fixture(scope="module")
+def half_golden(golden):
+    meta32, gold32 = golden
+    meta = json.loads((HALF / "meta.json").read_text())
+    # the half fixture does not store the inputs again: they are the fp32 fixture's (checked by digest)
+    inputs = {k: v for k, v in sorted(gold32.items()) if k.startswith("input.")}
+    assert parity_common().digest(inputs) == meta["inputs_digest"], "the fp32 and fp16 fixtures were made from other inputs"
+    return meta, {**inputs, **load_file(HALF / "stages.safetensors")}
+
+
+@pytest.fixture(scope="module")
+def ours_half(half_golden, files):
+    model = _load(files, torch.float16)
+    assert model.dtype == torch.float16
+    pipe = _pipe(half_golden[0], model)
+    stages = _run_ours(*half_golden, model, pipe)
+    stages["unet.call0.out"] = _call0(model, pipe, half_golden[1])
+    return stages
+
+
+def test_half_fixture_is_the_fp32_run_in_v_express_default_precision(golden, half_golden):
+    """Fixture sanity: only the precision differs from the fp32 fixture (so its stages are the half run's reference)."""
+    (meta32, _), (meta16, gold16) = golden, half_golden
+    half, full = dict(meta16["settings"]), dict(meta32["settings"])
+    assert half.pop("dtype") == "fp16" and full.pop("dtype", "fp32") == "fp32"
+    assert half == full
+    assert {k: w["digest"] for k, w in meta16["weights"].items()} == {k: w["digest"] for k, w in meta32["weights"].items()}
+    assert meta16["assets"] == meta32["assets"] and meta16["original"] == meta32["original"]
+    assert gold16["latents.final"].dtype == torch.float16 and gold16["audio.windows"].dtype == torch.float16
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_half_precision_stage_matches_v_express_fp16(stage, golden, half_golden, ours_half):
+    """Ours in fp16 against V-Express in fp16, and against V-Express in fp32 (the rule of docs/parity.md, "Half precision").
+
+    Allowed: max(1e-4, 3 x the half run's thread floor, 3 x gap), gap = how far V-Express's fp16 run is from its fp32
+    run at the stage (the precision's own error), both ways: ours in half is that close to the original's half run, and
+    no farther from the original's fp32 run than 3 x the original's own half run is."""
+    gold16, gold32 = half_golden[1][stage], golden[1][stage]
+    gap = rel_err(gold16, gold32)[1]
+    tol = max(parity_floor.tolerance(HALF, stage), 3 * gap)
+    mx16, rel16 = rel_err(ours_half[stage], gold16)
+    mx32, rel32 = rel_err(ours_half[stage], gold32)
+    print(f"{stage}: ours16 vs V-Express16 {rel16:.2e}, ours16 vs V-Express32 {rel32:.2e}, gap {gap:.2e}, "
+          f"half floor {parity_floor.floor(HALF, stage):.2e}")  # -s shows the table of docs/parity.md
+    assert rel16 <= tol, f"{stage}: ours fp16 vs V-Express fp16 rel err {rel16:.3e} (max abs {mx16:.3e}); allowed {tol:.3e}"
+    assert rel32 <= tol, f"{stage}: ours fp16 vs V-Express fp32 rel err {rel32:.3e} (max abs {mx32:.3e}); allowed {tol:.3e}"
+
+
+def test_half_precision_run_is_not_the_fp32_run(golden, half_golden, ours_half, ours):
+    """Both sides really ran in half: the final latents and frames move from the fp32 run on each side (else the test
+    above compares fp32 with fp32), and ours stay finite."""
+    for stage in ("latents.final", "frames"):
+        assert torch.isfinite(ours_half[stage]).all()
+        assert rel_err(half_golden[1][stage], golden[1][stage])[1] > 1e-3
+        assert rel_err(ours_half[stage], ours[stage])[1] > 1e-3

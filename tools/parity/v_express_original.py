@@ -26,13 +26,19 @@ Deliberate changes to the original's run (docs/parity.md, V-Express):
   (``compute_num_context``, ``compute_context_indices``, ``draw_kps_image``); the waveform is handed over at 16 kHz mono;
 * the audio processor is a ``Wav2Vec2FeatureExtractor`` (the pipeline calls only its ``__call__``; no tokenizer);
 * ``register_reference_hooks``' default device (cpu already) and dtype: the bank is cast with ``dtype=self.dtype``
-  (fp32 here, the run is fp32); ``torch.cuda.empty_cache`` is a no-op on the CPU;
+  (the run's dtype); ``torch.cuda.empty_cache`` is a no-op on the CPU;
 * the reference net's zero token (``zeros(1, 1, 768)``, v_express_pipeline.py:502) is cut to the tiny width (32);
 * the writer (``save_video``: median filter, cv2, ffmpeg) is not run: the frames the pipeline returns are recorded
   (its 3x3x3 median filter, pipelines/utils.py:46-61, is a fixed function of them, not stored).
 
+``--dtype fp16``: inference.py's own default (``--dtype fp16``, inference.py:44, 150-157): every module in half,
+wav2vec2 included (:162-165, and ``pipeline.to(dtype)``), the waveform cast to half before wav2vec2 (pipeline :376), the
+bank cast to the pipeline's dtype (:509), the noise drawn in half (:514-523) and the latents, window sums, guidance
+and DDIM step in half. Same weights, inputs and settings as the fp32 fixture; the inputs and buffers are not stored
+again (meta ``inputs_digest``: the test checks the fp32 fixture holds the same inputs).
+
 usage: python tools/parity/floor.py -- python tools/parity/v_express_original.py --vx-src /work/parity/v_express \
-           --assets tests/parity/hallo --out tests/parity/v_express
+           --assets tests/parity/hallo --out tests/parity/v_express [--dtype fp16 --out tests/parity/v_express_fp16]
 """
 from __future__ import annotations
 
@@ -62,8 +68,12 @@ p.add_argument("--steps", type=int, default=4)
 p.add_argument("--cfg", type=float, default=4.5)
 p.add_argument("--size", type=int, default=128)
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+               help="the pipeline's dtype (inference.py --dtype; its default is fp16)")
 p.add_argument("--kps-frames", type=int, default=13, help="driving keypoint frames (fewer than the video's: stretched)")
 args = p.parse_args()
+DTYPE = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+HALF = DTYPE != torch.float32
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 out_dir = os.path.abspath(args.out)
 os.makedirs(out_dir, exist_ok=True)
@@ -146,7 +156,7 @@ reference_net.forward = reference_forward
 
 pipeline = VExpressPipeline(vae=vae, reference_net=reference_net, denoising_unet=denoising_unet, v_kps_guider=v_kps_guider,
                             audio_processor=audio_processor, audio_encoder=audio_encoder, audio_projection=audio_projection,
-                            scheduler=scheduler).to(dtype=torch.float32, device="cpu")
+                            scheduler=scheduler).to(dtype=DTYPE, device="cpu")
 
 # ---- inputs -------------------------------------------------------------------------------------------------
 yy, xx = np.mgrid[0:S, 0:S].astype(np.float64) / S
@@ -231,12 +241,13 @@ stages["kps.features"] = stages["kps.features"][:, :, KEEP].contiguous()
 for i, c in enumerate(calls):
     for key, value in c.items():
         stages[f"unet.call{i}.{key}"] = value
-stages["input.portrait"] = torch.from_numpy(portrait)
-stages["input.waveform"] = torch.from_numpy(waveform)
-stages["input.kps_driving"] = torch.from_numpy(kps_driving).float()
-stages["input.kps_images"] = torch.from_numpy(np.stack([np.asarray(im) for im in kps_images]))
+inputs = {"input.portrait": torch.from_numpy(portrait), "input.waveform": torch.from_numpy(waveform),
+          "input.kps_driving": torch.from_numpy(kps_driving).float(),
+          "input.kps_images": torch.from_numpy(np.stack([np.asarray(im) for im in kps_images]))}
+if not HALF:  # the half run has the same inputs and buffers (its meta's inputs_digest): stored once, by the fp32 fixture
+    stages.update(inputs)
+    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
 save_file({k: v.contiguous() for k, v in stages.items()}, os.path.join(out_dir, "stages.safetensors"))
-save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
 meta = {
     "original": {"repo": "tencent-ailab/V-Express", "commit": COMMIT},
     "packages": package_versions("torch", "diffusers", "transformers", "numpy", "opencv-python-headless"),
@@ -244,10 +255,11 @@ meta = {
     "settings": {"seconds": args.seconds, "fps": args.fps, "video_length": video_length, "context": args.context,
                  "overlap": args.overlap, "steps": args.steps, "cfg": args.cfg, "size": S, "seed": args.seed,
                  "reference_attention_weight": 0.95, "audio_attention_weight": 3.0, "num_pad_audio_frames": PAD,
-                 "retarget": "no_retarget", "windows": len(context_indices),
+                 "retarget": "no_retarget", "windows": len(context_indices), "dtype": args.dtype,
                  "stored_frames": KEEP},
     "assets": os.path.relpath(os.path.abspath(args.assets), os.getcwd()),
     "weights": weights_meta,
+    "inputs_digest": digest(dict(sorted(inputs.items()))),  # by name, as load_file returns them
 }
 with open(os.path.join(out_dir, "meta.json"), "w") as fh:
     json.dump(meta, fh, indent=1)
