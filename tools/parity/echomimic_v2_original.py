@@ -11,15 +11,36 @@ windows (uniform, closed loop, shifting 3 frames per step), DDIM v-prediction. H
 pose-encoder output, the reference latent and bank, every denoiser call, every guided prediction and the latents
 after each step, the final latents and the frames.
 
-Fixture (OUT, < 3 MB): stages.safetensors (inputs + stages; ``input.hands`` / ``input.hands_score`` are the keypoints,
-``input.poses`` the original's drawing of them as uint8; ``audio.chunks`` the video's rows), meta.json (commit, packages, command, settings, the weight recipe),
-buffers.safetensors (the motion modules' sinusoid tables), vae/.
+Fixture (OUT, < 4 MB): stages.safetensors (inputs + stages; ``input.hands`` / ``input.hands_score`` are the keypoints,
+``input.poses`` the original's drawing of them as uint8; ``audio.chunks`` the video's rows), meta.json (commit, packages,
+command, settings, the weight recipe), buffers.safetensors (the motion modules' sinusoid tables), vae/; with
+``--float64`` also float64.safetensors (below).
 
 usage: python tools/parity/floor.py -- python tools/parity/echomimic_v2_original.py --echo-src /work/parity/echomimic_v2 \
-           --out tests/parity/echomimic_v2
+           --out tests/parity/echomimic_v2 --float64
+       ... --out tests/parity/echomimic_v2_acc --pipeline acc --assets tests/parity/echomimic_v2
+       ... --out tests/parity/echomimic_v2_fp16 --dtype fp16 --assets tests/parity/echomimic_v2
 
-Deliberate changes to the original's run, all for an fp32 CPU comparison:
-* ``ReferenceAttentionControl.update`` keeps the bank in fp32 (its default casts to fp16);
+``--float64``: after the float32 run, the same run again with every module (both UNets, the pose encoder, the VAE), the
+pipeline, the pose images, the reference bank and the latents in float64, from the float32 run's very initial noise
+(drawn in float32, then cast) and the same whisper features (whisper's own LayerNorm computes in float32, ``x.float()``,
+so its features stay float32's); its guided predictions and latents per step (EXACT_STAGES) go to
+OUT/float64.safetensors, stored as float32. That is the original's exact result, against which its own float32 run's
+rounding is measured (docs/parity.md, EchoMimic v2).
+
+``--pipeline acc``: src/pipelines/pipeline_echomimicv2_acc.py as infer_acc.py calls it: cfg 1.0, 6 steps, context 12,
+overlap 3 (its defaults; --frames 21 so that 3 windows, one wrapping, cover the video), seed 420 + --seed as the main run.
+
+``--dtype fp16``: as infer.py runs with configs/prompts/infer.yaml's ``weight_dtype: fp16``: the modules and the pipeline
+cast to half (the files stay fp32), the pose images in half (infer.py:194), the reference bank in half (the original's
+own cast), the initial noise drawn in half; whisper in half as its ``transcribe`` runs on a GPU (on a CPU it would fall
+back to fp32: patched as in echomimic_original.py).
+
+``--assets FIXTURE``: a fixture of the same weights (same --seed) whose buffers.safetensors and vae/ are checked to be
+what this run would write and are used instead of a second copy.
+
+Deliberate changes to the original's run, all for a CPU comparison:
+* ``ReferenceAttentionControl.update`` keeps the bank in the run's dtype (its default casts to fp16; so does a fp16 run);
 * ``register_reference_hooks`` builds its CFG mask on the CPU (its default device is cuda);
 * the waveform is handed to ``audio2feat`` as an array (whisper's ``transcribe`` accepts one): no ffmpeg decode.
 """
@@ -46,15 +67,30 @@ p = argparse.ArgumentParser()
 p.add_argument("--echo-src", required=True, help="checkout of antgroup/echomimic_v2 at the pinned commit")
 p.add_argument("--out", required=True, help="fixture folder to write")
 p.add_argument("--work", default=None, help="scratch folder for the .pth / whisper .pt files (default: a temp folder)")
-p.add_argument("--frames", type=int, default=16)
-p.add_argument("--context", type=int, default=6)
-p.add_argument("--overlap", type=int, default=2)
-p.add_argument("--steps", type=int, default=2)
-p.add_argument("--cfg", type=float, default=4.5)
+p.add_argument("--pipeline", choices=("standard", "acc"), default="standard",
+               help="acc: pipeline_echomimicv2_acc.py with infer_acc.py's settings (defaults below change with it)")
+p.add_argument("--frames", type=int, default=None, help="default 16 (acc: 21)")
+p.add_argument("--context", type=int, default=None, help="default 6 (acc: 12, infer_acc.py)")
+p.add_argument("--overlap", type=int, default=None, help="default 2 (acc: 3, infer_acc.py)")
+p.add_argument("--steps", type=int, default=None, help="default 2 (acc: 6, infer_acc.py)")
+p.add_argument("--cfg", type=float, default=None, help="default 4.5 (acc: 1.0, infer_acc.py)")
 p.add_argument("--size", type=int, default=64)
 p.add_argument("--fps", type=int, default=24)
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--float64", action="store_true", help="also run the original in float64 and record its last stages "
+               "(OUT/float64.safetensors): its exact result")
+p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
+               help="fp16: as infer.py runs with configs/prompts/infer.yaml's weight_dtype 'fp16'")
+p.add_argument("--assets", default=None, metavar="FIXTURE",
+               help="another fixture of the same --seed: its buffers.safetensors and vae/ are checked and used instead of a copy")
 args = p.parse_args()
+ACC = args.pipeline == "acc"
+for name, standard, acc in (("frames", 16, 21), ("context", 6, 12), ("overlap", 2, 3), ("steps", 2, 6), ("cfg", 4.5, 1.0)):
+    if getattr(args, name) is None:
+        setattr(args, name, acc if ACC else standard)
+DTYPE = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
+if args.float64 and DTYPE != torch.float32:
+    p.error("--float64 goes with the fp32 run")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # floor.py sets it for its two runs
 out_dir = os.path.abspath(args.out)
 work = os.path.abspath(args.work or os.path.join(tempfile.gettempdir(), "echomimic-v2-parity-work"))
@@ -75,20 +111,34 @@ from src.models.unet_2d_condition import UNet2DConditionModel  # noqa: E402
 from src.models.unet_3d_emo import EMOUNet3DConditionModel  # noqa: E402
 from src.models.whisper.audio2feature import load_audio_model  # noqa: E402
 from src.models.whisper.whisper.model import ModelDimensions, Whisper  # noqa: E402
-from src.pipelines import pipeline_echomimicv2  # noqa: E402
+from src.pipelines import pipeline_echomimicv2, pipeline_echomimicv2_acc  # noqa: E402
 from src.utils.dwpose_util import draw_pose_select_v2  # noqa: E402
 
 # ---- run-time patches (see the module docstring) ----------------------------------------------------
 _hooks = ReferenceAttentionControl.register_reference_hooks
 _hooks.__defaults__ = tuple(torch.device("cpu") if isinstance(d, torch.device) else d for d in _hooks.__defaults__)
 _update = ReferenceAttentionControl.update
+RUN_DTYPE = [DTYPE]  # the dtype of the run under way (--float64: float32, then float64)
 
 
-def update_fp32(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
-    return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=torch.float32)
+def update_in_run_dtype(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
+    return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=RUN_DTYPE[0])
 
 
-ReferenceAttentionControl.update = update_fp32
+ReferenceAttentionControl.update = update_in_run_dtype
+if DTYPE == torch.float16:
+    class _NotOnTheCpu:
+        """whisper's ``transcribe`` as its module sees ``torch``, except that ``torch.device("cpu")`` matches no model:
+        it keeps its default fp16, as on the GPU infer.py uses, instead of falling back to fp32 on a CPU."""
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def device(*a, **kw):
+            return "not-the-cpu"
+
+    sys.modules["src.models.whisper.whisper.transcribe"].torch = _NotOnTheCpu()
 
 # ---- tiny modules built with the original classes ------------------------------------------------------
 t0 = time.time()
@@ -137,15 +187,25 @@ for i, (fname, (module, keep)) in enumerate(parts.items()):
         if k not in params:
             buffers[fname + ":" + k] = v.contiguous().clone()
     sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}
-    file_specs[fname] = {"seed": seed, "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
+    file_specs[fname] = {"seed": seed,
+                         "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
                          "sha256": digest(sd)}
     torch.save(sd, os.path.join(work, fname))
     module.load_state_dict(sd, strict=False)
     loaded[id(module)] |= set(sd)
 for module, _ in parts.values():
     assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
-save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
-vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+if args.assets:  # the same tensors as ASSETS's (same seed), or stop: a shared file must not drift
+    from safetensors.torch import load_file
+
+    theirs = load_file(os.path.join(args.assets, "buffers.safetensors"))
+    vae_theirs = AutoencoderKL.from_pretrained(os.path.join(args.assets, "vae")).state_dict()
+    if set(theirs) != set(buffers) or any(not torch.equal(theirs[k], buffers[k]) for k in buffers) or any(
+            not torch.equal(v, vae_theirs[k]) for k, v in vae.state_dict().items()):
+        raise SystemExit(f"--assets {args.assets}: its buffers / vae differ from this run's (another --seed?)")
+else:
+    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
+    vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
 
 dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=2, n_audio_layer=2,
                        n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
@@ -199,29 +259,35 @@ rec: dict[str, torch.Tensor] = {
 }
 assert torch.equal(rec["input.poses"].float() / 255.0, poses_tensor)
 latent_shape = (1, 4, F, S // 8, S // 8)
-rec["input.noise"] = torch.randn(latent_shape, generator=torch.Generator().manual_seed(420 + args.seed))
+# what prepare_latents_smooth draws (randn_tensor in the run's dtype: fp16 gives fp32's draw rounded to half)
+rec["input.noise"] = torch.randn(latent_shape, generator=torch.Generator().manual_seed(420 + args.seed)).to(DTYPE).float()
 
 
 # ---- recording hooks --------------------------------------------------------------------------------------------
+# the stages of the float64 run that float64.safetensors keeps: every step's guided prediction and latents (the frames are
+# the final latents decoded; left out to keep the fixture small)
+EXACT_STAGES = ("step*.guided", "step*.latents", "final_latents")
+
+
 class Recorder:
-    step, call, latents, windows, queue = 0, 0, None, [], None
+    def __init__(self, out: dict):
+        self.out, self.step, self.call, self.latents, self.windows, self.queue = out, 0, 0, None, [], None
+
+    def put(self, name, value):
+        self.out[name] = value.detach().float().contiguous().clone()
 
 
-R = Recorder()
-
-
-def put(name, value):
-    rec[name] = value.detach().float().contiguous().clone()
+R = Recorder(rec)
 
 
 def on_ref_in(m, a):
-    put("reference.latent", a[0])
+    R.put("reference.latent", a[0])
 
 
 def on_ref_out(m, a, o):
     for name, mod in m.named_modules():
         if getattr(mod, "bank", None):
-            put("reference.bank." + name.rsplit(".transformer_blocks", 1)[0], mod.bank[0])
+            R.put("reference.bank." + name.rsplit(".transformer_blocks", 1)[0], mod.bank[0])
 
 
 def on_denoise(m, a, o):
@@ -229,14 +295,14 @@ def on_denoise(m, a, o):
     lat = R.latents[0]
     index = []
     for f in range(x.shape[2]):
-        hits = [k for k in range(lat.shape[1]) if torch.equal(lat[:, k], x[-1, :, f])]
+        hits = [k for k in range(lat.shape[1]) if torch.equal(lat[:, k].to(x.dtype), x[-1, :, f])]
         index.append(hits[0] if len(hits) == 1 else -1)
     R.windows.append((R.step, index))
-    put(f"step{R.step}.call{R.call}.pred", o[0] if isinstance(o, tuple) else o.sample)
+    R.put(f"step{R.step}.call{R.call}.pred", o[0] if isinstance(o, tuple) else o.sample)
     R.call += 1
 
 
-pose_net.register_forward_hook(lambda m, i, o: put("pose_encoder", o))
+pose_net.register_forward_hook(lambda m, i, o: R.put("pose_encoder", o))
 reference_unet.register_forward_pre_hook(on_ref_in)
 reference_unet.register_forward_hook(on_ref_out)
 denoising_unet.register_forward_hook(on_denoise)
@@ -249,7 +315,7 @@ def audio2feat(audio):
 
 def feature2chunks(feature_array, fps):
     chunks = _chunks(feature_array=feature_array, fps=fps)
-    put("audio.chunks", torch.from_numpy(chunks[:F]))  # the video's rows (it makes a few past the end)
+    R.put("audio.chunks", torch.from_numpy(chunks[:F]))  # the video's rows (it makes a few past the end)
     return chunks
 
 
@@ -267,54 +333,88 @@ def get_context_scheduler(name):
     return wrapped
 
 
-pipeline_echomimicv2.get_context_scheduler = get_context_scheduler
-sch = DDIMScheduler(**OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs))  # infer.py:127-128
-_step = sch.step
+for module in (pipeline_echomimicv2, pipeline_echomimicv2_acc):
+    module.get_context_scheduler = get_context_scheduler
 
 
-def step(model_output, timestep, sample, **kw):
-    out = _step(model_output, timestep, sample, **kw)
-    put(f"step{R.step}.guided", model_output)
-    put(f"step{R.step}.latents", out.prev_sample)
-    R.step, R.call, R.latents = R.step + 1, 0, out.prev_sample
-    return out
+def make_scheduler():
+    sch = DDIMScheduler(**OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs))  # infer.py:127-128
+    _step = sch.step
+
+    def step(model_output, timestep, sample, **kw):
+        out = _step(model_output, timestep, sample, **kw)
+        R.put(f"step{R.step}.guided", model_output)
+        R.put(f"step{R.step}.latents", out.prev_sample)
+        R.step, R.call, R.latents = R.step + 1, 0, out.prev_sample
+        return out
+
+    sch.step = step
+    return sch
 
 
-sch.step = step
-pipe = pipeline_echomimicv2.EchoMimicV2Pipeline(vae=vae, reference_unet=reference_unet, denoising_unet=denoising_unet,
-                                                audio_guider=audio_processor, pose_encoder=pose_net, scheduler=sch).to("cpu")
-_prepare, _decode = pipe.prepare_latents_smooth, pipe.decode_latents
+def run(dtype: torch.dtype, out: dict) -> dict:
+    """One pipeline call (infer.py's, or infer_acc.py's with --pipeline acc) in ``dtype``, its stages into ``out``."""
+    global R
+    R = Recorder(out)
+    RUN_DTYPE[0] = dtype
+    pipeline_cls = (pipeline_echomimicv2_acc if ACC else pipeline_echomimicv2).EchoMimicV2Pipeline
+    pipe = pipeline_cls(vae=vae, reference_unet=reference_unet, denoising_unet=denoising_unet, audio_guider=audio_processor,
+                        pose_encoder=pose_net, scheduler=make_scheduler()).to("cpu", dtype=dtype)
+    _prepare, _decode = pipe.prepare_latents_smooth, pipe.decode_latents
+
+    def prepare_latents_smooth(*a, **kw):
+        if dtype == torch.float64:  # the float32 run's very draw (a float64 draw gives other numbers), then cast
+            a = list(a)
+            a[5] = torch.float32  # (batch, channels, width, height, frames, dtype, device, generator, context)
+            lat = _prepare(*a, **kw).to(dtype)
+        else:
+            lat = _prepare(*a, **kw)
+        R.put("initial_latents", lat)
+        R.latents = lat
+        return lat
+
+    def decode_latents(latents):
+        R.put("final_latents", latents)
+        video = _decode(latents)
+        R.put("frames", torch.from_numpy(video))
+        return video
+
+    pipe.prepare_latents_smooth, pipe.decode_latents = prepare_latents_smooth, decode_latents
+    poses = rec["input.poses"].to(dtype) / 255.0  # infer.py:194 torch.Tensor(drawing).to(dtype=weight_dtype) ... / 255.0
+    generator = torch.manual_seed(420 + args.seed)  # infer.py:142 / infer_acc.py:167 torch.manual_seed(args.seed)
+    t1 = time.time()
+    video = pipe(
+        Image.fromarray(portrait.numpy()), waveform.numpy(), poses, S, S, F, args.steps, args.cfg,
+        generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
+        start_idx=0,
+    ).videos
+    print(f"{dtype} run: {time.time() - t1:.1f}s, video {tuple(video.shape)}", flush=True)
+    return {"context_queue": R.queue, "windows_per_call": R.windows}
 
 
-def prepare_latents_smooth(*a, **kw):
-    lat = _prepare(*a, **kw)
-    put("initial_latents", lat)
-    R.latents = lat
-    return lat
-
-
-def decode_latents(latents):
-    put("final_latents", latents)
-    video = _decode(latents)
-    put("frames", torch.from_numpy(video))
-    return video
-
-
-pipe.prepare_latents_smooth, pipe.decode_latents = prepare_latents_smooth, decode_latents
-generator = torch.manual_seed(420 + args.seed)  # infer.py:142 torch.manual_seed(args.seed)
-t1 = time.time()
-video = pipe(
-    Image.fromarray(portrait.numpy()), waveform.numpy(), poses_tensor, S, S, F, args.steps, args.cfg,
-    generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
-    start_idx=0,
-).videos
-print(f"run: {time.time() - t1:.1f}s, video {tuple(video.shape)}", flush=True)
-
+main_run = run(DTYPE, rec)
 bad = [k for k, v in rec.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 if bad:
     raise SystemExit(f"non-finite values in {bad}")
 assert torch.equal(rec["initial_latents"], rec["input.noise"].clamp(-1.5, 1.5)), "the pipeline drew other noise"
+if DTYPE != torch.float32:  # the recorded stages are half values (kept as float32 while recording): stored in half
+    for k, v in rec.items():
+        if not k.startswith("input.") and v.is_floating_point() and torch.equal(v.to(DTYPE).float(), v):
+            rec[k] = v.to(DTYPE)
 save_file(rec, os.path.join(out_dir, "stages.safetensors"))
+exact_stages = None
+if args.float64:
+    import fnmatch
+
+    for m in (reference_unet, denoising_unet, pose_net, vae):
+        m.to(dtype=torch.float64)
+    exact: dict[str, torch.Tensor] = {}
+    exact_run = run(torch.float64, exact)
+    assert exact_run == main_run, "the float64 run used other windows"
+    assert torch.equal(exact["initial_latents"], rec["initial_latents"]), "the float64 run started from other noise"
+    assert torch.equal(exact["audio.chunks"], rec["audio.chunks"]), "the float64 run had other whisper features"
+    exact_stages = sorted(k for k in exact if any(fnmatch.fnmatchcase(k, pat) for pat in EXACT_STAGES))
+    save_file({k: exact[k] for k in exact_stages}, os.path.join(out_dir, "float64.safetensors"))
 
 
 def git(*a):
@@ -330,25 +430,31 @@ def version(name):
         return None
 
 
+code = ("src/pipelines/pipeline_echomimicv2_acc.py EchoMimicV2Pipeline.__call__, as infer_acc.py calls it" if ACC else
+        "src/pipelines/pipeline_echomimicv2.py EchoMimicV2Pipeline.__call__, as infer.py calls it")
 meta = {
     "original": {"repo": "https://github.com/antgroup/echomimic_v2", "commit": git("rev-parse", "HEAD"),
-                 "code_path": "src/pipelines/pipeline_echomimicv2.py EchoMimicV2Pipeline.__call__, as infer.py calls it; "
-                              "poses drawn by src/utils/dwpose_util.py draw_pose_select_v2 as infer.py:183-196"},
+                 "code_path": code + "; poses drawn by src/utils/dwpose_util.py draw_pose_select_v2 as infer.py:183-196"},
     "packages": {n: version(n) for n in ("torch", "diffusers", "transformers", "numpy", "einops", "omegaconf", "safetensors",
                                          "opencv-python-headless", "matplotlib")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_v2_original.py " + " ".join(sys.argv[1:]),
-    "settings": {"frames": F, "context_frames": args.context, "context_overlap": args.overlap, "steps": args.steps,
-                 "guidance_scale": args.cfg, "size": S, "fps": args.fps, "sample_rate": 16000, "seed": args.seed,
+    "settings": {"pipeline": args.pipeline, "frames": F, "context_frames": args.context, "context_overlap": args.overlap,
+                 "steps": args.steps, "guidance_scale": args.cfg, "size": S, "fps": args.fps, "sample_rate": 16000,
+                 "seed": args.seed, "dtype": args.dtype,
                  "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
-    "context_queue": R.queue,
-    "windows_per_call": R.windows,
+    **main_run,
+    "float64": None if exact_stages is None else {
+        "file": "float64.safetensors", "stages": exact_stages,
+        "what": "the same run with the modules, pipeline, pose images, bank and latents in float64 (the float32 run's "
+                "initial noise and whisper features), stored as float32"},
     "whisper": {"dims": dataclasses.asdict(dims), "seed": whisper_seed, "spec": wspec, "sha256": digest(whisper_sd),
                 "recipe": "tools/parity/common.py hashed_state_dict(spec, seed)"},
     "checkpoint": {"format": "EchoMimic v2 .pth files (torch.save of a dict), parameters from tools/parity/common.py "
                    "hashed_state_dict(keys marked 'hash', seed); 'buffer' keys from buffers.safetensors ('<file>:<key>')",
                    "files": file_specs},
     "vae": "vae/ (diffusers AutoencoderKL folder), weights tools/parity/common.py randomize_(vae, seed*100 + 13)",
+    "assets": None if not args.assets else os.path.basename(os.path.normpath(args.assets)),  # vae/ + buffers live there
     "stages": {k: list(v.shape) for k, v in rec.items()},
 }
 with open(os.path.join(out_dir, "meta.json"), "w") as fh:
