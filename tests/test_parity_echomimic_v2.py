@@ -39,16 +39,22 @@ SKIP = ()
 pytestmark = pytest.mark.skipif(not (FIXTURE / "meta.json").is_file(), reason="no EchoMimic v2 fixture")
 
 
-def write_files(meta: dict, out: Path) -> Path:
-    """The original's four .pth files and the whisper .pt, regenerated from the recipe and checked by digest."""
+def assets(fixture: Path, meta: dict) -> Path:
+    """Where ``fixture``'s buffers.safetensors and vae/ live (the harness's --assets: another fixture of the same weights)."""
+    return fixture.parent / meta["assets"] if meta.get("assets") else fixture
+
+
+def write_files(fixture: Path, meta: dict, out: Path, names: dict[str, str] | None = None) -> Path:
+    """The original's four .pth files and the whisper .pt, regenerated from the recipe and checked by digest
+    (``names``: a file written under another name, e.g. infer_acc.yaml's ``denoising_unet_acc.pth``)."""
     common = parity_common()
     (out / "checkpoint").mkdir(parents=True)
-    buffers = load_file(FIXTURE / "buffers.safetensors")
+    buffers = load_file(assets(fixture, meta) / "buffers.safetensors")
     for name, spec in meta["checkpoint"]["files"].items():
         hashed = common.hashed_state_dict([(k, shape) for k, shape, src in spec["keys"] if src == "hash"], spec["seed"])
         state = {k: hashed[k] if src == "hash" else buffers[f"{name}:{k}"] for k, _, src in spec["keys"]}
         assert common.digest(state) == spec["sha256"], f"{name}: regenerated weights differ from the original run's"
-        torch.save(state, out / "checkpoint" / name)
+        torch.save(state, out / "checkpoint" / (names or {}).get(name, name))
     w = meta["whisper"]
     whisper = common.hashed_state_dict([tuple(x) for x in w["spec"]], w["seed"])
     assert common.digest(whisper) == w["sha256"], "whisper weights differ from the original run's"
@@ -88,17 +94,21 @@ class Recorder:
         self._patch.undo()
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    meta = json.loads((FIXTURE / "meta.json").read_text())
-    gold = load_file(FIXTURE / "stages.safetensors")
-    files = write_files(meta, tmp_path_factory.mktemp("echomimic_v2"))
+def load_setup(fixture: Path, folder: Path, config: str = "tiny-echomimic-v2", names: dict[str, str] | None = None,
+               dtype: torch.dtype = torch.float32):
+    """The fixture's files written to ``folder``, recognised and loaded by our loader (``config``: the name it must give),
+    in ``dtype`` as Session.load gives it (the audio encoder fp32 whatever the model's dtype); our whisper features of the
+    fixture's waveform, our reference encoding, the original's pose drawing."""
+    meta = json.loads((fixture / "meta.json").read_text())
+    gold = load_file(fixture / "stages.safetensors")
+    files = write_files(fixture, meta, folder, names)
     ck = inspect_checkpoint(files / "checkpoint")
-    assert (ck.family, ck.config.name) == ("echomimic-v2", "tiny-echomimic-v2") and ck.problem() is None, ck.problem()
-    model = ck.load(device="cpu", dtype=torch.float32)
+    assert (ck.family, ck.config.name) == ("echomimic-v2", config) and ck.problem() is None, (ck.config.name, ck.problem())
+    model = ck.load(device="cpu", dtype=dtype)
     from diffusers import AutoencoderKL
 
-    pipe = EMOPipeline(model, DiffusersVAE(AutoencoderKL.from_pretrained(FIXTURE / "vae").eval()))
+    vae = AutoencoderKL.from_pretrained(assets(fixture, meta) / "vae").eval().to(dtype)
+    pipe = EMOPipeline(model, DiffusersVAE(vae))
     s = meta["settings"]
     encoder = WhisperAudioEncoder.from_checkpoint(files / "whisper_tiny_random.pt", model.config.audio)
     features = encoder.encode(PreparedAudio(waveform=gold["input.waveform"], num_frames=s["frames"], fps=float(s["fps"])))
@@ -107,8 +117,16 @@ def setup(tmp_path_factory):
     return meta, gold, pipe, ref, features, poses
 
 
-def run_ours(setup, **quirks) -> dict[str, torch.Tensor]:
-    meta, gold, pipe, ref, features, poses = setup
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return load_setup(FIXTURE, tmp_path_factory.mktemp("echomimic_v2"))
+
+
+def run_ours(setup, features: torch.Tensor | None = None, **quirks) -> dict[str, torch.Tensor]:
+    """Our generation on the fixture's inputs and initial noise (``features``: other audio features than ours;
+    ``quirks``: preset quirks changed for this run), the stages under the original's names."""
+    meta, gold, pipe, ref, our_features, poses = setup
+    features = our_features if features is None else features
     s = meta["settings"]
     model = pipe.model
     original_config = model.config

@@ -28,9 +28,13 @@ What makes it EchoMimic v2 (every reference at commit a312dec0; the reading in d
     window -4..+5, clamped); ``audio_loader = "ffmpeg-s16-mono"`` (whisper/audio.py ``load_audio``).
   - Not mirrored (deliberate): infer.py:181 cuts the video to the number of pose files; ours mirrors a shorter pose
     sequence back and forth (emo_model/sampling/pose_sequence.py).
-  - Not mirrored yet: pipeline_echomimicv2.py:543 writes the reference bank "with CFG" even at cfg 1, and :595-599
-    divides by the window count only under CFG (both matter only at cfg <= 1); the _acc pipeline's pseudo-velocity
-    sampler (pipeline_echomimicv2_acc.py:481-484).
+  - The _acc pipeline (pipeline_echomimicv2_acc.py, infer_acc.py's 6 steps at cfg 1.0): its pseudo-velocity (:481-484,
+    src/pipelines/step_func.py:86-112: x0 = a_t x - b_t v, then (a_t x - x0) / b_t) is the velocity v again, up to
+    rounding below the original's thread floor: nothing to mirror. It writes the bank with the real CFG flag (:434) and
+    divides by the window count without CFG (:495-496), as ours always does (tests/test_parity_echomimic_v2_acc.py).
+  - The standard pipeline at cfg <= 1 writes the bank "with CFG" anyway (pipeline_echomimicv2.py:543) and then stops in
+    its reference attention (a bank of batch 2, latents of batch 1: RuntimeError), so its missing division by the
+    window count without CFG (:595-599) is never reached; ours computes the _acc pipeline's way there.
 """
 
 from __future__ import annotations
