@@ -6,6 +6,7 @@ import itertools
 import os
 import pickle
 import re
+import struct
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ def _open_pickle(path: Path) -> TensorFile:
                 f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); it is truncated or damaged"
             ) from None
         raise WeightsError(_unsafe_pickle_message(path, exc)) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, IndexError, struct.error) as exc:  # damaged bytes
         raise WeightsError(
             f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)}); it is truncated or damaged"
         ) from None
