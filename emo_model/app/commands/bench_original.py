@@ -12,7 +12,8 @@ processes alternate (``--rounds``), each times ``--repeats`` (2) generations aft
 What is timed: the generation from the portrait to decoded frames (portrait VAE encode, ReferenceNet,
 every denoising step with guidance, motion frames, decode); not the loading of weights. The audio features
 are timed where the original's timed call computes them (``ParityHarness.audio_timed``: inside its pipeline
-call, or before its clip loop). Memory: the peak resident set of the process during the
+call, or before its clip loop). A pose / keypoint guider's images come from the harness too (``ours`` returns
+``pose_frames``; the face mask is not used then). Memory: the peak resident set of the process during the
 generation (VmHWM reset just before it, so the resident weights are included), plus the peak VRAM on CUDA.
 (The reset also resets getrusage's maximum, so no whole-process peak is reported.) An original that loads
 its models again on every run in the same process can carry the earlier run's leftovers into later runs.
@@ -212,6 +213,9 @@ def _ours(spec: dict) -> dict:
     region = torch.rand(3, hh, hh, generator=g) if cfg.backbone.region_audio_modules else None
     face = torch.zeros(S, S)
     face[S // 8 : S - S // 8, S // 6 : S - S // 6] = 1
+    pose = inputs.get("pose_frames")  # a pose / keypoint guider's images, one per frame (the harness's): no face mask then
+    if pose is not None:
+        face = None
     runs = []
     for _ in range(spec["repeats"]):
         frames_out: list[torch.Tensor] = []
@@ -221,7 +225,7 @@ def _ours(spec: dict) -> dict:
             audio = features()
         ref = pipe.encode_reference(image, size=S, identity_embedding=identity)
         pipe.generate(ref, audio.features, num_frames=audio.num_frames, settings=settings, sink=frames_out.append,
-                      face_mask=face, region_masks=region)
+                      face_mask=face, region_masks=region, pose_frames=pose)
         runs.append({"seconds": time.perf_counter() - t, "peak_rss": _vm_hwm()})
     from .. import host_memory
 
