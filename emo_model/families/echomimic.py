@@ -158,9 +158,23 @@ def _claims(parts: Mapping[str, list]) -> bool:
     return set(parts) <= set(PARTS)
 
 
+# The variant's files: the same keys, told apart by a name tag (``denoising_unet_acc.pth``, ``motion_module_acc.pth``);
+# the denoising UNet and its motion modules must come from one variant; a denoising UNet file may hold its motion modules.
+VARIANT_ROLES = ("denoising_unet", "motion_module")
+WITHIN = {"motion_module": ("denoising_unet", ".motion_modules.")}
+
+
+def _is_acc(file) -> bool:
+    return ACC in _name_tags(file.path)
+
+
+def _pick_variant(role: str, files: list, variant: str, ignored: dict[Path, str], W):
+    return W.pick_variant(role, files, variant, ignored, tag=ACC, is_tagged=_is_acc, required_roles=VARIANT_ROLES,
+                          label="EchoMimic")
+
+
 def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str], W):
     """``W``: the weights toolkit (emo_model.weights.checkpoints._toolkit), handed in by the caller (no import cycle)."""
-
     chosen: dict = {}
     for role, candidates in parts.items():
         usable = []
@@ -173,37 +187,9 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
             chosen[role] = _pick_variant(role, usable, variant, ignored, W)
     if not chosen:
         raise W.WeightsError(f"{', '.join(p.name for p in ignored)}: EchoMimic's pose-driven files are not supported")
-
-    acc = {role: ACC in _name_tags(f.path) for role, f in chosen.items() if role in ("denoising_unet", "motion_module")}
-    if len(set(acc.values())) > 1:
-        names = " and ".join(chosen[r].name for r in acc)
-        raise W.WeightsError(f"{names} come from different EchoMimic variants (standard and _acc); use one variant's files")
-
-    sources: dict = {}
-    for role, file in chosen.items():
-        prefix = PARTS[role][1]
-        for key in file.tensors:
-            if prefix + key in sources:
-                raise W.WeightsError(f"{file.name} and {sources[prefix + key][0].name} both hold {prefix + key}")
-            sources[prefix + key] = (file, key)
-    found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
-    name, report = W.closest_config(found)
-    if W.get_config(name).family != family.name:  # parts that fit EchoMimic v2's layout as well (no locator): v1's twin
-        twin = next((n for n, make in family.configs.items() if W.compare_shapes(found, W.model_shapes(make())).matched >= report.matched), None)
-        if twin is not None:
-            name, report = twin, W.compare_shapes(found, W.model_shapes(family.configs[twin]()))
-    W.require_known_layout(list(chosen.values()), name, report)
-    _require_audio_unet(chosen, name, report, W)
-
-    config = W.get_config(name)
-    if any(acc.values()):
-        config = _with_acc_preset(config)
-    has_motion = "denoising_unet" in chosen and any(".motion_modules." in k for k in chosen["denoising_unet"].tensors)
-    missing = [r for r in PARTS if r not in chosen and not (r == "motion_module" and has_motion)]
-    return W.Checkpoint(
-        family.name, config, chosen, sources, report, missing_parts=missing, ignored=ignored,
-        variant=ACC if any(acc.values()) else "standard",
-    )
+    return W.resolve_parts(family, chosen, ignored, tag=ACC, is_tagged=_is_acc, tagged_roles=VARIANT_ROLES,
+                           with_tag=_with_acc_preset, within=WITHIN,
+                           check=lambda name, report: _require_audio_unet(chosen, name, report, W))
 
 
 def _require_audio_unet(chosen: Mapping, name: str, report, W) -> None:
@@ -221,24 +207,6 @@ def _require_audio_unet(chosen: Mapping, name: str, report, W) -> None:
         "a part of a supported family; it looks like a Stable Diffusion 1.5 UNet, which only initialises training "
         "(load_sd15_unet_weights)"
     )
-
-
-def _pick_variant(role: str, files: list, variant: str, ignored: dict[Path, str], W):
-
-    acc = [f for f in files if ACC in _name_tags(f.path)]
-    standard = [f for f in files if f not in acc]
-    if variant == ACC and role in ("denoising_unet", "motion_module") and not acc:
-        raise W.WeightsError(
-            f"variant 'acc' needs EchoMimic's {role}_acc.pth; found only {', '.join(f.name for f in files)} for the {role}"
-        )
-    preferred, other = (acc, standard) if variant == ACC else (standard, acc)
-    pick = preferred or other
-    if len(pick) > 1:
-        raise W.WeightsError(f"several {role} files for one model: {', '.join(f.name for f in pick)}; keep one")
-    for file in files:
-        if file is not pick[0]:
-            ignored[file.path] = f"{role} of the other variant"
-    return pick[0]
 
 
 def _parity_ours(work, fixture, meta, spec) -> dict:

@@ -58,7 +58,7 @@ from ..configs import (
 )
 from ..face.front_ends import FaceFrontEnd
 from .base import SD_VAE, Family, HubFile, OriginalCode, PartFiles
-from .echomimic import ACC, _name_tags, _pick_variant
+from .echomimic import ACC, VARIANT_ROLES, WITHIN, _is_acc, _name_tags, _pick_variant
 
 ORIGINAL = OriginalCode(
     repo="antgroup/echomimic_v2",
@@ -163,39 +163,18 @@ def _claims(parts: Mapping[str, list]) -> bool:
     return any(Path(f.path).resolve().parent.name.lower() in FOLDER_NAMES for f in files)
 
 
-def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str], W):
-    """``W``: the weights toolkit (emo_model.weights.checkpoints._toolkit), handed in by the caller (no import cycle)."""
-    chosen = {role: _pick_variant(role, files, variant, ignored, W) for role, files in parts.items()}
-    acc = {role: ACC in _name_tags(f.path) for role, f in chosen.items() if role in ("denoising_unet", "motion_module")}
-    if len(set(acc.values())) > 1:
-        names = " and ".join(chosen[r].name for r in acc)
-        raise W.WeightsError(f"{names} come from different EchoMimic v2 variants (standard and _acc); use one variant's files")
-    sources: dict = {}
-    for role, file in chosen.items():
-        prefix = PARTS[role][1]
-        for key in file.tensors:
-            if prefix + key in sources:
-                raise W.WeightsError(f"{file.name} and {sources[prefix + key][0].name} both hold {prefix + key}")
-            sources[prefix + key] = (file, key)
-    found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
-    name, report = W.closest_config(found)
-    if W.get_config(name).family != family.name:  # without the pose encoder v1's layout fits as well: take v2's twin
-        twin = next((n for n, make in family.configs.items() if W.compare_shapes(found, W.model_shapes(make())).matched >= report.matched), None)
-        if twin is not None:
-            name, report = twin, W.compare_shapes(found, W.model_shapes(family.configs[twin]()))
-    W.require_known_layout(list(chosen.values()), name, report)
+def _check_layout(family: Family, name: str, report, chosen: Mapping, W) -> None:
     if W.get_config(name).family != family.name or any(".attn2." in key for key in report.mismatched):
         raise W.WeightsError(f"{', '.join(f.name for f in chosen.values())}: not EchoMimic v2's layout (its UNet's attn2 "
                              "takes whisper tokens of width 384, its pose encoder 3 channels)")
-    config = W.get_config(name)
-    if any(acc.values()):
-        config = _with_acc_preset(config)
-    has_motion = "denoising_unet" in chosen and any(".motion_modules." in k for k in chosen["denoising_unet"].tensors)
-    missing = [r for r in PARTS if r not in chosen and not (r == "motion_module" and has_motion)]
-    return W.Checkpoint(
-        family.name, config, chosen, sources, report, missing_parts=missing, ignored=ignored,
-        variant=ACC if any(acc.values()) else "standard",
-    )
+
+
+def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict[Path, str], W):
+    """``W``: the weights toolkit (emo_model.weights.checkpoints._toolkit), handed in by the caller (no import cycle)."""
+    chosen = {role: _pick_variant(role, files, variant, ignored, W) for role, files in parts.items()}
+    return W.resolve_parts(family, chosen, ignored, tag=ACC, is_tagged=_is_acc, tagged_roles=VARIANT_ROLES,
+                           with_tag=_with_acc_preset, within=WITHIN,
+                           check=lambda name, report: _check_layout(family, name, report, chosen, W))
 
 
 FAMILY = Family(

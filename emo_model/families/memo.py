@@ -211,15 +211,14 @@ def _resolve(family: Family, parts: dict, variant: str, ignored: dict, W):
         if len(files) > 1:
             raise W.WeightsError(f"several {PARTS[role][0]} weights for one model: {', '.join(f.name for f in files)}; keep one")
         chosen[role] = files[0]
-    sources = {PARTS[role][1] + key: (file, key) for role, file in chosen.items() for key in file.tensors}
-    found = {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
+    sources, found = W.gather_sources(chosen, {role: prefix for role, (_, prefix) in PARTS.items()})
     name, report = W.closest_config(found)
     W.require_known_layout(list(chosen.values()), name, report)
     config = W.get_config(name)
     if config.family != family.name:  # the closest layout is another family's: compare with ours
         config = memo_config()
         report = W.compare_shapes(found, W.model_shapes(config))
-    missing = [role for role in PARTS if role not in chosen]
+    missing = W.missing_parts(family, chosen)
     if missing:  # report only what the given parts hold
         prefixes = tuple(PARTS[r][1] for r in missing)
         report.missing = [k for k in report.missing if not k.startswith(prefixes)]

@@ -497,9 +497,89 @@ def _require_family(ckpt: Checkpoint, family: str | None) -> Checkpoint:
 # VAE
 
 
+# --------------------------------------------------------------------------------------------------
+# Part files: the mechanics every part-file family's resolver shares (its module keeps only its data)
+
+
+def pick_variant(role: str, files: Sequence[TensorFile], variant: str, ignored: dict[Path, str], *, tag: str,
+                 is_tagged, required_roles: Iterable[str], label: str) -> TensorFile:
+    """The file of ``role`` for ``variant`` among ``files``: the ``tag`` variant's (``is_tagged(file)``) when asked for
+    (refused when a ``required_roles`` part has none), else the standard one, each falling back to the other; the
+    file not used goes to ``ignored``."""
+    tagged = [f for f in files if is_tagged(f)]
+    standard = [f for f in files if f not in tagged]
+    if variant == tag and role in required_roles and not tagged:
+        raise WeightsError(
+            f"variant '{tag}' needs {label}'s {role}_{tag}.pth; found only {', '.join(f.name for f in files)} for the {role}"
+        )
+    preferred, other = (tagged, standard) if variant == tag else (standard, tagged)
+    pick = preferred or other
+    if len(pick) > 1:
+        raise WeightsError(f"several {role} files for one model: {', '.join(f.name for f in pick)}; keep one")
+    for file in files:
+        if file is not pick[0]:
+            ignored[file.path] = f"{role} of the other variant"
+    return pick[0]
+
+
+def gather_sources(chosen: Mapping[str, TensorFile], prefixes: Mapping[str, str]):
+    """(model key -> (file, key in it), model key -> shape) of the chosen part files, each key under its role's prefix;
+    a key two files hold is refused."""
+    sources: dict[str, tuple[TensorFile, str]] = {}
+    for role, file in chosen.items():
+        for key in file.tensors:
+            if prefixes[role] + key in sources:
+                raise WeightsError(f"{file.name} and {sources[prefixes[role] + key][0].name} both hold {prefixes[role] + key}")
+            sources[prefixes[role] + key] = (file, key)
+    return sources, {key: tuple(file.tensors[name].shape) for key, (file, name) in sources.items()}
+
+
+def resolve_parts(family: Family, chosen: dict[str, TensorFile], ignored: dict[Path, str], *, tag: str, is_tagged,
+                  tagged_roles: Sequence[str], with_tag, within: Mapping[str, tuple[str, str]] | None = None,
+                  check=None) -> Checkpoint:
+    """The Checkpoint of a family's chosen part files (role -> file; ``family.part_files.parts``: role -> (file name,
+    key prefix)): the files of ``tagged_roles`` all of one variant (``is_tagged``; ``with_tag(config)`` gives the
+    tagged variant's config), the keys gathered, the closest layout (another family's, when the given parts fit it as
+    well, is replaced by this family's config that matches as many keys), ``check(name, report)`` (the family's own
+    refusals), and the roles without a file, but for one a chosen file holds (``within``: role -> (role, key part)).
+    """
+    label = family.label
+    flags = {role: bool(is_tagged(f)) for role, f in chosen.items() if role in tagged_roles}
+    if len(set(flags.values())) > 1:
+        names = " and ".join(chosen[r].name for r in flags)
+        raise WeightsError(f"{names} come from different {label} variants (standard and _{tag}); use one variant's files")
+    sources, found = gather_sources(chosen, {role: prefix for role, (_, prefix) in family.part_files.parts.items()})
+    name, report = closest_config(found)
+    if get_config(name).family != family.name:
+        twin = next((n for n, make in family.configs.items()
+                     if compare_shapes(found, model_shapes(make())).matched >= report.matched), None)
+        if twin is not None:
+            name, report = twin, compare_shapes(found, model_shapes(family.configs[twin]()))
+    require_known_layout(list(chosen.values()), name, report)
+    if check is not None:
+        check(name, report)
+    tagged = any(flags.values())
+    config = with_tag(get_config(name)) if tagged else get_config(name)
+    missing = missing_parts(family, chosen, within)
+    return Checkpoint(family.name, config, chosen, sources, report, missing_parts=missing, ignored=ignored,
+                      variant=tag if tagged else "standard")
+
+
+def missing_parts(family: Family, chosen: Mapping[str, TensorFile],
+                  within: Mapping[str, tuple[str, str]] | None = None) -> list[str]:
+    """The family's part roles without a chosen file, but for one whose keys a chosen file already holds (``within``:
+    role -> (the role whose file may hold it, a part of its keys), e.g. a denoising UNet saved with its motion modules)."""
+    def held(role: str) -> bool:
+        other, fragment = (within or {}).get(role, (None, None))
+        return other in chosen and any(fragment in key for key in chosen[other].tensors)
+
+    return [role for role in family.part_files.parts if role not in chosen and not held(role)]
+
+
 def _toolkit() -> types.SimpleNamespace:
     """What a family's part-file resolver (``PartFiles.resolve``) builds its Checkpoint with; handed in, so that a family
     module never imports this module, which imports the families."""
     return types.SimpleNamespace(Checkpoint=Checkpoint, WeightsError=WeightsError, closest_config=closest_config,
                                  require_known_layout=require_known_layout, get_config=get_config, compare_shapes=compare_shapes,
-                                 model_shapes=model_shapes, variant_owner=_variant_owner)
+                                 model_shapes=model_shapes, variant_owner=_variant_owner, pick_variant=pick_variant,
+                                 gather_sources=gather_sources, resolve_parts=resolve_parts, missing_parts=missing_parts)
