@@ -256,6 +256,14 @@ class InferenceQuirks:
     # first channel of the 16 kHz audio the loader makes before it mixes down, e.g. of the ffmpeg program's wav with
     # "ffmpeg-wav+librosa"; the whole file, un-separated; a mono file's one channel).
     emotion_channel: str = "mix"
+    # The frame count is cut to whole context windows (of the preset's frames_per_clip and context_overlap) and the
+    # frame rate stretched so that those frames span the whole audio: n = int(seconds x fps) frames, windows =
+    # (n - size) // (size - overlap) + 1, frames = (windows - 1) x (size - overlap) + size, fps = frames / seconds
+    # (audio shorter than one window keeps its frames).
+    frames_whole_windows: bool = False
+    # The finished frames go through a median filter of this size over (time, y, x) with reflected edges before they
+    # are handed on (0: none; emo_model/sampling/median_filter.py).
+    output_median_filter: int = 0
 
 
 @dataclass
@@ -386,6 +394,9 @@ class EMOConfig:
                              f"got {self.preset.quirks.audio_loader!r}")
         if self.preset.quirks.emotion_channel not in ("mix", "first"):
             raise ValueError(f"preset.quirks.emotion_channel must be mix/first, got {self.preset.quirks.emotion_channel!r}")
+        median = self.preset.quirks.output_median_filter
+        if median < 0 or (median and median % 2 == 0):
+            raise ValueError(f"preset.quirks.output_median_filter must be 0 or an odd size, got {median!r}")
         if self.face_locator is not None and self.face_locator.reads not in ("face_mask", "pose_frames"):
             raise ValueError(f"face_locator.reads must be face_mask/pose_frames, got {self.face_locator.reads!r}")
         if self.backbone.unet.reference_attention not in ("joint", "separate"):

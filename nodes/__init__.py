@@ -3,6 +3,7 @@
 from .audio import EMOAudioEncode
 from .demo import EMODemoSample
 from .face import EMOFaceMask
+from .keypoints import EMOFaceKeypoints
 from .loader import LoadEMOModel
 from .paste_back import EMOPasteBack
 from .reference import EMOReferenceEncode
@@ -18,6 +19,7 @@ NODE_CLASS_MAPPINGS = {
     "EMOVideoCombine": EMOVideoCombine,
     "EMODemoSample": EMODemoSample,
     "EMOPasteBack": EMOPasteBack,
+    "EMOFaceKeypoints": EMOFaceKeypoints,
 }
 
 NODE_DISPLAY_NAME_MAPPINGS = {
@@ -29,4 +31,5 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "EMOVideoCombine": "EMO Video Combine",
     "EMODemoSample": "EMO Demo Sample",
     "EMOPasteBack": "EMO Paste Back",
+    "EMOFaceKeypoints": "EMO Face Keypoints",
 }

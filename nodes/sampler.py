@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import torch
 
+from ..emo_model.app.keypoint_input import keypoint_frames_for, keypoint_guide
 from ..emo_model.app.pose_input import pose_frames_for
-from ..emo_model.families import AUTO_EMOTION, emotion_names, quoted_presets
+from ..emo_model.families import AUTO_EMOTION, FAMILIES, emotion_names, quoted_presets
 from ..emo_model.sampling.colour_match import MODES as COLOUR_MODES
+from ..emo_model.sampling.median_filter import MedianFilter
 from ..emo_model.sampling.memory import settings_memory_bytes
 from ..emo_model.sampling.settings import GenerationCancelled, fast_settings
 from ..emo_model.sampling.schedulers import FLOW_SAMPLERS, SAMPLERS
@@ -80,7 +82,7 @@ class EMOSampler:
                 "speed_curve": ("STRING", {"default": "", "multiline": False, "tooltip": "Optional per-frame speed curve, e.g. '0.3, 0.3, 1.2, 0.5': resampled over the video; overrides speed."}),
                 "fast": ("BOOLEAN", {"default": False, "label_on": "fast", "label_off": "full quality", "tooltip": "Fast mode: DPM++ 2M (whatever the sampler widget says; flow-velocity models keep their own sampler) at 0.4x the preset's steps (at least 8; or your steps if set), with deep features reused every other step. Less denoiser work for some quality: the measured trade-off is in docs/performance.md."}),
                 "emotion": (["preset", AUTO_EMOTION, *emotion_names()], {"default": "preset", "tooltip": "Emotion of models with emotion-conditioned audio modules (" + quoted_presets(lambda c: c.preset.emotion, values=False) + "). auto: classified from the audio, second by second, by the family's own audio-emotion classifier (its files in the model folder: see the README); preset: auto when those files are there (as the original does), else neutral; the summary says which. A class name: that emotion for the whole video. The class names are presumed (emotion2vec's order; the original does not name them). Other models ignore it."}),
-                "pose": ("POSE_KEYPOINT", {"tooltip": "Pose-guided models only (" + quoted_presets(lambda c: "pose" if c.face_locator is not None and c.face_locator.reads == "pose_frames" else None, values=False) + "): the driving poses from a DWPose node (comfyui_controlnet_aux) run on a driving video; only the hands are drawn, as the original draws them. Fewer frames than the audio are mirrored back and forth. Not wired: the built-in idle sway (two relaxed hands swaying gently); the original's pose template folders: emo generate --pose. Other models refuse it."}),
+                "pose": ("POSE_KEYPOINT", {"tooltip": "Pose-guided models only (" + quoted_presets(lambda c: "pose" if c.face_locator is not None and c.face_locator.reads == "pose_frames" and keypoint_guide(c) is None else None, values=False) + "): the driving poses from a DWPose node (comfyui_controlnet_aux) run on a driving video; only the hands are drawn, as the original draws them. Fewer frames than the audio are mirrored back and forth. Not wired: the built-in idle sway (two relaxed hands swaying gently); the original's pose template folders: emo generate --pose. Keypoint-guided models (" + ", ".join(f.label for f in FAMILIES if f.keypoint_guide is not None) + "): the driving face keypoints from EMO Face Keypoints (a driving video's frames, and the retarget mode), or a DWPose node's eyes and nose (offset_retarget); cut and stretched to the video's frames. Not wired: the portrait's own keypoints on every frame (fix_face, the original's default). Other models refuse it."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -145,7 +147,14 @@ class EMOSampler:
             progress.preview(clip[-1])
 
         mask = mask_for(None if face_mask is None else _comfy.check_mask(face_mask, label="face_mask"))
-        pose_frames, pose_note = pose_frames_for(session.config, pose, emo_audio.num_frames, h, emo_audio.fps, label="pose")
+        if keypoint_guide(session.config) is not None:  # keypoint images: the portrait's keypoints, moved by the driving ones
+            folders = [str(_comfy.models_dir()), str(_comfy.models_dir() / "emo" / "face")]
+            pose_frames, pose_note = keypoint_frames_for(session.config, emo_reference.state.image, pose or None, None,
+                                                         emo_audio.num_frames, models_dirs=folders, label="pose")
+        else:
+            pose_frames, pose_note = pose_frames_for(session.config, pose, emo_audio.num_frames, h, emo_audio.fps, label="pose")
+        median = session.config.preset.quirks.output_median_filter
+        smoothing = MedianFilter(median, sink) if median else None  # the original's filter of the frames it writes
         try:
             working = settings_memory_bytes(settings, size=max(h, w), dtype_bytes=session.model.dtype.itemsize)
             with _comfy.running_on(session, memory_required=working):
@@ -154,13 +163,15 @@ class EMOSampler:
                     emo_audio.features,
                     num_frames=emo_audio.num_frames,
                     settings=settings,
-                    sink=sink,
+                    sink=sink if smoothing is None else smoothing.push,
                     face_mask=mask,
                     region_masks=session.region_masks_from_mask(mask, emo_reference.state.size, emo_reference.state),
                     on_step=lambda info: progress.set(info.done),
                     should_cancel=_comfy.interrupted,
                     pose_frames=pose_frames,
                 )
+                if smoothing is not None:
+                    smoothing.close()
         except GenerationCancelled:
             _comfy.raise_interrupt()
         if filled[0] != video.shape[0]:

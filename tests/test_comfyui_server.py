@@ -46,7 +46,7 @@ EXTRA_NODES = os.environ.get("COMFYUI_EXTRA_NODES", "")
 WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"), key=lambda p: (p.name.startswith("emo_portrait_speech"), p.name))
 PACK = "ComfyUI-EMO"
 DEMO_MODEL = ROOT / "emo_model" / "demo_assets" / "emo-tiny-demo.safetensors"
-OUR_NODES = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack"}
+OUR_NODES = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack", "EMOFaceKeypoints"}
 START_TIMEOUT = 300  # s: 2 shared cores, first start compiles nothing but imports torch, transformers, diffusers
 PROMPT_TIMEOUT = 900  # s per graph at test size
 

@@ -35,6 +35,7 @@ EXPECTED_NODES = {
     "EMOVideoCombine": "EMO Video Combine",
     "EMODemoSample": "EMO Demo Sample",
     "EMOPasteBack": "EMO Paste Back",
+    "EMOFaceKeypoints": "EMO Face Keypoints",
 }
 WORKFLOWS = sorted((ROOT / "workflows" / "api").glob("*.api.json"))
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
@@ -69,7 +70,7 @@ def test_node_contract(pack, info, node_id):
     cls = pack.NODE_CLASS_MAPPINGS[node_id]
     known = core_types(info) | OUR_TYPES
     assert cls.CATEGORY == "EMO" and len(cls.DESCRIPTION) > 40
-    assert all(t in known for t in cls.RETURN_TYPES), cls.RETURN_TYPES
+    assert all(t in known | OTHER_PACK_TYPES for t in cls.RETURN_TYPES), cls.RETURN_TYPES  # EMO Face Keypoints: POSE_KEYPOINT
     assert len(cls.RETURN_NAMES) == len(cls.RETURN_TYPES) == len(cls.OUTPUT_TOOLTIPS)
     params = inspect.signature(getattr(cls, cls.FUNCTION)).parameters
     spec = cls.INPUT_TYPES()

@@ -42,6 +42,18 @@ def audio_front_end(config: EMOConfig, frames_per_clip: int | None = None) -> di
     return options
 
 
+def whole_windows(seconds: float, fps: float, size: int, overlap: int) -> tuple[int | None, float]:
+    """(frames, fps) with InferenceQuirks.frames_whole_windows: int(seconds x fps) frames cut to whole context windows
+    of ``size`` frames overlapping by ``overlap``, at the frame rate that makes them span the audio; (None, fps) when
+    the audio is shorter than one window (its frames are kept)."""
+    n = int(seconds * fps)
+    windows = (n - size) // (size - overlap) + 1 if size > overlap else 0
+    if n < size or windows < 1 or seconds <= 0:
+        return None, fps
+    frames = (windows - 1) * (size - overlap) + size
+    return frames, frames / seconds
+
+
 AUDIO_ENCODER_FILES = {
     "wav2vec2": "wav2vec2-base-960h (a folder with config.json + model.safetensors, or one .safetensors file)",
     "whisper": "whisper_tiny.pt (OpenAI format) or a whisper-tiny folder",
@@ -293,11 +305,15 @@ class Session:
 
         waveform, rate = load_audio(source, check_length=check_length)
         validation.check_frame_count(num_video_frames(waveform.shape[-1], rate, fps), fps, max_frames, label=max_frames_label)
+        frames = None
+        if self.config.preset.quirks.frames_whole_windows:  # the original's frame count: whole windows, the fps stretched
+            preset = self.config.preset
+            frames, fps = whole_windows(waveform.shape[-1] / rate, fps, preset.frames_per_clip, preset.context_overlap)
         taken = self._take_audio(source, encoder_output is None)  # the family's original's loader / vocal separation
         source = {"waveform": waveform[None], "sample_rate": rate} if taken is None else taken.drive  # decoded once (ours)
         emotion_audio = None if taken is None else taken.emotion  # what the emotion classifier hears (None: the mix)
         if encoder_output is not None:
-            audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs)
+            audio = prepare_audio(source, fps, loudness_lufs=loudness_lufs, num_frames=frames)
             feats = features_from_comfy_encoder_output(encoder_output, cfg, audio.num_frames, fps)
             return AudioFeatures(feats, fps, audio.num_frames, audio, cfg.kind, emotion_audio=emotion_audio)
         if self.audio_encoder is None:
@@ -309,7 +325,8 @@ class Session:
             )
         from ..audio.stream import stream_audio  # computed per clip where the encoder allows it (single-pass families: whole)
 
-        features = stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, **audio_front_end(self.config))
+        features = stream_audio(source, cfg, self.audio_encoder, fps, loudness_lufs=loudness_lufs, num_frames=frames,
+                                **audio_front_end(self.config))
         if taken is not None:
             features.note, features.emotion_audio = taken.note, emotion_audio
             if taken.vocals is not None:  # the vocals drove the mouth; the video keeps the whole mix

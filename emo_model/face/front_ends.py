@@ -145,14 +145,14 @@ def apply_front_end(front_end: FaceFrontEnd | None, source_rgb: np.ndarray, ours
     if front_end is None:
         return FrontEndResult(False, "")
     if front_end.landmarks is None and front_end.box_crop is None:
+        identity = ("; its insightface identity is computed on the whole picture when the portrait is encoded, if "
+                    "insightface and its models are installed") if front_end.identity else ""
         if ours.original_picture is not None:
             return FrontEndResult(True, f"{front_end.label} framing: the whole square picture resized as the original "
-                                        "does; its insightface identity is computed on the whole picture when the portrait "
-                                        "is encoded, if insightface and its models are installed")
+                                        f"does{identity}")
         return FrontEndResult(True, f"{front_end.label} face preprocessing has no crop: ours used; it resizes the whole "
                                     "picture, so our square face crop is the picture it gets (the original would stretch a "
-                                    "picture that is not square); its insightface identity is "
-                                    "computed when the portrait is encoded, if insightface and its models are installed")
+                                    f"picture that is not square){identity.replace(' on the whole picture', '')}")
     lacking = missing(front_end, models_dirs)
     if lacking:
         return FrontEndResult(False, f"{front_end.label} face preprocessing not run, our detector and crop used; "

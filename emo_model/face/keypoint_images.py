@@ -20,6 +20,7 @@ families name it where they use it).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,6 +28,21 @@ import torch
 COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255))  # left eye, right eye, nose (RGB)
 LIMBS = ((0, 2), (1, 2))  # eye -> nose
 RETARGET_MODES = ("fix_face", "no_retarget", "offset_retarget", "naive_retarget")
+
+
+@dataclass(frozen=True)
+class KeypointGuide:
+    """A family whose guider reads keypoint images (``Family.keypoint_guide``): where its original's keypoints come from.
+
+    ``mirrors``: the original file(s) + commit; ``default_mode``: the retarget mode without driving keypoints (the
+    original's default); ``driven_mode``: with driving keypoints and no mode chosen (ours: the original's default
+    would leave them unused); ``sources``: how the reference keypoints are found, best first
+    (emo_model/face/keypoint_detection.py)."""
+
+    mirrors: str
+    default_mode: str = "fix_face"
+    driven_mode: str = "offset_retarget"
+    sources: tuple[str, ...] = ("insightface", "yunet", "box")
 
 
 def draw_keypoint_image(height: int, width: int, points) -> np.ndarray:

@@ -151,6 +151,9 @@ class Family:
     downloads: tuple[HubFile, ...] = ()
     # how its original prepares the portrait (emo_model.face.front_ends.FaceFrontEnd; None: our face front end only)
     face_front_end: Any = None
+    # the keypoint images its guider reads, as its original makes them (emo_model.face.keypoint_images.KeypointGuide;
+    # None: a face mask or pose images)
+    keypoint_guide: Any = None
     # vocal separation its original runs before the audio encoder (emo_model/audio/vocal_separation.py; None: none)
     vocal_separator: SeparatorSettings | None = None
 

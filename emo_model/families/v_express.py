@@ -39,11 +39,25 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
   - ``seed_stream = "single"``: inference.py:216 ``torch.manual_seed(seed)``; one randn_tensor for the whole video
     (v_express_pipeline.py:514-523).
 
-  Not done yet (docs/parity.md, V-Express): no keypoint input (the pipeline asks for
-  ``pose_frames``: keypoint images as datasets/utils.py:15-38 draws them; the retarget modes, pipelines/utils.py:145-182);
-  the frame count cut to whole windows with the fps stretched (inference.py:255-264); a frame twice in one reflected
-  window (counted once, stepped twice: v_express_pipeline.py:498-572; inference.py's frame counts never make one); the
-  3x3x3 median filter of the written frames (pipelines/utils.py:46-70).
+  - ``InferenceQuirks.frames_whole_windows``: inference.py:255-264 (``int(duration * fps)`` frames cut to whole
+    context windows by pipelines/context.py ``compute_num_context`` / ``compute_context_indices``, the fps stretched to
+    ``video_length / duration``: 10 s at 30 fps -> 284 frames at 28.4 fps).
+  - ``InferenceQuirks.output_median_filter = 3``: pipelines/utils.py:46-70 (``save_video`` runs ``median_filter_3d``
+    with kernel 3 over (time, y, x), reflect padding, on every frame it writes).
+
+* The user path (all at 6814f7db):
+
+  - The reference picture: inference.py:235-236 ``Image.open(...).convert('RGB').resize((H, W))``: no crop, the whole
+    picture (:data:`FACE_FRONT_END`: a square picture is used whole; PIL bilinear here, bicubic there: not mirrored).
+  - The keypoints (:data:`KEYPOINT_GUIDE`): the reference's from insightface (buffalo_l, ``det_size`` the model size,
+    ``app.get(img)[0].kps[:3]``: inference.py:228-240) where the user has it, else our YuNet / face-box keypoints
+    (emo_model/face/keypoint_detection.py); the driving ones from a video (scripts/extract_kps_sequence_and_audio.py:
+    insightface on every frame), ComfyUI's POSE_KEYPOINT or the original's ``kps.pth``, cut and stretched to the frame
+    count (inference.py:266-277), retargeted by ``--retarget_strategy`` (inference.py:41, 279-289, default
+    ``fix_face``; pipelines/utils.py:145-182), drawn as datasets/utils.py:15-38 draws them.
+
+  Not mirrored: a frame twice in one reflected window (counted once, stepped twice: v_express_pipeline.py:498-572;
+  the whole-window frame count never makes one).
 """
 
 from __future__ import annotations
@@ -66,6 +80,8 @@ from ..configs import (
     sd15_unet,
     tiny_unet,
 )
+from ..face.front_ends import FaceFrontEnd
+from ..face.keypoint_images import KeypointGuide
 from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode, PartFiles
 
 COMMIT = "6814f7db362dc9e26644162034b4d28c5277651a"
@@ -84,6 +100,15 @@ ORIGINAL = OriginalCode(
     repo="tencent-ailab/V-Express",
     commit=COMMIT,
     weights=f"huggingface.co/{ORIGINAL_WEIGHTS}: " + ", ".join(name for name, _ in PARTS.values()),
+)
+
+
+FACE_FRONT_END = FaceFrontEnd(label="V-Express's", mirrors="inference.py:235-236 Image.open(...).resize((H, W)) (6814f7db)",
+                              squash_resize=True)
+KEYPOINT_GUIDE = KeypointGuide(
+    mirrors="inference.py:228-240, 266-289 and pipelines/utils.py:145-182 (6814f7db)",
+    default_mode="fix_face",  # inference.py:41 --retarget_strategy default
+    driven_mode="offset_retarget",  # ours: with a driving video and no mode chosen (fix_face would leave it unused)
 )
 
 
@@ -106,6 +131,8 @@ def _preset(**changes) -> PresetConfig:
             context_schedule="uniform-open",
             seed_stream="single",
             audio_single_pass=True,
+            frames_whole_windows=True,
+            output_median_filter=3,
         ),
     )
     return dataclasses.replace(preset, **changes)
@@ -230,4 +257,6 @@ FAMILY = Family(
         *WAV2VEC2_BASE,
     ),
     quoted_configs={"v-express": "V-Express"},
+    face_front_end=FACE_FRONT_END,
+    keypoint_guide=KEYPOINT_GUIDE,
 )

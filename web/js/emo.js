@@ -28,7 +28,7 @@ const PRESET_WIDGETS = /* PRESET_WIDGETS */ {
   "EMOReferenceEncode": { "size": [0, "preset"] }
 } /* END PRESET_WIDGETS */;
 
-const SUMMARY_NODES = new Set(["LoadEMOModel", "EMOSampler", "EMOAudioEncode", "EMOReferenceEncode", "EMOFaceMask"]);
+const SUMMARY_NODES = new Set(["LoadEMOModel", "EMOSampler", "EMOAudioEncode", "EMOReferenceEncode", "EMOFaceMask", "EMOFaceKeypoints"]);
 
 // the preset of the model loaded last (Load EMO Model's "emo_preset" output), null before any run
 let loadedPreset = null;

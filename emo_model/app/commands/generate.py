@@ -18,6 +18,7 @@ import torch
 from ... import validation
 from ...families import FAMILIES, emotion_names, supported_files
 from ...sampling.schedulers import FLOW_SAMPLERS, SAMPLERS
+from ..keypoint_input import MODES
 
 FRAMES = ("auto", "full", "crop")
 DEFAULT_OUT = "emo_output.mp4"
@@ -54,6 +55,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pose", help="pose-guided models only: a folder of the original's pose templates (0.npy, 1.npy, ..; "
                    "e.g. its assets/halfbody_demo/pose/01), or 'sway' (the built-in idle sway, the default); a sequence "
                    "shorter than the audio is mirrored back and forth")
+    keypointed = ", ".join(f.label for f in FAMILIES if f.keypoint_guide is not None)
+    p.add_argument("--keypoints", help=f"keypoint-guided models only ({keypointed}): the driving face keypoints: a driving video, a "
+                   "folder of its frames (our face keypoints on every frame), or a keypoint file (.npy [frames, 3, 2] pixels at the "
+                   "model size, or the original's kps.pth); cut and stretched to the video's frames. Default: none (the portrait's "
+                   "own keypoints on every frame)")
+    p.add_argument("--retarget", choices=MODES, default="auto",
+                   help=f"keypoint-guided models only ({keypointed}): how the driving keypoints move the portrait's: fix_face (the "
+                   "portrait's keypoints on every frame), no_retarget (the driving ones as they are: a video of the same person, "
+                   "framed alike), offset_retarget (the portrait's, moved by half the driving nose's motion), naive_retarget (the "
+                   "driving ones rescaled to the portrait's face); auto: fix_face without --keypoints (the original's default), "
+                   "offset_retarget with them [%(default)s]")
     p.add_argument(
         "--fast",
         action="store_true",
@@ -116,6 +128,10 @@ def check_arguments(args: argparse.Namespace) -> tuple[Path, str]:
     from ...face import DETECTORS
 
     validation.check_choice(args.face_detector, DETECTORS, label="--face-detector")
+    validation.check_input_path(args.keypoints, label="--keypoints", kind="file or folder")
+    if args.retarget not in ("auto", "fix_face") and not args.keypoints:
+        raise validation.InputError(f"--retarget {args.retarget} needs driving keypoints: give --keypoints (a driving video, a folder "
+                                    "of its frames or a keypoint file), or use --retarget fix_face")
     validation.check("face_index", args.face_index, label="--face-index")
     return out, fmt
 
@@ -175,10 +191,38 @@ def read_image(path: str) -> np.ndarray:
     return read_portrait(path)
 
 
+def check_guide_options(args: argparse.Namespace, config) -> None:
+    """--keypoints / --retarget only for a keypoint-guided model, --pose not for one (right after loading: one line)."""
+    from ..keypoint_input import keypoint_guide
+
+    if keypoint_guide(config) is None:
+        if args.keypoints or args.retarget != "auto":
+            flag = "--keypoints" if args.keypoints else "--retarget"
+            raise validation.InputError(f"{flag}: this model reads no face keypoints (only keypoint-guided models do); leave {flag} out")
+    elif args.pose:
+        raise validation.InputError("--pose: this model reads face keypoints, not poses; give the driving video as --keypoints")
+
+
+def guide_frames(args: argparse.Namespace, session, reference, audio, model_path: str):
+    """(the pose / keypoint images the model's guider reads, or None; a note): keypoint images for a keypoint-guided
+    family (--keypoints, --retarget), pose images for a pose-guided one (--pose)."""
+    from ..keypoint_input import keypoint_frames_for, keypoint_guide
+    from ..pose_input import pose_frames_for
+
+    check_guide_options(args, session.config)
+    if keypoint_guide(session.config) is None:
+        return pose_frames_for(session.config, args.pose, audio.num_frames, reference.size[0], audio.fps, label="--pose")
+    # insightface's pack may sit in --models-dir, or beside the model folder (the original's model_ckpts/insightface_models)
+    folders = [d for d in (args.models_dir, str(Path(model_path).expanduser().resolve().parent)) if d]
+    return keypoint_frames_for(session.config, reference.image, args.keypoints, args.retarget, audio.num_frames,
+                               detector=args.face_detector, models_dirs=folders, label="--keypoints", mode_label="--retarget")
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ... import demo
+    from ...sampling.median_filter import MedianFilter
     from ...sampling.settings import fast_settings
     from ...video_io import VideoWriter
     from ..session import Session
@@ -199,6 +243,7 @@ def run(args: argparse.Namespace) -> int:
                                family=args.family)
     with validation.user_input():  # a class the model lacks, or 'auto' without the classifier's files: before the audio
         session.check_emotion(args.emotion, label="--emotion")
+        check_guide_options(args, session.config)
     fast = fast_settings(session.config.preset) if args.fast else {}
     settings = session.settings(
         **{k: v for k, v in fast.items() if k not in ("steps", "sampler")},
@@ -260,11 +305,8 @@ def run(args: argparse.Namespace) -> int:
     region_masks = session.region_masks(portrait)
     if region_masks is not None and portrait.region_masks is None:
         print("note: audio region masks (full / face / lips) made from the face box of the portrait crop", file=sys.stderr)
-    from ..pose_input import pose_frames_for
-
     with validation.user_input():
-        pose_frames, pose_note = pose_frames_for(session.config, args.pose, audio.num_frames, reference.size[0], audio.fps,
-                                                 label="--pose")
+        pose_frames, pose_note = guide_frames(args, session, reference, audio, model_path)
     if pose_note:
         print(f"note: {pose_note}", file=sys.stderr)
     total = settings.steps * session.count_units(audio.num_frames, settings)
@@ -278,17 +320,21 @@ def run(args: argparse.Namespace) -> int:
                     for frame in paste.iter_composite(frames, dtype=np.uint8):
                         writer.write(frame)
 
+            median = session.config.preset.quirks.output_median_filter
+            smoothing = MedianFilter(median, sink) if median else None  # the original's filter of the written frames
             session.pipeline.generate(
                 reference,
                 audio.features,
                 num_frames=audio.num_frames,
                 settings=settings,
-                sink=sink,
+                sink=sink if smoothing is None else smoothing.push,
                 face_mask=torch.from_numpy(portrait.mask),
                 region_masks=region_masks,
                 on_step=lambda info: bar.update(1),
                 pose_frames=pose_frames,
             )
+            if smoothing is not None:
+                smoothing.close()
     finally:
         bar.close()  # an error line then starts on its own line
     elapsed = time.perf_counter() - t0
