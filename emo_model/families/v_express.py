@@ -82,7 +82,7 @@ from ..configs import (
 )
 from ..face.front_ends import FaceFrontEnd
 from ..face.keypoint_images import KeypointGuide
-from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode, PartFiles
+from .base import SD_VAE, WAV2VEC2_BASE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
 
 COMMIT = "6814f7db362dc9e26644162034b4d28c5277651a"
 ORIGINAL_WEIGHTS = "tk93/V-Express"  # the Hugging Face repository of its weights (README.md:44-46)
@@ -240,6 +240,37 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
     return W.Checkpoint(family.name, config, chosen, sources, report, missing_parts=missing, ignored=ignored, variant="standard")
 
 
+def _parity_ours(work, fixture, meta, spec) -> dict:
+    """``bench --against-original vexpress``, our side: the files ``tools/parity/v_express_original.py --full`` wrote
+    (the part files, a tiny VAE, a wav2vec2 of wav2vec2-base's structure), its waveform and its keypoints drawn by us."""
+    import numpy as np
+
+    from ..face.keypoint_images import keypoint_images
+
+    size = meta["settings"]["size"]
+    return {
+        "checkpoint": fixture,
+        "vae": fixture / "vae",
+        "encoder": fixture / "wav2vec2",
+        "wave": np.load(fixture / "speech.npy", allow_pickle=False),
+        "pose_frames": keypoint_images(size, size, np.load(fixture / "kps.npy", allow_pickle=False)),
+        "overrides": {"frames_per_clip": spec["context"], "context_overlap": spec["overlap"], "cfg": 3.5, "audio_cfg": 3.5},
+    }
+
+
+PARITY = ParityHarness(
+    script="v_express_original.py",
+    src_flag="--vx-src",
+    settings={"frames": 20, "context": 8, "overlap": 2},
+    # 0.8 s at 25 fps: 20 frames, 3 whole windows of 8 / overlap 2 on both sides; inference.py's CFG 3.5
+    extra_args=lambda work: ["--fps", "25", "--seconds", "0.8", "--cfg", "3.5"],
+    weights_ready=lambda work: (work / "fixture" / "meta.json").is_file() and (work / "fixture" / "denoising_unet.bin").is_file(),
+    ours=_parity_ours,
+    # the pipeline call encodes the audio (wav2vec2 + projection, v_express_pipeline.py:472-478): timed on ours too
+    audio_timed=True,
+)
+
+
 FAMILY = Family(
     name="vexpress",
     label="V-Express",
@@ -257,6 +288,7 @@ FAMILY = Family(
         *WAV2VEC2_BASE,
     ),
     quoted_configs={"v-express": "V-Express"},
+    parity=PARITY,
     face_front_end=FACE_FRONT_END,
     keypoint_guide=KEYPOINT_GUIDE,
 )
