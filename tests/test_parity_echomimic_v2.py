@@ -215,3 +215,52 @@ def test_a_quirk_switched_off_fails(setup, field):
     rel = compare("frames", run_ours(setup, **{field: QUIRKS_OFF[field]}), gold)
     print(f"{field} = {QUIRKS_OFF[field]}: frames {rel:.2e}")
     assert rel > parity_floor.tolerance(FIXTURE, "frames"), f"{field} off: the frames still match ({rel:.2e})"
+
+
+# ---- bench --against-original echomimic-v2 (our side at the tiny size) -------------------------------------------------
+
+
+def test_bench_against_the_original_runs_our_side_on_the_harness_files(setup, tmp_path):
+    """``emo bench --against-original echomimic-v2``'s own worker (emo_model/app/commands/bench_original.py ``_ours``) on a
+    work folder laid out as ``echomimic_v2_original.py --full`` writes it (fixture/checkpoint/*.pth, vae/,
+    whisper_tiny_random.pt, stages.safetensors with the pose drawing, meta.json), here with the tiny fixture's files: it
+    loads them with our loader, encodes the audio inside the timed run (the original's pipeline call does), reads the
+    original's pose images and generates every frame. Speed is not asserted (docs/performance.md has the measured table)."""
+    import shutil
+
+    from emo_model.app.commands import bench_original
+    from emo_model.families.echomimic_v2 import FAMILY
+
+    meta = setup[0]
+    harness = FAMILY.parity
+    assert harness is not None and harness.audio_timed and (bench_original.HARNESS / harness.script).is_file()
+    assert harness.settings == {"frames": meta["settings"]["frames"], "context": meta["settings"]["context_frames"],
+                                "overlap": meta["settings"]["context_overlap"]}  # the harness's defaults
+    fixture = tmp_path / "work" / "fixture"
+    write_files(FIXTURE, meta, fixture)
+    for name in ("vae", "stages.safetensors", "meta.json"):
+        (shutil.copytree if name == "vae" else shutil.copy)(FIXTURE / name, fixture / name)
+    assert harness.weights_ready(tmp_path / "work")
+    spec = {"family": "echomimic-v2", "work": str(tmp_path / "work"), "size": meta["settings"]["size"], "steps": 1,
+            "repeats": 1, **harness.settings}
+    result = bench_original._ours(spec)
+    assert result["family"] == "echomimic-v2" and result["frames"] == meta["settings"]["frames"] and len(result["runs"]) == 1
+    assert result["runs"][0]["seconds"] > 0 and result["runs"][0]["peak_rss"] > 0
+
+
+def test_bench_against_the_original_offers_echomimic_v2_and_runs_its_harness_at_full_size(tmp_path):
+    """The command's choices name the family, and the original's side is the parity harness at EchoMimic v2's real
+    shapes (--full), timed with --bench."""
+    import argparse
+
+    from emo_model.app.commands import bench_original
+
+    assert "echomimic-v2" in bench_original._harnesses()
+    args = argparse.Namespace(against_original="echomimic-v2", original_python="/venv/bin/python",
+                              original_src="/src/echomimic_v2", size=128, bench_steps=3, work=str(tmp_path))
+    cmd = bench_original._harness_command(args, "--bench", "2")
+    assert cmd[:4] == ["/venv/bin/python", str(bench_original.HARNESS / "echomimic_v2_original.py"), "--echo-src",
+                       "/src/echomimic_v2"]
+    assert "--full" in cmd and cmd[cmd.index("--out") + 1] == str(tmp_path.resolve() / "fixture")
+    flags = dict(zip(cmd[4:], cmd[5:]))
+    assert (flags["--size"], flags["--steps"], flags["--bench"]) == ("128", "3", "2")

@@ -25,7 +25,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import rel_err
 from test_parity_echomimic_v2 import QUIRKS_OFF, compare, load_setup, run_ours
 

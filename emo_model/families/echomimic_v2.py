@@ -57,7 +57,7 @@ from ..configs import (
     tiny_unet,
 )
 from ..face.front_ends import FaceFrontEnd
-from .base import SD_VAE, Family, HubFile, OriginalCode, PartFiles
+from .base import SD_VAE, Family, HubFile, OriginalCode, ParityHarness, PartFiles
 from .echomimic import ACC, VARIANT_ROLES, WITHIN, _is_acc, _name_tags, _pick_variant
 
 ORIGINAL = OriginalCode(
@@ -177,6 +177,28 @@ def _resolve(family: Family, parts: dict[str, list], variant: str, ignored: dict
                            check=lambda name, report: _check_layout(family, name, report, chosen, W))
 
 
+def _parity_ours(work, fixture, meta, spec) -> dict:
+    """``bench --against-original``: our side on the files ``echomimic_v2_original.py --full`` wrote, at its recipe (CFG
+    as the harness ran it), with the original's own drawing of the harness's pose sequence as the pose images."""
+    from safetensors.torch import load_file
+
+    stages = load_file(fixture / "stages.safetensors")
+    poses = stages["input.poses"][0].transpose(0, 1).float() / 255.0  # [F, 3, H, W]
+    s = meta["settings"]
+    cfg = s["guidance_scale"]
+    # the harness's waveform, whole frames only: the original cuts the video to its frame count (pipeline_echomimicv2.py
+    # :474), ours makes a frame of any part of one
+    wave = stages["input.waveform"][: s["frames"] * s["sample_rate"] // s["fps"]].numpy()
+    return {
+        "checkpoint": fixture / "checkpoint",
+        "vae": fixture / "vae",
+        "encoder": fixture / "whisper_tiny_random.pt",
+        "wave": wave,
+        "overrides": {"frames_per_clip": spec["context"], "context_overlap": spec["overlap"], "cfg": cfg, "audio_cfg": cfg},
+        "pose_frames": poses,
+    }
+
+
 FAMILY = Family(
     name="echomimic-v2",
     label="EchoMimic v2",
@@ -192,6 +214,16 @@ FAMILY = Family(
     folder_names=FOLDER_NAMES,
     part_files=PartFiles(parts=PARTS, resolve=_resolve, claims=_claims),
     variants={ACC: "EchoMimic v2's distilled *_acc.pth files (6 steps, no CFG)"},
+    parity=ParityHarness(
+        script="echomimic_v2_original.py",
+        src_flag="--echo-src",
+        settings={"frames": 16, "context": 6, "overlap": 2},  # the harness's defaults (CFG 4.5): 4 windows, one wrapping
+        extra_args=lambda work: [],  # with --full the .pth files go to fixture/checkpoint
+        weights_ready=lambda work: (work / "fixture" / "meta.json").is_file() and (work / "fixture" / "checkpoint").is_dir(),
+        ours=_parity_ours,
+        # the pipeline call computes the whisper features inside (timed there), so they are timed on ours too
+        audio_timed=True,
+    ),
     # BadToBest/EchoMimicV2 at the root holds the four parts and the _acc pair; whisper-tiny is not in it (the README
     # points at OpenAI's tiny.pt): the same file as EchoMimic v1's audio_processor/whisper_tiny.pt
     downloads=(

@@ -205,3 +205,100 @@ def synthetic_speech(num_samples: int, sample_rate: int = 16000) -> np.ndarray:
     syllables = np.clip(np.sin(2 * np.pi * 3.1 * t) * np.sin(2 * np.pi * 0.37 * t + 1.0), 0, None)
     hiss = 0.05 * np.sin(2 * np.pi * 3700 * t + 5 * np.sin(2 * np.pi * 91 * t))
     return (0.4 * syllables * voiced + hiss * (syllables > 0.5)).astype(np.float32)
+
+
+# ---- shared by the EchoMimic harnesses (v1: echomimic_original.py, v2: echomimic_v2_original.py) -----------------
+
+
+def patch_reference_control(control_cls, bank_dtype=None) -> None:
+    """EchoMimic's ``ReferenceAttentionControl`` on a CPU: its CFG mask built on the CPU (``register_reference_hooks``
+    defaults to cuda) and, with ``bank_dtype`` (a callable giving the dtype of the run under way), the reference bank
+    kept in that dtype instead of ``update``'s own cast to fp16."""
+    hooks = control_cls.register_reference_hooks
+    hooks.__defaults__ = tuple(torch.device("cpu") if isinstance(d, torch.device) else d for d in hooks.__defaults__)
+    if bank_dtype is None:
+        return
+    update = control_cls.update
+
+    def update_in_run_dtype(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
+        return update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=bank_dtype())
+
+    control_cls.update = update_in_run_dtype
+
+
+class _NotOnTheCpu:
+    """``torch`` as whisper's ``transcribe`` module sees it, except that ``torch.device("cpu")`` matches no model: it
+    then keeps its default fp16 (``decode_options fp16=True``), as on the GPU the originals' scripts use, instead of
+    falling back to fp32 on a CPU."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def device(*a, **kw):
+        return "not-the-cpu"
+
+
+def whisper_as_on_a_gpu(module: str = "src.models.whisper.whisper.transcribe") -> None:
+    """Whisper's ``transcribe`` (EchoMimic's copy, imported) runs in half as on a GPU (:class:`_NotOnTheCpu`)."""
+    sys.modules[module].torch = _NotOnTheCpu()  # the module (its package exports the function)
+
+
+def write_part_files(parts: dict, seed_base: int, work: str | None):
+    """The model's files in the originals' ``.pth`` format (``torch.save`` of a dict): ``parts`` is file name ->
+    (module, which of its state-dict keys the file holds); file i's parameters are :func:`hashed_state_dict` with seed
+    ``seed_base + i``, its other tensors (buffers) the module's own. Each module is loaded with its files' values. Writes
+    to ``work`` (None: nothing written, no digests). Returns (per file: seed, keys with their source, sha256; the buffers
+    as ``"<file>:<key>"``)."""
+    import os
+
+    file_specs, buffers, loaded = {}, {}, {id(m): set() for m, _ in parts.values()}
+    for i, (fname, (module, keep)) in enumerate(parts.items()):  # one file at a time (full size: ~3 GB each)
+        params = dict(module.named_parameters())
+        state = {k: v for k, v in module.state_dict().items() if keep(k)}
+        spec = [(k, list(v.shape)) for k, v in state.items() if k in params]
+        seed = seed_base + i
+        values = hashed_state_dict(spec, seed)
+        for k, v in state.items():
+            if k not in params:
+                buffers[fname + ":" + k] = v.contiguous().clone()
+        sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
+        file_specs[fname] = {"seed": seed,
+                             "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
+                             "sha256": "" if work is None else digest(sd)}
+        if work is not None:
+            torch.save(sd, os.path.join(work, fname))
+        module.load_state_dict(sd, strict=False)
+        loaded[id(module)] |= set(sd)
+        del sd, values, state
+    for module, _ in parts.values():
+        assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
+    return file_specs, buffers
+
+
+def save_or_check_assets(out_dir: str, assets: str | None, buffers: dict, vae) -> None:
+    """The fixture's buffers.safetensors and vae/ written to ``out_dir``, or, with ``assets`` (another fixture of the
+    same weights), checked to be what this run would write: a shared file must not drift."""
+    import os
+
+    from diffusers import AutoencoderKL
+    from safetensors.torch import load_file, save_file
+
+    if not assets:
+        save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
+        vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+        return
+    theirs = load_file(os.path.join(assets, "buffers.safetensors"))
+    vae_theirs = AutoencoderKL.from_pretrained(os.path.join(assets, "vae")).state_dict()
+    if set(theirs) != set(buffers) or any(not torch.equal(theirs[k], buffers[k]) for k in buffers) or any(
+            not torch.equal(v, vae_theirs[k]) for k, v in vae.state_dict().items()):
+        raise SystemExit(f"--assets {assets}: its buffers / vae differ from this run's (another --seed?)")
+
+
+def tiny_whisper(dims_cls, whisper_cls, seed: int, full: bool = False):
+    """EchoMimic's whisper copy at width 384 (whisper-tiny's; ``audio2feature`` reshapes to 384), 2 blocks (full: 4
+    blocks of 6 heads, whisper-tiny's encoder) with :func:`hashed_state_dict` weights: (dims, key/shape spec, state)."""
+    dims = dims_cls(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6 if full else 2,
+                    n_audio_layer=4 if full else 2, n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
+    spec = [(k, list(v.shape)) for k, v in whisper_cls(dims).state_dict().items()]
+    return dims, spec, hashed_state_dict(spec, seed)

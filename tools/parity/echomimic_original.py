@@ -52,7 +52,18 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import digest, hashed_state_dict, patch_checkpoint, randomize_, stub_xformers, synthetic_speech  # noqa: E402
+from common import (  # noqa: E402
+    digest,
+    patch_checkpoint,
+    patch_reference_control,
+    randomize_,
+    save_or_check_assets,
+    stub_xformers,
+    synthetic_speech,
+    tiny_whisper,
+    whisper_as_on_a_gpu,
+    write_part_files,
+)
 
 p = argparse.ArgumentParser()
 p.add_argument("--echo-src", required=True, help="checkout of antgroup/echomimic at the pinned commit")
@@ -114,29 +125,9 @@ from src.pipelines import context as echo_context  # noqa: E402
 from src.pipelines import pipeline_echo_mimic, pipeline_echo_mimic_acc  # noqa: E402
 
 # ---- run-time patches (see the module docstring) ----------------------------------------------------
-_hooks = ReferenceAttentionControl.register_reference_hooks
-_hooks.__defaults__ = tuple(torch.device("cpu") if isinstance(d, torch.device) else d for d in _hooks.__defaults__)
-if not args.bank_fp16:
-    _update = ReferenceAttentionControl.update
-
-    def update_fp32(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
-        return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=torch.float32)
-
-    ReferenceAttentionControl.update = update_fp32
+patch_reference_control(ReferenceAttentionControl, None if args.bank_fp16 else (lambda: torch.float32))
 if DTYPE == torch.float16:
-    class _NotOnTheCpu:
-        """whisper's ``transcribe`` as its module sees ``torch``, except that ``torch.device("cpu")`` matches no model:
-        it then keeps its default fp16 (``decode_options fp16=True``), as on the GPU that infer_audio2vid.py uses,
-        instead of falling back to fp32 on a CPU."""
-
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        @staticmethod
-        def device(*a, **kw):
-            return "not-the-cpu"
-
-    sys.modules["src.models.whisper.whisper.transcribe"].torch = _NotOnTheCpu()  # the module (its package exports the function)
+    whisper_as_on_a_gpu()
 
 # ---- tiny modules built with the original classes ------------------------------------------------------
 t0 = time.time()
@@ -180,47 +171,15 @@ parts = {
     "motion_module.pth": (denoising_unet, lambda k: "motion_modules." in k),
     "face_locator.pth": (face_locator, lambda k: True),
 }
-file_specs, buffers, loaded = {}, {}, {id(m): set() for m, _ in parts.values()}
-for i, (fname, (module, keep)) in enumerate(parts.items()):  # one file at a time (full size: ~3 GB each)
-    params = dict(module.named_parameters())
-    state = {k: v for k, v in module.state_dict().items() if keep(k)}
-    spec = [(k, list(v.shape)) for k, v in state.items() if k in params]
-    seed = args.seed * 100 + 20 + i
-    values = hashed_state_dict(spec, seed)
-    for k, v in state.items():
-        if k not in params:
-            buffers[fname + ":" + k] = v.contiguous().clone()
-    sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}  # the file's key order
-    file_specs[fname] = {"seed": seed, "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
-                         "sha256": "" if BENCH else digest(sd)}
-    if not BENCH:
-        torch.save(sd, os.path.join(work, fname))
-    module.load_state_dict(sd, strict=False)
-    loaded[id(module)] |= set(sd)
-    del sd, values, state
-for module, _ in parts.values():
-    assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
-if args.assets and not BENCH:  # the same tensors as ASSETS's (same seed), or stop: a shared file must not drift
-    from safetensors.torch import load_file
-
-    theirs = load_file(os.path.join(args.assets, "buffers.safetensors"))
-    vae_theirs = AutoencoderKL.from_pretrained(os.path.join(args.assets, "vae")).state_dict()
-    if set(theirs) != set(buffers) or any(not torch.equal(theirs[k], buffers[k]) for k in buffers) or any(
-            not torch.equal(v, vae_theirs[k]) for k, v in vae.state_dict().items()):
-        raise SystemExit(f"--assets {args.assets}: its buffers / vae differ from this run's (another --seed?)")
-elif not BENCH:
-    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
-    vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
+file_specs, buffers = write_part_files(parts, args.seed * 100 + 20, None if BENCH else work)
+if not BENCH:
+    save_or_check_assets(out_dir, args.assets, buffers, vae)
 for m in (reference_unet, denoising_unet, face_locator, vae):  # the files stay fp32; infer_audio2vid.py casts on load
     m.to(dtype=DTYPE)
 
 # whisper (EchoMimic's copy of openai-whisper): width 384 as whisper-tiny (audio2feature reshapes to 384), 2 blocks
-dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=6 if args.full else 2,
-                       n_audio_layer=4 if args.full else 2,  # whisper-tiny's encoder: 6 heads, 4 blocks
-                       n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
 whisper_seed = 7 + args.seed
-spec = [(k, list(v.shape)) for k, v in Whisper(dims).state_dict().items()]
-whisper_sd = hashed_state_dict(spec, whisper_seed)
+dims, spec, whisper_sd = tiny_whisper(ModelDimensions, Whisper, whisper_seed, full=args.full)
 whisper_path = os.path.join(out_dir if args.full else work, "whisper_tiny_random.pt")
 if not (BENCH and os.path.isfile(whisper_path)):
     torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)

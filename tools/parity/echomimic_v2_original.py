@@ -36,6 +36,10 @@ cast to half (the files stay fp32), the pose images in half (infer.py:194), the 
 own cast), the initial noise drawn in half; whisper in half as its ``transcribe`` runs on a GPU (on a CPU it would fall
 back to fp32: patched as in echomimic_original.py).
 
+``--full`` builds the networks at infer.py's shapes (SD1.5 UNets, ``PoseEncoder(320, 3, (16, 32, 96, 256))``,
+whisper-tiny's encoder: ~10 GB of .pth files in OUT/checkpoint); ``--bench R`` then times R pipeline calls on them
+instead of recording (``python -m emo_model bench --against-original echomimic-v2``; one JSON line).
+
 ``--assets FIXTURE``: a fixture of the same weights (same --seed) whose buffers.safetensors and vae/ are checked to be
 what this run would write and are used instead of a second copy.
 
@@ -61,7 +65,17 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from common import digest, hashed_state_dict, patch_checkpoint, randomize_, stub_xformers  # noqa: E402
+from common import (  # noqa: E402
+    digest,
+    patch_checkpoint,
+    patch_reference_control,
+    randomize_,
+    save_or_check_assets,
+    stub_xformers,
+    tiny_whisper,
+    whisper_as_on_a_gpu,
+    write_part_files,
+)
 
 p = argparse.ArgumentParser()
 p.add_argument("--echo-src", required=True, help="checkout of antgroup/echomimic_v2 at the pinned commit")
@@ -81,6 +95,11 @@ p.add_argument("--float64", action="store_true", help="also run the original in 
                "(OUT/float64.safetensors): its exact result")
 p.add_argument("--dtype", choices=("fp32", "fp16"), default="fp32",
                help="fp16: as infer.py runs with configs/prompts/infer.yaml's weight_dtype 'fp16'")
+p.add_argument("--full", action="store_true", help="full-size (SD1.5 / whisper-tiny) shapes, as infer.py builds them; the .pth "
+               "files go to OUT/checkpoint (~10 GB); use --size 128 on a CPU")
+p.add_argument("--bench", type=int, default=0, metavar="R",
+               help="time R runs of the pipeline instead of recording stages (nothing written, the original's own fp16 bank "
+                    "cast, torch's default threads); prints one JSON line (python -m emo_model bench --against-original)")
 p.add_argument("--assets", default=None, metavar="FIXTURE",
                help="another fixture of the same --seed: its buffers.safetensors and vae/ are checked and used instead of a copy")
 args = p.parse_args()
@@ -91,9 +110,12 @@ for name, standard, acc in (("frames", 16, 21), ("context", 6, 12), ("overlap", 
 DTYPE = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
 if args.float64 and DTYPE != torch.float32:
     p.error("--float64 goes with the fp32 run")
-torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))  # floor.py sets it for its two runs
+BENCH = args.bench > 0
+if not BENCH:  # floor.py sets OMP_NUM_THREADS for its two runs; 2 otherwise. A benchmark uses torch's default, as ours
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 out_dir = os.path.abspath(args.out)
-work = os.path.abspath(args.work or os.path.join(tempfile.gettempdir(), "echomimic-v2-parity-work"))
+work = os.path.abspath(args.work or (os.path.join(out_dir, "checkpoint") if args.full
+                                     else os.path.join(tempfile.gettempdir(), "echomimic-v2-parity-work")))
 os.makedirs(out_dir, exist_ok=True)
 os.makedirs(work, exist_ok=True)
 
@@ -115,30 +137,10 @@ from src.pipelines import pipeline_echomimicv2, pipeline_echomimicv2_acc  # noqa
 from src.utils.dwpose_util import draw_pose_select_v2  # noqa: E402
 
 # ---- run-time patches (see the module docstring) ----------------------------------------------------
-_hooks = ReferenceAttentionControl.register_reference_hooks
-_hooks.__defaults__ = tuple(torch.device("cpu") if isinstance(d, torch.device) else d for d in _hooks.__defaults__)
-_update = ReferenceAttentionControl.update
 RUN_DTYPE = [DTYPE]  # the dtype of the run under way (--float64: float32, then float64)
-
-
-def update_in_run_dtype(self, writer, do_classifier_free_guidance=False, dtype=torch.float16):
-    return _update(self, writer, do_classifier_free_guidance=do_classifier_free_guidance, dtype=RUN_DTYPE[0])
-
-
-ReferenceAttentionControl.update = update_in_run_dtype
+patch_reference_control(ReferenceAttentionControl, None if BENCH else (lambda: RUN_DTYPE[0]))
 if DTYPE == torch.float16:
-    class _NotOnTheCpu:
-        """whisper's ``transcribe`` as its module sees ``torch``, except that ``torch.device("cpu")`` matches no model:
-        it keeps its default fp16, as on the GPU infer.py uses, instead of falling back to fp32 on a CPU."""
-
-        def __getattr__(self, name):
-            return getattr(torch, name)
-
-        @staticmethod
-        def device(*a, **kw):
-            return "not-the-cpu"
-
-    sys.modules["src.models.whisper.whisper.transcribe"].torch = _NotOnTheCpu()
+    whisper_as_on_a_gpu()
 
 # ---- tiny modules built with the original classes ------------------------------------------------------
 t0 = time.time()
@@ -146,6 +148,8 @@ unet_common = dict(
     sample_size=args.size // 8, in_channels=4, out_channels=4, block_out_channels=(32, 64, 64, 64), layers_per_block=1,
     attention_head_dim=2, norm_num_groups=8, flip_sin_to_cos=True, freq_shift=0,
 )
+if args.full:  # sd-image-variations-diffusers/unet (SD1.5 layout), as infer.py loads it
+    unet_common.update(block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
 reference_unet = UNet2DConditionModel(
     down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
     up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
@@ -153,7 +157,8 @@ reference_unet = UNet2DConditionModel(
 )
 inference_cfg = OmegaConf.load(os.path.join(args.echo_src, "configs/inference/inference_v2.yaml"))
 add_kwargs = OmegaConf.to_container(inference_cfg.unet_additional_kwargs)
-add_kwargs["motion_module_kwargs"]["num_attention_heads"] = 2  # tiny (full size: 8, from inference_v2.yaml)
+if not args.full:
+    add_kwargs["motion_module_kwargs"]["num_attention_heads"] = 2  # tiny (full size: 8, from inference_v2.yaml)
 denoising_unet = EMOUNet3DConditionModel(
     down_block_types=("CrossAttnDownBlock3D",) * 3 + ("DownBlock3D",),
     up_block_types=("UpBlock3D",) + ("CrossAttnUpBlock3D",) * 3,
@@ -161,7 +166,8 @@ denoising_unet = EMOUNet3DConditionModel(
     **{**unet_common, **add_kwargs},
 )
 # infer.py:117 PoseEncoder(320, conditioning_channels=3, block_out_channels=(16, 32, 96, 256)); tiny widths here
-pose_net = PoseEncoder(32, conditioning_channels=3, block_out_channels=(8, 8, 16, 16))
+pose_net = (PoseEncoder(320, conditioning_channels=3, block_out_channels=(16, 32, 96, 256)) if args.full
+            else PoseEncoder(32, conditioning_channels=3, block_out_channels=(8, 8, 16, 16)))
 vae = AutoencoderKL(
     in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
     block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=args.size,
@@ -176,44 +182,15 @@ parts = {
     "motion_module.pth": (denoising_unet, lambda k: "motion_modules." in k),
     "pose_encoder.pth": (pose_net, lambda k: True),
 }
-file_specs, buffers, loaded = {}, {}, {id(m): set() for m, _ in parts.values()}
-for i, (fname, (module, keep)) in enumerate(parts.items()):
-    params = dict(module.named_parameters())
-    state = {k: v for k, v in module.state_dict().items() if keep(k)}
-    spec = [(k, list(v.shape)) for k, v in state.items() if k in params]
-    seed = args.seed * 100 + 40 + i
-    values = hashed_state_dict(spec, seed)
-    for k, v in state.items():
-        if k not in params:
-            buffers[fname + ":" + k] = v.contiguous().clone()
-    sd = {k: values[k] if k in values else v.clone() for k, v in state.items()}
-    file_specs[fname] = {"seed": seed,
-                         "keys": [[k, list(v.shape), "hash" if k in values else "buffer"] for k, v in state.items()],
-                         "sha256": digest(sd)}
-    torch.save(sd, os.path.join(work, fname))
-    module.load_state_dict(sd, strict=False)
-    loaded[id(module)] |= set(sd)
-for module, _ in parts.values():
-    assert loaded[id(module)] == set(module.state_dict()), "the files do not cover the module"
-if args.assets:  # the same tensors as ASSETS's (same seed), or stop: a shared file must not drift
-    from safetensors.torch import load_file
+file_specs, buffers = write_part_files(parts, args.seed * 100 + 40, None if BENCH else work)
+if not BENCH:
+    save_or_check_assets(out_dir, args.assets, buffers, vae)
 
-    theirs = load_file(os.path.join(args.assets, "buffers.safetensors"))
-    vae_theirs = AutoencoderKL.from_pretrained(os.path.join(args.assets, "vae")).state_dict()
-    if set(theirs) != set(buffers) or any(not torch.equal(theirs[k], buffers[k]) for k in buffers) or any(
-            not torch.equal(v, vae_theirs[k]) for k, v in vae.state_dict().items()):
-        raise SystemExit(f"--assets {args.assets}: its buffers / vae differ from this run's (another --seed?)")
-else:
-    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
-    vae.save_pretrained(os.path.join(out_dir, "vae"), safe_serialization=True)
-
-dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=384, n_audio_head=2, n_audio_layer=2,
-                       n_vocab=16, n_text_ctx=8, n_text_state=8, n_text_head=1, n_text_layer=1)
 whisper_seed = 7 + args.seed
-wspec = [(k, list(v.shape)) for k, v in Whisper(dims).state_dict().items()]
-whisper_sd = hashed_state_dict(wspec, whisper_seed)
-whisper_path = os.path.join(work, "whisper_tiny_random.pt")
-torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
+dims, wspec, whisper_sd = tiny_whisper(ModelDimensions, Whisper, whisper_seed, full=args.full)
+whisper_path = os.path.join(out_dir if args.full else work, "whisper_tiny_random.pt")
+if not (BENCH and os.path.isfile(whisper_path)):
+    torch.save({"dims": dataclasses.asdict(dims), "model_state_dict": whisper_sd}, whisper_path)
 audio_processor = load_audio_model(model_path=whisper_path, device="cpu")
 print(f"built in {time.time() - t0:.1f}s", flush=True)
 
@@ -274,7 +251,8 @@ class Recorder:
         self.out, self.step, self.call, self.latents, self.windows, self.queue = out, 0, 0, None, [], None
 
     def put(self, name, value):
-        self.out[name] = value.detach().float().contiguous().clone()
+        if not BENCH:
+            self.out[name] = value.detach().float().contiguous().clone()
 
 
 R = Recorder(rec)
@@ -302,10 +280,11 @@ def on_denoise(m, a, o):
     R.call += 1
 
 
-pose_net.register_forward_hook(lambda m, i, o: R.put("pose_encoder", o))
-reference_unet.register_forward_pre_hook(on_ref_in)
-reference_unet.register_forward_hook(on_ref_out)
-denoising_unet.register_forward_hook(on_denoise)
+if not BENCH:
+    pose_net.register_forward_hook(lambda m, i, o: R.put("pose_encoder", o))
+    reference_unet.register_forward_pre_hook(on_ref_in)
+    reference_unet.register_forward_hook(on_ref_out)
+    denoising_unet.register_forward_hook(on_denoise)
 _audio2feat, _chunks = audio_processor.audio2feat, audio_processor.feature2chunks
 
 
@@ -382,16 +361,30 @@ def run(dtype: torch.dtype, out: dict) -> dict:
     pipe.prepare_latents_smooth, pipe.decode_latents = prepare_latents_smooth, decode_latents
     poses = rec["input.poses"].to(dtype) / 255.0  # infer.py:194 torch.Tensor(drawing).to(dtype=weight_dtype) ... / 255.0
     generator = torch.manual_seed(420 + args.seed)  # infer.py:142 / infer_acc.py:167 torch.manual_seed(args.seed)
+    if BENCH:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # reset VmHWM: the peak from here on is the generation's (weights included)
     t1 = time.time()
     video = pipe(
         Image.fromarray(portrait.numpy()), waveform.numpy(), poses, S, S, F, args.steps, args.cfg,
         generator=generator, audio_sample_rate=16000, context_frames=args.context, fps=args.fps, context_overlap=args.overlap,
         start_idx=0,
     ).videos
-    print(f"{dtype} run: {time.time() - t1:.1f}s, video {tuple(video.shape)}", flush=True)
+    seconds = time.time() - t1
+    print(f"{dtype} run: {seconds:.1f}s, video {tuple(video.shape)}", flush=True)
+    if BENCH:
+        with open("/proc/self/status") as fh:
+            peak = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+        return {"seconds": seconds, "peak_rss": peak, "frames": int(video.shape[2])}
     return {"context_queue": R.queue, "windows_per_call": R.windows}
 
 
+if BENCH:  # the whisper features are computed inside the pipeline call, so they are part of the timed run
+    bench = [run(DTYPE, rec) for _ in range(args.bench)]
+    print(json.dumps({"family": "echomimic-v2", "runs": [{k: r[k] for k in ("seconds", "peak_rss")} for r in bench],
+                      "frames": bench[0]["frames"], "size": S, "steps": args.steps, "cfg": args.cfg,
+                      "torch_threads": torch.get_num_threads()}))
+    sys.exit(0)
 main_run = run(DTYPE, rec)
 bad = [k for k, v in rec.items() if v.is_floating_point() and not torch.isfinite(v).all()]
 if bad:
@@ -441,7 +434,8 @@ meta = {
                                          "opencv-python-headless", "matplotlib")},
     "python": platform.python_version(),
     "command": "python tools/parity/echomimic_v2_original.py " + " ".join(sys.argv[1:]),
-    "settings": {"pipeline": args.pipeline, "frames": F, "context_frames": args.context, "context_overlap": args.overlap,
+    "settings": {"full": args.full, "pipeline": args.pipeline, "frames": F, "context_frames": args.context,
+                 "context_overlap": args.overlap,
                  "steps": args.steps, "guidance_scale": args.cfg, "size": S, "fps": args.fps, "sample_rate": 16000,
                  "seed": args.seed, "dtype": args.dtype,
                  "scheduler": OmegaConf.to_container(inference_cfg.noise_scheduler_kwargs)},
