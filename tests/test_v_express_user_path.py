@@ -224,12 +224,19 @@ def test_emo_generate_refuses_wrong_keypoint_options_in_one_line(files, capsys):
     assert not (files["dir"] / "never.mp4").exists()
 
 
-def test_nodes_drive_v_express_from_a_video_batch(files):
+def test_nodes_drive_v_express_from_a_video_batch(files, monkeypatch):
+    import sys
+
     import soundfile as sf
 
     from emo_model.app.session import Session
 
-    nodes = load_pack().NODE_CLASS_MAPPINGS
+    pack = load_pack()
+    nodes = pack.NODE_CLASS_MAPPINGS
+    filtered = []
+    medians = sys.modules[pack.__name__ + ".emo_model.sampling.median_filter"].MedianFilter
+    real = medians.push
+    monkeypatch.setattr(medians, "push", lambda self, clip: (filtered.append(clip.shape[0]), real(self, clip))[1])
     session = Session.load(str(files["model"]), vae=str(files["vae"]), audio_encoder=str(files["w2v"]), device=torch.device("cpu"))
     wave, rate = sf.read(str(files["audio"]), dtype="float32", always_2d=True)
     audio = {"waveform": torch.from_numpy(wave.T.copy())[None], "sample_rate": rate}
@@ -243,6 +250,100 @@ def test_nodes_drive_v_express_from_a_video_batch(files):
     result = nodes["EMOSampler"]().sample(session, reference, emo_audio, 0, 1, 0.0, 0.0, "preset", 0.7, 0, -1, "none", pose=keypoints)
     video, fps, _ = result["result"]
     assert video.shape == (38, 64, 64, 3) and abs(fps - 38 / 1.3) < 1e-6
+    assert sum(filtered) == 38  # the Sampler's frames through the median filter too
     assert "keypoints: offset_retarget" in result["ui"]["emo_summary"][0]
     with pytest.raises(ValueError, match="needs the driving video"):
         nodes["EMOFaceKeypoints"]().run("offset_retarget", "auto")
+
+
+# ---- the sources a user may have: insightface, YuNet (stand-ins: their files are not here) --------------------------
+
+
+class _Face(dict):
+    def __init__(self, kps):
+        super().__init__(kps=kps)
+        self.kps = kps
+
+
+def test_insightface_keypoints_as_the_original_takes_them(tmp_path, monkeypatch):
+    """buffalo_l found under the models folder, FaceAnalysis prepared at det_size = the picture's size, BGR in, the FIRST
+    face's kps[:3] out (inference.py:228-240), before YuNet or the face box."""
+    import sys
+    import types
+
+    from emo_model.face import keypoint_detection
+
+    pack = tmp_path / "insightface" / "models" / "buffalo_l"
+    pack.mkdir(parents=True)
+    (pack / "det_10g.onnx").write_bytes(b"stand-in")
+    calls = {}
+
+    class FaceAnalysis:
+        def __init__(self, name, root, allowed_modules, providers):
+            calls["pack"] = (name, root, allowed_modules)
+
+        def prepare(self, ctx_id, det_size):
+            calls["det_size"] = det_size
+
+        def get(self, bgr):
+            calls["blue_first"] = bgr[0, 0].tolist()
+            kps = np.array([[10.0, 20.0], [30.0, 20.0], [20.0, 30.0], [12.0, 40.0], [28.0, 40.0]], np.float32)
+            return [_Face(kps), _Face(kps + 100)]  # the first one is taken, not the largest
+
+    app = types.ModuleType("insightface.app")
+    app.FaceAnalysis = FaceAnalysis
+    monkeypatch.setitem(sys.modules, "insightface", types.ModuleType("insightface"))
+    monkeypatch.setitem(sys.modules, "insightface.app", app)
+    keypoint_detection._insightface.cache_clear()
+    picture = np.zeros((96, 64, 3), np.uint8)
+    picture[0, 0] = (255, 0, 7)  # RGB
+    found = keypoint_detection.find_keypoints(picture, models_dirs=[str(tmp_path)])
+    keypoint_detection._insightface.cache_clear()
+    assert found.source == "insightface" and np.array_equal(found.points, [[10, 20], [30, 20], [20, 30]])
+    assert calls["pack"] == ("buffalo_l", str(tmp_path / "insightface"), ["detection"]) and calls["det_size"] == (96, 64)
+    assert calls["blue_first"] == [7, 0, 255]
+
+
+def test_yunet_landmarks_are_used_before_the_face_box(tmp_path, monkeypatch):
+    from emo_model.face import detectors, keypoint_detection
+
+    (tmp_path / "face").mkdir()
+    (tmp_path / "face" / "face_detection_yunet_2023mar.onnx").write_bytes(b"stand-in")
+
+    class Net:
+        def setInputSize(self, size):
+            self.size = size
+
+        def detect(self, bgr):  # x, y, w, h, right eye, left eye, nose, mouth corners, score
+            rows = [[0, 0, 50, 50, 11, 21, 31, 21, 21, 31, 0, 0, 0, 0, 0.6], [0, 0, 50, 50, 10, 20, 30, 20, 20, 30, 0, 0, 0, 0, 0.9]]
+            return 1, np.array(rows, np.float32)
+
+    monkeypatch.setattr(detectors, "_load_yunet", lambda path, mtime: Net())
+    found = keypoint_detection.find_keypoints(np.zeros((64, 64, 3), np.uint8), models_dirs=[str(tmp_path / "face")])
+    assert found.source == "yunet" and np.array_equal(found.points, [[10, 20], [30, 20], [20, 30]])  # the best-scored face
+
+
+def test_keypoint_options_are_refused_for_models_without_keypoints():
+    import argparse
+
+    from emo_model.app.commands.generate import check_guide_options
+
+    args = argparse.Namespace(keypoints="drive.mp4", retarget="auto", pose=None)
+    with pytest.raises(InputError, match="--keypoints: this model reads no face keypoints"):
+        check_guide_options(args, get_config("tiny"))
+    check_guide_options(args, get_config("tiny-v-express"))
+
+
+def test_emo_generate_drives_v_express_with_a_video(files, capsys):
+    from emo_model.video_io import probe_video, write_video
+
+    crop = face_crop(200)
+    frames = np.stack([np.roll(crop, shift, axis=1) for shift in (0, 3, 6, 9)])  # the head moves right
+    write_video(files["dir"] / "drive.mp4", frames, 10.0)
+    out = files["dir"] / "driven.mp4"
+    rc, _, err = cli(capsys, "generate", "--model", files["model"], "--vae", files["vae"], "--audio-encoder", files["w2v"],
+                     "--image", files["image"], "--audio", files["audio"], "--out", out, "--steps", "1",
+                     "--keypoints", files["dir"] / "drive.mp4", "--retarget", "naive_retarget")
+    assert rc == 0, err
+    assert probe_video(out).num_frames == 38
+    assert "keypoints: naive_retarget" in err and "driving drive.mp4 (4 frames" in err and "stretched to 38 frames" in err
