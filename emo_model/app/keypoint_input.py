@@ -95,9 +95,8 @@ def driving_keypoints(driving, size: int, *, detector: str = "auto", models_dirs
 
 def _from_frames(frames: list, size: int, detector: str, models_dirs, what: str) -> tuple[np.ndarray, str, str]:
     points, source, misses = frame_keypoints(frames, detector=detector, models_dirs=models_dirs)
-    h, w = np.shape(frames[0])[:2]
-    squared = np.stack([to_square(p, h, w, size) for p in points])
-    note = f"{what} ({len(points)} frames, {source_note(source)})"
+    squared = np.stack([to_square(p, *np.shape(f)[:2], size) for p, f in zip(points, frames)])  # each frame by its own size
+    note = f"{what} ({len(points)} frames, keypoints by {source if source != 'box' else 'the face box'})"
     if misses:
         note += f"; no face in {misses} frame(s): they keep the previous frame's keypoints"
     return squared, note, ""
