@@ -3,7 +3,7 @@
 What a keypoint guider reads (:mod:`.keypoint_images`) comes from the user's pictures, the best source first:
 
 * ``insightface``: insightface's ``FaceAnalysis`` detection model (``app.get(bgr)[0].kps[:3]``: the first face in its
-  order, at ``det_size`` = the picture's size), what a keypoint-guided original runs on its reference. It runs
+  order, at ``det_size`` = the picture's size, rounded up to multiples of 32), what a keypoint-guided original runs on its reference. It runs
   where the package is installed (``pip install insightface onnxruntime``) and a model pack is on disk (nothing is
   downloaded): ``buffalo_l`` (the original's) under ``<models>/insightface/models/``,
   ``<models>/insightface_models/models/`` (an original's own folder) or the face-analysis packs some families'
@@ -90,7 +90,8 @@ def insightface_available(models_dirs) -> bool:
 
 def _by_insightface(rgb8: np.ndarray, models_dirs) -> np.ndarray | None:
     pack = find_insightface_pack(models_dirs)
-    app = None if pack is None else _insightface(str(pack), *rgb8.shape[:2])
+    h, w = (-(-side // 32) * 32 for side in rgb8.shape[:2])  # its detector's input: multiples of 32 (512 stays 512)
+    app = None if pack is None else _insightface(str(pack), h, w)
     if app is None:
         return None
     faces = app.get(np.ascontiguousarray(rgb8[..., ::-1]))  # BGR, as cv2.imread gives it (inference.py:238)
