@@ -97,6 +97,7 @@ def test_an_audio_dict_gives_its_one_clip_as_float32_with_its_rate():
     assert out.dtype == torch.float32 and out.shape == (2, 3) and rate == 44100 and type(rate) is int
     torch.testing.assert_close(out, waveform[0].float())
     assert load_audio(_audio(torch.tensor([[[1.0, -1.0]]])))[0].tolist() == [[1.0, -1.0]]  # peak 1: kept
+    assert load_audio(_audio(torch.zeros(1, 1, 4), 1))[1] == 1  # the smallest sample rate
 
 
 def test_a_loud_float_source_is_scaled_to_peak_1_never_clipped():
@@ -143,6 +144,8 @@ def test_a_bad_audio_input_is_refused_in_one_line(audio, line):
 def test_peak_and_finite_read_every_chunk_of_a_long_waveform():
     long = torch.zeros((1 << 20) + 3)
     assert _peak_and_finite(long) == (0.0, True)
+    long[5] = 2.0  # in the first chunk: remembered while the second is read
+    assert _peak_and_finite(long) == (2.0, True)
     long[-1] = -3.0  # in the second chunk, negative
     assert _peak_and_finite(long) == (3.0, True)
     long[(1 << 20) + 1] = math.inf

@@ -27,6 +27,16 @@ def test_clips_of_17_frames_by_8_are_8_8_1_and_the_last_is_generated_at_full_len
     assert [c.end for c in plan_clips(17, 8)] == [8, 16, 17]
     assert plan_clips(16, 8) == [Clip(0, 0, 8, 8), Clip(1, 8, 8, 8)]  # a whole number of clips: nothing padded
     assert plan_clips(3, 1) == [Clip(0, 0, 1, 1), Clip(1, 1, 1, 1), Clip(2, 2, 1, 1)]  # the smallest clip length
+    assert plan_clips(1, 8) == [Clip(0, 0, 1, 8)]  # one frame is enough
+
+
+def test_clip_planning_refuses_no_frames_and_no_clip_length_in_words():
+    with pytest.raises(ValueError) as exc:
+        plan_clips(0, 8)
+    assert str(exc.value) == "nothing to generate: the audio has no frames"
+    with pytest.raises(ValueError) as exc:
+        plan_clips(5, 0)
+    assert str(exc.value) == "frames_per_clip must be at least 1, got 0"
 
 
 def test_frame_indices_repeat_the_last_frame_for_a_short_last_clip():
@@ -41,6 +51,7 @@ def test_frame_indices_repeat_the_last_frame_for_a_short_last_clip():
 def test_ramp_windows_are_stride_size_minus_overlap_and_the_last_is_aligned_to_the_end():
     assert plan_windows(10, 4, 1) == [range(0, 4), range(3, 7), range(6, 10)]  # 6 + 4 == 10: no extra window
     assert plan_windows(21, 12, 3) == [range(0, 12), range(9, 21)]
+    assert plan_windows(12, 4, 1) == [range(0, 4), range(3, 7), range(6, 10), range(8, 12)]  # 9 would run past the end
     assert plan_windows(13, 12, 3) == [range(0, 12), range(1, 13)]  # stride 9 overshoots: the last one is moved back
     assert plan_windows(12, 12, 3) == [range(0, 12)]  # exactly one window
     assert plan_windows(5, 12, 3) == [range(0, 5)]  # shorter than a window: one short window
@@ -104,8 +115,9 @@ def test_ramp_schedule_blends_with_edge_ramps_and_moves_by_the_shift_every_step(
     assert _plain(context_schedule(10, 4, 1)(5)) == _plain(plan(0))  # no shift: the same windows every step
 
 
-def test_a_single_ramp_window_has_equal_weights():
+def test_a_single_ramp_window_has_equal_weights_two_are_ramped():
     assert _plain(context_schedule(3, 4, 1)(0)) == [([0, 1, 2], [1.0, 1.0, 1.0])]
+    assert _plain(context_schedule(7, 4, 1)(0)) == [([0, 1, 2, 3], [0.5, 1.0, 1.0, 0.5]), ([3, 4, 5, 6], [0.5, 1.0, 1.0, 0.5])]
 
 
 def test_uniform_schedules_have_equal_weights():
@@ -118,6 +130,8 @@ def test_uniform_schedules_have_equal_weights():
         ([0, 1, 2, 3], [1.0] * 4),
         ([4, 5, 6, 7], [1.0] * 4),
     ]
+    assert [w for w, _ in context_schedule(11, 4, 1, schedule="uniform-open")(0)][-1] == [9, 10, 9, 8]  # reflected
+    assert [w for w, _ in context_schedule(11, 4, 1, schedule="uniform")(0)][-1] == [9, 10, 0, 1]  # wrapped
 
 
 def test_an_unknown_schedule_is_refused_with_the_allowed_names():
@@ -131,6 +145,13 @@ def test_an_unknown_schedule_is_refused_with_the_allowed_names():
 
 def _bank():
     return ReferenceBank({"a": torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]])})  # [B=1, L=3, C=2]
+
+
+def test_first_clip_motion_keeps_every_portrait_of_a_batch_and_one_frame_is_enough():
+    tokens = torch.arange(12.0).view(2, 3, 2)  # [B=2, L=3, C=2]
+    same = first_clip_motion(ReferenceBank({"a": tokens}), 1, "reference")["a"]
+    zeros = first_clip_motion(ReferenceBank({"a": tokens}), 1, "zeros")["a"]
+    assert same.shape == zeros.shape == (2, 1, 3, 2) and torch.equal(same[:, 0], tokens) and not zeros.any()
 
 
 def test_first_clip_motion_is_zero_maps_or_the_portrait_repeated_n_times():
@@ -180,6 +201,13 @@ def test_motion_frames_of_one_portrait_serve_every_video_of_the_batch():
     assert calls == [4] and out.flatten().tolist() == [12.0, 12.0, 12.0, 12.0]
 
 
+def test_motion_frames_keep_rows_and_columns_apart():
+    x = torch.zeros(2, 1, 2, 1)  # f=2 frames of 2 rows x 1 column, one channel
+    motion = torch.tensor([[[[1.0], [2.0]]]])  # [1, n=1, L=2, C=1]: row 0 = 1, row 1 = 2
+    out = with_motion_frames(_cumsum_over_frames([]), x, 2, motion)
+    assert out.tolist() == [[[[1.0], [2.0]]], [[[1.0], [2.0]]]]
+
+
 def test_without_motion_frames_the_temporal_module_sees_the_clip_alone():
     x = torch.arange(4.0).view(2, 1, 1, 2)
     for motion in (None, torch.zeros(1, 0, 2, 1)):
@@ -188,7 +216,7 @@ def test_without_motion_frames_the_temporal_module_sees_the_clip_alone():
         assert calls == [2] and out.flatten().tolist() == [0.0, 1.0, 2.0, 4.0]
 
 
-@pytest.mark.parametrize("shape", [(1, 1, 4, 2), (1, 1, 3, 3)])
+@pytest.mark.parametrize("shape", [(1, 1, 4, 2), (1, 1, 3, 3), (1, 1, 0, 2)])
 def test_motion_features_of_another_size_are_refused(shape):
     x = torch.zeros(2, 2, 1, 3)
     with pytest.raises(ValueError) as exc:

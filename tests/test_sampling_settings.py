@@ -37,6 +37,7 @@ def test_guidance_weights_keep_a_tiny_weight_and_drop_only_zero():
     assert set(w) == {"uncond", "reference", "full"} and w["uncond"] == pytest.approx(-1e-6) and w["full"] == 1.0
     assert guidance_weights(1.0 + 1e-12, 1.0) == {"full": 1.0}  # below 1e-8: rounding, not a branch
     assert guidance_weights(0.0, 0.0) == {"uncond": 1.0}  # no guidance at all: the unconditional prediction
+    assert guidance_weights(1e-8, 1e-8) == {"uncond": 1.0 - 1e-8}  # a weight of exactly 1e-8 is dropped
 
 
 def test_speed_curve_resamples_linearly_end_to_end():

@@ -48,6 +48,7 @@ def test_safetensors_and_zip_pickles_are_memory_mapped_legacy_pickles_are_read(t
     assert not _mapped(tmp_path / "c.pth")  # the legacy format cannot be mapped: read into memory
     assert a["x"].tolist() == b["x"].tolist() == [1.0] * 4 and c["x"].tolist() == [2.0] * 4
     assert a["x"].device.type == b["x"].device.type == c["x"].device.type == "cpu"
+    assert open_tensors(tmp_path / "b.pth").path == tmp_path / "b.pth" and open_tensors(tmp_path / "c.pth").metadata == {}
 
 
 def test_diffusers_weights_are_named_with_their_folder():
@@ -106,6 +107,27 @@ def test_a_pickle_that_needs_a_python_object_is_refused_naming_it(tmp_path):
         "execute code stored in the file. If you trust its source, load it once in a trusted environment with a full "
         "unpickler (weights_only off), save its tensors with safetensors.torch.save_file and use that .safetensors file"
     )
+
+
+class _Payload:
+    """Pickles to a call of exec(): a full unpickler runs it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_code_in_a_pickle_never_runs_even_when_the_environment_turns_torchs_default_off(tmp_path, monkeypatch, zip_format):
+    """TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 makes torch.load unpickle everything unless weights_only=True is passed."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "ran"
+    torch.save({"a": torch.ones(1), "b": _Payload(marker)}, tmp_path / "evil.pth", _use_new_zipfile_serialization=zip_format)
+    with pytest.raises(WeightsError, match=r"evil\.pth refused: rebuilding it needs the Python object (builtins\.)?exec, "):
+        read_state_dict(tmp_path / "evil.pth")
+    assert not marker.exists()
 
 
 def test_a_weights_only_refusal_without_a_name_says_python_objects(tmp_path, monkeypatch):
@@ -173,6 +195,12 @@ def test_a_cut_safetensors_file_is_refused_in_one_line(tmp_path):
     )
 
 
+def test_a_safetensors_suffix_in_any_case_says_safetensors_even_when_the_header_is_garbage(tmp_path):
+    (tmp_path / "w.SafeTensors").write_bytes(b"this is not a header at all")
+    with pytest.raises(WeightsError, match=r"w\.SafeTensors: not a readable safetensors file \(.+\); it is truncated or damaged"):
+        read_state_dict(tmp_path / "w.SafeTensors")
+
+
 def test_a_missing_or_unreadable_file_is_refused_in_one_line(tmp_path, monkeypatch):
     for path in (tmp_path / "nope.pth", tmp_path):
         with pytest.raises(WeightsError) as exc:
@@ -200,6 +228,8 @@ def test_materialise_copies_and_casts_only_floating_point():
     assert half.dtype == torch.float16 and same.dtype == torch.float32 and ints.dtype == torch.int64
     src.add_(1)  # fresh memory: the copies do not follow the source
     assert half.tolist() == same.tolist() == [1.0, 1.0, 1.0] and ints.tolist() == [0, 1, 2]
+    meta = files._materialise(src, torch.device("meta"), torch.float16)  # the device asked for, not the source's
+    assert meta.is_meta and meta.dtype == torch.float16
 
 
 def test_tensors_left_on_the_meta_device_are_named():
@@ -210,6 +240,11 @@ def test_tensors_left_on_the_meta_device_are_named():
     with pytest.raises(RuntimeError) as exc:
         files._assert_materialised(module)
     assert str(exc.value) == "2 tensors were left on the meta device after loading, e.g. ['weight', 'scale']"
+    module.bias = torch.nn.Parameter(torch.empty(2, device="meta"))
+    module.register_buffer("shift", torch.empty(1, device="meta"))
+    with pytest.raises(RuntimeError) as exc:
+        files._assert_materialised(module)
+    assert str(exc.value) == "4 tensors were left on the meta device after loading, e.g. ['weight', 'bias', 'scale']"
 
 
 def test_shapes_and_first_line():
