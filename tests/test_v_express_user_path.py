@@ -110,13 +110,22 @@ def test_driving_keypoints_are_stretched_and_retargeted_as_the_mode_says():
     assert "no_retarget" in note and torch.equal(images, keypoint_images(64, 64, drive))
 
 
-def test_keypoint_files_npy_and_the_originals_kps_pth(tmp_path):
+def test_keypoint_files_frame_folders_and_the_originals_kps_pth(tmp_path):
     seq = [np.array([[200.0, 100.0], [250.0, 100.0], [225.0, 130.0]], np.float32) + i for i in range(4)]
     torch.save(seq, tmp_path / "kps.pth")  # as the original's extract script writes it (a list of numpy arrays)
     np.save(tmp_path / "kps.npy", np.stack(seq))
     for name in ("kps.pth", "kps.npy"):
         points, note, _ = driving_keypoints(tmp_path / name, 512)
         assert np.allclose(points, np.stack(seq)) and "4 frames" in note
+    (tmp_path / "frames").mkdir()
+    import PIL.Image
+
+    for i, shift in enumerate((0, 6, 12)):  # a folder of frames, read up to the video's frame count
+        PIL.Image.fromarray(np.roll(face_crop(200), shift, axis=1)).save(tmp_path / "frames" / f"{i:03d}.png")
+    points, note, _ = driving_keypoints(tmp_path / "frames", 64, limit=2)
+    assert points.shape == (2, 3, 2) and "2 frames" in note and points[1, 2, 0] > points[0, 2, 0]
+    with pytest.raises(InputError, match="speech.wav has no video stream"):
+        keypoint_frames_for(get_config("tiny-v-express"), face_crop(), write_speech(tmp_path / "speech.wav", 0.2), None, 4)
     np.save(tmp_path / "bad.npy", np.zeros((4, 5)))
     with pytest.raises(InputError, match=r"bad.npy holds \(4, 5\) values"):
         keypoint_frames_for(get_config("tiny-v-express"), face_crop(), tmp_path / "bad.npy", None, 4)

@@ -26,6 +26,7 @@ from ..face.boxes import FaceError
 from ..face.keypoint_detection import frame_keypoints, reference_keypoints, source_note, to_square
 from ..face.keypoint_images import RETARGET_MODES, keypoint_images, keypoints_from_pose_keypoint, retarget, stretch_sequence
 from ..validation import InputError
+from ..video_io.formats import VideoError
 
 AUTO = "auto"
 MODES = (AUTO, *RETARGET_MODES)
@@ -58,22 +59,34 @@ def _read_keypoint_file(path: Path) -> np.ndarray:
     return data
 
 
-def _read_frames(path: Path) -> list:
+def _read_frames(path: Path, limit: int | None):
+    """The pictures of a folder (sorted by name) or the frames of a video, one at a time, at most ``limit`` of them (the
+    original cuts a longer driving sequence to the video's frames: the rest is never read)."""
     if path.is_dir():
         from ..video_io.image_io import read_portrait
 
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
         if not files:
             raise ValueError(f"{path} holds no pictures ({', '.join(IMAGE_SUFFIXES)}); give a driving video, a folder of its frames "
                              "or a keypoint file")
-        return [read_portrait(p) for p in files]
-    from ..video_io.reader import read_video_frames
+        for p in files:
+            yield read_portrait(p)
+        return
+    from ..video_io.reader import _open_for_read
 
-    return list(read_video_frames(path))
+    with _open_for_read(path) as container:
+        if not container.streams.video:
+            raise ValueError(f"{path.name} has no video stream; give a driving video, a folder of its frames or a keypoint file")
+        for i, frame in enumerate(container.decode(video=0)):
+            if limit is not None and i >= limit:
+                break
+            yield frame.to_ndarray(format="rgb24")
 
 
-def driving_keypoints(driving, size: int, *, detector: str = "auto", models_dirs=None) -> tuple[np.ndarray, str, str]:
-    """(keypoints [N, 3, 2] in pixels of the size x size frame, a note, the retarget mode the source names or "")."""
+def driving_keypoints(driving, size: int, *, detector: str = "auto", models_dirs=None,
+                      limit: int | None = None) -> tuple[np.ndarray, str, str]:
+    """(keypoints [N, 3, 2] in pixels of the size x size frame, a note, the retarget mode the source names or "");
+    a video or folder is read up to ``limit`` frames."""
     if isinstance(driving, (str, Path)):
         path = Path(driving).expanduser()
         if not path.exists():
@@ -81,8 +94,7 @@ def driving_keypoints(driving, size: int, *, detector: str = "auto", models_dirs
         if path.is_file() and path.suffix.lower() in KEYPOINT_SUFFIXES:
             points = _read_keypoint_file(path)
             return points, f"{path.name} ({len(points)} frames of keypoints)", ""
-        frames = _read_frames(path)
-        return _from_frames(frames, size, detector, models_dirs, f"{path.name}")
+        return _from_frames(_read_frames(path, limit), size, detector, models_dirs, f"{path.name}")
     if isinstance(driving, torch.Tensor):  # ComfyUI IMAGE [N, H, W, C]
         return _from_frames(list(driving.cpu().numpy()), size, detector, models_dirs, "the driving frames")
     if isinstance(driving, np.ndarray) and driving.ndim == 3 and driving.shape[1:] == (3, 2):
@@ -93,9 +105,16 @@ def driving_keypoints(driving, size: int, *, detector: str = "auto", models_dirs
     return points, f"POSE_KEYPOINT ({len(points)} frames, eyes and nose)", (modes.pop() if len(modes) == 1 else "")
 
 
-def _from_frames(frames: list, size: int, detector: str, models_dirs, what: str) -> tuple[np.ndarray, str, str]:
-    points, source, misses = frame_keypoints(frames, detector=detector, models_dirs=models_dirs)
-    squared = np.stack([to_square(p, *np.shape(f)[:2], size) for p, f in zip(points, frames)])  # each frame by its own size
+def _from_frames(frames, size: int, detector: str, models_dirs, what: str) -> tuple[np.ndarray, str, str]:
+    sizes: list = []  # each frame's (height, width): a folder of pictures may mix sizes
+
+    def sized(pictures):
+        for picture in pictures:
+            sizes.append(np.shape(picture)[:2])
+            yield picture
+
+    points, source, misses = frame_keypoints(sized(frames), detector=detector, models_dirs=models_dirs)
+    squared = np.stack([to_square(p, h, w, size) for p, (h, w) in zip(points, sizes)])
     note = f"{what} ({len(points)} frames, keypoints by {source if source != 'box' else 'the face box'})"
     if misses:
         note += f"; no face in {misses} frame(s): they keep the previous frame's keypoints"
@@ -120,8 +139,8 @@ def keypoint_frames_for(config: EMOConfig, reference_image, driving, mode: str |
     try:
         ref = reference_keypoints(image, detector=detector, models_dirs=models_dirs)
         drv, drv_note, named = (None, "", "") if driving is None else driving_keypoints(
-            driving, size, detector=detector, models_dirs=models_dirs)
-    except (FaceError, ValueError, FileNotFoundError, OSError) as exc:
+            driving, size, detector=detector, models_dirs=models_dirs, limit=num_frames)
+    except (FaceError, ValueError, FileNotFoundError, OSError, VideoError) as exc:
         raise InputError(f"{label}: {exc}") from None
     if mode == AUTO:
         mode = guide.default_mode if drv is None else (named or guide.driven_mode)
