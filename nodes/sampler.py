@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from ..emo_model.app.keypoint_input import keypoint_frames_for, keypoint_guide
@@ -150,7 +152,10 @@ class EMOSampler:
         if keypoint_guide(session.config) is not None:  # keypoint images: the portrait's keypoints, moved by the driving ones
             folders = [str(_comfy.models_dir()), str(_comfy.models_dir() / "emo" / "face")]
             pose_frames, pose_note = keypoint_frames_for(session.config, emo_reference.state.image, pose or None, None,
-                                                         emo_audio.num_frames, models_dirs=folders, label="pose")
+                                                         emo_audio.num_frames, models_dirs=folders, label="pose", hint=False)
+            if "by insightface" not in pose_note:  # the page's summary stays short; the log says what would be the original's
+                logging.getLogger("ComfyUI-EMO").info("EMO Sampler: %s; for the original's keypoints: pip install insightface "
+                                                      "onnxruntime and put buffalo_l in models/insightface/models", pose_note)
         else:
             pose_frames, pose_note = pose_frames_for(session.config, pose, emo_audio.num_frames, h, emo_audio.fps, label="pose")
         median = session.config.preset.quirks.output_median_filter

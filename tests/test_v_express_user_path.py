@@ -218,7 +218,7 @@ def test_emo_generate_runs_v_express_on_the_astronaut(files, capsys, monkeypatch
     video = probe_video(out)
     assert video.num_frames == 38 and abs(video.fps - 38 / 1.3) < 0.01  # whole windows, the fps stretched
     assert sum(filtered) == 38  # every frame through the median filter (output_median_filter 3)
-    assert "keypoints: fix_face, reference face keypoints placed in the detected face box" in err
+    assert "keypoints: fix_face, the portrait's by the face box (face keypoints placed in the detected face box" in err
 
 
 def test_emo_generate_refuses_wrong_keypoint_options_in_one_line(files, capsys):
@@ -260,7 +260,8 @@ def test_nodes_drive_v_express_from_a_video_batch(files, monkeypatch):
     video, fps, _ = result["result"]
     assert video.shape == (38, 64, 64, 3) and abs(fps - 38 / 1.3) < 1e-6
     assert sum(filtered) == 38  # the Sampler's frames through the median filter too
-    assert "keypoints: offset_retarget" in result["ui"]["emo_summary"][0]
+    summary = result["ui"]["emo_summary"][0]
+    assert "keypoints: offset_retarget, the portrait's by the face box" in summary and "pip install" not in summary  # short on the page
     with pytest.raises(ValueError, match="needs the driving video"):
         nodes["EMOFaceKeypoints"]().run("offset_retarget", "auto")
 

@@ -123,13 +123,13 @@ def _from_frames(frames, size: int, detector: str, models_dirs, what: str) -> tu
 
 def keypoint_frames_for(config: EMOConfig, reference_image, driving, mode: str | None, num_frames: int, *,
                         detector: str = "auto", models_dirs=None, label: str = "keypoints",
-                        mode_label: str = "retarget") -> tuple[torch.Tensor, str]:
+                        mode_label: str = "retarget", hint: bool = True) -> tuple[torch.Tensor, str]:
     """(keypoint images [N, 3, S, S] in 0..1 for a video of ``num_frames``, a note for the user).
 
     ``reference_image``: the encoded portrait [S, S, 3] (ReferenceState.image); ``driving``: None or what
     :func:`driving_keypoints` reads; ``mode``: one of :data:`MODES` (None / auto: the family's default without driving
     keypoints, the mode the driving source names or the family's ``driven_mode`` with them). fix_face gives one image
-    (the same on every frame)."""
+    (the same on every frame). ``hint``: the note says how to get the original's keypoints when they are not its."""
     guide = keypoint_guide(config)
     mode = AUTO if mode in (None, "") else mode
     if mode not in MODES:
@@ -147,7 +147,8 @@ def keypoint_frames_for(config: EMOConfig, reference_image, driving, mode: str |
     if mode != "fix_face" and drv is None:
         raise InputError(f"{mode_label} {mode} needs driving keypoints ({label}: a driving video, its frames, POSE_KEYPOINT or a "
                          "keypoint file); without them use fix_face")
-    note = f"keypoints: {mode}, reference {source_note(ref.source)}"
+    by = {"insightface": "insightface", "yunet": "YuNet", "box": "the face box"}[ref.source]
+    note = f"keypoints: {mode}, the portrait's by {by}" + (f" ({source_note(ref.source)})" if hint and ref.source != "insightface" else "")
     if mode == "fix_face":
         note += "" if drv is None else f"; the driving keypoints ({drv_note}) are not used by fix_face"
         return keypoint_images(size, size, ref.points[None]), note
