@@ -422,3 +422,57 @@ def test_half_precision_run_is_not_the_fp32_run(golden, half_golden, ours_half, 
         assert torch.isfinite(ours_half[stage]).all()
         assert rel_err(half_golden[1][stage], golden[1][stage])[1] > 1e-3
         assert rel_err(ours_half[stage], ours[stage])[1] > 1e-3
+
+
+# ---- bench --against-original vexpress (our side at the tiny size) -----------------------------------------------------
+
+
+def test_bench_against_the_original_runs_our_side_on_the_harness_files(golden, files, tmp_path):
+    """``emo bench --against-original vexpress``'s own worker (emo_model/app/commands/bench_original.py ``_ours``) on a
+    work folder laid out as ``v_express_original.py --full`` writes it (the part files, vae/, wav2vec2/, speech.npy,
+    kps.npy, meta.json), here with the tiny fixture's files: it loads them with our loader, draws the keypoint images,
+    encodes the audio inside the timed run (the original's pipeline call does) and generates every frame. Speed is not
+    asserted (docs/performance.md has the measured table)."""
+    import shutil
+
+    import numpy as np
+
+    from emo_model.app.commands import bench_original
+    from emo_model.families.v_express import FAMILY
+
+    meta, gold = golden
+    harness = FAMILY.parity
+    assert harness is not None and harness.audio_timed and (bench_original.HARNESS / harness.script).is_file()
+    fixture = tmp_path / "work" / "fixture"
+    shutil.copytree(files, fixture)
+    assets = FIXTURE.parent / Path(meta["assets"]).name
+    for name in ("vae", "wav2vec2"):
+        shutil.copytree(assets / name, fixture / name)
+    s = meta["settings"]
+    frames = harness.settings["frames"]  # the harness's --seconds 0.8 at --fps 25: exactly 20 frames, 3 whole windows
+    np.save(fixture / "speech.npy", parity_common().synthetic_speech(frames * 16000 // 25).astype(np.float32))
+    np.save(fixture / "kps.npy", stretch_sequence(gold["input.kps_driving"].double().numpy(), frames).numpy())
+    (fixture / "meta.json").write_text(json.dumps({"settings": {"full": True, "size": s["size"], "fps": 25.0, "frames": frames}}))
+    assert harness.weights_ready(tmp_path / "work")
+    spec = {"family": "vexpress", "work": str(tmp_path / "work"), "size": s["size"], "steps": 1, "repeats": 1, **harness.settings}
+    result = bench_original._ours(spec)
+    assert result["family"] == "vexpress" and result["frames"] == frames and len(result["runs"]) == 1
+    assert result["runs"][0]["seconds"] > 0 and result["runs"][0]["peak_rss"] > 0
+
+
+def test_bench_against_the_original_offers_v_express_and_runs_its_harness_at_full_size(tmp_path):
+    """The command's choices name the family, and the original's side is the parity harness at V-Express's real shapes
+    (--full), the same recipe as ours (20 frames at 25 fps in windows of 8 / 2, CFG 3.5)."""
+    import argparse
+
+    from emo_model.app.commands import bench_original
+
+    assert "vexpress" in bench_original._harnesses()
+    args = argparse.Namespace(against_original="vexpress", original_python="/venv/bin/python", original_src="/src/V-Express",
+                              size=128, bench_steps=3, work=str(tmp_path))
+    cmd = bench_original._harness_command(args, "--bench", "2")
+    assert cmd[:4] == ["/venv/bin/python", str(bench_original.HARNESS / "v_express_original.py"), "--vx-src", "/src/V-Express"]
+    assert "--full" in cmd and cmd[cmd.index("--out") + 1] == str(tmp_path.resolve() / "fixture")
+    flags = dict(zip(cmd[4:], cmd[5:]))
+    assert (flags["--size"], flags["--steps"], flags["--fps"], flags["--seconds"], flags["--cfg"], flags["--bench"]) == (
+        "128", "3", "25", "0.8", "3.5", "2")
