@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -109,6 +110,9 @@ def test_the_length_check_sees_samples_and_rate_of_a_dict():
     seen = []
     load_audio(_audio(torch.zeros(1, 1, 7), 8000), check_length=lambda n, sr, label: seen.append((n, sr, label)))
     assert seen == [(7, 8000, "")]
+    with pytest.raises(AudioError):
+        load_audio(_audio(torch.zeros(1, 2, 0), 8000), check_length=lambda n, sr, label: seen.append((n, sr, label)))
+    assert seen == [(7, 8000, "")]  # no samples: nothing to check, the empty audio is refused
 
 
 @pytest.mark.parametrize(
@@ -163,6 +167,7 @@ def test_resample_keeps_16k_and_halves_32k():
     out = resample(torch.ones(2, 64, dtype=torch.float32), 32000)
     assert out.shape == (2, 32) and out.dtype == torch.float32
     torch.testing.assert_close(out[:, 8:24], torch.ones(2, 16), atol=1e-2, rtol=0)  # a constant stays constant (away from the edges)
+    assert resample(torch.ones(4410), 44100).shape == (1600,)  # 160 / 441: not a whole ratio
 
 
 def _sine(seconds: float, amplitude: float = 0.1) -> torch.Tensor:
@@ -178,11 +183,22 @@ def test_loudness_target_sets_the_level_in_decibels():
     assert float(short.abs().max()) == pytest.approx(float(a.abs().max()), rel=2e-2)
 
 
+def test_loudness_of_a_clip_just_under_one_block_is_measured_on_the_loop():
+    """pyloudnorm refuses anything shorter than its 400 ms block (6400 samples at 16 kHz)."""
+    level = float(normalize_loudness(_sine(1.0), -23.0).abs().max())
+    for n in (6399, 6400, 6401):
+        t = torch.arange(n, dtype=torch.float32) / 16000
+        short = normalize_loudness(0.1 * torch.sin(2 * math.pi * 440 * t), -23.0)
+        assert float(short.abs().max()) == pytest.approx(level, rel=1e-3)
+
+
 def test_loudness_never_pushes_the_peak_over_1_and_leaves_silence_alone():
     loud = normalize_loudness(_sine(1.0), 0.0)  # 0 LUFS of a sine needs a peak above 1: limited to exactly 1
     assert float(loud.abs().max()) == pytest.approx(1.0, abs=1e-6)
     silence = torch.zeros(16000)
-    assert normalize_loudness(silence, -23.0) is silence
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # measuring silence (log of 0) prints no numpy warning
+        assert normalize_loudness(silence, -23.0) is silence
 
 
 def test_loudness_target_bounds():
@@ -205,7 +221,17 @@ def test_prepared_audio_has_exactly_the_samples_of_its_frames():
     assert float(longer.waveform[15999]) == 0.5 and not longer.waveform[16000:].any()
     shorter = prepare_audio(one_second, 25, num_frames=10)  # cut to 6400 samples
     assert shorter.waveform.shape[0] == shorter.real_samples == 6400
+    assert prepare_audio(one_second, 25, num_frames=1).waveform.shape[0] == 640  # the smallest frame count
     assert prepare_audio(one_second, 30).num_frames == 30 and prepare_audio(one_second, 30).waveform.shape[0] == 16000
+
+
+def test_prepared_audio_is_normalised_to_the_loudness_asked_for():
+    t = torch.arange(16000, dtype=torch.float32) / 16000
+    tone = _audio((0.1 * torch.sin(2 * math.pi * 440 * t))[None, None])
+    louder, quieter = prepare_audio(tone, 25, loudness_lufs=-23.0), prepare_audio(tone, 25, loudness_lufs=-29.0)
+    ratio = float(louder.waveform.abs().max() / quieter.waveform.abs().max())
+    assert ratio == pytest.approx(10 ** (6 / 20), rel=1e-4)  # 6 dB apart: twice the amplitude
+    assert float(prepare_audio(tone, 25).waveform.abs().max()) == pytest.approx(0.1, abs=1e-4)  # None: untouched
 
 
 def test_prepared_audio_is_the_mean_of_the_channels_at_16k():

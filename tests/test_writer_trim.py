@@ -1,0 +1,103 @@
+"""The video writer's arguments, its cleanup, and the audio it hands the encoder: trimmed / padded to the frames."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emo_model.video_io import VideoError, VideoWriter, write_video
+
+
+def _frames(n: int) -> torch.Tensor:
+    return torch.rand(n, 16, 16, 3, generator=torch.Generator().manual_seed(n))
+
+
+def test_write_video_hands_the_encoder_options_to_the_writer(tmp_path):
+    with pytest.raises(VideoError) as exc:
+        write_video(tmp_path / "a.mp4", _frames(2), 25, threads=-1)
+    assert str(exc.value) == "threads must be None or an integer >= 0, got -1"
+    with pytest.raises(VideoError, match="encoding failed"):  # x264 has no such preset
+        write_video(tmp_path / "b.mp4", _frames(2), 25, preset="no-such-preset")
+    assert os.listdir(tmp_path) == []
+
+
+class _Recorder:
+    """Collects the audio samples the writer sends to the encoder (the writer's only audio output)."""
+
+    def __init__(self, writer: VideoWriter):
+        self.chunks: list[np.ndarray] = []
+        self.pts: list[int] = []
+        self._stream, self._channels = writer._astream, writer._audio.shape[0]
+        writer._astream = self  # the writer encodes through us
+
+    def encode(self, frame):
+        if frame is not None:
+            self.chunks.append(frame.to_ndarray().reshape(self._channels, -1).copy())
+            self.pts.append(frame.pts)
+        return self._stream.encode(frame)
+
+    @property
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.chunks, axis=1)
+
+
+def _writer_with_audio(tmp_path: Path, seconds: float, fps=25, sr=16000, channels=1):
+    ramp = (np.arange(int(seconds * sr) * channels, dtype=np.float32).reshape(channels, -1) % 1000) / 1000
+    w = VideoWriter(tmp_path / "a.mp4", fps, audio=(torch.from_numpy(ramp), sr))
+    return w, ramp
+
+
+@pytest.mark.parametrize("seconds", [0.3, 1.0])  # longer than the video: trimmed; shorter: padded with silence
+def test_the_encoder_gets_exactly_the_samples_of_the_frames_written(tmp_path, seconds):
+    w, ramp = _writer_with_audio(tmp_path, seconds)
+    w.write(_frames(1))  # opens the streams: 1 frame at 25 fps = 640 samples at 16 kHz
+    rec = _Recorder(w)
+    w.write(_frames(4))  # up to 5 frames = 3200 samples
+    assert rec.samples.shape == (1, 3200 - 640) and rec.pts == [640]
+    w.write(_frames(7))  # 12 frames = 7680 samples
+    w.close()
+    got = rec.samples
+    assert got.shape == (1, 7680 - 640) and rec.pts == [640, 3200]
+    have = ramp.shape[1]  # 4800 (0.3 s) or 16000 (1 s)
+    real = min(have, 7680) - 640
+    np.testing.assert_array_equal(got[:, :real], ramp[:, 640 : 640 + real])
+    assert not got[:, real:].any()  # silence after the source ends
+
+
+def test_stereo_audio_reaches_the_encoder_channel_by_channel(tmp_path):
+    w, ramp = _writer_with_audio(tmp_path, 1.0, channels=2)
+    w.write(_frames(1))
+    rec = _Recorder(w)
+    w.write(_frames(2))
+    w.close()
+    np.testing.assert_array_equal(rec.samples, ramp[:, 640:1920])
+
+
+def test_ntsc_frames_round_to_the_nearest_sample(tmp_path):
+    w, ramp = _writer_with_audio(tmp_path, 1.0, fps=29.97)  # 30000/1001 fps: one frame = 533.87 samples
+    w.write(_frames(1))  # round(533.866...) = 534
+    rec = _Recorder(w)
+    w.write(_frames(1))  # 2 frames: round(1067.73) = 1068
+    w.write(_frames(1))  # 3 frames: round(1601.6) = 1602
+    w.close()
+    assert rec.pts == [534, 1068] and rec.samples.shape == (1, 1602 - 534)
+    assert w.duration == pytest.approx(3 * 1001 / 30000)
+
+
+def test_a_closed_or_aborted_writer_refuses_more_work_in_one_line(tmp_path):
+    w = VideoWriter(tmp_path / "a.mp4", 25)
+    w.write(_frames(2))
+    w.close()
+    for call in (lambda: w.write(_frames(1)), w.close):
+        with pytest.raises(VideoError) as exc:
+            call()
+        assert str(exc.value) == "VideoWriter is already closed or aborted"
+    aborted = VideoWriter(tmp_path / "b.mp4", 25)
+    aborted.abort()
+    with pytest.raises(VideoError, match="^VideoWriter is already closed or aborted$"):
+        aborted.write(_frames(1))
+    assert os.listdir(tmp_path) == ["a.mp4"]
