@@ -1,10 +1,11 @@
-"""Audio frame arithmetic, per-frame windows, ComfyUI AUDIO input and the cut to whole video frames (no files)."""
+"""Audio frame arithmetic, per-frame windows, ComfyUI AUDIO input and the cut to whole video frames (one small wav)."""
 
 from __future__ import annotations
 
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,6 +114,21 @@ def test_the_length_check_sees_samples_and_rate_of_a_dict():
     with pytest.raises(AudioError):
         load_audio(_audio(torch.zeros(1, 2, 0), 8000), check_length=lambda n, sr, label: seen.append((n, sr, label)))
     assert seen == [(7, 8000, "")]  # no samples: nothing to check, the empty audio is refused
+
+
+def test_the_length_check_sees_a_files_recorded_and_decoded_length(tmp_path):
+    import soundfile
+
+    soundfile.write(tmp_path / "half.wav", np.zeros(8000, dtype=np.float32), 16000)  # 0.5 s at 16 kHz
+    seen = []
+    waveform, rate = load_audio(tmp_path / "half.wav", check_length=lambda n, sr, label: seen.append((n, sr, label)))
+    assert waveform.shape == (1, 8000) and rate == 16000
+    assert seen[0] == (8000, 16000, "declared") and seen[-1] == (8000, 16000, "decoding")
+
+    def refuse(n, sr, label):
+        raise AudioError(f"too long: {n} samples ({label})")
+
+    assert _refusal(lambda: load_audio(tmp_path / "half.wav", check_length=refuse)) == "too long: 8000 samples (declared)"
 
 
 @pytest.mark.parametrize(

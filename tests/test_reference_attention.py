@@ -122,7 +122,7 @@ def test_separate_reference_attention_reads_the_reference_only(per_row):
     _close(separate_reference_attention(attn, x, attn.project_kv(ref), torch.tensor([True] * 3), True), out)
 
 
-@pytest.mark.parametrize("enabled", [[True, False, True], [False, True, True]])
+@pytest.mark.parametrize("enabled", [[True, False, True], [False, True, True], [False, True, False]])
 @pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("zeros_unconditional", [False, True])
 def test_rows_without_the_reference_get_zero_or_the_output_bias(enabled, per_row, zeros_unconditional):

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+import av
+
 from emo_model.video_io import VideoError, VideoWriter, write_video
 
 
@@ -36,7 +38,8 @@ class _Recorder:
 
     def encode(self, frame):
         if frame is not None:
-            self.chunks.append(frame.to_ndarray().reshape(self._channels, -1).copy())
+            data = frame.to_ndarray()  # planar: [channels, n]; packed: [1, n * channels], interleaved
+            self.chunks.append((data if frame.format.is_planar else data.reshape(-1, self._channels).T).copy())
             self.pts.append(frame.pts)
         return self._stream.encode(frame)
 
@@ -101,3 +104,56 @@ def test_a_closed_or_aborted_writer_refuses_more_work_in_one_line(tmp_path):
     with pytest.raises(VideoError, match="^VideoWriter is already closed or aborted$"):
         aborted.write(_frames(1))
     assert os.listdir(tmp_path) == ["a.mp4"]
+
+
+def test_an_aac_rate_the_encoder_lacks_is_resampled_to_48k(tmp_path):
+    def rate(sr: int) -> int:
+        w = VideoWriter(tmp_path / "a.mp4", 25, audio=(torch.zeros(1, 100), sr))
+        w.abort()
+        return w.audio_sample_rate
+
+    assert rate(12345) == 48000 and rate(22050) == 22050  # 22050 is one of AAC's rates, 12345 is not
+
+
+def _stereo_ramp(sr: int, seconds: float, peak: float) -> np.ndarray:
+    n = int(sr * seconds)
+    return np.stack([np.linspace(-peak, peak, n), np.linspace(peak, -peak, n)]).astype(np.float32)
+
+
+def test_a_packed_float_encoder_gets_the_samples_interleaved(tmp_path):
+    """libopus takes packed float ("flt"): 48 kHz, 1920 samples a frame at 25 fps."""
+    ramp = _stereo_ramp(48000, 0.5, 0.9)
+    w = VideoWriter(tmp_path / "a.webm", 25, format="webm", audio=(torch.from_numpy(ramp), 48000))
+    w.write(_frames(1))
+    rec = _Recorder(w)
+    w.write(_frames(2))
+    w.close()
+    assert w._audio_fmt == "flt" and rec.pts == [1920]
+    np.testing.assert_array_equal(rec.samples, ramp[:, 1920:5760])
+
+
+def test_an_encoder_without_float_input_gets_clipped_rounded_16_bit_samples(tmp_path, monkeypatch):
+    real = av.Codec
+
+    class OnlyS16:
+        def __init__(self, *args):
+            self._codec = real(*args)
+
+        def __getattr__(self, name):
+            return getattr(self._codec, name)
+
+        @property
+        def audio_formats(self):
+            return [f for f in self._codec.audio_formats or [] if f.name == "s16"]
+
+    monkeypatch.setattr(av, "Codec", OnlyS16)
+    ramp = _stereo_ramp(48000, 0.5, 1.5)  # beyond full scale at both ends: clipped
+    w = VideoWriter(tmp_path / "a.webm", 25, format="webm", audio=(torch.from_numpy(ramp), 48000))
+    w.write(_frames(1))
+    rec = _Recorder(w)
+    w.write(_frames(2))
+    w.close()
+    assert w._audio_fmt == "s16" and rec.samples.dtype == np.int16
+    expected = np.round(np.clip(ramp[:, 1920:5760].astype(np.float64), -1, 1) * 32767)
+    assert np.abs(rec.samples.astype(np.float64) - expected).max() <= 0.5 + 1e-6  # to the nearest step of 1 / 32767
+    assert rec.samples.max() == 32767 and rec.samples.min() == -32767
