@@ -157,3 +157,52 @@ def test_an_encoder_without_float_input_gets_clipped_rounded_16_bit_samples(tmp_
     expected = np.round(np.clip(ramp[:, 1920:5760].astype(np.float64), -1, 1) * 32767)
     assert np.abs(rec.samples.astype(np.float64) - expected).max() <= 0.5 + 1e-6  # to the nearest step of 1 / 32767
     assert rec.samples.max() == 32767 and rec.samples.min() == -32767
+
+
+def test_frames_of_at_least_2x2_pixels(tmp_path):
+    write_video(tmp_path / "ok.mp4", torch.rand(1, 2, 2, 3), 25)  # the smallest size
+    for h, w in ((1, 5), (5, 1), (1, 1)):
+        with pytest.raises(VideoError) as exc:
+            write_video(tmp_path / "bad.mp4", torch.rand(1, h, w, 3), 25)
+        assert str(exc.value) == f"frames must be at least 2x2 pixels, got {w}x{h}"
+    assert os.listdir(tmp_path) == ["ok.mp4"]
+
+
+class _Failing:
+    """Stands in for a stream or container whose ``method`` raises, everything else passed through."""
+
+    def __init__(self, real, method: str, exc: Exception):
+        self._real, self._method, self._exc = real, method, exc
+
+    def __getattr__(self, name):
+        if name == self._method:
+            raise_it = self._exc
+
+            def fail(*args, **kwargs):
+                raise raise_it
+
+            return fail
+        return getattr(self._real, name)
+
+
+def test_an_encoder_error_is_one_line_and_the_file_is_never_finalised(tmp_path):
+    w = VideoWriter(tmp_path / "a.mp4", 25)
+    w.write(_frames(1))
+    w._vstream = _Failing(w._vstream, "encode", RuntimeError("boom"))
+    with pytest.raises(VideoError) as exc:
+        w.write(_frames(1))
+    assert str(exc.value) == f"encoding failed for {str(tmp_path / 'a.mp4')!r}: boom"
+    with pytest.raises(VideoError) as exc:
+        w.close()
+    assert str(exc.value) == f"not finalising {str(tmp_path / 'a.mp4')!r}: an earlier write failed (RuntimeError: boom)"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_failure_while_finalising_is_one_line_and_leaves_nothing(tmp_path):
+    w = VideoWriter(tmp_path / "a.mp4", 25)
+    w.write(_frames(2))
+    w._container = _Failing(w._container, "close", OSError("disk full"))
+    with pytest.raises(VideoError) as exc:
+        w.close()
+    assert str(exc.value) == f"finalising {str(tmp_path / 'a.mp4')!r} failed: disk full"
+    assert os.listdir(tmp_path) == []
