@@ -31,9 +31,9 @@ def oracle(attn: Attention, x: torch.Tensor, context: torch.Tensor) -> torch.Ten
     d = lambda t: t.detach().double()  # noqa: E731
     q, k, v = x.double() @ d(attn.to_q.weight).T, context.double() @ d(attn.to_k.weight).T, context.double() @ d(attn.to_v.weight).T
     heads = []
-    for h in range(HEADS):
-        cols = slice(h * HEAD_DIM, (h + 1) * HEAD_DIM)
-        scores = q[:, cols] @ k[:, cols].T / math.sqrt(HEAD_DIM)
+    for h in range(attn.heads):
+        cols = slice(h * attn.head_dim, (h + 1) * attn.head_dim)
+        scores = q[:, cols] @ k[:, cols].T / math.sqrt(attn.head_dim)
         heads.append(torch.softmax(scores, dim=-1) @ v[:, cols])
     return (torch.cat(heads, dim=-1) @ d(attn.to_out[0].weight).T + d(attn.to_out[0].bias)).float()
 
@@ -62,11 +62,29 @@ def test_self_and_cross_attention_match_the_hand_written_formula():
     _close(cross(x, context), torch.stack([oracle(cross, x[b], context[b]) for b in range(3)]))
 
 
+def test_one_head_with_a_shared_bank_row():
+    torch.manual_seed(0)
+    attn = Attention(DIM, heads=1, head_dim=5)
+    x, ref1, _ = _inputs()
+    _close(attn(x, extra_kv=attn.project_kv(ref1)), torch.stack([oracle(attn, x[b], torch.cat([x[b], ref1[0]])) for b in range(3)]))
+
+
+def test_the_parameters_have_diffusers_names_and_sd15_defaults():
+    """Checkpoints load without renaming: to_q / to_k / to_v without bias, to_out.0 with one; 8 heads of 64 by default."""
+    names = {name: tuple(p.shape) for name, p in Attention(4, context_dim=6, heads=2, head_dim=3).named_parameters()}
+    assert names == {"to_q.weight": (6, 4), "to_k.weight": (6, 6), "to_v.weight": (6, 6), "to_out.0.weight": (4, 6),
+                     "to_out.0.bias": (4,)}
+    default = Attention(4)
+    assert (default.heads, default.head_dim, default.to_q.weight.shape[0]) == (8, 64, 512)
+
+
 def test_sinusoidal_positions_by_hand():
     pe = sinusoidal_positions(2, 4)  # div_term = [1, 10000 ** (-2 / 4)] = [1, 0.01]
     expected = torch.tensor([[[0.0, 1.0, 0.0, 1.0], [math.sin(1), math.cos(1), math.sin(0.01), math.cos(0.01)]]])
     _close(pe, expected)
     assert pe.shape == (1, 2, 4) and pe.dtype == torch.float32
+    far = sinusoidal_positions(1001, 4)[0, 1000]  # position 1000: 10000 ** -0.5 * 1000 = 10
+    _close(far, torch.tensor([math.sin(1000), math.cos(1000), math.sin(10), math.cos(10)]))
     cached = cached_positions(2, 4, torch.device("cpu"), torch.float64)
     assert cached.dtype == torch.float64 and cached is cached_positions(2, 4, torch.device("cpu"), torch.float64)
     _close(cached.float(), expected)
