@@ -282,6 +282,22 @@ def diffusers_part_folders(model, folder: Path, family: str) -> Path:
     return folder
 
 
+def v_express_parts(model, folder: Path) -> Path:
+    """A model saved as V-Express's five part files (``.bin``, the motion modules apart from the denoising UNet)."""
+    from emo_model.families.v_express import PARTS
+
+    folder.mkdir(parents=True, exist_ok=True)
+    roles = {"denoising_unet": "denoising_unet", "reference_unet": "reference_unet", "face_locator": "face_locator", "audioproj": "audio_proj"}
+    parts: dict[str, dict] = {role: {} for role in PARTS}
+    for key, value in model.state_dict().items():
+        module, rest = key.split(".", 1)
+        if module in roles:
+            parts["motion_module" if ".motion_modules." in rest else roles[module]][rest] = value.clone()
+    for role, tensors in parts.items():
+        torch.save(tensors, folder / PARTS[role][0])
+    return folder
+
+
 def make_test_models(models: Path) -> dict[str, str]:
     """Tiny checkpoints in the layout artists use; returns the entries to select in Load EMO Model."""
     from conftest import perturb_zero_inits
@@ -312,7 +328,9 @@ def make_test_models(models: Path) -> dict[str, str]:
                            "reference_unet": "reference_unet.pth", "face_locator": "pose_encoder.pth"})
     torch.manual_seed(4)
     diffusers_part_folders(perturb_zero_inits(EMOModel("tiny-memo").eval()), models / "emo" / "memo", "memo")
-    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "hallo2": "hallo2/net.pth", "echomimic": "echomimic/", "echomimic_v2": "echomimic_v2/", "memo": "memo/", "vae": "sd-vae-ft-mse/",
+    torch.manual_seed(6)
+    v_express_parts(perturb_zero_inits(EMOModel("tiny-v-express").eval()), models / "emo" / "v-express")
+    return {"emo": "emo/emo.safetensors", "hallo": "hallo/net.pth", "hallo2": "hallo2/net.pth", "echomimic": "echomimic/", "echomimic_v2": "echomimic_v2/", "memo": "memo/", "vexpress": "v-express/", "vae": "sd-vae-ft-mse/",
             "encoder": "wav2vec2-base-960h/", "whisper": "whisper_tiny.pt"}
 
 

@@ -246,7 +246,8 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
     assert summary.startswith(f"{frames} frames")
     loader = next(nid for nid, n in graph.items() if n["class_type"] == "LoadEMOModel")
     family = outputs[loader][0].config.family  # the family the loader chose, by tensors or folder name
-    assert family == {"hallo2/net.pth": "hallo2", "hallo/net.pth": "hallo", "echomimic/": "echomimic-v1", "echomimic_v2/": "echomimic-v2", "memo/": "memo"}.get(
+    assert family == {"hallo2/net.pth": "hallo2", "hallo/net.pth": "hallo", "echomimic/": "echomimic-v1", "echomimic_v2/": "echomimic-v2", "memo/": "memo",
+                      "v-express/": "vexpress"}.get(
         graph[loader]["inputs"]["model"], "emo"), family
     # how the run was cut, in the family's own terms (EchoMimic v1: windows that move 2 frames per step; v2: 3)
     if "echomimic" in path.name:
@@ -254,6 +255,10 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
         assert re.search(rf"\d+ context windows? of \d+ frames \(overlap \d+, moving {shift} frames per step\)", summary), summary
         if shift == 3:  # no pose wired: the built-in idle sway, said in the summary
             assert "pose: the built-in idle sway" in summary, summary
+    elif "v_express" in path.name:  # context windows, the frame count cut to whole windows, the portrait's keypoints
+        assert re.search(r"\d+ context windows? of \d+ frames \(overlap \d+\)", summary), summary
+        assert "keypoints: fix_face" in summary, summary
+        assert frames % 6 == 2, frames  # whole windows of 8 moving 6 (overlap 2): 38 frames from 1.3 s, not 39 at 30 fps
     else:
         assert re.search(r"\d+ clips? of \d+ frames \+ \d+ motion frames", summary), summary
 

@@ -25,7 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-OURS = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack"}
+OURS = {"LoadEMOModel", "EMOAudioEncode", "EMOFaceMask", "EMOReferenceEncode", "EMOSampler", "EMOVideoCombine", "EMODemoSample", "EMOPasteBack", "EMOFaceKeypoints"}
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -196,8 +196,8 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
             rep["problems"].append("no tooltip shown when hovering a widget")
         page.mouse.move(5, 5)
     twin = path.parent / "api" / f"{name}.api.json"
+    prompt = rep["prompt"] = page.evaluate("async () => (await app.graphToPrompt()).output")  # the API twin to be
     if twin.is_file():
-        prompt = page.evaluate("async () => (await app.graphToPrompt()).output")
         rep["api_diff"] = api_diff(prompt, json.loads(twin.read_text()))
         rep["problems"] += [f"the frontend's prompt differs from {twin.name}: {d}" for d in rep["api_diff"]]
     if run:
