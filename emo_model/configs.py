@@ -224,6 +224,10 @@ class InferenceQuirks:
     # "single" (the originals': one torch.manual_seed(seed) stream drawn in the script's order, so the same seed starts
     # from the original's very noise).
     seed_stream: str = "per_clip"
+    # "single" only: uniform draws the original takes from its seeded stream per audio-encoder layer before the noise
+    # (e.g. transformers' wav2vec2 LayerDrop draw, torch.rand([]) per encoder layer even in eval mode, when the audio is
+    # encoded inside the pipeline call before randn_tensor): the stream skips ``this x audio.layers`` of them first.
+    seed_draws_per_audio_layer: int = 0
     # The audio front end pads to a whole number of clips (of the preset's ``frames_per_clip``) before the encoder:
     # the wav2vec2 input is the source's own samples normalised on their own, then zeros (silence after the
     # normalisation) for the missing frames; the conv features are interpolated over the padded frame count, and the

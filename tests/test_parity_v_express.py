@@ -157,8 +157,9 @@ def _audio_windows(meta: dict, gold: dict, audio_config) -> torch.Tensor:
     return encoder.encode(PreparedAudio(waveform=audio.waveform[: frame_samples(n, audio.fps)], num_frames=n, fps=audio.fps))
 
 
-def _generate(meta: dict, gold: dict, model, pipe, ref, features):
-    """The whole windowed sampling from the original's initial noise: (initial latents, final latents, frames)."""
+def _generate(meta: dict, gold: dict, model, pipe, ref, features, noise="original"):
+    """The whole windowed sampling from the original's initial noise (``noise=None``: from the fixture's seed, as a user
+    runs it): (initial latents, final latents, frames)."""
     s = meta["settings"]
     stages = {}
     steps = []
@@ -175,9 +176,9 @@ def _generate(meta: dict, gold: dict, model, pipe, ref, features):
     patch.setattr(_Run, "_step", step)
     try:
         settings = SamplingSettings.from_preset(model.config.preset, steps=s["steps"], cfg=s["cfg"], audio_cfg=s["cfg"],
-                                                frames_per_clip=s["context"], context_overlap=s["overlap"])
+                                                frames_per_clip=s["context"], context_overlap=s["overlap"], seed=s["seed"])
         frames = pipe.generate_frames(ref, features, settings=settings, pose_frames=_kps_images(gold),
-                                      noise=gold["latents.init"][0])
+                                      noise=gold["latents.init"][0] if noise == "original" else noise)
     finally:
         patch.undo()
     last = steps[-1]
@@ -348,16 +349,31 @@ def test_the_original_noise_is_the_seed_after_one_draw_per_wav2vec2_layer(golden
         assert torch.equal(torch.randn(recorded.shape, generator=g, dtype=dtype), recorded)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="not mirrored yet: our 'single' seed stream draws the noise first, V-Express after one "
-                                       "torch.rand([]) per wav2vec2 layer (docs/parity.md, V-Express, Seeds)")
-def test_our_seed_stream_draws_the_original_noise(golden):
+def test_our_seed_stream_draws_the_original_noise(golden, half_golden):
+    """InferenceQuirks.seed_draws_per_audio_layer = 1 with seed_stream "single": our stream skips one uniform draw per
+    audio-encoder layer, then draws V-Express's noise bit for bit (fp32 and the half fixture's fp16); off, it does not."""
     from emo_model.sampling.seed_stream import SeedStream
 
+    (meta, gold), (_, gold16) = golden, half_golden
+    s, cfg = meta["settings"], FAMILY_CONFIG()
+    q = cfg.preset.quirks
+    assert q.seed_stream == "single" and q.seed_draws_per_audio_layer == 1
+    shape = tuple(gold["latents.init"].shape)
+    for dtype, recorded in ((torch.float32, gold["latents.init"]), (torch.float16, gold16["latents.init"])):
+        ours = SeedStream(s["seed"], "single", dtype, skip=q.seed_draws_per_audio_layer * cfg.audio.layers).video(shape, s["context"])
+        assert torch.equal(ours.to(dtype), recorded)
+        off = SeedStream(s["seed"], "single", dtype).video(shape, s["context"])
+        assert rel_err(off, recorded.float())[1] > 1.0  # another draw altogether
+
+
+def test_our_run_from_the_seed_starts_from_the_original_noise(golden, model, pipe):
+    """The whole pipeline given only the seed (no recorded noise): its initial latents are V-Express's."""
     meta, gold = golden
-    s = meta["settings"]
-    assert FAMILY_CONFIG().preset.quirks.seed_stream == "single"
-    ours = SeedStream(s["seed"], "single").video(tuple(gold["latents.init"].shape), s["context"])
-    assert torch.equal(ours, gold["latents.init"])
+    ref = pipe.encode_reference(gold["input.portrait"].float() / 255.0, size=meta["settings"]["size"])
+    features = _audio_windows(meta, gold, model.config.audio)
+    meta_steps = dict(meta, settings=dict(meta["settings"], steps=1))
+    init, _, _ = _generate(meta_steps, gold, model, pipe, ref, features, noise=None)
+    assert torch.equal(init, gold["latents.init"])
 
 
 # ---- half precision (inference.py's default --dtype fp16) -------------------------------------------------------------

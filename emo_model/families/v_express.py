@@ -37,7 +37,8 @@ What makes it V-Express (all at commit 6814f7db; architecture notes with line nu
   - ``SchedulerConfig(beta_schedule="scaled_linear", set_alpha_to_one=True)``: inference_v2.yaml:24-33 passed as
     ``DDIMScheduler(**kwargs)`` (inference.py:132-136), so diffusers' default ``set_alpha_to_one`` applies.
   - ``seed_stream = "single"``: inference.py:216 ``torch.manual_seed(seed)``; one randn_tensor for the whole video
-    (v_express_pipeline.py:514-523).
+    (v_express_pipeline.py:514-523), after ``seed_draws_per_audio_layer = 1``: transformers 4.41.1's wav2vec2 (its
+    requirements.txt) draws ``torch.rand([])`` per encoder layer (LayerDrop, eval mode too) from that generator first.
 
   - ``InferenceQuirks.frames_whole_windows``: inference.py:255-264 (``int(duration * fps)`` frames cut to whole
     context windows by pipelines/context.py ``compute_num_context`` / ``compute_context_indices``, the fps stretched to
@@ -130,6 +131,7 @@ def _preset(**changes) -> PresetConfig:
             unconditional_reference="zeros",
             context_schedule="uniform-open",
             seed_stream="single",
+            seed_draws_per_audio_layer=1,
             audio_single_pass=True,
             frames_whole_windows=True,
             output_median_filter=3,

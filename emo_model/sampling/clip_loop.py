@@ -71,7 +71,8 @@ class _Run:
         self.face_pixels = mask > 0  # [H, W]
         self.drop_draws = None if drop_draws is None else self._checked_draws(drop_draws)
         # which draws the seed gives, in what order (InferenceQuirks.seed_stream: ours per clip, or the original's one stream)
-        self.stream = SeedStream(s.seed, self.quirks.seed_stream, self.dtype)
+        skip = self.quirks.seed_draws_per_audio_layer
+        self.stream = SeedStream(s.seed, self.quirks.seed_stream, self.dtype, skip=skip * pipe.config.audio.layers if skip else 0)
         # portrait rows [block 0, block 1] of the original's guidance batch (InferenceQuirks.reference_rows_tiled)
         self.row_bank = self._row_bank(ref.bank) if self.quirks.reference_rows_tiled and self.per_branch_motion else None
         if self.row_bank is not None and self.reference_kv is not None:

@@ -32,12 +32,16 @@ class SeedStream:
     """The draws of one run: :meth:`clip` (pixel-drop draws, initial noise) per clip in order, or :meth:`video`
     (the whole latent sequence at once) for context windows."""
 
-    def __init__(self, seed: int, layout: str = "per_clip", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, seed: int, layout: str = "per_clip", dtype: torch.dtype = torch.float32, skip: int = 0) -> None:
+        """``skip``: uniform draws (``torch.rand([])``) the single stream takes before anything else, as an original whose
+        script draws them from its seeded generator first (InferenceQuirks.seed_draws_per_audio_layer)."""
         if layout not in LAYOUTS:
             raise ValueError(f"unknown seed layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
         self.seed, self.layout = int(seed), layout
         self.dtype = dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
         self._single = torch.Generator("cpu").manual_seed(self.seed) if layout == "single" else None
+        for _ in range(skip if self._single is not None else 0):
+            torch.rand([], generator=self._single)
         self._clips: dict[int, tuple[torch.Tensor | None, torch.Tensor] | None] = {}
 
     def _randn(self, shape, generator: torch.Generator) -> torch.Tensor:
