@@ -259,6 +259,8 @@ def test_api_workflow_runs_end_to_end_on_tiny_checkpoints(path, pack, env):
         assert re.search(r"\d+ context windows? of \d+ frames \(overlap \d+\)", summary), summary
         assert "keypoints: fix_face" in summary, summary
         assert frames % 6 == 2, frames  # whole windows of 8 moving 6 (overlap 2): 38 frames from 1.3 s, not 39 at 30 fps
+        face = next(nid for nid, n in graph.items() if n["class_type"] == "EMOFaceMask")  # crop face: our crop, said so
+        assert "V-Express's face preprocessing has no crop: ours used" in uis[face]["emo_summary"][0], uis[face]["emo_summary"]
     else:
         assert re.search(r"\d+ clips? of \d+ frames \+ \d+ motion frames", summary), summary
 
