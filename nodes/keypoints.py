@@ -76,7 +76,10 @@ class EMOFaceKeypoints:
             points, source, misses = frame_keypoints(list(images.numpy()), detector=detector, models_dirs=folders)
         except ValueError as exc:  # FaceError: no face in any frame
             raise InputError(f"frames: {exc}") from None
-        summary = f"{len(points)} frames · {retarget} · {source_note(source)}"
+        by = {"insightface": "insightface", "yunet": "YuNet's landmarks", "box": "the face box"}.get(source, source)
+        summary = f"{len(points)} frames · {retarget} · keypoints by {by}"  # short on the page; the log says what would be the original's
+        if source != "insightface":
+            log.info("EMO Face Keypoints: %s", source_note(source))
         if misses:
             summary += f" · no face in {misses} frame(s): they keep the previous keypoints"
             log.warning("EMO Face Keypoints: no face in %d of %d frames; they keep the previous frame's keypoints", misses, len(points))

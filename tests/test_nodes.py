@@ -536,3 +536,23 @@ def test_every_widget_value_the_node_offers_passes_its_validation_rule(pack):
             assert rule.lo <= lo and options["max"] <= rule.hi, f"{node}.{name}: widget {options['min']}..{options['max']}, rule {rule.lo:g}..{rule.hi:g}"
             checked.append((node, name))
     assert len(checked) >= 8, checked  # steps, cfg, audio_cfg, fps, speed, frames_per_clip, motion_frames, seed, size, crf, ...
+
+
+def test_face_keypoints_node_keeps_its_page_summary_short_and_logs_the_install_hint(pack, caplog):
+    """EMO Face Keypoints on a frame batch (as VHS Load Video / an ImageBatch gives it in the real server): one POSE_KEYPOINT
+    frame per image naming the mode; the summary says where the keypoints came from, the log how to get the original's."""
+    import logging
+
+    import cv2
+    from skimage import data
+
+    face = cv2.resize(data.astronaut()[30:230, 120:320], (128, 128), interpolation=cv2.INTER_AREA)
+    frames = torch.from_numpy(face[None].repeat(3, 0)).float() / 255
+    with caplog.at_level(logging.INFO, logger="ComfyUI-EMO"):
+        result = pack.NODE_CLASS_MAPPINGS["EMOFaceKeypoints"]().run("naive_retarget", "auto", frames=frames)
+    (keypoints,) = result["result"]
+    assert len(keypoints) == 3 and {f["emo_retarget"] for f in keypoints} == {"naive_retarget"}
+    assert (keypoints[0]["canvas_width"], keypoints[0]["canvas_height"]) == (128, 128)
+    summary = result["ui"]["emo_summary"][0]
+    assert summary == "3 frames · naive_retarget · keypoints by the face box", summary
+    assert any("pip install insightface" in r.getMessage() for r in caplog.records)
