@@ -25,11 +25,13 @@ SCREEN = (50, 85, 1390, 890)  # usable x0, y0, x1, y1 in CSS px: below the workf
 OVERLAYS = {"minimap": (1106, 634, 1356, 834), "zoom toolbar": (1077, 839, 1384, 884)}  # CSS px, over the canvas
 TITLE = 30  # canvas units of title bar above a node's pos
 # canvas units a node grows by when a run shows its summary / preview (LoadEMOModel's 3-line preset summary,
-# the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack; the sampler: +35 for its optional pose input row
-GROWS_AFTER_RUN = {"LoadEMOModel": 110, "EMOAudioEncode": 80, "EMOReferenceEncode": 125, "EMOSampler": 320,
-                   "EMOVideoCombine": 295, "SaveVideo": 150, "EMOFaceMask": 95}  # Face Mask: its 1-2 line detector summary (measured with the crop output)
+# the Hallo reference note's 4 lines, the sampler's live preview, the videos' players), with some slack; the sampler: +35 for its optional pose input row.
+# Re-measured (real frontend, every workflow run at test size): the sampler grows by up to 350 (EchoMimic v2's pose line,
+# V-Express's keypoint line: 336), MEMO's by 378; EMO Video Combine's player for a square video by 342; Load EMO Model by up to 112
+GROWS_AFTER_RUN = {"LoadEMOModel": 112, "EMOAudioEncode": 95, "EMOReferenceEncode": 125, "EMOSampler": 355,
+                   "EMOVideoCombine": 345, "SaveVideo": 150, "EMOFaceMask": 95}  # Face Mask: its 1-2 line detector summary (measured with the crop output)
 # and by more where the summary is longer: MEMO's sampler says how the emotion was chosen (2 more lines)
-MORE_GROWTH = {("emo_memo_speech.json", "EMOSampler"): 60}
+MORE_GROWTH = {("emo_memo_speech.json", "EMOSampler"): 25}
 TITLE_CHAR = 7.5  # canvas units per title character (upper bound of the 14 px title font); + 30 for the dot and padding
 LOW_QUALITY_BELOW = 0.6
 # widget -> folder the file goes in (Load EMO Model's combos; Load Image / Load Audio read ComfyUI/input)
