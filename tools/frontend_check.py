@@ -153,11 +153,13 @@ def api_diff(prompt: dict, twin: dict) -> list:
     return diffs
 
 
-def wait_for_run(url: str, before: set, timeout: float = 1800) -> dict | None:
+def wait_for_run(url: str, before: set, timeout: float = 1800, client: str | None = None) -> dict | None:
+    """The first finished run queued after ``before`` (by the page ``client``: another client's prompts, e.g. API
+    checks queued on the same server meanwhile, are not taken for ours)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         history = json.load(urllib.request.urlopen(url + "/history"))
-        new = [k for k in history if k not in before]
+        new = [k for k in history if k not in before and (client is None or history[k]["prompt"][3].get("client_id") == client)]
         if new and (history[new[0]]["status"].get("completed") or history[new[0]]["status"].get("status_str") == "error"):
             return history[new[0]]
         time.sleep(1)
@@ -171,6 +173,7 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
     page.goto(url + "/", wait_until="networkidle")
     page.wait_for_function("() => window.app && window.app.graph", timeout=90000)
     rep["frontend_version"] = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || null")
+    client = page.evaluate("async () => (await import('/scripts/api.js')).api.clientId ?? null")
     page.wait_for_timeout(1000)
     # the page's own start-up errors, before any workflow (frontend 1.27.10 throws one even without custom nodes)
     rep["page_errors_at_start"], rep["page_errors"] = rep["page_errors"], []
@@ -209,7 +212,7 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
         page.evaluate("async () => { try { await app.queuePrompt(0, 1) } catch (e) {} }")
         page.wait_for_timeout(1500)
         rep["node_errors"] = page.evaluate("() => app.lastNodeErrors ? JSON.parse(JSON.stringify(app.lastNodeErrors)) : null")
-        entry = None if rep["node_errors"] else wait_for_run(url, before)
+        entry = None if rep["node_errors"] else wait_for_run(url, before, client=client)
         rep["run_status"] = entry and entry["status"].get("status_str")
         if rep["run_status"] != "success":
             rep["problems"].append(f"run: {rep['run_status']} {rep['node_errors'] or (entry or {}).get('status')}")
@@ -230,7 +233,7 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
             page.evaluate("""async () => { for (const n of app.graph._nodes) if (n.type === 'EMOVideoCombine') {
                 const w = n.widgets.find(w => w.name === 'crf'); w.value = w.value === 23 ? 24 : 23; }
                 try { await app.queuePrompt(0, 1) } catch (e) {} }""")
-            entry = wait_for_run(url, before)
+            entry = wait_for_run(url, before, client=client)
             page.wait_for_timeout(4000)
             rep["players_second_run"] = page.evaluate(PLAYERS)
             rep["problems"] += player_problems(
@@ -239,12 +242,12 @@ def check(page, url: str, path: Path, out_dir: Path, run: bool, tiny: bool) -> d
             if not entry or entry["status"].get("status_str") != "success":
                 rep["problems"].append(f"second run: {(entry or {}).get('status')}")
             page.screenshot(path=str(out_dir / f"{name}_second_run.png"))
-            rep["problems"] += cancel_check(page, url, rep)
+            rep["problems"] += cancel_check(page, url, rep, client)
             page.screenshot(path=str(out_dir / f"{name}_cancelled.png"))
     return rep
 
 
-def cancel_check(page, url: str, rep: dict) -> list[str]:
+def cancel_check(page, url: str, rep: dict, client: str | None = None) -> list[str]:
     """Queue again with a new seed, press Cancel once the sampler reports progress: the sampler must say so."""
     if not page.evaluate("() => app.graph._nodes.some(n => n.type === 'EMOSampler')"):
         return []
@@ -260,7 +263,7 @@ def cancel_check(page, url: str, rep: dict) -> list[str]:
     except Exception:
         return ["cancel: the sampler reported no progress"]
     page.evaluate("async () => { const { api } = await import('/scripts/api.js'); await api.interrupt(); }")
-    entry = wait_for_run(url, before, timeout=600)
+    entry = wait_for_run(url, before, timeout=600, client=client)
     page.wait_for_timeout(1500)
     rep["cancel_summary"] = page.evaluate("""() => app.graph._nodes.filter(n => n.type === 'EMOSampler')
         .map(n => n.widgets?.find(w => w.name === 'emo_summary')?.element.textContent ?? null)""")
