@@ -50,7 +50,10 @@ def assets(fixture: Path, meta: dict) -> Path:
 
 def write_files(fixture: Path, meta: dict, out: Path, names: dict[str, str] | None = None) -> Path:
     """The original's four .pth files and the whisper .pt, regenerated from the recipe and checked by digest
-    (``names``: a file written under another name, e.g. infer_acc.yaml's ``denoising_unet_acc.pth``)."""
+    (``names``: a file written under another name, e.g. infer_acc.yaml's ``denoising_unet_acc.pth``). A full-size fixture
+    (``--full``) keeps the harness's own files in ``checkpoint/`` and ``whisper_tiny_random.pt``: used as they are."""
+    if names is None and (fixture / "checkpoint").is_dir() and (fixture / "whisper_tiny_random.pt").is_file():
+        return fixture
     common = parity_common()
     (out / "checkpoint").mkdir(parents=True)
     buffers = load_file(assets(fixture, meta) / "buffers.safetensors")
@@ -268,3 +271,28 @@ def test_bench_against_the_original_offers_echomimic_v2_and_runs_its_harness_at_
     assert "--full" in cmd and cmd[cmd.index("--out") + 1] == str(tmp_path.resolve() / "fixture")
     flags = dict(zip(cmd[4:], cmd[5:]))
     assert (flags["--size"], flags["--steps"], flags["--bench"]) == ("128", "3", "2")
+
+
+# ---- full size (opt-in) ------------------------------------------------------------------------------------------------
+
+FULL_DIR = os.environ.get("EMO_PARITY_ECHOMIMIC_V2_FULL_DIR")
+
+
+@pytest.mark.skipif(not FULL_DIR, reason="set EMO_PARITY_ECHOMIMIC_V2_FULL_DIR to a full-size fixture (tools/parity/README.md)")
+def test_full_size_matches_the_original(tmp_path):
+    """Opt-in: ``echomimic_v2_original.py --full`` output made through tools/parity/floor.py (infer.py's shapes: SD1.5
+    UNets, ``PoseEncoder(320, 3, (16, 32, 96, 256))``, whisper-tiny; ~10 GB RAM per run), loaded by our loader as the
+    ``echomimic-v2`` config: every stage within max(1e-4, 3 x the original's floor there)."""
+    folder = Path(FULL_DIR)
+    setup = load_setup(folder, tmp_path, config="echomimic-v2")
+    meta, gold = setup[0], setup[1]
+    assert meta["settings"]["full"], f"{folder} was not made with --full"
+    ours = run_ours(setup)
+    failures = []
+    for stage in [k for k in gold if not k.startswith("input.") and k not in SKIP]:
+        rel = compare(stage, ours, gold)
+        tol = parity_floor.tolerance(folder, stage)
+        print(f"| EchoMimic v2 full | {stage} | {rel:.1e} | {parity_floor.floor(folder, stage):.1e} |")
+        if not rel <= tol:
+            failures.append(f"{stage}: rel err {rel:.3e} (allowed {tol:.3e})")
+    assert not failures, "; ".join(failures)
