@@ -438,7 +438,10 @@ def test_api_workflow_runs_in_comfyui(server, path):
             import soundfile as sf
 
             wav = sf.info(str(server.input / graph[node_of(graph, "LoadAudio")]["inputs"]["audio"]))
-            assert frames == num_video_frames(wav.frames, wav.samplerate, fps)
+            # the summary's fps has 4 decimals: V-Express's stretched fps (38 / 1.3 s = 29.23077) rounds to 29.2308, which
+            # puts 1.3 s a hair over 38 frames; the count must be the one of an fps within that rounding
+            low, high = (num_video_frames(wav.frames, wav.samplerate, fps * (1 + d)) for d in (-1e-5, 1e-5))
+            assert low <= frames <= high, (frames, low, high)
         # core's video nodes report "images", EMO Video Combine "emo_video" (its own player in web/js/emo.js)
         videos = [f for out in outputs.values() for key in ("images", "emo_video") for f in out.get(key, [])
                   if f["filename"].endswith((".mp4", ".webm"))]
@@ -451,7 +454,8 @@ def test_api_workflow_runs_in_comfyui(server, path):
         assert info.num_frames == frames and abs(info.fps - fps) < 1e-3, (info.num_frames, info.fps, frames, fps)
         assert info.audio_duration is not None and abs(info.audio_duration - frames / fps) <= 1 / fps
         scale = next((n["inputs"]["scale_by"] for n in graph.values() if n["class_type"] == "ImageScaleBy"), 1)
-        assert (info.width, info.height) == (round(64 * scale), round(64 * scale))
+        pasted = "EMOPasteBack" in {n["class_type"] for n in graph.values()}  # the wide scene (write_scene) at its own size
+        assert (info.width, info.height) == ((320, 180) if pasted else (round(64 * scale), round(64 * scale)))
         if "EMOVideoCombine" in {n["class_type"] for n in graph.values()}:
             combine = outputs[node_of(graph, "EMOVideoCombine")]
             assert combine["emo_video"][0]["filename"] == item["filename"] and "images" not in combine  # no core preview too
