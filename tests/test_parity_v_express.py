@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -67,17 +68,23 @@ def files(golden, tmp_path_factory) -> Path:
     return out
 
 
-def _load(files: Path, dtype: torch.dtype = torch.float32):
+def _load(files: Path, dtype: torch.dtype = torch.float32, config: str = "tiny-v-express"):
     ck = inspect_checkpoint(files)
-    assert (ck.family, ck.config.name) == ("vexpress", "tiny-v-express") and ck.problem() is None, ck.problem()
+    assert (ck.family, ck.config.name) == ("vexpress", config) and ck.problem() is None, ck.problem()
     return ck.load(device="cpu", dtype=dtype)
+
+
+def _assets(meta: dict) -> Path:
+    """The folder holding the run's vae/ and wav2vec2/: tests/parity/hallo for the tiny fixtures; a full-size fixture's
+    own folder (``assets_dir``, set by the full-size test: its meta says ``"."``)."""
+    return Path(meta["assets_dir"]) if "assets_dir" in meta else FIXTURE.parent / Path(meta["assets"]).name
 
 
 def _pipe(meta: dict, model) -> EMOPipeline:
     """Our pipeline with the fixture's VAE in the model's dtype, as Session loads it."""
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(FIXTURE.parent / Path(meta["assets"]).name / "vae")
+    vae = AutoencoderKL.from_pretrained(_assets(meta) / "vae")
     return EMOPipeline(model, DiffusersVAE(vae.to(model.dtype).eval()))
 
 
@@ -147,7 +154,7 @@ def _run_ours(meta: dict, gold: dict, model, pipe) -> dict[str, torch.Tensor]:
 def _audio_windows(meta: dict, gold: dict, audio_config) -> torch.Tensor:
     """Our wav2vec2 front end on the fixture's waveform: [F, 5, 2, D]."""
     s = meta["settings"]
-    encoder = Wav2Vec2AudioEncoder.from_checkpoint(FIXTURE.parent / Path(meta["assets"]).name / "wav2vec2", audio_config)
+    encoder = Wav2Vec2AudioEncoder.from_checkpoint(_assets(meta) / "wav2vec2", audio_config)
     # the whole audio (21 frames' worth) spread over the 20 frames cut to whole windows (inference.py:255-264): our
     # PreparedAudio holds exactly its frames' samples, and the cut is not done yet, so the windowing is called directly
     audio = PreparedAudio(waveform=gold["input.waveform"], num_frames=round(s["seconds"] * s["fps"]), fps=float(s["fps"]))
@@ -492,3 +499,31 @@ def test_bench_against_the_original_offers_v_express_and_runs_its_harness_at_ful
     flags = dict(zip(cmd[4:], cmd[5:]))
     assert (flags["--size"], flags["--steps"], flags["--fps"], flags["--seconds"], flags["--cfg"], flags["--bench"]) == (
         "128", "3", "25", "0.8", "3.5", "2")
+
+
+# ---- full size (opt-in) ------------------------------------------------------------------------------------------------
+
+FULL_DIR = os.environ.get("EMO_PARITY_V_EXPRESS_FULL_DIR")
+
+
+@pytest.mark.skipif(not FULL_DIR, reason="set EMO_PARITY_V_EXPRESS_FULL_DIR to a full-size fixture (tools/parity/README.md)")
+def test_full_size_matches_the_original():
+    """Opt-in: ``v_express_original.py --full`` output made through tools/parity/floor.py (V-Express's real shapes: SD1.5
+    UNets with its motion modules, ``VKpsGuider(320, (16, 32, 96, 256))``, the 4-layer perceiver, wav2vec2-base's
+    structure; random weights in its own .bin part files; ~9.5 GB RAM per run), loaded by our loader from those files as
+    the ``v-express`` config: every stage within max(1e-4, 3 x the original's floor there)."""
+    folder = Path(FULL_DIR)
+    meta = json.loads((folder / "meta.json").read_text())
+    assert meta["settings"].get("full"), f"{folder} was not made with --full"
+    meta["assets_dir"] = str(folder)
+    gold = load_file(folder / "stages.safetensors")
+    model = _load(folder, config="v-express")
+    ours = _run_ours(meta, gold, model, _pipe(meta, model))
+    failures = []
+    for stage in STAGES:
+        max_abs, rel = rel_err(ours[stage], gold[stage])
+        tol = parity_floor.tolerance(folder, stage)
+        print(f"| V-Express full | {stage} | {rel:.1e} | {parity_floor.floor(folder, stage):.1e} | {max_abs:.1e} |")
+        if not rel <= tol:
+            failures.append(f"{stage}: rel err {rel:.3e} (allowed {tol:.3e})")
+    assert not failures, "; ".join(failures)

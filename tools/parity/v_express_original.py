@@ -39,7 +39,9 @@ again (meta ``inputs_digest``: the test checks the fp32 fixture holds the same i
 
 ``--full`` / ``--bench R`` (``python -m emo_model bench --against-original vexpress``): ``--full`` writes V-Express's
 five part files at its real shapes (random weights; ~9 GB, one module at a time), a tiny VAE, a random wav2vec2 of
-wav2vec2-base's structure, the waveform and the stretched keypoints to ``--out`` and stops; ``--full --bench R`` then
+wav2vec2-base's structure, the waveform and the stretched keypoints to ``--out``, then loads those files as the bench
+does and records the same stages as the tiny run into stages.safetensors (no buffers.safetensors: the part files hold
+the buffers; meta ``assets`` is ``--out`` itself; the opt-in full-size parity test reads it); ``--full --bench R`` then
 loads those files as inference.py does (``load_state_dict``, strict=False for the UNets; memory-mapped, not timed) and
 times R ``VExpressPipeline`` calls (reference latent, keypoint guider, wav2vec2 and projection, ReferenceNet, every
 windowed DDIM step with CFG, decode; not inference.py's median filter and writer), printing one JSON line with the
@@ -85,7 +87,7 @@ p.add_argument("--kps-frames", type=int, default=13, help="driving keypoint fram
 p.add_argument("--full", action="store_true",
                help="V-Express's real shapes (SD1.5 UNets with attn1_5, inference.py's guider and perceiver, wav2vec2-base's "
                     "structure; a tiny VAE): writes the part files (~9 GB, random weights), vae/, wav2vec2/, speech.npy, "
-                    "kps.npy and meta.json to --out and stops (no stages: the first step of bench --against-original)")
+                    "kps.npy to --out, then records the stages on them (stages.safetensors, meta.json)")
 p.add_argument("--bench", type=int, default=0, metavar="R",
                help="with --full: time R runs of the pipeline call on the files a --full run wrote to --out (loaded as "
                     "inference.py loads them); nothing recorded; prints one JSON line")
@@ -189,7 +191,6 @@ if args.full and not BENCH:
         randomize_(module, args.seed * 10 + i + 1)
         torch.save(module.state_dict(), os.path.join(out_dir, FILE[name]))
         del module
-    os.remove(cfg_path)
     torch.manual_seed(args.seed)  # the SD interface at a few channels (4 latent channels, /8, scaling 0.18215)
     AutoencoderKL(block_out_channels=(8, 16, 16, 16), down_block_types=("DownEncoderBlock2D",) * 4,
                   up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=1, norm_num_groups=4,
@@ -202,16 +203,10 @@ if args.full and not BENCH:
                              return_attention_mask=False).save_pretrained(os.path.join(out_dir, "wav2vec2"))
     np.save(os.path.join(out_dir, "speech.npy"), waveform.astype(np.float32), allow_pickle=False)
     np.save(os.path.join(out_dir, "kps.npy"), kps_sequence.numpy(), allow_pickle=False)  # stretched to the frames
-    with open(os.path.join(out_dir, "meta.json"), "w") as fh:
-        json.dump({"original": {"repo": "tencent-ailab/V-Express", "commit": COMMIT}, "command": sys.argv,
-                   "settings": {"full": True, "size": S, "fps": args.fps, "seconds": args.seconds, "frames": video_length,
-                                "context": args.context, "overlap": args.overlap, "steps": args.steps, "cfg": args.cfg,
-                                "seed": args.seed},
-                   "files": [FILE[n] for n in NAMES] + ["vae", "wav2vec2", "speech.npy", "kps.npy"]}, fh, indent=1)
-    print(f"wrote {out_dir}: {', '.join(FILE[n] for n in NAMES)}, vae/, wav2vec2/ ({video_length} frames)")
-    sys.exit(0)
+    FULL_META = {"full": True, "frames": video_length}  # merged into meta.json's settings (bench --against-original reads them)
+    print(f"wrote {out_dir}: {', '.join(FILE[n] for n in NAMES)}, vae/, wav2vec2/ ({video_length} frames); recording the stages")
 
-if BENCH:  # the files a --full run wrote, loaded as inference.py:77-129 loads them (strict=False for the UNets)
+if args.full:  # the files a --full run wrote, loaded as inference.py:77-129 loads them (strict=False for the UNets)
     modules = {}
     for name in NAMES:
         module = build(name)
@@ -231,7 +226,7 @@ else:
 modules = {"denoising_unet": denoising_unet, "reference_net": reference_net, "v_kps_guider": v_kps_guider,
            "audio_projection": audio_projection}
 weights_meta, buffers = {}, {}
-for i, (name, module) in enumerate(modules.items() if not BENCH else ()):
+for i, (name, module) in enumerate(modules.items() if not args.full else ()):  # full: the part files' weights
     params = dict(module.named_parameters())
     spec = [(k, list(v.shape)) for k, v in params.items()]
     sd = hashed_state_dict(spec, args.seed * 10 + i + 1)
@@ -243,7 +238,7 @@ for i, (name, module) in enumerate(modules.items() if not BENCH else ()):
 for m in modules.values():
     m.eval()
 
-assets = out_dir if BENCH else args.assets
+assets = out_dir if args.full else args.assets
 vae = AutoencoderKL.from_pretrained(os.path.join(assets, "vae"))
 audio_encoder = Wav2Vec2Model.from_pretrained(os.path.join(assets, "wav2vec2")).eval()
 audio_processor = Wav2Vec2FeatureExtractor.from_pretrained(os.path.join(assets, "wav2vec2"))
@@ -352,7 +347,8 @@ inputs = {"input.portrait": torch.from_numpy(portrait), "input.waveform": torch.
           "input.kps_images": torch.from_numpy(np.stack([np.asarray(im) for im in kps_images]))}
 if not HALF:  # the half run has the same inputs and buffers (its meta's inputs_digest): stored once, by the fp32 fixture
     stages.update(inputs)
-    save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
+    if not args.full:  # a full run's part files hold the buffers
+        save_file(buffers, os.path.join(out_dir, "buffers.safetensors"))
 save_file({k: v.contiguous() for k, v in stages.items()}, os.path.join(out_dir, "stages.safetensors"))
 meta = {
     "original": {"repo": "tencent-ailab/V-Express", "commit": COMMIT},
@@ -363,10 +359,13 @@ meta = {
                  "reference_attention_weight": 0.95, "audio_attention_weight": 3.0, "num_pad_audio_frames": PAD,
                  "retarget": "no_retarget", "windows": len(context_indices), "dtype": args.dtype,
                  "stored_frames": KEEP},
-    "assets": os.path.relpath(os.path.abspath(args.assets), os.getcwd()),
+    "assets": "." if args.full else os.path.relpath(os.path.abspath(args.assets), os.getcwd()),
     "weights": weights_meta,
     "inputs_digest": digest(dict(sorted(inputs.items()))),  # by name, as load_file returns them
 }
+if args.full:
+    meta["settings"].update(FULL_META)
+    meta["files"] = [FILE[n] for n in NAMES] + ["vae", "wav2vec2", "speech.npy", "kps.npy"]
 with open(os.path.join(out_dir, "meta.json"), "w") as fh:
     json.dump(meta, fh, indent=1)
 print(f"video_length {video_length} (from {init_video_length}), windows {len(context_indices)}; wrote {out_dir}")
