@@ -181,3 +181,17 @@ def test_late_steps_without_guidance_are_the_full_branch_alone(setup, monkeypatc
     full = expected_prediction(1.0, 1.0, pipe)
     assert got == pytest.approx([expected_prediction(2.5, 4.0, pipe)] * 2 + [full] * 2, abs=1e-5)
     assert rows[-1] == branch_inputs("full", pipe)
+
+
+@pytest.mark.parametrize("batch", [True, False])
+def test_late_steps_run_the_full_branch_only(setup, monkeypatch, batch):
+    """After ``guidance_fraction`` only the full branch is run: no forward row is spent on a weightless branch.
+
+    By hand: 4 steps at fraction 0.5 = 2 guided steps x 3 branches (cfg 2.5, audio_cfg 4.0) + 2 late steps x 1 row,
+    one clip of 6 frames; the last 2 rows are the full branch's.
+    """
+    pipe, ref = setup
+    _, rows = run_recorded(pipe, ref, monkeypatch, frames=6, cfg=2.5, audio_cfg=4.0, strategy="motion_frames",
+                           frames_per_clip=6, steps=4, guidance_fraction=0.5, batch_guidance=batch)
+    assert len(rows) == 2 * 3 + 2 * 1
+    assert rows[-2:] == [branch_inputs("full", pipe)] * 2
