@@ -156,3 +156,43 @@ def test_reference_every_step_reencodes_the_portrait_with_its_identity_in_the_or
     # motion features in the second clip: one row per branch of the forward (the first clip reads the portrait's)
     last = forwards[-1]["motion"]
     assert last and set(last.values()) == {3}, last
+
+
+def test_each_branch_forward_gets_the_conditioning_of_its_branch(monkeypatch):
+    """What one forward per branch (``batch_guidance=False``) carries besides the tokens the guidance oracle reads.
+
+    tiny-hallo2 (tiled reference rows, alternating identities), clips of 5 frames (odd, so the two halves of the
+    original's batch differ): by hand, the original's row for frame j is j for the unconditional branch and 5 + j
+    for a conditional one, and the portrait row read is that row mod 2: [0, 1, 0, 1, 0] and [1, 0, 1, 0, 1].
+    Every forward carries one row, the reference bank with its motion features, the projected keys / values, the
+    region masks and the settings' motion scale.
+    """
+    pipe, ref = make_pipe("tiny-hallo2")
+    assert pipe.config.preset.quirks.reference_rows_tiled
+    seen: list[tuple[int, object]] = []
+
+    def net(sample, timestep, cond):
+        seen.append((sample.shape[0], cond))
+        return 0.5 * sample
+
+    monkeypatch.setattr(pipe.model, "forward", net)
+    settings = SamplingSettings.from_preset(pipe.config.preset, steps=2, cfg=2.5, audio_cfg=4.0, sampler="ddim",
+                                            strategy="motion_frames", frames_per_clip=5, motion_frames=2,
+                                            batch_guidance=False, motion_scale=(1.25, 0.75, 0.5))
+    mask = torch.zeros(64, 64)
+    mask[16:48, 16:48] = 1
+    regions = torch.stack([torch.ones(64, 64), mask, mask])
+    pipe.generate_frames(ref, features(pipe, 5), settings=settings, face_mask=mask, region_masks=regions)
+    monkeypatch.undo()
+
+    assert len(seen) == 2 * 3  # one clip, 2 steps, one forward for each of the three branches
+    want_rows = {False: [0, 1, 0, 1, 0], True: [1, 0, 1, 0, 1]}  # keyed by "conditional branch"
+    for rows, cond in seen:
+        assert rows == 1
+        conditional = bool(cond.reference_enabled[0])
+        assert cond.reference_rows is not None and cond.reference_rows.tolist() == [want_rows[conditional]]
+        assert cond.reference is not None and cond.reference.motion is not None
+        assert cond.reference_kv is not None
+        assert cond.region_masks is not None
+        assert tuple(cond.motion_scale) == (1.25, 0.75, 0.5)
+    assert sorted(bool(c.reference_enabled[0]) for _, c in seen) == [False] * 2 + [True] * 4
