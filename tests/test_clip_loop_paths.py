@@ -196,3 +196,30 @@ def test_each_branch_forward_gets_the_conditioning_of_its_branch(monkeypatch):
         assert cond.region_masks is not None
         assert tuple(cond.motion_scale) == (1.25, 0.75, 0.5)
     assert sorted(bool(c.reference_enabled[0]) for _, c in seen) == [False] * 2 + [True] * 4
+
+
+def test_context_windows_feed_each_window_its_own_audio_and_the_step_timestep(monkeypatch):
+    """Context windows: every forward gets the audio tokens of one window of 6 consecutive frames and the step's
+    timestep (DDIM, trailing spacing, 2 steps: 999 then 499, as in the Euler test above); the oracle's known net
+    reads neither. No guidance (cfg = audio_cfg = 1): one forward per window.
+    """
+    pipe, ref = make_pipe("tiny")
+    feats = features(pipe, 9)
+    with torch.no_grad():
+        per_start = {j: pipe.model.audio_tokens(feats[j : j + 6]) for j in range(0, 4)}  # every window inside 9 frames
+    seen: list[tuple[int, torch.Tensor]] = []
+
+    def net(sample, timestep, cond):
+        seen.append((int(timestep), cond.audio_tokens.detach().clone()))
+        return 0.5 * sample
+
+    monkeypatch.setattr(pipe.model, "forward", net)
+    settings = SamplingSettings.from_preset(pipe.config.preset, steps=2, cfg=1.0, audio_cfg=1.0, sampler="ddim",
+                                            strategy="context_windows", frames_per_clip=6, context_overlap=3)
+    pipe.generate_frames(ref, feats, settings=settings)
+    monkeypatch.undo()
+
+    assert {t for t, _ in seen} == {999, 499} and [t for t, _ in seen] == sorted((t for t, _ in seen), reverse=True)
+    for _, tokens in seen:
+        assert tokens.shape[1] == 6
+        assert any(torch.allclose(tokens, want, atol=1e-6) for want in per_start.values())
