@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from comfy_harness import cli, error_line, load_pack, node_result, tiny_wav2vec2_folder, write_speech
+from comfy_harness import cli, error_line, load_pack, node_result, tiny_wav2vec2_folder, v_express_parts, write_speech
 from conftest import perturb_zero_inits, tiny_vae
 
 from emo_model.app.keypoint_input import driving_keypoints, keypoint_frames_for
@@ -175,16 +175,7 @@ def files(tmp_path_factory):
     base = tmp_path_factory.mktemp("vexpress")
     torch.manual_seed(0)
     model = perturb_zero_inits(EMOModel("tiny-v-express").eval())
-    folder = base / "v_express"
-    folder.mkdir()
-    parts = {role: {} for role in PARTS}
-    roles = {"denoising_unet": "denoising_unet", "reference_unet": "reference_unet", "face_locator": "face_locator", "audioproj": "audio_proj"}
-    for key, value in model.state_dict().items():
-        module, rest = key.split(".", 1)
-        if module in roles:
-            parts["motion_module" if ".motion_modules." in rest else roles[module]][rest] = value.clone()
-    for role, tensors in parts.items():
-        torch.save(tensors, folder / PARTS[role][0])
+    folder = v_express_parts(model, base / "v_express")
     tiny_vae().save_pretrained(base / "vae")
     tiny_wav2vec2_folder(base / "w2v")
     PIL.Image.fromarray(face_crop(200)).save(base / "face.png")

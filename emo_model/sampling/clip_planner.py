@@ -46,12 +46,17 @@ def plan_clips(num_frames: int, frames_per_clip: int, *, pad_last: bool = True) 
     return clips
 
 
-def plan_windows(num_frames: int, size: int, overlap: int) -> list[range]:
-    """Overlapping windows of ``size`` frames covering every frame (one shorter window if N < size)."""
+def _check_windows(num_frames: int, size: int, overlap: int) -> None:
+    """Refuse a frame count or overlap no window schedule can cover, in one line."""
     if num_frames < 1:
         raise ValueError("nothing to generate: the audio has no frames")
     if not 0 <= overlap < size:
         raise ValueError(f"context overlap must be in [0, {size - 1}], got {overlap}")
+
+
+def plan_windows(num_frames: int, size: int, overlap: int) -> list[range]:
+    """Overlapping windows of ``size`` frames covering every frame (one shorter window if N < size)."""
+    _check_windows(num_frames, size, overlap)
     if num_frames <= size:
         return [range(0, num_frames)]
     stride = size - overlap
@@ -72,10 +77,7 @@ def uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[int]]
     """Moore-AnimateAnyone's ``uniform()`` context schedule called with step 0, stride 1 and a closed
     loop: windows of ``size`` frames starting at 0, ``size - overlap``, ... (< ``num_frames``); a window that
     runs past the end wraps around to frame 0. One window of every frame when ``num_frames <= size``."""
-    if num_frames < 1:
-        raise ValueError("nothing to generate: the audio has no frames")
-    if not 0 <= overlap < size:
-        raise ValueError(f"context overlap must be in [0, {size - 1}], got {overlap}")
+    _check_windows(num_frames, size, overlap)
     if num_frames <= size:
         return [list(range(num_frames))]
     return [[(s + k) % num_frames for k in range(size)] for s in range(0, num_frames, size - overlap)]
@@ -85,10 +87,7 @@ def open_uniform_windows(num_frames: int, size: int, overlap: int) -> list[list[
     """The same ``uniform()`` schedule without the closed loop: windows start at 0, ``size - overlap``, ... while the
     start is below ``num_frames - overlap``; a frame index past the end is reflected to ``num_frames - 2 - e % num_frames``.
     When ``num_frames`` is a whole number of windows ((k - 1) x (size - overlap) + size) they tile it exactly."""
-    if num_frames < 1:
-        raise ValueError("nothing to generate: the audio has no frames")
-    if not 0 <= overlap < size:
-        raise ValueError(f"context overlap must be in [0, {size - 1}], got {overlap}")
+    _check_windows(num_frames, size, overlap)
     if num_frames <= size:
         return [list(range(num_frames))]
     return [[e if e < num_frames else num_frames - 2 - e % num_frames for e in range(s, s + size)]
