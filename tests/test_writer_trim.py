@@ -206,3 +206,39 @@ def test_a_failure_while_finalising_is_one_line_and_leaves_nothing(tmp_path):
         w.close()
     assert str(exc.value) == f"finalising {str(tmp_path / 'a.mp4')!r} failed: disk full"
     assert os.listdir(tmp_path) == []
+
+
+class _Container:
+    def __init__(self, error: Exception | None = None):
+        self.closed = 0
+        self.error = error
+
+    def close(self):
+        self.closed += 1
+        if self.error is not None:
+            raise self.error
+
+
+@pytest.mark.parametrize("error", [None, OSError("disk gone")])
+def test_cleanup_closes_the_container_once_before_deleting_the_partial_file(tmp_path, error):
+    # on Windows an open file cannot be deleted: the finalizer must close the container first, and only once
+    from emo_model.video_io.writer import _cleanup_partial
+
+    partial = tmp_path / "a.mp4.partial"
+    partial.write_bytes(b"x")
+    c = _Container(error)
+    ref = [c]
+    _cleanup_partial(ref, str(partial))
+    assert c.closed == 1 and ref == [None] and not partial.exists()
+    _cleanup_partial(ref, str(partial))  # a second call (close() then the finalizer) finds nothing to do
+    assert c.closed == 1 and ref == [None]
+
+
+def test_cleanup_without_a_container_still_deletes_the_partial_file(tmp_path):
+    from emo_model.video_io.writer import _cleanup_partial
+
+    partial = tmp_path / "a.mp4.partial"
+    partial.write_bytes(b"x")
+    _cleanup_partial([], str(partial))
+    assert not partial.exists()
+    _cleanup_partial([], str(partial))  # already gone: nothing to do, no error
