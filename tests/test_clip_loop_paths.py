@@ -1,4 +1,4 @@
-"""Two paths of the clip loop's guided prediction (``clip_loop._Run._predict``) the guidance oracle cannot see.
+"""Paths of the clip loop (``clip_loop._Run``) the guidance oracle cannot see, checked with recording stand-in networks.
 
 1. The sampler's input scaling. DDIM and DPM++ feed the denoiser the latents as they are; the Euler samplers
    feed it ``x / sqrt(sigma_t^2 + 1)``. With ``sigma_t^2 = (1 - abar_t) / abar_t`` that is ``x * sqrt(abar_t)``,
@@ -15,6 +15,11 @@
    built (row 0 reads the unconditional identity; with an even number of motion frames, row n + 1 is odd and
    reads the portrait's identity), no projected keys / values are reused, and the motion features are one row per
    branch of the forward. The expected bank is encoded here from the portrait latent and the two identities.
+
+3. The context-window loop (``_Run.context_windows``): what each window's forward carries (the caller's noise,
+   the window's speed tokens, emotion rows and pose features, its own deep-feature cache), the preset's window
+   schedule, the stochastic sampler's generator, the progress reports and the emitted frame runs, each against
+   values worked out by hand in the test's docstring.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from emo_model.network.model import EMOModel
 from emo_model.network.vae import DiffusersVAE
 from emo_model.sampling import pipeline as pipeline_module
 from emo_model.sampling.pipeline import EMOPipeline
-from emo_model.sampling.settings import SamplingSettings
+from emo_model.sampling.schedulers import make_scheduler
+from emo_model.sampling.settings import SamplingSettings, StepInfo
+from emo_model.validation import GenerationError
 
 
 def make_pipe(name: str):
@@ -43,8 +50,11 @@ def make_pipe(name: str):
 
 
 def features(pipe, frames: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    if pipe.model.audioproj is None:  # whisper windows used as tokens (EchoMimic): [F, 30, 384]
+        return torch.randn(frames, 30, 384, generator=g)
     proj = pipe.model.audioproj.cfg
-    return torch.randn(frames, proj.seq_len, proj.blocks, proj.channels, generator=torch.Generator().manual_seed(1))
+    return torch.randn(frames, proj.seq_len, proj.blocks, proj.channels, generator=g)
 
 
 def hand_alphas_bar(start: float, end: float, n: int = 1000) -> list[float]:
@@ -223,3 +233,202 @@ def test_context_windows_feed_each_window_its_own_audio_and_the_step_timestep(mo
     for _, tokens in seen:
         assert tokens.shape[1] == 6
         assert any(torch.allclose(tokens, want, atol=1e-6) for want in per_start.values())
+
+
+# ---- the context-window loop (``clip_loop._Run.context_windows``) with a recording stand-in network ---------------
+# 9 frames in windows of 6 overlapping by 3 (the ramp schedule of the plain presets): windows [0..5] and [3..8],
+# visited in that order on every step
+WINDOWS_9 = [list(range(0, 6)), list(range(3, 9))]
+
+
+def context_settings(pipe, **kw):
+    return SamplingSettings.from_preset(pipe.config.preset, **{"sampler": "ddim", "strategy": "context_windows",
+                                                               "frames_per_clip": 6, "context_overlap": 3, **kw})
+
+
+def recording_net(monkeypatch, pipe, out=lambda sample: 0.5 * sample):
+    """Replace the denoiser: record what every forward gets; a deep-feature cache is filled on a refresh, as the
+    real network does."""
+    seen: list[dict] = []
+
+    def net(sample, timestep, cond):
+        cache = cond.feature_cache
+        seen.append({"t": int(timestep), "sample": sample.detach().clone(), "cond": cond,
+                     "cache": cache, "refresh": None if cache is None else bool(cache.refresh)})
+        if cache is not None and cache.refresh:
+            cache.features = sample.detach().clone()
+        return out(sample)
+
+    monkeypatch.setattr(pipe.model, "forward", net)
+    return seen
+
+
+def test_context_windows_read_the_callers_noise_each_windows_speed_and_report_every_step(monkeypatch):
+    """tiny (speed layers), all three branches batched (3 rows), DDIM 2 steps, the caller's initial noise.
+
+    By hand: 2 steps x 2 windows = 4 forwards, in the order step 0 [0..5], [3..8], step 1 [0..5], [3..8]. DDIM's
+    initial sigma is 1 and it feeds the latents unscaled, so the first step's forwards get the caller's noise of
+    their window's frames. A speed per frame (0, 0.5, .., 4) makes each window's speed tokens those of its own
+    frames. No row bank in this config: no reference rows. ``on_step``: (clip 0 of 1, step k of 2, done k of 2).
+    The frames are emitted in windows of 6 from frame 0: 6, then 3.
+    """
+    pipe, ref = make_pipe("tiny")
+    model = pipe.model
+    noise = torch.randn(model.config.latent_channels, 9, 8, 8, generator=torch.Generator().manual_seed(5))
+    speeds = [0.5 * k for k in range(9)]
+    with torch.no_grad():
+        tokens = model.speed_tokens(torch.tensor(speeds)[None])
+    assert tokens is not None and not torch.allclose(tokens[:, :6], tokens[:, 3:])  # the windows' speeds differ
+    seen = recording_net(monkeypatch, pipe)
+    reports, chunks = [], []
+    settings = context_settings(pipe, steps=2, cfg=2.5, audio_cfg=4.0, batch_guidance=True, speed=speeds)
+    pipe.generate(ref, features(pipe, 9), settings=settings, sink=chunks.append, noise=noise, on_step=reports.append)
+    monkeypatch.undo()
+
+    assert len(seen) == 4
+    for k, f in enumerate(seen):
+        window = WINDOWS_9[k % 2]
+        assert f["sample"].shape[0] == 3
+        assert f["cond"].speed_tokens is not None
+        assert torch.allclose(f["cond"].speed_tokens, tokens[:, window], atol=1e-6), k
+        assert f["cond"].reference_rows is None
+        if k < 2:  # the first step: the caller's noise, unscaled
+            assert torch.allclose(f["sample"], noise[:, window].unsqueeze(0).expand_as(f["sample"]), atol=1e-6), k
+    assert reports == [StepInfo(0, 1, 1, 2, 1, 2), StepInfo(0, 1, 2, 2, 2, 2)]
+    assert [c.shape[0] for c in chunks] == [6, 3]
+
+
+@pytest.mark.parametrize("frames,emitted", [(1, [1]), (8, [6, 2])])
+def test_context_windows_emit_every_frame_once_in_windows_of_the_clip_size(monkeypatch, frames, emitted):
+    """The decoded frames go to the sink in runs of ``frames_per_clip`` (6) from frame 0: 1 -> [1], 8 -> [6, 2].
+    Each run is the decoded latents of its own frames (no colour match): together, the whole sequence decoded."""
+    pipe, ref = make_pipe("tiny")
+    final: list[torch.Tensor] = []
+    original_step = pipeline_module._Run._step
+
+    def recording_step(self, pred, t, latents, generator):
+        out = original_step(self, pred, t, latents, generator)
+        final[:] = [out.detach().clone()]
+        return out
+
+    recording_net(monkeypatch, pipe)
+    monkeypatch.setattr(pipeline_module._Run, "_step", recording_step)
+    chunks: list[torch.Tensor] = []
+    pipe.generate(ref, features(pipe, frames), settings=context_settings(pipe, steps=1, cfg=1.0, audio_cfg=1.0,
+                  colour_match="none"), sink=chunks.append)
+    monkeypatch.undo()
+    assert [c.shape[0] for c in chunks] == emitted
+    with torch.no_grad():
+        decoded = pipe.codec.decode(final[0][0].transpose(0, 1)).float().cpu()
+    got = torch.cat(chunks)
+    assert got.shape[0] == frames
+    assert torch.allclose(got, decoded, atol=1e-5)
+
+
+def test_context_windows_keep_one_deep_feature_cache_per_window(monkeypatch):
+    """``deep_cache_interval=2``, 3 steps, one forward per window (no guidance): each window has its own cache,
+    refreshed on steps 1 and 3 and reused on step 2 (by hand: refresh pattern T, T, F, F, T, T in visiting order)."""
+    pipe, ref = make_pipe("tiny")
+    seen = recording_net(monkeypatch, pipe)
+    settings = context_settings(pipe, steps=3, cfg=1.0, audio_cfg=1.0, deep_cache_interval=2)
+    pipe.generate_frames(ref, features(pipe, 9), settings=settings)
+    monkeypatch.undo()
+    assert len(seen) == 6
+    assert [f["refresh"] for f in seen] == [True, True, False, False, True, True]
+    caches = [f["cache"] for f in seen]
+    assert caches[0] is not caches[1]
+    assert all(caches[k] is caches[k % 2] for k in range(6))
+
+
+def test_context_windows_stop_at_the_first_step_whose_latents_are_not_finite(monkeypatch):
+    """A network that returns NaN: the loop stops after step 1 of 2 with the latents named (not at decoding)."""
+    pipe, ref = make_pipe("tiny")
+    recording_net(monkeypatch, pipe, out=lambda sample: torch.full_like(sample, float("nan")))
+    reports: list = []
+    with pytest.raises(GenerationError, match=r"the latents became NaN or infinite at clip 1 of 1, step 1 of 2 "):
+        pipe.generate_frames(ref, features(pipe, 9), settings=context_settings(pipe, steps=2, cfg=1.0, audio_cfg=1.0),
+                             on_step=reports.append)
+    monkeypatch.undo()
+    assert reports == []
+
+
+def test_context_windows_step_a_stochastic_sampler_with_the_runs_own_generator(monkeypatch):
+    """Euler ancestral draws noise on every step. By hand (seed_stream's contract): the window loop's step generator is
+    seeded with ``clip_seed(seed, 0) ^ 0x5EED`` = ``(seed * 1_000_003) ^ 0x5EED``. Replaying the recorded steps on a fresh
+    scheduler with that generator gives the run's latents; another seed does not (so the check can fail)."""
+    pipe, ref = make_pipe("tiny")
+    steps: list[tuple] = []
+    original_step = pipeline_module._Run._step
+
+    def recording_step(self, pred, t, latents, generator):
+        out = original_step(self, pred, t, latents, generator)
+        steps.append((pred.clone(), t, latents.clone(), out.clone()))
+        return out
+
+    recording_net(monkeypatch, pipe)
+    monkeypatch.setattr(pipeline_module._Run, "_step", recording_step)
+    torch.manual_seed(123)  # the global generator is not the run's
+    settings = context_settings(pipe, steps=2, cfg=1.0, audio_cfg=1.0, sampler="euler_ancestral", seed=7)
+    pipe.generate_frames(ref, features(pipe, 6), settings=settings)
+    monkeypatch.undo()
+    assert len(steps) == 2
+
+    def replay(seed: int) -> list[torch.Tensor]:
+        sch = make_scheduler("euler_ancestral", pipe.config.preset.scheduler)
+        sch.set_timesteps(2)
+        g = torch.Generator().manual_seed(seed)
+        return [sch.step(pred, t, latents, generator=g).prev_sample for pred, t, latents, _ in steps]
+
+    want = replay((7 * 1_000_003) ^ 0x5EED)
+    other = replay((7 * 1_000_003 + 7_919) ^ 0x5EED)  # clip 1's seed
+    assert not torch.allclose(want[0], other[0])
+    for (_, _, _, out), w in zip(steps, want):
+        assert torch.allclose(out, w, atol=1e-6)
+
+
+def test_context_windows_give_each_window_its_emotion_and_the_unconditional_row_none(monkeypatch):
+    """tiny-memo (9 emotion classes; class 9 = "no emotion"), one emotion label per frame [1, 1, 1, 1, 2, 2, 2, 2, 2]:
+    by hand window [0..5] is mostly 1, window [3..8] mostly 2. Batched rows (uncond, reference, full): [9, e, e]."""
+    pipe, ref = make_pipe("tiny-memo")
+    assert pipe.model.denoising_unet.emotion_classes == 9
+    seen = recording_net(monkeypatch, pipe)  # sampler=None: the preset's own (a rectified-flow model)
+    settings = context_settings(pipe, sampler=None, steps=1, cfg=2.5, audio_cfg=4.0, batch_guidance=True,
+                                emotion=[1, 1, 1, 1, 2, 2, 2, 2, 2])
+    pipe.generate_frames(ref, features(pipe, 9), settings=settings)
+    monkeypatch.undo()
+    assert [f["cond"].emotion.tolist() for f in seen] == [[9, 1, 1], [9, 2, 2]]
+
+
+def test_context_windows_follow_the_presets_schedule_and_read_each_windows_poses(monkeypatch):
+    """tiny-echomimic-v2: the "uniform" schedule (closed loop) moving 3 frames per step, and a pose guider.
+
+    By hand, 10 frames in windows of 6 overlapping by 3: step 0 starts at 0, 3, 6, 9 (wrapping past frame 9);
+    step 1 is every window moved 3 frames on. Each window's Face Locator features at its position j are those of
+    the pose of its frame j alone (the locator reads one pose image per frame)."""
+    pipe, ref = make_pipe("tiny-echomimic-v2")
+    q = pipe.config.preset.quirks
+    assert (q.context_schedule, q.context_shift_per_step) == ("uniform", 3)
+    poses = torch.rand(10, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        per_frame = [pipe.model.face_features(poses[k : k + 1]) for k in range(10)]  # [1, C, h, w] each
+    windows: list[list[int]] = []
+    original_audio = pipeline_module._Run._audio_tokens
+
+    def spy_audio(self, index):
+        windows.append(index.tolist())
+        return original_audio(self, index)
+
+    seen = recording_net(monkeypatch, pipe)
+    monkeypatch.setattr(pipeline_module._Run, "_audio_tokens", spy_audio)
+    settings = context_settings(pipe, steps=2, cfg=1.0, audio_cfg=1.0)
+    pipe.generate_frames(ref, features(pipe, 10), settings=settings, pose_frames=poses)
+    monkeypatch.undo()
+    step0 = [[0, 1, 2, 3, 4, 5], [3, 4, 5, 6, 7, 8], [6, 7, 8, 9, 0, 1], [9, 0, 1, 2, 3, 4]]
+    step1 = [[3, 4, 5, 6, 7, 8], [6, 7, 8, 9, 0, 1], [9, 0, 1, 2, 3, 4], [2, 3, 4, 5, 6, 7]]
+    assert windows == step0 + step1
+    assert len(seen) == 8
+    for f, window in zip(seen, windows):
+        face = f["cond"].face_features
+        assert face.shape[2] == 6
+        for j, k in enumerate(window):
+            assert torch.allclose(face[:, :, j], per_frame[k], atol=1e-5), (window, j)
