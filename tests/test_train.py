@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -305,6 +306,65 @@ def test_stage_trains_only_its_groups(stage, dataset, vae_dir, init_checkpoint, 
     assert torch.equal(final["face_locator.conv_in.weight"], after["face_locator.conv_in.weight"])
 
 
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_every_trainable_parameter_gets_a_gradient(stage, dataset, vae_dir, init_checkpoint, tmp_path):
+    """docs/training.md's claim that DDP (find_unused_parameters off) relies on: one real backward reaches every
+    trainable parameter, with the conditions kept and with every condition dropped."""
+    cfg = _config(stage, uncond_reference=0.0, uncond_audio=0.0, uncond_both=0.0, first_clip_ratio=0.0)
+    trainer = _trainer(cfg, tmp_path / "run", dataset, vae_dir, init=init_checkpoint)
+    trainer.sampler.set_epoch(0)
+    batch = next(iter(trainer.loader))
+    trainable = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert {parameter_group(n, trainer.config) for n, _ in trainable} == set(STAGE_TRAINABLE[stage]) - {"identity"}
+    for dropped in (0.0, 1.0):  # 1.0: every sample without reference and audio (the unconditional branch)
+        trainer.cfg.uncond_both, trainer.cfg.first_clip_ratio = dropped, dropped
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.accelerator.backward(trainer.loss(batch))
+        missing = [n for n, p in trainable if p.grad is None]
+        assert not missing, f"stage {stage}: {len(missing)} trainable parameters get no gradient, e.g. {missing[:3]}"
+    if stage == 1:  # the ReferenceNet's layers after its last bank input never reach the loss: kept frozen
+        frozen = [n for n, p in trainer.model.named_parameters() if n.startswith("reference_unet.") and not p.requires_grad]
+        assert frozen and all(".up_blocks." in n for n in frozen)
+
+
+@pytest.mark.parametrize("name", ["tiny", "emo"])
+def test_unreachable_parameters_are_the_reference_net_tail(name):
+    """The meta-device dry run (no weights, no arithmetic) on the tiny and the full-size structure: of the groups a stage
+    can train, only the ReferenceNet's last transformer after its bank input misses the loss."""
+    from emo_model.train.parameter_groups import unreachable_parameters
+
+    config = get_config(name)
+    with torch.device("meta"):
+        names = [n for n, _ in EMOModel(config).named_parameters()]
+    preset = config.preset
+    for stage in (1, 2, 3) if name == "tiny" else (1, 2):  # stage 3's forward is stage 2's
+        unreachable = unreachable_parameters(config, stage, preset.frames_per_clip, preset.motion_frames)
+        reference = sorted(n for n in unreachable if n.startswith("reference_unet."))
+        assert reference, stage
+        pattern = re.compile(r"reference_unet\.up_blocks\.\d+\.attentions\.\d+\.")
+        blocks = {m.group(0) if (m := pattern.match(n)) else n for n in reference}
+        assert len(blocks) == 1, blocks  # all in one attention block ...
+        (block,) = blocks
+        attentions = [n for n in names if pattern.match(n)]
+        assert attentions[-1].startswith(block)  # ... the ReferenceNet's last one
+        assert f"{block}proj_out.weight" in unreachable and f"{block}transformer_blocks.0.norm1.weight" not in unreachable
+        others = {parameter_group(n, config) for n in unreachable if not n.startswith("reference_unet.")}
+        if stage == 1:  # no audio, no temporal modules, no speed in stage 1
+            assert {"audio", "temporal", "speed"} <= others and not others & {"backbone", "face_locator"}
+        else:
+            assert not others, (stage, others)
+
+
+def test_a_group_a_stage_cannot_train_is_one_clear_line(dataset, vae_dir, tmp_path):
+    cfg = load_train_config(CONFIGS / "tiny_stage1.yaml", ["trainable=[speed]"])
+    cfg.stage, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = 1, None, 0, 0
+    with pytest.raises(TrainError) as info:
+        _trainer(cfg, tmp_path / "run", dataset, vae_dir)
+    text = str(info.value)
+    assert "\n" not in text and "'speed'" in text and "stage 1" in text
+    assert "reference_net, backbone" in text and "--set trainable=" in text
+
+
 def test_group_lr_gives_a_group_its_own_learning_rate(dataset, vae_dir, init_checkpoint, tmp_path):
     cfg = load_train_config(CONFIGS / "tiny_stage3.yaml", ["optim.lr=1e-5", "optim.group_lr.speed=1.0e-3"])
     cfg.stage, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = 3, None, 0, 0
@@ -360,6 +420,45 @@ def test_resume_is_exact(dataset, vae_dir, init_checkpoint, tmp_path):
     # the exported weights are the EMA ones: different from the raw weights of trained layers
     key = next(k for k in a if ".motion_modules." in k and k.endswith("proj_in.weight"))
     assert not torch.equal(ema_a[key], a[key])
+
+
+@pytest.mark.parametrize("error", ["disk full", "safetensors"])
+def test_a_failed_checkpoint_write_leaves_nothing_resume_would_take(error, dataset, vae_dir, tmp_path, monkeypatch):
+    """A full disk mid-checkpoint: one line, no step folder (nor a partial one) for that step, the previous checkpoint
+    intact and taken by --resume, which then finishes the run."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import emo_model.weights.native as native
+    from emo_model.train.checkpointing import latest_checkpoint
+
+    real, calls = native.save_native, []
+
+    def full_disk(model, path, **kw):
+        calls.append(path)
+        if len(calls) < 2:
+            return real(model, path, **kw)
+        Path(path).write_bytes(b"half a file")
+        if error == "safetensors":
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull })")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(native, "save_native", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(TrainError) as info:
+        _trainer(_config(1, max_steps=2, checkpoint_every=1), run, dataset, vae_dir).train()
+    text = str(info.value)
+    assert "\n" not in text and "step-0000002" in text and ("No space left" if error == "disk full" else "StorageFull") in text
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000001"]
+    assert latest_checkpoint(run / "checkpoints") == run / "checkpoints" / "step-0000001"
+    assert not (run / "emo-stage1-final.safetensors").exists()
+    if error == "disk full":
+        monkeypatch.setattr(native, "save_native", real)
+        resumed = _trainer(_config(1, max_steps=2, checkpoint_every=1), run, dataset, vae_dir, resume="latest")
+        assert resumed.global_step == 1
+        assert resumed.train()["steps"] == 2 and (run / "emo-stage1-final.safetensors").is_file()
+        assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-0000001", "step-0000002"]
 
 
 def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint, tmp_path, monkeypatch):

@@ -1,9 +1,11 @@
-"""Training checkpoints beside accelerate's own state: the native export, the LR schedule and EMA (JSON + safetensors,
-never pickles), and the rotation of old step folders."""
+"""Training checkpoints: accelerate's state, the native export, the LR schedule and EMA (JSON + safetensors, never
+pickles), written atomically; the rotation of old step folders and the search for the newest complete one."""
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -11,6 +13,9 @@ import torch
 
 from ..network.model import EMOModel
 from .train_config import TrainError
+
+PARTIAL = ".partial"  # the suffix of a checkpoint folder being written (hidden: a dot in front)
+STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
 def export_native(trainer, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
@@ -71,11 +76,118 @@ def rotate(trainer) -> None:
     keep = trainer.cfg.keep_checkpoints
     if keep <= 0:
         return
-    found = sorted((p for p in trainer.paths.checkpoints.glob("step-*") if p.is_dir()), key=lambda p: int(p.name.split("-")[1]))
+    found = sorted(_step_folders(trainer.paths.checkpoints), key=_step_of)
     for old in found[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
+    for stale in trainer.paths.checkpoints.glob(f".step-*{PARTIAL}"):  # left by a run killed mid-write
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
-    found = [p for p in folder.glob("step-*") if (p / "trainer_state.json").is_file()]
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+    """The newest complete ``step-N`` folder (partial ones are hidden ``.step-N.partial`` folders, never taken)."""
+    found = [p for p in _step_folders(folder) if (p / "trainer_state.json").is_file()]
+    return max(found, key=_step_of) if found else None
+
+
+def _step_folders(folder: Path) -> list[Path]:
+    return [p for p in folder.glob("step-*") if p.is_dir() and STEP_FOLDER.fullmatch(p.name)]
+
+
+def _step_of(path: Path) -> int:
+    return int(STEP_FOLDER.fullmatch(path.name).group(1))
+
+
+# What a full disk or a failing file system raises while a checkpoint is written (torch.save: RuntimeError).
+def _write_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (OSError, RuntimeError, SafetensorError)
+
+
+def save_checkpoint(trainer) -> Path:
+    """``OUTPUT/checkpoints/step-N``, written atomically: every file goes into the hidden sibling ``.step-N.partial``
+    (``trainer_state.json`` last), which is renamed into place only when all of it is written. A failed write removes
+    the partial folder and ends in one line on every rank; ``--resume`` never sees a partial folder."""
+    acc = trainer.accelerator
+    folder = trainer.paths.checkpoints / f"step-{trainer.global_step:07d}"
+    partial = folder.with_name(f".{folder.name}{PARTIAL}")
+    acc.wait_for_everyone()
+    if acc.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    acc.wait_for_everyone()
+    error = ""
+    try:
+        acc.save_state(str(partial))
+    except _write_errors() as exc:
+        error = _first_line(exc)
+    state = acc.get_state_dict(trainer.net)  # the full state on every rank (FSDP gathers), before any EMA swap
+    if acc.is_main_process and not error:
+        try:
+            (partial / "emo_config.json").write_text(trainer.config.to_json())
+            trainer.export_native(partial / trainer._native_name(), state)
+            save_extra_state(trainer, partial)
+            trainer_state = {
+                "global_step": trainer.global_step,
+                "epoch": trainer.epoch,
+                "batches_in_epoch": trainer.batches_in_epoch,
+                "stage": trainer.cfg.stage,
+                "groups": list(trainer.groups),
+                "world_size": acc.num_processes,
+                "train_config": trainer.cfg.to_dict(),
+            }
+            (partial / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))  # last: marks it complete
+            _replace_folder(partial, folder)
+        except _write_errors() as exc:
+            error = _first_line(exc)
+    errors = [e for e in (_gather(acc, error)) if e]
+    if errors:
+        if acc.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise TrainError(
+            f"could not write the checkpoint {folder}: {errors[0]}; nothing was kept of it (the previous checkpoints are "
+            "intact): free disk space (or lower keep_checkpoints) and continue with --resume"
+        )
+    if acc.is_main_process:
+        rotate(trainer)
+        trainer.log(f"checkpoint: {folder}")
+    acc.wait_for_everyone()
+    return folder
+
+
+def publish_final(trainer, folder: Path) -> Path:
+    """The last checkpoint's native weights as ``OUTPUT/emo-stageS-final.safetensors`` (copied beside it, then renamed)."""
+    target = trainer.paths.output / f"emo-stage{trainer.cfg.stage}-final.safetensors"
+    partial = target.with_name(f".{target.name}{PARTIAL}")
+    try:
+        shutil.copyfile(folder / trainer._native_name(), partial)
+        os.replace(partial, target)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise TrainError(f"could not write {target}: {_first_line(exc)}; the weights are in {folder} (free disk space and copy them)") from exc
+    return target
+
+
+def _replace_folder(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an existing ``target`` (the same step saved again) is replaced."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _gather(acc, error: str) -> list[str]:
+    if acc.num_processes == 1:
+        return [error]
+    from accelerate.utils import gather_object
+
+    return gather_object([error])
+
+
+def _first_line(exc: BaseException) -> str:
+    from ..validation import first_line
+
+    return f"{type(exc).__name__}: {first_line(exc)}"

@@ -10,6 +10,8 @@ identity attn2), ``face_locator``.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from ..configs import EMOConfig
 from ..network.model import EMOModel
 from .train_config import GROUPS, STAGE_TRAINABLE, TrainError  # noqa: F401 (STAGE_TRAINABLE: the stage defaults)
@@ -38,16 +40,89 @@ def parameter_group(name: str, config: EMOConfig) -> str:
     return "backbone"
 
 
-def set_trainable(model: EMOModel, groups: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """requires_grad per group; returns the number of trainable parameters per group."""
+def set_trainable(model: EMOModel, groups: tuple[str, ...] | list[str], exclude: frozenset[str] = frozenset()) -> dict[str, int]:
+    """requires_grad per group, except the names in ``exclude`` (:func:`unreachable_parameters`); returns the number
+    of trainable parameters per group."""
     counts: dict[str, int] = {}
     for name, p in model.named_parameters():
         group = parameter_group(name, model.config)
-        p.requires_grad_(group in groups)
-        if group in groups:
+        train = group in groups and name not in exclude
+        p.requires_grad_(train)
+        if train:
             counts[group] = counts.get(group, 0) + p.numel()
     if not counts:
         raise TrainError(f"no parameter of this model is in the groups {list(groups)}")
     return counts
 
 
+def unreachable_parameters(
+    config: EMOConfig, stage: int, frames: int, motion_frames: int, audio_shape: tuple[int, ...] | None = None
+) -> frozenset[str]:
+    """Names of the parameters that get no gradient in a training step of ``stage``, whatever the weights.
+
+    Found by one forward and backward of :class:`~.training_net.TrainingNet` on the meta device (shapes only, no memory,
+    no arithmetic), with every condition kept: a parameter the graph does not reach here never reaches the loss (the
+    ReferenceNet's layers after its last bank input, the audio layers in stage 1, ...). DDP without
+    ``find_unused_parameters`` fails on such a parameter if it is trainable, so :func:`set_trainable` leaves them out.
+    ``audio_shape``: one frame's audio features (the dataset's); None derives it from ``config.audio``.
+    """
+    if audio_shape is None:
+        a = config.audio
+        audio_shape = (a.window, a.feature_rows, a.dim)
+    return _unreachable(config.to_json(), stage, frames, motion_frames, tuple(audio_shape))
+
+
+@lru_cache(maxsize=16)
+def _unreachable(config_json: str, stage: int, frames: int, motion_frames: int, audio_shape: tuple[int, ...]) -> frozenset[str]:
+    import torch
+
+    from .training_net import TrainingNet
+
+    config = EMOConfig.from_json(config_json)
+    with torch.device("meta"):
+        model = EMOModel(config)
+    model.requires_grad_(True)
+    b, c, h = 1, config.latent_channels, 16
+    frames = 1 if stage == 1 else frames
+    n = 0 if stage == 1 else motion_frames
+
+    def meta(*shape, dtype=torch.float32):
+        return torch.zeros(*shape, dtype=dtype, device="meta")
+
+    keep = torch.ones(b, dtype=torch.bool)  # the backbone reads reference_enabled on the CPU
+    net = TrainingNet(model, stage, config.preset.first_clip_motion)
+    pred = net(
+        meta(b, c, frames, h, h),
+        meta(b, dtype=torch.long),
+        meta(b, c, h, h),
+        meta(b, h * config.vae_scale_factor, h * config.vae_scale_factor),
+        keep,
+        keep.to("meta"),
+        motion_latents=meta(b, n, c, h, h) if n else None,
+        first_clip=meta(b, dtype=torch.bool) if n else None,
+        audio_features=meta(b, frames, *audio_shape) if stage > 1 else None,
+        speed=meta(b, n + frames) if stage > 1 else None,
+    )
+    pred.float().sum().backward()
+    return frozenset(name for name, p in model.named_parameters() if p.grad is None)
+
+
+def stage_groups(
+    model: EMOModel, stage: int, groups: tuple[str, ...] | list[str], unreachable: frozenset[str], *, chosen: bool
+) -> tuple[str, ...]:
+    """The groups of ``groups`` this model has; ``chosen`` (the config's ``trainable``): a group none of whose
+    parameters reaches the loss in this stage is a mistake, said in one line."""
+    present: dict[str, bool] = {}
+    for name, _ in model.named_parameters():
+        group = parameter_group(name, model.config)
+        present[group] = present.get(group, False) or name not in unreachable
+    if chosen:
+        dead = [g for g in groups if present.get(g) is False]
+        if dead:
+            allowed = [g for g in GROUPS if present.get(g)]
+            raise TrainError(
+                f"trainable: {', '.join(map(repr, dead))} get{'s' if len(dead) == 1 else ''} no gradient in stage {stage} "
+                f"(this stage's forward pass does not use {'it' if len(dead) == 1 else 'them'}); stage {stage} can train "
+                f"{', '.join(allowed)}: change trainable in the config or with --set trainable=[...] (null = the stage's default)"
+            )
+    return tuple(g for g in groups if present.get(g))

@@ -35,7 +35,7 @@ wraps: :mod:`.training_net`.
 
 Checkpoints and exact resume
 ----------------------------
-Every ``checkpoint_every`` steps ``OUTPUT/checkpoints/step-NNNNNNN/`` receives accelerate's state
+Every ``checkpoint_every`` steps ``OUTPUT/checkpoints/step-NNNNNNN/`` (written atomically, :mod:`.checkpointing`) receives accelerate's state
 (model, optimiser, LR schedule, EMA, RNG states, via ``save_state``), ``trainer_state.json`` (step,
 epoch and the number of batches this epoch already used) and the weights in our native format
 (``emo-stageS-stepN.safetensors``, :func:`emo_model.weights.checkpoints.save_native`, the EMA weights when EMA is
@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -66,8 +65,15 @@ import torch.nn.functional as F
 
 from ..configs import EMOConfig
 from ..network.model import EMOModel
-from .checkpointing import export_native, latest_checkpoint, load_extra_state, rotate, save_extra_state
-from .parameter_groups import GROUPS, STAGE_TRAINABLE, parameter_group, set_trainable  # noqa: F401 (also the public names of this module)
+from .checkpointing import PARTIAL, export_native, latest_checkpoint, load_extra_state, publish_final, save_checkpoint
+from .parameter_groups import (  # noqa: F401 (also the public names of this module)
+    GROUPS,
+    STAGE_TRAINABLE,
+    parameter_group,
+    set_trainable,
+    stage_groups,
+    unreachable_parameters,
+)
 from .samples import sample_images, sample_video
 from .train_config import (  # noqa: F401
     TrainConfig,
@@ -149,6 +155,8 @@ class Trainer:
             v.check_input_path(path, label=label)
         if self.resume and self.resume != "latest":
             folder = v.check_input_path(self.resume, label="--resume", kind="folder")
+            if folder.name.endswith(PARTIAL):
+                raise TrainError(f"--resume {str(folder)!r} is a checkpoint whose write failed (incomplete); give latest or a step-N folder")
             if not (folder / "trainer_state.json").is_file():
                 raise TrainError(f"--resume {str(folder)!r} is not a training checkpoint folder (no trainer_state.json); give latest or OUTPUT/checkpoints/step-N")
 
@@ -196,21 +204,13 @@ class Trainer:
             )
         if cfg.stage == 3 and self.model.speed_encoder is None:
             raise TrainError(f"stage 3 trains the speed layers, and the {self.config.name!r} config has none")
-        groups = tuple(cfg.trainable) if cfg.trainable else STAGE_TRAINABLE[cfg.stage]
-        self.groups = tuple(
-            g for g in groups if any(parameter_group(n, self.config) == g for n, _ in self.model.named_parameters())
-        )
-        counts = set_trainable(self.model, self.groups)
-        self.log(
-            f"stage {cfg.stage}: training {', '.join(f'{g} ({n / 1e6:.2f} M)' for g, n in counts.items())}; "
-            f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters in total"
-        )
-        if cfg.gradient_checkpointing:
-            self.model.set_gradient_checkpointing(True)
-        self.model.train()
         self.scheduler = self._noise_scheduler()
         self._setup_vae()
         self._setup_data()
+        self._set_trainable()
+        if cfg.gradient_checkpointing:
+            self.model.set_gradient_checkpointing(True)
+        self.model.train()
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = self._optimizer(self._param_groups())
         from diffusers.optimization import get_scheduler
@@ -237,6 +237,29 @@ class Trainer:
     @property
     def accelerator(self):
         return self._accelerator
+
+    def _set_trainable(self) -> None:
+        """The stage's groups, less the parameters that cannot reach its loss (:func:`unreachable_parameters`)."""
+        cfg = self.cfg
+        audio = self.dataset[(0, 0)].get("audio_features") if cfg.stage > 1 else None
+        unreachable = unreachable_parameters(
+            self.config, cfg.stage, self.frames, self.motion_frames, None if audio is None else tuple(audio.shape[1:])
+        )
+        groups = tuple(cfg.trainable) if cfg.trainable else STAGE_TRAINABLE[cfg.stage]
+        self.groups = stage_groups(self.model, cfg.stage, groups, unreachable, chosen=bool(cfg.trainable))
+        counts = set_trainable(self.model, self.groups, exclude=unreachable)
+        self.log(
+            f"stage {cfg.stage}: training {', '.join(f'{g} ({n / 1e6:.2f} M)' for g, n in counts.items())}; "
+            f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters in total"
+        )
+        left = [
+            (n, p.numel()) for n, p in self.model.named_parameters() if n in unreachable and parameter_group(n, self.config) in self.groups
+        ]
+        if left:
+            self.log(
+                f"  kept frozen: {len(left)} tensors ({sum(k for _, k in left) / 1e6:.2f} M) of those groups that never reach "
+                f"the loss in stage {cfg.stage}, e.g. {left[0][0]}"
+            )
 
     def _resume_dir(self) -> Path | None:
         if not self.resume:
@@ -507,7 +530,7 @@ class Trainer:
         final = self.save_checkpoint()
         acc.wait_for_everyone()
         if acc.is_main_process:
-            shutil.copyfile(final / self._native_name(), self.paths.output / f"emo-stage{cfg.stage}-final.safetensors")
+            publish_final(self, final)
         acc.end_training()
         return {
             "steps": self.global_step,
@@ -520,29 +543,8 @@ class Trainer:
         return f"emo-stage{self.cfg.stage}-step{self.global_step}.safetensors"
 
     def save_checkpoint(self) -> Path:
-        acc = self.accelerator
-        folder = self.paths.checkpoints / f"step-{self.global_step:07d}"
-        acc.wait_for_everyone()
-        acc.save_state(str(folder))
-        state = acc.get_state_dict(self.net)  # the full state on every rank (FSDP gathers), before any EMA swap
-        if acc.is_main_process:
-            (folder / "emo_config.json").write_text(self.config.to_json())
-            self.export_native(folder / self._native_name(), state)
-            trainer_state = {
-                "global_step": self.global_step,
-                "epoch": self.epoch,
-                "batches_in_epoch": self.batches_in_epoch,
-                "stage": self.cfg.stage,
-                "groups": list(self.groups),
-                "world_size": acc.num_processes,
-                "train_config": self.cfg.to_dict(),
-            }
-            (folder / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2))
-            save_extra_state(self, folder)
-            rotate(self)
-            self.log(f"checkpoint: {folder}")
-        acc.wait_for_everyone()
-        return folder
+        """``OUTPUT/checkpoints/step-N``, written atomically (:func:`.checkpointing.save_checkpoint`)."""
+        return save_checkpoint(self)
 
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """The model (EMA weights where EMA is on) as a native safetensors file."""

@@ -40,7 +40,7 @@ class TrainingNet(nn.Module):
         b, frames = noisy.shape[0], noisy.shape[2]
         identity = model.identity_tokens(None, batch=b)
         bank = model.encode_reference(reference_latents, identity)
-        keep = reference_keep.to(noisy.dtype)  # rows without reference also lose the face mask (uncond branch)
+        keep = reference_keep.to(noisy.device, noisy.dtype)  # rows without reference also lose the face mask (uncond branch)
         tokens = bank.tokens
         if motion_latents is not None and motion_latents.shape[1] > 0:
             motion = model.encode_motion(motion_latents, identity)
