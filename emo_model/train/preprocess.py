@@ -7,7 +7,8 @@ What happens to every video (paper §4.1 and supplement B.2, where EMO describes
 2. **Scene cuts** with PySceneDetect (``ContentDetector``, its default threshold 27), as EMO does. Each
    scene is cut into segments of ``--min-seconds`` .. ``--max-seconds`` (3-12 s): a scene longer than
    the maximum is split into equal parts; shorter than the minimum, it is dropped.
-3. **Frame rate.** Frames are resampled to ``--fps`` (30, the paper's) by time: target frame ``k``
+3. **Frame rate.** Frames are resampled to ``--fps`` (default: the ``--config``'s preset fps, 30 for ``emo``,
+   the paper's; 25 for ``tiny``; the run says which it took) by time: target frame ``k``
    (time ``k / fps`` after the first frame) is the source frame shown at that moment (the latest one
    whose timestamp is <= that time), which is what a player does; no frame blending.
 4. **Faces.** Every ``--detect-every``-th target frame goes through :func:`emo_model.face.detect_faces`
@@ -19,7 +20,8 @@ What happens to every video (paper §4.1 and supplement B.2, where EMO describes
    ``max(crop_ratio x median face size, 1.1 x union size)``; ``--crop-ratio`` 2.0 is what
    :func:`emo_model.face.prepare_portrait` uses for the inference portrait, so training faces and
    portrait faces have the same scale. Parts outside the frame are edge-padded, then the square is
-   resized to ``--resolution`` (area filter when shrinking).
+   resized to ``--resolution`` (default: the config's preset resolution, 512 for ``emo``, 64 for ``tiny``;
+   area filter when shrinking).
 6. **Face-region mask** (the Face Locator's input): the union box in crop coordinates, expanded by the
    config's ``preset.face_expand_ratio`` (1.2), as a 0/1 mask.
 7. **Audio**: the track mixed to mono and resampled to 16 kHz (:mod:`emo_model.audio.signal`), cut to exactly
@@ -352,17 +354,17 @@ def preprocess(input_dir: Path, out: Path, opts: Options, log=print) -> dict:
     """Run (or resume) preprocessing; returns the report dict."""
     from .. import validation
 
+    taken = opts.fill_from_config()  # --fps / --resolution not given: the model config's own
     opts.validate()  # every option, the input and the output folder before any work
     input_dir = validation.check_input_path(input_dir, label="the input folder", kind="folder")
     out = validation.check_output_folder(out, label="--out")
     validation.check_input_path(opts.audio_encoder, label="--audio-encoder")
     validation.check_input_path(opts.models_dir, label="--models-dir", kind="folder")
-    try:
-        _load_model_config(opts.config)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise validation.InputError(
-            f"--config {opts.config!r}: {validation.first_line(exc.args[0] if exc.args else exc)}; give a config name or a config .json file"
-        ) from exc
+    if taken:
+        log(
+            f"preprocess: {opts.resolution} px crops at {opts.fps:g} fps (the {Path(opts.config).stem} config's own "
+            f"{' and '.join(taken)}; --resolution / --fps change them)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     if opts.scene_detector == "content":
         try:
@@ -432,8 +434,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = Options()
     parser.add_argument("input", type=Path, help="folder of videos (searched recursively)")
     parser.add_argument("--out", type=Path, required=True, help="dataset folder (created; re-running resumes)")
-    parser.add_argument("--fps", type=float, default=d.fps, help="target frame rate (paper: 30)")
-    parser.add_argument("--resolution", type=int, default=d.resolution, help="side of the square crops (paper: 512)")
+    parser.add_argument(
+        "--fps", type=float, default=d.fps, help="target frame rate [default: the --config's own: emo 30 (the paper's), tiny 25]"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=d.resolution,
+        help="side of the square crops [default: the --config's own: emo 512 (the paper's), tiny 64]",
+    )
     parser.add_argument("--min-seconds", type=float, default=d.min_seconds, help="shortest segment (paper: 3)")
     parser.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest segment (paper: 12)")
     parser.add_argument(

@@ -18,8 +18,8 @@ class SkipFile(Exception):
 
 @dataclass
 class Options:
-    fps: float = 30.0
-    resolution: int = 512
+    fps: float | None = None  # None: the model config's preset fps (emo 30, tiny 25)
+    resolution: int | None = None  # None: the model config's preset resolution (emo 512, tiny 64)
     min_seconds: float = 3.0
     max_seconds: float = 12.0
     config: str = "emo"
@@ -36,6 +36,26 @@ class Options:
     scene_detector: str = "content"  # "content" (PySceneDetect) or "none" (whole video = one scene)
     scene_threshold: float = 27.0
     crf: int = 15
+
+    def fill_from_config(self) -> list[str]:
+        """Take ``fps`` / ``resolution`` left at None from the model config's preset; the names of those taken.
+
+        An unknown config name or an unreadable config file is an InputError naming ``--config``.
+        """
+        from .. import validation as v
+
+        try:
+            preset = _load_model_config(self.config).preset
+        except (KeyError, ValueError, TypeError) as exc:
+            raise v.InputError(
+                f"--config {self.config!r}: {v.first_line(exc.args[0] if exc.args else exc)}; give a config name or a config .json file"
+            ) from exc
+        taken = []
+        if self.fps is None:
+            self.fps, taken = float(preset.fps), [*taken, "fps"]
+        if self.resolution is None:
+            self.resolution, taken = int(preset.resolution), [*taken, "resolution"]
+        return taken
 
     def validate(self) -> Options:
         """Every option against the shared rules (:mod:`emo_model.validation`): an InputError naming the flag."""
