@@ -160,3 +160,18 @@ def test_make_demo_recipe_runs_end_to_end_at_toy_scale(tmp_path, capsys):
     text = capsys.readouterr().out
     assert all(f"stage {s}: " in text and "reusing it" in text for s in (1, 2, 3))
     assert final3.stat().st_mtime_ns == stamp
+
+
+def test_make_demo_stop_after_videos_writes_the_clips_only(tmp_path, capsys):
+    from emo_model.app.cli import main
+    from emo_model.video_io import probe_video
+
+    out = tmp_path / "demo"
+    assert main(["make-demo", "--out", str(out), "--clips", "2", "--seconds", "3.5", "--stop-after", "videos"]) == 0
+    assert "stopped after videos (--stop-after)" in capsys.readouterr().out
+    clips = sorted((out / "videos").glob("*.mp4"))
+    assert [p.name for p in clips] == ["clip-00000.mp4", "clip-00001.mp4"]
+    info = probe_video(clips[0])
+    assert info.audio_codec is not None and abs(info.num_frames / info.fps - 3.5) < 0.1
+    # nothing after the videos phase ran
+    assert not (out / "dataset").exists() and not (out / "vae-train").exists() and not (out / "stage1").exists()

@@ -23,6 +23,8 @@ checkpoints)::
 
 ``--install`` copies ``OUT/demo_assets/*`` into the package's ``emo_model/demo_assets`` (what
 ``python -m emo_model generate`` and the Load EMO Model node use). Phase timings go to ``OUT/build.json``.
+``--stop-after PHASE`` ends the run once that phase is done: ``--stop-after videos`` gives the synthetic talking
+faces alone, the data of docs/training.md's "Train the tiny model from nothing".
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from pathlib import Path
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 PORTRAIT_SIZE = 256
+PHASES = ("videos", "preprocess", "vae", "stage1", "stage2", "stage3")
 SAMPLE_SECONDS = 4.0
 
 
@@ -51,6 +54,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="STAGE:KEY=VALUE", help="override a stage config entry, e.g. 2:optim.lr=1e-4")
     p.add_argument("--eval-clips", type=int, default=4, help="held-out clips for the lip-sync table (0 = skip eval) [%(default)s]")
     p.add_argument("--install", action="store_true", help="copy the artefacts into emo_model/demo_assets")
+    p.add_argument(
+        "--stop-after",
+        choices=PHASES,
+        default=None,
+        help="stop once this phase is done, e.g. videos (synthetic talking faces to preprocess and train the tiny config on)",
+    )
 
 
 class Timer:
@@ -218,10 +227,14 @@ def run(args: argparse.Namespace) -> int:
     videos, dataset = out / "videos", out / "dataset"
 
     timer.run("videos", lambda: write_clips(videos, range(args.clips), seconds=args.seconds))
+    if _stop(args, "videos", videos):
+        return 0
     opts = preprocess_options(config_json)
     opts.workers = args.workers
     if not (dataset / "index.jsonl").is_file() or len(list(videos.glob("*.mp4"))) != _done_files(dataset):
         timer.run("preprocess", lambda: preprocess(videos, dataset, opts))
+    if _stop(args, "preprocess", dataset):
+        return 0
 
     def vae_phase():
         frames, masks = load_dataset_frames(dataset)
@@ -230,11 +243,15 @@ def run(args: argparse.Namespace) -> int:
 
     timer.run("vae", vae_phase)
     vae_dir = out / "vae-train" / "vae"
+    if _stop(args, "vae", vae_dir):
+        return 0
 
     init = None
     for stage in (1, 2, 3):
         cfg = stage_config(stage, config_json, dataset, args.seed, args.steps[stage - 1] if args.steps else None, args.set)
         init = timer.run(f"stage{stage}", lambda s=stage, c=cfg, i=init: train_stage(s, out, c, vae_dir, i))
+        if _stop(args, f"stage{stage}", init):
+            return 0
 
     assets = out / "demo_assets"
     recipe = {
@@ -263,6 +280,14 @@ def run(args: argparse.Namespace) -> int:
     sizes = {f.name: f.stat().st_size for f in sorted(assets.iterdir())}
     print(f"[make-demo] done in {time.time() - t_start:.0f} s; artefacts in {assets}: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items()))
     return 0
+
+
+def _stop(args: argparse.Namespace, phase: str, result: Path) -> bool:
+    """Whether ``--stop-after`` asks to stop after ``phase`` (then says where its result is)."""
+    if args.stop_after != phase:
+        return False
+    print(f"[make-demo] stopped after {phase} (--stop-after): {result}", flush=True)
+    return True
 
 
 def _done_files(dataset: Path) -> int:
