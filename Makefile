@@ -24,7 +24,9 @@ setup-test:
 
 # make mutate -> mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml: the modules and
 # a fast test selection). Hours on 2 cores, so not part of `make test` or CI; the score goes in docs/testing.md.
+# One OpenMP thread per mutmut worker: a worker forked after torch's thread pool started hangs in its first
+# parallel op (seen as timeouts), and mutmut already runs one worker per core.
 .PHONY: mutate
 mutate: setup-test
 	$(BIN)/python -m pip install -q "mutmut>=3.3,<4"
-	$(BIN)/mutmut run; $(BIN)/mutmut results
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/mutmut run; $(BIN)/mutmut results

@@ -20,7 +20,9 @@ HANG_GUARD_S = 3600
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# an explicit OMP_NUM_THREADS wins (`make mutate` sets 1: its workers fork after the tests were collected, and a
+# child forked from a process whose OpenMP team had started hangs in its first parallel op)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 0) or max(1, min(2, os.cpu_count() or 1)))
 
 
 def perturb_zero_inits(model: torch.nn.Module, scale: float = 0.05, seed: int = 0) -> torch.nn.Module:
