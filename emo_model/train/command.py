@@ -9,7 +9,10 @@ from .trainer import Trainer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--stage", type=int, choices=(1, 2, 3), required=True, help="1 image, 2 video + audio, 3 speed layers")
+    parser.add_argument(
+        "--stage", type=lambda s: int(s) if s.isdigit() else s, choices=(1, 2, 3, "distill"), required=True,
+        help="1 image, 2 video + audio, 3 speed layers, distill: a few-step student of the --init teacher (docs/training.md)",
+    )
     parser.add_argument(
         "--config", required=True, help="training config (JSON or YAML), e.g. emo_model/train/configs/emo_stage1.yaml"
     )
@@ -46,6 +49,10 @@ def run(args: argparse.Namespace) -> int:
     """Every flag and config value is checked (one line naming it; ``--debug`` for the traceback) before model work."""
     from .. import validation
 
+    if args.stage == "distill":
+        from .distill import run as run_distill
+
+        return run_distill(args)
     if args.max_steps is not None:
         validation.check("train_steps", args.max_steps, label="--max-steps")
     validation.check_input_path(args.config, label="--config", kind="file")

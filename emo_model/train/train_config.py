@@ -237,8 +237,9 @@ def _read_config_text(path: Path, what: str) -> str:
         raise TrainError(f"cannot read {what} {str(path)!r}: {exc.strerror or exc}") from exc
 
 
-def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
-    """Read a JSON or YAML training config; ``overrides`` are ``dotted.key=value`` (value parsed as YAML/JSON)."""
+def load_train_config(path: str | Path, overrides: list[str] = (), cls: type | None = None) -> TrainConfig:
+    """Read a JSON or YAML training config; ``overrides`` are ``dotted.key=value`` (value parsed as YAML/JSON); ``cls``: a
+    :class:`TrainConfig` subclass (the distillation config)."""
     path = Path(path)
     text = _read_config_text(path, "training config")
     if path.suffix.lower() in (".yaml", ".yml"):
@@ -268,7 +269,7 @@ def load_train_config(path: str | Path, overrides: list[str] = ()) -> TrainConfi
             if not isinstance(node, dict):
                 raise TrainError(f"--set {item!r}: {part!r} is a value, not a section of the config; check the key")
         node[parts[-1]] = _parse_value(value)
-    return TrainConfig.from_dict(data)
+    return (cls or TrainConfig).from_dict(data)
 
 
 def _parse_value(text: str) -> Any:
