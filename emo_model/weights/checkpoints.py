@@ -101,6 +101,7 @@ from .files import (
     open_tensors,
 )
 from .native import CONFIG_KEY, FORMAT_VERSION_KEY, NATIVE_FORMAT_VERSION, VAE_CONFIG_KEY, VAE_PREFIX
+from .training_init import training_weights_file
 from .shapes import MODEL_MODULES, MatchReport, _architecture, _looks_like, closest_config, compare_shapes, model_shapes
 
 
@@ -309,6 +310,8 @@ def _open_inputs(path: CheckpointInput | Sequence[CheckpointInput]) -> list[tupl
             out.append((item, True))
             continue
         item = Path(item)
+        if item.is_dir():
+            item = training_weights_file(item) or item  # a training run or checkpoint folder: the native weights inside
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_SUFFIXES)
             found += [p for sub in _declared_subfolders(item) if (p := _diffusers_weights(sub)) is not None]

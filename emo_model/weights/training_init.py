@@ -1,4 +1,4 @@
-"""Training initialisation: SD1.5 UNet weights into both UNets, AnimateDiff motion modules into the temporal modules."""
+"""Training initialisation: SD1.5 UNet weights into both UNets, AnimateDiff motion modules, and the weights inside a run folder."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ from .files import (
 from .shapes import MatchReport, _looks_like, compare_shapes, module_group
 
 MODEL_CONFIGS = Path(__file__).parent.parent / "model_configs"  # the SD1.5 UNet config shipped with the package
+
+# What `python -m emo_model train` writes (emo_model/train/trainer.py): OUTPUT/emo-stageS-final.safetensors, and
+# OUTPUT/checkpoints/step-NNNNNNN/ holding emo-stageS-stepN.safetensors beside accelerate's state; a step folder is
+# complete once its trainer_state.json is written (what --resume reads).
+FINAL_GLOB, STEP_GLOB = "emo-stage*-final.safetensors", "emo-stage*-step*.safetensors"
+CHECKPOINTS, COMPLETE_MARK = "checkpoints", "trainer_state.json"
 
 
 @dataclass
@@ -180,3 +186,75 @@ def load_animatediff_motion_module(model: EMOModel, path: CheckpointInput) -> In
     unet.load_state_dict(tensors, strict=False)
     loaded = [prefix + k for k in tensors]
     return InitReport(source=source, loaded=loaded, uninitialised=[k for k in own if k.removeprefix(prefix) not in tensors])
+
+
+def training_weights_file(folder: Path) -> Path | None:
+    """The native weights inside a training output folder, or None when ``folder`` is not one.
+
+    * a checkpoint folder (``OUTPUT/checkpoints/step-N``): its ``emo-stageS-stepN.safetensors``;
+    * ``OUTPUT/checkpoints``: that of its newest complete checkpoint;
+    * a run folder (``OUTPUT``, holding ``checkpoints/`` or ``emo-stageS-final.safetensors``): whichever of the
+      final file and the newest complete checkpoint has the higher step (the final file when equal).
+
+    A training folder without usable weights (an interrupted checkpoint, no checkpoint yet) raises a
+    :class:`WeightsError` that says what was expected.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    if (folder / COMPLETE_MARK).is_file() or (_is_step_name(folder) and folder.parent.name == CHECKPOINTS):
+        return _checkpoint_weights(folder)
+    finals = sorted(folder.glob(FINAL_GLOB))
+    steps = _step_folders(folder) or _step_folders(folder / CHECKPOINTS)
+    if not finals and not steps and not (folder / CHECKPOINTS).is_dir():
+        return None
+    if len(finals) > 1:
+        raise WeightsError(f"{folder} holds {len(finals)} final weights files ({', '.join(f.name for f in finals)}); give one of them")
+    complete = [s for s in steps if (s / COMPLETE_MARK).is_file()]
+    newest = max(complete, key=_step_of) if complete else None
+    if finals and (newest is None or _final_step(finals[0]) >= _step_of(newest)):
+        return finals[0]
+    if newest is not None:
+        return _checkpoint_weights(newest)
+    raise WeightsError(
+        f"{folder} is a training run with no weights yet: expected {FINAL_GLOB.replace('*', 'S')} or a complete "
+        f"{CHECKPOINTS}/step-N folder (with {COMPLETE_MARK}); wait for the first checkpoint or give a weights file"
+    )
+
+
+def _step_folders(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.glob("step-*") if p.is_dir() and _is_step_name(p)]
+
+
+def _is_step_name(folder: Path) -> bool:
+    return folder.name.startswith("step-") and folder.name[5:].isdigit()
+
+
+def _step_of(folder: Path) -> int:
+    return int(folder.name[5:])
+
+
+def _final_step(path: Path) -> int:
+    """The training step a final file records (``emo_training_step``); -1 when it records none."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return int((f.metadata() or {}).get("emo_training_step", -1))
+    except (OSError, ValueError, RuntimeError):  # unreadable here: open_tensors says why when it is loaded
+        return -1
+
+
+def _checkpoint_weights(folder: Path) -> Path:
+    found = sorted(folder.glob(STEP_GLOB))
+    if not (folder / COMPLETE_MARK).is_file():
+        raise WeightsError(
+            f"{folder} is an incomplete training checkpoint (no {COMPLETE_MARK}: its writing was interrupted); "
+            "give an earlier step-N folder or the run folder"
+        )
+    if len(found) != 1:
+        what = "no" if not found else f"{len(found)}"
+        raise WeightsError(f"{folder}: a training checkpoint holds one {STEP_GLOB.replace('*', 'S', 1).replace('*', 'N')}; found {what}")
+    return found[0]

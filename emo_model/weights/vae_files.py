@@ -21,12 +21,13 @@ from .files import (
     open_tensors,
     read_state_dict,
 )
-from .native import VAE_CONFIG_KEY, VAE_PREFIX
+from .native import CONFIG_KEY, VAE_CONFIG_KEY, VAE_PREFIX
 from .shapes import _looks_like, compare_shapes
 from .training_init import (
     _diffusers_folder,
     _read_config,
     _tensors_of,
+    training_weights_file,
 )
 
 LDM_VAE_PREFIXES = ("first_stage_model.", "vae.")
@@ -40,15 +41,29 @@ def load_vae(path: CheckpointInput, *, device: str | torch.device = "cpu", dtype
     """The SD VAE from a diffusers folder (or the pipeline folder holding ``vae/``), a diffusers VAE
     file, or a single LDM file (``vae-ft-mse-840000-ema-pruned.safetensors``, keys ``encoder.down.N...``,
     possibly under ``first_stage_model.`` as in a full SD checkpoint, whose other parts are ignored).
+    A native EMO file that carries a VAE (the demo's ``emo-tiny-demo.safetensors``) gives that VAE, and so
+    does a training run or checkpoint folder whose weights carry one (:func:`training_weights_file`).
 
     LDM files are converted with diffusers' converter and the shipped sd-vae-ft-mse config, whose
     shape fields (channels, blocks, latent width) are read from the file. Strict on every VAE tensor.
     """
     if not isinstance(path, TensorFile) and Path(path).is_dir():
+        inner = training_weights_file(Path(path))
+        if inner is not None:  # a training run or checkpoint folder: the VAE its weights carry
+            return load_vae(inner, device=device, dtype=dtype)
         config, weights = _diffusers_folder(Path(path), "vae", "AutoencoderKL")
         state, source = _modern_vae_names(read_state_dict(weights)), weights
     else:
-        tensors, source = _tensors_of(path)
+        file = path if isinstance(path, TensorFile) else open_tensors(path)
+        if VAE_CONFIG_KEY in file.metadata or CONFIG_KEY in file.metadata:  # a native EMO file: only the VAE it carries
+            vae = load_bundled_vae(file, device=device, dtype=dtype)
+            if vae is None:
+                raise WeightsError(
+                    f"{file.name} is an EMO model file without a VAE in it; give a diffusers AutoencoderKL folder, "
+                    "an SD VAE file, or a native file that carries a VAE (the demo's emo-tiny-demo.safetensors has one)"
+                )
+            return vae
+        tensors, source = _tensors_of(file)
         if any(k.startswith("encoder.down_blocks.") for k in tensors):
             config, state = _read_config("sd-vae-ft-mse"), _modern_vae_names(tensors)
         else:
