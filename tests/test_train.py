@@ -327,17 +327,16 @@ def test_every_trainable_parameter_gets_a_gradient(stage, dataset, vae_dir, init
         assert frozen and all(".up_blocks." in n for n in frozen)
 
 
-@pytest.mark.parametrize("name", ["tiny", "emo"])
-def test_unreachable_parameters_are_the_reference_net_tail(name):
-    """The meta-device dry run (no weights, no arithmetic) on the tiny and the full-size structure: of the groups a stage
-    can train, only the ReferenceNet's last transformer after its bank input misses the loss."""
+def test_unreachable_parameters_are_the_reference_net_tail():
+    """The meta-device dry run (no weights, no arithmetic) on the full-size structure (the tiny one: the test above): of
+    the groups a stage can train, only the ReferenceNet's last transformer after its bank input misses the loss."""
     from emo_model.train.parameter_groups import unreachable_parameters
 
-    config = get_config(name)
+    config = get_config("emo")
     with torch.device("meta"):
         names = [n for n, _ in EMOModel(config).named_parameters()]
     preset = config.preset
-    for stage in (1, 2, 3) if name == "tiny" else (1, 2):  # stage 3's forward is stage 2's
+    for stage in (1, 2):  # stage 3's forward is stage 2's
         unreachable = unreachable_parameters(config, stage, preset.frames_per_clip, preset.motion_frames)
         reference = sorted(n for n in unreachable if n.startswith("reference_unet."))
         assert reference, stage
@@ -514,22 +513,38 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
 _RANK_SCRIPT = """
 import hashlib, json, sys
 import torch
+from accelerate.state import AcceleratorState, GradientState, PartialState
 from emo_model.train.trainer import Trainer, load_train_config
 
-data, vae, init, out, config = sys.argv[1:6]
-cfg = load_train_config(config)
-cfg.stage, cfg.max_steps, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = 2, 1, None, 0, 0
-cfg.data.dir, cfg.optim.lr = data, 1e-3
-trainer = Trainer(cfg, out, vae=vae, init=init, log=lambda *_: None).setup()
-acc = trainer.accelerator
-order = trainer.sampler._order()
-before = {k: v.clone() for k, v in acc.unwrap_model(trainer.net).model.state_dict().items()}
-trainer.train()
-state = acc.unwrap_model(trainer.net).model.state_dict()
-digest = hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest()
-changed = sum(not torch.equal(before[k], state[k]) for k in state)
-json.dump({"type": acc.distributed_type.name, "world": acc.num_processes, "digest": digest, "changed": changed, "order": order},
-          open(f"{out}/rank{acc.process_index}.json", "w"))
+PartialState.destroy_process_group = lambda self, group=None: None  # one process group for the six runs (end_training)
+
+data, vae, init, root, configs = sys.argv[1:6]
+report, rank = {}, None
+for stage in (1, 2, 3):
+    for steps, resume in ((3, None), (5, "latest")):  # 3 steps (DDP checks the reduction from the 2nd on), then resume
+        cfg = load_train_config(f"{configs}/tiny_stage{stage}.yaml")
+        cfg.stage, cfg.max_steps, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = stage, steps, None, 0, 0
+        cfg.log_every, cfg.data.dir, cfg.optim.lr, cfg.data.frames, cfg.data.motion_frames = 1, data, 1e-3, 2, 1
+        lines = []
+        trainer = Trainer(cfg, f"{root}/stage{stage}", vae=vae, init=None if resume else init, resume=resume, log=lines.append)
+        trainer.setup()
+        acc, first = trainer.accelerator, trainer.global_step
+        model = acc.unwrap_model(trainer.net).model
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        order = trainer.sampler._order()
+        trainer.train()
+        state = model.state_dict()
+        rank = acc.process_index
+        report[f"{stage}/{steps}"] = {
+            "type": acc.distributed_type.name, "world": acc.num_processes, "first": first, "last": trainer.global_step,
+            "digest": hashlib.sha256(b"".join(state[k].numpy().tobytes() for k in sorted(state))).hexdigest(),
+            "changed": sum(not torch.equal(before[k], state[k]) for k in state), "order": order,
+            "history": trainer.history, "logged": trainer.logged, "lines": lines,
+        }
+        AcceleratorState._reset_state()  # the next run makes its own Accelerator (on the same process group)
+        GradientState._reset_state()
+json.dump(report, open(f"{root}/rank{rank}.json", "w"))
+torch.distributed.destroy_process_group()
 """
 
 
@@ -539,7 +554,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_end_with_identical_weights(dataset, vae_dir, init_checkpoint, tmp_path):
+def test_every_stage_trains_and_resumes_on_two_processes(dataset, vae_dir, init_checkpoint, tmp_path):
+    """Stages 1, 2 and 3 on two processes (DDP over gloo, find_unused_parameters off, as torchrun starts them): 3 steps,
+    then --resume for 2 more; the ranks end with identical weights; the log says where it runs, logs the mean loss of
+    the two ranks and the time per step and ETA."""
     script = tmp_path / "rank.py"
     script.write_text(textwrap.dedent(_RANK_SCRIPT))
     out = tmp_path / "run"
@@ -560,12 +578,29 @@ def test_two_processes_end_with_identical_weights(dataset, vae_dir, init_checkpo
         str(vae_dir),
         str(init_checkpoint),
         str(out),
-        str(CONFIGS / "tiny_stage2.yaml"),
+        str(CONFIGS),
     ]
     done = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((out / f"rank{i}.json").read_text()) for i in range(2)]
-    assert all(r["type"] == "MULTI_CPU" and r["world"] == 2 for r in ranks)
-    assert ranks[0]["order"] != ranks[1]["order"]  # each rank trained on its own samples
-    assert ranks[0]["changed"] > 0
-    assert ranks[0]["digest"] == ranks[1]["digest"]
+    progress = re.compile(r"step (\d+)/(\d+): loss \d+\.\d{4} \| \d+\.\d\d s/step \| ETA \d+(s|m\d\ds|h\d\dm|d\d\dh)")
+    for key, run in ranks[0].items():
+        other = ranks[1][key]
+        stage, steps = map(int, key.split("/"))
+        assert run["type"] == "MULTI_CPU" and run["world"] == 2
+        assert (run["first"], run["last"]) == ((0, 3) if steps == 3 else (3, 5)), key
+        assert run["digest"] == other["digest"] and run["changed"] > 0, key
+        assert run["order"] != other["order"]  # each rank trained on its own samples ...
+        assert run["history"] != other["history"]  # ... so their losses differ, and the log holds their mean
+        assert [e["step"] for e in run["logged"]] == list(range(run["first"] + 1, steps + 1))
+        for entry, mine, theirs in zip(run["logged"], run["history"], other["history"], strict=True):
+            assert entry["loss"] == pytest.approx((mine + theirs) / 2, rel=1e-6), key
+            assert entry["seconds_per_step"] > 0
+        lines = run["lines"]
+        assert lines[0] == f"stage {stage} on 2 processes (MULTI_CPU, gloo) on cpu x2", lines[0]
+        assert not any("warning" in line for line in lines)
+        steps_logged = [m.groups()[:2] for m in map(progress.fullmatch, lines) if m]
+        assert steps_logged == [(str(e["step"]), str(steps)) for e in run["logged"]], lines
+        assert other["lines"] == []  # only the main process writes the console log
+        if steps == 5:
+            assert any(line.startswith("resumed from") and "step-0000003" in line for line in lines)

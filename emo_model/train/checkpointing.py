@@ -71,6 +71,27 @@ def load_extra_state(trainer, folder: Path) -> None:
         trainer.ema.to(trainer.accelerator.device)
 
 
+def load_checkpoint(trainer, folder: Path) -> None:
+    """Restore a run from a complete checkpoint folder: accelerate's state, the LR schedule, EMA and the data position."""
+    state = json.loads((folder / "trainer_state.json").read_text())
+    if state["stage"] != trainer.cfg.stage:
+        raise TrainError(
+            f"{folder} is a stage-{state['stage']} checkpoint; this run is stage {trainer.cfg.stage} "
+            "(use --init to start a new stage from it)"
+        )
+    if state["world_size"] != trainer.accelerator.num_processes:
+        trainer.log(
+            f"note: {folder} was saved with {state['world_size']} processes, now {trainer.accelerator.num_processes}: "
+            "the data order after resuming differs from an uninterrupted run"
+        )
+    trainer.accelerator.load_state(str(folder))
+    load_extra_state(trainer, folder)
+    trainer.global_step, trainer.epoch, trainer.batches_in_epoch = state["global_step"], state["epoch"], state["batches_in_epoch"]
+    if trainer.batches_in_epoch >= trainer.sampler.batches_per_epoch():
+        trainer.epoch, trainer.batches_in_epoch = trainer.epoch + 1, 0
+    trainer.log(f"resumed from {folder} at step {trainer.global_step}")
+
+
 def rotate(trainer) -> None:
     """Keep the newest ``keep_checkpoints`` step folders."""
     keep = trainer.cfg.keep_checkpoints

@@ -48,15 +48,15 @@ of it; the per-step randomness (timesteps, noise, dropout) is drawn from generat
 Samples: every ``sample_every`` steps, on the main process, a held-out segment (the dataset's
 ``holdout_segments``) is generated: stage 1 writes a PNG (reference | samples | ground truth), stages
 2-3 an mp4 through :class:`EMOPipeline` with the segment's audio (generated | ground truth), in
-``OUTPUT/samples``. Logs (loss, lr, grad norm, seconds per step) go to TensorBoard in ``OUTPUT/logs``.
+``OUTPUT/samples``. Logs (loss: the mean over the processes, lr, grad norm, seconds per step) go to TensorBoard in
+``OUTPUT/logs``; the console gets them with the ETA, and one line at the start names the processes and devices
+(:mod:`.progress`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +65,8 @@ import torch.nn.functional as F
 
 from ..configs import EMOConfig
 from ..network.model import EMOModel
-from .checkpointing import PARTIAL, export_native, latest_checkpoint, load_extra_state, publish_final, save_checkpoint
+from . import progress
+from .checkpointing import PARTIAL, export_native, latest_checkpoint, load_checkpoint, publish_final, save_checkpoint
 from .parameter_groups import (  # noqa: F401 (also the public names of this module)
     GROUPS,
     STAGE_TRAINABLE,
@@ -132,7 +133,8 @@ class Trainer:
         self.global_step = 0
         self.epoch = 0
         self.batches_in_epoch = 0
-        self.history: list[float] = []
+        self.history: list[float] = []  # this rank's loss of every step
+        self.logged: list[dict] = []  # what went to the log (the loss: mean over the processes)
 
     # ---- setup ------------------------------------------------------------------------------------
     def log(self, text: str) -> None:
@@ -186,6 +188,10 @@ class Trainer:
                 kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
             )
         acc = self.accelerator
+        self.log(f"stage {cfg.stage} on {progress.start_line(acc)}")
+        warning = progress.launch_warning(os.environ, acc.num_processes)
+        if warning:
+            self.log(warning)
         if cfg.ema.enabled and acc.distributed_type.name == "FSDP":
             raise TrainError("EMA needs replicated parameters: use DDP or DeepSpeed ZeRO-2, or set ema.enabled: false under FSDP")
         torch.manual_seed(cfg.seed)
@@ -488,7 +494,7 @@ class Trainer:
             raise TrainError("the dataset has fewer segments than one batch; lower data.batch_size")
         params = [p for p in self.net.parameters() if p.requires_grad]
         self.log(f"training from step {self.global_step} to {cfg.max_steps} ({batches} batches per epoch per process)")
-        last = time.time()
+        clock = progress.StepClock(self.global_step, cfg.max_steps)
         micro, step_loss, grad_norm = 0, 0.0, None
         while self.global_step < cfg.max_steps:
             self.sampler.set_epoch(self.epoch, self.batches_in_epoch * cfg.data.batch_size)
@@ -510,14 +516,16 @@ class Trainer:
                     self.ema.step([p for p in acc.unwrap_model(self.net).model.parameters() if p.requires_grad])
                 self.global_step += 1
                 self.history.append(step_loss)
-                now = time.time()
                 if self.global_step % cfg.log_every == 0 or self.global_step == cfg.max_steps:
-                    logs = {"loss": step_loss, "lr": self.lr_scheduler.get_last_lr()[0], "seconds_per_step": now - last}
+                    loss = progress.mean_over_processes(acc, step_loss)  # every rank takes part
+                    line, per_step = clock.line(self.global_step, loss)
+                    logs = {"loss": loss, "lr": self.lr_scheduler.get_last_lr()[0], "seconds_per_step": per_step}
                     if grad_norm is not None:
                         logs["grad_norm"] = float(grad_norm)
                     acc.log(logs, step=self.global_step)
-                    self.log(f"step {self.global_step}: loss {step_loss:.4f}")
-                last, micro, step_loss, grad_norm = now, 0, 0.0, None
+                    self.logged.append({"step": self.global_step, **logs})
+                    self.log(line)
+                micro, step_loss, grad_norm = 0, 0.0, None
                 if cfg.checkpoint_every and self.global_step % cfg.checkpoint_every == 0 and self.global_step < cfg.max_steps:
                     self.save_checkpoint()
                 if cfg.sample_every and self.global_step % cfg.sample_every == 0:
@@ -551,23 +559,7 @@ class Trainer:
         return export_native(self, path, state)
 
     def _load_checkpoint(self, folder: Path) -> None:
-        state = json.loads((folder / "trainer_state.json").read_text())
-        if state["stage"] != self.cfg.stage:
-            raise TrainError(
-                f"{folder} is a stage-{state['stage']} checkpoint; this run is stage {self.cfg.stage} "
-                "(use --init to start a new stage from it)"
-            )
-        if state["world_size"] != self.accelerator.num_processes:
-            self.log(
-                f"note: {folder} was saved with {state['world_size']} processes, now {self.accelerator.num_processes}: "
-                "the data order after resuming differs from an uninterrupted run"
-            )
-        self.accelerator.load_state(str(folder))
-        load_extra_state(self, folder)
-        self.global_step, self.epoch, self.batches_in_epoch = state["global_step"], state["epoch"], state["batches_in_epoch"]
-        if self.batches_in_epoch >= self.sampler.batches_per_epoch():
-            self.epoch, self.batches_in_epoch = self.epoch + 1, 0
-        self.log(f"resumed from {folder} at step {self.global_step}")
+        load_checkpoint(self, folder)
 
     # ---- samples ----------------------------------------------------------------------------------
     @torch.no_grad()
