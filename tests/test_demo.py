@@ -175,3 +175,8 @@ def test_make_demo_stop_after_videos_writes_the_clips_only(tmp_path, capsys):
     assert info.audio_codec is not None and abs(info.num_frames / info.fps - 3.5) < 0.1
     # nothing after the videos phase ran
     assert not (out / "dataset").exists() and not (out / "vae-train").exists() and not (out / "stage1").exists()
+    # the CLI's one line: --install needs the finished demo
+    assert main(["make-demo", "--out", str(tmp_path / "other"), "--stop-after", "vae", "--install"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: --install copies the finished demo, and --stop-after vae ends before it") and err.count("\n") == 1
+    assert not (tmp_path / "other").exists()

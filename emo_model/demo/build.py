@@ -186,6 +186,8 @@ def check_arguments(args: argparse.Namespace) -> None:
         stage, sep, rest = item.partition(":")
         if not sep or stage not in ("1", "2", "3") or "=" not in rest:
             raise v.InputError(f"--set needs STAGE:KEY=VALUE with STAGE 1, 2 or 3, e.g. 2:optim.lr=1e-4, got {item!r}")
+    if args.stop_after and args.install:
+        raise v.InputError(f"--install copies the finished demo, and --stop-after {args.stop_after} ends before it; drop one of them")
     v.check("clips", args.eval_clips, label="--eval-clips", rule=replace(v.RULES["clips"], lo=0), hint="0 skips the lip-sync table")
     import tempfile
 
