@@ -248,9 +248,13 @@ class Trainer:
         """The stage's groups, less the parameters that cannot reach its loss (:func:`unreachable_parameters`)."""
         cfg = self.cfg
         audio = self.dataset[(0, 0)].get("audio_features") if cfg.stage > 1 else None
-        unreachable = unreachable_parameters(
-            self.config, cfg.stage, self.frames, self.motion_frames, None if audio is None else tuple(audio.shape[1:])
-        )
+        try:
+            unreachable = unreachable_parameters(
+                self.config, cfg.stage, self.frames, self.motion_frames, None if audio is None else tuple(audio.shape[1:])
+            )
+        except (RuntimeError, NotImplementedError, TypeError, KeyError, ValueError) as exc:  # a layout the dry run cannot trace
+            unreachable = frozenset()
+            self.log(f"note: could not trace which parameters reach the loss ({type(exc).__name__}: {exc}); all of the groups train")
         groups = tuple(cfg.trainable) if cfg.trainable else STAGE_TRAINABLE[cfg.stage]
         self.groups = stage_groups(self.model, cfg.stage, groups, unreachable, chosen=bool(cfg.trainable))
         counts = set_trainable(self.model, self.groups, exclude=unreachable)
