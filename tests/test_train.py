@@ -354,14 +354,15 @@ def test_unreachable_parameters_are_the_reference_net_tail():
             assert not others, (stage, others)
 
 
-def test_a_group_a_stage_cannot_train_is_one_clear_line(dataset, vae_dir, tmp_path):
-    cfg = load_train_config(CONFIGS / "tiny_stage1.yaml", ["trainable=[speed]"])
-    cfg.stage, cfg.log_with, cfg.sample_every, cfg.checkpoint_every = 1, None, 0, 0
-    with pytest.raises(TrainError) as info:
-        _trainer(cfg, tmp_path / "run", dataset, vae_dir)
-    text = str(info.value)
-    assert "\n" not in text and "'speed'" in text and "stage 1" in text
-    assert "reference_net, backbone" in text and "--set trainable=" in text
+def test_a_group_a_stage_cannot_train_is_one_clear_line(dataset, vae_dir, tmp_path, capsys):
+    from emo_model.app.cli import main
+
+    argv = ["train", "--stage", "1", "--config", str(CONFIGS / "tiny_stage1.yaml"), "--data", str(dataset), "--vae", str(vae_dir)]
+    argv += ["--output", str(tmp_path / "run"), "--set", "trainable=[speed]", "--set", "log_with=none", "--set", "sample_every=0"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: trainable: 'speed'") and "stage 1" in err, err
+    assert "reference_net, backbone" in err and "--set trainable=" in err
 
 
 def test_group_lr_gives_a_group_its_own_learning_rate(dataset, vae_dir, init_checkpoint, tmp_path):
