@@ -79,6 +79,8 @@ def test_training_weights_file_finds_the_weights_of_a_checkpoint_or_run_folder(t
         training_weights_file(two)
     empty = tmp_path / "empty"
     (empty / "checkpoints").mkdir(parents=True)
+    assert training_weights_file(empty) is None  # a models folder may hold checkpoints/ too: not taken for a run
+    _checkpoint(empty, 3, complete=False)
     with pytest.raises(WeightsError, match="is a training run with no weights yet: expected emo-stageS-final.safetensors"):
         training_weights_file(empty)
     _weights(run / "emo-stage2-final.safetensors", 1)

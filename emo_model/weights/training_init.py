@@ -206,7 +206,7 @@ def training_weights_file(folder: Path) -> Path | None:
         return _checkpoint_weights(folder)
     finals = sorted(folder.glob(FINAL_GLOB))
     steps = _step_folders(folder) or _step_folders(folder / CHECKPOINTS)
-    if not finals and not steps and not (folder / CHECKPOINTS).is_dir():
+    if not finals and not steps:  # not what the trainer writes (an empty checkpoints/ folder says too little)
         return None
     if len(finals) > 1:
         raise WeightsError(f"{folder} holds {len(finals)} final weights files ({', '.join(f.name for f in finals)}); give one of them")
