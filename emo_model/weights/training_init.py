@@ -193,7 +193,7 @@ def training_weights_file(folder: Path) -> Path | None:
 
     * a checkpoint folder (``OUTPUT/checkpoints/step-N``): its ``emo-stageS-stepN.safetensors``;
     * ``OUTPUT/checkpoints``: that of its newest complete checkpoint;
-    * a run folder (``OUTPUT``, holding ``checkpoints/`` or ``emo-stageS-final.safetensors``): whichever of the
+    * a run folder (``OUTPUT``, holding ``checkpoints/step-N`` or ``emo-stageS-final.safetensors``): whichever of the
       final file and the newest complete checkpoint has the higher step (the final file when equal).
 
     A training folder without usable weights (an interrupted checkpoint, no checkpoint yet) raises a
@@ -238,12 +238,12 @@ def _step_of(folder: Path) -> int:
 
 def _final_step(path: Path) -> int:
     """The training step a final file records (``emo_training_step``); -1 when it records none."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), "pt") as f:
             return int((f.metadata() or {}).get("emo_training_step", -1))
-    except (OSError, ValueError, RuntimeError):  # unreadable here: open_tensors says why when it is loaded
+    except (SafetensorError, OSError, ValueError, RuntimeError):  # unreadable here: open_tensors says why when loaded
         return -1
 
 
