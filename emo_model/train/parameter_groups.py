@@ -60,8 +60,9 @@ def unreachable_parameters(
 ) -> frozenset[str]:
     """Names of the parameters that get no gradient in a training step of ``stage``, whatever the weights.
 
-    Found by one forward and backward of :class:`~.training_net.TrainingNet` on the meta device (shapes only, no memory,
-    no arithmetic), with every condition kept: a parameter the graph does not reach here never reaches the loss (the
+    Found by one forward of :class:`~.training_net.TrainingNet` on the meta device (shapes only, no memory, no
+    arithmetic) with every condition kept, and a walk of its autograd graph (the nodes a backward pass visits): a
+    parameter the graph does not reach never reaches the loss (the
     ReferenceNet's layers after its last bank input, the audio layers in stage 1, ...). DDP without
     ``find_unused_parameters`` fails on such a parameter if it is trainable, so :func:`set_trainable` leaves them out.
     ``audio_shape``: one frame's audio features (the dataset's); None derives it from ``config.audio``.
@@ -103,8 +104,23 @@ def _unreachable(config_json: str, stage: int, frames: int, motion_frames: int, 
         audio_features=meta(b, frames, *audio_shape) if stage > 1 else None,
         speed=meta(b, n + frames) if stage > 1 else None,
     )
-    pred.float().sum().backward()
-    return frozenset(name for name, p in model.named_parameters() if p.grad is None)
+    reached = _leaves(pred.grad_fn)  # the backward pass would visit exactly these nodes (a meta backward is slower)
+    return frozenset(name for name, p in model.named_parameters() if id(p) not in reached)
+
+
+def _leaves(root) -> set[int]:
+    """``id`` of every leaf tensor (parameter) whose gradient accumulator the autograd graph from ``root`` reaches."""
+    seen, found, stack = set(), set(), [root]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad
+        if variable is not None:
+            found.add(id(variable))
+        stack.extend(fn for fn, _ in node.next_functions)
+    return found
 
 
 def stage_groups(
