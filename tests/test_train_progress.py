@@ -58,3 +58,22 @@ def test_the_mean_over_one_process_is_its_own_value(value):
     from emo_model.train.progress import mean_over_processes
 
     assert mean_over_processes(SimpleNamespace(num_processes=1), value) == value
+
+
+def test_the_start_line_names_processes_and_devices(monkeypatch):
+    from types import SimpleNamespace
+
+    import accelerate.utils
+    import torch
+
+    from emo_model.train.progress import start_line
+
+    def run(n, kind, device):
+        return SimpleNamespace(num_processes=n, distributed_type=SimpleNamespace(name=kind), device=torch.device(device))
+
+    assert start_line(run(1, "NO", "cpu")) == "1 process (NO) on cpu"
+    where = [("a", "cuda:0"), ("a", "cuda:1"), ("b", "cuda:0"), ("b", "cuda:1")]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: where)
+    assert start_line(run(4, "MULTI_GPU", "cuda:0")) == "4 processes (MULTI_GPU) on a: cuda:0, cuda:1; b: cuda:0, cuda:1"
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: [("a", "cuda:0"), ("a", "cuda:1")])
+    assert start_line(run(2, "MULTI_GPU", "cuda:0")) == "2 processes (MULTI_GPU) on cuda:0, cuda:1"
