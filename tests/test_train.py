@@ -430,8 +430,8 @@ def test_a_failed_checkpoint_write_leaves_nothing_resume_would_take(error, datas
 
     from safetensors import SafetensorError
 
-    import emo_model.weights.native as native
     from emo_model.train.checkpointing import latest_checkpoint
+    from emo_model.weights import native
 
     real, calls = native.save_native, []
 
