@@ -84,7 +84,15 @@ def load_checkpoint(trainer, folder: Path) -> None:
             f"note: {folder} was saved with {state['world_size']} processes, now {trainer.accelerator.num_processes}: "
             "the data order after resuming differs from an uninterrupted run"
         )
-    trainer.accelerator.load_state(str(folder))
+    try:
+        trainer.accelerator.load_state(str(folder))
+    except ValueError as exc:  # torch's optimizer.load_state_dict: another set of trainable parameters
+        if "parameter group" not in str(exc):
+            raise
+        raise TrainError(
+            f"{folder} was saved with another set of trainable parameters (groups {state.get('groups')}, or an older version "
+            "of the trainer); continue from its weights with --init FOLDER/emo-stageS-stepN.safetensors in a new --output"
+        ) from exc
     load_extra_state(trainer, folder)
     trainer.global_step, trainer.epoch, trainer.batches_in_epoch = state["global_step"], state["epoch"], state["batches_in_epoch"]
     if trainer.batches_in_epoch >= trainer.sampler.batches_per_epoch():

@@ -142,3 +142,19 @@ def stage_groups(
                 f"{', '.join(allowed)}: change trainable in the config or with --set trainable=[...] (null = the stage's default)"
             )
     return tuple(g for g in groups if present.get(g))
+
+
+def check_trainable(config: EMOConfig, stage: int, trainable: list[str], frames: int | None, motion_frames: int | None) -> None:
+    """The config's ``trainable`` against what ``stage`` can train, before any weights load (one line, see :func:`stage_groups`).
+    A layout the meta dry run cannot trace is left to the trainer's own check."""
+    import torch
+
+    frames = config.preset.frames_per_clip if frames is None else frames
+    motion_frames = config.preset.motion_frames if motion_frames is None else motion_frames
+    try:
+        unreachable = unreachable_parameters(config, stage, frames, motion_frames)
+    except (RuntimeError, NotImplementedError, TypeError, KeyError, ValueError):
+        return
+    with torch.device("meta"):
+        model = EMOModel(config)
+    stage_groups(model, stage, trainable, unreachable, chosen=True)

@@ -70,6 +70,7 @@ from .checkpointing import PARTIAL, export_native, latest_checkpoint, load_check
 from .parameter_groups import (  # noqa: F401 (also the public names of this module)
     GROUPS,
     STAGE_TRAINABLE,
+    check_trainable,
     parameter_group,
     set_trainable,
     stage_groups,
@@ -161,6 +162,9 @@ class Trainer:
                 raise TrainError(f"--resume {str(folder)!r} is a checkpoint whose write failed (incomplete); give latest or a step-N folder")
             if not (folder / "trainer_state.json").is_file():
                 raise TrainError(f"--resume {str(folder)!r} is not a training checkpoint folder (no trainer_state.json); give latest or OUTPUT/checkpoints/step-N")
+        config = resolve_model_config(self.cfg.model) if self.cfg.trainable else None
+        if config is not None:  # the groups a stage cannot train, before any weights load
+            check_trainable(config, self.cfg.stage, self.cfg.trainable, self.cfg.data.frames, self.cfg.data.motion_frames)
 
     def setup(self) -> Trainer:
         from accelerate import Accelerator
