@@ -62,9 +62,9 @@ def unreachable_parameters(
 
     Found by one forward of :class:`~.training_net.TrainingNet` on the meta device (shapes only, no memory, no
     arithmetic) with every condition kept, and a walk of its autograd graph (the nodes a backward pass visits): a
-    parameter the graph does not reach never reaches the loss (the
-    ReferenceNet's layers after its last bank input, the audio layers in stage 1, ...). DDP without
-    ``find_unused_parameters`` fails on such a parameter if it is trainable, so :func:`set_trainable` leaves them out.
+    parameter the graph does not reach never reaches the loss (the ReferenceNet's layers after its last bank input, the
+    audio layers in stage 1, ...). DDP without ``find_unused_parameters`` fails on such a parameter if it is trainable,
+    so :func:`set_trainable` leaves them out. ``tests/test_train.py`` checks the result against a real backward.
     ``audio_shape``: one frame's audio features (the dataset's); None derives it from ``config.audio``.
     """
     if audio_shape is None:
