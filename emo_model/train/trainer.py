@@ -5,7 +5,8 @@ The recipe (paper §3.3 and §4.1; what the paper leaves open follows the open r
 * **Stage 1, image pretraining.** The backbone gets one frame; the ReferenceNet gets another random
   frame of the same segment; temporal modules are bypassed (``Conditioning.temporal=False``) and no
   audio is fed (the backbone's ``attn2`` is skipped). Trains the ReferenceNet, the backbone's spatial
-  layers and the Face Locator, initialised from SD1.5 (``--sd15``). The audio layers (``attn2`` /
+  layers and the Face Locator (less the ReferenceNet's layers after its last bank input, which never reach the loss:
+  :func:`.parameter_groups.unreachable_parameters`), initialised from SD1.5 (``--sd15``). The audio layers (``attn2`` /
   ``norm2`` of the emo layout, the audio projection) get no signal here and stay frozen, bit for bit.
 * **Stage 2, video.** ``n`` motion frames + ``f`` frames per sample (4 + 12 for ``emo``); the motion
   frames' latents go through the ReferenceNet (:meth:`EMOModel.encode_motion`) exactly as the sampler
