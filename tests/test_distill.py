@@ -121,14 +121,14 @@ def test_distill_runs_resumes_exactly_and_the_student_carries_its_preset(dataset
     assert resumed.global_step == 1
     resumed.train()
     assert straight.history[1:] == resumed.history and all(torch.isfinite(torch.tensor(straight.history)))
-    a = load_file(str(tmp_path / "a" / "emo-distill-final.safetensors"))
-    b = load_file(str(tmp_path / "b" / "emo-distill-final.safetensors"))
+    a = load_file(str(tmp_path / "a" / "emo-stage-distill-final.safetensors"))
+    b = load_file(str(tmp_path / "b" / "emo-stage-distill-final.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     teacher = load_file(str(init_checkpoint))
     moved = [k for k in a if not torch.equal(a[k], teacher[k])]
     assert moved and not any(k.startswith("reference_unet.") for k in moved)  # the student trained; the ReferenceNet is the teacher's
 
-    student = load_emo_model(tmp_path / "a" / "emo-distill-final.safetensors", dtype=torch.float32)
+    student = load_emo_model(tmp_path / "a" / "emo-stage-distill-final.safetensors", dtype=torch.float32)
     p = student.config.preset
     assert (p.steps, p.sampler, p.cfg, p.audio_cfg) == (4, "lcm", 1.0, 1.0)
     teacher_preset = load_emo_model(init_checkpoint).config.preset

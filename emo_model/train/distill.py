@@ -227,7 +227,7 @@ class DistillTrainer(Trainer):
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def _native_name(self) -> str:
-        return f"emo-distill-step{self.global_step}.safetensors"
+        return f"emo-stage-distill-step{self.global_step}.safetensors"  # the run-folder globs (emo-stage*-...) find it
 
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """The student (the EMA weights: LCM's target network) with its preset, as a native safetensors file."""
@@ -259,7 +259,7 @@ class DistillTrainer(Trainer):
 
     def train(self) -> dict:
         summary = super().train()
-        final = self.paths.output / "emo-distill-final.safetensors"
+        final = self.paths.output / "emo-stage-distill-final.safetensors"
         if self.accelerator.is_main_process and Path(summary["final"]).is_file():
             os.replace(summary["final"], final)
         summary["final"] = final
