@@ -478,6 +478,10 @@ def test_stage3_checkpoint_loads_and_generates(dataset, vae_dir, init_checkpoint
     trainer.train()
     assert list((tmp_path / "run" / "samples").glob("stage3-step*.mp4"))
     model = load_emo_model(tmp_path / "run" / "emo-stage3-final.safetensors", dtype=torch.float32)
+    # the checkpoint carries the run's VAE (float32, as its file holds it): generating from it needs no --vae
+    bundled, given = load_vae(tmp_path / "run" / "emo-stage3-final.safetensors").state_dict(), load_vae(vae_dir).state_dict()
+    assert bundled.keys() == given.keys() and all(torch.equal(bundled[k], given[k]) for k in given)
+    assert all(v.dtype == torch.float32 for v in bundled.values())
     pipe = EMOPipeline(model, DiffusersVAE(load_vae(vae_dir)))
     store = SegmentStore(dataset)
     entry = store.entries[0]

@@ -37,7 +37,18 @@ def export_native(trainer, path: Path, state: dict[str, torch.Tensor] | None = N
         "emo_training_step": str(trainer.global_step),
         "emo_ema": str(trainer.ema is not None),
     }
-    return save_native(export, path, metadata=metadata)
+    return save_native(export, path, metadata=metadata, vae=_bundled_vae(trainer))
+
+
+def _bundled_vae(trainer):
+    """The VAE the run trains with, in float32 as its file holds it (the training copy may be bf16 / fp16), loaded
+    once: every checkpoint carries it, so ``generate --model RUN`` needs no ``--vae``."""
+    vae = getattr(trainer, "_vae_for_export", None)
+    if vae is None:
+        from ..weights import load_vae
+
+        vae = trainer._vae_for_export = load_vae(trainer.vae_path, dtype=torch.float32)
+    return vae
 
 
 # The LR schedule and the EMA are saved as JSON + safetensors rather than through accelerate's
