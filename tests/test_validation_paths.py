@@ -78,7 +78,9 @@ def test_output_folder_existing(tmp_path, monkeypatch):
     )
     for allowed in (os.R_OK | os.X_OK, os.W_OK):
         limit_access(monkeypatch, folder, allowed)
-        assert refused(validation.check_output_folder, folder, label="--out") == f"--out {str(folder)!r} is not writable; pick another folder"
+        assert refused(validation.check_output_folder, folder, label="--out") == (
+            f"--out {str(folder)!r} is not writable; pick another folder"
+        )
 
 
 def test_output_folder_with_a_control_character_is_refused(tmp_path):
@@ -141,14 +143,18 @@ def test_output_file_accepted_cases(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a bare file name: its folder is the working folder
     assert validation.check_output_file("bare.json", **json) == Path("bare.json")
     limit_access(monkeypatch, ".", os.R_OK | os.X_OK)
-    assert refused(validation.check_output_file, "bare.json", **json) == "the output folder '.' of --json is not writable; pick another path"
+    assert refused(validation.check_output_file, "bare.json", **json) == (
+        "the output folder '.' of --json is not writable; pick another path"
+    )
 
 
 def test_output_file_existing_refusals(tmp_path, monkeypatch):
     json = dict(label="--json", suffixes=(".json",))
     existing = tmp_path / "old.json"
     existing.write_text("{}")
-    assert refused(validation.check_output_file, existing, overwrite=False, **json) == f"--json {str(existing)!r} exists; pick another path"
+    assert refused(validation.check_output_file, existing, overwrite=False, **json) == (
+        f"--json {str(existing)!r} exists; pick another path"
+    )
     assert refused(validation.check_output_file, existing, overwrite=False, overwrite_flag="--force", **json) == (
         f"--json {str(existing)!r} exists; pass --force to overwrite it or pick another path"
     )
@@ -158,7 +164,9 @@ def test_output_file_existing_refusals(tmp_path, monkeypatch):
         f"--json {str(fifo)!r} exists and is not a regular file (a pipe, device or socket); pick another path"
     )
     limit_access(monkeypatch, existing, os.R_OK)
-    assert refused(validation.check_output_file, existing, **json) == f"--json {str(existing)!r} exists and is read-only; pick another path"
+    assert refused(validation.check_output_file, existing, **json) == (
+        f"--json {str(existing)!r} exists and is read-only; pick another path"
+    )
 
 
 def test_output_path_formats_and_refusals(tmp_path):
@@ -176,7 +184,9 @@ def test_output_path_formats_and_refusals(tmp_path):
     assert refused(validation.check_output_path, existing, overwrite=False, overwrite_flag="--force") == (
         f"--out {str(existing)!r} exists; pass --force to overwrite it or pick another path"
     )
-    assert refused(validation.check_output_path, existing, label="out", overwrite=False) == f"out {str(existing)!r} exists; pick another path"
+    assert refused(validation.check_output_path, existing, label="out", overwrite=False) == (
+        f"out {str(existing)!r} exists; pick another path"
+    )
 
 
 # ---- check_not_an_input --------------------------------------------------------------------------------------------------
@@ -225,7 +235,9 @@ def test_input_path_refusals_word_for_word(tmp_path):
     )
     long = str(tmp_path / ("n" * 300))  # Path.exists raises OSError (name too long)
     assert refused(validation.check_input_path, long, label="--x") == f"--x {long!r}: no such file or folder"
-    assert refused(validation.check_input_path, tmp_path, label="--x", kind="file") == f"--x {str(tmp_path)!r} is a folder; give a file"
+    assert refused(validation.check_input_path, tmp_path, label="--x", kind="file") == (
+        f"--x {str(tmp_path)!r} is a folder; give a file"
+    )
     f = tmp_path / "f.txt"
     assert refused(validation.check_input_path, f, label="--x", kind="folder") == f"--x {str(f)!r} is a file; give a folder"
     fifo = tmp_path / "pipe"
@@ -291,7 +303,9 @@ def test_cuda_refusals_say_why(monkeypatch):
 
 def test_mps_only_where_metal_is(monkeypatch):
     fake_backends(monkeypatch)
-    assert refused(validation.pick_device, "mps") == "--device mps: Apple's Metal backend is not available here; use --device cpu or auto"
+    assert refused(validation.pick_device, "mps") == (
+        "--device mps: Apple's Metal backend is not available here; use --device cpu or auto"
+    )
     assert refused(validation.pick_device, "MPS", label="device") == (
         "device mps: Apple's Metal backend is not available here; use device cpu or auto"
     )
@@ -299,7 +313,9 @@ def test_mps_only_where_metal_is(monkeypatch):
     assert validation.pick_device("mps") == torch.device("mps")
     fake_backends(monkeypatch)
     monkeypatch.delattr(torch.backends, "mps")
-    assert refused(validation.pick_device, "mps") == "--device mps: Apple's Metal backend is not available here; use --device cpu or auto"
+    assert refused(validation.pick_device, "mps") == (
+        "--device mps: Apple's Metal backend is not available here; use --device cpu or auto"
+    )
 
 
 # ---- check_frame_count -----------------------------------------------------------------------------------------------------
@@ -316,7 +332,8 @@ def test_frame_limit_default_and_given():
         "raise it with max_frames 101 if you mean it, or use shorter audio / a lower fps"
     )
     assert refused(validation.check_frame_count, 101, 25, 100, how="declared") == (
-        "the audio makes 101 frames (4.0 s at 25 fps, by the length its file records), more than the limit of 100 frames per run; "
+        "the audio makes 101 frames (4.0 s at 25 fps, by the length its file records), "
+        "more than the limit of 100 frames per run; "
         "raise it with --max-frames 101 if you mean it, or use shorter audio / a lower fps"
     )
     assert refused(validation.check_frame_count, 140, 25, 100, how="decoding") == (
@@ -330,7 +347,9 @@ def test_frame_limit_default_and_given():
 def test_check_choice():
     assert validation.check_choice("b", ("a", "b"), label="--x") == "b"
     assert refused(validation.check_choice, "c", ("a", "b"), label="--x") == "--x must be one of a, b, got 'c'"
-    assert refused(validation.check_choice, 7, [1, 2, 3], label="--n", hint="see --help") == "--n must be one of 1, 2, 3, got 7; see --help"
+    assert refused(validation.check_choice, 7, [1, 2, 3], label="--n", hint="see --help") == (
+        "--n must be one of 1, 2, 3, got 7; see --help"
+    )
 
 
 def test_check_optional():
@@ -361,7 +380,9 @@ def test_check_speed_scalars_and_curves():
 def test_check_speed_refusals():
     assert refused(validation.check_speed, 4) == f"speed must be a number from 0 to 3, got 4; {SPEED_HINT}"
     assert refused(validation.check_speed, 4, label="--speed") == f"--speed must be a number from 0 to 3, got 4; {SPEED_HINT}"
-    assert refused(validation.check_speed, [0.5, 4]) == f"every value of speed must be a number from 0 to 3, got 4.0; {SPEED_HINT}"
+    assert refused(validation.check_speed, [0.5, 4]) == (
+        f"every value of speed must be a number from 0 to 3, got 4.0; {SPEED_HINT}"
+    )
     assert refused(validation.check_speed, torch.tensor([0.5, -1.0]), label="curve") == (
         f"every value of curve must be a number from 0 to 3, got -1.0; {SPEED_HINT}"
     )
@@ -492,7 +513,8 @@ def test_settings_refusals_word_for_word():
     config = fake_config()
     cases = [
         (dict(steps=0), None, "steps must be an integer from 1 to 1000, got 0; 20-40 is typical; omit it for the model's preset"),
-        (dict(steps=0), LABELS, "--steps must be an integer from 1 to 1000, got 0; 20-40 is typical; omit it for the model's preset"),
+        (dict(steps=0), LABELS,
+         "--steps must be an integer from 1 to 1000, got 0; 20-40 is typical; omit it for the model's preset"),
         (dict(seed=-1), LABELS, "--seed must be an integer from 0 to 9223372036854775807, got -1; any non-negative integer"),
         (dict(speed=4), None, f"speed must be a number from 0 to 3, got 4; {SPEED_HINT}"),
         (dict(speed=4), LABELS, f"--speed must be a number from 0 to 3, got 4; {SPEED_HINT}"),
@@ -506,7 +528,8 @@ def test_settings_refusals_word_for_word():
         (dict(emotion=[1, 2.0]), None, "emotion must be an emotion class 0..3 of fake, got [1, 2.0]"),
         (dict(emotion=[1, 4]), None, "emotion must be an emotion class 0..3 of fake, got [1, 4]"),
         (dict(frames_per_clip=13), None,
-         "frames_per_clip + motion_frames = 17, but fake's temporal layers handle at most 16 frames; lower one of them (or omit both for the preset)"),
+         "frames_per_clip + motion_frames = 17, but fake's temporal layers handle at most 16 frames; lower one of them "
+         "(or omit both for the preset)"),
         (dict(motion_frames=5), LABELS,
          "--frames-per-clip + --motion-frames = 17, but fake's temporal layers handle at most 16 frames; lower one of them "
          "(or omit both for the preset)"),
