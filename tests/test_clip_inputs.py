@@ -1,11 +1,16 @@
-"""A caller's initial noise and pixel-drop draws (``_Run._checked_noise``, ``_checked_draws``): bounds, float32, refusals."""
+"""A caller's initial noise and pixel-drop draws (``_Run._checked_noise``, ``_checked_draws``): bounds, float32, refusals;
+and the clip inputs made from them on a bare ``_Run`` with stand-in parts (``_drop_pixels``, ``_clip_draws``, ``_noise``,
+``_scaled_noise``, ``_row_bank``, ``_encode_motion``), each against values worked out by hand."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import tiny_vae
 
+from emo_model.network.context import ReferenceBank
 from emo_model.network.model import EMOModel
 from emo_model.network.vae import DiffusersVAE
 from emo_model.sampling.clip_loop import _Run
@@ -23,6 +28,208 @@ FRAMES, CLIPS = 13, 3
 NEEDED = [("motion_frames", True, 18), ("motion_frames", False, 13),
           ("context_windows", True, 13), ("context_windows", False, 13)]
 
+
+# ---- the clip inputs on a bare _Run: stand-in stream, model and scheduler, values worked out by hand (first: fast) ---
+
+class Stream:
+    """A seed stream stand-in: ``clip(index, shape, drop_hw)`` records the call and makes the draws (made by hand from
+    the index: pixel-drop draws ``drops[index]`` when drop_hw is given, noise = index + 0.5); ``clip(index)`` reads them."""
+
+    def __init__(self, drops=None):
+        self.drops, self.calls, self.made, self.generators = drops or {}, [], {}, []
+
+    def clip(self, index, noise_shape=None, drop_hw=None):
+        if noise_shape is not None:
+            self.calls.append((index, noise_shape, drop_hw))
+            drop = None if drop_hw is None else self.drops[index]
+            self.made[index] = (drop, torch.full(noise_shape, index + 0.5))
+        return self.made[index]
+
+    def step_generator(self, index, device):
+        self.generators.append((index, device))
+        return ("generator", index)
+
+
+def bare(**attrs) -> _Run:
+    run = _Run.__new__(_Run)
+    run.__dict__.update(attrs)
+    return run
+
+
+# the pixel drop at rate 0.25 on a 2 x 3 portrait. Draws below, at and above the rate, outside and inside the face:
+#   draws  [[0.10, 0.25, 0.90],   face [[no, no,  no ],   kept (draw > rate, or face)  [[no,  no,  yes],
+#           [0.25, 0.00, 0.90]]         [no, yes, yes]]                               [no,  yes, yes]]
+RATE = 0.25
+DRAWS = torch.tensor([[0.10, 0.25, 0.90], [0.25, 0.00, 0.90]])
+FACE = torch.tensor([[False, False, False], [False, True, True]])
+KEPT = torch.tensor([[False, False, True], [False, True, True]])
+
+
+def motion_frames_pixels(dtype) -> torch.Tensor:
+    """Two motion frames [2, 2, 3, 3] with distinct values in (0, 1), none of them 0.5."""
+    return ((torch.arange(36, dtype=torch.float64).reshape(2, 2, 3, 3) + 1) / 64).to(dtype)
+
+
+def dropped_by_hand(frames: torch.Tensor) -> torch.Tensor:
+    out = frames.clone()
+    for y in range(2):
+        for x in range(3):
+            if not KEPT[y, x]:
+                out[:, y, x, :] = 0.5  # every frame, every channel: one draw per pixel
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+def test_pixel_drop_reads_the_callers_draws_of_the_clip_and_spares_the_face(dtype):
+    # clip 0's draws would drop every pixel outside the face, clip 2's none: clip 1's are read
+    draws = torch.stack([torch.zeros(2, 3), DRAWS, torch.ones(2, 3)])
+    stream = Stream({1: torch.ones(2, 3)})  # the seed's draws (all kept) must not be read
+    run = bare(drop_draws=draws, stream=stream, pixel_drop=RATE, face_pixels=FACE)
+    frames = motion_frames_pixels(dtype)
+    got = run._drop_pixels(frames, 1)
+    assert got.dtype == dtype and tuple(got.shape) == (2, 2, 3, 3)
+    assert torch.equal(got, dropped_by_hand(frames))
+    assert stream.calls == [] and stream.made == {}
+
+
+def test_pixel_drop_without_the_callers_draws_reads_the_seeds_draws_of_the_clip():
+    stream = Stream({0: torch.zeros(2, 3), 1: DRAWS})
+    run = bare(drop_draws=None, stream=stream, pixel_drop=RATE, face_pixels=FACE)
+    stream.clip(0, (1, 1), (2, 3))
+    stream.clip(1, (1, 1), (2, 3))  # noise [1, 1] = 1.5: a draw of 1.5 would keep every pixel
+    frames = motion_frames_pixels(torch.float32)
+    assert torch.equal(run._drop_pixels(frames, 1), dropped_by_hand(frames))
+
+
+def clip_draws_run(pixel_drop: float, drop_draws) -> _Run:
+    model = SimpleNamespace(config=SimpleNamespace(latent_channels=4))
+    return bare(model=model, latent_hw=(8, 16), ref=SimpleNamespace(size=(64, 128)), pixel_drop=pixel_drop,
+                drop_draws=drop_draws, stream=Stream({2: DRAWS}))
+
+
+@pytest.mark.parametrize("pixel_drop,callers,drop_hw", [
+    (0.25, False, (64, 128)),  # the seed draws the pixel-drop draws (portrait size), then the noise
+    (0.25, True, None),  # the caller's draws: the seed draws the noise only
+    (0.0, False, None),  # no pixel drop: no draws for it
+    (0.0, True, None),
+])
+def test_clip_draws_asks_the_stream_for_the_clips_noise_and_pixel_drop_draws_only_when_the_seed_gives_them(pixel_drop, callers,
+                                                                                                          drop_hw):
+    run = clip_draws_run(pixel_drop, torch.zeros(3, 64, 128) if callers else None)
+    run._clip_draws(2, 5)
+    assert run.stream.calls == [(2, (1, 4, 5, 8, 16), drop_hw)]
+
+
+def noise_run(initial_noise, clamp) -> _Run:
+    run = clip_draws_run(0.0, None)
+    run.__dict__.update(initial_noise=initial_noise, device="cpu", quirks=SimpleNamespace(initial_noise_clamp=clamp),
+                        scheduler=SimpleNamespace(init_noise_sigma=3.0))
+    return run
+
+
+@pytest.mark.parametrize("clamp,expected", [
+    (2.0, [-6.0, -6.0, -3.0, 1.5, 6.0, 6.0]),  # clamped to [-2, 2], then times sigma 3
+    (None, [-15.0, -6.0, -3.0, 1.5, 6.0, 12.0]),  # not clamped
+])
+def test_scaled_noise_is_clamped_when_the_quirk_says_then_times_the_initial_sigma(clamp, expected):
+    noise = torch.tensor([-5.0, -2.0, -1.0, 0.5, 2.0, 4.0])
+    assert torch.equal(noise_run(None, clamp)._scaled_noise(noise), torch.tensor(expected))
+
+
+def test_noise_of_a_clip_is_the_callers_frames_from_start_scaled():
+    # 2 channels, 6 frames of 1 x 1 latents: value 10 * channel + frame; frames [3, 5) of both channels, times sigma 3
+    initial = (10 * torch.arange(2.0)[:, None] + torch.arange(6.0)[None]).reshape(2, 6, 1, 1)
+    run = noise_run(initial, None)
+    noise, generator = run._noise(2, 1, start=3)
+    assert tuple(noise.shape) == (1, 2, 2, 1, 1)
+    assert torch.equal(noise.flatten(), 3 * torch.tensor([3.0, 4.0, 13.0, 14.0]))
+    assert generator == ("generator", 1) and run.stream.generators == [(1, "cpu")]
+    assert run.stream.calls == []  # the seed draws nothing
+
+
+def test_noise_of_a_clip_without_the_callers_noise_is_the_seeds_scaled():
+    run = noise_run(None, None)
+    noise, generator = run._noise(5, 2)
+    assert run.stream.calls == [(2, (1, 4, 5, 8, 16), None)]
+    assert torch.equal(noise, torch.full((1, 4, 5, 8, 16), 3 * 2.5))  # clip 2's noise 2.5, times sigma 3
+    assert generator == ("generator", 2) and run.stream.generators == [(2, "cpu")]
+
+
+class Model:
+    """A model stand-in: encode_reference / encode_motion record their arguments and return tokens made from them."""
+
+    def __init__(self):
+        self.calls = []
+
+    def encode_reference(self, latent, identity):
+        self.calls.append(("reference", latent, identity))
+        return ReferenceBank({"a": torch.full((1, 2, 3), 3.0), "b": torch.full((1, 1, 2), 4.0)})
+
+    def encode_motion(self, latents, identity):
+        self.calls.append(("motion", latents, identity))
+        return {"a": latents}
+
+
+def identities() -> SimpleNamespace:
+    # identity tokens [1, 2, 3]: conditional ones all 1, unconditional all -1
+    return SimpleNamespace(latent=torch.zeros(1, 4, 8, 16), identity_tokens=torch.ones(1, 2, 3),
+                           identity_uncond=-torch.ones(1, 2, 3))
+
+
+@pytest.mark.parametrize("motion_frames,second", [
+    (0, "cond"), (2, "cond"), (4, "cond"),  # block 1's portrait is row n + 1: odd, the conditional identity
+    (1, "uncond"), (3, "uncond"),  # row n + 1 even: the unconditional identity
+])
+def test_row_bank_is_block_0s_unconditional_portrait_then_block_1s_by_the_parity_of_its_row(motion_frames, second):
+    ref, model = identities(), Model()
+    run = bare(model=model, ref=ref, s=SimpleNamespace(motion_frames=motion_frames))
+    cond = ReferenceBank({"a": torch.full((1, 2, 3), 7.0), "b": torch.full((1, 1, 2), 8.0)})
+    bank = run._row_bank(cond)
+    assert len(model.calls) == 1
+    kind, latent, identity = model.calls[0]
+    assert kind == "reference" and latent is ref.latent and identity is ref.identity_uncond
+    assert sorted(bank.tokens) == ["a", "b"] and bank.motion is None
+    block_1 = {"a": 7.0, "b": 8.0} if second == "cond" else {"a": 3.0, "b": 4.0}
+    assert torch.equal(bank.tokens["a"], torch.cat([torch.full((1, 2, 3), 3.0), torch.full((1, 2, 3), block_1["a"])]))
+    assert torch.equal(bank.tokens["b"], torch.cat([torch.full((1, 1, 2), 4.0), torch.full((1, 1, 2), block_1["b"])]))
+
+
+def motion_latents(n: int) -> torch.Tensor:
+    """Motion latents [1, n, C = 4, h = 3, w = 5] (C, h, w != n and != 1: a wrong axis or expand shows)."""
+    return torch.arange(n * 60, dtype=torch.float32).reshape(1, n, 4, 3, 5)
+
+
+def test_shared_motion_features_read_the_conditional_identity():
+    ref, model = identities(), Model()
+    run = bare(model=model, ref=ref, per_branch_motion=False, branches=["uncond", "full"])
+    latents = motion_latents(2)
+    assert run._encode_motion(latents)["a"] is latents
+    assert len(model.calls) == 1
+    kind, got, identity = model.calls[0]
+    assert kind == "motion" and got is latents and identity is ref.identity_tokens
+
+
+@pytest.mark.parametrize("n,branches,rows", [
+    # block 0 (uncond) frame k is row k, block 1 (conditional) row n + 1 + k; even rows read the unconditional identity
+    (2, ["uncond", "full"], "CU" + "UC"),  # uncond rows 1, 2; full rows 4, 5
+    (3, ["uncond", "reference", "full"], "CUC" + "CUC" + "CUC"),  # uncond rows 1..3; conditional rows 5..7
+    (4, ["full", "uncond"], "UCUC" + "CUCU"),  # full rows 6..9, uncond rows 1..4 (in the branches' order)
+])
+def test_per_branch_motion_features_read_the_identity_of_their_row_in_the_originals_batch(n, branches, rows):
+    ref, model = identities(), Model()
+    run = bare(model=model, ref=ref, per_branch_motion=True, branches=branches)
+    latents = motion_latents(n)
+    run._encode_motion(latents)
+    assert len(model.calls) == 1
+    kind, got, identity = model.calls[0]
+    assert kind == "motion" and tuple(got.shape) == (len(branches), n, 4, 3, 5)
+    for b in range(len(branches)):
+        assert torch.equal(got[b], latents[0]), b
+    by_hand = torch.cat([ref.identity_tokens if r == "C" else ref.identity_uncond for r in rows])
+    assert tuple(identity.shape) == (len(rows), 2, 3) and torch.equal(identity, by_hand)
+
+
+# ---- a caller's noise and draws through EMOPipeline.generate (the tiny model) ----------------------------------------
 
 @pytest.fixture(scope="module")
 def pipe_ref():
