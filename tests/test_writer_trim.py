@@ -461,3 +461,16 @@ def test_audio_at_a_rate_aac_lacks_is_resampled_not_relabelled(tmp_path):
     w.close()
     assert recs[0].samples.shape == (1, 9600)
     np.testing.assert_allclose(recs[0].samples[:, 200:9400], 0.5, atol=0.01)  # the filter rings only at the ends
+
+
+def test_aac_packets_are_timed_to_the_sample_at_odd_sample_positions(tmp_path):
+    # 24 fps at 44.1 kHz: a frame is 1837.5 samples, so the audio sent after each of 6 one-frame writes ends at
+    # 1838, 3675 (odd), 5512, 7350, 9188, 11025.  AAC: 1024 priming samples, then 1024-sample packets:
+    # 1024 + 11025 = 12049 = 11 x 1024 + 785.
+    g = torch.Generator().manual_seed(0)
+    w = VideoWriter(tmp_path / "a.mp4", 24, audio=(torch.rand(1, 44100, generator=g) - 0.5, 44100))
+    for _ in range(6):
+        w.write(_frames(1))
+    with av.open(w.close()) as c:
+        packets = [(p.pts, p.duration) for p in c.demux(audio=0) if p.size]
+    assert packets == [(-1024 + 1024 * k, 1024) for k in range(11)] + [(10240, 785)]
