@@ -145,6 +145,8 @@ def test_noise_of_a_clip_is_the_callers_frames_from_start_scaled():
     assert torch.equal(noise.flatten(), 3 * torch.tensor([3.0, 4.0, 13.0, 14.0]))
     assert generator == ("generator", 1) and run.stream.generators == [(1, "cpu")]
     assert run.stream.calls == []  # the seed draws nothing
+    noise, _ = run._noise(2, 0)  # start defaults to frame 0: frames [0, 2)
+    assert torch.equal(noise.flatten(), 3 * torch.tensor([0.0, 1.0, 10.0, 11.0]))
 
 
 def test_noise_of_a_clip_without_the_callers_noise_is_the_seeds_scaled():
