@@ -268,7 +268,8 @@ def test_auto_picks_cuda_then_mps_then_cpu(monkeypatch):
     fake_backends(monkeypatch, cuda=True, count=1, mps=True)
     assert validation.pick_device("auto") == torch.device("cuda")
     fake_backends(monkeypatch)
-    monkeypatch.delattr(torch.backends, "mps")  # an old PyTorch without the MPS module
+    # an old PyTorch without the MPS module (torch.backends forwards a deleted name to its module, so it is replaced whole)
+    monkeypatch.setattr(torch, "backends", SimpleNamespace())
     assert validation.pick_device("auto") == torch.device("cpu")
 
 
@@ -312,7 +313,7 @@ def test_mps_only_where_metal_is(monkeypatch):
     fake_backends(monkeypatch, mps=True)
     assert validation.pick_device("mps") == torch.device("mps")
     fake_backends(monkeypatch)
-    monkeypatch.delattr(torch.backends, "mps")
+    monkeypatch.setattr(torch, "backends", SimpleNamespace())  # no MPS module at all
     assert refused(validation.pick_device, "mps") == (
         "--device mps: Apple's Metal backend is not available here; use --device cpu or auto"
     )
