@@ -232,6 +232,7 @@ class DistillTrainer(Trainer):
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """The student (the EMA weights: LCM's target network) with its preset, as a native safetensors file."""
         from ..network.model import EMOModel
+        from .checkpointing import _bundled_vae
         from ..weights.native import save_native
 
         acc = self.accelerator
@@ -249,7 +250,7 @@ class DistillTrainer(Trainer):
             "emo_distill_teacher": Path(self.init).name,
             "emo_distill_guidance": json.dumps(self.guidance),
         }
-        return save_native(export, path, metadata=metadata)
+        return save_native(export, path, metadata=metadata, vae=_bundled_vae(self))  # as the stages: the run's VAE rides along
 
     def _load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / "trainer_state.json").read_text())
