@@ -152,7 +152,8 @@ def check_settings(settings, config, *, labels: dict[str, str] | None = None) ->
         raise InputError(f"{label('sampler')} {settings.sampler!r} does not sample {config.name}; choose one of {', '.join(allowed)}")
     classes = config.backbone.emotion_classes if config.backbone.emotion_audio_modules else 0
     if settings.emotion is not None and classes:
-        values = [settings.emotion] if isinstance(settings.emotion, int) else list(settings.emotion)
+        e = settings.emotion  # one class, or one per frame (a list, tuple or array); 1.5 or "1" is one wrong value
+        values = list(e) if hasattr(e, "__iter__") and not isinstance(e, str) else [e]
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < classes for v in values):
             raise InputError(f"{label('emotion')} must be an emotion class 0..{classes - 1} of {config.name}, got {settings.emotion!r}")
     if settings.strategy == "motion_frames":

@@ -545,3 +545,12 @@ def test_settings_refusals_word_for_word():
             assert got == "--sampler 'ddim' does not sample fake; choose one of flow_euler", got
             continue
         assert refused(validation.check_settings, settings(**over), config, labels=labels) == expected, over
+
+
+def test_a_single_emotion_that_is_not_a_whole_number_is_one_line():
+    # emotion=1.5 went to list(1.5): a TypeError traceback instead of the refusal
+    config = fake_config()
+    for bad in (1.5, "1", True):
+        with pytest.raises(validation.InputError) as exc:
+            validation.check_settings(settings(emotion=bad), config)
+        assert str(exc.value).endswith(f"must be an emotion class 0..3 of {config.name}, got {bad!r}")
