@@ -134,10 +134,11 @@ def test_a_packed_float_encoder_gets_the_samples_interleaved(tmp_path):
     np.testing.assert_array_equal(rec.samples, ramp[:, 1920:5760])
 
 
-def test_an_encoder_without_float_input_gets_clipped_rounded_16_bit_samples(tmp_path, monkeypatch):
+def _codec_listing(monkeypatch, formats):
+    """av.Codec as the writer sees it, but listing ``formats(real_codec)`` as its audio sample formats."""
     real = av.Codec
 
-    class OnlyS16:
+    class Listing:
         def __init__(self, *args):
             self._codec = real(*args)
 
@@ -146,9 +147,13 @@ def test_an_encoder_without_float_input_gets_clipped_rounded_16_bit_samples(tmp_
 
         @property
         def audio_formats(self):
-            return [f for f in self._codec.audio_formats or [] if f.name == "s16"]
+            return formats(self._codec)
 
-    monkeypatch.setattr(av, "Codec", OnlyS16)
+    monkeypatch.setattr(av, "Codec", Listing)
+
+
+def test_an_encoder_without_float_input_gets_clipped_rounded_16_bit_samples(tmp_path, monkeypatch):
+    _codec_listing(monkeypatch, lambda codec: [f for f in codec.audio_formats or [] if f.name == "s16"])
     ramp = _stereo_ramp(48000, 0.5, 1.5)  # beyond full scale at both ends: clipped
     w = VideoWriter(tmp_path / "a.webm", 25, format="webm", audio=(torch.from_numpy(ramp), 48000))
     w.write(_frames(1))
@@ -413,20 +418,7 @@ def test_a_container_that_cannot_be_created_is_one_line(tmp_path, monkeypatch):
      (None, "fltp")],
 )
 def test_the_audio_sample_format_is_the_first_of_fltp_flt_s16_the_encoder_lists(tmp_path, monkeypatch, listed, chosen):
-    real = av.Codec
-
-    class Listing:
-        def __init__(self, *args):
-            self._codec = real(*args)
-
-        def __getattr__(self, name):
-            return getattr(self._codec, name)
-
-        @property
-        def audio_formats(self):
-            return None if listed is None else [av.AudioFormat(n) for n in listed]
-
-    monkeypatch.setattr(av, "Codec", Listing)
+    _codec_listing(monkeypatch, lambda codec: None if listed is None else [av.AudioFormat(n) for n in listed])
     w = VideoWriter(tmp_path / "a.mp4", 25, audio=(torch.zeros(1, 100), 16000))
     w._open_streams(16, 16)
     assert w._audio_fmt == chosen and w._astream.codec_context.format.name == chosen
