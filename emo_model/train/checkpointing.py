@@ -18,8 +18,11 @@ PARTIAL = ".partial"  # the suffix of a checkpoint folder being written (hidden:
 STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
-def export_native(trainer, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-    """The model (EMA weights where EMA is on) as a native safetensors file."""
+def export_native(
+    trainer, path: Path, state: dict[str, torch.Tensor] | None = None, metadata: dict[str, str] | None = None
+) -> Path:
+    """The model (EMA weights where EMA is on) and the run's VAE as a native safetensors file; ``metadata`` replaces
+    the stage's entries (the distillation's student records its own)."""
     from ..weights.native import save_native
 
     if state is None:
@@ -32,11 +35,12 @@ def export_native(trainer, path: Path, state: dict[str, torch.Tensor] | None = N
     with torch.device("meta"):
         export = EMOModel(trainer.config)
     export.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in state.items()}, strict=True, assign=True)
-    metadata = {
-        "emo_training_stage": str(trainer.cfg.stage),
-        "emo_training_step": str(trainer.global_step),
-        "emo_ema": str(trainer.ema is not None),
-    }
+    if metadata is None:
+        metadata = {
+            "emo_training_stage": str(trainer.cfg.stage),
+            "emo_training_step": str(trainer.global_step),
+            "emo_ema": str(trainer.ema is not None),
+        }
     return save_native(export, path, metadata=metadata, vae=_bundled_vae(trainer))
 
 

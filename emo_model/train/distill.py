@@ -230,27 +230,16 @@ class DistillTrainer(Trainer):
         return f"emo-stage-distill-step{self.global_step}.safetensors"  # the run-folder globs (emo-stage*-...) find it
 
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
-        """The student (the EMA weights: LCM's target network) with its preset, as a native safetensors file."""
-        from ..network.model import EMOModel
-        from .checkpointing import _bundled_vae
-        from ..weights.native import save_native
+        """The student (the EMA weights: LCM's target network) with its preset and the run's VAE, as a native file."""
+        from .checkpointing import export_native
 
-        acc = self.accelerator
-        if state is None:
-            state = acc.get_state_dict(self.net)
-        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
-        names = [n for n, p in acc.unwrap_model(self.net).model.named_parameters() if p.requires_grad]
-        state.update(zip(names, self.ema.shadow_params, strict=True))
-        with torch.device("meta"):
-            export = EMOModel(self.config)
-        export.load_state_dict({k: v.detach().to("cpu", torch.float32) for k, v in state.items()}, strict=True, assign=True)
         metadata = {
             "emo_training_stage": "distill",
             "emo_training_step": str(self.global_step),
             "emo_distill_teacher": Path(self.init).name,
             "emo_distill_guidance": json.dumps(self.guidance),
         }
-        return save_native(export, path, metadata=metadata, vae=_bundled_vae(self))  # as the stages: the run's VAE rides along
+        return export_native(self, path, state, metadata)
 
     def _load_checkpoint(self, folder: Path) -> None:
         state = json.loads((folder / "trainer_state.json").read_text())
