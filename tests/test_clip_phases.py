@@ -1,0 +1,254 @@
+"""The clip loop's per-step pieces on a bare ``_Run`` with stand-in parts, each against values worked out by hand:
+guidance phases, temporal memory, deep-feature cache ages, emitting decoded clips, emotion, pose windows, cancelling."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from emo_model.sampling.clip_loop import _Run
+from emo_model.sampling.colour_match import colour_stats, match_colours
+from emo_model.sampling.settings import GenerationCancelled
+from emo_model.validation import GenerationError
+
+
+def bare(**attrs) -> _Run:
+    run = _Run.__new__(_Run)
+    run.__dict__.update(attrs)
+    return run
+
+
+@dataclasses.dataclass
+class Cond:
+    """The fields of ``Conditioning`` that the per-step pieces replace, and one they must keep."""
+
+    tag: str
+    memory: dict | None = None
+    update_memory: bool = False
+    feature_cache: object = None
+
+
+# ---- cancelling ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("should_cancel,stops", [(None, False), (lambda: False, False), (lambda: True, True)])
+def test_cancel_point_stops_only_when_the_caller_asks(should_cancel, stops):
+    run = bare(should_cancel=should_cancel)
+    if not stops:
+        run._cancel_point()
+        return
+    with pytest.raises(GenerationCancelled) as e:
+        run._cancel_point()
+    assert str(e.value) == "generation cancelled"  # the text the nodes and the CLI show
+
+
+# ---- guidance phases: guided for guided_steps steps, then the full branch alone --------------------------------
+
+class Recorder:
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+        return f"groups{len(self.calls)}"
+
+
+def phases_run(guided_steps, steps):
+    run = bare(guided_steps=guided_steps, s=SimpleNamespace(steps=steps), weights={"uncond": -2.0, "full": 3.0})
+    run._branch_conditioning = Recorder()
+    return run
+
+
+def test_phases_all_guided_build_the_guided_groups_once():
+    run = phases_run(4, 4)  # guided_steps == steps: no late phase is built
+    phase = run._phases("audio", "speed", "motion", emotion=5)
+    assert run._branch_conditioning.calls == [(("audio", "speed", "motion"), {"emotion": 5})]
+    for i in range(4):
+        assert phase(i) == ("groups1", {"uncond": -2.0, "full": 3.0}, "guided")
+
+
+def test_phases_switch_to_the_full_branch_at_guided_steps():
+    run = phases_run(2, 4)
+    phase = run._phases("audio", "speed", "motion", emotion=5)
+    assert run._branch_conditioning.calls == [(("audio", "speed", "motion"), {"emotion": 5}),
+                                              (("audio", "speed", "motion", ["full"], 5), {})]
+    guided = ("groups1", {"uncond": -2.0, "full": 3.0}, "guided")
+    late = ("groups2", {"full": 1.0}, "late")  # the cache keys of the two phases differ by name
+    assert [phase(i) for i in range(4)] == [guided, guided, late, late]
+
+
+# ---- temporal memory: one per batch of branches, folded at a clip's first step ----------------------------------
+
+def memory_run(decay):
+    model = SimpleNamespace(config=SimpleNamespace(backbone=SimpleNamespace(temporal=SimpleNamespace(memory_decay=decay))))
+    return bare(model=model, memories={}, folded=set())
+
+
+def test_without_a_memory_the_groups_pass_unchanged():
+    groups = [(["uncond", "full"], Cond("a"))]
+    assert memory_run(None)._with_memory(groups, 0) is groups
+
+
+def test_memory_per_batch_of_branches_kept_across_steps_and_folded_when_fresh():
+    run = memory_run(0.5)
+    both, full = ["uncond", "full"], ["full"]
+    step0 = run._with_memory([(both, Cond("a"))], 0)
+    assert [(names, c.tag, c.update_memory) for names, c in step0] == [(both, "a", True)]
+    assert set(run.memories) == {("uncond", "full")} and run.folded == {("uncond", "full")}
+    memory = run.memories[("uncond", "full")]
+    assert step0[0][1].memory is memory and memory == {}
+    memory["past"] = 1  # the network writes into it; later steps must see the same dict
+    # step 1: the known batch is not folded again; a batch first seen now (the full branch alone) is
+    step1 = run._with_memory([(both, Cond("b")), (full, Cond("c"))], 1)
+    assert [(names, c.tag, c.update_memory) for names, c in step1] == [(both, "b", False), (full, "c", True)]
+    assert step1[0][1].memory is memory and step1[1][1].memory is run.memories[("full",)]
+    assert run.folded == {("uncond", "full"), ("full",)}
+    # a new clip starts at step 0: every batch folds its past frames again
+    step0 = run._with_memory([(both, Cond("d"))], 0)
+    assert step0[0][1].update_memory is True and step0[0][1].memory is memory
+
+
+# ---- deep-feature cache: refreshed every deep_cache_interval steps, per phase and group ------------------------
+
+def cache_run(interval):
+    return bare(s=SimpleNamespace(deep_cache_interval=interval))
+
+
+@pytest.mark.parametrize("interval", [0, 1])
+def test_no_cache_at_interval_one_or_below(interval):
+    groups = [(["full"], Cond("a"))]
+    assert cache_run(interval)._with_cache(groups, {}, "guided") is groups
+
+
+def test_cache_refreshes_every_interval_steps_and_is_one_per_phase_and_group():
+    run, caches = cache_run(3), {}
+    refreshes = []
+    for _ in range(7):
+        out = run._with_cache([(["uncond"], Cond("u")), (["full"], Cond("f"))], caches, "guided")
+        assert [c.tag for _, c in out] == ["u", "f"]
+        first, second = out[0][1].feature_cache, out[1][1].feature_cache
+        assert first is caches[("guided", 0)] and second is caches[("guided", 1)] and first is not second
+        refreshes.append(first.refresh)
+        first.features = second.features = torch.zeros(1)  # the network fills them on a refresh
+    assert refreshes == [True, False, False, True, False, False, True]
+    late = run._with_cache([(["full"], Cond("f"))], caches, "late")[0][1].feature_cache
+    assert late is caches[("late", 0)] and late.refresh  # a new phase starts with its own, empty cache
+
+
+# ---- emitting a decoded clip --------------------------------------------------------------------------------------
+
+class Codec:
+    def __init__(self, frames):
+        self.frames, self.inputs = frames, []
+
+    def decode(self, latents):
+        self.inputs.append(latents)
+        return self.frames.clone()
+
+
+def emit_run(frames, colour_match="none"):
+    seen = []
+
+    def sink(clip):
+        seen.append(clip.clone())
+        clip.mul_(0)  # a sink may change what it is handed
+
+    ref_colour = colour_stats(torch.full((4, 4, 3), 0.25))
+    run = bare(pipe=SimpleNamespace(codec=Codec(frames)), sink=sink, ref=SimpleNamespace(colour=ref_colour),
+               s=SimpleNamespace(colour_match=colour_match))
+    return run, seen
+
+
+def frames_by_index(n=4):
+    return (torch.arange(n, dtype=torch.float32)[:, None, None, None] + 1).expand(n, 2, 2, 3) / 10
+
+
+def test_emit_decodes_frame_major_hands_the_clip_to_the_sink_and_keeps_the_last_frames():
+    frames = frames_by_index(5)  # 5 frames: the last 2 are not frames[2:]
+    run, seen = emit_run(frames)
+    latents = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4, 1).expand(1, 2, 3, 4, 2)  # [1, C, F, h, w]
+    kept = run._emit(latents, keep_last=2)
+    assert torch.equal(run.pipe.codec.inputs[0], latents[0].transpose(0, 1))  # [F, C, h, w]
+    assert len(seen) == 1 and torch.equal(seen[0], frames)
+    assert torch.equal(kept, frames[3:])  # kept before the sink changed them
+    assert run._emit(latents) is None and run.emitted == 2  # keep_last defaults to none
+
+
+def test_emit_colour_matches_towards_the_portrait():
+    frames = frames_by_index()
+    run, seen = emit_run(frames, "mean")
+    run._emit(torch.zeros(1, 4, 4, 1, 1))
+    assert torch.allclose(seen[0], match_colours(frames, run.ref.colour, "mean"))
+    assert not torch.allclose(seen[0], frames, atol=1e-3)  # the portrait's mean (0.25) differs from the clip's
+
+
+def test_emit_names_the_clip_whose_decoded_frames_are_not_finite():
+    frames = frames_by_index()
+    run, seen = emit_run(frames)
+    run._emit(torch.zeros(1, 4, 4, 1, 1))
+    run.pipe.codec.frames = frames.clone().index_fill_(0, torch.tensor([1]), float("nan"))
+    with pytest.raises(GenerationError) as e:
+        run._emit(torch.zeros(1, 4, 4, 1, 1))
+    assert str(e.value).startswith("the decoded frames (VAE output) became NaN or infinite at clip 2 (float32);")
+    assert len(seen) == 1  # the broken clip never reaches the sink
+
+
+# ---- emotion of a clip, pose windows, motion per branch ----------------------------------------------------------
+
+def emotion_run(emotion, classes=7):
+    return bare(model=SimpleNamespace(denoising_unet=SimpleNamespace(emotion_classes=classes)), s=SimpleNamespace(emotion=emotion))
+
+
+@pytest.mark.parametrize("emotion,index,expected", [
+    (None, [0, 1], None),  # the "no emotion" class
+    (3, [0, 1], 3),
+    ([0, 0, 2], [2, 3, 4], 2),  # frames after the list read its last label
+    ([0, 0, 2], [0, 2], 0),  # a tie: the smallest class
+    ([1, 4, 4, 1, 1], [1, 2, 3], 4),
+])
+def test_clip_emotion_is_the_most_frequent_label_of_its_frames(emotion, index, expected):
+    assert emotion_run(emotion)._clip_emotion(torch.tensor(index)) == expected
+
+
+def test_clip_emotion_without_emotion_modules_is_none():
+    assert emotion_run([1, 2], classes=None)._clip_emotion(torch.tensor([0])) is None
+
+
+def test_emotion_rows_give_the_unconditional_branch_the_no_emotion_class():
+    run = emotion_run(None, classes=7)
+    assert torch.equal(run._emotion_rows(["uncond", "ref", "full"], 3), torch.tensor([7, 3, 3]))
+    assert torch.equal(run._emotion_rows(["uncond", "full"], None), torch.tensor([7, 7]))
+    assert emotion_run(None, classes=None)._emotion_rows(["full"], 3) is None
+
+
+def test_pose_window_encodes_the_windows_pose_frames_in_the_models_dtype():
+    pose = torch.arange(5, dtype=torch.float32)[:, None, None, None].expand(5, 3, 2, 2).clone()  # [F, 3, H, W]
+    seen = []
+
+    def face_features(poses):
+        seen.append(poses)
+        return poses[:, :2]  # [F, C, H, W] -> the run keeps [1, C, F, H, W]
+
+    run = bare(pose=pose, device="cpu", dtype=torch.float64, model=SimpleNamespace(face_features=face_features), face="before")
+    run._pose_window(torch.tensor([3, 4, 5, 6]))  # past the last of 5 poses: mirrored back, 0 1 2 3 4 3 2 ..
+    rows = torch.tensor([3, 4, 3, 2])
+    assert seen[0].dtype == torch.float64 and torch.equal(seen[0], pose[rows].double())
+    assert tuple(run.face.shape) == (1, 2, 4, 2, 2) and torch.equal(run.face[0, 0, :, 0, 0], pose[rows, 0, 0, 0].double())
+    unchanged = bare(pose=None, face="before")
+    unchanged._pose_window(torch.tensor([0]))
+    assert unchanged.face == "before"
+
+
+@pytest.mark.parametrize("per_branch", [False, True])
+def test_branch_motion_is_shared_unless_each_branch_has_its_rows(per_branch):
+    motion = {"a": torch.arange(3)[:, None] * 10}  # rows of branches uncond, ref, full
+    run = bare(per_branch_motion=per_branch, branches=["uncond", "ref", "full"])
+    got = run._branch_motion(motion, ["uncond", "full"])
+    if per_branch:
+        assert torch.equal(got["a"], torch.tensor([[0], [20]]))
+    else:
+        assert got is motion
+    assert run._branch_motion(None, ["full"]) is None
+
