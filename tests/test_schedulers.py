@@ -160,3 +160,43 @@ def test_each_schedule_gets_its_own_samplers_and_a_wrong_one_is_refused_in_one_l
                                "choose one of ddim, dpmpp_2m, euler, euler_ancestral, unipc, lcm")
     with pytest.raises(ValueError, match=r"^unknown sampler 'heun'; choose one of flow_euler$"):
         make_scheduler("heun", flow)
+
+
+class Built:
+    """A scheduler class stand-in: keeps the keyword arguments it was built with."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def test_a_samplers_own_settings_reach_its_scheduler(monkeypatch):
+    """A sampler's row in the table carries settings of its own (dpmpp_2m's solver, unipc's final sigma); today's
+    diffusers defaults happen to equal them, so the built scheduler cannot show they were passed: a stand-in can."""
+    from emo_model.sampling import schedulers
+
+    monkeypatch.setitem(schedulers.SAMPLERS, "stand_in", (Built, {"solver_order": 3}))
+    monkeypatch.setitem(schedulers.FLOW_SAMPLERS, "flow_stand_in", (Built, {"stochastic": True}))
+    ddpm = SchedulerConfig(num_train_timesteps=500)
+    got = make_scheduler("stand_in", ddpm).kwargs
+    assert got["solver_order"] == 3 and got["num_train_timesteps"] == 500 and "clip_sample" not in got
+    assert make_scheduler("flow_stand_in", SchedulerConfig(flow_shift=2.0, num_train_timesteps=700)).kwargs == {
+        "num_train_timesteps": 700, "shift": 2.0, "stochastic": True}
+    with pytest.raises(ValueError, match=r"^this model predicts flow velocities, which only flow_euler, flow_stand_in sample;"):
+        make_scheduler("ddim", SchedulerConfig(flow_shift=1.0))
+
+
+def test_init_noise_sigma_is_the_samplers_own_or_one():
+    from types import SimpleNamespace
+
+    from emo_model.sampling.schedulers import init_noise_sigma
+
+    assert init_noise_sigma(SimpleNamespace()) == 1.0 and isinstance(init_noise_sigma(SimpleNamespace()), float)
+    assert init_noise_sigma(SimpleNamespace(init_noise_sigma=torch.tensor(14.5))) == 14.5
+    euler = make_scheduler("euler", SchedulerConfig(prediction_type="epsilon", rescale_betas_zero_snr=False,
+                                                    timestep_spacing="leading"))
+    euler.set_timesteps(STEPS)
+    # Euler scales the noise by sqrt(sigma_max^2 + 1) for "leading" spacing: sigma_max from the first timestep's alpha-bar
+    betas = torch.linspace(0.00085, 0.012, 1000, dtype=torch.float64)  # the default "linear" schedule
+    abar = torch.cumprod(1 - betas, 0)[int(euler.timesteps[0])]
+    sigma = ((1 - abar) / abar).sqrt()
+    assert init_noise_sigma(euler) == pytest.approx(float((sigma**2 + 1).sqrt()), rel=1e-4)
