@@ -252,3 +252,109 @@ def test_branch_motion_is_shared_unless_each_branch_has_its_rows(per_branch):
         assert got is motion
     assert run._branch_motion(None, ["full"]) is None
 
+
+
+# ---- a run's set-up (_Run.__init__) on the tiny model in float64: frame counts, guided steps, the face mask ---------
+
+H, W = 64, 128  # height != width
+
+
+@pytest.fixture(scope="module")
+def tiny64():
+    from conftest import tiny_vae
+
+    from emo_model.network.model import EMOModel
+    from emo_model.network.vae import DiffusersVAE
+    from emo_model.sampling.pipeline import EMOPipeline
+    from emo_model.sampling.reference_state import ReferenceState
+
+    torch.manual_seed(0)
+    model = EMOModel("tiny").eval().double()  # not float32: the mask must be handed over in the model's dtype
+    pipe = EMOPipeline(model, DiffusersVAE(tiny_vae()))
+    latent = torch.zeros(1, 4, H // 8, W // 8, dtype=torch.float64)
+    with torch.no_grad():
+        bank = model.encode_reference(latent, None)
+    return pipe, ReferenceState(torch.zeros(H, W, 3), latent, bank, None, None, colour_stats(torch.zeros(H, W, 3)))
+
+
+def new_run(monkeypatch, tiny64, rows=13, num_frames=None, face_mask=None, region_masks=None, **settings):
+    from emo_model.sampling.settings import SamplingSettings
+
+    pipe, ref = tiny64
+    masks = []
+
+    def face_features(mask):
+        masks.append(mask)
+        return "face"
+
+    monkeypatch.setattr(pipe.model, "face_features", face_features)
+    s = dataclasses.replace(SamplingSettings.from_preset(pipe.config.preset, steps=4, sampler="ddim"), **settings)
+    proj = pipe.model.audioproj.cfg
+    assert proj.seq_len != rows  # a count read from another axis would show
+    features = torch.zeros(rows, proj.seq_len, proj.blocks, proj.channels)
+    run = _Run(pipe, ref, features, s, None, face_mask, region_masks, None, None, num_frames=num_frames)
+    monkeypatch.undo()
+    assert len(masks) == 1 and masks[0].dtype == torch.float64 and tuple(masks[0].shape) == (1, H, W)
+    return run, masks[0][0]
+
+
+@pytest.mark.parametrize("num_frames,emitted", [(None, 13), (10, 10)])
+def test_a_run_emits_the_frames_asked_for_and_keeps_every_feature_row(monkeypatch, tiny64, num_frames, emitted):
+    run, _ = new_run(monkeypatch, tiny64, num_frames=num_frames)
+    assert (run.num_frames, run.feature_rows) == (emitted, 13)
+
+
+@pytest.mark.parametrize("fraction,guided", [(1.0, 4), (1.5, 4), (0.5, 2), (0.3, 2), (0.0, 0), (-0.5, 0)])
+def test_guided_steps_are_the_fraction_of_the_steps_rounded_up(monkeypatch, tiny64, fraction, guided):
+    assert new_run(monkeypatch, tiny64, guidance_fraction=fraction)[0].guided_steps == guided  # of 4 steps
+
+
+def test_no_face_mask_is_the_whole_picture(monkeypatch, tiny64):
+    run, mask = new_run(monkeypatch, tiny64)
+    assert torch.equal(mask, torch.ones(H, W, dtype=torch.float64)) and bool(run.face_pixels.all())
+
+
+def test_a_face_mask_with_channels_reads_the_first(monkeypatch, tiny64):
+    given = torch.zeros(2, H, W)
+    given[0, 10:20, 30:40] = 1.0
+    given[1] = 1.0
+    run, mask = new_run(monkeypatch, tiny64, face_mask=given)
+    assert torch.equal(mask, given[0].double()) and torch.equal(run.face_pixels, given[0] > 0)
+
+
+def test_a_face_mask_of_another_size_is_resized_bilinearly_half_pixel_centred(monkeypatch, tiny64):
+    given = torch.zeros(H // 2, W // 2)
+    given[:, W // 4:] = 1.0  # the right half
+    run, mask = new_run(monkeypatch, tiny64, face_mask=given[None])
+    # by hand, 2x up: output column x samples input column (x + 0.5) / 2 - 0.5, so columns 62..65 read 30.75,
+    # 31.25, 31.75, 32.25 between the 0 at column 31 and the 1 at 32
+    assert tuple(mask.shape) == (H, W)
+    torch.testing.assert_close(mask[:, 60:68], torch.tensor([0, 0, 0, 0.25, 0.75, 1, 1, 1], dtype=torch.float64).expand(H, 8),
+                               rtol=0, atol=1e-7)
+    assert torch.equal(run.face_pixels, mask > 0)
+
+
+def test_region_masks_get_a_batch_axis_in_the_models_dtype(monkeypatch, tiny64):
+    masks = torch.rand(3, 8, 16)
+    run, _ = new_run(monkeypatch, tiny64, region_masks=masks)
+    assert run.region.dtype == torch.float64 and torch.equal(run.region, masks[None].double())
+    per_size = {(8, 16): masks, (4, 8): masks[:, ::2, ::2]}
+    run, _ = new_run(monkeypatch, tiny64, region_masks=per_size)
+    assert list(run.region) == [(8, 16), (4, 8)]
+    for k, v in per_size.items():
+        assert run.region[k].dtype == torch.float64 and torch.equal(run.region[k], v[None].double())
+    assert new_run(monkeypatch, tiny64)[0].region is None
+
+
+def test_reference_keys_and_values_are_projected_once_unless_every_step(monkeypatch, tiny64):
+    once, _ = new_run(monkeypatch, tiny64)
+    assert isinstance(once.reference_kv, dict) and len(once.reference_kv) > 0
+    assert new_run(monkeypatch, tiny64, reference_every_step=True)[0].reference_kv is None
+
+
+@pytest.mark.parametrize("sampler,step_kwargs,generator", [("ddim", {"eta": 0.0}, True), ("euler", {}, True),
+                                                           ("dpmpp_2m", {}, True), ("unipc", {}, False)])
+def test_ddim_steps_deterministically_and_samplers_that_draw_get_the_generator(monkeypatch, tiny64, sampler, step_kwargs,
+                                                                               generator):
+    run, _ = new_run(monkeypatch, tiny64, sampler=sampler)
+    assert run.step_kwargs == step_kwargs and run.uses_generator is generator
