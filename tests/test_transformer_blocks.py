@@ -147,3 +147,30 @@ def test_a_block_without_cross_attention_ignores_a_cross_context():
         x1 = x + by_hand_attention(block.attn1, h, h)
     torch.testing.assert_close(plain, x1 + geglu_ff(block.ff, layer_norm(block.norm3, x1)), rtol=0, atol=1e-10)
     assert torch.equal(given, plain)
+
+
+def test_the_separate_reference_attention_has_the_shapes_of_the_self_attention():
+    block = separate_block()
+    weights = block.state_dict()
+    for name in ["to_q.weight", "to_k.weight", "to_v.weight", "to_out.0.weight", "to_out.0.bias"]:
+        assert weights["attn1_5." + name].shape == weights["attn1." + name].shape, name
+    assert block.attn1_5.heads == HEADS
+
+
+@pytest.mark.parametrize("after_self_attention,cross", [(False, False), (False, True), (True, False)])
+def test_a_reference_pass_banks_norm1_or_after_the_self_attention_norm2(after_self_attention, cross):
+    from emo_model.network.attention import TransformerBlock
+
+    torch.manual_seed(0)
+    block = TransformerBlock(C, HEADS, CTX).double()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x, bank = torch.randn(2, 6, C, dtype=torch.float64), {}
+    with torch.no_grad():
+        context = torch.randn(2, 3, CTX, dtype=torch.float64) if cross else None  # a reference pass with tokens in attn2
+        block(x, "blk", ForwardContext(bank=bank, bank_after_self_attention=after_self_attention, cross_context=context))
+        h = layer_norm(block.norm1, x)
+        x1 = x + by_hand_attention(block.attn1, h, h)
+    want = layer_norm(block.norm2, x1) if after_self_attention else h
+    assert list(bank) == ["blk"]
+    torch.testing.assert_close(bank["blk"], want, rtol=0, atol=1e-10)
