@@ -358,3 +358,69 @@ def test_ddim_steps_deterministically_and_samplers_that_draw_get_the_generator(m
                                                                                generator):
     run, _ = new_run(monkeypatch, tiny64, sampler=sampler)
     assert run.step_kwargs == step_kwargs and run.uses_generator is generator
+
+
+def quirk_run(monkeypatch, tiny64, identity=False, cfg=2.0, every_step=False, layers=3, **quirks):
+    """A run of the tiny model under other inference quirks (a stand-in pipeline holding them); records the seed
+    stream's arguments, the row bank's construction and every projection of reference keys / values."""
+    from emo_model.sampling import clip_loop
+    from emo_model.sampling.settings import SamplingSettings
+
+    pipe, ref = tiny64
+    log = {"stream": [], "rows": [], "projected": []}
+    monkeypatch.setattr(clip_loop, "SeedStream", lambda *a, **k: log["stream"].append((a, k)) or "stream")
+    monkeypatch.setattr(_Run, "_row_bank", lambda self, bank: log["rows"].append(bank) or "row bank")
+    monkeypatch.setattr(pipe.model.denoising_unet, "project_reference", lambda bank: log["projected"].append(bank) or {"kv": bank})
+    preset = SimpleNamespace(quirks=dataclasses.replace(pipe.config.preset.quirks, **quirks), scheduler=pipe.config.preset.scheduler)
+    stand_in = SimpleNamespace(model=pipe.model, device=pipe.device, codec=pipe.codec,
+                               config=SimpleNamespace(preset=preset, audio=SimpleNamespace(layers=layers)))
+    ref = dataclasses.replace(ref, identity_tokens=torch.zeros(1, 2, 3) if identity else None)
+    s = dataclasses.replace(SamplingSettings.from_preset(pipe.config.preset, steps=4, sampler="ddim"), cfg=cfg, audio_cfg=cfg,
+                            seed=7, reference_every_step=every_step)
+    proj = pipe.model.audioproj.cfg
+    run = _Run(stand_in, ref, torch.zeros(5, proj.seq_len, proj.blocks, proj.channels), s, None, None, None, None, None)
+    monkeypatch.undo()
+    return run, log
+
+
+@pytest.mark.parametrize("alternates,cfg,identity,per_branch", [
+    (True, 2.0, True, True), (False, 2.0, True, False),
+    (True, 1.0, True, False),  # no unconditional branch
+    (True, 2.0, False, False),  # no identity tokens
+])
+def test_motion_rows_per_branch_only_when_identities_alternate_under_guidance(monkeypatch, tiny64, alternates, cfg, identity,
+                                                                             per_branch):
+    run, _ = quirk_run(monkeypatch, tiny64, identity=identity, cfg=cfg, reference_identity_alternates=alternates)
+    assert run.per_branch_motion is per_branch
+    assert run.folded == set() and run.memories == {}  # memories start empty for the video
+
+
+@pytest.mark.parametrize("tiled,every_step,row_bank,projected", [
+    (True, False, "row bank", ["bank", "row bank"]),  # the row bank's keys / values replace the portrait's
+    (True, True, "row bank", []),  # the naive baseline projects on every step, nothing here
+    (False, False, None, ["bank"]),
+])
+def test_reference_rows_tiled_build_the_row_bank_and_project_it(monkeypatch, tiny64, tiled, every_step, row_bank, projected):
+    pipe, ref = tiny64
+    run, log = quirk_run(monkeypatch, tiny64, identity=True, every_step=every_step, reference_identity_alternates=True,
+                         reference_rows_tiled=tiled)
+    assert run.row_bank == row_bank and log["rows"] == ([ref.bank] if row_bank else [])
+    assert log["projected"] == [ref.bank if p == "bank" else p for p in projected]
+    assert run.reference_kv == (None if every_step else {"kv": ref.bank if row_bank is None else "row bank"})
+
+
+def test_rows_are_not_tiled_without_motion_rows_per_branch(monkeypatch, tiny64):
+    run, log = quirk_run(monkeypatch, tiny64, identity=False, reference_identity_alternates=True, reference_rows_tiled=True)
+    assert run.row_bank is None and log["rows"] == []
+
+
+@pytest.mark.parametrize("from_pixels,drop,want", [(True, 0.25, 0.25), (False, 0.25, 0.0), (True, 0.0, 0.0)])
+def test_the_pixel_drop_applies_to_motion_frames_from_pixels_only(monkeypatch, tiny64, from_pixels, drop, want):
+    run, _ = quirk_run(monkeypatch, tiny64, motion_frames_from_pixels=from_pixels, motion_frame_pixel_drop=drop)
+    assert run.pixel_drop == want and isinstance(run.pixel_drop, float)
+
+
+@pytest.mark.parametrize("per_layer,skip", [(2, 6), (0, 0)])
+def test_the_seed_stream_gets_the_seed_layout_dtype_and_the_draws_to_skip(monkeypatch, tiny64, per_layer, skip):
+    _, log = quirk_run(monkeypatch, tiny64, layers=3, seed_stream="single", seed_draws_per_audio_layer=per_layer)
+    assert log["stream"] == [((7, "single", torch.float64), {"skip": skip})]  # draws per layer x 3 audio layers
