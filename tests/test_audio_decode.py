@@ -49,16 +49,17 @@ def container(streams=1, codec_rate=16000, stream_rate=16000, duration=None, tim
 
 
 @pytest.mark.parametrize("box,want", [
-    (dict(duration=48000, time_base=1 / 16000), (48000, 16000)),  # the stream's own length: 3 s
-    (dict(codec_rate=0, stream_rate=8000, duration=4, time_base=0.5), (16000, 8000)),  # the stream's rate when the codec has none
-    (dict(duration=1, time_base=0.25), (4000, 16000)),  # a length of one time-base unit still counts
-    (dict(duration=0, time_base=0.5, container_duration=2 * av.time_base), (32000, 16000)),  # 0: the container's 2 s
-    (dict(duration=None, time_base=0.5, container_duration=1), (0, 16000)),  # 1 microsecond: 0.016 samples
-    (dict(duration=5, time_base=None, container_duration=3 * av.time_base), (48000, 16000)),
-    (dict(duration=None, container_duration=0), None),
-    (dict(duration=None, container_duration=None), None),
-    (dict(codec_rate=0, stream_rate=0, duration=48000, time_base=1 / 16000), None),
-    (dict(streams=0), None),
+    ({"duration": 48000, "time_base": 1 / 16000}, (48000, 16000)),  # the stream's own length: 3 s
+    # the stream's rate when the codec has none
+    ({"codec_rate": 0, "stream_rate": 8000, "duration": 4, "time_base": 0.5}, (16000, 8000)),
+    ({"duration": 1, "time_base": 0.25}, (4000, 16000)),  # a length of one time-base unit still counts
+    ({"duration": 0, "time_base": 0.5, "container_duration": 2 * av.time_base}, (32000, 16000)),  # 0: the container's 2 s
+    ({"duration": None, "time_base": 0.5, "container_duration": 1}, (0, 16000)),  # 1 microsecond: 0.016 samples
+    ({"duration": 5, "time_base": None, "container_duration": 3 * av.time_base}, (48000, 16000)),
+    ({"duration": None, "container_duration": 0}, None),
+    ({"duration": None, "container_duration": None}, None),
+    ({"codec_rate": 0, "stream_rate": 0, "duration": 48000, "time_base": 1 / 16000}, None),
+    ({"streams": 0}, None),
 ])
 def test_declared_samples_read_the_stream_then_the_container(monkeypatch, box, want):
     calls = []
@@ -122,7 +123,8 @@ def test_a_folder_a_fifo_and_a_missing_file_are_refused_in_one_line(tmp_path):
     assert refusal(tmp_path) == (f"'{tmp_path}' is a folder, not an audio file; give the file in it "
                                  "(wav, flac, mp3, ogg, m4a or a video).")
     os.mkfifo(tmp_path / "pipe")
-    assert refusal(tmp_path / "pipe") == f"'{tmp_path / 'pipe'}' is not a regular file (a pipe, device or socket); give an audio file."
+    assert refusal(tmp_path / "pipe") == (f"'{tmp_path / 'pipe'}' is not a regular file (a pipe, device or socket); "
+                                          "give an audio file.")
     assert refusal(tmp_path / "none.wav") == (f"audio file not found: '{tmp_path / 'none.wav'}'. Check the path (or pick the "
                                               "file in the LoadAudio node).")
 

@@ -198,7 +198,8 @@ def test_emit_names_the_clip_whose_decoded_frames_are_not_finite():
 # ---- emotion of a clip, pose windows, motion per branch ----------------------------------------------------------
 
 def emotion_run(emotion, classes=7):
-    return bare(model=SimpleNamespace(denoising_unet=SimpleNamespace(emotion_classes=classes)), s=SimpleNamespace(emotion=emotion))
+    model = SimpleNamespace(denoising_unet=SimpleNamespace(emotion_classes=classes))
+    return bare(model=model, s=SimpleNamespace(emotion=emotion))
 
 
 @pytest.mark.parametrize("emotion,index,expected", [
@@ -370,8 +371,10 @@ def quirk_run(monkeypatch, tiny64, identity=False, cfg=2.0, every_step=False, la
     log = {"stream": [], "rows": [], "projected": []}
     monkeypatch.setattr(clip_loop, "SeedStream", lambda *a, **k: log["stream"].append((a, k)) or "stream")
     monkeypatch.setattr(_Run, "_row_bank", lambda self, bank: log["rows"].append(bank) or "row bank")
-    monkeypatch.setattr(pipe.model.denoising_unet, "project_reference", lambda bank: log["projected"].append(bank) or {"kv": bank})
-    preset = SimpleNamespace(quirks=dataclasses.replace(pipe.config.preset.quirks, **quirks), scheduler=pipe.config.preset.scheduler)
+    monkeypatch.setattr(pipe.model.denoising_unet, "project_reference",
+                        lambda bank: log["projected"].append(bank) or {"kv": bank})
+    preset = SimpleNamespace(quirks=dataclasses.replace(pipe.config.preset.quirks, **quirks),
+                             scheduler=pipe.config.preset.scheduler)
     stand_in = SimpleNamespace(model=pipe.model, device=pipe.device, codec=pipe.codec,
                                config=SimpleNamespace(preset=preset, audio=SimpleNamespace(layers=layers)))
     ref = dataclasses.replace(ref, identity_tokens=torch.zeros(1, 2, 3) if identity else None)
@@ -401,7 +404,7 @@ def test_motion_rows_per_branch_only_when_identities_alternate_under_guidance(mo
     (False, False, None, ["bank"]),
 ])
 def test_reference_rows_tiled_build_the_row_bank_and_project_it(monkeypatch, tiny64, tiled, every_step, row_bank, projected):
-    pipe, ref = tiny64
+    _, ref = tiny64
     run, log = quirk_run(monkeypatch, tiny64, identity=True, every_step=every_step, reference_identity_alternates=True,
                          reference_rows_tiled=tiled)
     assert run.row_bank == row_bank and log["rows"] == ([ref.bank] if row_bank else [])

@@ -87,7 +87,8 @@ def make_run(monkeypatch, n=2, steps=2, frames=13, per_clip=6, pad=True, pixel_d
         _clip_emotion=lambda index: ("emotion", index.tolist()),
         _noise=noise, _phases=phases, _with_cache=with_cache, _with_memory=with_memory, _predict=predict,
         _step=lambda pred, t, latents, generator: log["step"].append((t, generator)) or latents + pred,
-        _report=lambda clip, clips, step, total, latents: log["report"].append((clip, clips, step, total, latents.flatten().tolist())),
+        _report=lambda clip, clips, step, total, latents: log["report"].append(
+            (clip, clips, step, total, latents.flatten().tolist())),
         _emit=emit,
     )
     return run, log
