@@ -105,16 +105,19 @@ def _config(steps: int) -> DistillConfig:
     return cfg
 
 
-def _trainer(cfg, output, dataset, vae_dir, **kw):  # noqa: F811
+def _trainer(cfg, output, dataset, vae_dir, log=None, **kw):  # noqa: F811
     cfg.data.dir = str(dataset)
-    return DistillTrainer(cfg, output, vae=vae_dir, log=lambda *_: None, **kw).setup()
+    return DistillTrainer(cfg, output, vae=vae_dir, log=log or (lambda *_: None), **kw).setup()
 
 
 def test_distill_runs_resumes_exactly_and_the_student_carries_its_preset(dataset, vae_dir, init_checkpoint, tmp_path):  # noqa: F811
     from emo_model.weights.checkpoints import load_emo_model
 
-    straight = _trainer(_config(2), tmp_path / "a", dataset, vae_dir, init=init_checkpoint)
+    lines: list[str] = []
+    straight = _trainer(_config(2), tmp_path / "a", dataset, vae_dir, log=lines.append, init=init_checkpoint)
     straight.train()
+    assert lines[0].startswith("distillation (stage 2 inputs) on 1 process")  # not "stage 2": the log names the run
+    assert any(line.startswith("distillation (stage 2 inputs): training backbone") for line in lines)
     first = _trainer(_config(1), tmp_path / "b", dataset, vae_dir, init=init_checkpoint)
     first.train()
     resumed = _trainer(_config(2), tmp_path / "b", dataset, vae_dir, init=init_checkpoint, resume="latest")

@@ -107,6 +107,8 @@ class DistillTrainer(Trainer):
     the exported checkpoints carry the student's preset (``distill.steps`` lcm steps, guidance 1).
     """
 
+    label = "distillation (stage 2 inputs)"
+
     def __init__(self, cfg: DistillConfig, output, *, vae, init=None, resume=None, accelerator=None, log=print, **unused):
         if unused.get("sd15") or unused.get("animatediff"):
             raise TrainError("--stage distill starts from the teacher (--init); --sd15 / --animatediff are for stages 1 and 2")
