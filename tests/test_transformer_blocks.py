@@ -174,3 +174,30 @@ def test_a_reference_pass_banks_norm1_or_after_the_self_attention_norm2(after_se
     want = layer_norm(block.norm2, x1) if after_self_attention else h
     assert list(bank) == ["blk"]
     torch.testing.assert_close(bank["blk"], want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("enabled", [None, [False, True]])
+def test_reference_attention_joins_the_reference_tokens_to_the_self_attention_by_hand(enabled):
+    """The plain block (no separate reference attention): the self-attention's keys / values are its own tokens and
+    the banked reference tokens of its key; a row without reference (the unconditional branch) attends to itself."""
+    from emo_model.network.attention import TransformerBlock
+    from emo_model.network.context import ReferenceBank
+
+    torch.manual_seed(0)
+    block = TransformerBlock(C, HEADS, None).double()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 6, C, generator=g, dtype=torch.float64)
+    ref = torch.randn(1, 5, C, generator=g, dtype=torch.float64)
+    ctx = ForwardContext(reference=ReferenceBank({"blk": ref, "other": torch.zeros(1, 5, C, dtype=torch.float64)}),
+                         reference_enabled=None if enabled is None else torch.tensor(enabled))
+    with torch.no_grad():
+        got = block(x, "blk", ctx)
+        h = layer_norm(block.norm1, x)
+        joined = by_hand_attention(block.attn1, h, torch.cat([h, ref.expand(2, -1, -1)], dim=1))
+        if enabled is not None:
+            joined[0] = by_hand_attention(block.attn1, h[:1], h[:1])[0]
+        x1 = x + joined
+        want = x1 + geglu_ff(block.ff, layer_norm(block.norm3, x1))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
