@@ -23,7 +23,8 @@ setup-test:
 	@$(PYTHON) scripts/setup_env.py test
 
 # make mutate -> mutation testing of the core modules with mutmut ([tool.mutmut] in pyproject.toml: the modules and
-# a fast test selection). Hours on 2 cores, so not part of `make test` or CI; the score goes in docs/testing.md.
+# a fast test selection). About 1 h 45 min on 2 cores, so not part of `make test` or CI; the score goes in
+# docs/testing.md.
 # One OpenMP thread per mutmut worker: a worker forked after torch's thread pool started hangs in its first
 # parallel op (seen as timeouts), and mutmut already runs one worker per core.
 .PHONY: mutate
