@@ -40,6 +40,15 @@ def perturb_zero_inits(model: torch.nn.Module, scale: float = 0.05, seed: int = 
     return model
 
 
+def bare_run(**attrs):
+    """A clip-loop run (``clip_loop._Run``) without its set-up: only ``attrs``, for unit tests of its pieces."""
+    from emo_model.sampling.clip_loop import _Run
+
+    run = _Run.__new__(_Run)
+    run.__dict__.update(attrs)
+    return run
+
+
 def tiny_vae(seed: int = 0):
     """A small random diffusers AutoencoderKL with SD's interface (4 latent channels, /8)."""
     from diffusers import AutoencoderKL

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import tiny_vae
+from conftest import bare_run, tiny_vae
 
 from emo_model.network.context import ReferenceBank
 from emo_model.network.model import EMOModel
@@ -50,12 +50,6 @@ class Stream:
         return ("generator", index)
 
 
-def bare(**attrs) -> _Run:
-    run = _Run.__new__(_Run)
-    run.__dict__.update(attrs)
-    return run
-
-
 # the pixel drop at rate 0.25 on a 2 x 3 portrait. Draws below, at and above the rate, outside and inside the face:
 #   draws  [[0.10, 0.25, 0.90],   face [[no, no,  no ],   kept (draw > rate, or face)  [[no,  no,  yes],
 #           [0.25, 0.00, 0.90]]         [no, yes, yes]]                               [no,  yes, yes]]
@@ -84,7 +78,7 @@ def test_pixel_drop_reads_the_callers_draws_of_the_clip_and_spares_the_face(dtyp
     # clip 0's draws would drop every pixel outside the face, clip 2's none: clip 1's are read
     draws = torch.stack([torch.zeros(2, 3), DRAWS, torch.ones(2, 3)])
     stream = Stream({1: torch.ones(2, 3)})  # the seed's draws (all kept) must not be read
-    run = bare(drop_draws=draws, stream=stream, pixel_drop=RATE, face_pixels=FACE)
+    run = bare_run(drop_draws=draws, stream=stream, pixel_drop=RATE, face_pixels=FACE)
     frames = motion_frames_pixels(dtype)
     got = run._drop_pixels(frames, 1)
     assert got.dtype == dtype and tuple(got.shape) == (2, 2, 3, 3)
@@ -94,7 +88,7 @@ def test_pixel_drop_reads_the_callers_draws_of_the_clip_and_spares_the_face(dtyp
 
 def test_pixel_drop_without_the_callers_draws_reads_the_seeds_draws_of_the_clip():
     stream = Stream({0: torch.zeros(2, 3), 1: DRAWS})
-    run = bare(drop_draws=None, stream=stream, pixel_drop=RATE, face_pixels=FACE)
+    run = bare_run(drop_draws=None, stream=stream, pixel_drop=RATE, face_pixels=FACE)
     stream.clip(0, (1, 1), (2, 3))
     stream.clip(1, (1, 1), (2, 3))  # noise [1, 1] = 1.5: a draw of 1.5 would keep every pixel
     frames = motion_frames_pixels(torch.float32)
@@ -103,7 +97,7 @@ def test_pixel_drop_without_the_callers_draws_reads_the_seeds_draws_of_the_clip(
 
 def clip_draws_run(pixel_drop: float, drop_draws) -> _Run:
     model = SimpleNamespace(config=SimpleNamespace(latent_channels=4))
-    return bare(model=model, latent_hw=(8, 16), ref=SimpleNamespace(size=(64, 128)), pixel_drop=pixel_drop,
+    return bare_run(model=model, latent_hw=(8, 16), ref=SimpleNamespace(size=(64, 128)), pixel_drop=pixel_drop,
                 drop_draws=drop_draws, stream=Stream({2: DRAWS}))
 
 
@@ -184,7 +178,7 @@ def identities() -> SimpleNamespace:
 ])
 def test_row_bank_is_block_0s_unconditional_portrait_then_block_1s_by_the_parity_of_its_row(motion_frames, second):
     ref, model = identities(), Model()
-    run = bare(model=model, ref=ref, s=SimpleNamespace(motion_frames=motion_frames))
+    run = bare_run(model=model, ref=ref, s=SimpleNamespace(motion_frames=motion_frames))
     cond = ReferenceBank({"a": torch.full((1, 2, 3), 7.0), "b": torch.full((1, 1, 2), 8.0)})
     bank = run._row_bank(cond)
     assert len(model.calls) == 1
@@ -203,7 +197,7 @@ def motion_latents(n: int) -> torch.Tensor:
 
 def test_shared_motion_features_read_the_conditional_identity():
     ref, model = identities(), Model()
-    run = bare(model=model, ref=ref, per_branch_motion=False, branches=["uncond", "full"])
+    run = bare_run(model=model, ref=ref, per_branch_motion=False, branches=["uncond", "full"])
     latents = motion_latents(2)
     assert run._encode_motion(latents)["a"] is latents
     assert len(model.calls) == 1
@@ -219,7 +213,7 @@ def test_shared_motion_features_read_the_conditional_identity():
 ])
 def test_per_branch_motion_features_read_the_identity_of_their_row_in_the_originals_batch(n, branches, rows):
     ref, model = identities(), Model()
-    run = bare(model=model, ref=ref, per_branch_motion=True, branches=branches)
+    run = bare_run(model=model, ref=ref, per_branch_motion=True, branches=branches)
     latents = motion_latents(n)
     run._encode_motion(latents)
     assert len(model.calls) == 1

@@ -8,17 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import bare_run
 
 from emo_model.sampling.clip_loop import _Run
 from emo_model.sampling.colour_match import colour_stats, match_colours
 from emo_model.sampling.settings import GenerationCancelled
 from emo_model.validation import GenerationError
-
-
-def bare(**attrs) -> _Run:
-    run = _Run.__new__(_Run)
-    run.__dict__.update(attrs)
-    return run
 
 
 @dataclasses.dataclass
@@ -35,7 +30,7 @@ class Cond:
 
 @pytest.mark.parametrize("should_cancel,stops", [(None, False), (lambda: False, False), (lambda: True, True)])
 def test_cancel_point_stops_only_when_the_caller_asks(should_cancel, stops):
-    run = bare(should_cancel=should_cancel)
+    run = bare_run(should_cancel=should_cancel)
     if not stops:
         run._cancel_point()
         return
@@ -56,7 +51,7 @@ class Recorder:
 
 
 def phases_run(guided_steps, steps):
-    run = bare(guided_steps=guided_steps, s=SimpleNamespace(steps=steps), weights={"uncond": -2.0, "full": 3.0})
+    run = bare_run(guided_steps=guided_steps, s=SimpleNamespace(steps=steps), weights={"uncond": -2.0, "full": 3.0})
     run._branch_conditioning = Recorder()
     return run
 
@@ -83,7 +78,7 @@ def test_phases_switch_to_the_full_branch_at_guided_steps():
 
 def memory_run(decay):
     model = SimpleNamespace(config=SimpleNamespace(backbone=SimpleNamespace(temporal=SimpleNamespace(memory_decay=decay))))
-    return bare(model=model, memories={}, folded=set())
+    return bare_run(model=model, memories={}, folded=set())
 
 
 def test_without_a_memory_the_groups_pass_unchanged():
@@ -113,7 +108,7 @@ def test_memory_per_batch_of_branches_kept_across_steps_and_folded_when_fresh():
 # ---- deep-feature cache: refreshed every deep_cache_interval steps, per phase and group ------------------------
 
 def cache_run(interval):
-    return bare(s=SimpleNamespace(deep_cache_interval=interval))
+    return bare_run(s=SimpleNamespace(deep_cache_interval=interval))
 
 
 @pytest.mark.parametrize("interval", [0, 1])
@@ -156,7 +151,7 @@ def emit_run(frames, colour_match="none"):
         clip.mul_(0)  # a sink may change what it is handed
 
     ref_colour = colour_stats(torch.full((4, 4, 3), 0.25))
-    run = bare(pipe=SimpleNamespace(codec=Codec(frames)), sink=sink, ref=SimpleNamespace(colour=ref_colour),
+    run = bare_run(pipe=SimpleNamespace(codec=Codec(frames)), sink=sink, ref=SimpleNamespace(colour=ref_colour),
                s=SimpleNamespace(colour_match=colour_match))
     return run, seen
 
@@ -199,7 +194,7 @@ def test_emit_names_the_clip_whose_decoded_frames_are_not_finite():
 
 def emotion_run(emotion, classes=7):
     model = SimpleNamespace(denoising_unet=SimpleNamespace(emotion_classes=classes))
-    return bare(model=model, s=SimpleNamespace(emotion=emotion))
+    return bare_run(model=model, s=SimpleNamespace(emotion=emotion))
 
 
 @pytest.mark.parametrize("emotion,index,expected", [
@@ -232,12 +227,12 @@ def test_pose_window_encodes_the_windows_pose_frames_in_the_models_dtype():
         seen.append(poses)
         return poses[:, :2]  # [F, C, H, W] -> the run keeps [1, C, F, H, W]
 
-    run = bare(pose=pose, device="cpu", dtype=torch.float64, model=SimpleNamespace(face_features=face_features), face="before")
+    run = bare_run(pose=pose, device="cpu", dtype=torch.float64, model=SimpleNamespace(face_features=face_features), face="before")
     run._pose_window(torch.tensor([3, 4, 5, 6]))  # past the last of 5 poses: mirrored back, 0 1 2 3 4 3 2 ..
     rows = torch.tensor([3, 4, 3, 2])
     assert seen[0].dtype == torch.float64 and torch.equal(seen[0], pose[rows].double())
     assert tuple(run.face.shape) == (1, 2, 4, 2, 2) and torch.equal(run.face[0, 0, :, 0, 0], pose[rows, 0, 0, 0].double())
-    unchanged = bare(pose=None, face="before")
+    unchanged = bare_run(pose=None, face="before")
     unchanged._pose_window(torch.tensor([0]))
     assert unchanged.face == "before"
 
@@ -245,7 +240,7 @@ def test_pose_window_encodes_the_windows_pose_frames_in_the_models_dtype():
 @pytest.mark.parametrize("per_branch", [False, True])
 def test_branch_motion_is_shared_unless_each_branch_has_its_rows(per_branch):
     motion = {"a": torch.arange(3)[:, None] * 10}  # rows of branches uncond, ref, full
-    run = bare(per_branch_motion=per_branch, branches=["uncond", "ref", "full"])
+    run = bare_run(per_branch_motion=per_branch, branches=["uncond", "ref", "full"])
     got = run._branch_motion(motion, ["uncond", "full"])
     if per_branch:
         assert torch.equal(got["a"], torch.tensor([[0], [20]]))

@@ -7,9 +7,9 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+from conftest import bare_run
 
 from emo_model.sampling import clip_loop
-from emo_model.sampling.clip_loop import _Run
 
 C = 1  # latent channels; latents are [1, C, F, 1, 1] whose value is the frame's number (+ 1 per step)
 PIXELS = (2, 2, 3)
@@ -40,8 +40,7 @@ def make_run(monkeypatch, n=2, steps=2, frames=13, per_clip=6, pad=True, pixel_d
                                             "noise", "caches", "folded", "step"]}
     s = SimpleNamespace(frames_per_clip=per_clip, pad_last_clip=pad, steps=steps, motion_frames=n, first_clip_motion=first)
     ref = SimpleNamespace(image=torch.full((1, *PIXELS), 0.5)[0], latent=torch.full((1, C, 1, 1), -7.0), bank="bank")
-    run = _Run.__new__(_Run)
-    run.__dict__.update(
+    run = bare_run(
         s=s, num_frames=frames, feature_rows=frames + 1, speeds=torch.arange(frames, dtype=torch.float32) * 10,
         pixel_drop=pixel_drop, quirks=SimpleNamespace(motion_frames_from_pixels=from_pixels), device="cpu",
         dtype=torch.float64, ref=ref, pipe=SimpleNamespace(codec=Codec()), scheduler=Scheduler(),

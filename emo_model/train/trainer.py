@@ -114,7 +114,7 @@ def step_generator(seed: int, step: int, rank: int, micro: int = 0) -> torch.Gen
 
 
 class Trainer:
-    label = ""  # how the logs name the run; "" = "stage N"
+    label = ""  # how the logs name the run (set in __init__: "stage N" unless a subclass names it)
 
     def __init__(
         self,
@@ -130,6 +130,7 @@ class Trainer:
         log=print,
     ):
         self.cfg = cfg.validate()
+        self.label = self.label or f"stage {cfg.stage}"
         self.paths = Paths(Path(output))
         self.log_fn = log
         self._accelerator = accelerator
@@ -195,7 +196,7 @@ class Trainer:
                 kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=cfg.find_unused_parameters)],
             )
         acc = self.accelerator
-        self.log(f"{self.label or f'stage {cfg.stage}'} on {progress.start_line(acc)}")
+        self.log(f"{self.label} on {progress.start_line(acc)}")
         warning = progress.launch_warning(os.environ, acc.num_processes)
         if warning:
             self.log(warning)
@@ -266,7 +267,7 @@ class Trainer:
         self.groups = stage_groups(self.model, cfg.stage, groups, unreachable, chosen=bool(cfg.trainable))
         counts = set_trainable(self.model, self.groups, exclude=unreachable)
         self.log(
-            f"{self.label or f'stage {cfg.stage}'}: training {', '.join(f'{g} ({n / 1e6:.2f} M)' for g, n in counts.items())}; "
+            f"{self.label}: training {', '.join(f'{g} ({n / 1e6:.2f} M)' for g, n in counts.items())}; "
             f"{sum(p.numel() for p in self.model.parameters()) / 1e6:.1f} M parameters in total"
         )
         left = [
