@@ -15,7 +15,7 @@ from test_train import dataset, init_checkpoint, vae_dir, videos  # noqa: F401 (
 from torch import nn
 
 from emo_model.sampling.schedulers import make_scheduler
-from emo_model.train.distill import DistillConfig, DistillTrainer, boundary_scalings, student_config
+from emo_model.train.distill import DistillConfig, DistillTrainer, boundary_scalings, distill_grid, student_config
 from emo_model.train.train_config import load_train_config
 
 CONFIG = ROOT / "emo_model" / "train" / "configs" / "distill" / "tiny.yaml"
@@ -96,6 +96,49 @@ def test_target_is_the_guided_ddim_step_then_the_ema_consistency_function():
         assert student.w.item() == pytest.approx(0.9)  # restored after the target's forward
         if s == 0:
             torch.testing.assert_close(got, x_s, rtol=1e-5, atol=1e-6)  # at the boundary the target is the teacher's step
+
+
+def test_the_grids_a_training_step_draws_from():
+    _, lcm = _schedulers()
+    t, s = distill_grid(lcm, "lcm", 4)  # LCM's: k = 1000 / 50, s = max(t - k, 0)
+    assert t.tolist() == list(range(19, 1000, 20)) and s.tolist() == [0] + list(range(19, 980, 20))
+    t, s = distill_grid(lcm, "student", 4)  # the student's own 4 sampling timesteps, one hop each, the last to 0
+    lcm.set_timesteps(4)
+    assert t.tolist() == lcm.timesteps.tolist() == [999, 759, 499, 259] and s.tolist() == [759, 499, 259, 0]
+    t, s = distill_grid(lcm, "student", 2)
+    assert t.tolist() == [999, 499] and s.tolist() == [499, 0]
+
+
+def test_the_teachers_solve_takes_even_ddim_sub_steps():
+    unc, full = torch.full((1, 1, 1, 1, 1), 0.3), torch.full((1, 1, 1, 1, 1), -0.2)
+    teacher = StandIn(0.5, {(False, False): unc, (True, True): full})
+    bare = Bare(teacher, StandIn(0.1, {(True, True): torch.tensor(0.05)}), {"uncond": -1.0, "full": 2.0})
+    a = bare.scheduler.alphas_cumprod
+    x = torch.randn(2, 4, 2, 3, 3, generator=torch.Generator().manual_seed(1))
+
+    def ddim(x, t, s):  # one guided DDIM step, by hand
+        v = 2 * (0.5 * x + full) - (0.5 * x + unc)
+        x0, eps = a[t].sqrt() * x - (1 - a[t]).sqrt() * v, a[t].sqrt() * v + (1 - a[t]).sqrt() * x
+        return a[s].sqrt() * x0 + (1 - a[s]).sqrt() * eps
+
+    bare.solver_steps = 3
+    got = bare.teacher_step(x, torch.tensor([999, 259]), torch.tensor([759, 0]), {})
+    want = [ddim(ddim(ddim(x[:1], 999, 919), 919, 839), 839, 759), ddim(ddim(ddim(x[1:], 259, 173), 173, 87), 87, 0)]
+    torch.testing.assert_close(got, torch.cat(want), rtol=1e-5, atol=1e-6)
+    bare.solver_steps = 1  # one step: the plain guided DDIM step
+    torch.testing.assert_close(bare.teacher_step(x[:1], torch.tensor([999]), torch.tensor([759]), {}), ddim(x[:1], 999, 759))
+
+
+@pytest.mark.parametrize(("key", "value", "says"), [
+    ("distill.grid", "coarse", "training config distill.grid is 'coarse'; choose one of lcm, student"),
+    ("distill.solver_steps", "0", "distill.solver_steps"),
+])
+def test_a_wrong_grid_or_solver_is_one_line(key, value, says):
+    from emo_model.train.trainer import TrainError
+
+    with pytest.raises((TrainError, ValueError), match=says) as info:
+        load_train_config(CONFIG, [f"{key}={value}"], cls=DistillConfig).validate()  # as the trainer does first
+    assert "\n" not in str(info.value)
 
 
 def _config(steps: int) -> DistillConfig:

@@ -21,6 +21,7 @@ from .training_net import TrainingNet
 
 # The student learns the whole denoising path; the ReferenceNet (run once per clip, not per step) stays the teacher's.
 DISTILL_TRAINABLE = ("backbone", "temporal", "audio", "speed", "face_locator")
+GRIDS = ("lcm", "student")
 SAMPLE_STAGE = 2  # the inputs of a distillation step are stage 2-3's: motion frames + frames, audio, speed labels
 
 
@@ -30,6 +31,8 @@ class DistillOptions:
     cfg: float | None = None  # the guidance folded into the student; None = the teacher preset's cfg / audio_cfg
     audio_cfg: float | None = None
     huber_c: float = 0.0  # 0 = plain MSE; LCM's pseudo-Huber loss with this c otherwise
+    grid: str = "lcm"  # "lcm": LCM's skipping grid (k = 20); "student": the student's own sampling timesteps
+    solver_steps: int = 1  # the teacher's guided DDIM sub-steps from t to s
 
 
 @dataclass
@@ -53,6 +56,12 @@ class DistillConfig(TrainConfig):
             if getattr(d, key) is not None:
                 v.check("cfg", getattr(d, key), label=f"training config distill.{key}", hint="null = the teacher preset's")
         v.check("fraction", d.huber_c, label="training config distill.huber_c", hint="0 = MSE; LCM uses 0.001")
+        if d.grid not in GRIDS:
+            raise TrainError(
+                f"training config distill.grid is {d.grid!r}; choose one of {', '.join(GRIDS)} "
+                "(lcm: LCM's skipping grid, student: the student's own sampling timesteps)"
+            )
+        v.check("steps", d.solver_steps, label="training config distill.solver_steps", hint="the teacher's DDIM sub-steps per hop")
         if not self.ema.enabled:
             raise TrainError(
                 "distillation's target network is the EMA of the student: set ema.enabled: true (ema.decay 0.95 is LCM's)"
@@ -70,6 +79,23 @@ def boundary_scalings(lcm, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch
     """LCM's c_skip, c_out at ``timesteps`` (c_skip(0) = 1, c_out(0) = 0: the consistency function is the identity there)."""
     c_skip, c_out = lcm.get_scalings_for_boundary_condition_discrete(timesteps.double())
     return c_skip.float(), c_out.float()
+
+
+def distill_grid(lcm, grid: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The start timesteps ``t`` a training step draws from, and each one's ``s`` (where the teacher's solve ends).
+
+    ``lcm``: LCM's skipping grid, ``k = 1000 / original_inference_steps`` (20): t = 19, 39, ..., 999 and s = max(t - k, 0).
+    ``student``: the ``steps`` timesteps the student samples at (``LCMScheduler.set_timesteps``: 999, 759, 499, 259
+    for 4), each one's s the next of them and 0 after the last: one hop per sampling step, so the consistency target
+    reaches the boundary in ``steps`` hops instead of 50, and the guidance folds in over the student's whole step.
+    """
+    if grid == "lcm":
+        k = lcm.config.num_train_timesteps // lcm.config.original_inference_steps
+        t = torch.arange(1, lcm.config.original_inference_steps + 1) * k - 1
+        return t, (t - k).clamp(min=0)
+    lcm.set_timesteps(steps)
+    t = lcm.timesteps.long().clone()
+    return t, torch.cat([t[1:], t.new_zeros(1)])
 
 
 def to_x0_eps(scheduler, pred: torch.Tensor, sample: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +134,7 @@ class DistillTrainer(Trainer):
     """
 
     label = "distillation (stage 2 inputs)"
+    solver_steps = 1
 
     def __init__(self, cfg: DistillConfig, output, *, vae, init=None, resume=None, accelerator=None, log=print, **unused):
         if unused.get("sd15") or unused.get("animatediff"):
@@ -148,10 +175,15 @@ class DistillTrainer(Trainer):
         teacher.requires_grad_(False).eval().to(acc.device)
         self.teacher = TrainingNet(teacher, SAMPLE_STAGE, teacher.config.preset.first_clip_motion)
         self.lcm = make_scheduler("lcm", self.config.preset.scheduler)
-        self.skip = self.scheduler.config.num_train_timesteps // self.lcm.config.original_inference_steps
+        self.grid_t, self.grid_s = distill_grid(self.lcm, d.grid, d.steps)
+        self.solver_steps = d.solver_steps
+        hops = ", ".join(f"{t}->{s}" for t, s in zip(self.grid_t.tolist(), self.grid_s.tolist())) if d.grid == "student" else (
+            f"skipping step k = {int(self.grid_t[0]) + 1}"
+        )
         self.log(
             f"distill: teacher {Path(self.init).name}, guidance branches {self.guidance} ({len(self.guidance)} rows per "
-            f"teacher step), skipping step k = {self.skip}; the student samples with lcm in {d.steps} steps"
+            f"teacher step, {d.solver_steps} DDIM step(s) per hop), {d.grid} grid: {hops}; "
+            f"the student samples with lcm in {d.steps} steps"
         )
         return self
 
@@ -173,12 +205,11 @@ class DistillTrainer(Trainer):
         )
         x0 = latents[:, n:].transpose(1, 2)  # [B, C, F, h, w]
         noise = torch.randn(x0.shape, generator=g).to(device)
-        index = torch.randint(0, self.lcm.config.original_inference_steps, (b,), generator=g)
+        index = torch.randint(0, len(self.grid_t), (b,), generator=g)
         first_clip = torch.rand(b, generator=g) < cfg.first_clip_ratio
         if n:
             inputs["first_clip"] = first_clip.to(device)
-        t = ((index + 1) * self.skip - 1).to(device)
-        s = (t - self.skip).clamp(min=0)
+        t, s = self.grid_t[index].to(device), self.grid_s[index].to(device)
         noisy = self.scheduler.add_noise(x0, noise, t)
         with torch.no_grad():
             target = self.target(noisy, t, s, inputs)
@@ -203,12 +234,17 @@ class DistillTrainer(Trainer):
         return consistency(*boundary_scalings(self.lcm, s), x_s, x0)
 
     def teacher_step(self, noisy, t, s, inputs) -> torch.Tensor:
-        """The teacher's guided DDIM step: the weighted sum of its branch predictions, as the sampler combines them."""
-        b = noisy.shape[0]
+        """The teacher's guided DDIM solve from ``t`` to ``s`` in ``solver_steps`` even sub-steps; each is the weighted
+        sum of its branch predictions, as the sampler combines them, turned into one DDIM step."""
+        b, n = noisy.shape[0], self.solver_steps
         keeps = {"uncond": (False, False), "reference": (True, False), "full": (True, True)}
-        pred = sum(w * self._call(self.teacher, noisy, t, b, *keeps[name], inputs) for name, w in self.guidance.items())
-        x0, eps = to_x0_eps(self.scheduler, pred, noisy, t)
-        return ddim_step(self.scheduler, x0, eps, s)
+        x = noisy
+        for j in range(n):
+            here, there = t - (t - s) * j // n, t - (t - s) * (j + 1) // n
+            pred = sum(w * self._call(self.teacher, x, here, b, *keeps[name], inputs) for name, w in self.guidance.items())
+            x0, eps = to_x0_eps(self.scheduler, pred, x, here)
+            x = ddim_step(self.scheduler, x0, eps, there)
+        return x
 
     @staticmethod
     def _call(net, sample, t, b, reference: bool, audio: bool, inputs) -> torch.Tensor:
@@ -291,4 +327,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DistillConfig", "DistillTrainer", "boundary_scalings", "ddim_step", "student_config", "to_x0_eps"]
+__all__ = ["DistillConfig", "DistillTrainer", "boundary_scalings", "ddim_step", "distill_grid", "student_config", "to_x0_eps"]
