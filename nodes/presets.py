@@ -50,4 +50,5 @@ def preset_summary(session) -> str:
     return (
         f"{session.name} · preset (used where a widget says 'preset'): {r['steps']} {r['sampler']} steps · cfg {r['cfg']:g} · "
         f"audio_cfg {r['audio_cfg']:g} · {clip} · {r['fps']:g} fps · {r['size']}x{r['size']} px"
+        + (f" · a distilled student of {teacher} (its guidance folded in)" if (teacher := session.info.get("distilled_from")) else "")
     )

@@ -481,6 +481,11 @@ def test_load_emo_model_shows_the_values_preset_widgets_stand_for(pack):
     for words in ("20 ddim steps", "cfg 2", "8 frames per clip + 2 motion frames", "25 fps", "64x64"):
         assert words in summary, summary
     json.dumps(out["ui"])  # what the server sends to the frontend
+    assert "distilled" not in summary
+    session = out["result"][0]
+    session.info["distilled_from"] = "teacher.safetensors"  # what Session.load reads from a student's metadata
+    summary = _presets_module(pack).preset_summary(session)
+    assert summary.endswith(" · a distilled student of teacher.safetensors (its guidance folded in)"), summary
 
 
 def test_live_preview_is_sent_at_the_frame_size_so_the_caption_tells_the_truth(pack):

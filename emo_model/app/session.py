@@ -92,6 +92,7 @@ class Session:
         :meth:`encode_audio` so that ComfyUI's own AUDIO_ENCODER_OUTPUT can be used instead.
         """
         from .. import weights
+        from ..weights.native import DISTILL_TEACHER_KEY, native_metadata
 
         device = torch.device(device)
         model = weights.load_emo_model(model_path, device=device, dtype=dtype, variant=variant, family=family).eval()
@@ -113,7 +114,11 @@ class Session:
             encoder = build_audio_encoder(cfg.audio)
         elif audio_encoder is not None:
             encoder = build_audio_encoder(cfg.audio, str(audio_encoder), device=device)
-        return cls(model, codec, encoder, device, name=cfg.name, info={"path": str(model_path)})
+        info = {"path": str(model_path)}
+        teacher = native_metadata(model_path).get(DISTILL_TEACHER_KEY)
+        if teacher:
+            info["distilled_from"] = teacher
+        return cls(model, codec, encoder, device, name=cfg.name, info=info)
 
     @property
     def config(self) -> EMOConfig:

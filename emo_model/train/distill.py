@@ -269,12 +269,13 @@ class DistillTrainer(Trainer):
 
     def export_native(self, path: Path, state: dict[str, torch.Tensor] | None = None) -> Path:
         """The student (the EMA weights: LCM's target network) with its preset and the run's VAE, as a native file."""
+        from ..weights.native import DISTILL_TEACHER_KEY
         from .checkpointing import export_native
 
         metadata = {
             "emo_training_stage": "distill",
             "emo_training_step": str(self.global_step),
-            "emo_distill_teacher": Path(self.init).name,
+            DISTILL_TEACHER_KEY: Path(self.init).name,
             "emo_distill_guidance": json.dumps(self.guidance),
         }
         return export_native(self, path, state, metadata)

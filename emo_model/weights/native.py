@@ -16,6 +16,7 @@ NATIVE_FORMAT_VERSION = 1
 
 
 FORMAT_VERSION_KEY = "emo_format_version"
+DISTILL_TEACHER_KEY = "emo_distill_teacher"  # a distilled student's teacher (file name), written by train --stage distill
 
 
 CONFIG_KEY = "emo_config"
@@ -78,3 +79,17 @@ def save_native(
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def native_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a ``.safetensors`` file's header ({} for anything else, or a header that cannot be read)."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors" or not path.is_file():
+        return {}
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError):
+        return {}
