@@ -24,6 +24,8 @@ def test_eval_fast_counts_denoiser_work_and_measures_quality(capsys):
     assert 1.05 < rows["deep cache 2"]["work_speedup"] < 2.0
     assert rows["fast"]["steps"] == 8 and rows["fast"]["deep_cache_interval"] == 2
     assert rows["fast"]["work_speedup"] > 2.5
+    for row in rows.values():  # each clip's r, the mean of which is the row's
+        assert len(row["r_clips"]) == 1 and row["r"] == pytest.approx(sum(row["r_clips"]) / len(row["r_clips"]))
     for name in ("dpmpp_2m 1/2 steps", "deep cache 2", "fast"):
         assert rows[name]["psnr"] > 20 and 0.5 < rows[name]["ssim"] <= 1.0
     print_table(results)

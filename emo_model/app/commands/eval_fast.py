@@ -6,7 +6,8 @@ synthetic clips of the demo domain (never used in training):
 * denoiser work: GFLOP of every denoiser call, counted by :class:`torch.utils.flop_counter.FlopCounterMode`
   (reused deep features and dropped guidance branches show up here), and the speed-up against the
   default recipe; wall seconds of the whole generation (decode included) for reference;
-* lip sync: Pearson r of the generated mouth opening vs the audio envelope (as ``eval-sync``);
+* lip sync: Pearson r of the generated mouth opening vs the audio envelope (as ``eval-sync``), the mean over the
+  clips (each clip's in the ``--json`` file, to compare two models clip by clip);
 * fidelity to the default recipe: PSNR and SSIM of every frame against the default recipe's frame
   made with the same seed (so only the setting differs).
 
@@ -160,6 +161,7 @@ def evaluate(model_path=None, *, clips: int = 3, seconds: float = 4.0, only: lis
             "gflop": flops / 1e9,
             "wall_s": wall,
             "r": float(np.mean(rs)),
+            "r_clips": [float(r) for r in rs],  # per held-out clip, in seed order: for paired comparisons of two models
             "psnr": float(np.mean(psnrs)) if psnrs else None,
             "ssim": float(np.mean(ssims)) if ssims else None,
         }
