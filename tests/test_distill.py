@@ -236,3 +236,36 @@ def test_distill_without_a_teacher_is_one_line(dataset, vae_dir, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert code == 1 and len(err.splitlines()) == 1 and "--stage distill needs a teacher: give --init" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_family_teacher_in_its_own_file_layout_distils(videos, tmp_path):  # noqa: F811
+    """The teacher as Hallo ships it (net.pth, tiny-hallo layout; its data from its own wav2vec2 features): the student
+    is a tiny-hallo model with the student's preset."""
+    from comfy_harness import tiny_wav2vec2_folder
+    from conftest import perturb_zero_inits
+    from test_train import _options
+    from test_weights import _save_hallo_net
+
+    from emo_model.network.model import EMOModel
+    from emo_model.train.preprocess import preprocess
+    from emo_model.weights.checkpoints import load_emo_model
+
+    data = tmp_path / "data"
+    preprocess(videos, data, _options(config="tiny-hallo", audio_encoder=str(tiny_wav2vec2_folder(tmp_path / "w2v"))), log=lambda *_: None)
+    torch.manual_seed(0)
+    (tmp_path / "hallo").mkdir()
+    teacher = _save_hallo_net(perturb_zero_inits(EMOModel("tiny-hallo")), tmp_path / "hallo" / "net.pth")
+    vae = tmp_path / "vae"
+    tiny_vae().save_pretrained(vae)
+    lines: list[str] = []
+    _trainer(_config(2), tmp_path / "run", data, vae, log=lines.append, init=teacher).train()
+    assert any("guidance branches {'uncond': -2.5, 'full': 3.5}" in line for line in lines)  # Hallo's cfg 3.5, folded in
+    student = load_emo_model(tmp_path / "run" / "emo-stage-distill-final.safetensors", dtype=torch.float32)
+    p = student.config.preset
+    assert student.config.name == "tiny-hallo" and (p.steps, p.sampler, p.cfg, p.audio_cfg) == (4, "lcm", 1.0, 1.0)
+
+
+def test_the_shipped_distill_configs_are_valid():
+    for name in ("tiny.yaml", "emo.yaml"):
+        cfg = load_train_config(CONFIG.parent / name, cls=DistillConfig).validate()
+        assert (cfg.distill.grid, cfg.distill.solver_steps, cfg.distill.steps, cfg.ema.enabled) == ("student", 1, 4, True), name
