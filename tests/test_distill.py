@@ -189,8 +189,15 @@ def test_distill_runs_resumes_exactly_and_the_student_carries_its_preset(dataset
     assert loaded.info["distilled_from"] == init_checkpoint.name  # Load EMO Model's summary names the teacher
     assert "distilled_from" not in Session.load(init_checkpoint, vae=vae_dir).info
 
-    # a stage-2 run refuses the distillation checkpoint's folder kind the other way round, in one line
+    # a stage-2 run refuses a distillation checkpoint (both record stage 2), and the other way round, in one line
+    from types import SimpleNamespace
+
+    from emo_model.train.checkpointing import load_checkpoint
     from emo_model.train.trainer import TrainError
+
+    ckpt = next((tmp_path / "a" / "checkpoints").glob("step-*"))
+    with pytest.raises(TrainError, match="is a distillation checkpoint .*; resume it with --stage distill"):
+        load_checkpoint(SimpleNamespace(cfg=SimpleNamespace(stage=2)), ckpt)  # a stage-2 run's config has no distill section
 
     with pytest.raises(TrainError, match="not a distillation one"):
         ckpt = next((tmp_path / "a" / "checkpoints").glob("step-*"))

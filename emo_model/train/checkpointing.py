@@ -94,6 +94,11 @@ def load_checkpoint(trainer, folder: Path) -> None:
             f"{folder} is a stage-{state['stage']} checkpoint; this run is stage {trainer.cfg.stage} "
             "(use --init to start a new stage from it)"
         )
+    if "distill" in state.get("train_config", {}) and not hasattr(trainer.cfg, "distill"):
+        raise TrainError(
+            f"{folder} is a distillation checkpoint (train --stage distill); resume it with --stage distill, "
+            "or start a stage from its student with --init"
+        )
     if state["world_size"] != trainer.accelerator.num_processes:
         trainer.log(
             f"note: {folder} was saved with {state['world_size']} processes, now {trainer.accelerator.num_processes}: "
