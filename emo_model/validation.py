@@ -260,7 +260,7 @@ def check_output_file(
     if out.suffix.lower() not in suffixes:
         ends = " or ".join(suffixes)
         raise InputError(f"{label} must end in {ends}, got {str(out)!r}; e.g. {str(out.with_suffix(suffixes[0]))!r}")
-    parent = out.parent if str(out.parent) else Path(".")
+    parent = out.parent  # "." for a bare file name
     if not parent.is_dir():
         raise InputError(f"the output folder {str(parent)!r} of {label} does not exist; create it or pick another path")
     if not os.access(parent, os.W_OK | os.X_OK):

@@ -191,7 +191,7 @@ class VideoWriter:
                 f"output path {str(p)!r} has suffix {p.suffix!r} but format {fmt.name!r} "
                 f"writes {fmt.extension!r} files"
             )
-        parent = p.parent if str(p.parent) else Path(".")
+        parent = p.parent  # "." for a bare file name
         if not parent.is_dir():
             raise VideoError(f"output directory does not exist: {str(parent)!r} (for {str(p)!r})")
         if p.is_dir():
