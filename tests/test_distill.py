@@ -276,3 +276,4 @@ def test_the_shipped_distill_configs_are_valid():
     for name in ("tiny.yaml", "emo.yaml"):
         cfg = load_train_config(CONFIG.parent / name, cls=DistillConfig).validate()
         assert (cfg.distill.grid, cfg.distill.solver_steps, cfg.distill.steps, cfg.ema.enabled) == ("student", 1, 4, True), name
+    assert DistillConfig().distill.grid == "student"  # a config of the user's own without the key gets the grid that worked

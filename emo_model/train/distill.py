@@ -31,7 +31,7 @@ class DistillOptions:
     cfg: float | None = None  # the guidance folded into the student; None = the teacher preset's cfg / audio_cfg
     audio_cfg: float | None = None
     huber_c: float = 0.0  # 0 = plain MSE; LCM's pseudo-Huber loss with this c otherwise
-    grid: str = "lcm"  # "lcm": LCM's skipping grid (k = 20); "student": the student's own sampling timesteps
+    grid: str = "student"  # "student": the student's own sampling timesteps, one hop each; "lcm": LCM's skipping grid (k = 20)
     solver_steps: int = 1  # the teacher's guided DDIM sub-steps from t to s
 
 
@@ -120,8 +120,9 @@ def consistency(c_skip, c_out, sample, x0) -> torch.Tensor:
 class DistillTrainer(Trainer):
     """Latent consistency distillation (Luo et al. 2023, "Latent Consistency Models", arXiv 2310.04378) on :class:`Trainer`.
 
-    Per sample: a start timestep ``t`` on the skipping grid of LCM's scheduler (``k = 1000 / 50``: t = 19, 39, ..., 999)
-    and ``s = max(t - k, 0)``; the clip noised to ``t``; the teacher's **guided** DDIM step ``t -> s`` (the guidance
+    Per sample: a start timestep ``t`` and its end ``s`` from :func:`distill_grid` (by default the student's own sampling
+    timesteps, one hop per step; or LCM's skipping grid); the clip noised to ``t``; the teacher's **guided** DDIM solve
+    ``t -> s`` in ``distill.solver_steps`` steps (the guidance
     branches of the sampler, weighted by :func:`~emo_model.sampling.settings.guidance_weights` at the teacher preset's
     cfg / audio_cfg: classifier-free guidance folded in); the target network (the trainer's EMA of the student) maps
     the result to ``f(x_s, s) = c_skip(s) x_s + c_out(s) x0(x_s, s)``; the student, initialised from the teacher and
