@@ -91,5 +91,5 @@ def native_metadata(path: str | os.PathLike) -> dict[str, str]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except (SafetensorError, OSError):
+    except (SafetensorError, OSError, RuntimeError):
         return {}

@@ -238,12 +238,11 @@ def _step_of(folder: Path) -> int:
 
 def _final_step(path: Path) -> int:
     """The training step a final file records (``emo_training_step``); -1 when it records none."""
-    from safetensors import SafetensorError, safe_open
+    from .native import native_metadata
 
-    try:
-        with safe_open(str(path), "pt") as f:
-            return int((f.metadata() or {}).get("emo_training_step", -1))
-    except (SafetensorError, OSError, ValueError, RuntimeError):  # unreadable here: open_tensors says why when loaded
+    try:  # an unreadable header reads as {} here: open_tensors says why when the file is loaded
+        return int(native_metadata(path).get("emo_training_step", -1))
+    except ValueError:
         return -1
 
 
